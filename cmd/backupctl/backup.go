@@ -1,0 +1,79 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	bsync "github.com/backupd/backupd/pkg/sync"
+)
+
+func newBackupCmd() *cobra.Command {
+	var (
+		f         repoFlags
+		workspace string
+		tags      []string
+	)
+	cmd := &cobra.Command{
+		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--json] DIR",
+		Short: "Back up a directory as a new snapshot of a workspace",
+		Long: `Back up DIR as a new snapshot of workspace W in owner O's repository,
+creating the repository on first use. Only content not already in the
+repository is stored. Prints the new snapshot's ID, or with --json one
+JSON object with the backup's statistics.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tagMap := map[string]string{}
+			for _, t := range tags {
+				k, v, ok := strings.Cut(t, "=")
+				if !ok || k == "" {
+					return usageError{fmt.Errorf("--tag %q: want KEY=VALUE", t)}
+				}
+				tagMap[k] = v
+			}
+			if len(tagMap) == 0 {
+				tagMap = nil
+			}
+			ctx := cmd.Context()
+			r, closeRepo, err := f.openOwner(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer closeRepo()
+			prog := &bsync.Progress{}
+			stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
+			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
+				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog,
+			})
+			stop()
+			if err != nil {
+				return fmt.Errorf("backup failed, no snapshot written: %w", err)
+			}
+			st := res.Snapshot.Stats
+			if f.json {
+				return json.NewEncoder(os.Stdout).Encode(map[string]any{
+					"snapshot_id": res.SnapshotID.String(), "files": st.Files, "dirs": st.Dirs,
+					"symlinks": st.Symlinks, "skipped": st.Skipped, "bytes": st.Bytes,
+					"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
+					"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
+				})
+			}
+			if f.showProgress() {
+				fmt.Fprintf(os.Stderr, "%d files, %d dirs, %s; new %s, stored %s in %d objects, %.1fs\n",
+					st.Files, st.Dirs, fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
+					st.ObjectsWritten, float64(st.DurationMS)/1000)
+			}
+			fmt.Println(res.SnapshotID)
+			return nil
+		},
+	}
+	f.register(cmd, true)
+	f.registerJSON(cmd)
+	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` the snapshot belongs to")
+	_ = cmd.MarkFlagRequired("workspace")
+	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag the snapshot with `KEY=VALUE` (repeatable)")
+	return cmd
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "backupctl-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "backupctl")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic("build backupctl: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func run(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func ok(t *testing.T, r result) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func TestBackupRestoreEndToEnd(t *testing.T) {
+	repoURL := "file://" + t.TempDir()
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "pkg", "empty"), 0o755)
+	os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "pkg", "big"), bytes.Repeat([]byte("0123456789abcdef"), 1<<17), 0o600)
+	os.Symlink("main.go", filepath.Join(src, "link"))
+
+	r := ok(t, run(t, nil, "backup", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--tag", "reason=stop", "--json", src))
+	var st map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("backup --json output %q: %v", r.stdout, err)
+	}
+	for _, k := range []string{"snapshot_id", "files", "dirs", "bytes", "new_bytes", "stored_bytes", "blobs", "new_blobs", "objects_written", "duration_ms"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("backup --json lacks %q: %s", k, r.stdout)
+		}
+	}
+	if st["files"].(float64) != 2 || st["new_bytes"].(float64) == 0 {
+		t.Errorf("backup stats: %s", r.stdout)
+	}
+	id := st["snapshot_id"].(string)
+
+	// Plain output is the snapshot id alone; BACKUPD_REPO stands in for -r.
+	r = ok(t, run(t, []string{"BACKUPD_REPO=" + repoURL}, "backup", "--owner", "o1", "--workspace", "w1", src))
+	id2 := strings.TrimSpace(r.stdout)
+	if len(id2) != 64 || id2 == id {
+		t.Fatalf("second backup printed %q", r.stdout)
+	}
+
+	r = ok(t, run(t, nil, "snapshots", "-r", repoURL, "--json"))
+	var snaps []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &snaps); err != nil || len(snaps) != 2 {
+		t.Fatalf("snapshots --json: %v %s", err, r.stdout)
+	}
+	if snaps[0]["id"] != id || snaps[0]["tags"].(map[string]any)["reason"] != "stop" {
+		t.Fatalf("snapshots: %s", r.stdout)
+	}
+	r = ok(t, run(t, nil, "snapshots", "-r", repoURL, "--owner", "o1", "--workspace", "w1"))
+	if !strings.Contains(r.stdout, id[:8]) || !strings.Contains(r.stdout, "reason=stop") {
+		t.Fatalf("snapshots table: %s", r.stdout)
+	}
+
+	r = ok(t, run(t, nil, "ls", "-r", repoURL, "--owner", "o1", id[:10]))
+	for _, want := range []string{"/main.go", "/pkg/big", "/pkg/empty", "/link -> main.go"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("ls lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = ok(t, run(t, nil, "ls", "-r", repoURL, "--owner", "o1", "latest", "pkg"))
+	if strings.Contains(r.stdout, "main.go") || !strings.Contains(r.stdout, "/pkg/big") {
+		t.Errorf("ls latest pkg:\n%s", r.stdout)
+	}
+
+	dst := filepath.Join(t.TempDir(), "new")
+	r = ok(t, run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--snapshot", id, "--json", dst))
+	var rs map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rs); err != nil || rs["files"].(float64) != 2 {
+		t.Fatalf("restore --json: %v %s", err, r.stdout)
+	}
+	for _, p := range []string{"main.go", "pkg/big"} {
+		a, _ := os.ReadFile(filepath.Join(src, p))
+		b, _ := os.ReadFile(filepath.Join(dst, p))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs after restore", p)
+		}
+	}
+	if l, _ := os.Readlink(filepath.Join(dst, "link")); l != "main.go" {
+		t.Errorf("link = %q", l)
+	}
+
+	// Restoring into the now non-empty directory is refused.
+	r = run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", dst)
+	if r.code != 1 || !strings.Contains(r.stderr, "not empty") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("restore into non-empty dir: %+v", r)
+	}
+}
+
+func TestErrorsAreOneClearLine(t *testing.T) {
+	repoURL := "file://" + t.TempDir()
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"backup", "--owner", "o", "--workspace", "w", "--bogus", "."}, 2, "unknown flag: --bogus"},
+		{[]string{"backup", "-r", repoURL, "--workspace", "w", "."}, 2, `"owner" not set`},
+		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w"}, 2, "accepts 1 arg"},
+		{[]string{"backup", "-r", repoURL, "--owner", "../x", "--workspace", "w", "."}, 1, "invalid owner"},
+		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "--tag", "novalue", "."}, 2, "KEY=VALUE"},
+		{[]string{"backup", "-r", "ftp://host/x", "--owner", "o", "--workspace", "w", "."}, 1, "ftp"},
+		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "/does/not/exist"}, 1, "no such file"},
+		{[]string{"restore", "-r", repoURL, "--owner", "nobody", "--workspace", "w", t.TempDir()}, 1, "does not exist"},
+	}
+	for _, c := range cases {
+		r := run(t, nil, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) || !strings.HasPrefix(r.stderr, "backupctl: ") {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
+		}
+	}
+	if r := ok(t, run(t, nil, "backup", "--help")); !strings.Contains(r.stdout, "--workspace") || !strings.Contains(r.stdout, "--tag") {
+		t.Errorf("backup --help: %s", r.stdout)
+	}
+}
+
+func TestDefaultRepositoryIsUnderDataHome(t *testing.T) {
+	data := t.TempDir()
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644)
+	env := []string{"XDG_DATA_HOME=" + data, "BACKUPD_REPO="}
+	ok(t, run(t, env, "backup", "--owner", "o", "--workspace", "w", src))
+	if _, err := os.Stat(filepath.Join(data, "backupd", "repository", "o", "config")); err != nil {
+		t.Fatalf("default repository not under XDG_DATA_HOME: %v", err)
+	}
+}

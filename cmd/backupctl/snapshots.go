@@ -1,0 +1,243 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/repo"
+)
+
+type snapshotJSON struct {
+	ID string `json:"id"`
+	*repo.Snapshot
+}
+
+func newSnapshotsCmd() *cobra.Command {
+	var (
+		f         repoFlags
+		workspace string
+	)
+	cmd := &cobra.Command{
+		Use:   "snapshots -r REPO [--owner O] [--workspace W] [--json]",
+		Short: "List snapshots, oldest first",
+		Long: `List the snapshots of one workspace, of one owner, or (without --owner)
+of every owner under the storage root. Listing every owner reads the whole
+root's key listing, so give --owner on large roots.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			root, err := f.openRoot(ctx)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			owners := []string{f.owner}
+			if f.owner == "" {
+				if owners, err = repo.ListOwners(ctx, root); err != nil {
+					return err
+				}
+			}
+			var out []snapshotJSON
+			for _, o := range owners {
+				st, err := repo.OwnerStorage(root, o)
+				if err != nil {
+					return err
+				}
+				r, err := repo.Open(ctx, st)
+				if err != nil {
+					return fmt.Errorf("owner %s: %w", o, err)
+				}
+				refs, err := r.ListSnapshots(ctx, workspace)
+				if err != nil {
+					return fmt.Errorf("owner %s: %w", o, err)
+				}
+				for _, ref := range refs {
+					s, err := r.LoadSnapshot(ctx, ref)
+					if err != nil {
+						return fmt.Errorf("owner %s: %w", o, err)
+					}
+					out = append(out, snapshotJSON{ID: ref.ID.String(), Snapshot: s})
+				}
+			}
+			if f.json {
+				if out == nil {
+					out = []snapshotJSON{}
+				}
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tTAGS")
+			for _, s := range out {
+				var tags []string
+				for k, v := range s.Tags {
+					tags = append(tags, k+"="+v)
+				}
+				sort.Strings(tags)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Time.Local().Format("2006-01-02 15:04:05"),
+					s.Owner, s.Workspace, s.Host, s.Stats.Files, fmtBytes(s.Stats.Bytes), strings.Join(tags, ","))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%d snapshots\n", len(out))
+			return nil
+		},
+	}
+	f.register(cmd, false)
+	f.registerJSON(cmd)
+	cmd.Flags().StringVar(&workspace, "workspace", "", "only this workspace's snapshots")
+	return cmd
+}
+
+func newLsCmd() *cobra.Command {
+	var (
+		f         repoFlags
+		workspace string
+	)
+	cmd := &cobra.Command{
+		Use:   "ls -r REPO --owner O SNAPSHOT [PATH]",
+		Short: "List the files of a snapshot",
+		Long: `List every entry of SNAPSHOT (an ID, a unique ID prefix, or latest) under
+PATH (default: the whole snapshot), recursively, with type, mode, size and
+modification time.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, closeRepo, err := f.openOwner(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo()
+			snap, _, err := r.FindSnapshot(ctx, workspace, args[0])
+			if err != nil {
+				return err
+			}
+			id := snap.Tree
+			prefix := "/"
+			if len(args) == 2 {
+				for _, part := range strings.Split(strings.Trim(path.Clean("/"+args[1]), "/"), "/") {
+					if part == "" {
+						continue
+					}
+					t, err := r.LoadTree(ctx, id)
+					if err != nil {
+						return err
+					}
+					i := sort.Search(len(t.Nodes), func(i int) bool { return t.Nodes[i].Name >= part })
+					if i == len(t.Nodes) || t.Nodes[i].Name != part {
+						return fmt.Errorf("%s: no such path in snapshot", args[1])
+					}
+					n := t.Nodes[i]
+					if n.Type != repo.TypeDir {
+						printNode(path.Join(prefix, part), &n)
+						return nil
+					}
+					id, prefix = n.Subtree, path.Join(prefix, part)
+				}
+			}
+			return walkTree(cmd, r, id, prefix)
+		},
+	}
+	f.register(cmd, true)
+	cmd.Flags().StringVar(&workspace, "workspace", "", "look up SNAPSHOT only in this workspace")
+	return cmd
+}
+
+func walkTree(cmd *cobra.Command, r *repo.Repository, id chunk.ID, dir string) error {
+	t, err := r.LoadTree(cmd.Context(), id)
+	if err != nil {
+		return err
+	}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		p := path.Join(dir, n.Name)
+		printNode(p, n)
+		if n.Type == repo.TypeDir {
+			if err := walkTree(cmd, r, n.Subtree, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func printNode(p string, n *repo.Node) {
+	typ := map[repo.NodeType]byte{repo.TypeFile: '-', repo.TypeDir: 'd', repo.TypeSymlink: 'l'}[n.Type]
+	line := fmt.Sprintf("%c%s %10d %s %s", typ, permString(n.Mode), n.Size, time.Unix(0, n.MTime).Local().Format("2006-01-02 15:04:05"), p)
+	if n.Type == repo.TypeSymlink {
+		line += " -> " + n.Target
+	}
+	fmt.Println(line)
+}
+
+func permString(m uint32) string {
+	const rwx = "rwxrwxrwx"
+	b := []byte("---------")
+	for i := range 9 {
+		if m&(1<<(8-i)) != 0 {
+			b[i] = rwx[i]
+		}
+	}
+	if m&04000 != 0 {
+		b[2] = 's'
+	}
+	if m&02000 != 0 {
+		b[5] = 's'
+	}
+	if m&01000 != 0 {
+		b[8] = 't'
+	}
+	return string(b)
+}
+
+func newInitCmd() *cobra.Command {
+	var (
+		f        repoFlags
+		level    int
+		packSize int
+	)
+	cmd := &cobra.Command{
+		Use:   "init -r REPO --owner O [--compression-level N] [--pack-size BYTES]",
+		Short: "Create an owner's repository with explicit parameters",
+		Long: `Create owner O's repository. Optional: a first backup creates it with
+defaults. Use init to choose the compression level (1 fastest .. 4 best)
+or the target pack size.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			root, err := f.openRoot(ctx)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			st, err := repo.OwnerStorage(root, f.owner)
+			if err != nil {
+				return err
+			}
+			cfg, err := repo.NewConfig(level, packSize)
+			if err != nil {
+				return usageError{err}
+			}
+			if _, err := repo.Init(ctx, st, cfg); err != nil {
+				return fmt.Errorf("owner %s: %w", f.owner, err)
+			}
+			fmt.Printf("created repository %s for owner %s\n", cfg.ID, f.owner)
+			return nil
+		},
+	}
+	f.register(cmd, true)
+	cmd.Flags().IntVar(&level, "compression-level", int(chunk.DefaultLevel), "zstd level: 1 fastest, 2 default, 3 better, 4 best")
+	cmd.Flags().IntVar(&packSize, "pack-size", repo.DefaultPackSize, "target pack object size in `BYTES`")
+	return cmd
+}

@@ -1,0 +1,256 @@
+package repo
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/backupd/backupd/pkg/chunk"
+)
+
+// NodeType is the kind of a directory entry.
+type NodeType uint8
+
+// Node types.
+const (
+	TypeFile    NodeType = 1
+	TypeDir     NodeType = 2
+	TypeSymlink NodeType = 3
+)
+
+func (t NodeType) String() string {
+	switch t {
+	case TypeFile:
+		return "file"
+	case TypeDir:
+		return "dir"
+	case TypeSymlink:
+		return "symlink"
+	}
+	return fmt.Sprintf("type(%d)", t)
+}
+
+// Node is one entry of a directory.
+type Node struct {
+	// Name is the entry's name: arbitrary bytes but "", ".", "..", '/' and NUL.
+	Name string
+	Type NodeType
+	// Mode holds the permission bits and setuid/setgid/sticky (07777).
+	Mode uint32
+	// MTime is the modification time in Unix nanoseconds.
+	MTime int64
+	// Size is a file's length in bytes.
+	Size uint64
+	// Content lists a file's data blobs in order.
+	Content []chunk.ID
+	// Subtree is a directory's tree id.
+	Subtree chunk.ID
+	// Target is a symlink's target, never interpreted.
+	Target string
+}
+
+// Tree is one directory's listing, sorted by name.
+type Tree struct {
+	Nodes []Node
+}
+
+const treeMagic = "BKPDTR01"
+
+const (
+	tagName = 1 + iota
+	tagType
+	tagMode
+	tagMTime
+	tagSize
+	tagContent
+	tagSubtree
+	tagTarget
+)
+
+// ValidName reports whether name may be a directory entry: it must not be
+// empty, "." or "..", nor contain '/' or NUL.
+func ValidName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("%w: forbidden entry name %q", ErrCorrupt, name)
+	}
+	return nil
+}
+
+// EncodeTree returns the canonical encoding of t. Nodes must already be
+// sorted by name; EncodeTree panics otherwise (a programming error).
+func EncodeTree(t *Tree) []byte {
+	b := make([]byte, 0, 64+len(t.Nodes)*96)
+	b = append(b, treeMagic...)
+	b = binary.AppendUvarint(b, uint64(len(t.Nodes)))
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		if i > 0 && t.Nodes[i-1].Name >= n.Name {
+			panic("repo: EncodeTree: nodes not sorted or duplicate name " + n.Name)
+		}
+		b = binary.AppendUvarint(b, tagName)
+		b = binary.AppendUvarint(b, uint64(len(n.Name)))
+		b = append(b, n.Name...)
+		b = binary.AppendUvarint(b, tagType)
+		b = binary.AppendUvarint(b, uint64(n.Type))
+		if n.Mode != 0 {
+			b = binary.AppendUvarint(b, tagMode)
+			b = binary.AppendUvarint(b, uint64(n.Mode))
+		}
+		if n.MTime != 0 {
+			b = binary.AppendUvarint(b, tagMTime)
+			b = binary.AppendVarint(b, n.MTime)
+		}
+		switch n.Type {
+		case TypeFile:
+			if n.Size != 0 {
+				b = binary.AppendUvarint(b, tagSize)
+				b = binary.AppendUvarint(b, n.Size)
+			}
+			if len(n.Content) > 0 {
+				b = binary.AppendUvarint(b, tagContent)
+				b = binary.AppendUvarint(b, uint64(len(n.Content)))
+				for _, id := range n.Content {
+					b = append(b, id[:]...)
+				}
+			}
+		case TypeDir:
+			b = binary.AppendUvarint(b, tagSubtree)
+			b = append(b, n.Subtree[:]...)
+		case TypeSymlink:
+			b = binary.AppendUvarint(b, tagTarget)
+			b = binary.AppendUvarint(b, uint64(len(n.Target)))
+			b = append(b, n.Target...)
+		}
+		b = append(b, 0)
+	}
+	return b
+}
+
+// DecodeTree parses and validates a tree blob. It refuses anything that is
+// not exactly the canonical form: unknown tags, fields out of order,
+// forbidden, duplicate or unsorted names, missing required fields.
+func DecodeTree(b []byte) (*Tree, error) {
+	if !bytes.HasPrefix(b, []byte(treeMagic)) {
+		return nil, fmt.Errorf("%w: tree magic missing", ErrCorrupt)
+	}
+	r := b[len(treeMagic):]
+	uv := func() (uint64, error) {
+		v, k := binary.Uvarint(r)
+		if k <= 0 {
+			return 0, fmt.Errorf("%w: tree truncated", ErrCorrupt)
+		}
+		r = r[k:]
+		return v, nil
+	}
+	bytesField := func() (string, error) {
+		l, err := uv()
+		if err != nil {
+			return "", err
+		}
+		if l > uint64(len(r)) {
+			return "", fmt.Errorf("%w: tree truncated", ErrCorrupt)
+		}
+		s := string(r[:l])
+		r = r[l:]
+		return s, nil
+	}
+	count, err := uv()
+	if err != nil {
+		return nil, err
+	}
+	if count > uint64(len(r))/3 {
+		return nil, fmt.Errorf("%w: tree node count %d too large", ErrCorrupt, count)
+	}
+	t := &Tree{Nodes: make([]Node, count)}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		last := 0
+		seen := map[int]bool{}
+		for {
+			tag, err := uv()
+			if err != nil {
+				return nil, err
+			}
+			if tag == 0 {
+				break
+			}
+			if int(tag) <= last || tag > tagTarget {
+				return nil, fmt.Errorf("%w: tree field %d out of order or unknown", ErrCorrupt, tag)
+			}
+			last = int(tag)
+			seen[last] = true
+			switch tag {
+			case tagName:
+				n.Name, err = bytesField()
+			case tagType:
+				var v uint64
+				v, err = uv()
+				n.Type = NodeType(v)
+			case tagMode:
+				var v uint64
+				v, err = uv()
+				if v&^07777 != 0 {
+					err = fmt.Errorf("%w: mode %o", ErrCorrupt, v)
+				}
+				n.Mode = uint32(v)
+			case tagMTime:
+				v, k := binary.Varint(r)
+				if k <= 0 {
+					return nil, fmt.Errorf("%w: tree truncated", ErrCorrupt)
+				}
+				r, n.MTime = r[k:], v
+			case tagSize:
+				n.Size, err = uv()
+			case tagContent:
+				var c uint64
+				c, err = uv()
+				if err == nil && c > uint64(len(r))/chunk.IDSize {
+					err = fmt.Errorf("%w: tree truncated", ErrCorrupt)
+				}
+				if err == nil {
+					n.Content = make([]chunk.ID, c)
+					for j := range n.Content {
+						copy(n.Content[j][:], r)
+						r = r[chunk.IDSize:]
+					}
+				}
+			case tagSubtree:
+				if len(r) < chunk.IDSize {
+					return nil, fmt.Errorf("%w: tree truncated", ErrCorrupt)
+				}
+				copy(n.Subtree[:], r)
+				r = r[chunk.IDSize:]
+			case tagTarget:
+				n.Target, err = bytesField()
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		if err := ValidName(n.Name); err != nil {
+			return nil, err
+		}
+		if i > 0 && t.Nodes[i-1].Name >= n.Name {
+			return nil, fmt.Errorf("%w: tree entries unsorted or duplicate at %q", ErrCorrupt, n.Name)
+		}
+		ok := seen[tagName] && seen[tagType]
+		switch n.Type {
+		case TypeFile:
+			ok = ok && !seen[tagSubtree] && !seen[tagTarget] && (n.Size == 0) == (len(n.Content) == 0)
+		case TypeDir:
+			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget]
+		case TypeSymlink:
+			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree]
+		default:
+			ok = false
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: tree entry %q of type %v has invalid fields", ErrCorrupt, n.Name, n.Type)
+		}
+	}
+	if len(r) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes after tree", ErrCorrupt, len(r))
+	}
+	return t, nil
+}

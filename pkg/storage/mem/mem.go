@@ -1,0 +1,172 @@
+// Package mem is an in-memory storage.Storage for tests and experiments.
+// It keeps copies of the bytes it is given and hands out copies, so no
+// caller can change a stored object behind its back.
+package mem
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// pieceSize is how much Put reads between two checks of its context.
+const pieceSize = 1 << 20
+
+// Storage is an in-memory storage.Storage. The zero value is not usable;
+// call New.
+type Storage struct {
+	mu      sync.RWMutex
+	objects map[string]object
+}
+
+type object struct {
+	data    []byte // never changed once stored
+	modTime time.Time
+}
+
+var _ storage.Storage = (*Storage)(nil)
+
+// New returns an empty in-memory storage.
+func New() *Storage {
+	return &Storage{objects: map[string]object{}}
+}
+
+// Put stores a copy of size bytes read from body under key. The object
+// appears whole, only after all of it has been read.
+func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if err := storage.ValidateKey(key); err != nil {
+		return fmt.Errorf("mem: put: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("mem: put %s: negative size %d", key, size)
+	}
+	data := make([]byte, 0, min(size, 64<<20))
+	for int64(len(data)) < size {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("mem: put %s: %w", key, err)
+		}
+		n := int(min(size-int64(len(data)), pieceSize))
+		start := len(data)
+		data = append(data, make([]byte, n)...)
+		if _, err := io.ReadFull(body, data[start:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("mem: put %s: read body: %w", key, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("mem: put %s: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.objects[key] = object{data: data, modTime: time.Now()}
+	return nil
+}
+
+// Get returns a reader over a copy of the requested range of the object.
+func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return nil, fmt.Errorf("mem: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("mem: get %s: %w", key, err)
+	}
+	s.mu.RLock()
+	obj, ok := s.objects[key]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("mem: get %s: %w", key, storage.ErrNotFound)
+	}
+	size := int64(len(obj.data))
+	if offset < 0 || offset > size {
+		return nil, fmt.Errorf("mem: get %s: offset %d of %d bytes: %w", key, offset, size, storage.ErrInvalidRange)
+	}
+	end := size
+	if length >= 0 && length < size-offset {
+		end = offset + length
+	}
+	return &reader{ctx: ctx, r: bytes.NewReader(bytes.Clone(obj.data[offset:end]))}, nil
+}
+
+// Stat describes the object at key.
+func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("mem: stat: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("mem: stat %s: %w", key, err)
+	}
+	s.mu.RLock()
+	obj, ok := s.objects[key]
+	s.mu.RUnlock()
+	if !ok {
+		return storage.ObjectInfo{}, fmt.Errorf("mem: stat %s: %w", key, storage.ErrNotFound)
+	}
+	return storage.ObjectInfo{Key: key, Size: int64(len(obj.data)), ModTime: obj.modTime}, nil
+}
+
+// List calls fn for every object whose key starts with prefix. It takes a
+// snapshot of the matching keys first, so fn may call any method of s.
+func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("mem: list %q: %w", prefix, err)
+	}
+	var infos []storage.ObjectInfo
+	s.mu.RLock()
+	for key, obj := range s.objects {
+		if strings.HasPrefix(key, prefix) {
+			infos = append(infos, storage.ObjectInfo{Key: key, Size: int64(len(obj.data)), ModTime: obj.modTime})
+		}
+	}
+	s.mu.RUnlock()
+	for _, oi := range infos {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("mem: list %q: %w", prefix, err)
+		}
+		if err := fn(oi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete removes the object at key; a missing object is not an error.
+func (s *Storage) Delete(ctx context.Context, key string) error {
+	if err := storage.ValidateKey(key); err != nil {
+		return fmt.Errorf("mem: delete: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("mem: delete %s: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.objects, key)
+	return nil
+}
+
+// Close does nothing; the objects stay readable.
+func (s *Storage) Close() error { return nil }
+
+// reader fails reads once its Get's context is cancelled, like a network
+// backend's response body.
+type reader struct {
+	ctx context.Context
+	r   *bytes.Reader
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+func (r *reader) Close() error { return nil }

@@ -1,0 +1,149 @@
+// Package storage defines the one small interface through which backupd
+// reads and writes objects, whatever holds them: a local directory, memory,
+// S3, MinIO, Google Cloud Storage or Azure Blob.
+//
+// A Storage is dumb on purpose: it knows keys and bytes, never owners,
+// workspaces, snapshots or archive formats. Everything above it (pkg/repo,
+// pkg/sync) relies only on the guarantees written down here, and every
+// backend proves them by running the shared conformance suite in
+// pkg/storage/storagetest.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Sentinel errors. Backends wrap them with context (the key, the backend),
+// so callers test with errors.Is.
+var (
+	// ErrNotFound means the object does not exist.
+	ErrNotFound = errors.New("object not found")
+	// ErrInvalidKey means a key breaks the rules of ValidateKey.
+	ErrInvalidKey = errors.New("invalid object key")
+	// ErrInvalidRange means a Get asked for an offset beyond the object's end
+	// or a negative offset.
+	ErrInvalidRange = errors.New("invalid byte range")
+	// ErrPermission means the backend refused the call for lack of rights
+	// (HTTP 403 and the like). It is permanent: retrying will not help.
+	ErrPermission = errors.New("permission denied")
+)
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	// Key is the object's full key, relative to the Storage.
+	Key string
+	// Size is the object's length in bytes.
+	Size int64
+	// ModTime is when the object was last written, as the backend reports
+	// it; it may be zero where a backend does not know.
+	ModTime time.Time
+}
+
+// Storage stores immutable-by-convention objects under string keys.
+//
+// Guarantees every implementation gives (and storagetest checks):
+//
+//   - Put is atomic and idempotent. After Put returns nil, Get returns
+//     exactly the bytes written; a reader never sees a partially written
+//     object. When Put fails or its context is cancelled, the key holds
+//     either its previous complete content, nothing, or (if the failure came
+//     after the backend committed the write) the new complete content; never
+//     a mix. Putting the same bytes under the same key twice is harmless, so
+//     a retried upload is safe. Putting different bytes replaces the object.
+//   - Put's body starts at position 0 and holds at least size bytes; Put
+//     reads exactly size bytes from it and may Seek it back to 0 and read it
+//     again (a retry). The caller keeps ownership of the body; Put does not
+//     close it.
+//   - After Put returns nil the object is durable as far as the backend
+//     can promise (fsync for local disks, a completed upload for object
+//     stores), and visible to Get, Stat and List. Delete is durable in the
+//     same sense once it returns.
+//   - Get(key, offset, length) returns the bytes [offset, offset+length) of
+//     the object; length < 0 means "to the end". A range that runs past the
+//     end is cut short at the end. offset < 0 or offset > size fails with
+//     ErrInvalidRange. The caller closes the reader, and must finish
+//     reading before cancelling ctx: the reader may fail once ctx is done.
+//   - List calls fn once for every object whose key starts with prefix, in
+//     no guaranteed order; an error returned by fn stops the listing and is
+//     returned. fn may call the same Storage. Objects put or deleted during
+//     a listing may or may not show.
+//   - Delete of a missing key returns nil.
+//   - A missing object is ErrNotFound (wrapped) from Get and Stat.
+//   - Every method honours ctx: when it is cancelled the call returns
+//     promptly with an error that wraps ctx.Err() or describes it.
+//   - All methods are safe for concurrent use; none may be called after
+//     Close. Closing a wrapper does not close the Storage it wraps.
+//   - Errors never contain credentials.
+//
+// Keys are checked with ValidateKey; a backend may refuse further keys it
+// cannot represent (the local backend: components over 255 bytes, and names
+// starting with ".tmp-", which it uses for uploads in progress).
+type Storage interface {
+	// Put stores size bytes read from body under key.
+	Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error
+	// Get opens the byte range [offset, offset+length) of the object at key;
+	// length < 0 reads to the end.
+	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+	// Stat describes the object at key.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// List calls fn for every object whose key starts with prefix.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	// Delete removes the object at key; a missing object is not an error.
+	Delete(ctx context.Context, key string) error
+	// Close releases the backend's resources.
+	Close() error
+}
+
+// ValidateKey reports whether key is usable with every backend: non-empty,
+// at most 1024 bytes, slash-separated components that are neither empty,
+// "." nor "..", no leading or trailing slash, no backslash and no control
+// characters. The error wraps ErrInvalidKey.
+func ValidateKey(key string) error {
+	if key == "" || len(key) > 1024 {
+		return fmt.Errorf("%w: %q: length must be 1 to 1024 bytes", ErrInvalidKey, key)
+	}
+	for _, r := range key {
+		if r < 0x20 || r == 0x7f || r == '\\' {
+			return fmt.Errorf("%w: %q: control character or backslash", ErrInvalidKey, key)
+		}
+	}
+	for _, part := range strings.Split(key, "/") {
+		if part == "" || part == "." || part == ".." {
+			return fmt.Errorf("%w: %q: empty, \".\" or \"..\" component", ErrInvalidKey, key)
+		}
+	}
+	return nil
+}
+
+// ReadAll reads a whole object into memory. It is meant for small objects
+// (configs, indexes, snapshots, ranges of packs).
+func ReadAll(ctx context.Context, s Storage, key string, offset, length int64) ([]byte, error) {
+	rc, err := s.Get(ctx, key, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var buf []byte
+	if length > 0 {
+		// Trust a caller's length only so far: a damaged index must not be
+		// able to make us allocate gigabytes before reading a byte.
+		buf = make([]byte, 0, min(length, 64<<20))
+	}
+	w := bytesWriter{buf: buf}
+	if _, err := io.Copy(&w, rc); err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return w.buf, nil
+}
+
+type bytesWriter struct{ buf []byte }
+
+func (w *bytesWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	return len(p), nil
+}

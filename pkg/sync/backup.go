@@ -1,0 +1,516 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	gosync "sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/repo"
+)
+
+// BackupOptions configures one backup.
+type BackupOptions struct {
+	Owner, Workspace string
+	// Host is recorded in the snapshot; empty means os.Hostname.
+	Host string
+	Tags map[string]string
+	// Readers is the number of files read and chunked at once; 0 means
+	// GOMAXPROCS.
+	Readers int
+	// Compressors is the number of goroutines compressing blobs; 0 means
+	// GOMAXPROCS.
+	Compressors int
+	// Uploads is the number of packs stored at once; 0 means 2.
+	Uploads int
+	// Progress, if set, is updated as the backup runs.
+	Progress *Progress
+}
+
+func (o *BackupOptions) defaults() {
+	if o.Readers <= 0 {
+		o.Readers = runtime.GOMAXPROCS(0)
+	}
+	if o.Compressors <= 0 {
+		o.Compressors = runtime.GOMAXPROCS(0)
+	}
+	if o.Uploads <= 0 {
+		o.Uploads = 2
+	}
+	if o.Progress == nil {
+		o.Progress = &Progress{}
+	}
+	if o.Host == "" {
+		o.Host, _ = os.Hostname()
+	}
+}
+
+// BackupResult is what a finished backup reports.
+type BackupResult struct {
+	SnapshotID chunk.ID
+	Snapshot   *repo.Snapshot
+}
+
+type backupStats struct {
+	files, dirs, symlinks, skipped atomic.Int64
+	bytes, newBytes, storedBytes   atomic.Int64
+	blobs, newBlobs, objects       atomic.Int64
+}
+
+type fileJob struct {
+	path string
+	node *repo.Node
+	done chan struct{}
+}
+
+type blobJob struct {
+	id   chunk.ID
+	buf  []byte // owned by the job; returned to the pool when stored
+	data []byte
+}
+
+type dirFuture struct {
+	done chan struct{}
+	id   chunk.ID
+}
+
+type backup struct {
+	r      *repo.Repository
+	opts   BackupOptions
+	params chunk.Params
+	stats  backupStats
+
+	fileJobs chan *fileJob
+	blobJobs chan blobJob
+	bufs     *bufferPool
+
+	inflightMu gosync.Mutex
+	inflight   map[chunk.ID]struct{}
+
+	packers [2]*packer // by repo.BlobType
+	uploads chan finishedPack
+	packBuf *bufferPool
+
+	newPacksMu gosync.Mutex
+	newPacks   []repo.PackIndex
+}
+
+// Backup stores the tree at dir in r as a new snapshot of opts.Workspace.
+// The snapshot object is written last, only after every pack and the index
+// naming them are stored; on any error no snapshot is written and earlier
+// snapshots are untouched. The repository's index must be loaded.
+func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOptions) (*BackupResult, error) {
+	opts.defaults()
+	if err := repo.ValidateName("owner", opts.Owner); err != nil {
+		return nil, err
+	}
+	if err := repo.ValidateName("workspace", opts.Workspace); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if opts.Progress.Started.IsZero() {
+		opts.Progress.Started = start
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	rootInfo, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("backup source: %w", err)
+	}
+	if !rootInfo.IsDir() {
+		return nil, fmt.Errorf("backup source %s is not a directory", abs)
+	}
+	var parent string
+	if refs, err := r.ListSnapshots(ctx, opts.Workspace); err != nil {
+		return nil, err
+	} else if len(refs) > 0 {
+		parent = refs[len(refs)-1].ID.String()
+	}
+
+	cfg := r.Config()
+	b := &backup{
+		r:        r,
+		opts:     opts,
+		params:   r.ChunkParams(),
+		fileJobs: make(chan *fileJob, 256),
+		blobJobs: make(chan blobJob, opts.Compressors),
+		inflight: map[chunk.ID]struct{}{},
+		uploads:  make(chan finishedPack),
+	}
+	// Chunk buffers in flight: one per reader, one per compressor, and the
+	// queue between them. This, with the pack buffers, bounds memory.
+	b.bufs = newBufferPool(opts.Readers+2*opts.Compressors, int(b.params.MaxSize))
+	packCap := cfg.PackSize + 256<<10 // blobs plus a typical trailer
+	b.packBuf = newBufferPool(len(b.packers)+opts.Uploads+1, packCap)
+	for t := range b.packers {
+		b.packers[t] = &packer{typ: repo.BlobType(t), size: cfg.PackSize, pool: b.packBuf}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	var readers, compressors gosync.WaitGroup
+	for range opts.Uploads {
+		g.Go(func() error { return b.uploader(gctx) })
+	}
+	for range opts.Compressors {
+		compressors.Add(1)
+		g.Go(func() error { defer compressors.Done(); return b.compressor(gctx) })
+	}
+	for range opts.Readers {
+		readers.Add(1)
+		g.Go(func() error { defer readers.Done(); return b.reader(gctx) })
+	}
+	var rootID chunk.ID
+	g.Go(func() error {
+		root, err := b.walkDir(gctx, g, abs)
+		if err != nil {
+			return err
+		}
+		if err := wait(gctx, root.done); err != nil {
+			return err
+		}
+		rootID = root.id
+		close(b.fileJobs)
+		readers.Wait()
+		close(b.blobJobs)
+		compressors.Wait()
+		for _, p := range b.packers {
+			if err := p.flush(gctx, b.uploads); err != nil {
+				return err
+			}
+		}
+		close(b.uploads)
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	if len(b.newPacks) > 0 {
+		if _, err := r.SaveIndex(ctx, b.newPacks); err != nil {
+			return nil, err
+		}
+		b.stats.objects.Add(1)
+	}
+	b.stats.objects.Add(1) // the snapshot object
+	st := &b.stats
+	snap := &repo.Snapshot{
+		Time:      time.Now().UTC(),
+		Tree:      rootID,
+		Owner:     opts.Owner,
+		Workspace: opts.Workspace,
+		Host:      opts.Host,
+		Path:      abs,
+		Parent:    parent,
+		Tags:      opts.Tags,
+		RootMode:  unixMode(rootInfo),
+		RootMTime: rootInfo.ModTime().UnixNano(),
+		Stats: repo.Stats{
+			Files: st.files.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
+			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
+			Blobs: st.blobs.Load(), NewBlobs: st.newBlobs.Load(), ObjectsWritten: st.objects.Load(),
+			DurationMS: time.Since(start).Milliseconds(),
+		},
+	}
+	id, err := r.SaveSnapshot(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	return &BackupResult{SnapshotID: id, Snapshot: snap}, nil
+}
+
+func wait(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// walkDir reads one directory, queues its files for reading, recurses into
+// subdirectories, and returns a future for its tree id. A goroutine in g
+// finishes the tree once every child is done.
+func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*dirFuture, error) {
+	entries, err := os.ReadDir(path) // sorted by name, as trees are
+	if err != nil {
+		return nil, fmt.Errorf("read directory: %w", err)
+	}
+	nodes := make([]repo.Node, 0, len(entries))
+	var waits []<-chan struct{}
+	var subdirs []struct {
+		i int
+		f *dirFuture
+	}
+	for _, e := range entries {
+		p := filepath.Join(path, e.Name())
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed while we walked
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stat: %w", err)
+		}
+		n := repo.Node{Name: e.Name(), Mode: unixMode(fi), MTime: fi.ModTime().UnixNano()}
+		switch fi.Mode().Type() {
+		case 0:
+			n.Type = repo.TypeFile
+		case fs.ModeDir:
+			n.Type = repo.TypeDir
+		case fs.ModeSymlink:
+			n.Type = repo.TypeSymlink
+			if n.Target, err = os.Readlink(p); err != nil {
+				return nil, fmt.Errorf("read symlink: %w", err)
+			}
+			b.stats.symlinks.Add(1)
+		default:
+			b.stats.skipped.Add(1) // devices, sockets, FIFOs: a later format version
+			continue
+		}
+		nodes = append(nodes, n)
+		if n.Type == repo.TypeDir {
+			f, err := b.walkDir(ctx, g, p)
+			if err != nil {
+				return nil, err
+			}
+			subdirs = append(subdirs, struct {
+				i int
+				f *dirFuture
+			}{len(nodes) - 1, f})
+			waits = append(waits, f.done)
+		}
+	}
+	// Queue the files only now: nodes no longer moves.
+	for i := range nodes {
+		n := &nodes[i]
+		if n.Type != repo.TypeFile {
+			continue
+		}
+		b.stats.files.Add(1)
+		b.opts.Progress.Files.Add(1)
+		job := &fileJob{path: filepath.Join(path, n.Name), node: n, done: make(chan struct{})}
+		select {
+		case b.fileJobs <- job:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		waits = append(waits, job.done)
+	}
+	fut := &dirFuture{done: make(chan struct{})}
+	g.Go(func() error {
+		for _, w := range waits {
+			if err := wait(ctx, w); err != nil {
+				return err
+			}
+		}
+		for _, s := range subdirs {
+			nodes[s.i].Subtree = s.f.id
+		}
+		id, err := b.saveTree(ctx, &repo.Tree{Nodes: nodes})
+		if err != nil {
+			return err
+		}
+		fut.id = id
+		b.stats.dirs.Add(1)
+		b.opts.Progress.Dirs.Add(1)
+		close(fut.done)
+		return nil
+	})
+	return fut, nil
+}
+
+func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
+	data := repo.EncodeTree(t)
+	id := chunk.Hash(data)
+	if !b.claim(id, int64(len(data))) {
+		return id, nil
+	}
+	stored, comp := b.r.Codec().Compress(nil, data)
+	return id, b.packers[repo.TreeBlob].add(ctx, b.uploads, id, comp, stored, len(data), &b.stats)
+}
+
+// claim reports whether blob id must be stored, marking it as being stored.
+func (b *backup) claim(id chunk.ID, size int64) bool {
+	b.stats.blobs.Add(1)
+	if b.r.Index().Has(id) {
+		return false
+	}
+	b.inflightMu.Lock()
+	defer b.inflightMu.Unlock()
+	if _, ok := b.inflight[id]; ok {
+		return false
+	}
+	b.inflight[id] = struct{}{}
+	b.stats.newBlobs.Add(1)
+	b.stats.newBytes.Add(size)
+	return true
+}
+
+// reader reads, chunks and hashes files, and hands new chunks on to the
+// compressors.
+func (b *backup) reader(ctx context.Context) error {
+	ch := chunk.NewChunker(b.params)
+	for {
+		var job *fileJob
+		select {
+		case j, ok := <-b.fileJobs:
+			if !ok {
+				return nil
+			}
+			job = j
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := b.readFile(ctx, ch, job); err != nil {
+			return fmt.Errorf("%s: %w", job.path, err)
+		}
+		close(job.done)
+	}
+}
+
+func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) error {
+	f, err := os.OpenFile(job.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n := job.node
+	n.Size = 0
+	emit := func(buf, data []byte) ([]byte, error) {
+		id := chunk.Hash(data)
+		n.Content = append(n.Content, id)
+		n.Size += uint64(len(data))
+		b.stats.bytes.Add(int64(len(data)))
+		b.opts.Progress.Bytes.Add(int64(len(data)))
+		if !b.claim(id, int64(len(data))) {
+			return buf, nil
+		}
+		select {
+		case b.blobJobs <- blobJob{id: id, buf: buf, data: data}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return b.bufs.get(ctx)
+	}
+	buf, err := b.bufs.get(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if buf != nil {
+			b.bufs.put(buf)
+		}
+	}()
+	min := int(b.params.MinSize)
+	// A file that fits in one chunk is read in one go: the chunker would
+	// not cut it anyway.
+	k, err := io.ReadFull(f, buf[:min+1])
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if k > 0 {
+			buf, err = emit(buf, buf[:k])
+		} else {
+			err = nil
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	ch.Reset(f)
+	for {
+		data, err := ch.Next(buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if buf, err = emit(buf, data); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// compressor compresses new blobs and adds them to the data packer.
+func (b *backup) compressor(ctx context.Context) error {
+	var out []byte
+	for {
+		var job blobJob
+		select {
+		case j, ok := <-b.blobJobs:
+			if !ok {
+				return nil
+			}
+			job = j
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		var comp chunk.Compression
+		out, comp = b.r.Codec().Compress(out[:0], job.data)
+		err := b.packers[repo.DataBlob].add(ctx, b.uploads, job.id, comp, out, len(job.data), &b.stats)
+		b.bufs.put(job.buf)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// uploader stores finished packs.
+func (b *backup) uploader(ctx context.Context) error {
+	for {
+		var p finishedPack
+		select {
+		case fp, ok := <-b.uploads:
+			if !ok {
+				return nil
+			}
+			p = fp
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := b.r.SavePack(ctx, p.data, p.id, p.entries)
+		b.packBuf.put(p.data[:0])
+		if err != nil {
+			return err
+		}
+		b.stats.objects.Add(1)
+		b.newPacksMu.Lock()
+		b.newPacks = append(b.newPacks, repo.PackIndex{Pack: p.id, Blobs: p.entries})
+		b.newPacksMu.Unlock()
+	}
+}
+
+func unixMode(fi fs.FileInfo) uint32 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Mode & 07777
+	}
+	m := uint32(fi.Mode().Perm())
+	if fi.Mode()&fs.ModeSetuid != 0 {
+		m |= 04000
+	}
+	if fi.Mode()&fs.ModeSetgid != 0 {
+		m |= 02000
+	}
+	if fi.Mode()&fs.ModeSticky != 0 {
+		m |= 01000
+	}
+	return m
+}

@@ -1,0 +1,120 @@
+package sync
+
+import (
+	"context"
+	gosync "sync"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/repo"
+)
+
+type finishedPack struct {
+	id      chunk.ID
+	data    []byte
+	entries []repo.BlobEntry
+}
+
+// packer collects blobs of one type into packs of about size bytes and
+// hands full packs to the uploaders.
+type packer struct {
+	typ  repo.BlobType
+	size int
+	pool *bufferPool
+
+	mu  gosync.Mutex
+	cur *repo.PackBuilder
+}
+
+// add appends one stored blob. A pack that the blob would push past the
+// target size is sent to the uploaders first. add never blocks while
+// holding the lock, so a full buffer pool only waits for the uploaders.
+func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.ID, comp chunk.Compression, stored []byte, rawLen int, st *backupStats) error {
+	for {
+		p.mu.Lock()
+		if p.cur != nil && p.cur.Count() > 0 && p.cur.Len()+len(stored) > p.size {
+			full := p.cur
+			p.cur = nil
+			p.mu.Unlock()
+			if err := send(ctx, uploads, full); err != nil {
+				return err
+			}
+			continue
+		}
+		if p.cur == nil {
+			p.mu.Unlock()
+			buf, err := p.pool.get(ctx)
+			if err != nil {
+				return err
+			}
+			p.mu.Lock()
+			if p.cur == nil {
+				p.cur = repo.NewPackBuilderBuffer(buf)
+			} else {
+				p.pool.put(buf)
+			}
+			p.mu.Unlock()
+			continue
+		}
+		p.cur.Add(id, p.typ, comp, stored, rawLen)
+		p.mu.Unlock()
+		st.storedBytes.Add(int64(len(stored)))
+		return nil
+	}
+}
+
+func (p *packer) flush(ctx context.Context, uploads chan<- finishedPack) error {
+	p.mu.Lock()
+	full := p.cur
+	p.cur = nil
+	p.mu.Unlock()
+	if full == nil || full.Count() == 0 {
+		return nil
+	}
+	return send(ctx, uploads, full)
+}
+
+func send(ctx context.Context, uploads chan<- finishedPack, pb *repo.PackBuilder) error {
+	data, id, entries := pb.Finish()
+	select {
+	case uploads <- finishedPack{id: id, data: data, entries: entries}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// bufferPool hands out at most n buffers of length size, reusing returned
+// ones, so that the memory a pipeline holds is bounded.
+type bufferPool struct {
+	size int
+	free chan []byte
+	sem  chan struct{}
+}
+
+func newBufferPool(n, size int) *bufferPool {
+	return &bufferPool{size: size, free: make(chan []byte, n), sem: make(chan struct{}, n)}
+}
+
+func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
+	select {
+	case b := <-p.free:
+		return b[:p.size], nil
+	default:
+	}
+	select {
+	case b := <-p.free:
+		return b[:p.size], nil
+	case p.sem <- struct{}{}:
+		return make([]byte, p.size), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (p *bufferPool) put(b []byte) {
+	select {
+	case p.free <- b[:cap(b)]:
+	default:
+		panic("sync: bufferPool.put: more buffers returned than handed out")
+	}
+}

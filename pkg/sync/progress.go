@@ -1,0 +1,25 @@
+// Package sync holds backupd's backup and restore pipelines: walking a
+// directory, chunking, deduplicating, compressing and packing its content
+// into a repository, and bringing a snapshot back into a directory with
+// every byte verified. It depends on the repository format (pkg/repo) and
+// the storage interface, never on a concrete backend.
+package sync
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Progress is updated by a running backup or restore; another goroutine may
+// read it at any time (for a progress bar or a progress stream).
+type Progress struct {
+	// Files and Dirs count entries processed so far.
+	Files, Dirs atomic.Int64
+	// Bytes counts file content processed so far.
+	Bytes atomic.Int64
+	// TotalFiles and TotalBytes are the expected totals when known (restore
+	// knows them from the snapshot), else zero.
+	TotalFiles, TotalBytes atomic.Int64
+	// Started is when the operation began.
+	Started time.Time
+}

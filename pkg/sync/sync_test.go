@@ -1,0 +1,360 @@
+package sync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/local"
+	"github.com/backupd/backupd/pkg/storage/mem"
+)
+
+func restoreLatest(t testing.TB, r *repo.Repository, target string) (*RestoreResult, error) {
+	t.Helper()
+	snap, _, err := r.FindSnapshot(context.Background(), "ws1", "latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Restore(context.Background(), r, snap, target, RestoreOptions{})
+}
+
+func TestRoundTrip(t *testing.T) {
+	for name, newRoot := range map[string]func(t *testing.T) storage.Storage{
+		"mem": func(t *testing.T) storage.Storage { return mem.New() },
+		"local": func(t *testing.T) storage.Storage {
+			s, err := local.New(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := t.TempDir()
+			makeTree(t, src)
+			t.Cleanup(func() { chmodTreeWritable(src) })
+			want := snapshotDir(t, src)
+			rootInfo, _ := os.Stat(src)
+
+			r := openRepo(t, newRoot(t))
+			res := doBackup(t, r, src)
+			if res.Snapshot.Stats.Files < 600 || res.Snapshot.Stats.Symlinks != 5 {
+				t.Fatalf("stats = %+v", res.Snapshot.Stats)
+			}
+
+			dst := filepath.Join(t.TempDir(), "restored", "here")
+			t.Cleanup(func() { chmodTreeWritable(dst) })
+			rr, err := restoreLatest(t, r, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareDirs(t, want, snapshotDir(t, dst))
+			if rr.Files != res.Snapshot.Stats.Files || rr.Bytes != res.Snapshot.Stats.Bytes {
+				t.Errorf("restore result %+v vs backup stats %+v", rr, res.Snapshot.Stats)
+			}
+			dstInfo, _ := os.Stat(dst)
+			if !dstInfo.ModTime().Equal(rootInfo.ModTime()) || dstInfo.Mode() != rootInfo.Mode() {
+				t.Errorf("target dir: mode %v mtime %v, want %v %v", dstInfo.Mode(), dstInfo.ModTime(), rootInfo.Mode(), rootInfo.ModTime())
+			}
+		})
+	}
+}
+
+func TestSecondBackupStoresNoData(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src)
+	t.Cleanup(func() { chmodTreeWritable(src) })
+	r, root := newMemRepo(t)
+	first := doBackup(t, r, src)
+	if first.Snapshot.Stats.NewBlobs == 0 || first.Snapshot.Stats.NewBytes == 0 {
+		t.Fatalf("first backup stored nothing: %+v", first.Snapshot.Stats)
+	}
+	// Duplicate files are stored once.
+	if first.Snapshot.Stats.NewBytes >= first.Snapshot.Stats.Bytes {
+		t.Errorf("no dedup within the first backup: %+v", first.Snapshot.Stats)
+	}
+	// A fresh repository handle, as a new process would have.
+	r2 := openRepo(t, root)
+	second := doBackup(t, r2, src)
+	st := second.Snapshot.Stats
+	if st.NewBlobs != 0 || st.NewBytes != 0 || st.ObjectsWritten != 1 {
+		t.Fatalf("unchanged re-backup stored data: %+v", st)
+	}
+	if second.Snapshot.Tree != first.Snapshot.Tree {
+		t.Fatal("unchanged tree got a new root id")
+	}
+	if second.Snapshot.Parent != first.SnapshotID.String() {
+		t.Fatalf("parent = %q, want %s", second.Snapshot.Parent, first.SnapshotID)
+	}
+}
+
+func TestSmallEditInLargeFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 100 MiB")
+	}
+	src := t.TempDir()
+	big := genData(42, 100<<20)
+	writeFile(t, filepath.Join(src, "big.bin"), big, 0o644, time.Unix(1, 0))
+	r, _ := newMemRepo(t)
+	first := doBackup(t, r, src)
+	if first.Snapshot.Stats.NewBlobs < 50 {
+		t.Fatalf("100 MiB made only %d blobs", first.Snapshot.Stats.NewBlobs)
+	}
+	copy(big[50<<20:], genData(43, 1<<20))
+	writeFile(t, filepath.Join(src, "big.bin"), big, 0o644, time.Unix(2, 0))
+	second := doBackup(t, r, src)
+	st := second.Snapshot.Stats
+	// The changed data blobs (a few around the edit) plus two trees.
+	if st.NewBlobs > 6 || st.NewBytes > 20<<20 {
+		t.Fatalf("1 MiB edit stored %d new blobs, %d new bytes", st.NewBlobs, st.NewBytes)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dst, "big.bin"))
+	if !bytes.Equal(got, big) {
+		t.Fatal("restored big file differs")
+	}
+}
+
+// packKeys lists the pack objects of owner1's repository.
+func packKeys(t *testing.T, root storage.Storage) []string {
+	var keys []string
+	err := root.List(context.Background(), "owner1/data/", func(oi storage.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func flipByte(t *testing.T, root storage.Storage, key string, at func(size int) int) {
+	ctx := context.Background()
+	data, err := storage.ReadAll(ctx, root, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[at(len(data))] ^= 0x40
+	if err := root.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestoreDetectsFlippedByte(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "a"), genData(1, 3<<20), 0o644, time.Unix(1, 0))
+	writeFile(t, filepath.Join(src, "sub", "b"), []byte("small file"), 0o644, time.Unix(1, 0))
+	for _, where := range []string{"data", "tree"} {
+		t.Run(where, func(t *testing.T) {
+			r, root := newMemRepo(t)
+			doBackup(t, r, src)
+			// Find the pack holding the wanted blob type via its trailer.
+			var victim string
+			for _, key := range packKeys(t, root) {
+				data, _ := storage.ReadAll(context.Background(), root, key, 0, -1)
+				entries, err := repo.ParsePackTrailer(data, int64(len(data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if entries[0].Type.String() == where {
+					victim = key
+				}
+			}
+			if victim == "" {
+				t.Fatalf("no %s pack", where)
+			}
+			flipByte(t, root, victim, func(int) int { return 5 }) // inside the first blob
+			_, err := restoreLatest(t, openRepo(t, root), t.TempDir())
+			if err == nil || !errors.Is(err, repo.ErrCorrupt) {
+				t.Fatalf("restore of damaged %s pack: err = %v, want ErrCorrupt", where, err)
+			}
+			name := strings.TrimPrefix(victim, "owner1/")
+			if !strings.Contains(err.Error(), name) {
+				t.Fatalf("error %q does not name the object %s", err, name)
+			}
+		})
+	}
+}
+
+// storeTree writes raw tree bytes (possibly hostile) and a snapshot for it,
+// bypassing the backup pipeline's checks, as an attacker with write access
+// to the bucket could.
+func storeTree(t *testing.T, r *repo.Repository, trees ...[]byte) *repo.Snapshot {
+	t.Helper()
+	ctx := context.Background()
+	pb := repo.NewPackBuilder(1 << 10)
+	var root chunk.ID
+	for _, tr := range trees {
+		id := chunk.Hash(tr)
+		pb.Add(id, repo.TreeBlob, chunk.Raw, tr, len(tr))
+		root = id
+	}
+	data, packID, entries := pb.Finish()
+	if err := r.SavePack(ctx, data, packID, entries); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SaveIndex(ctx, []repo.PackIndex{{Pack: packID, Blobs: entries}}); err != nil {
+		t.Fatal(err)
+	}
+	return &repo.Snapshot{Tree: root, Owner: "owner1", Workspace: "ws1", Time: time.Now()}
+}
+
+// rawTree encodes nodes without EncodeTree's sortedness check.
+func rawTree(nodes ...repo.Node) []byte {
+	out := []byte("BKPDTR01")
+	out = append(out, byte(len(nodes)))
+	for _, n := range nodes {
+		one := repo.EncodeTree(&repo.Tree{Nodes: []repo.Node{n}})
+		out = append(out, one[9:]...)
+	}
+	return out
+}
+
+func TestRestoreRefusesEscapingTrees(t *testing.T) {
+	outside := t.TempDir()
+	empty := rawTree()
+	emptyID := chunk.Hash(empty)
+	cases := map[string][][]byte{
+		"dotdot dir":    {empty, rawTree(repo.Node{Name: "..", Type: repo.TypeDir, Mode: 0o755, Subtree: emptyID})},
+		"dotdot file":   {rawTree(repo.Node{Name: "..", Type: repo.TypeFile, Mode: 0o644})},
+		"slash name":    {rawTree(repo.Node{Name: "../../" + filepath.Base(outside) + "/pwned", Type: repo.TypeFile, Mode: 0o644})},
+		"absolute name": {rawTree(repo.Node{Name: filepath.Join(outside, "pwned"), Type: repo.TypeFile, Mode: 0o644})},
+		// A symlink to outside, then a directory of the same name whose
+		// content would be written through the link.
+		"through symlink": {
+			rawTree(repo.Node{Name: "pwned", Type: repo.TypeFile, Mode: 0o644}),
+			rawTree(
+				repo.Node{Name: "link", Type: repo.TypeSymlink, Target: outside},
+				repo.Node{Name: "link", Type: repo.TypeDir, Mode: 0o755, Subtree: chunk.Hash(rawTree(repo.Node{Name: "pwned", Type: repo.TypeFile, Mode: 0o644}))},
+			),
+		},
+		"through symlink file": {
+			rawTree(
+				repo.Node{Name: "link", Type: repo.TypeSymlink, Target: filepath.Join(outside, "pwned")},
+				repo.Node{Name: "link", Type: repo.TypeFile, Mode: 0o644},
+			),
+		},
+	}
+	for name, trees := range cases {
+		t.Run(name, func(t *testing.T) {
+			r, _ := newMemRepo(t)
+			snap := storeTree(t, r, trees...)
+			target := filepath.Join(t.TempDir(), "target")
+			_, err := Restore(context.Background(), r, snap, target, RestoreOptions{})
+			if !errors.Is(err, repo.ErrCorrupt) {
+				t.Fatalf("restore of hostile tree: err = %v, want ErrCorrupt", err)
+			}
+			if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+				t.Fatalf("restore wrote outside its target: %v", entries)
+			}
+			if _, err := os.Lstat(filepath.Join(target, "..", "pwned")); err == nil {
+				t.Fatal("restore wrote next to its target")
+			}
+		})
+	}
+}
+
+func TestRestoreTargetMustBeEmpty(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "a"), []byte("a"), 0o644, time.Unix(1, 0))
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src)
+	dst := t.TempDir()
+	writeFile(t, filepath.Join(dst, "keep"), []byte("mine"), 0o644, time.Unix(1, 0))
+	if _, err := restoreLatest(t, r, dst); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("restore into non-empty dir: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "keep")); string(got) != "mine" {
+		t.Fatal("existing file touched")
+	}
+}
+
+// failingStorage fails Puts once armed: after `allowed` more have succeeded.
+type failingStorage struct {
+	storage.Storage
+	armed   atomic.Bool
+	allowed atomic.Int64
+}
+
+func (f *failingStorage) arm(allowed int64) { f.allowed.Store(allowed); f.armed.Store(true) }
+
+func (f *failingStorage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if f.armed.Load() && f.allowed.Add(-1) < 0 {
+		return errors.New("injected outage")
+	}
+	return f.Storage.Put(ctx, key, body, size)
+}
+
+func TestFailedBackupKeepsPreviousSnapshot(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src)
+	t.Cleanup(func() { chmodTreeWritable(src) })
+	want := snapshotDir(t, src)
+	fs := &failingStorage{Storage: mem.New()}
+	r := openRepo(t, fs)
+	first := doBackup(t, r, src)
+
+	// Change everything, then fail the second backup after a few writes.
+	writeFile(t, filepath.Join(src, "new-big"), genData(77, 40<<20), 0o644, time.Unix(5, 0))
+	for _, failAt := range []int64{0, 1, 2} {
+		fs.arm(failAt)
+		_, err := Backup(context.Background(), openRepo(t, fs), src, BackupOptions{Owner: "owner1", Workspace: "ws1"})
+		if err == nil || !strings.Contains(err.Error(), "injected outage") {
+			t.Fatalf("backup with outage after %d puts: err = %v", failAt, err)
+		}
+	}
+	fs.armed.Store(false)
+	r2 := openRepo(t, fs)
+	refs, err := r2.ListSnapshots(context.Background(), "ws1")
+	if err != nil || len(refs) != 1 || refs[0].ID != first.SnapshotID {
+		t.Fatalf("snapshots after failed backups: %v, %v", refs, err)
+	}
+	dst := t.TempDir()
+	t.Cleanup(func() { chmodTreeWritable(dst) })
+	if _, err := restoreLatest(t, r2, dst); err != nil {
+		t.Fatal(err)
+	}
+	compareDirs(t, want, snapshotDir(t, dst))
+}
+
+// cancellingStorage cancels the backup's context when the first pack is
+// uploaded: a deterministic "cancel mid-backup".
+type cancellingStorage struct {
+	storage.Storage
+	cancel context.CancelFunc
+}
+
+func (c *cancellingStorage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if strings.Contains(key, "/data/") {
+		c.cancel()
+	}
+	return c.Storage.Put(ctx, key, body, size)
+}
+
+func TestBackupCancelled(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "big"), genData(3, 40<<20), 0o644, time.Unix(1, 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	root := mem.New()
+	r := openRepo(t, &cancellingStorage{Storage: root, cancel: cancel})
+	_, err := Backup(ctx, r, src, BackupOptions{Owner: "owner1", Workspace: "ws1"})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled backup: err = %v", err)
+	}
+	if refs, _ := openRepo(t, root).ListSnapshots(context.Background(), "ws1"); len(refs) != 0 {
+		t.Fatal("cancelled backup left a snapshot")
+	}
+}
