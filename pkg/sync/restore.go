@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	gosync "sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -43,10 +45,17 @@ const (
 	batchMaxBlobs = 32768
 )
 
+// restoreFile is a file whose content is being written. The pack worker
+// that brings its first blob creates it; the one that brings its last sets
+// its mode and mtime.
 type restoreFile struct {
 	path    string
 	node    *repo.Node
 	offsets []int64 // file offset of each content blob
+
+	mu        gosync.Mutex
+	created   bool
+	remaining int // content blobs not yet written
 }
 
 type blobUse struct {
@@ -69,6 +78,8 @@ type restorer struct {
 
 	batch      []*restoreFile
 	batchBlobs int
+	batches    chan []*restoreFile
+	packBytes  atomic.Int64
 }
 
 // Restore writes snapshot snap into target, which is created if missing and
@@ -93,13 +104,30 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	if err := prepareTarget(abs); err != nil {
 		return nil, err
 	}
-	rs := &restorer{r: r, opts: opts, target: abs}
-	if err := rs.restoreTree(ctx, snap.Tree, abs); err != nil {
+	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1)}
+	rs.res.Dirs = 1 // the target itself, as backup counts the source
+	// The tree walk creates directories and links and plans files batch by
+	// batch; the writer fetches packs and writes content meanwhile.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		for b := range rs.batches {
+			if err := rs.writeBatch(gctx, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer close(rs.batches)
+		if err := rs.restoreTree(gctx, snap.Tree, abs); err != nil {
+			return err
+		}
+		return rs.flush(gctx)
+	})
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	if err := rs.flush(ctx); err != nil {
-		return nil, err
-	}
+	rs.res.PackBytes = rs.packBytes.Load()
 	// Directories last, deepest first, so that setting a directory's mtime
 	// or a read-only mode comes after everything inside it is written.
 	rs.dirs = append(rs.dirs, dirMeta{path: abs, mode: snap.RootMode, mtime: snap.RootMTime})
@@ -174,9 +202,8 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := os.Symlink(n.Target, p); err != nil {
 				return fmt.Errorf("restore: %w", err)
 			}
-			ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
-			if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return fmt.Errorf("restore: set symlink time %s: %w", p, err)
+			if err := setMTime(p, n.MTime); err != nil {
+				return err
 			}
 			rs.res.Symlinks++
 		case repo.TypeFile:
@@ -191,45 +218,70 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 }
 
 func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content))}
+	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content)}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
 		if !ok || loc.Type != repo.DataBlob {
-			f.Close()
 			return fmt.Errorf("restore %s: %w: data blob %s is not in the index", p, repo.ErrCorrupt, id.Short())
 		}
 		rf.offsets[i] = off
 		off += int64(loc.RawLen)
 	}
 	if off != int64(n.Size) {
-		f.Close()
 		return fmt.Errorf("restore %s: %w: content adds up to %d bytes, tree says %d", p, repo.ErrCorrupt, off, n.Size)
-	}
-	if off > 0 {
-		// Size the file up front: blobs arrive in pack order, not file order.
-		if err := f.Truncate(off); err != nil {
-			f.Close()
-			return fmt.Errorf("restore: %w", err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("restore: %w", err)
 	}
 	rs.res.Files++
 	rs.res.Bytes += off
 	if len(n.Content) == 0 {
 		rs.opts.Progress.Files.Add(1)
-		return setMeta(p, n.Mode, n.MTime)
+		return rf.write(nil, 0)
 	}
 	rs.batch = append(rs.batch, rf)
 	rs.batchBlobs += len(n.Content)
 	if len(rs.batch) >= batchMaxFiles || rs.batchBlobs >= batchMaxBlobs {
 		return rs.flush(ctx)
+	}
+	return nil
+}
+
+// write writes one blob's content at off, creating the file on the first
+// call (exclusively, never through a link) and finishing it on the last.
+// A file without content is created and finished by one call with nil.
+func (f *restoreFile) write(data []byte, off int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	flags := os.O_WRONLY | syscall.O_NOFOLLOW | syscall.O_CLOEXEC
+	if !f.created {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	fd, err := unix.Open(f.path, flags, 0o600)
+	if err != nil {
+		return fmt.Errorf("restore: open %s: %w", f.path, err)
+	}
+	f.created = true
+	for len(data) > 0 {
+		n, err := unix.Pwrite(fd, data, off)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("restore: write %s: %w", f.path, err)
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	if f.remaining > 0 {
+		f.remaining--
+	}
+	if f.remaining == 0 {
+		if err := unix.Fchmod(fd, f.node.Mode&07777); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("restore: chmod %s: %w", f.path, err)
+		}
+	}
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("restore: close %s: %w", f.path, err)
+	}
+	if f.remaining == 0 {
+		return setMTime(f.path, f.node.MTime)
 	}
 	return nil
 }
@@ -240,14 +292,25 @@ type packPlan struct {
 	uses  map[chunk.ID][]blobUse
 }
 
-// flush writes the content of every file in the current batch, fetching
-// each pack it needs once, in parallel.
+// flush hands the current batch to the writer.
 func (rs *restorer) flush(ctx context.Context) error {
 	if len(rs.batch) == 0 {
 		return nil
 	}
+	select {
+	case rs.batches <- rs.batch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	rs.batch, rs.batchBlobs = nil, 0
+	return nil
+}
+
+// writeBatch writes the content of every file in a batch, fetching each
+// pack it needs once, packs in parallel.
+func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error {
 	plans := map[chunk.ID]*packPlan{}
-	for _, f := range rs.batch {
+	for _, f := range batch {
 		for i, id := range f.node.Content {
 			loc, _ := rs.r.Index().Lookup(id)
 			pl := plans[loc.Pack]
@@ -261,57 +324,63 @@ func (rs *restorer) flush(ctx context.Context) error {
 			pl.uses[id] = append(pl.uses[id], blobUse{file: f, offset: f.offsets[i]})
 		}
 	}
-	ordered := make([]*packPlan, 0, len(plans))
-	for _, pl := range plans {
-		sort.Slice(pl.blobs, func(i, j int) bool { return pl.blobs[i].Offset < pl.blobs[j].Offset })
-		ordered = append(ordered, pl)
-	}
-	sort.Slice(ordered, func(i, j int) bool { return string(ordered[i].pack[:]) < string(ordered[j].pack[:]) })
-
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rs.opts.Downloads)
-	read := make([]int64, len(ordered))
-	for i, pl := range ordered {
-		g.Go(func() error {
-			n, err := rs.restorePack(gctx, pl)
-			read[i] = n
-			return err
-		})
+	for _, pl := range plans {
+		sort.Slice(pl.blobs, func(i, j int) bool { return pl.blobs[i].Offset < pl.blobs[j].Offset })
+		g.Go(func() error { return rs.restorePack(gctx, pl) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	for _, n := range read {
-		rs.res.PackBytes += n
-	}
-	for _, f := range rs.batch {
-		if err := setMeta(f.path, f.node.Mode, f.node.MTime); err != nil {
-			return err
+	for _, f := range batch {
+		if f.remaining != 0 {
+			return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path, f.remaining)
 		}
-		rs.opts.Progress.Files.Add(1)
 	}
-	rs.batch, rs.batchBlobs = rs.batch[:0], 0
+	rs.opts.Progress.Files.Add(int64(len(batch)))
 	return nil
 }
 
-// restorePack reads the span of one pack that holds the wanted blobs in a
-// single ranged read, verifies each blob and writes it wherever it is used.
-func (rs *restorer) restorePack(ctx context.Context, pl *packPlan) (int64, error) {
+// maxGap is the largest run of unwanted bytes restore reads through rather
+// than starting a new ranged read of the same pack.
+const maxGap = 1 << 20
+
+// restorePack reads the wanted blobs of one pack, in as few ranged reads
+// as gaps allow, verifies each blob and writes it wherever it is used.
+func (rs *restorer) restorePack(ctx context.Context, pl *packPlan) error {
+	var stored, raw []byte
+	for start := 0; start < len(pl.blobs); {
+		end := start + 1
+		for end < len(pl.blobs) && int64(pl.blobs[end].Offset)-int64(pl.blobs[end-1].Offset)-int64(pl.blobs[end-1].StoredLen) <= maxGap {
+			end++
+		}
+		var err error
+		stored, raw, err = rs.restoreSpan(ctx, pl, pl.blobs[start:end], stored, raw)
+		if err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.Location, stored, raw []byte) ([]byte, []byte, error) {
 	key := repo.PackKey(pl.pack)
-	first := int64(pl.blobs[0].Offset)
-	last := pl.blobs[len(pl.blobs)-1]
+	first := int64(blobs[0].Offset)
+	last := blobs[len(blobs)-1]
 	end := int64(last.Offset) + int64(last.StoredLen)
 	rc, err := rs.r.Storage().Get(ctx, key, first, end-first)
 	if err != nil {
-		return 0, fmt.Errorf("read pack %s: %w", key, err)
+		return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
 	}
 	defer rc.Close()
+	rs.packBytes.Add(end - first)
 	pos := first
-	var stored, raw []byte
-	for _, loc := range pl.blobs {
+	for _, loc := range blobs {
 		if gap := int64(loc.Offset) - pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
-				return 0, fmt.Errorf("read pack %s: %w", key, err)
+				return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
 			}
 		}
 		if cap(stored) < int(loc.StoredLen) {
@@ -319,44 +388,36 @@ func (rs *restorer) restorePack(ctx context.Context, pl *packPlan) (int64, error
 		}
 		stored = stored[:loc.StoredLen]
 		if _, err := io.ReadFull(rc, stored); err != nil {
-			return 0, fmt.Errorf("read pack %s: %w", key, err)
+			return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
 		}
 		pos = int64(loc.Offset) + int64(loc.StoredLen)
 		raw, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, raw[:0])
 		if err != nil {
-			return 0, err
+			return stored, raw, err
 		}
-		for _, u := range pl.uses[loc.ID] {
-			if err := writeAt(u.file.path, raw, u.offset); err != nil {
-				return 0, err
+		uses := pl.uses[loc.ID]
+		for _, u := range uses {
+			if err := u.file.write(raw, u.offset); err != nil {
+				return stored, raw, err
 			}
 		}
-		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(pl.uses[loc.ID])))
+		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
-	return end - first, nil
+	return stored, raw, nil
 }
 
-func writeAt(path string, data []byte, off int64) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	if _, err := f.WriteAt(data, off); err != nil {
-		f.Close()
-		return fmt.Errorf("restore: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	return nil
-}
-
-// setMeta sets permission bits and mtime of a file or directory restore
-// created (never a symlink: chmod would follow it).
+// setMeta sets permission bits and mtime of a directory restore created
+// (never a symlink: chmod would follow it).
 func setMeta(path string, mode uint32, mtime int64) error {
 	if err := unix.Fchmodat(unix.AT_FDCWD, path, mode&07777, 0); err != nil {
 		return fmt.Errorf("restore: chmod %s: %w", path, err)
 	}
+	return setMTime(path, mtime)
+}
+
+// setMTime sets the modification time (and the access time, which is not
+// kept, to the same) of path itself, never following a link.
+func setMTime(path string, mtime int64) error {
 	ts := []unix.Timespec{unix.NsecToTimespec(mtime), unix.NsecToTimespec(mtime)}
 	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("restore: set mtime %s: %w", path, err)
