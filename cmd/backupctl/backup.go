@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -45,8 +46,19 @@ JSON object with the backup's statistics.`,
 			defer closeRepo()
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
+			// Warnings go to stderr, each on its own line (clearing the bar).
+			clearLine := ""
+			if f.showProgress() {
+				clearLine = "\r\x1b[K"
+			}
+			var warnMu sync.Mutex
+			warn := func(path string, err error) {
+				warnMu.Lock()
+				defer warnMu.Unlock()
+				fmt.Fprintf(os.Stderr, "%swarning: %s: %v\n", clearLine, path, err)
+			}
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
-				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog,
+				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn,
 			})
 			stop()
 			if err != nil {

@@ -36,9 +36,16 @@ type BackupOptions struct {
 	Uploads int
 	// Progress, if set, is updated as the backup runs.
 	Progress *Progress
+	// Warn, if set, is told about every entry the backup skips (special
+	// files this format version does not keep, files deleted while the
+	// backup ran). It may be called from several goroutines at once.
+	Warn func(path string, err error)
 }
 
 func (o *BackupOptions) defaults() {
+	if o.Warn == nil {
+		o.Warn = func(string, error) {}
+	}
 	if o.Readers <= 0 {
 		o.Readers = runtime.GOMAXPROCS(0)
 	}
@@ -276,7 +283,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 			}
 			b.stats.symlinks.Add(1)
 		default:
-			b.stats.skipped.Add(1) // devices, sockets, FIFOs: a later format version
+			// Devices, sockets, FIFOs: not kept by format version 1.
+			b.stats.skipped.Add(1)
+			b.opts.Warn(p, fmt.Errorf("skipped: unsupported file type %v", fi.Mode().Type()))
 			continue
 		}
 		nodes = append(nodes, n)
@@ -318,7 +327,13 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 		for _, s := range subdirs {
 			nodes[s.i].Subtree = s.f.id
 		}
-		id, err := b.saveTree(ctx, &repo.Tree{Nodes: nodes})
+		kept := nodes[:0]
+		for _, n := range nodes {
+			if n.Type != skippedNode {
+				kept = append(kept, n)
+			}
+		}
+		id, err := b.saveTree(ctx, &repo.Tree{Nodes: kept})
 		if err != nil {
 			return err
 		}
@@ -380,8 +395,25 @@ func (b *backup) reader(ctx context.Context) error {
 	}
 }
 
+// skippedNode marks a tree node dropped before its tree is written.
+const skippedNode repo.NodeType = 0
+
+// testHookBeforeOpen, when set by a test, runs before each file is opened.
+var testHookBeforeOpen func(path string)
+
 func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) error {
+	if testHookBeforeOpen != nil {
+		testHookBeforeOpen(job.path)
+	}
 	f, err := os.OpenFile(job.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted since the directory was read: leave it out.
+		job.node.Type = skippedNode
+		b.stats.files.Add(-1)
+		b.stats.skipped.Add(1)
+		b.opts.Warn(job.path, errors.New("skipped: deleted during backup"))
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -234,8 +234,7 @@ func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
 	rs.res.Files++
 	rs.res.Bytes += off
 	if len(n.Content) == 0 {
-		rs.opts.Progress.Files.Add(1)
-		return rf.write(nil, 0)
+		return rf.write(nil, 0, rs.opts.Progress)
 	}
 	rs.batch = append(rs.batch, rf)
 	rs.batchBlobs += len(n.Content)
@@ -248,7 +247,7 @@ func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
 // write writes one blob's content at off, creating the file on the first
 // call (exclusively, never through a link) and finishing it on the last.
 // A file without content is created and finished by one call with nil.
-func (f *restoreFile) write(data []byte, off int64) error {
+func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	flags := os.O_WRONLY | syscall.O_NOFOLLOW | syscall.O_CLOEXEC
@@ -281,6 +280,7 @@ func (f *restoreFile) write(data []byte, off int64) error {
 		return fmt.Errorf("restore: close %s: %w", f.path, err)
 	}
 	if f.remaining == 0 {
+		prog.Files.Add(1)
 		return setMTime(f.path, f.node.MTime)
 	}
 	return nil
@@ -338,7 +338,6 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 			return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path, f.remaining)
 		}
 	}
-	rs.opts.Progress.Files.Add(int64(len(batch)))
 	return nil
 }
 
@@ -397,7 +396,7 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		}
 		uses := pl.uses[loc.ID]
 		for _, u := range uses {
-			if err := u.file.write(raw, u.offset); err != nil {
+			if err := u.file.write(raw, u.offset, rs.opts.Progress); err != nil {
 				return stored, raw, err
 			}
 		}

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	gosync "sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -356,5 +358,60 @@ func TestBackupCancelled(t *testing.T) {
 	}
 	if refs, _ := openRepo(t, root).ListSnapshots(context.Background(), "ws1"); len(refs) != 0 {
 		t.Fatal("cancelled backup left a snapshot")
+	}
+}
+
+func TestSpecialFilesAreSkippedWithWarning(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "keep"), []byte("kept"), 0o644, time.Unix(1, 0))
+	if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newMemRepo(t)
+	var warned []string
+	var mu gosync.Mutex
+	res, err := Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1",
+		Warn: func(p string, err error) { mu.Lock(); warned = append(warned, p+": "+err.Error()); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Snapshot.Stats.Skipped != 1 || res.Snapshot.Stats.Files != 1 || len(warned) != 1 || !strings.Contains(warned[0], "fifo") {
+		t.Fatalf("stats %+v, warnings %q", res.Snapshot.Stats, warned)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(dst); len(entries) != 1 || entries[0].Name() != "keep" {
+		t.Fatalf("restored %v", entries)
+	}
+}
+
+func TestFileDeletedDuringBackupIsLeftOut(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "a"), []byte("a"), 0o644, time.Unix(1, 0))
+	writeFile(t, filepath.Join(src, "gone"), []byte("gone"), 0o644, time.Unix(1, 0))
+	testHookBeforeOpen = func(p string) {
+		if filepath.Base(p) == "gone" {
+			os.Remove(p)
+		}
+	}
+	defer func() { testHookBeforeOpen = nil }()
+	r, _ := newMemRepo(t)
+	var warnings atomic.Int64
+	res, err := Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1",
+		Warn: func(string, error) { warnings.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Snapshot.Stats.Files != 1 || res.Snapshot.Stats.Skipped != 1 || warnings.Load() != 1 {
+		t.Fatalf("stats %+v, %d warnings", res.Snapshot.Stats, warnings.Load())
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(dst); len(entries) != 1 || entries[0].Name() != "a" {
+		t.Fatalf("restored %v", entries)
 	}
 }
