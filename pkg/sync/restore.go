@@ -328,7 +328,11 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 	g.SetLimit(rs.opts.Downloads)
 	for _, pl := range plans {
 		sort.Slice(pl.blobs, func(i, j int) bool { return pl.blobs[i].Offset < pl.blobs[j].Offset })
-		g.Go(func() error { return rs.restorePack(gctx, pl) })
+		for _, span := range spans(pl.blobs) {
+			g.Go(func() error {
+				return rs.restoreSpan(gctx, pl, span)
+			})
+		}
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -341,37 +345,45 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 	return nil
 }
 
-// maxGap is the largest run of unwanted bytes restore reads through rather
-// than starting a new ranged read of the same pack.
-const maxGap = 1 << 20
+// Spans: the wanted blobs of a pack are read in spans, each one ranged
+// read. A span ends before a gap of more than maxGap unwanted bytes (cheaper
+// to skip with a new request) and once it holds maxSpan bytes (so that the
+// workers share a pack full of small files).
+const (
+	maxGap  = 1 << 20
+	maxSpan = 4 << 20
+)
 
-// restorePack reads the wanted blobs of one pack, in as few ranged reads
-// as gaps allow, verifies each blob and writes it wherever it is used.
-func (rs *restorer) restorePack(ctx context.Context, pl *packPlan) error {
-	var stored, raw []byte
-	for start := 0; start < len(pl.blobs); {
-		end := start + 1
-		for end < len(pl.blobs) && int64(pl.blobs[end].Offset)-int64(pl.blobs[end-1].Offset)-int64(pl.blobs[end-1].StoredLen) <= maxGap {
-			end++
+// spans cuts blobs (sorted by offset) into spans.
+func spans(blobs []repo.Location) [][]repo.Location {
+	var out [][]repo.Location
+	start := 0
+	for i := 1; i <= len(blobs); i++ {
+		if i < len(blobs) {
+			prevEnd := int64(blobs[i-1].Offset) + int64(blobs[i-1].StoredLen)
+			gap := int64(blobs[i].Offset) - prevEnd
+			size := prevEnd - int64(blobs[start].Offset)
+			if gap <= maxGap && size < maxSpan {
+				continue
+			}
 		}
-		var err error
-		stored, raw, err = rs.restoreSpan(ctx, pl, pl.blobs[start:end], stored, raw)
-		if err != nil {
-			return err
-		}
-		start = end
+		out = append(out, blobs[start:i])
+		start = i
 	}
-	return nil
+	return out
 }
 
-func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.Location, stored, raw []byte) ([]byte, []byte, error) {
+// restoreSpan reads one span of a pack in a single ranged read, verifies
+// each blob and writes it wherever it is used.
+func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.Location) error {
+	var stored, raw []byte
 	key := repo.PackKey(pl.pack)
 	first := int64(blobs[0].Offset)
 	last := blobs[len(blobs)-1]
 	end := int64(last.Offset) + int64(last.StoredLen)
 	rc, err := rs.r.Storage().Get(ctx, key, first, end-first)
 	if err != nil {
-		return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
+		return fmt.Errorf("read pack %s: %w", key, err)
 	}
 	defer rc.Close()
 	rs.packBytes.Add(end - first)
@@ -379,7 +391,7 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 	for _, loc := range blobs {
 		if gap := int64(loc.Offset) - pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
-				return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
+				return fmt.Errorf("read pack %s: %w", key, err)
 			}
 		}
 		if cap(stored) < int(loc.StoredLen) {
@@ -387,22 +399,22 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		}
 		stored = stored[:loc.StoredLen]
 		if _, err := io.ReadFull(rc, stored); err != nil {
-			return stored, raw, fmt.Errorf("read pack %s: %w", key, err)
+			return fmt.Errorf("read pack %s: %w", key, err)
 		}
 		pos = int64(loc.Offset) + int64(loc.StoredLen)
 		raw, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, raw[:0])
 		if err != nil {
-			return stored, raw, err
+			return err
 		}
 		uses := pl.uses[loc.ID]
 		for _, u := range uses {
 			if err := u.file.write(raw, u.offset, rs.opts.Progress); err != nil {
-				return stored, raw, err
+				return err
 			}
 		}
 		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
-	return stored, raw, nil
+	return nil
 }
 
 // setMeta sets permission bits and mtime of a directory restore created

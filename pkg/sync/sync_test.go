@@ -415,3 +415,25 @@ func TestFileDeletedDuringBackupIsLeftOut(t *testing.T) {
 		t.Fatalf("restored %v", entries)
 	}
 }
+
+func TestSpans(t *testing.T) {
+	loc := func(off, n uint32) repo.Location {
+		return repo.Location{BlobEntry: repo.BlobEntry{Offset: off, StoredLen: n}}
+	}
+	blobs := []repo.Location{
+		loc(0, 100), loc(100, 100), // contiguous
+		loc(200+maxGap+1, 10),      // after a too-large gap
+		loc(300+maxGap, maxSpan),   // fills a span
+		loc(300+maxGap+maxSpan, 5), // so this starts a new one
+	}
+	got := spans(blobs)
+	want := []int{2, 2, 1}
+	if len(got) != len(want) {
+		t.Fatalf("got %d spans, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if len(got[i]) != want[i] {
+			t.Fatalf("span %d has %d blobs, want %d", i, len(got[i]), want[i])
+		}
+	}
+}
