@@ -58,7 +58,7 @@ func run() error {
 	flag.StringVar(&o.out, "out", "", "also write the report, with a machine header, to this `FILE`")
 	flag.StringVar(&o.restic, "restic", "", "restic binary (default: built by benchmarks/peers.sh)")
 	flag.StringVar(&o.backupctl, "backupctl", "", "backupctl binary (default: go build ./cmd/backupctl)")
-	flag.StringVar(&o.tmp, "tmp", "", "directory for repositories, restore targets and generated data (default benchmarks/out in the repository; /tmp can be much slower at creating files than the disk workspaces live on)")
+	flag.StringVar(&o.tmp, "tmp", "", "directory for repositories, restore targets and generated data (default benchmarks/_work in the repository, which go tooling ignores; /tmp can be much slower at creating files than the disk workspaces live on)")
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
@@ -108,7 +108,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		o.tmp = filepath.Join(root, "benchmarks", "out")
+		o.tmp = filepath.Join(root, "benchmarks", "_work")
 		if err := os.MkdirAll(o.tmp, 0o755); err != nil {
 			return err
 		}

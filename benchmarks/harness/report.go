@@ -29,7 +29,12 @@ func (b *bench) header() string {
 	fmt.Fprintf(&s, "- dataset: %s\n", b.dataDesc)
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
 		b.src.bytes, mib(b.src.bytes), b.src.files, b.src.dirs, b.src.links)
-	fmt.Fprintf(&s, "- work dir (repositories, restore targets): %s\n", b.work)
+	if b.opts.restoreDir != "" {
+		fmt.Fprintf(&s, "- work dir (repositories): %s\n", b.work)
+		fmt.Fprintf(&s, "- restore targets: fresh directories under %s (--restore-dir)\n", b.opts.restoreDir)
+	} else {
+		fmt.Fprintf(&s, "- work dir (repositories, restore targets): %s\n", b.work)
+	}
 	fmt.Fprintf(&s, "- page cache: not dropped; one untimed warm-up read of the whole dataset (%.1fs) "+
 		"so every tool starts with the dataset in cache; `sync` (untimed) before every timed command\n", b.warmup.Seconds())
 	fmt.Fprintf(&s, "- runs: %d per tool and scenario, interleaved between tools, fresh repository and target each run\n", b.opts.runs)

@@ -33,6 +33,28 @@ var (
 	ErrPermission = errors.New("permission denied")
 )
 
+// ErrTransient marks failures worth retrying: server errors (5xx),
+// throttling, connection resets, timeouts. Backends wrap such errors with
+// Transient; test with IsTransient.
+var ErrTransient = errors.New("transient storage error")
+
+// Transient marks err as transient (nil stays nil).
+func Transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return transientError{err}
+}
+
+// IsTransient reports whether err was marked transient.
+func IsTransient(err error) bool { return errors.Is(err, ErrTransient) }
+
+type transientError struct{ err error }
+
+func (e transientError) Error() string        { return e.err.Error() }
+func (e transientError) Unwrap() error        { return e.err }
+func (e transientError) Is(target error) bool { return target == ErrTransient }
+
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {
 	// Key is the object's full key, relative to the Storage.
