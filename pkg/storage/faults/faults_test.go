@@ -1,0 +1,62 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/mem"
+	"github.com/backupd/backupd/pkg/storage/storagetest"
+)
+
+func TestConformanceWithoutFaults(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Storage { return New(mem.New(), Options{}) })
+}
+
+func TestRateAndDeterminism(t *testing.T) {
+	run := func() (int64, []bool) {
+		f := New(mem.New(), Options{Rate: 0.2, Seed: 7, AfterRate: 0.5})
+		var outcome []bool
+		for range 1000 {
+			err := f.Put(context.Background(), "k", bytes.NewReader([]byte("x")), 1)
+			if err != nil && (!errors.Is(err, ErrInjected) || !storage.IsTransient(err)) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			outcome = append(outcome, err == nil)
+		}
+		if f.Calls(Put) != 1000 {
+			t.Fatalf("counted %d puts", f.Calls(Put))
+		}
+		return f.Injected(), outcome
+	}
+	n1, o1 := run()
+	n2, o2 := run()
+	if n1 < 150 || n1 > 250 {
+		t.Fatalf("20%% rate injected %d of 1000", n1)
+	}
+	if n1 != n2 || len(o1) != len(o2) {
+		t.Fatal("same seed, different faults")
+	}
+	for i := range o1 {
+		if o1[i] != o2[i] {
+			t.Fatal("same seed, different faults")
+		}
+	}
+}
+
+func TestFaultAfterCallStillStores(t *testing.T) {
+	m := mem.New()
+	f := New(m, Options{Rate: 1, AfterRate: 1, Ops: []Op{Put}})
+	err := f.Put(context.Background(), "k", bytes.NewReader([]byte("data")), 4)
+	if !errors.Is(err, ErrInjected) {
+		t.Fatalf("err = %v", err)
+	}
+	if got, err := storage.ReadAll(context.Background(), m, "k", 0, -1); err != nil || string(got) != "data" {
+		t.Fatalf("object after a lost reply: %q, %v", got, err)
+	}
+	if _, err := f.Stat(context.Background(), "k"); err != nil {
+		t.Fatalf("Stat is not in Ops and must not fail: %v", err)
+	}
+}

@@ -1,0 +1,82 @@
+package limit
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/mem"
+	"github.com/backupd/backupd/pkg/storage/storagetest"
+)
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Storage {
+		return New(mem.New(), Options{Uploads: 2, Downloads: 2, Metadata: 2})
+	})
+}
+
+// gate counts concurrent Puts and blocks them until released.
+type gate struct {
+	storage.Storage
+	cur, peak atomic.Int64
+	release   chan struct{}
+}
+
+func (g *gate) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	n := g.cur.Add(1)
+	for {
+		p := g.peak.Load()
+		if n <= p || g.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	<-g.release
+	g.cur.Add(-1)
+	return g.Storage.Put(ctx, key, body, size)
+}
+
+func TestUploadsAreBounded(t *testing.T) {
+	g := &gate{Storage: mem.New(), release: make(chan struct{})}
+	l := New(g, Options{Uploads: 3, Downloads: 1, Metadata: 1})
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.Put(context.Background(), string(rune('a'+i)), bytes.NewReader(nil), 0)
+		}()
+	}
+	for range 10 {
+		g.release <- struct{}{} // lets one Put finish; others may enter
+	}
+	wg.Wait()
+	if p := g.peak.Load(); p != 3 {
+		t.Fatalf("peak concurrent uploads %d, want 3", p)
+	}
+}
+
+func TestDownloadSlotHeldUntilClose(t *testing.T) {
+	m := mem.New()
+	m.Put(context.Background(), "k", bytes.NewReader([]byte("x")), 1)
+	l := New(m, Options{Uploads: 1, Downloads: 1, Metadata: 1})
+	rc, err := l.Get(context.Background(), "k", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := l.Get(ctx, "k", 0, -1); err == nil {
+		t.Fatal("second download got a slot while the first reader is open")
+	}
+	rc.Close()
+	rc.Close() // idempotent
+	rc2, err := l.Get(context.Background(), "k", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc2.Close()
+}
