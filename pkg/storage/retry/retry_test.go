@@ -17,7 +17,9 @@ import (
 	"github.com/backupd/backupd/pkg/storage/storagetest"
 )
 
-func fast() Options { return Options{Attempts: 30, Initial: time.Millisecond, Max: 2 * time.Millisecond} }
+func fast() Options {
+	return Options{Attempts: 30, Initial: time.Millisecond, Max: 2 * time.Millisecond}
+}
 
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Storage { return New(mem.New(), fast()) })
