@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
-	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/location"
 )
 
@@ -32,37 +32,47 @@ func (f *repoFlags) registerJSON(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.json, "json", false, "print the result as JSON on stdout (and no progress bar)")
 }
 
-// openRoot opens the storage root named by the flags or the environment.
-func (f *repoFlags) openRoot(ctx context.Context) (storage.Storage, error) {
-	u := f.repo
-	if u == "" {
-		u = location.FromEnv()
+// location returns the storage root URL from the flags, the environment
+// or the embedded default.
+func (f *repoFlags) location() (string, error) {
+	if f.repo != "" {
+		return f.repo, nil
 	}
-	if u == "" {
-		d, err := location.Default()
-		if err != nil {
-			return nil, err
-		}
-		u = d
+	if u := location.FromEnv(); u != "" {
+		return u, nil
+	}
+	return location.Default()
+}
+
+// openPlacement opens the storage root and the placement of owners in it.
+func (f *repoFlags) openPlacement(ctx context.Context) (*placement.Placement, error) {
+	u, err := f.location()
+	if err != nil {
+		return nil, err
 	}
 	st, err := location.Open(ctx, u)
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", location.Redact(u), err)
 	}
-	return st, nil
+	return placement.NewPrefixPerOwner(st), nil
 }
 
+// openOwner opens the owner's repository; with create a missing one is
+// created (a first backup).
 func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repository, func(), error) {
-	root, err := f.openRoot(ctx)
+	p, err := f.openPlacement(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := repo.OpenOwner(ctx, root, f.owner, create)
-	if err != nil {
-		root.Close()
-		return nil, nil, err
+	st, err := p.Owner(ctx, f.owner, create)
+	if err == nil {
+		var r *repo.Repository
+		if r, err = repo.Load(ctx, st, create); err == nil {
+			return r, func() { p.Close() }, nil
+		}
 	}
-	return r, func() { root.Close() }, nil
+	p.Close()
+	return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
 }
 
 // showProgress says whether to draw a progress bar: only for humans, that

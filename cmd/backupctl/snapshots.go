@@ -35,20 +35,20 @@ root's key listing, so give --owner on large roots.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			root, err := f.openRoot(ctx)
+			p, err := f.openPlacement(ctx)
 			if err != nil {
 				return err
 			}
-			defer root.Close()
+			defer p.Close()
 			owners := []string{f.owner}
 			if f.owner == "" {
-				if owners, err = repo.ListOwners(ctx, root); err != nil {
+				if owners, err = p.Owners(ctx); err != nil {
 					return err
 				}
 			}
 			var out []snapshotJSON
 			for _, o := range owners {
-				st, err := repo.OwnerStorage(root, o)
+				st, err := p.Owner(ctx, o, false)
 				if err != nil {
 					return err
 				}
@@ -216,12 +216,12 @@ or the target pack size.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			root, err := f.openRoot(ctx)
+			p, err := f.openPlacement(ctx)
 			if err != nil {
 				return err
 			}
-			defer root.Close()
-			st, err := repo.OwnerStorage(root, f.owner)
+			defer p.Close()
+			st, err := p.Owner(ctx, f.owner, true)
 			if err != nil {
 				return err
 			}

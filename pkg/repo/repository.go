@@ -12,7 +12,6 @@ import (
 
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
-	"github.com/backupd/backupd/pkg/storage/prefix"
 )
 
 // ErrNoRepository means the owner has no repository yet (no config object).
@@ -34,14 +33,6 @@ type Repository struct {
 	params chunk.Params
 	codec  *chunk.Codec
 	index  *Index
-}
-
-// OwnerStorage scopes a storage root to one owner's repository.
-func OwnerStorage(root storage.Storage, owner string) (storage.Storage, error) {
-	if err := ValidateName("owner", owner); err != nil {
-		return nil, err
-	}
-	return prefix.New(root, owner)
 }
 
 // Open opens the repository on st (already scoped to the owner). It fails
@@ -355,28 +346,25 @@ func ListOwners(ctx context.Context, root storage.Storage) ([]string, error) {
 	return owners, err
 }
 
-// OpenOwner opens owner's repository under a storage root and loads its
-// index. With create, a missing repository is created (a first backup);
+// Load opens the repository on st (one owner's storage) and loads its
+// index. With create (a first backup), a missing repository is created;
 // without, it is ErrNoRepository.
-func OpenOwner(ctx context.Context, root storage.Storage, owner string, create bool) (*Repository, error) {
-	st, err := OwnerStorage(root, owner)
-	if err != nil {
-		return nil, err
-	}
+func Load(ctx context.Context, st storage.Storage, create bool) (*Repository, error) {
 	var r *Repository
+	var err error
 	if create {
 		r, err = OpenOrInit(ctx, st)
 	} else {
 		r, err = Open(ctx, st)
 	}
 	if errors.Is(err, ErrNoRepository) {
-		return nil, fmt.Errorf("owner %s: %w (it is created by the first backup)", owner, err)
+		return nil, fmt.Errorf("%w (it is created by the first backup)", err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("owner %s: %w", owner, err)
+		return nil, err
 	}
 	if err := r.LoadIndex(ctx, 8); err != nil {
-		return nil, fmt.Errorf("owner %s: %w", owner, err)
+		return nil, err
 	}
 	return r, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/mem"
@@ -193,7 +194,11 @@ func newMemRepo(t testing.TB) (*repo.Repository, storage.Storage) {
 
 func openRepo(t testing.TB, root storage.Storage) *repo.Repository {
 	t.Helper()
-	r, err := repo.OpenOwner(context.Background(), root, "owner1", true)
+	st, err := placement.NewPrefixPerOwner(root).Owner(context.Background(), "owner1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Load(context.Background(), st, true)
 	if err != nil {
 		t.Fatal(err)
 	}

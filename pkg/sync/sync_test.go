@@ -17,8 +17,10 @@ import (
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/faults"
 	"github.com/backupd/backupd/pkg/storage/local"
 	"github.com/backupd/backupd/pkg/storage/mem"
+	"github.com/backupd/backupd/pkg/storage/retry"
 )
 
 func restoreLatest(t testing.TB, r *repo.Repository, target string) (*RestoreResult, error) {
@@ -436,4 +438,28 @@ func TestSpans(t *testing.T) {
 			t.Fatalf("span %d has %d blobs, want %d", i, len(got[i]), want[i])
 		}
 	}
+}
+
+// With a fifth of all storage calls failing (some after the backend did
+// the work), a backup through the retry wrapper completes and restores
+// identically.
+func TestBackupAndRestoreThroughFaults(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src)
+	t.Cleanup(func() { chmodTreeWritable(src) })
+	want := snapshotDir(t, src)
+	f := faults.New(mem.New(), faults.Options{Rate: 0.2, AfterRate: 0.5, Seed: 1})
+	st := retry.New(f, retry.Options{Attempts: 20, Initial: time.Millisecond, Max: 5 * time.Millisecond})
+	r := openRepo(t, st)
+	doBackup(t, r, src)
+	dst := t.TempDir()
+	t.Cleanup(func() { chmodTreeWritable(dst) })
+	if _, err := restoreLatest(t, openRepo(t, st), dst); err != nil {
+		t.Fatal(err)
+	}
+	compareDirs(t, want, snapshotDir(t, dst))
+	if f.Injected() < 10 {
+		t.Fatalf("only %d faults injected: the test proves little", f.Injected())
+	}
+	t.Logf("%d faults injected over %d puts, %d gets", f.Injected(), f.Calls(faults.Put), f.Calls(faults.Get))
 }

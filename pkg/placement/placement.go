@@ -1,0 +1,101 @@
+// Package placement decides where each owner's repository lives: under a
+// per-owner prefix of one storage root (prefix-per-owner, the default; one
+// existing bucket and a restricted user suffice), or in a bucket of its own
+// named from a template and created on first use (bucket-per-owner, which
+// needs bucket-admin rights). Owners never share a repository, so
+// deduplication never crosses owners.
+package placement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/prefix"
+)
+
+// Modes of placement.
+const (
+	PrefixPerOwner = "prefix-per-owner"
+	BucketPerOwner = "bucket-per-owner"
+)
+
+// OpenBucket opens a bucket (container) by name; with create, a missing
+// bucket is created private, otherwise it is an error wrapping
+// storage.ErrNotFound.
+type OpenBucket func(ctx context.Context, bucket string, create bool) (storage.Storage, error)
+
+// Placement hands out each owner's storage.
+type Placement struct {
+	root     storage.Storage // prefix-per-owner
+	open     OpenBucket      // bucket-per-owner
+	template string
+}
+
+// NewPrefixPerOwner places owner O's repository at O/ under root.
+func NewPrefixPerOwner(root storage.Storage) *Placement { return &Placement{root: root} }
+
+// NewBucketPerOwner places owner O's repository in the bucket named by
+// template with "{owner}" replaced by O, lower-cased.
+func NewBucketPerOwner(template string, open OpenBucket) (*Placement, error) {
+	if err := ValidateTemplate(template); err != nil {
+		return nil, err
+	}
+	return &Placement{open: open, template: template}, nil
+}
+
+// ValidateTemplate checks a bucket name template.
+func ValidateTemplate(template string) error {
+	if !strings.Contains(template, "{owner}") {
+		return fmt.Errorf("bucket_template %q must contain {owner}", template)
+	}
+	return nil
+}
+
+// Bucket returns owner's bucket name in bucket-per-owner mode.
+func (p *Placement) Bucket(owner string) string {
+	return strings.ToLower(strings.ReplaceAll(p.template, "{owner}", owner))
+}
+
+// Owner returns owner's storage. With create (a backup), a missing
+// bucket is created in bucket-per-owner mode; without, the repository
+// must exist.
+func (p *Placement) Owner(ctx context.Context, owner string, create bool) (storage.Storage, error) {
+	if err := repo.ValidateName("owner", owner); err != nil {
+		return nil, err
+	}
+	if p.root != nil {
+		return prefix.New(p.root, owner)
+	}
+	st, err := p.open(ctx, p.Bucket(owner), create)
+	if errors.Is(err, storage.ErrNotFound) && !create {
+		return nil, fmt.Errorf("owner %s: bucket %s: %w", owner, p.Bucket(owner), repo.ErrNoRepository)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: bucket %s: %w", owner, p.Bucket(owner), err)
+	}
+	return st, nil
+}
+
+// Owners lists the owners that have a repository. In prefix-per-owner mode
+// this lists every key under the root, so it is for inspection only; in
+// bucket-per-owner mode it is not supported (it would need the right to
+// list all buckets, which backupd does not ask for).
+func (p *Placement) Owners(ctx context.Context) ([]string, error) {
+	if p.root == nil {
+		return nil, errors.New("listing owners is not supported with bucket-per-owner placement; name the owner")
+	}
+	return repo.ListOwners(ctx, p.root)
+}
+
+// Close closes the root storage (prefix-per-owner); bucket storages are
+// closed by whoever opened them.
+func (p *Placement) Close() error {
+	if p.root != nil {
+		return p.root.Close()
+	}
+	return nil
+}
