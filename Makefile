@@ -4,16 +4,24 @@ BIN       ?= bin
 GOFLAGS   ?=
 TESTFLAGS ?= -race -timeout 20m
 
-.PHONY: all build test unit vet fmt-check bench bench-harness clean
+.PHONY: all build test test-servers unit vet fmt-check bench bench-harness clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: everything CI runs (formatting, vet, all tests with the race detector).
-test: fmt-check vet
+## test: everything CI runs: installs the pinned test servers (cached under
+## the user's cache directory), then formatting, vet, all tests with -race.
+test: test-servers fmt-check vet
 	$(GO) test $(TESTFLAGS) ./...
+
+## test-servers: MinIO + mc, fake-gcs-server and Azurite at pinned versions,
+## into $${XDG_CACHE_HOME:-~/.cache}/backupd/test-servers (skipped when present).
+test-servers:
+	bash scripts/install-minio.sh
+	bash scripts/install-fake-gcs.sh
+	bash scripts/install-azurite.sh
 
 unit:
 	$(GO) test ./...

@@ -58,7 +58,7 @@ JSON object with the backup's statistics.`,
 				fmt.Fprintf(os.Stderr, "%swarning: %s: %v\n", clearLine, path, err)
 			}
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
-				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn,
+				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
 			})
 			stop()
 			if err != nil {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/backupd/backupd/internal/testservers"
 )
 
 var binary string
@@ -21,7 +23,7 @@ func TestMain(m *testing.M) {
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
 		panic("build backupctl: " + err.Error() + "\n" + string(out))
 	}
-	code := m.Run()
+	code := testservers.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

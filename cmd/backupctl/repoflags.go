@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"gopkg.in/yaml.v3"
 
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
@@ -15,13 +19,19 @@ import (
 
 // repoFlags are the flags every command shares.
 type repoFlags struct {
-	repo  string
-	owner string
-	json  bool
+	repo          string
+	storageConfig string
+	connections   int
+	owner         string
+	json          bool
+
+	uploads, downloads int // set by openOwner
 }
 
 func (f *repoFlags) register(cmd *cobra.Command, ownerRequired bool) {
 	cmd.Flags().StringVarP(&f.repo, "repo", "r", "", "storage root `URL` (default $BACKUPD_REPO, else a local repository under the user's data directory)")
+	cmd.Flags().StringVar(&f.storageConfig, "storage-config", "", "YAML `FILE` with storage parameters and credentials (the storage section of backupd's config; see docs/STORAGE.md)")
+	cmd.Flags().IntVar(&f.connections, "connections", 0, "concurrent uploads and downloads to the storage (default 8)")
 	cmd.Flags().StringVar(&f.owner, "owner", "", "owner `ID` whose repository to use")
 	if ownerRequired {
 		_ = cmd.MarkFlagRequired("owner")
@@ -32,34 +42,94 @@ func (f *repoFlags) registerJSON(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.json, "json", false, "print the result as JSON on stdout (and no progress bar)")
 }
 
-// location returns the storage root URL from the flags, the environment
-// or the embedded default.
-func (f *repoFlags) location() (string, error) {
+// storageConfigFromFlags builds the storage configuration: the file of
+// --storage-config (its `storage:` section or the whole file), then the
+// location from -r, $BACKUPD_REPO, the file, or the embedded default.
+func (f *repoFlags) storageConfigFromFlags() (location.Config, error) {
+	var cfg location.Config
+	if f.storageConfig != "" {
+		b, err := os.ReadFile(f.storageConfig)
+		if err != nil {
+			return cfg, fmt.Errorf("--storage-config: %w", err)
+		}
+		// Either the daemon's whole config file (its storage: section is
+		// used) or just a storage section. Unknown keys are errors.
+		var top map[string]yaml.Node
+		if err := yaml.Unmarshal(b, &top); err != nil {
+			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
+		}
+		node, ok := top["storage"]
+		if !ok {
+			node = yaml.Node{}
+			if err := yaml.Unmarshal(b, &node); err != nil {
+				return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
+			}
+		}
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		if err := enc.Encode(&node); err != nil {
+			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
+		}
+		dec := yaml.NewDecoder(&buf)
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
+		}
+	}
 	if f.repo != "" {
-		return f.repo, nil
+		cfg.URL = f.repo
+	} else if u := location.FromEnv(); u != "" && cfg.URL == "" {
+		cfg.URL = u
 	}
-	if u := location.FromEnv(); u != "" {
-		return u, nil
+	if cfg.URL == "" {
+		d, err := location.Default()
+		if err != nil {
+			return cfg, err
+		}
+		cfg.URL = d
 	}
-	return location.Default()
+	if f.connections != 0 {
+		cfg.Connections = f.connections
+	}
+	return cfg, nil
 }
 
-// openPlacement opens the storage root and the placement of owners in it.
+// transfers returns how many packs a backup uploads at once and a restore
+// fetches at once: --connections or the config's connections if set, else
+// 2 uploads for the local store and location.DefaultConnections for object
+// stores; downloads at least 2 per core (restore decodes as it downloads).
+func transfers(cfg location.Config) (uploads, downloads int) {
+	uploads = cfg.Connections
+	if uploads == 0 {
+		uploads = location.DefaultConnections
+		if strings.HasPrefix(cfg.URL, "file:") || strings.HasPrefix(cfg.URL, "/") {
+			uploads = 2
+		}
+	}
+	return uploads, max(uploads, 2*runtime.GOMAXPROCS(0))
+}
+
+// openPlacement opens the storage and the placement of owners in it.
 func (f *repoFlags) openPlacement(ctx context.Context) (*placement.Placement, error) {
-	u, err := f.location()
+	cfg, err := f.storageConfigFromFlags()
 	if err != nil {
 		return nil, err
 	}
-	st, err := location.Open(ctx, u)
+	p, err := placement.Open(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open repository %s: %w", location.Redact(u), err)
+		return nil, fmt.Errorf("open repository %s: %w", location.Redact(cfg.URL), err)
 	}
-	return placement.NewPrefixPerOwner(st), nil
+	return p, nil
 }
 
 // openOwner opens the owner's repository; with create a missing one is
 // created (a first backup).
 func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repository, func(), error) {
+	cfg, err := f.storageConfigFromFlags()
+	if err != nil {
+		return nil, nil, err
+	}
+	f.uploads, f.downloads = transfers(cfg)
 	p, err := f.openPlacement(ctx)
 	if err != nil {
 		return nil, nil, err

@@ -39,7 +39,7 @@ mismatch stops the restore with an error naming the damaged object.`,
 			}
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
-			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog})
+			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads})
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)

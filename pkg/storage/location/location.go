@@ -1,7 +1,9 @@
-// Package location opens a storage root from a location: a URL such as
-// file:///srv/backups, or a plain absolute path. It is the one place that
-// knows which URL schemes exist and which backend serves each; s3://,
-// minio://, gs:// and azblob:// will be added here.
+// Package location opens storage from a location: a URL such as
+// file:///srv/backups, s3://bucket/prefix, minio://host:port/bucket,
+// gs://bucket or azblob://container, plus the backend parameters of a
+// Config (docs/STORAGE.md). It is the one place that knows which URL
+// schemes exist and which backend serves each, and it puts the retry and
+// connection-limit wrappers around every storage it opens.
 package location
 
 import (
@@ -15,7 +17,6 @@ import (
 	"strings"
 
 	"github.com/backupd/backupd/pkg/storage"
-	"github.com/backupd/backupd/pkg/storage/local"
 )
 
 // EnvVar is the environment variable that names the location to use when
@@ -24,26 +25,18 @@ const EnvVar = "BACKUPD_REPO"
 
 // Schemes returns the URL schemes that Open supports.
 func Schemes() []string {
-	return []string{"file"}
+	return []string{"file", "s3", "minio", "gs", "azblob"}
 }
 
-// Open opens the storage root at rawURL: file:///abs/path (or
-// file://localhost/abs/path, or a plain absolute path) opens a local
-// directory, creating it if it is missing. Errors show the location
-// redacted (see Redact).
+// Open opens the storage root at rawURL with default parameters and
+// credentials from the environment (see OpenRoot for a full Config).
+// file:///abs/path (or a plain absolute path) opens a local directory,
+// creating it if it is missing.
 func Open(ctx context.Context, rawURL string) (storage.Storage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("location: open %s: %w", Redact(rawURL), err)
 	}
-	dir, err := localPath(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("location: open %s: %w", Redact(rawURL), err)
-	}
-	s, err := local.New(dir)
-	if err != nil {
-		return nil, fmt.Errorf("location: open %s: %w", Redact(rawURL), err)
-	}
-	return s, nil
+	return OpenRoot(ctx, Config{URL: rawURL})
 }
 
 // localPath returns the directory that a file location names, or an error

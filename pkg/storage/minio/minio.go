@@ -1,0 +1,605 @@
+// Package minio is a storage.Storage in a bucket of MinIO, or of any
+// S3-compatible service, through minio-go. The object at key K is the
+// object prefix + "/" + K.
+//
+// Objects up to partsize go up in one PutObject; larger ones (packs) in
+// parallel parts of partsize, read straight from the caller's body. When
+// a multipart upload fails or is cancelled, minio-go aborts it (with a
+// context of its own, so also after cancellation) before Put returns.
+//
+// minio-go's own retries are turned off (MaxRetries 1): retrying is the
+// job of pkg/storage/retry. Errors worth retrying (5xx, throttling,
+// request timeouts, connection resets and timeouts) are marked with
+// storage.Transient.
+package minio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	miniogo "github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// maxKeyLength is the longest object key S3 accepts, in bytes.
+const maxKeyLength = 1024
+
+// ErrNoBucket means the configured bucket does not exist (and
+// Config.CreateBucket is not set).
+var ErrNoBucket = errors.New("bucket does not exist")
+
+// Storage is a storage.Storage in a bucket reached through minio-go. It is
+// safe for concurrent use.
+type Storage struct {
+	client      *miniogo.Client
+	core        miniogo.Core
+	transport   *http.Transport
+	bucket      string
+	prefix      string // "" or the prefix plus "/"
+	partSize    int64
+	concurrency int
+	secrets     []string // scrubbed from error texts
+	region      string
+	create      bool
+}
+
+var _ storage.Storage = (*Storage)(nil)
+
+// New opens the bucket of cfg under its prefix. It checks that the bucket
+// exists (HeadBucket, which needs only s3:ListBucket). A missing bucket is
+// an error wrapping ErrNoBucket, unless cfg.CreateBucket is set: then it
+// is created, private.
+func New(ctx context.Context, cfg Config) (*Storage, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	accessKey, secretKey, token, err := cfg.credentials()
+	if err != nil {
+		return nil, err
+	}
+	s := &Storage{
+		bucket:      cfg.Bucket,
+		partSize:    cfg.PartSize,
+		concurrency: cfg.UploadConcurrency,
+		region:      cfg.Region,
+		create:      cfg.CreateBucket,
+	}
+	s.prefix, _ = keyPrefix(cfg.Prefix) // checked by Validate
+	if s.partSize == 0 {
+		s.partSize = DefaultPartSize
+	}
+	if s.concurrency == 0 {
+		s.concurrency = DefaultUploadConcurrency
+	}
+	for _, v := range []string{accessKey, secretKey, token} {
+		if len(v) >= 4 {
+			s.secrets = append(s.secrets, v)
+		}
+	}
+	secure := cfg.Secure == nil || *cfg.Secure
+	s.transport, err = miniogo.DefaultTransport(secure)
+	if err != nil {
+		return nil, fmt.Errorf("minio: open bucket %s: %w", cfg.Bucket, err)
+	}
+	s.transport.MaxIdleConnsPerHost = 64
+	s.client, err = miniogo.New(cfg.Endpoint, &miniogo.Options{
+		Creds:      credentials.NewStaticV4(accessKey, secretKey, token),
+		Secure:     secure,
+		Region:     cfg.Region,
+		Transport:  s.transport,
+		MaxRetries: 1,
+	})
+	if err != nil {
+		return nil, s.scrub(fmt.Errorf("minio: open bucket %s: %w", cfg.Bucket, err))
+	}
+	s.core = miniogo.Core{Client: s.client}
+	if err := s.openBucket(ctx); err != nil {
+		s.transport.CloseIdleConnections()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openBucket checks that the bucket exists, creating it if it does not
+// and the config says so.
+func (s *Storage) openBucket(ctx context.Context) error {
+	exists, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return s.scrub(fmt.Errorf("minio: open bucket %s: %w", s.bucket, classify(ctx, err)))
+	}
+	if exists {
+		return nil
+	}
+	if !s.create {
+		return fmt.Errorf("minio: open bucket %s: %w (set createbucket to create it)", s.bucket, ErrNoBucket)
+	}
+	// New buckets are private: minio-go sets no policy or ACL.
+	err = s.client.MakeBucket(ctx, s.bucket, miniogo.MakeBucketOptions{Region: s.region})
+	if err != nil {
+		switch miniogo.ToErrorResponse(err).Code {
+		case "BucketAlreadyOwnedByYou":
+			return nil
+		case "BucketAlreadyExists":
+			return fmt.Errorf("minio: create bucket %s: the name is taken by another account", s.bucket)
+		}
+		return s.scrub(fmt.Errorf("minio: create bucket %s: %w", s.bucket, classify(ctx, err)))
+	}
+	return nil
+}
+
+// objectKey validates key and returns the object name that holds it.
+func (s *Storage) objectKey(key string) (string, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return "", err
+	}
+	k := s.prefix + key
+	if len(k) > maxKeyLength {
+		return "", fmt.Errorf("%w: %q: %d bytes with the prefix, S3 allows %d",
+			storage.ErrInvalidKey, key, len(k), maxKeyLength)
+	}
+	return k, nil
+}
+
+// Put stores size bytes read from body under key: in one PutObject up to
+// partsize, else as a multipart upload of partsize parts.
+func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("minio: put: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("minio: put %s: negative size %d", key, size)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "put", key, err)
+	}
+	br := newBodyReader(ctx, body, size)
+	_, err = s.client.PutObject(ctx, s.bucket, k, br, size, miniogo.PutObjectOptions{
+		PartSize:   uint64(s.partSize),
+		NumThreads: uint(s.concurrency),
+	})
+	if err != nil {
+		if berr := br.err(); berr != nil {
+			err = berr // minio-go rewrites errors that mention EOF
+		}
+		return s.opError(ctx, "put", key, err)
+	}
+	return nil
+}
+
+// Get opens the byte range [offset, offset+length) of the object at key
+// with a ranged GetObject.
+func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("minio: get: %w", err)
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("minio: get %s: offset %d: %w", key, offset, storage.ErrInvalidRange)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.opError(ctx, "get", key, err)
+	}
+	if length == 0 {
+		// HTTP cannot ask for zero bytes; check that the range is valid.
+		oi, err := s.Stat(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if offset > oi.Size {
+			return nil, fmt.Errorf("minio: get %s: offset %d of %d bytes: %w", key, offset, oi.Size, storage.ErrInvalidRange)
+		}
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	var opts miniogo.GetObjectOptions
+	ranged := offset > 0 || length > 0
+	if ranged {
+		// SetRange(offset, 0) with offset > 0 reads to the end; with
+		// offset 0, length is > 0 here.
+		end := int64(0)
+		if length > 0 && length <= math.MaxInt64-offset {
+			end = offset + length - 1
+		}
+		if err := opts.SetRange(offset, end); err != nil {
+			return nil, fmt.Errorf("minio: get %s: %w", key, err)
+		}
+	}
+	body, _, header, err := s.core.GetObject(ctx, s.bucket, k, opts)
+	if err != nil {
+		if miniogo.ToErrorResponse(err).StatusCode != http.StatusRequestedRangeNotSatisfiable {
+			return nil, s.opError(ctx, "get", key, err)
+		}
+		// The range starts at or past the end: an empty read when it
+		// starts exactly at the end, else an invalid range.
+		oi, serr := s.Stat(ctx, key)
+		if serr != nil {
+			return nil, serr
+		}
+		if offset == oi.Size {
+			return io.NopCloser(strings.NewReader("")), nil
+		}
+		return nil, fmt.Errorf("minio: get %s: offset %d of %d bytes: %w", key, offset, oi.Size, storage.ErrInvalidRange)
+	}
+	var r io.Reader = body
+	if ranged {
+		cr := header.Get("Content-Range")
+		start, ok := contentRangeStart(cr)
+		switch {
+		case ok && start == offset:
+		case !ok && offset == 0:
+			// The whole object came back: cut it to the range.
+			if length > 0 {
+				r = io.LimitReader(body, length)
+			}
+		default:
+			body.Close()
+			return nil, fmt.Errorf("minio: get %s: asked for bytes from %d, the server sent Content-Range %q", key, offset, cr)
+		}
+	}
+	return &objectReader{s: s, ctx: ctx, key: key, r: r, c: body}, nil
+}
+
+// contentRangeStart returns the first byte of a Content-Range header
+// "bytes FIRST-LAST/SIZE".
+func contentRangeStart(cr string) (int64, bool) {
+	rest, ok := strings.CutPrefix(cr, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	first, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	return n, err == nil
+}
+
+// objectReader reads an object's body, naming the key in its errors.
+type objectReader struct {
+	s   *Storage
+	ctx context.Context
+	key string
+	r   io.Reader
+	c   io.Closer
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.s.opError(r.ctx, "read", r.key, err)
+	}
+	return n, err
+}
+
+func (r *objectReader) Close() error { return r.c.Close() }
+
+// Stat describes the object at key (HeadObject).
+func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("minio: stat: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
+	}
+	oi, err := s.client.StatObject(ctx, s.bucket, k, miniogo.StatObjectOptions{})
+	if err != nil {
+		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
+	}
+	return storage.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
+}
+
+// List calls fn for every object whose key starts with prefix, listing
+// the bucket by prefix, recursively and page by page. Objects under the
+// prefix whose names are not valid keys (such as "dir/" markers made by
+// consoles) are skipped.
+func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	if !listable(prefix) {
+		return nil // no valid key starts with prefix
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "list", prefix, err)
+	}
+	// MinIO refuses a prefix whose last component is "." or ".." (though
+	// keys such as "..x" are fine): list the parent and filter here.
+	listPrefix := prefix
+	if base := prefix[strings.LastIndexByte(prefix, '/')+1:]; base == "." || base == ".." {
+		listPrefix = prefix[:len(prefix)-len(base)]
+	}
+	lctx, stop := context.WithCancel(ctx)
+	defer stop() // ends minio-go's listing goroutine
+	for obj := range s.client.ListObjects(lctx, s.bucket, miniogo.ListObjectsOptions{
+		Prefix:    s.prefix + listPrefix,
+		Recursive: true,
+	}) {
+		if obj.Err != nil {
+			return s.opError(ctx, "list", prefix, obj.Err)
+		}
+		key, ok := strings.CutPrefix(obj.Key, s.prefix)
+		if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
+			continue
+		}
+		if err := fn(storage.ObjectInfo{Key: key, Size: obj.Size, ModTime: obj.LastModified}); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return s.opError(ctx, "list", prefix, err)
+		}
+	}
+	// The channel also closes when ctx is cancelled.
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "list", prefix, err)
+	}
+	return nil
+}
+
+// listable reports whether a valid key can start with prefix.
+func listable(prefix string) bool {
+	for _, r := range prefix {
+		if r < 0x20 || r == 0x7f || r == '\\' {
+			return false
+		}
+	}
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		return storage.ValidateKey(prefix[:i]) == nil
+	}
+	return true
+}
+
+// Delete removes the object at key; a missing object is not an error.
+func (s *Storage) Delete(ctx context.Context, key string) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("minio: delete: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "delete", key, err)
+	}
+	err = s.client.RemoveObject(ctx, s.bucket, k, miniogo.RemoveObjectOptions{})
+	if err != nil && miniogo.ToErrorResponse(err).Code != "NoSuchKey" {
+		return s.opError(ctx, "delete", key, err)
+	}
+	return nil
+}
+
+// Close releases idle connections.
+func (s *Storage) Close() error {
+	s.transport.CloseIdleConnections()
+	return nil
+}
+
+// opError returns the error of operation op on key: classified (see
+// classify), naming the backend, the operation and the key, and with any
+// credential scrubbed from its text.
+func (s *Storage) opError(ctx context.Context, op, key string, err error) error {
+	return s.scrub(fmt.Errorf("minio: %s %s: %w", op, key, classify(ctx, err)))
+}
+
+// scrub guards against credentials in error texts: minio-go's messages do
+// not hold them, but a server's might.
+func (s *Storage) scrub(err error) error {
+	if len(s.secrets) == 0 {
+		return err
+	}
+	return &scrubbedError{err: err, secrets: s.secrets}
+}
+
+type scrubbedError struct {
+	err     error
+	secrets []string
+}
+
+func (e *scrubbedError) Error() string {
+	msg := e.err.Error()
+	for _, s := range e.secrets {
+		msg = strings.ReplaceAll(msg, s, "REDACTED")
+	}
+	return msg
+}
+
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// classify maps a minio-go error to the storage package's errors: 404 to
+// storage.ErrNotFound, 403 and refused credentials to
+// storage.ErrPermission, server errors, throttling, request timeouts,
+// connection resets and timeouts to storage.Transient. Cancellation and
+// failures of the caller's body stay as they are. When ctx is done, its
+// error is what is returned.
+func classify(ctx context.Context, err error) error {
+	if ctx != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var be *bodyError
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &be) {
+		return err
+	}
+	var resp miniogo.ErrorResponse
+	if !errors.As(err, &resp) {
+		// minio-go replaces a connection closed midway (an EOF) with an
+		// error of its own that only its text identifies.
+		if isNetworkError(err) || strings.Contains(err.Error(), "Connection closed by foreign host") {
+			return storage.Transient(err)
+		}
+		return err
+	}
+	// minio-go's message alone does not say what happened; add the code.
+	if resp.Code != "" && resp.Code != err.Error() {
+		err = fmt.Errorf("%s (HTTP %d): %w", resp.Code, resp.StatusCode, err)
+	} else {
+		err = fmt.Errorf("HTTP %d: %w", resp.StatusCode, err)
+	}
+	switch code, status := resp.Code, resp.StatusCode; {
+	case code == "NoSuchBucket":
+		return fmt.Errorf("%w: %w", ErrNoBucket, err)
+	case code == "NoSuchKey", code == "NotFound", status == http.StatusNotFound:
+		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	case status == http.StatusForbidden, code == "AccessDenied", code == "InvalidAccessKeyId",
+		code == "SignatureDoesNotMatch", code == "AllAccessDisabled", code == "AccountProblem":
+		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
+	case status >= 500, status == http.StatusTooManyRequests, code == "SlowDown", code == "Throttling",
+		code == "ThrottlingException", code == "RequestLimitExceeded", code == "RequestTimeout",
+		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized":
+		return storage.Transient(err)
+	}
+	return err
+}
+
+// isNetworkError reports whether err is a connection-level failure that a
+// later attempt may not meet.
+func isNetworkError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, net.ErrClosed)
+}
+
+// bodyError is a failure of the caller's body (reading it, or it being
+// shorter than the size given). It is not the service's fault and not
+// transient.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "reading the body: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// bodyReader presents the first size bytes of a Put's body as an
+// io.ReaderAt and io.ReadSeeker, so that minio-go can send parts in
+// parallel straight from it. It never reads the body past size, reports a
+// body shorter than size as io.ErrUnexpectedEOF, and fails once ctx is
+// done. A body that is an io.ReaderAt (a file, a bytes.Reader) is read at
+// offsets concurrently; any other is read under a lock, seeking as needed.
+type bodyReader struct {
+	ctx  context.Context
+	size int64
+	ra   io.ReaderAt // the body, if it is one
+
+	mu    sync.Mutex // guards rs, rsPos and failure
+	rs    io.ReadSeeker
+	rsPos int64 // rs's position, -1 if unknown
+	// failure is the body's first failure, which Put reports rather than
+	// what the client library made of it.
+	failure error
+
+	pos int64 // of Read and Seek
+}
+
+func newBodyReader(ctx context.Context, body io.ReadSeeker, size int64) *bodyReader {
+	b := &bodyReader{ctx: ctx, size: size, rs: body, rsPos: -1}
+	if ra, ok := body.(io.ReaderAt); ok {
+		b.ra = ra
+	}
+	return b
+}
+
+// ReadAt reads len(p) bytes at off, fewer (with io.EOF) at the end.
+func (b *bodyReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, &bodyError{fmt.Errorf("negative offset %d", off)}
+	}
+	if off >= b.size {
+		return 0, io.EOF
+	}
+	if err := b.ctx.Err(); err != nil {
+		return 0, err
+	}
+	want := p
+	if rest := b.size - off; int64(len(want)) > rest {
+		want = want[:rest]
+	}
+	var n int
+	var err error
+	if b.ra != nil {
+		n, err = b.ra.ReadAt(want, off)
+	} else {
+		n, err = b.readSeeking(want, off)
+	}
+	if n == len(want) {
+		err = nil
+	} else if err == nil || err == io.EOF {
+		err = fmt.Errorf("body ended after %d of %d bytes: %w", off+int64(n), b.size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		berr := &bodyError{err}
+		b.mu.Lock()
+		if b.failure == nil {
+			b.failure = berr
+		}
+		b.mu.Unlock()
+		return n, berr
+	}
+	if len(want) < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readSeeking fills p from the body at off, seeking only when needed.
+func (b *bodyReader) readSeeking(p []byte, off int64) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rsPos != off {
+		if _, err := b.rs.Seek(off, io.SeekStart); err != nil {
+			b.rsPos = -1
+			return 0, err
+		}
+		b.rsPos = off
+	}
+	n, err := io.ReadFull(b.rs, p)
+	b.rsPos += int64(n)
+	if err != nil {
+		b.rsPos = -1
+	}
+	return n, err
+}
+
+// err returns the body's first failure, if any.
+func (b *bodyReader) err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failure
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.pos >= b.size {
+		return 0, io.EOF
+	}
+	n, err := b.ReadAt(p, b.pos)
+	b.pos += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+func (b *bodyReader) Seek(offset int64, whence int) (int64, error) {
+	var pos int64
+	switch whence {
+	case io.SeekStart:
+		pos = offset
+	case io.SeekCurrent:
+		pos = b.pos + offset
+	case io.SeekEnd:
+		pos = b.size + offset
+	default:
+		return b.pos, fmt.Errorf("minio: body: bad whence %d", whence)
+	}
+	if pos < 0 {
+		return b.pos, errors.New("minio: body: negative position")
+	}
+	b.pos = pos
+	return pos, nil
+}

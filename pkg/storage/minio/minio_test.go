@@ -1,0 +1,550 @@
+package minio
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	miniogo "github.com/minio/minio-go/v7"
+
+	"github.com/backupd/backupd/internal/testservers"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/storagetest"
+)
+
+func TestMain(m *testing.M) { testservers.Main(m) }
+
+// userConfig is the config of the restricted user (the minimal IAM policy
+// only) for bucket on srv. The region is left for minio-go to look up
+// (s3:GetBucketLocation).
+func userConfig(srv *testservers.MinIOServer, bucket string) Config {
+	no := false
+	return Config{
+		Endpoint:  srv.Endpoint,
+		Bucket:    bucket,
+		Secure:    &no,
+		AccessKey: srv.UserAccessKey,
+		SecretKey: srv.UserSecretKey,
+		PartSize:  MinPartSize,
+	}
+}
+
+// rootConfig is userConfig with the root user's credentials.
+func rootConfig(srv *testservers.MinIOServer, bucket string) Config {
+	c := userConfig(srv, bucket)
+	c.AccessKey, c.SecretKey = srv.RootUser, srv.RootPassword
+	return c
+}
+
+func open(t *testing.T, cfg Config) *Storage {
+	t.Helper()
+	s, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New(%v): %v", cfg, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestConformance runs the suite as the restricted user, each subtest
+// under its own prefix in one bucket; the 5 MiB part size sends the large
+// objects up in several parts.
+func TestConformance(t *testing.T) {
+	srv := testservers.MinIO(t)
+	bucket := srv.NewBucket(t)
+	var n atomic.Int64
+	const prefixLen = len("conf-00")
+	// 1200 objects still make two pages of 1000.
+	opts := storagetest.Options{MaxKeyLength: maxKeyLength - prefixLen - 1, ListCount: 1200}
+	storagetest.RunWithOptions(t, opts, func(t *testing.T) storage.Storage {
+		cfg := userConfig(srv, bucket)
+		cfg.Prefix = fmt.Sprintf("conf-%02d", n.Add(1))
+		s, err := New(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestPrefixLayout(t *testing.T) {
+	srv := testservers.MinIO(t)
+	bucket := srv.NewBucket(t)
+	cfg := userConfig(srv, bucket)
+	cfg.Prefix = "/owners/o1/"
+	s := open(t, cfg)
+	put(t, s, "data/ab/x", []byte("x"))
+	bare := open(t, userConfig(srv, bucket))
+	if got := listAll(t, bare, ""); len(got) != 1 || got[0] != "owners/o1/data/ab/x" {
+		t.Errorf("bucket holds %q, want [owners/o1/data/ab/x]", got)
+	}
+	put(t, bare, "owners/o10/y", []byte("y"))
+	if _, err := bare.client.PutObject(t.Context(), bucket, "owners/o1/dir/", strings.NewReader(""), 0, miniogo.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listAll(t, s, ""); len(got) != 1 || got[0] != "data/ab/x" {
+		t.Errorf("List under the prefix = %q, want [data/ab/x]", got)
+	}
+	long := strings.Repeat("k", maxKeyLength-len("owners/o1/")+1)
+	if err := s.Put(t.Context(), long, bytes.NewReader(nil), 0); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Errorf("Put of a key too long with the prefix: %v, want ErrInvalidKey", err)
+	}
+	for _, k := range []string{".hidden", "..dots", "a/.x", "a/..y"} {
+		put(t, s, k, []byte(k))
+	}
+	for prefix, want := range map[string]string{".": "..dots .hidden", "..": "..dots", "a/.": "a/..y a/.x", "a/..": "a/..y"} {
+		got := listAll(t, s, prefix)
+		slices.Sort(got)
+		if strings.Join(got, " ") != want {
+			t.Errorf("List(%q) = %q, want %q", prefix, got, want)
+		}
+	}
+}
+
+func TestMissingBucket(t *testing.T) {
+	srv := testservers.MinIO(t)
+	ctx := t.Context()
+	missing := "backupd-missing-minio"
+
+	if _, err := New(ctx, rootConfig(srv, missing)); !errors.Is(err, ErrNoBucket) {
+		t.Errorf("New as root on a missing bucket: %v, want ErrNoBucket", err)
+	}
+	cfg := userConfig(srv, missing)
+	cfg.CreateBucket = true
+	if _, err := New(ctx, cfg); !errors.Is(err, storage.ErrPermission) {
+		t.Errorf("New as the restricted user with CreateBucket: %v, want ErrPermission", err)
+	}
+	root := open(t, rootConfig(srv, srv.NewBucket(t)))
+	if ok, err := root.client.BucketExists(ctx, missing); ok || err != nil {
+		t.Fatalf("bucket %s after failed attempts: exists %t, %v", missing, ok, err)
+	}
+
+	cfg = rootConfig(srv, missing)
+	cfg.CreateBucket = true
+	s := open(t, cfg)
+	put(t, s, "a", []byte("a"))
+	open(t, cfg)
+	if _, err := New(ctx, rootConfig(srv, missing)); err != nil {
+		t.Errorf("New after creation without CreateBucket: %v", err)
+	}
+	resp, err := http.Get(srv.URL + "/" + missing + "/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("anonymous GET of an object in the created bucket: %s, want 403", resp.Status)
+	}
+}
+
+func TestCredentialsFromEnvironment(t *testing.T) {
+	srv := testservers.MinIO(t) // started before the variables are set
+	bucket := srv.NewBucket(t)
+	cfg := userConfig(srv, bucket)
+	cfg.AccessKey, cfg.SecretKey = "", ""
+	ctx := t.Context()
+	for _, v := range []string{"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
+		t.Setenv(v, "")
+	}
+	if _, err := New(ctx, cfg); err == nil || !strings.Contains(err.Error(), "MINIO_ACCESS_KEY") {
+		t.Errorf("New without any credentials: %v, want an error naming the variables", err)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.UserAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.UserSecretKey)
+	put(t, open(t, cfg), "aws", []byte("x"))
+	// MINIO_ variables come first.
+	t.Setenv("MINIO_ACCESS_KEY", srv.UserAccessKey)
+	t.Setenv("MINIO_SECRET_KEY", "wrong-secret-key")
+	if _, err := New(ctx, cfg); !errors.Is(err, storage.ErrPermission) {
+		t.Errorf("New with a wrong MINIO_SECRET_KEY: %v, want ErrPermission", err)
+	} else if strings.Contains(err.Error(), "wrong-secret-key") {
+		t.Errorf("error shows the secret: %v", err)
+	}
+	t.Setenv("MINIO_SECRET_KEY", "")
+	if _, err := New(ctx, cfg); err == nil || !strings.Contains(err.Error(), "MINIO_SECRET_KEY") {
+		t.Errorf("New with only MINIO_ACCESS_KEY: %v, want an error naming MINIO_SECRET_KEY", err)
+	}
+	t.Setenv("MINIO_SECRET_KEY", srv.UserSecretKey)
+	put(t, open(t, cfg), "minio", []byte("y"))
+	// The config's credentials come before the environment's.
+	cfg.AccessKey, cfg.SecretKey = srv.UserAccessKey, "wrong-secret-key"
+	if _, err := New(ctx, cfg); !errors.Is(err, storage.ErrPermission) {
+		t.Errorf("New with a wrong secretkey: %v, want ErrPermission", err)
+	}
+}
+
+// failingBody fails every read at or past failAt (until a Seek back
+// before it); it is a plain io.ReadSeeker, not an io.ReaderAt.
+type failingBody struct {
+	data   []byte
+	pos    int64
+	failAt int64
+	onFail func() error
+}
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if b.pos >= b.failAt {
+		return 0, b.onFail()
+	}
+	n := copy(p[:min(int64(len(p)), b.failAt-b.pos)], b.data[b.pos:])
+	b.pos += int64(n)
+	return n, nil
+}
+
+func (b *failingBody) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+		b.pos = off
+	case io.SeekCurrent:
+		b.pos += off
+	case io.SeekEnd:
+		b.pos = int64(len(b.data)) + off
+	}
+	return b.pos, nil
+}
+
+// pendingUploads lists, as root, the multipart uploads in progress for
+// objectKey.
+func pendingUploads(t *testing.T, root *Storage, objectKey string) int {
+	t.Helper()
+	n := 0
+	for u := range root.client.ListIncompleteUploads(t.Context(), root.bucket, objectKey, true) {
+		if u.Err != nil {
+			t.Fatalf("ListIncompleteUploads: %v", u.Err)
+		}
+		n++
+	}
+	return n
+}
+
+func TestFailedMultipartUploadIsAborted(t *testing.T) {
+	srv := testservers.MinIO(t)
+	bucket := srv.NewBucket(t)
+	s := open(t, userConfig(srv, bucket)) // part size 5 MiB
+	root := open(t, rootConfig(srv, bucket))
+	ctx := t.Context()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 20<<20/16) // 20 MiB: 4 parts
+
+	id, err := root.core.NewMultipartUpload(ctx, bucket, "probe", miniogo.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := pendingUploads(t, root, "probe"); n != 1 {
+		t.Fatalf("an upload in progress is not listed (%d): the check below is worthless", n)
+	}
+	if err := root.core.AbortMultipartUpload(ctx, bucket, "probe", id); err != nil {
+		t.Fatal(err)
+	}
+
+	errDisk := errors.New("disk on fire")
+	for _, tc := range []struct {
+		name string
+		body func(cancel func()) io.ReadSeeker
+		want error
+	}{
+		{"body fails", func(func()) io.ReadSeeker {
+			return &failingBody{data: data, failAt: 12 << 20, onFail: func() error { return errDisk }}
+		}, errDisk},
+		{"cancelled", func(cancel func()) io.ReadSeeker {
+			return &failingBody{data: data, failAt: 12 << 20, onFail: func() error { cancel(); return context.Canceled }}
+		}, context.Canceled},
+		{"short body", func(func()) io.ReadSeeker {
+			return bytes.NewReader(data[:12<<20]) // an io.ReaderAt
+		}, io.ErrUnexpectedEOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := "failed/" + strings.ReplaceAll(tc.name, " ", "-")
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			err := s.Put(cctx, key, tc.body(cancel), int64(len(data)))
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Put: %v, want %v", err, tc.want)
+			}
+			if storage.IsTransient(err) {
+				t.Errorf("Put failing because of its body or context is marked transient: %v", err)
+			}
+			if _, err := s.Stat(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("Stat after the failed Put: %v, want ErrNotFound", err)
+			}
+			if n := pendingUploads(t, root, key); n != 0 {
+				t.Errorf("%d multipart uploads left pending", n)
+			}
+		})
+	}
+	body := &failingBody{data: data, failAt: int64(len(data)) + 1}
+	if err := s.Put(ctx, "ok", body, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := storage.ReadAll(ctx, s, "ok", 0, -1); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("multipart object read back: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestServerDown(t *testing.T) {
+	srv := testservers.StartMinIO(t)
+	bucket := srv.NewBucket(t)
+	cfg := userConfig(srv, bucket)
+	cfg.Region = srv.Region
+	s := open(t, cfg)
+	ctx := t.Context()
+	put(t, s, "a", []byte("a"))
+	srv.Stop()
+	if err := s.Put(ctx, "b", bytes.NewReader([]byte("b")), 1); !storage.IsTransient(err) {
+		t.Errorf("Put with the server down: %v, want a transient error", err)
+	}
+	if _, err := s.Stat(ctx, "a"); !storage.IsTransient(err) {
+		t.Errorf("Stat with the server down: %v, want a transient error", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "b", []byte("b"))
+	if got := listAll(t, s, ""); len(got) != 2 {
+		t.Errorf("after restart: %q, want [a b]", got)
+	}
+}
+
+// fakeS3 answers HeadBucket with 200 and everything else with handler.
+func fakeS3(t *testing.T, handler http.HandlerFunc) *Storage {
+	t.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Count(strings.Trim(r.URL.Path, "/"), "/") == 0 {
+			return // HeadBucket
+		}
+		handler(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	no := false
+	u, _ := url.Parse(ts.URL)
+	return open(t, Config{Endpoint: u.Host, Secure: &no, Region: "us-east-1", Bucket: "bucket",
+		AccessKey: "AKIDFAKE", SecretKey: "fake-secret-key-123"})
+}
+
+func s3Error(w http.ResponseWriter, r *http.Request, status int, code string) {
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		fmt.Fprintf(w, "<Error><Code>%s</Code><Message>m</Message></Error>", code)
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		code      string
+		notFound  bool
+		perm      bool
+		transient bool
+	}{
+		{404, "NoSuchKey", true, false, false},
+		{403, "AccessDenied", false, true, false},
+		{403, "InvalidAccessKeyId", false, true, false},
+		{403, "SignatureDoesNotMatch", false, true, false},
+		{500, "InternalError", false, false, true},
+		{503, "SlowDown", false, false, true},
+		{503, "ServiceUnavailable", false, false, true},
+		{429, "TooManyRequests", false, false, true},
+		{400, "RequestTimeout", false, false, true},
+		{400, "InvalidArgument", false, false, false},
+		{400, "RequestTimeTooSkewed", false, false, false},
+	} {
+		t.Run(fmt.Sprintf("%d-%s", tc.status, tc.code), func(t *testing.T) {
+			s := fakeS3(t, func(w http.ResponseWriter, r *http.Request) { s3Error(w, r, tc.status, tc.code) })
+			ctx := t.Context()
+			check := func(op string, err error) {
+				t.Helper()
+				if err == nil {
+					t.Fatalf("%s: no error", op)
+				}
+				if errors.Is(err, storage.ErrNotFound) != tc.notFound || errors.Is(err, storage.ErrPermission) != tc.perm ||
+					storage.IsTransient(err) != tc.transient {
+					t.Errorf("%s: %v: notFound %t, permission %t, transient %t; want %t, %t, %t", op, err,
+						errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrPermission), storage.IsTransient(err),
+						tc.notFound, tc.perm, tc.transient)
+				}
+				for _, want := range []string{"minio: ", op, "some/key"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("%s: error %q does not name %q", op, err, want)
+					}
+				}
+				if strings.Contains(err.Error(), "fake-secret-key-123") || strings.Contains(err.Error(), "AKIDFAKE") {
+					t.Errorf("%s: error shows a credential: %v", op, err)
+				}
+			}
+			_, err := s.Get(ctx, "some/key", 0, -1)
+			check("get", err)
+			if tc.status != 400 { // HEAD answers carry no body: a 400 has no code to go by
+				_, err = s.Stat(ctx, "some/key")
+				check("stat", err)
+			}
+			check("put", s.Put(ctx, "some/key", bytes.NewReader([]byte("x")), 1))
+			if !tc.notFound {
+				check("delete", s.Delete(ctx, "some/key"))
+			}
+		})
+	}
+}
+
+func TestRangeIgnoredByServer(t *testing.T) {
+	const content = "0123456789"
+	s := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+		w.Header().Set("Last-Modified", "Mon, 02 Jan 2006 15:04:05 GMT")
+		io.WriteString(w, content) // 200 and the whole object, whatever the Range
+	})
+	ctx := t.Context()
+	if _, err := s.Get(ctx, "k", 2, 3); err == nil || !strings.Contains(err.Error(), "Content-Range") {
+		t.Errorf("Get(k, 2, 3) from a server that ignores Range: %v, want an error", err)
+	}
+	if got, err := storage.ReadAll(ctx, s, "k", 0, 3); err != nil || string(got) != "012" {
+		t.Errorf("Get(k, 0, 3) = %q, %v; want 012", got, err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{Endpoint: "minio.example.com:9000", Bucket: "my-bucket"}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(*Config)
+		param string
+	}{
+		{"no endpoint", func(c *Config) { c.Endpoint = "" }, "endpoint"},
+		{"endpoint scheme", func(c *Config) { c.Endpoint = "http://host:9000" }, "endpoint"},
+		{"endpoint path", func(c *Config) { c.Endpoint = "host:9000/x" }, "endpoint"},
+		{"endpoint userinfo", func(c *Config) { c.Endpoint = "ak:sk@host:9000" }, "endpoint"},
+		{"endpoint port", func(c *Config) { c.Endpoint = "host:99999" }, "endpoint"},
+		{"no bucket", func(c *Config) { c.Bucket = "" }, "bucket"},
+		{"bucket upper case", func(c *Config) { c.Bucket = "MyBucket" }, "bucket"},
+		{"bucket short", func(c *Config) { c.Bucket = "ab" }, "bucket"},
+		{"prefix dotdot", func(c *Config) { c.Prefix = "a/../b" }, "prefix"},
+		{"only accesskey", func(c *Config) { c.AccessKey = "AK" }, "secretkey"},
+		{"only secretkey", func(c *Config) { c.SecretKey = "SK" }, "accesskey"},
+		{"region", func(c *Config) { c.Region = "EU West" }, "region"},
+		{"partsize small", func(c *Config) { c.PartSize = 5<<20 - 1 }, "partsize"},
+		{"partsize negative", func(c *Config) { c.PartSize = -1 }, "partsize"},
+		{"partsize huge", func(c *Config) { c.PartSize = 6 << 30 }, "partsize"},
+		{"uploadconcurrency", func(c *Config) { c.UploadConcurrency = 65 }, "uploadconcurrency"},
+	} {
+		c := good
+		tc.edit(&c)
+		err := c.Validate()
+		if err == nil {
+			t.Errorf("%s: validated", tc.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.param) {
+			t.Errorf("%s: error %q does not name %s", tc.name, err, tc.param)
+		}
+	}
+	for _, c := range []Config{
+		{Endpoint: "127.0.0.1:9000", Bucket: "b.c-d", Prefix: "/a/b/", PartSize: MinPartSize, Region: "us-east-1"},
+		{Endpoint: "[::1]:9000", Bucket: "bbb", AccessKey: "a", SecretKey: "s", PartSize: MaxPartSize},
+		{Endpoint: "s3.amazonaws.com", Bucket: "bbb"},
+	} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("Validate(%v): %v", c, err)
+		}
+	}
+}
+
+func TestConfigFromURL(t *testing.T) {
+	no := false
+	for _, tc := range []struct {
+		url  string
+		want Config
+	}{
+		{"minio://host:9000/bucket", Config{Endpoint: "host:9000", Bucket: "bucket"}},
+		{"minio://host:9000/bucket/", Config{Endpoint: "host:9000", Bucket: "bucket"}},
+		{"minio://127.0.0.1:9000/bucket/a/prefix?secure=false",
+			Config{Endpoint: "127.0.0.1:9000", Bucket: "bucket", Prefix: "a/prefix", Secure: &no}},
+		{"minio://host/bucket/p/?region=eu-west-1&partsize=8388608",
+			Config{Endpoint: "host", Bucket: "bucket", Prefix: "p", Region: "eu-west-1", PartSize: 8 << 20}},
+	} {
+		u, err := url.Parse(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ConfigFromURL(u)
+		if err != nil {
+			t.Errorf("ConfigFromURL(%s): %v", tc.url, err)
+			continue
+		}
+		if got.String() != tc.want.String() {
+			t.Errorf("ConfigFromURL(%s) = %v, want %v", tc.url, got, tc.want)
+		}
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"minio://ak:sk@host:9000/bucket/p", "credentials"},
+		{"minio://host:9000/bucket/p?secretkey=x", "credentials"},
+		{"minio://host:9000/bucket/p?access_key=x", "credentials"},
+		{"minio://host:9000/bucket/p?endpoint=y", `unknown query parameter "endpoint"`},
+		{"minio://host:9000/bucket/p?secure=false&secure=true", "secure"},
+		{"minio://host:9000/bucket/p?secure=nope", "secure"},
+		{"minio://host:9000/bucket/p?partsize=5MiB", "partsize"},
+		{"minio://host:9000/bucket/p?partsize=100", "partsize"},
+		{"minio://host:9000/bucket/a//b", "prefix"},
+		{"minio://host:9000/", "bucket"},
+		{"minio://host:9000/Bucket", "bucket"},
+		{"minio:///bucket/p", "endpoint"},
+		{"minio://host:9000/bucket#x", "fragment"},
+		{"s3://bucket/p", "scheme"},
+	} {
+		u, err := url.Parse(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ConfigFromURL(u)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ConfigFromURL(%s): %v, want an error about %s", tc.url, err, tc.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), ":sk@") || strings.Contains(err.Error(), "=x")) {
+			t.Errorf("ConfigFromURL(%s): error shows a secret: %v", tc.url, err)
+		}
+	}
+}
+
+func TestConfigRedacted(t *testing.T) {
+	c := Config{Endpoint: "host:9000", Bucket: "bucket", AccessKey: "AKIAEXAMPLEKEY", SecretKey: "s3cr3t-value"}
+	for _, s := range []string{c.String(), fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%v", &c),
+		fmt.Sprintf("%+v", c.Redacted())} {
+		for _, secret := range []string{"AKIAEXAMPLEKEY", "s3cr3t-value"} {
+			if strings.Contains(s, secret) {
+				t.Errorf("%q shows %q", s, secret)
+			}
+		}
+		if !strings.Contains(s, "bucket") {
+			t.Errorf("%q does not name the bucket", s)
+		}
+	}
+}
+
+func put(t *testing.T, s storage.Storage, key string, data []byte) {
+	t.Helper()
+	if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("Put(%s): %v", key, err)
+	}
+}
+
+func listAll(t *testing.T, s storage.Storage, prefix string) []string {
+	t.Helper()
+	var keys []string
+	if err := s.List(t.Context(), prefix, func(oi storage.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	}); err != nil {
+		t.Fatalf("List(%q): %v", prefix, err)
+	}
+	return keys
+}

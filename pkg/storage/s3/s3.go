@@ -1,0 +1,741 @@
+// Package s3 is a storage.Storage in an Amazon S3 bucket, or in any
+// S3-compatible service, through aws-sdk-go-v2. The object at key K is the
+// S3 object rootdirectory + "/" + K.
+//
+// Objects up to chunksize go up in one PutObject; larger ones (packs) in
+// parallel parts of chunksize through the SDK's upload manager, read
+// straight from the caller's body without buffering. A failed or cancelled
+// multipart upload is aborted before Put returns, so it leaves neither an
+// object nor stored parts behind; S3 commits an object only when the
+// upload completes, so a reader never sees part of one.
+//
+// The backend needs only the minimal IAM policy of docs/STORAGE.md
+// (s3:ListBucket, s3:GetBucketLocation, s3:ListBucketMultipartUploads on
+// the bucket; s3:PutObject, s3:GetObject, s3:DeleteObject,
+// s3:ListMultipartUploadParts, s3:AbortMultipartUpload on its objects),
+// and s3:CreateBucket only with Config.CreateBucket.
+//
+// The SDK's own retries are turned off (aws.NopRetryer): retrying is the
+// job of pkg/storage/retry, which wraps the storage, so that one policy
+// decides and attempts do not multiply. Errors worth retrying (5xx,
+// throttling, request timeouts, connection resets and timeouts) are
+// marked with storage.Transient.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// maxKeyLength is the longest object key S3 accepts, in bytes.
+const maxKeyLength = 1024
+
+// abortTimeout bounds the abort of a failed multipart upload, which runs
+// even when the Put's context is cancelled.
+const abortTimeout = 30 * time.Second
+
+// ErrNoBucket means the configured bucket does not exist (and
+// Config.CreateBucket is not set).
+var ErrNoBucket = errors.New("bucket does not exist")
+
+// Storage is a storage.Storage in an S3 bucket. It is safe for concurrent
+// use.
+type Storage struct {
+	client     *awss3.Client
+	uploader   *manager.Uploader
+	transports transports
+	bucket     string
+	root       string // "" or the root directory plus "/"
+	chunkSize  int64
+	cfg        Config
+}
+
+var _ storage.Storage = (*Storage)(nil)
+
+// New opens the bucket of cfg under its root directory. It checks that
+// the bucket exists and is reachable (HeadBucket, which needs only
+// s3:ListBucket). A missing bucket is an error wrapping ErrNoBucket,
+// unless cfg.CreateBucket is set: then it is created, private.
+func New(ctx context.Context, cfg Config) (*Storage, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Storage{bucket: cfg.Bucket, cfg: cfg, chunkSize: cfg.ChunkSize}
+	s.root, _ = rootPrefix(cfg.RootDirectory) // checked by Validate
+	if s.chunkSize == 0 {
+		s.chunkSize = DefaultChunkSize
+	}
+	concurrency := cfg.UploadConcurrency
+	if concurrency == 0 {
+		concurrency = DefaultUploadConcurrency
+	}
+	secure := cfg.Secure == nil || *cfg.Secure
+	endpoint := ""
+	if cfg.RegionEndpoint != "" {
+		endpoint, _ = endpointURL(cfg.RegionEndpoint, cfg.Secure) // checked by Validate
+		secure = strings.HasPrefix(endpoint, "https:")
+	}
+	pathStyle := endpoint != ""
+	if cfg.PathStyle != nil {
+		pathStyle = *cfg.PathStyle
+	}
+
+	// A buildable client, so that the SDK can add the CA bundle of
+	// AWS_CA_BUNDLE to it.
+	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.MaxIdleConnsPerHost = 64
+		s.transports.add(tr)
+	})
+	opts := []func(*config.LoadOptions) error{
+		config.WithHTTPClient(httpClient),
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.AccessKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, s.scrub(fmt.Errorf("s3: open bucket %s: loading the AWS configuration: %w", cfg.Bucket, err))
+	}
+	if awsCfg.Region == "" {
+		if endpoint == "" {
+			return nil, fmt.Errorf("s3: open bucket %s: no region: set region (or AWS_REGION)", cfg.Bucket)
+		}
+		awsCfg.Region = "us-east-1" // what S3-compatible services expect by default
+	}
+	s.client = awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+		o.UsePathStyle = pathStyle
+		o.EndpointOptions.DisableHTTPS = !secure
+		// Ranged reads carry no checksum; saying so on every read is noise.
+		o.DisableLogOutputChecksumValidationSkipped = true
+	})
+	s.uploader = manager.NewUploader(s.client, func(u *manager.Uploader) {
+		u.PartSize = s.chunkSize
+		u.Concurrency = concurrency
+		u.LeavePartsOnError = false
+	})
+	if err := s.openBucket(ctx); err != nil {
+		s.transports.closeIdle()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openBucket checks that the bucket exists, creating it if it does not
+// and the config says so.
+func (s *Storage) openBucket(ctx context.Context) error {
+	_, err := s.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &s.bucket})
+	if err == nil {
+		return nil
+	}
+	if !isNotFound(err) {
+		if code, region := httpStatus(err), bucketRegion(err); code == http.StatusMovedPermanently && region != "" {
+			return fmt.Errorf("s3: open bucket %s: the bucket is in region %s, not %s", s.bucket, region, s.client.Options().Region)
+		}
+		return s.scrub(fmt.Errorf("s3: open bucket %s: %w", s.bucket, classify(ctx, err)))
+	}
+	if !s.cfg.CreateBucket {
+		return fmt.Errorf("s3: open bucket %s: %w (set createbucket to create it)", s.bucket, ErrNoBucket)
+	}
+	in := &awss3.CreateBucketInput{Bucket: &s.bucket}
+	if region := s.client.Options().Region; region != "us-east-1" {
+		in.CreateBucketConfiguration = &types.CreateBucketConfiguration{
+			LocationConstraint: types.BucketLocationConstraint(region),
+		}
+	}
+	// New buckets are private: no ACL grants, and Amazon S3 blocks public
+	// access to them by default.
+	_, err = s.client.CreateBucket(ctx, in)
+	var owned *types.BucketAlreadyOwnedByYou
+	var taken *types.BucketAlreadyExists
+	switch {
+	case err == nil, errors.As(err, &owned):
+		return nil
+	case errors.As(err, &taken):
+		return fmt.Errorf("s3: create bucket %s: the name is taken by another account", s.bucket)
+	default:
+		return s.scrub(fmt.Errorf("s3: create bucket %s: %w", s.bucket, classify(ctx, err)))
+	}
+}
+
+// objectKey validates key and returns the S3 key that holds it.
+func (s *Storage) objectKey(key string) (string, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return "", err
+	}
+	k := s.root + key
+	if len(k) > maxKeyLength {
+		return "", fmt.Errorf("%w: %q: %d bytes with the root directory, S3 allows %d",
+			storage.ErrInvalidKey, key, len(k), maxKeyLength)
+	}
+	return k, nil
+}
+
+// Put stores size bytes read from body under key: in one PutObject up to
+// chunksize, else as a multipart upload of chunksize parts, aborted when
+// it fails.
+func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("s3: put: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("s3: put %s: negative size %d", key, size)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "put", key, err)
+	}
+	br := newBodyReader(ctx, body, size)
+	in := &awss3.PutObjectInput{
+		Bucket:        &s.bucket,
+		Key:           &k,
+		Body:          br,
+		ContentLength: aws.Int64(size),
+	}
+	if s.cfg.StorageClass != "" {
+		in.StorageClass = types.StorageClass(s.cfg.StorageClass)
+	}
+	if s.cfg.Encrypt {
+		in.ServerSideEncryption = types.ServerSideEncryptionAes256
+		if s.cfg.KeyID != "" {
+			in.ServerSideEncryption = types.ServerSideEncryptionAwsKms
+			in.SSEKMSKeyId = &s.cfg.KeyID
+		}
+	}
+	if size <= s.chunkSize {
+		_, err = s.client.PutObject(ctx, in)
+	} else {
+		_, err = s.uploader.Upload(ctx, in)
+		var failed manager.MultiUploadFailure
+		if err != nil && errors.As(err, &failed) && failed.UploadID() != "" {
+			// The upload manager aborts with the Put's context, which
+			// fails when that is cancelled; abort again, regardless.
+			if aerr := s.abort(ctx, k, failed.UploadID()); aerr != nil {
+				err = fmt.Errorf("%w (aborting the multipart upload also failed: %v)", err, aerr)
+			}
+		}
+	}
+	if err != nil {
+		if berr := br.err(); berr != nil && !errors.Is(err, berr) {
+			err = fmt.Errorf("%w (%v)", berr, err)
+		}
+		return s.opError(ctx, "put", key, err)
+	}
+	return nil
+}
+
+// abort aborts a multipart upload, even when ctx is cancelled. An upload
+// that is already gone is not an error.
+func (s *Storage) abort(ctx context.Context, objectKey, uploadID string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{
+		Bucket:   &s.bucket,
+		Key:      &objectKey,
+		UploadId: &uploadID,
+	})
+	var gone *types.NoSuchUpload
+	if err != nil && !errors.As(err, &gone) && !isNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// Get opens the byte range [offset, offset+length) of the object at key
+// with a ranged GetObject.
+func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("s3: get: %w", err)
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("s3: get %s: offset %d: %w", key, offset, storage.ErrInvalidRange)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.opError(ctx, "get", key, err)
+	}
+	if length == 0 {
+		// HTTP cannot ask for zero bytes; check that the range is valid.
+		oi, err := s.Stat(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if offset > oi.Size {
+			return nil, fmt.Errorf("s3: get %s: offset %d of %d bytes: %w", key, offset, oi.Size, storage.ErrInvalidRange)
+		}
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	in := &awss3.GetObjectInput{Bucket: &s.bucket, Key: &k}
+	ranged := offset > 0 || length > 0
+	if ranged {
+		r := "bytes=" + strconv.FormatInt(offset, 10) + "-"
+		if length > 0 && length <= math.MaxInt64-offset {
+			r += strconv.FormatInt(offset+length-1, 10)
+		}
+		in.Range = &r
+	}
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		if httpStatus(err) != http.StatusRequestedRangeNotSatisfiable {
+			return nil, s.opError(ctx, "get", key, err)
+		}
+		// The range starts at or past the end: an empty read when it
+		// starts exactly at the end, else an invalid range.
+		oi, serr := s.Stat(ctx, key)
+		if serr != nil {
+			return nil, serr
+		}
+		if offset == oi.Size {
+			return io.NopCloser(strings.NewReader("")), nil
+		}
+		return nil, fmt.Errorf("s3: get %s: offset %d of %d bytes: %w", key, offset, oi.Size, storage.ErrInvalidRange)
+	}
+	var body io.Reader = out.Body
+	if ranged {
+		start, ok := contentRangeStart(aws.ToString(out.ContentRange))
+		switch {
+		case ok && start == offset:
+		case !ok && offset == 0:
+			// The whole object came back: cut it to the range.
+			if length > 0 {
+				body = io.LimitReader(out.Body, length)
+			}
+		default:
+			out.Body.Close()
+			return nil, fmt.Errorf("s3: get %s: asked for bytes from %d, the server sent Content-Range %q",
+				key, offset, aws.ToString(out.ContentRange))
+		}
+	}
+	return &objectReader{s: s, ctx: ctx, key: key, r: body, c: out.Body}, nil
+}
+
+// contentRangeStart returns the first byte of a Content-Range header
+// "bytes FIRST-LAST/SIZE".
+func contentRangeStart(cr string) (int64, bool) {
+	rest, ok := strings.CutPrefix(cr, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	first, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	return n, err == nil
+}
+
+// objectReader reads an object's body, naming the key in its errors.
+type objectReader struct {
+	s   *Storage
+	ctx context.Context
+	key string
+	r   io.Reader
+	c   io.Closer
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.s.opError(r.ctx, "read", r.key, err)
+	}
+	return n, err
+}
+
+func (r *objectReader) Close() error { return r.c.Close() }
+
+// Stat describes the object at key (HeadObject).
+func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("s3: stat: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
+	}
+	out, err := s.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil {
+		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
+	}
+	return storage.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
+}
+
+// List calls fn for every object whose key starts with prefix, listing
+// the bucket by prefix (ListObjectsV2, page by page). Objects under the
+// root directory whose names are not valid keys (such as "dir/" markers
+// made by consoles) are skipped.
+func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	if !listable(prefix) {
+		return nil // no valid key starts with prefix
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "list", prefix, err)
+	}
+	in := &awss3.ListObjectsV2Input{Bucket: &s.bucket}
+	// MinIO refuses a prefix whose last component is "." or ".." (though
+	// keys such as "..x" are fine): list the parent and filter here.
+	listPrefix := prefix
+	if base := prefix[strings.LastIndexByte(prefix, '/')+1:]; base == "." || base == ".." {
+		listPrefix = prefix[:len(prefix)-len(base)]
+	}
+	if p := s.root + listPrefix; p != "" {
+		in.Prefix = &p
+	}
+	pages := awss3.NewListObjectsV2Paginator(s.client, in)
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return s.opError(ctx, "list", prefix, err)
+		}
+		for _, obj := range page.Contents {
+			key, ok := strings.CutPrefix(aws.ToString(obj.Key), s.root)
+			if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
+				continue
+			}
+			if err := fn(storage.ObjectInfo{Key: key, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)}); err != nil {
+				return err
+			}
+			if err := ctx.Err(); err != nil {
+				return s.opError(ctx, "list", prefix, err)
+			}
+		}
+	}
+	return nil
+}
+
+// listable reports whether a valid key can start with prefix.
+func listable(prefix string) bool {
+	for _, r := range prefix {
+		if r < 0x20 || r == 0x7f || r == '\\' {
+			return false
+		}
+	}
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		return storage.ValidateKey(prefix[:i]) == nil
+	}
+	return true
+}
+
+// Delete removes the object at key; a missing object is not an error.
+func (s *Storage) Delete(ctx context.Context, key string) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("s3: delete: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "delete", key, err)
+	}
+	_, err = s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil && !isNotFound(err) {
+		return s.opError(ctx, "delete", key, err)
+	}
+	return nil
+}
+
+// Close releases idle connections.
+func (s *Storage) Close() error {
+	s.transports.closeIdle()
+	return nil
+}
+
+// transports records the HTTP transports the SDK builds, to close their
+// idle connections.
+type transports struct {
+	mu  sync.Mutex
+	trs []*http.Transport
+}
+
+func (t *transports) add(tr *http.Transport) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.trs = append(t.trs, tr)
+}
+
+func (t *transports) closeIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tr := range t.trs {
+		tr.CloseIdleConnections()
+	}
+}
+
+// opError returns the error of operation op on key: classified (see
+// classify), naming the backend, the operation and the key, and with any
+// credential scrubbed from its text.
+func (s *Storage) opError(ctx context.Context, op, key string, err error) error {
+	return s.scrub(fmt.Errorf("s3: %s %s: %w", op, key, classify(ctx, err)))
+}
+
+// scrub guards against credentials in error texts: the SDK's messages do
+// not hold them, but a server's might.
+func (s *Storage) scrub(err error) error {
+	var secrets []string
+	for _, v := range []string{s.cfg.AccessKey, s.cfg.SecretKey} {
+		if len(v) >= 4 {
+			secrets = append(secrets, v)
+		}
+	}
+	if len(secrets) == 0 {
+		return err
+	}
+	return &scrubbedError{err: err, secrets: secrets}
+}
+
+type scrubbedError struct {
+	err     error
+	secrets []string
+}
+
+func (e *scrubbedError) Error() string {
+	msg := e.err.Error()
+	for _, s := range e.secrets {
+		msg = strings.ReplaceAll(msg, s, "REDACTED")
+	}
+	return msg
+}
+
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// classify maps an SDK error to the storage package's errors: 404 to
+// storage.ErrNotFound, 403 and refused credentials to
+// storage.ErrPermission, server errors, throttling, request timeouts,
+// connection resets and timeouts to storage.Transient. Cancellation and
+// failures of the caller's body stay as they are. When ctx is done, its
+// error is what is returned.
+func classify(ctx context.Context, err error) error {
+	if ctx != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var be *bodyError
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &be) {
+		return err
+	}
+	code := ""
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		code = apiErr.ErrorCode()
+	}
+	status := httpStatus(err)
+	switch {
+	case code == "NoSuchBucket":
+		return fmt.Errorf("%w: %w", ErrNoBucket, err)
+	case code == "NoSuchKey", code == "NotFound", status == http.StatusNotFound:
+		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	case status == http.StatusForbidden, code == "AccessDenied", code == "InvalidAccessKeyId",
+		code == "SignatureDoesNotMatch", code == "AllAccessDisabled", code == "AccountProblem":
+		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
+	case status >= 500, status == http.StatusTooManyRequests, code == "SlowDown", code == "Throttling",
+		code == "ThrottlingException", code == "RequestLimitExceeded", code == "RequestTimeout",
+		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized":
+		return storage.Transient(err)
+	case apiErr != nil || status != 0:
+		return err // any other answer of the service is permanent
+	case isNetworkError(err):
+		return storage.Transient(err)
+	}
+	return err
+}
+
+// isNetworkError reports whether err is a connection-level failure that a
+// later attempt may not meet.
+func isNetworkError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, net.ErrClosed)
+}
+
+// httpStatus returns the HTTP status of an error response, or 0.
+func httpStatus(err error) int {
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+// bucketRegion returns the region a redirect response names, if any.
+func bucketRegion(err error) string {
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) && re.Response != nil && re.Response.Response != nil {
+		return re.Response.Header.Get("X-Amz-Bucket-Region")
+	}
+	return ""
+}
+
+// isNotFound reports whether err is a 404 answer.
+func isNotFound(err error) bool {
+	var nk *types.NoSuchKey
+	var nf *types.NotFound
+	var nb *types.NoSuchBucket
+	return errors.As(err, &nk) || errors.As(err, &nf) || errors.As(err, &nb) || httpStatus(err) == http.StatusNotFound
+}
+
+// bodyError is a failure of the caller's body (reading it, or it being
+// shorter than the size given). It is not the service's fault and not
+// transient.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "reading the body: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// bodyReader presents the first size bytes of a Put's body as an
+// io.ReaderAt and io.ReadSeeker, so that the upload manager can send
+// parts in parallel straight from it and the SDK can re-read it to sign
+// or checksum. It never reads the body past size, reports a body shorter
+// than size as io.ErrUnexpectedEOF, and fails once ctx is done. A body
+// that is an io.ReaderAt (a file, a bytes.Reader) is read at offsets
+// concurrently; any other is read under a lock, seeking as needed.
+type bodyReader struct {
+	ctx  context.Context
+	size int64
+	ra   io.ReaderAt // the body, if it is one
+
+	mu    sync.Mutex // guards rs, rsPos and failure
+	rs    io.ReadSeeker
+	rsPos int64 // rs's position, -1 if unknown
+	// failure is the body's first failure, which Put reports rather than
+	// what the client library made of it.
+	failure error
+
+	pos int64 // of Read and Seek
+}
+
+func newBodyReader(ctx context.Context, body io.ReadSeeker, size int64) *bodyReader {
+	b := &bodyReader{ctx: ctx, size: size, rs: body, rsPos: -1}
+	if ra, ok := body.(io.ReaderAt); ok {
+		b.ra = ra
+	}
+	return b
+}
+
+// ReadAt reads len(p) bytes at off, fewer (with io.EOF) at the end.
+func (b *bodyReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, &bodyError{fmt.Errorf("negative offset %d", off)}
+	}
+	if off >= b.size {
+		return 0, io.EOF
+	}
+	if err := b.ctx.Err(); err != nil {
+		return 0, err
+	}
+	want := p
+	if rest := b.size - off; int64(len(want)) > rest {
+		want = want[:rest]
+	}
+	var n int
+	var err error
+	if b.ra != nil {
+		n, err = b.ra.ReadAt(want, off)
+	} else {
+		n, err = b.readSeeking(want, off)
+	}
+	if n == len(want) {
+		err = nil
+	} else if err == nil || err == io.EOF {
+		err = fmt.Errorf("body ended after %d of %d bytes: %w", off+int64(n), b.size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		berr := &bodyError{err}
+		b.mu.Lock()
+		if b.failure == nil {
+			b.failure = berr
+		}
+		b.mu.Unlock()
+		return n, berr
+	}
+	if len(want) < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readSeeking fills p from the body at off, seeking only when needed.
+func (b *bodyReader) readSeeking(p []byte, off int64) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rsPos != off {
+		if _, err := b.rs.Seek(off, io.SeekStart); err != nil {
+			b.rsPos = -1
+			return 0, err
+		}
+		b.rsPos = off
+	}
+	n, err := io.ReadFull(b.rs, p)
+	b.rsPos += int64(n)
+	if err != nil {
+		b.rsPos = -1
+	}
+	return n, err
+}
+
+// err returns the body's first failure, if any.
+func (b *bodyReader) err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failure
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.pos >= b.size {
+		return 0, io.EOF
+	}
+	n, err := b.ReadAt(p, b.pos)
+	b.pos += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+func (b *bodyReader) Seek(offset int64, whence int) (int64, error) {
+	var pos int64
+	switch whence {
+	case io.SeekStart:
+		pos = offset
+	case io.SeekCurrent:
+		pos = b.pos + offset
+	case io.SeekEnd:
+		pos = b.size + offset
+	default:
+		return b.pos, fmt.Errorf("s3: body: bad whence %d", whence)
+	}
+	if pos < 0 {
+		return b.pos, errors.New("s3: body: negative position")
+	}
+	b.pos = pos
+	return pos, nil
+}
