@@ -62,6 +62,8 @@ func run() error {
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
+	var useMinIO bool
+	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
 	var generateOnly string
 	flag.StringVar(&generateOnly, "generate-only", "", "with --gen-large: write the generated tree to `DIR` and exit (for profiling by hand)")
 	flag.Parse()
@@ -137,6 +139,12 @@ func run() error {
 	if err := b.setupData(); err != nil {
 		return err
 	}
+	if useMinIO {
+		if b.minio, err = startMinIO(work); err != nil {
+			return err
+		}
+		defer b.minio.stop()
+	}
 	if err := b.runAll(); err != nil {
 		return err
 	}
@@ -191,7 +199,8 @@ type bench struct {
 	warnings              []string
 	warmup                time.Duration
 	recording             bool
-	cleanup               []string // restore targets outside the work directory
+	minio                 *minioServer // --minio: repositories live there
+	cleanup               []string     // restore targets outside the work directory
 }
 
 // measurement is one timed child process.
@@ -388,12 +397,22 @@ func (b *bench) record(scenario, tool string, m measurement) {
 func (b *bench) runBackupd(dir string, verify bool) error {
 	repo := filepath.Join(dir, "repo")
 	url := "file://" + repo
+	var env []string
+	if b.minio != nil {
+		bucket, err := b.minio.newBucket()
+		if err != nil {
+			return err
+		}
+		url = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, b.minio.url)
+		repo = filepath.Join(b.minio.dataDir, bucket)
+		env = b.minio.env()
+	}
 	target, err := b.restoreTarget(dir)
 	if err != nil {
 		return err
 	}
 
-	m, out, err := measure(nil, b.backupctl, "backup", "-r", url, "--owner", "bench", "--workspace", "ws", "--json", b.data)
+	m, out, err := measure(env, b.backupctl, "backup", "-r", url, "--owner", "bench", "--workspace", "ws", "--json", b.data)
 	if err != nil {
 		return err
 	}
@@ -420,7 +439,7 @@ func (b *bench) runBackupd(dir string, verify bool) error {
 		return nil
 	}
 
-	m, out, err = measure(nil, b.backupctl, "restore", "-r", url, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest", "--json", target)
+	m, out, err = measure(env, b.backupctl, "restore", "-r", url, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest", "--json", target)
 	if err != nil {
 		return err
 	}
@@ -442,16 +461,26 @@ func (b *bench) runRestic(dir string, verify bool) error {
 		return err
 	}
 	env := []string{"RESTIC_PASSWORD=backupd-bench"}
+	repoArg := repo
+	if b.minio != nil {
+		bucket, err := b.minio.newBucket()
+		if err != nil {
+			return err
+		}
+		repoArg = fmt.Sprintf("s3:%s/%s/restic", b.minio.url, bucket)
+		repo = filepath.Join(b.minio.dataDir, bucket)
+		env = append(env, b.minio.env()...)
+	}
 
 	// restic needs an explicit init (which derives the master key with
 	// scrypt); it is setup, timed separately and not part of the backup.
-	m, _, err := measure(env, b.restic, "init", "-r", repo, "--cache-dir", cache)
+	m, _, err := measure(env, b.restic, "init", "-r", repoArg, "--cache-dir", cache)
 	if err != nil {
 		return err
 	}
 	b.resticInit = append(b.resticInit, m.wall.Seconds())
 
-	m, _, err = measure(env, b.restic, "backup", "-r", repo, "--cache-dir", cache, b.data)
+	m, _, err = measure(env, b.restic, "backup", "-r", repoArg, "--cache-dir", cache, b.data)
 	if err != nil {
 		return err
 	}
@@ -465,7 +494,7 @@ func (b *bench) runRestic(dir string, verify bool) error {
 		return nil
 	}
 
-	m, _, err = measure(env, b.restic, "restore", "-r", repo, "--cache-dir", cache, "latest", "--target", target)
+	m, _, err = measure(env, b.restic, "restore", "-r", repoArg, "--cache-dir", cache, "latest", "--target", target)
 	if err != nil {
 		return err
 	}

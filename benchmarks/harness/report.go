@@ -29,6 +29,9 @@ func (b *bench) header() string {
 	fmt.Fprintf(&s, "- dataset: %s\n", b.dataDesc)
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
 		b.src.bytes, mib(b.src.bytes), b.src.files, b.src.dirs, b.src.links)
+	if b.minio != nil {
+		fmt.Fprintf(&s, "- repositories: a MinIO server on loopback (%s, data in the work dir), a fresh bucket per run; backupd via s3://, restic via s3:\n", b.minio.url)
+	}
 	if b.opts.restoreDir != "" {
 		fmt.Fprintf(&s, "- work dir (repositories): %s\n", b.work)
 		fmt.Fprintf(&s, "- restore targets: fresh directories under %s (--restore-dir)\n", b.opts.restoreDir)

@@ -16,6 +16,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Sentinel errors. Backends wrap them with context (the key, the backend),
@@ -122,12 +123,15 @@ type Storage interface {
 }
 
 // ValidateKey reports whether key is usable with every backend: non-empty,
-// at most 1024 bytes, slash-separated components that are neither empty,
+// valid UTF-8, at most 1024 bytes, slash-separated components that are neither empty,
 // "." nor "..", no leading or trailing slash, no backslash and no control
 // characters. The error wraps ErrInvalidKey.
 func ValidateKey(key string) error {
 	if key == "" || len(key) > 1024 {
 		return fmt.Errorf("%w: %q: length must be 1 to 1024 bytes", ErrInvalidKey, key)
+	}
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("%w: %q: not valid UTF-8", ErrInvalidKey, key)
 	}
 	for _, r := range key {
 		if r < 0x20 || r == 0x7f || r == '\\' {
