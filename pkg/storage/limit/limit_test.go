@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/mem"
@@ -50,8 +51,17 @@ func TestUploadsAreBounded(t *testing.T) {
 			l.Put(context.Background(), string(rune('a'+i)), bytes.NewReader(nil), 0)
 		}()
 	}
+	// The limit is reached (polling the state, bounded)...
+	deadline := time.Now().Add(10 * time.Second)
+	for g.cur.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d uploads started", g.cur.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// ...and never exceeded while the Puts drain one by one.
 	for range 10 {
-		g.release <- struct{}{} // lets one Put finish; others may enter
+		g.release <- struct{}{}
 	}
 	wg.Wait()
 	if p := g.peak.Load(); p != 3 {
