@@ -134,15 +134,17 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := p.Owner(ctx, f.owner, create)
-	if err == nil {
-		var r *repo.Repository
-		if r, err = repo.Load(ctx, st, create); err == nil {
-			return r, func() { p.Close() }, nil
-		}
+	st, err := p.Owner(ctx, f.owner, create) // its errors name the owner
+	if err != nil {
+		p.Close()
+		return nil, nil, err
 	}
-	p.Close()
-	return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
+	r, err := repo.Load(ctx, st, create)
+	if err != nil {
+		p.Close()
+		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
+	}
+	return r, func() { p.Close() }, nil
 }
 
 // showProgress says whether to draw a progress bar: only for humans, that

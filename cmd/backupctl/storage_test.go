@@ -241,3 +241,30 @@ func waitForPacks(t *testing.T, srv *testservers.MinIOServer, bucket string, n i
 		time.Sleep(20 * time.Millisecond) // poll interval
 	}
 }
+
+// bucket-per-owner: the owner's bucket is created on first backup when the
+// credentials allow it, and never with the restricted user's policy.
+func TestBucketPerOwnerOnMinIO(t *testing.T) {
+	srv := testservers.MinIO(t)
+	src := t.TempDir()
+	genTree(t, src, 1<<20, 4)
+	url := fmt.Sprintf("s3://unused-root/ws?region=%s&endpoint=%s", srv.Region, srv.URL)
+	tmpl := fmt.Sprintf("bpo-%d-{owner}", time.Now().UnixNano())
+	root := writeConfig(t, fmt.Sprintf("placement: bucket-per-owner\nbucket_template: %q\ns3:\n  accesskey: %s\n  secretkey: %s\n", tmpl, srv.RootUser, srv.RootPassword))
+	args := []string{"-r", url, "--storage-config", root, "--owner", "Alice", "--workspace", "w1"}
+	ok(t, run(t, nil, append(append([]string{"backup"}, args...), src)...))
+	dst := filepath.Join(t.TempDir(), "r")
+	ok(t, run(t, nil, append(append([]string{"restore"}, args...), dst)...))
+	sameTree(t, src, dst)
+	// Another owner's restore does not create a bucket and says why.
+	r := run(t, nil, "restore", "-r", url, "--storage-config", root, "--owner", "bob", "--workspace", "w1", t.TempDir())
+	if r.code != 1 || !strings.Contains(r.stderr, "does not exist") {
+		t.Fatalf("restore for an owner without a bucket: %+v", r)
+	}
+	restricted := writeConfig(t, fmt.Sprintf("placement: bucket-per-owner\nbucket_template: %q\ns3:\n  accesskey: %s\n  secretkey: %s\n", tmpl, srv.UserAccessKey, srv.UserSecretKey))
+	r = run(t, nil, "backup", "-r", url, "--storage-config", restricted, "--owner", "carol", "--workspace", "w1", src)
+	if r.code != 1 || strings.Contains(r.stderr, srv.UserSecretKey) {
+		t.Fatalf("bucket creation with the restricted user: %+v", r)
+	}
+	t.Logf("restricted user: %s", strings.TrimSpace(r.stderr))
+}

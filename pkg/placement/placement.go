@@ -68,7 +68,11 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 		return nil, err
 	}
 	if p.root != nil {
-		return prefix.New(p.root, owner)
+		st, err := prefix.New(p.root, owner)
+		if err != nil {
+			return nil, fmt.Errorf("owner %s: %w", owner, err)
+		}
+		return st, nil
 	}
 	st, err := p.open(ctx, p.Bucket(owner), create)
 	if errors.Is(err, storage.ErrNotFound) && !create {
