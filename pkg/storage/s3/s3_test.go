@@ -483,36 +483,6 @@ func TestRangeIgnoredByServer(t *testing.T) {
 	}
 }
 
-func TestBodyReader(t *testing.T) {
-	data := []byte("0123456789")
-	for _, body := range []io.ReadSeeker{bytes.NewReader(data), &failingBody{data: data, failAt: 100}} {
-		b := newBodyReader(t.Context(), body, 7)
-		if n, err := b.Seek(0, io.SeekEnd); n != 7 || err != nil {
-			t.Errorf("Seek(0, end) = %d, %v; want 7", n, err)
-		}
-		b.Seek(0, io.SeekStart)
-		if got, err := io.ReadAll(b); string(got) != "0123456" || err != nil {
-			t.Errorf("ReadAll = %q, %v; want 0123456", got, err)
-		}
-		p := make([]byte, 4)
-		if n, err := b.ReadAt(p, 5); n != 2 || err != io.EOF || string(p[:n]) != "56" {
-			t.Errorf("ReadAt(4 bytes, 5) = %d %q, %v; want 2 \"56\" EOF", n, p[:n], err)
-		}
-	}
-	// Short: size 12 of a 10-byte body.
-	b := newBodyReader(t.Context(), bytes.NewReader(data), 12)
-	if _, err := io.ReadAll(b); !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Errorf("ReadAll of a short body: %v, want io.ErrUnexpectedEOF", err)
-	}
-	// Cancelled.
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	b = newBodyReader(ctx, bytes.NewReader(data), 10)
-	if _, err := io.ReadAll(b); !errors.Is(err, context.Canceled) {
-		t.Errorf("ReadAll with a cancelled context: %v, want context.Canceled", err)
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	yes, no := true, false
 	good := Config{Bucket: "my-bucket", Region: "eu-west-1"}
