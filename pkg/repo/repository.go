@@ -33,6 +33,7 @@ type Repository struct {
 	params chunk.Params
 	codec  *chunk.Codec
 	index  *Index
+	trees  *treePackCache
 }
 
 // Open opens the repository on st (already scoped to the owner). It fails
@@ -103,7 +104,7 @@ func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex()}, nil
+	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex(), trees: newTreePackCache(treePackCacheSize)}, nil
 }
 
 // Config returns the repository's config.
@@ -215,9 +216,19 @@ func (r *Repository) DecodeBlob(key string, e BlobEntry, stored, buf []byte) ([]
 	return out, nil
 }
 
-// LoadTree fetches and decodes a tree blob.
+// LoadTree fetches, verifies and decodes a tree blob. Tree packs are read
+// whole and kept in a bounded cache, so walking a snapshot costs about one
+// read per tree pack rather than one per directory.
 func (r *Repository) LoadTree(ctx context.Context, id chunk.ID) (*Tree, error) {
-	b, err := r.LoadBlob(ctx, id, nil)
+	loc, ok := r.index.Lookup(id)
+	if !ok || loc.Type != TreeBlob {
+		return nil, fmt.Errorf("load tree %s: %w: not in the index as a tree", id.Short(), ErrCorrupt)
+	}
+	stored, err := r.loadTreeBlob(ctx, loc)
+	if err != nil {
+		return nil, fmt.Errorf("load tree: %w", err)
+	}
+	b, err := r.DecodeBlob(PackKey(loc.Pack), loc.BlobEntry, stored, nil)
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}

@@ -36,7 +36,7 @@ func TestBackupAndRestoreThroughFaultsOnMinIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	compareDirs(t, want, snapshotDir(t, dst))
-	if f.Injected() < 10 {
+	if f.Injected() < 3 {
 		t.Fatalf("only %d faults injected", f.Injected())
 	}
 }
