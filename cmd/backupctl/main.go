@@ -57,7 +57,14 @@ Each owner's snapshots live in the owner's own repository under a storage
 root, given by -r/--repo, else by $BACKUPD_REPO, else a local directory
 under the user's data directory (the embedded default).
 
-Locations: file:///absolute/path (more backends come with later versions).`,
+Locations:
+  file:///absolute/path
+  s3://BUCKET/PREFIX?region=REGION[&endpoint=URL]
+  minio://HOST:PORT/BUCKET/PREFIX[?secure=false]
+  gs://BUCKET/PREFIX
+  azblob://CONTAINER/PREFIX[?endpoint=URL]
+Credentials come from each SDK's usual environment variables or from
+--storage-config FILE (YAML; see docs/STORAGE.md), never from the URL.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

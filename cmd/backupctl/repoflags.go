@@ -31,7 +31,7 @@ type repoFlags struct {
 func (f *repoFlags) register(cmd *cobra.Command, ownerRequired bool) {
 	cmd.Flags().StringVarP(&f.repo, "repo", "r", "", "storage root `URL` (default $BACKUPD_REPO, else a local repository under the user's data directory)")
 	cmd.Flags().StringVar(&f.storageConfig, "storage-config", "", "YAML `FILE` with storage parameters and credentials (the storage section of backupd's config; see docs/STORAGE.md)")
-	cmd.Flags().IntVar(&f.connections, "connections", 0, "concurrent uploads and downloads to the storage (default 8)")
+	cmd.Flags().IntVar(&f.connections, "connections", 0, "concurrent pack uploads and downloads (default: 4 for object stores; 2 uploads for a local directory)")
 	cmd.Flags().StringVar(&f.owner, "owner", "", "owner `ID` whose repository to use")
 	if ownerRequired {
 		_ = cmd.MarkFlagRequired("owner")
