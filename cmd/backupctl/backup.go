@@ -17,6 +17,8 @@ func newBackupCmd() *cobra.Command {
 		f         repoFlags
 		workspace string
 		tags      []string
+		parent    string
+		force     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--json] DIR",
@@ -59,6 +61,7 @@ JSON object with the backup's statistics.`,
 			}
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
+				Parent: parent, Force: force,
 			})
 			stop()
 			if err != nil {
@@ -67,7 +70,7 @@ JSON object with the backup's statistics.`,
 			st := res.Snapshot.Stats
 			if f.json {
 				return json.NewEncoder(os.Stdout).Encode(map[string]any{
-					"snapshot_id": res.SnapshotID.String(), "files": st.Files, "dirs": st.Dirs,
+					"snapshot_id": res.SnapshotID.String(), "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
 					"symlinks": st.Symlinks, "skipped": st.Skipped, "bytes": st.Bytes,
 					"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
 					"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
@@ -87,5 +90,7 @@ JSON object with the backup's statistics.`,
 	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` the snapshot belongs to")
 	_ = cmd.MarkFlagRequired("workspace")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag the snapshot with `KEY=VALUE` (repeatable)")
+	cmd.Flags().StringVar(&parent, "parent", "", "compare with this snapshot `ID` (default: the workspace's latest); unchanged files are not read")
+	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
 	return cmd
 }

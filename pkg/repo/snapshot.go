@@ -30,6 +30,7 @@ type Snapshot struct {
 // Stats counts what a backup saw and wrote.
 type Stats struct {
 	Files          int64 `json:"files"`
+	UnchangedFiles int64 `json:"unchanged_files"`
 	Dirs           int64 `json:"dirs"`
 	Symlinks       int64 `json:"symlinks"`
 	Skipped        int64 `json:"skipped"`

@@ -48,6 +48,9 @@ type Node struct {
 	Subtree chunk.ID
 	// Target is a symlink's target, never interpreted.
 	Target string
+	// Inode and CTime (Unix nanoseconds) of a file, for change detection.
+	Inode uint64
+	CTime int64
 }
 
 // Tree is one directory's listing, sorted by name.
@@ -66,6 +69,8 @@ const (
 	tagContent
 	tagSubtree
 	tagTarget
+	tagInode
+	tagCTime
 )
 
 // ValidName reports whether name may be a directory entry: it must not be
@@ -113,6 +118,14 @@ func EncodeTree(t *Tree) []byte {
 				for _, id := range n.Content {
 					b = append(b, id[:]...)
 				}
+			}
+			if n.Inode != 0 {
+				b = binary.AppendUvarint(b, tagInode)
+				b = binary.AppendUvarint(b, n.Inode)
+			}
+			if n.CTime != 0 {
+				b = binary.AppendUvarint(b, tagCTime)
+				b = binary.AppendVarint(b, n.CTime)
 			}
 		case TypeDir:
 			b = binary.AppendUvarint(b, tagSubtree)
@@ -175,7 +188,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 			if tag == 0 {
 				break
 			}
-			if int(tag) <= last || tag > tagTarget {
+			if int(tag) <= last || tag > tagCTime {
 				return nil, fmt.Errorf("%w: tree field %d out of order or unknown", ErrCorrupt, tag)
 			}
 			last = int(tag)
@@ -223,6 +236,14 @@ func DecodeTree(b []byte) (*Tree, error) {
 				r = r[chunk.IDSize:]
 			case tagTarget:
 				n.Target, err = bytesField()
+			case tagInode:
+				n.Inode, err = uv()
+			case tagCTime:
+				v, k := binary.Varint(r)
+				if k <= 0 {
+					return nil, fmt.Errorf("%w: tree truncated", ErrCorrupt)
+				}
+				r, n.CTime = r[k:], v
 			}
 			if err != nil {
 				return nil, err
@@ -239,9 +260,9 @@ func DecodeTree(b []byte) (*Tree, error) {
 		case TypeFile:
 			ok = ok && !seen[tagSubtree] && !seen[tagTarget] && (n.Size == 0) == (len(n.Content) == 0)
 		case TypeDir:
-			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget]
+			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget] && !seen[tagInode] && !seen[tagCTime]
 		case TypeSymlink:
-			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree]
+			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !seen[tagInode] && !seen[tagCTime]
 		default:
 			ok = false
 		}

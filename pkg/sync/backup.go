@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	gosync "sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +27,12 @@ type BackupOptions struct {
 	// Host is recorded in the snapshot; empty means os.Hostname.
 	Host string
 	Tags map[string]string
+	// Parent names the snapshot to compare with (an id or unique prefix);
+	// "" means the latest snapshot of the workspace. A file whose size,
+	// mtime, ctime and inode equal the parent's is not read again.
+	Parent string
+	// Force reads every file, ignoring the parent.
+	Force bool
 	// Readers is the number of files read and chunked at once; 0 means
 	// GOMAXPROCS.
 	Readers int
@@ -71,6 +78,7 @@ type BackupResult struct {
 
 type backupStats struct {
 	files, dirs, symlinks, skipped atomic.Int64
+	unchanged                      atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
 	blobs, newBlobs, objects       atomic.Int64
 }
@@ -93,6 +101,11 @@ type dirFuture struct {
 }
 
 type backup struct {
+	// trustBefore: a file whose ctime is at or after this (Unix ns) may
+	// have changed within the timestamp granularity while the parent
+	// backup read it, so it is read again.
+	trustBefore int64
+
 	r      *repo.Repository
 	opts   BackupOptions
 	params chunk.Params
@@ -141,21 +154,32 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		return nil, fmt.Errorf("backup source %s is not a directory", abs)
 	}
 	var parent string
-	if refs, err := r.ListSnapshots(ctx, opts.Workspace); err != nil {
-		return nil, err
-	} else if len(refs) > 0 {
-		parent = refs[len(refs)-1].ID.String()
+	var parentTree chunk.ID
+	var parentStart int64
+	if opts.Parent != "" || !opts.Force {
+		snap, ref, err := r.FindSnapshot(ctx, opts.Workspace, opts.Parent)
+		switch {
+		case err == nil:
+			parent, parentTree = ref.ID.String(), snap.Tree
+			parentStart = snap.Time.Add(-time.Duration(snap.Stats.DurationMS) * time.Millisecond).UnixNano()
+		case opts.Parent != "" || !errors.Is(err, repo.ErrSnapshotNotFound):
+			return nil, fmt.Errorf("parent snapshot: %w", err)
+		}
+	}
+	if opts.Force {
+		parentTree = chunk.ID{}
 	}
 
 	cfg := r.Config()
 	b := &backup{
-		r:        r,
-		opts:     opts,
-		params:   r.ChunkParams(),
-		fileJobs: make(chan *fileJob, 256),
-		blobJobs: make(chan blobJob, opts.Compressors),
-		inflight: map[chunk.ID]struct{}{},
-		uploads:  make(chan finishedPack),
+		trustBefore: parentStart - int64(racyWindow),
+		r:           r,
+		opts:        opts,
+		params:      r.ChunkParams(),
+		fileJobs:    make(chan *fileJob, 256),
+		blobJobs:    make(chan blobJob, opts.Compressors),
+		inflight:    map[chunk.ID]struct{}{},
+		uploads:     make(chan finishedPack),
 	}
 	// Chunk buffers in flight: one per reader, one per compressor, and the
 	// queue between them. This, with the pack buffers, bounds memory.
@@ -181,7 +205,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	}
 	var rootID chunk.ID
 	g.Go(func() error {
-		root, err := b.walkDir(gctx, g, abs)
+		root, err := b.walkDir(gctx, g, abs, parentTree)
 		if err != nil {
 			return err
 		}
@@ -225,7 +249,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		RootMode:  unixMode(rootInfo),
 		RootMTime: rootInfo.ModTime().UnixNano(),
 		Stats: repo.Stats{
-			Files: st.files.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
+			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
 			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
 			Blobs: st.blobs.Load(), NewBlobs: st.newBlobs.Load(), ObjectsWritten: st.objects.Load(),
 			DurationMS: time.Since(start).Milliseconds(),
@@ -247,13 +271,24 @@ func wait(ctx context.Context, done <-chan struct{}) error {
 	}
 }
 
-// walkDir reads one directory, queues its files for reading, recurses into
-// subdirectories, and returns a future for its tree id. A goroutine in g
-// finishes the tree once every child is done.
-func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*dirFuture, error) {
+// walkDir reads one directory, queues its changed files for reading,
+// recurses into subdirectories, and returns a future for its tree id. A
+// goroutine in g finishes the tree once every child is done. parentTree is
+// the same directory in the parent snapshot, or zero.
+func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, parentTree chunk.ID) (*dirFuture, error) {
 	entries, err := os.ReadDir(path) // sorted by name, as trees are
 	if err != nil {
 		return nil, fmt.Errorf("read directory: %w", err)
+	}
+	var parentNodes []repo.Node
+	if !parentTree.IsZero() {
+		pt, err := b.r.LoadTree(ctx, parentTree)
+		if err != nil {
+			// The parent only saves work: read everything below here.
+			b.opts.Warn(path, fmt.Errorf("parent snapshot unreadable here, reading all files: %w", err))
+		} else {
+			parentNodes = pt.Nodes
+		}
 	}
 	nodes := make([]repo.Node, 0, len(entries))
 	var waits []<-chan struct{}
@@ -274,6 +309,10 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 		switch fi.Mode().Type() {
 		case 0:
 			n.Type = repo.TypeFile
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
+			}
+			n.Size = uint64(fi.Size())
 		case fs.ModeDir:
 			n.Type = repo.TypeDir
 		case fs.ModeSymlink:
@@ -290,7 +329,11 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 		}
 		nodes = append(nodes, n)
 		if n.Type == repo.TypeDir {
-			f, err := b.walkDir(ctx, g, p)
+			var sub chunk.ID
+			if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeDir {
+				sub = pn.Subtree
+			}
+			f, err := b.walkDir(ctx, g, p, sub)
 			if err != nil {
 				return nil, err
 			}
@@ -309,6 +352,14 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 		}
 		b.stats.files.Add(1)
 		b.opts.Progress.Files.Add(1)
+		if pn := findNode(parentNodes, n.Name); pn != nil && b.unchanged(n, pn) {
+			n.Content = pn.Content
+			b.stats.unchanged.Add(1)
+			b.stats.bytes.Add(int64(n.Size))
+			b.stats.blobs.Add(int64(len(n.Content)))
+			b.opts.Progress.Bytes.Add(int64(n.Size))
+			continue
+		}
 		job := &fileJob{path: filepath.Join(path, n.Name), node: n, done: make(chan struct{})}
 		select {
 		case b.fileJobs <- job:
@@ -344,6 +395,39 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string) (*
 		return nil
 	})
 	return fut, nil
+}
+
+// racyWindow is the margin, before the parent backup started, within which
+// a file's ctime makes its metadata untrustworthy: timestamps are coarser
+// than the time it takes to rewrite a file (as git's "racy git" problem).
+var racyWindow = 2 * time.Second
+
+// findNode returns the node called name in nodes (sorted by name), or nil.
+func findNode(nodes []repo.Node, name string) *repo.Node {
+	i := sort.Search(len(nodes), func(i int) bool { return nodes[i].Name >= name })
+	if i < len(nodes) && nodes[i].Name == name {
+		return &nodes[i]
+	}
+	return nil
+}
+
+// unchanged reports whether file n can take over the parent's content pn
+// without being read: same size, mtime, ctime and inode, and every blob of
+// the content still in the index (so the new snapshot never references
+// anything missing).
+func (b *backup) unchanged(n, pn *repo.Node) bool {
+	if pn.Type != repo.TypeFile || n.Size != pn.Size || n.MTime != pn.MTime || n.CTime != pn.CTime || n.Inode != pn.Inode || n.Inode == 0 {
+		return false
+	}
+	if n.CTime >= b.trustBefore || n.MTime >= b.trustBefore {
+		return false // "racy": changed too close to when the parent read it
+	}
+	for _, id := range pn.Content {
+		if !b.r.Index().Has(id) {
+			return false
+		}
+	}
+	return true
 }
 
 func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {

@@ -485,3 +485,66 @@ func TestRestoreReadsTreesByPack(t *testing.T) {
 		t.Fatalf("restore of 301 directories made %d reads", gets)
 	}
 }
+
+// countOpens counts the files the backup reads.
+func countOpens(t *testing.T) *atomic.Int64 {
+	var n atomic.Int64
+	testHookBeforeOpen = func(string) { n.Add(1) }
+	t.Cleanup(func() { testHookBeforeOpen = nil })
+	return &n
+}
+
+func TestUnchangedFilesAreNotRead(t *testing.T) {
+	src := t.TempDir()
+	for i := range 50 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("d%d", i%5), fmt.Sprintf("f%d", i)), genData(uint64(i), 1000+i), 0o644, time.Unix(1e9, 0))
+	}
+	// Trust metadata at once: the files are older than the first backup's
+	// start, which the test cannot push 2 s into the past otherwise.
+	old := racyWindow
+	racyWindow = 0
+	t.Cleanup(func() { racyWindow = old })
+	r, _ := newMemRepo(t)
+	first := doBackup(t, r, src)
+	opens := countOpens(t)
+	second := doBackup(t, r, src)
+	st := second.Snapshot.Stats
+	if opens.Load() != 0 || st.UnchangedFiles != 50 || st.NewBlobs != 0 || second.Snapshot.Tree != first.Snapshot.Tree {
+		t.Fatalf("unchanged re-backup read %d files; stats %+v", opens.Load(), st)
+	}
+	// One file rewritten with the same size and mtime: its ctime moved.
+	p := filepath.Join(src, "d3", "f13")
+	writeFile(t, p, genData(999, 1013), 0o644, time.Unix(1e9, 0))
+	opens.Store(0)
+	third := doBackup(t, r, src)
+	if opens.Load() != 1 || third.Snapshot.Stats.UnchangedFiles != 49 || third.Snapshot.Stats.NewBlobs == 0 {
+		t.Fatalf("after one rewrite: read %d files; stats %+v", opens.Load(), third.Snapshot.Stats)
+	}
+	// --force reads everything.
+	opens.Store(0)
+	res, err := Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1", Force: true})
+	if err != nil || opens.Load() != 50 || res.Snapshot.Stats.UnchangedFiles != 0 {
+		t.Fatalf("forced: read %d files, %v", opens.Load(), err)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "d3", "f13")); !bytes.Equal(got, genData(999, 1013)) {
+		t.Fatal("restored the stale content of the rewritten file")
+	}
+}
+
+// Files changed too close to the parent backup are read again even when
+// their metadata matches (timestamps are coarser than a rewrite).
+func TestRacyFilesAreReadAgain(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "f"), []byte("v1"), 0o644, time.Unix(1e9, 0))
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src) // the file's ctime is within racyWindow of this backup
+	opens := countOpens(t)
+	st := doBackup(t, r, src).Snapshot.Stats
+	if opens.Load() != 1 || st.UnchangedFiles != 0 {
+		t.Fatalf("racy file: read %d times; stats %+v", opens.Load(), st)
+	}
+}
