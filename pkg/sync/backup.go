@@ -111,6 +111,7 @@ type backup struct {
 	params chunk.Params
 	stats  backupStats
 
+	walkers  chan struct{} // slots for extra directory walkers
 	fileJobs chan *fileJob
 	blobJobs chan blobJob
 	bufs     *bufferPool
@@ -176,6 +177,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		r:           r,
 		opts:        opts,
 		params:      r.ChunkParams(),
+		walkers:     make(chan struct{}, runtime.GOMAXPROCS(0)),
 		fileJobs:    make(chan *fileJob, 256),
 		blobJobs:    make(chan blobJob, opts.Compressors),
 		inflight:    map[chunk.ID]struct{}{},
@@ -333,7 +335,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 			if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeDir {
 				sub = pn.Subtree
 			}
-			f, err := b.walkDir(ctx, g, p, sub)
+			f, err := b.walkSubdir(ctx, g, p, sub)
 			if err != nil {
 				return nil, err
 			}
@@ -401,6 +403,32 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 // a file's ctime makes its metadata untrustworthy: timestamps are coarser
 // than the time it takes to rewrite a file (as git's "racy git" problem).
 var racyWindow = 2 * time.Second
+
+// walkSubdir walks a subdirectory in a goroutine of its own when one of
+// the extra walker slots is free (directory reads and lstats are system
+// call bound, so walking in parallel uses every core), else inline.
+func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, path string, parentTree chunk.ID) (*dirFuture, error) {
+	select {
+	case b.walkers <- struct{}{}:
+	default:
+		return b.walkDir(ctx, g, path, parentTree)
+	}
+	fut := &dirFuture{done: make(chan struct{})}
+	g.Go(func() error {
+		inner, err := b.walkDir(ctx, g, path, parentTree)
+		<-b.walkers // the slot is for walking, not for waiting
+		if err != nil {
+			return err
+		}
+		if err := wait(ctx, inner.done); err != nil {
+			return err
+		}
+		fut.id = inner.id
+		close(fut.done)
+		return nil
+	})
+	return fut, nil
+}
 
 // findNode returns the node called name in nodes (sorted by name), or nil.
 func findNode(nodes []repo.Node, name string) *repo.Node {

@@ -504,13 +504,20 @@ func TestUnchangedFilesAreNotRead(t *testing.T) {
 	old := racyWindow
 	racyWindow = 0
 	t.Cleanup(func() { racyWindow = old })
-	r, _ := newMemRepo(t)
+	f := faults.New(mem.New(), faults.Options{})
+	r := openRepo(t, f)
 	first := doBackup(t, r, src)
 	opens := countOpens(t)
-	second := doBackup(t, r, src)
+	putsBefore := f.Calls(faults.Put)
+	second := doBackup(t, openRepo(t, f), src)
 	st := second.Snapshot.Stats
 	if opens.Load() != 0 || st.UnchangedFiles != 50 || st.NewBlobs != 0 || second.Snapshot.Tree != first.Snapshot.Tree {
 		t.Fatalf("unchanged re-backup read %d files; stats %+v", opens.Load(), st)
+	}
+	// Storage saw exactly one write: the snapshot object. No pack, no
+	// tree, no index.
+	if puts := f.Calls(faults.Put) - putsBefore; puts != 1 {
+		t.Fatalf("unchanged re-backup made %d storage writes, want 1", puts)
 	}
 	// One file rewritten with the same size and mtime: its ctime moved.
 	p := filepath.Join(src, "d3", "f13")
