@@ -11,7 +11,7 @@ import (
 
 func sampleTree() *Tree {
 	return &Tree{Nodes: []Node{
-		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321},
+		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334},
 		{Name: "empty", Type: TypeFile, Mode: 0o600, MTime: -5},
 		{Name: "link", Type: TypeSymlink, Mode: 0o777, Target: "../x"},
 		{Name: "sub", Type: TypeDir, Mode: 0o4755, MTime: 1, Subtree: chunk.Hash([]byte("t"))},
@@ -29,7 +29,7 @@ func TestTreeRoundTrip(t *testing.T) {
 	if !bytes.Equal(EncodeTree(got), enc) {
 		t.Fatal("re-encoding differs: encoding not canonical")
 	}
-	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
+	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
 		t.Fatalf("fields lost: %+v", got.Nodes)
 	}
 }

@@ -24,6 +24,8 @@ type Snapshot struct {
 	// RootMode and RootMTime are the backed-up directory's own metadata.
 	RootMode  uint32 `json:"root_mode"`
 	RootMTime int64  `json:"root_mtime"`
+	RootUID   uint32 `json:"root_uid"`
+	RootGID   uint32 `json:"root_gid"`
 	Stats     Stats  `json:"stats"`
 }
 

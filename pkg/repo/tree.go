@@ -51,6 +51,8 @@ type Node struct {
 	// Inode and CTime (Unix nanoseconds) of a file, for change detection.
 	Inode uint64
 	CTime int64
+	// UID and GID are the numeric owner and group.
+	UID, GID uint32
 }
 
 // Tree is one directory's listing, sorted by name.
@@ -71,6 +73,8 @@ const (
 	tagTarget
 	tagInode
 	tagCTime
+	tagUID
+	tagGID
 )
 
 // ValidName reports whether name may be a directory entry: it must not be
@@ -135,6 +139,14 @@ func EncodeTree(t *Tree) []byte {
 			b = binary.AppendUvarint(b, uint64(len(n.Target)))
 			b = append(b, n.Target...)
 		}
+		if n.UID != 0 {
+			b = binary.AppendUvarint(b, tagUID)
+			b = binary.AppendUvarint(b, uint64(n.UID))
+		}
+		if n.GID != 0 {
+			b = binary.AppendUvarint(b, tagGID)
+			b = binary.AppendUvarint(b, uint64(n.GID))
+		}
 		b = append(b, 0)
 	}
 	return b
@@ -188,7 +200,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 			if tag == 0 {
 				break
 			}
-			if int(tag) <= last || tag > tagCTime {
+			if int(tag) <= last || tag > tagGID {
 				return nil, fmt.Errorf("%w: tree field %d out of order or unknown", ErrCorrupt, tag)
 			}
 			last = int(tag)
@@ -244,6 +256,17 @@ func DecodeTree(b []byte) (*Tree, error) {
 					return nil, fmt.Errorf("%w: tree truncated", ErrCorrupt)
 				}
 				r, n.CTime = r[k:], v
+			case tagUID, tagGID:
+				var v uint64
+				v, err = uv()
+				if err == nil && v > 1<<32-1 {
+					err = fmt.Errorf("%w: id %d out of range", ErrCorrupt, v)
+				}
+				if tag == tagUID {
+					n.UID = uint32(v)
+				} else {
+					n.GID = uint32(v)
+				}
 			}
 			if err != nil {
 				return nil, err

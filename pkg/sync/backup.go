@@ -250,6 +250,8 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		Tags:      opts.Tags,
 		RootMode:  unixMode(rootInfo),
 		RootMTime: rootInfo.ModTime().UnixNano(),
+		RootUID:   ownerOf(rootInfo).uid,
+		RootGID:   ownerOf(rootInfo).gid,
 		Stats: repo.Stats{
 			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
 			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
@@ -308,6 +310,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 			return nil, fmt.Errorf("stat: %w", err)
 		}
 		n := repo.Node{Name: e.Name(), Mode: unixMode(fi), MTime: fi.ModTime().UnixNano()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n.UID, n.GID = st.Uid, st.Gid
+		}
 		switch fi.Mode().Type() {
 		case 0:
 			n.Type = repo.TypeFile
@@ -640,6 +645,15 @@ func (b *backup) uploader(ctx context.Context) error {
 		b.newPacks = append(b.newPacks, repo.PackIndex{Pack: p.id, Blobs: p.entries})
 		b.newPacksMu.Unlock()
 	}
+}
+
+type owner struct{ uid, gid uint32 }
+
+func ownerOf(fi fs.FileInfo) owner {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return owner{st.Uid, st.Gid}
+	}
+	return owner{}
 }
 
 func unixMode(fi fs.FileInfo) uint32 {

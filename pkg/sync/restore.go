@@ -55,7 +55,8 @@ type restoreFile struct {
 
 	mu        gosync.Mutex
 	created   bool
-	remaining int // content blobs not yet written
+	remaining int  // content blobs not yet written
+	chown     bool // restore ownership (running as root)
 }
 
 type blobUse struct {
@@ -64,9 +65,10 @@ type blobUse struct {
 }
 
 type dirMeta struct {
-	path  string
-	mode  uint32
-	mtime int64
+	path     string
+	mode     uint32
+	mtime    int64
+	uid, gid uint32
 }
 
 type restorer struct {
@@ -80,6 +82,7 @@ type restorer struct {
 	batchBlobs int
 	batches    chan []*restoreFile
 	packBytes  atomic.Int64
+	chown      bool // running as root: restore numeric ownership
 }
 
 // Restore writes snapshot snap into target, which is created if missing and
@@ -104,7 +107,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	if err := prepareTarget(abs); err != nil {
 		return nil, err
 	}
-	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1)}
+	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0}
 	rs.res.Dirs = 1 // the target itself, as backup counts the source
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
@@ -130,11 +133,16 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	rs.res.PackBytes = rs.packBytes.Load()
 	// Directories last, deepest first, so that setting a directory's mtime
 	// or a read-only mode comes after everything inside it is written.
-	rs.dirs = append(rs.dirs, dirMeta{path: abs, mode: snap.RootMode, mtime: snap.RootMTime})
+	rs.dirs = append(rs.dirs, dirMeta{path: abs, mode: snap.RootMode, mtime: snap.RootMTime, uid: snap.RootUID, gid: snap.RootGID})
 	for i := len(rs.dirs) - 1; i >= 0; i-- {
 		d := rs.dirs[i]
 		if d.mode == 0 && d.mtime == 0 {
 			continue
+		}
+		if rs.chown {
+			if err := unix.Lchown(d.path, int(d.uid), int(d.gid)); err != nil {
+				return nil, fmt.Errorf("restore: chown %s: %w", d.path, err)
+			}
 		}
 		if err := setMeta(d.path, d.mode, d.mtime); err != nil {
 			return nil, err
@@ -192,7 +200,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := os.Mkdir(p, 0o700); err != nil {
 				return fmt.Errorf("restore: %w", err)
 			}
-			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime})
+			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID})
 			rs.res.Dirs++
 			rs.opts.Progress.Dirs.Add(1)
 			if err := rs.restoreTree(ctx, n.Subtree, p); err != nil {
@@ -201,6 +209,11 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 		case repo.TypeSymlink:
 			if err := os.Symlink(n.Target, p); err != nil {
 				return fmt.Errorf("restore: %w", err)
+			}
+			if rs.chown {
+				if err := unix.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+					return fmt.Errorf("restore: chown %s: %w", p, err)
+				}
 			}
 			if err := setMTime(p, n.MTime); err != nil {
 				return err
@@ -218,7 +231,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 }
 
 func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
-	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content)}
+	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
@@ -269,6 +282,13 @@ func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
 	}
 	if f.remaining > 0 {
 		f.remaining--
+	}
+	if f.remaining == 0 && f.chown {
+		// Before chmod: chown clears setuid and setgid.
+		if err := unix.Fchown(fd, int(f.node.UID), int(f.node.GID)); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("restore: chown %s: %w", f.path, err)
+		}
 	}
 	if f.remaining == 0 {
 		if err := unix.Fchmod(fd, f.node.Mode&07777); err != nil {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
@@ -553,5 +555,43 @@ func TestRacyFilesAreReadAgain(t *testing.T) {
 	st := doBackup(t, r, src).Snapshot.Stats
 	if opens.Load() != 1 || st.UnchangedFiles != 0 {
 		t.Fatalf("racy file: read %d times; stats %+v", opens.Load(), st)
+	}
+}
+
+// Numeric ownership survives a round trip when restoring as root (CI runs
+// as root; elsewhere the test needs it too, so it fails in CI if not root).
+func TestOwnershipIsRestoredAsRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run as root to test ownership")
+		}
+		t.Skip("restoring ownership needs root")
+	}
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "d", "f"), []byte("x"), 0o644, time.Unix(1, 0))
+	writeFile(t, filepath.Join(src, "d", "suid"), []byte("x"), 0o755, time.Unix(1, 0))
+	must(t, os.Symlink("f", filepath.Join(src, "d", "l")))
+	must(t, os.Lchown(filepath.Join(src, "d", "f"), 33333, 33334))
+	must(t, os.Lchown(filepath.Join(src, "d", "suid"), 1000, 1000))
+	must(t, os.Chmod(filepath.Join(src, "d", "suid"), 0o755|os.ModeSetuid))
+	must(t, os.Lchown(filepath.Join(src, "d", "l"), 4444, 5555))
+	must(t, os.Lchown(filepath.Join(src, "d"), 33333, 33333))
+	must(t, os.Lchown(src, 7, 8))
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src)
+	dst := filepath.Join(t.TempDir(), "r")
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string][2]uint32{"": {7, 8}, "d": {33333, 33333}, "d/f": {33333, 33334}, "d/suid": {1000, 1000}, "d/l": {4444, 5555}} {
+		var st unix.Stat_t
+		must(t, unix.Lstat(filepath.Join(dst, p), &st))
+		if st.Uid != want[0] || st.Gid != want[1] {
+			t.Errorf("%q owned by %d:%d, want %d:%d", p, st.Uid, st.Gid, want[0], want[1])
+		}
+	}
+	fi, _ := os.Stat(filepath.Join(dst, "d", "suid"))
+	if fi.Mode()&os.ModeSetuid == 0 {
+		t.Error("setuid bit lost (chown after chmod?)")
 	}
 }
