@@ -121,7 +121,6 @@ type backup struct {
 
 	packers [2]*packer // by repo.BlobType
 	uploads chan finishedPack
-	packBuf *bufferPool
 
 	newPacksMu gosync.Mutex
 	newPacks   []repo.PackIndex
@@ -187,10 +186,11 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	// queue between them. This, with the pack buffers, bounds memory.
 	b.bufs = newBufferPool(opts.Readers+2*opts.Compressors, int(b.params.MaxSize))
 	packCap := cfg.PackSize + 256<<10 // blobs plus a typical trailer
-	b.packBuf = newBufferPool(len(b.packers)+opts.Uploads+1, packCap)
-	for t := range b.packers {
-		b.packers[t] = &packer{typ: repo.BlobType(t), size: cfg.PackSize, pool: b.packBuf}
-	}
+	// Data packs: the one being filled, those being uploaded, one waiting.
+	// Tree packs are usually small: their buffers start at 1 MiB and grow
+	// only when a snapshot has that many changed directories.
+	b.packers[repo.DataBlob] = &packer{typ: repo.DataBlob, size: cfg.PackSize, pool: newBufferPool(1+opts.Uploads+1, packCap)}
+	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20)}
 
 	g, gctx := errgroup.WithContext(ctx)
 	var readers, compressors gosync.WaitGroup
@@ -636,7 +636,7 @@ func (b *backup) uploader(ctx context.Context) error {
 			return ctx.Err()
 		}
 		err := b.r.SavePack(ctx, p.data, p.id, p.entries)
-		b.packBuf.put(p.data[:0])
+		p.pool.put(p.data[:0])
 		if err != nil {
 			return err
 		}

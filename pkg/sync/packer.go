@@ -12,6 +12,7 @@ type finishedPack struct {
 	id      chunk.ID
 	data    []byte
 	entries []repo.BlobEntry
+	pool    *bufferPool // where data goes back once uploaded
 }
 
 // packer collects blobs of one type into packs of about size bytes and
@@ -35,7 +36,7 @@ func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.
 			full := p.cur
 			p.cur = nil
 			p.mu.Unlock()
-			if err := send(ctx, uploads, full); err != nil {
+			if err := send(ctx, uploads, full, p.pool); err != nil {
 				return err
 			}
 			continue
@@ -70,13 +71,13 @@ func (p *packer) flush(ctx context.Context, uploads chan<- finishedPack) error {
 	if full == nil || full.Count() == 0 {
 		return nil
 	}
-	return send(ctx, uploads, full)
+	return send(ctx, uploads, full, p.pool)
 }
 
-func send(ctx context.Context, uploads chan<- finishedPack, pb *repo.PackBuilder) error {
+func send(ctx context.Context, uploads chan<- finishedPack, pb *repo.PackBuilder, pool *bufferPool) error {
 	data, id, entries := pb.Finish()
 	select {
-	case uploads <- finishedPack{id: id, data: data, entries: entries}:
+	case uploads <- finishedPack{id: id, data: data, entries: entries, pool: pool}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
