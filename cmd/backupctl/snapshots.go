@@ -173,7 +173,7 @@ func walkTree(cmd *cobra.Command, r *repo.Repository, id chunk.ID, dir string) e
 }
 
 func printNode(p string, n *repo.Node) {
-	typ := map[repo.NodeType]byte{repo.TypeFile: '-', repo.TypeDir: 'd', repo.TypeSymlink: 'l'}[n.Type]
+	typ := map[repo.NodeType]byte{repo.TypeFile: '-', repo.TypeDir: 'd', repo.TypeSymlink: 'l', repo.TypeFIFO: 'p'}[n.Type]
 	line := fmt.Sprintf("%c%s %10d %s %s", typ, permString(n.Mode), n.Size, time.Unix(0, n.MTime).Local().Format("2006-01-02 15:04:05"), p)
 	if n.Type == repo.TypeSymlink {
 		line += " -> " + n.Target

@@ -17,6 +17,7 @@ const (
 	TypeFile    NodeType = 1
 	TypeDir     NodeType = 2
 	TypeSymlink NodeType = 3
+	TypeFIFO    NodeType = 4
 )
 
 func (t NodeType) String() string {
@@ -27,6 +28,8 @@ func (t NodeType) String() string {
 		return "dir"
 	case TypeSymlink:
 		return "symlink"
+	case TypeFIFO:
+		return "fifo"
 	}
 	return fmt.Sprintf("type(%d)", t)
 }
@@ -286,6 +289,8 @@ func DecodeTree(b []byte) (*Tree, error) {
 			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget] && !seen[tagInode] && !seen[tagCTime]
 		case TypeSymlink:
 			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !seen[tagInode] && !seen[tagCTime]
+		case TypeFIFO:
+			ok = ok && !seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !seen[tagInode] && !seen[tagCTime]
 		default:
 			ok = false
 		}

@@ -328,8 +328,11 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 				return nil, fmt.Errorf("read symlink: %w", err)
 			}
 			b.stats.symlinks.Add(1)
+		case fs.ModeNamedPipe:
+			n.Type = repo.TypeFIFO
 		default:
-			// Devices, sockets, FIFOs: not kept by format version 1.
+			// Devices and sockets: not kept (a socket is meaningless without
+			// its process; devices do not belong in a workspace).
 			b.stats.skipped.Add(1)
 			b.opts.Warn(p, fmt.Errorf("skipped: unsupported file type %v", fi.Mode().Type()))
 			continue

@@ -223,6 +223,18 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := rs.addFile(ctx, p, n); err != nil {
 				return err
 			}
+		case repo.TypeFIFO:
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				return fmt.Errorf("restore: mkfifo %s: %w", p, err)
+			}
+			if rs.chown {
+				if err := unix.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+					return fmt.Errorf("restore: chown %s: %w", p, err)
+				}
+			}
+			if err := setMeta(p, n.Mode, n.MTime); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("%w: entry %q has unknown type %d", repo.ErrCorrupt, n.Name, n.Type)
 		}

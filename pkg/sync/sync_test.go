@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -369,9 +370,11 @@ func TestBackupCancelled(t *testing.T) {
 func TestSpecialFilesAreSkippedWithWarning(t *testing.T) {
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "keep"), []byte("kept"), 0o644, time.Unix(1, 0))
-	if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o644); err != nil {
+	l, err := net.Listen("unix", filepath.Join(src, "sock"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer l.Close()
 	r, _ := newMemRepo(t)
 	var warned []string
 	var mu gosync.Mutex
@@ -380,7 +383,7 @@ func TestSpecialFilesAreSkippedWithWarning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Snapshot.Stats.Skipped != 1 || res.Snapshot.Stats.Files != 1 || len(warned) != 1 || !strings.Contains(warned[0], "fifo") {
+	if res.Snapshot.Stats.Skipped != 1 || res.Snapshot.Stats.Files != 1 || len(warned) != 1 || !strings.Contains(warned[0], "sock") {
 		t.Fatalf("stats %+v, warnings %q", res.Snapshot.Stats, warned)
 	}
 	dst := t.TempDir()
@@ -593,5 +596,27 @@ func TestOwnershipIsRestoredAsRoot(t *testing.T) {
 	fi, _ := os.Stat(filepath.Join(dst, "d", "suid"))
 	if fi.Mode()&os.ModeSetuid == 0 {
 		t.Error("setuid bit lost (chown after chmod?)")
+	}
+}
+
+func TestFIFORoundTrip(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "pipe")
+	if err := syscall.Mkfifo(p, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.Chtimes(p, time.Unix(1e9, 123), time.Unix(1e9, 123)))
+	want := snapshotDir(t, src)
+	r, _ := newMemRepo(t)
+	if st := doBackup(t, r, src).Snapshot.Stats; st.Skipped != 0 {
+		t.Fatalf("FIFO skipped: %+v", st)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	compareDirs(t, want, snapshotDir(t, dst))
+	if fi, err := os.Lstat(filepath.Join(dst, "pipe")); err != nil || fi.Mode().Type() != os.ModeNamedPipe {
+		t.Fatalf("restored %v, %v", fi, err)
 	}
 }
