@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -48,17 +47,7 @@ JSON object with the backup's statistics.`,
 			defer closeRepo()
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
-			// Warnings go to stderr, each on its own line (clearing the bar).
-			clearLine := ""
-			if f.showProgress() {
-				clearLine = "\r\x1b[K"
-			}
-			var warnMu sync.Mutex
-			warn := func(path string, err error) {
-				warnMu.Lock()
-				defer warnMu.Unlock()
-				fmt.Fprintf(os.Stderr, "%swarning: %s: %v\n", clearLine, path, err)
-			}
+			warn := newWarner(f.showProgress())
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
 				Parent: parent, Force: force,

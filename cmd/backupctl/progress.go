@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	bsync "github.com/backupd/backupd/pkg/sync"
@@ -80,4 +82,20 @@ func fmtBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// newWarner returns a function that prints one warning per line on stderr,
+// first clearing the progress bar's line when one is shown. It is safe for
+// concurrent use.
+func newWarner(bar bool) func(path string, err error) {
+	clearLine := ""
+	if bar {
+		clearLine = "\r\x1b[K"
+	}
+	var mu sync.Mutex
+	return func(path string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(os.Stderr, "%swarning: %s: %v\n", clearLine, path, err)
+	}
 }

@@ -39,7 +39,8 @@ mismatch stops the restore with an error naming the damaged object.`,
 			}
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
-			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads})
+			warn := newWarner(f.showProgress())
+			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads, Warn: warn})
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)

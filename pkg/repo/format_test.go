@@ -14,7 +14,7 @@ func sampleTree() *Tree {
 		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334},
 		{Name: "empty", Type: TypeFile, Mode: 0o600, MTime: -5},
 		{Name: "link", Type: TypeSymlink, Mode: 0o777, Target: "../x"},
-		{Name: "sub", Type: TypeDir, Mode: 0o4755, MTime: 1, Subtree: chunk.Hash([]byte("t"))},
+		{Name: "sub", Type: TypeDir, Mode: 0o4755, MTime: 1, Subtree: chunk.Hash([]byte("t")), Xattrs: []Xattr{{"security.selinux", []byte("ctx")}, {"user.a", nil}, {"user.b", []byte{0, 1}}}},
 		{Name: "\xff\xfe odd name", Type: TypeFile},
 	}}
 }
@@ -28,6 +28,9 @@ func TestTreeRoundTrip(t *testing.T) {
 	}
 	if !bytes.Equal(EncodeTree(got), enc) {
 		t.Fatal("re-encoding differs: encoding not canonical")
+	}
+	if x := got.Nodes[3].Xattrs; len(x) != 3 || x[2].Name != "user.b" || !bytes.Equal(x[2].Value, []byte{0, 1}) {
+		t.Fatalf("xattrs = %+v", x)
 	}
 	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
 		t.Fatalf("fields lost: %+v", got.Nodes)
@@ -61,6 +64,8 @@ func TestDecodeTreeRefusesHostileTrees(t *testing.T) {
 		"unknown tag": append(append([]byte(treeMagic), 1), 1, 1, 'a', 2, 1, 42, 0, 0),
 		"dir inode":   append(append([]byte(treeMagic), 1), append(append([]byte{1, 1, 'a', 2, 2, 7}, make([]byte, 32)...), 9, 5, 0)...),
 		"no magic":    []byte("nope"),
+		"xattr order": append(append([]byte(treeMagic), 1), 1, 1, 'a', 2, 1, 13, 2, 1, 'b', 0, 1, 'a', 0, 0),
+		"xattr nul":   append(append([]byte(treeMagic), 1), 1, 1, 'a', 2, 1, 13, 1, 2, 'a', 0, 0, 0),
 	}
 	for name, b := range cases {
 		if _, err := DecodeTree(b); !errors.Is(err, ErrCorrupt) {

@@ -56,7 +56,18 @@ type Node struct {
 	CTime int64
 	// UID and GID are the numeric owner and group.
 	UID, GID uint32
+	// Xattrs are the extended attributes, sorted by name.
+	Xattrs []Xattr
 }
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value []byte
+}
+
+// maxXattrValue is Linux's limit on one attribute value (XATTR_SIZE_MAX).
+const maxXattrValue = 64 << 10
 
 // Tree is one directory's listing, sorted by name.
 type Tree struct {
@@ -78,6 +89,7 @@ const (
 	tagCTime
 	tagUID
 	tagGID
+	tagXattrs
 )
 
 // ValidName reports whether name may be a directory entry: it must not be
@@ -150,6 +162,16 @@ func EncodeTree(t *Tree) []byte {
 			b = binary.AppendUvarint(b, tagGID)
 			b = binary.AppendUvarint(b, uint64(n.GID))
 		}
+		if len(n.Xattrs) > 0 {
+			b = binary.AppendUvarint(b, tagXattrs)
+			b = binary.AppendUvarint(b, uint64(len(n.Xattrs)))
+			for _, x := range n.Xattrs {
+				b = binary.AppendUvarint(b, uint64(len(x.Name)))
+				b = append(b, x.Name...)
+				b = binary.AppendUvarint(b, uint64(len(x.Value)))
+				b = append(b, x.Value...)
+			}
+		}
 		b = append(b, 0)
 	}
 	return b
@@ -203,7 +225,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 			if tag == 0 {
 				break
 			}
-			if int(tag) <= last || tag > tagGID {
+			if int(tag) <= last || tag > tagXattrs {
 				return nil, fmt.Errorf("%w: tree field %d out of order or unknown", ErrCorrupt, tag)
 			}
 			last = int(tag)
@@ -269,6 +291,32 @@ func DecodeTree(b []byte) (*Tree, error) {
 					n.UID = uint32(v)
 				} else {
 					n.GID = uint32(v)
+				}
+			case tagXattrs:
+				var c uint64
+				c, err = uv()
+				if err == nil && (c == 0 || c > uint64(len(r))/2) {
+					err = fmt.Errorf("%w: xattr count %d", ErrCorrupt, c)
+				}
+				for j := uint64(0); err == nil && j < c; j++ {
+					var x Xattr
+					var v string
+					if x.Name, err = bytesField(); err != nil {
+						break
+					}
+					if v, err = bytesField(); err != nil {
+						break
+					}
+					x.Value = []byte(v)
+					switch {
+					case x.Name == "" || strings.ContainsRune(x.Name, 0):
+						err = fmt.Errorf("%w: xattr name %q", ErrCorrupt, x.Name)
+					case len(x.Value) > maxXattrValue:
+						err = fmt.Errorf("%w: xattr %q value of %d bytes", ErrCorrupt, x.Name, len(x.Value))
+					case len(n.Xattrs) > 0 && n.Xattrs[len(n.Xattrs)-1].Name >= x.Name:
+						err = fmt.Errorf("%w: xattrs unsorted or duplicate at %q", ErrCorrupt, x.Name)
+					}
+					n.Xattrs = append(n.Xattrs, x)
 				}
 			}
 			if err != nil {

@@ -101,6 +101,8 @@ type dirFuture struct {
 }
 
 type backup struct {
+	// allXattrs: backing up as root, keep every xattr namespace.
+	allXattrs bool
 	// trustBefore: a file whose ctime is at or after this (Unix ns) may
 	// have changed within the timestamp granularity while the parent
 	// backup read it, so it is read again.
@@ -173,6 +175,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	cfg := r.Config()
 	b := &backup{
 		trustBefore: parentStart - int64(racyWindow),
+		allXattrs:   os.Geteuid() == 0,
 		r:           r,
 		opts:        opts,
 		params:      r.ChunkParams(),
@@ -337,6 +340,11 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 			b.opts.Warn(p, fmt.Errorf("skipped: unsupported file type %v", fi.Mode().Type()))
 			continue
 		}
+		if n.Type != repo.TypeFile { // files: read by the reader, from the open file
+			if n.Xattrs, err = readXattrs(-1, p, b.allXattrs); err != nil {
+				b.opts.Warn(p, fmt.Errorf("extended attributes not kept: %w", err))
+			}
+		}
 		nodes = append(nodes, n)
 		if n.Type == repo.TypeDir {
 			var sub chunk.ID
@@ -364,6 +372,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 		b.opts.Progress.Files.Add(1)
 		if pn := findNode(parentNodes, n.Name); pn != nil && b.unchanged(n, pn) {
 			n.Content = pn.Content
+			n.Xattrs = pn.Xattrs // an xattr change moves ctime
 			b.stats.unchanged.Add(1)
 			b.stats.bytes.Add(int64(n.Size))
 			b.stats.blobs.Add(int64(len(n.Content)))
@@ -539,6 +548,9 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}
 	defer f.Close()
 	n := job.node
+	if n.Xattrs, err = readXattrs(int(f.Fd()), job.path, b.allXattrs); err != nil {
+		b.opts.Warn(job.path, fmt.Errorf("extended attributes not kept: %w", err))
+	}
 	n.Size = 0
 	emit := func(buf, data []byte) ([]byte, error) {
 		id := chunk.Hash(data)

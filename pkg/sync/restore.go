@@ -28,6 +28,10 @@ type RestoreOptions struct {
 	Downloads int
 	// Progress, if set, is updated as the restore runs.
 	Progress *Progress
+	// Warn, if set, is told about metadata the target cannot hold (extended
+	// attributes on a file system without them). It may be called from
+	// several goroutines at once.
+	Warn func(path string, err error)
 }
 
 // RestoreResult is what a finished restore reports.
@@ -56,7 +60,8 @@ type restoreFile struct {
 	mu        gosync.Mutex
 	created   bool
 	remaining int  // content blobs not yet written
-	chown     bool // restore ownership (running as root)
+	chown     bool // restore ownership and every xattr (running as root)
+	warn      func(path string, err error)
 }
 
 type blobUse struct {
@@ -69,6 +74,7 @@ type dirMeta struct {
 	mode     uint32
 	mtime    int64
 	uid, gid uint32
+	xattrs   []repo.Xattr
 }
 
 type restorer struct {
@@ -97,6 +103,9 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
+	}
+	if opts.Warn == nil {
+		opts.Warn = func(string, error) {}
 	}
 	opts.Progress.TotalFiles.Store(snap.Stats.Files)
 	opts.Progress.TotalBytes.Store(snap.Stats.Bytes)
@@ -143,6 +152,9 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 			if err := unix.Lchown(d.path, int(d.uid), int(d.gid)); err != nil {
 				return nil, fmt.Errorf("restore: chown %s: %w", d.path, err)
 			}
+		}
+		if err := rs.setXattrs(d.path, d.xattrs); err != nil {
+			return nil, err
 		}
 		if err := setMeta(d.path, d.mode, d.mtime); err != nil {
 			return nil, err
@@ -200,7 +212,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := os.Mkdir(p, 0o700); err != nil {
 				return fmt.Errorf("restore: %w", err)
 			}
-			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID})
+			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs})
 			rs.res.Dirs++
 			rs.opts.Progress.Dirs.Add(1)
 			if err := rs.restoreTree(ctx, n.Subtree, p); err != nil {
@@ -214,6 +226,9 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 				if err := unix.Lchown(p, int(n.UID), int(n.GID)); err != nil {
 					return fmt.Errorf("restore: chown %s: %w", p, err)
 				}
+			}
+			if err := rs.setXattrs(p, n.Xattrs); err != nil {
+				return err
 			}
 			if err := setMTime(p, n.MTime); err != nil {
 				return err
@@ -232,6 +247,9 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 					return fmt.Errorf("restore: chown %s: %w", p, err)
 				}
 			}
+			if err := rs.setXattrs(p, n.Xattrs); err != nil {
+				return err
+			}
 			if err := setMeta(p, n.Mode, n.MTime); err != nil {
 				return err
 			}
@@ -243,7 +261,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 }
 
 func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
-	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown}
+	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
@@ -303,6 +321,12 @@ func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
 		}
 	}
 	if f.remaining == 0 {
+		if err := setXattrs(fd, f.path, f.node.Xattrs, f.chown); errors.Is(err, errNoXattrs) {
+			f.warn(f.path, err)
+		} else if err != nil {
+			unix.Close(fd)
+			return err
+		}
 		if err := unix.Fchmod(fd, f.node.Mode&07777); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("restore: chmod %s: %w", f.path, err)
@@ -447,6 +471,18 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
 	return nil
+}
+
+// setXattrs sets the extended attributes of an entry restore created
+// (by path, never following a link); a target without xattr support is a
+// warning, not a failure.
+func (rs *restorer) setXattrs(path string, xs []repo.Xattr) error {
+	err := setXattrs(-1, path, xs, rs.chown)
+	if errors.Is(err, errNoXattrs) {
+		rs.opts.Warn(path, err)
+		return nil
+	}
+	return err
 }
 
 // setMeta sets permission bits and mtime of a directory restore created

@@ -620,3 +620,38 @@ func TestFIFORoundTrip(t *testing.T) {
 		t.Fatalf("restored %v, %v", fi, err)
 	}
 }
+
+func TestXattrsRoundTrip(t *testing.T) {
+	src := t.TempDir()
+	f := filepath.Join(src, "d", "f")
+	writeFile(t, f, []byte("content"), 0o644, time.Unix(1e9, 0))
+	for p, v := range map[string]string{f: "file value", filepath.Join(src, "d"): "dir value"} {
+		if err := unix.Setxattr(p, "user.backupd.test", []byte(v), 0); err != nil {
+			t.Fatalf("setxattr: %v (the test file system must support user xattrs)", err)
+		}
+	}
+	must(t, unix.Setxattr(f, "user.empty", nil, 0))
+	old := racyWindow
+	racyWindow = 0
+	t.Cleanup(func() { racyWindow = old })
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src)
+	// The second backup takes the file over unchanged, xattrs included.
+	if st := doBackup(t, r, src).Snapshot.Stats; st.UnchangedFiles != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]string{"d/f": "file value", "d": "dir value"} {
+		buf := make([]byte, 64)
+		n, err := unix.Lgetxattr(filepath.Join(dst, p), "user.backupd.test", buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Errorf("%s: xattr = %q, %v; want %q", p, buf[:max(n, 0)], err, want)
+		}
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(dst, "d", "f"), "user.empty", nil); err != nil || n != 0 {
+		t.Errorf("empty xattr: %d, %v", n, err)
+	}
+}
