@@ -11,7 +11,7 @@ import (
 
 func sampleTree() *Tree {
 	return &Tree{Nodes: []Node{
-		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334},
+		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334, Device: 2049, Nlink: 3},
 		{Name: "empty", Type: TypeFile, Mode: 0o600, MTime: -5},
 		{Name: "link", Type: TypeSymlink, Mode: 0o777, Target: "../x"},
 		{Name: "sub", Type: TypeDir, Mode: 0o4755, MTime: 1, Subtree: chunk.Hash([]byte("t")), Xattrs: []Xattr{{"security.selinux", []byte("ctx")}, {"user.a", nil}, {"user.b", []byte{0, 1}}}},
@@ -32,7 +32,7 @@ func TestTreeRoundTrip(t *testing.T) {
 	if x := got.Nodes[3].Xattrs; len(x) != 3 || x[2].Name != "user.b" || !bytes.Equal(x[2].Value, []byte{0, 1}) {
 		t.Fatalf("xattrs = %+v", x)
 	}
-	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
+	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].Nlink != 3 || got.Nodes[0].Device != 2049 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
 		t.Fatalf("fields lost: %+v", got.Nodes)
 	}
 }

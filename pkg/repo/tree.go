@@ -58,6 +58,9 @@ type Node struct {
 	UID, GID uint32
 	// Xattrs are the extended attributes, sorted by name.
 	Xattrs []Xattr
+	// Device and Nlink of a file: files of one snapshot that share device
+	// and inode, with Nlink > 1, are hard links of each other.
+	Device, Nlink uint64
 }
 
 // Xattr is one extended attribute.
@@ -90,6 +93,8 @@ const (
 	tagUID
 	tagGID
 	tagXattrs
+	tagDevice
+	tagNlink
 )
 
 // ValidName reports whether name may be a directory entry: it must not be
@@ -99,6 +104,11 @@ func ValidName(name string) error {
 		return fmt.Errorf("%w: forbidden entry name %q", ErrCorrupt, name)
 	}
 	return nil
+}
+
+// fileOnly reports whether fields only files may have were seen.
+func fileOnly(seen map[int]bool) bool {
+	return seen[tagInode] || seen[tagCTime] || seen[tagDevice] || seen[tagNlink]
 }
 
 // EncodeTree returns the canonical encoding of t. Nodes must already be
@@ -172,6 +182,14 @@ func EncodeTree(t *Tree) []byte {
 				b = append(b, x.Value...)
 			}
 		}
+		if n.Device != 0 {
+			b = binary.AppendUvarint(b, tagDevice)
+			b = binary.AppendUvarint(b, n.Device)
+		}
+		if n.Nlink != 0 {
+			b = binary.AppendUvarint(b, tagNlink)
+			b = binary.AppendUvarint(b, n.Nlink)
+		}
 		b = append(b, 0)
 	}
 	return b
@@ -225,7 +243,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 			if tag == 0 {
 				break
 			}
-			if int(tag) <= last || tag > tagXattrs {
+			if int(tag) <= last || tag > tagNlink {
 				return nil, fmt.Errorf("%w: tree field %d out of order or unknown", ErrCorrupt, tag)
 			}
 			last = int(tag)
@@ -318,6 +336,10 @@ func DecodeTree(b []byte) (*Tree, error) {
 					}
 					n.Xattrs = append(n.Xattrs, x)
 				}
+			case tagDevice:
+				n.Device, err = uv()
+			case tagNlink:
+				n.Nlink, err = uv()
 			}
 			if err != nil {
 				return nil, err
@@ -334,11 +356,11 @@ func DecodeTree(b []byte) (*Tree, error) {
 		case TypeFile:
 			ok = ok && !seen[tagSubtree] && !seen[tagTarget] && (n.Size == 0) == (len(n.Content) == 0)
 		case TypeDir:
-			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget] && !seen[tagInode] && !seen[tagCTime]
+			ok = ok && seen[tagSubtree] && !seen[tagSize] && !seen[tagContent] && !seen[tagTarget] && !fileOnly(seen)
 		case TypeSymlink:
-			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !seen[tagInode] && !seen[tagCTime]
+			ok = ok && seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !fileOnly(seen)
 		case TypeFIFO:
-			ok = ok && !seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !seen[tagInode] && !seen[tagCTime]
+			ok = ok && !seen[tagTarget] && !seen[tagSize] && !seen[tagContent] && !seen[tagSubtree] && !fileOnly(seen)
 		default:
 			ok = false
 		}

@@ -321,6 +321,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 			n.Type = repo.TypeFile
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
+				if st.Nlink > 1 {
+					n.Device, n.Nlink = st.Dev, st.Nlink
+				}
 			}
 			n.Size = uint64(fi.Size())
 		case fs.ModeDir:

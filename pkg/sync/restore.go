@@ -88,7 +88,9 @@ type restorer struct {
 	batchBlobs int
 	batches    chan []*restoreFile
 	packBytes  atomic.Int64
-	chown      bool // running as root: restore numeric ownership
+	linkFirst  map[[2]uint64]string // (device, inode) -> first path restored
+	links      [][2]string          // (existing, new) hard links to make last
+	chown      bool                 // running as root: restore numeric ownership
 }
 
 // Restore writes snapshot snap into target, which is created if missing and
@@ -116,7 +118,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	if err := prepareTarget(abs); err != nil {
 		return nil, err
 	}
-	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0}
+	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0, linkFirst: map[[2]uint64]string{}}
 	rs.res.Dirs = 1 // the target itself, as backup counts the source
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
@@ -140,6 +142,13 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 		return nil, err
 	}
 	rs.res.PackBytes = rs.packBytes.Load()
+	// Hard links, now that every file is written; only between files this
+	// restore created, so nothing outside the target can be linked in.
+	for _, l := range rs.links {
+		if err := os.Link(l[0], l[1]); err != nil {
+			return nil, fmt.Errorf("restore: hard link: %w", err)
+		}
+	}
 	// Directories last, deepest first, so that setting a directory's mtime
 	// or a read-only mode comes after everything inside it is written.
 	rs.dirs = append(rs.dirs, dirMeta{path: abs, mode: snap.RootMode, mtime: snap.RootMTime, uid: snap.RootUID, gid: snap.RootGID})
@@ -235,6 +244,17 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			}
 			rs.res.Symlinks++
 		case repo.TypeFile:
+			if n.Nlink > 1 && n.Inode != 0 {
+				key := [2]uint64{n.Device, n.Inode}
+				if first, ok := rs.linkFirst[key]; ok {
+					// Another name of a file restored here: linked once
+					// its content is written.
+					rs.links = append(rs.links, [2]string{first, p})
+					rs.res.Files++
+					continue
+				}
+				rs.linkFirst[key] = p
+			}
 			if err := rs.addFile(ctx, p, n); err != nil {
 				return err
 			}

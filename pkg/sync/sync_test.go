@@ -655,3 +655,33 @@ func TestXattrsRoundTrip(t *testing.T) {
 		t.Errorf("empty xattr: %d, %v", n, err)
 	}
 }
+
+func TestHardlinksRoundTrip(t *testing.T) {
+	src := t.TempDir()
+	a := filepath.Join(src, "a")
+	writeFile(t, a, genData(5, 3<<20), 0o640, time.Unix(1e9, 0))
+	must(t, os.MkdirAll(filepath.Join(src, "other", "dir"), 0o755))
+	must(t, os.Link(a, filepath.Join(src, "b")))
+	must(t, os.Link(a, filepath.Join(src, "other", "dir", "c")))
+	writeFile(t, filepath.Join(src, "single"), []byte("one link"), 0o644, time.Unix(1e9, 0))
+	want := snapshotDir(t, src)
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src)
+	dst := t.TempDir()
+	res, err := restoreLatest(t, r, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareDirs(t, want, snapshotDir(t, dst))
+	var sa, sb, sc, ss unix.Stat_t
+	must(t, unix.Lstat(filepath.Join(dst, "a"), &sa))
+	must(t, unix.Lstat(filepath.Join(dst, "b"), &sb))
+	must(t, unix.Lstat(filepath.Join(dst, "other", "dir", "c"), &sc))
+	must(t, unix.Lstat(filepath.Join(dst, "single"), &ss))
+	if sa.Ino != sb.Ino || sa.Ino != sc.Ino || sa.Nlink != 3 || ss.Nlink != 1 {
+		t.Fatalf("inodes a=%d b=%d c=%d nlink=%d, single nlink=%d", sa.Ino, sb.Ino, sc.Ino, sa.Nlink, ss.Nlink)
+	}
+	if res.Files != 4 || res.Bytes != 3<<20+8 {
+		t.Fatalf("restore wrote %d files, %d bytes: the linked content was written more than once", res.Files, res.Bytes)
+	}
+}
