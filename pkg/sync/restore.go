@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -311,6 +312,13 @@ func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
 // call (exclusively, never through a link) and finishing it on the last.
 // A file without content is created and finished by one call with nil.
 func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
+	return f.writeBlob(data, false, off, prog)
+}
+
+// writeBlob is write for a blob known to be all zeros or not: zeros are
+// not written, so they stay (or become) holes in the file, which is sized
+// when it is created.
+func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	flags := os.O_WRONLY | syscall.O_NOFOLLOW | syscall.O_CLOEXEC
@@ -321,7 +329,16 @@ func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
 	if err != nil {
 		return fmt.Errorf("restore: open %s: %w", f.path, err)
 	}
+	if !f.created && f.node.Size > 0 {
+		if err := unix.Ftruncate(fd, int64(f.node.Size)); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("restore: size %s: %w", f.path, err)
+		}
+	}
 	f.created = true
+	if zero {
+		data = nil // a hole
+	}
 	for len(data) > 0 {
 		n, err := unix.Pwrite(fd, data, off)
 		if err != nil {
@@ -483,14 +500,29 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 			return err
 		}
 		uses := pl.uses[loc.ID]
+		zero := allZero(raw)
 		for _, u := range uses {
-			if err := u.file.write(raw, u.offset, rs.opts.Progress); err != nil {
+			if err := u.file.writeBlob(raw, zero, u.offset, rs.opts.Progress); err != nil {
 				return err
 			}
 		}
 		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
 	return nil
+}
+
+var zeros [64 << 10]byte
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // setXattrs sets the extended attributes of an entry restore created

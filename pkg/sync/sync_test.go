@@ -685,3 +685,34 @@ func TestHardlinksRoundTrip(t *testing.T) {
 		t.Fatalf("restore wrote %d files, %d bytes: the linked content was written more than once", res.Files, res.Bytes)
 	}
 }
+
+func TestSparseFilesStaySparse(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "sparse")
+	f, err := os.Create(p)
+	must(t, err)
+	must(t, f.Truncate(64<<20))
+	_, err = f.WriteAt([]byte("data at 1 MiB"), 1<<20)
+	must(t, err)
+	_, err = f.WriteAt(genData(9, 100<<10), 60<<20)
+	must(t, err)
+	must(t, f.Close())
+	want, _ := os.ReadFile(p)
+	r, _ := newMemRepo(t)
+	if st := doBackup(t, r, src).Snapshot.Stats; st.NewBytes > 4<<20 {
+		t.Fatalf("64 MiB of mostly holes stored %d new bytes", st.NewBytes)
+	}
+	dst := t.TempDir()
+	if _, err := restoreLatest(t, r, dst); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dst, "sparse"))
+	if !bytes.Equal(got, want) {
+		t.Fatal("sparse file content differs")
+	}
+	var st unix.Stat_t
+	must(t, unix.Stat(filepath.Join(dst, "sparse"), &st))
+	if used := st.Blocks * 512; used > 8<<20 {
+		t.Fatalf("restored sparse file uses %d bytes on disk for 64 MiB of mostly holes", used)
+	}
+}
