@@ -18,6 +18,7 @@ func newBackupCmd() *cobra.Command {
 		tags      []string
 		parent    string
 		force     bool
+		idMaps    idMapFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--json] DIR",
@@ -39,6 +40,10 @@ JSON object with the backup's statistics.`,
 			if len(tagMap) == 0 {
 				tagMap = nil
 			}
+			uidMap, gidMap, err := idMaps.parse()
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			r, closeRepo, err := f.openOwner(ctx, true)
 			if err != nil {
@@ -50,7 +55,7 @@ JSON object with the backup's statistics.`,
 			warn := newWarner(f.showProgress())
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
-				Parent: parent, Force: force,
+				Parent: parent, Force: force, UIDMap: uidMap, GIDMap: gidMap,
 			})
 			stop()
 			if err != nil {
@@ -80,6 +85,7 @@ JSON object with the backup's statistics.`,
 	_ = cmd.MarkFlagRequired("workspace")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag the snapshot with `KEY=VALUE` (repeatable)")
 	cmd.Flags().StringVar(&parent, "parent", "", "compare with this snapshot `ID` (default: the workspace's latest); unchanged files are not read")
+	idMaps.register(cmd, "host ids on disk are recorded as container ids")
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
 	return cmd
 }

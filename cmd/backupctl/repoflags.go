@@ -15,6 +15,7 @@ import (
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage/location"
+	bsync "github.com/backupd/backupd/pkg/sync"
 )
 
 // repoFlags are the flags every command shares.
@@ -151,4 +152,30 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 // is when stdout and stderr are terminals and JSON was not asked for.
 func (f *repoFlags) showProgress() bool {
 	return !f.json && term.IsTerminal(int(os.Stdout.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
+}
+
+// idMapFlags are --map-uid and --map-gid.
+type idMapFlags struct{ uid, gid []string }
+
+func (m *idMapFlags) register(cmd *cobra.Command, direction string) {
+	cmd.Flags().StringArrayVar(&m.uid, "map-uid", nil, "map user ids `CONTAINER:HOST:COUNT` ("+direction+"; repeatable), as a user namespace's uid_map")
+	cmd.Flags().StringArrayVar(&m.gid, "map-gid", nil, "map group ids `CONTAINER:HOST:COUNT` (repeatable), as a user namespace's gid_map")
+}
+
+func (m *idMapFlags) parse() (uids, gids bsync.IDMap, err error) {
+	for _, spec := range m.uid {
+		r, err := bsync.ParseIDRange(spec)
+		if err != nil {
+			return nil, nil, usageError{fmt.Errorf("--map-uid: %w", err)}
+		}
+		uids = append(uids, r)
+	}
+	for _, spec := range m.gid {
+		r, err := bsync.ParseIDRange(spec)
+		if err != nil {
+			return nil, nil, usageError{fmt.Errorf("--map-gid: %w", err)}
+		}
+		gids = append(gids, r)
+	}
+	return uids, gids, nil
 }

@@ -16,6 +16,7 @@ func newRestoreCmd() *cobra.Command {
 		f         repoFlags
 		workspace string
 		snapshot  string
+		idMaps    idMapFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--json] DIR",
@@ -26,6 +27,10 @@ otherwise be empty. Every byte is verified against its content hash; a
 mismatch stops the restore with an error naming the damaged object.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			uidMap, gidMap, err := idMaps.parse()
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			start := time.Now()
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -40,7 +45,8 @@ mismatch stops the restore with an error naming the damaged object.`,
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
 			warn := newWarner(f.showProgress())
-			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads, Warn: warn})
+			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads, Warn: warn,
+				UIDMap: uidMap, GIDMap: gidMap})
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)
@@ -62,6 +68,7 @@ mismatch stops the restore with an error naming the damaged object.`,
 	f.registerJSON(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` to restore")
 	_ = cmd.MarkFlagRequired("workspace")
+	idMaps.register(cmd, "recorded container ids are written as host ids when restoring as root")
 	cmd.Flags().StringVar(&snapshot, "snapshot", "latest", "snapshot `ID` (or unique prefix) to restore, or latest")
 	return cmd
 }

@@ -33,6 +33,9 @@ type BackupOptions struct {
 	Parent string
 	// Force reads every file, ignoring the parent.
 	Force bool
+	// UIDMap and GIDMap map the owners found on disk (host ids) to the ids
+	// recorded (container ids).
+	UIDMap, GIDMap IDMap
 	// Readers is the number of files read and chunked at once; 0 means
 	// GOMAXPROCS.
 	Readers int
@@ -253,8 +256,8 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		Tags:      opts.Tags,
 		RootMode:  unixMode(rootInfo),
 		RootMTime: rootInfo.ModTime().UnixNano(),
-		RootUID:   ownerOf(rootInfo).uid,
-		RootGID:   ownerOf(rootInfo).gid,
+		RootUID:   opts.UIDMap.ToContainer(ownerOf(rootInfo).uid),
+		RootGID:   opts.GIDMap.ToContainer(ownerOf(rootInfo).gid),
 		Stats: repo.Stats{
 			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
 			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
@@ -314,7 +317,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 		}
 		n := repo.Node{Name: e.Name(), Mode: unixMode(fi), MTime: fi.ModTime().UnixNano()}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			n.UID, n.GID = st.Uid, st.Gid
+			n.UID, n.GID = b.opts.UIDMap.ToContainer(st.Uid), b.opts.GIDMap.ToContainer(st.Gid)
 		}
 		switch fi.Mode().Type() {
 		case 0:

@@ -33,6 +33,9 @@ type RestoreOptions struct {
 	// attributes on a file system without them). It may be called from
 	// several goroutines at once.
 	Warn func(path string, err error)
+	// UIDMap and GIDMap map the recorded owners (container ids) to the ids
+	// written to disk (host ids), when restoring as root.
+	UIDMap, GIDMap IDMap
 }
 
 // RestoreResult is what a finished restore reports.
@@ -63,6 +66,8 @@ type restoreFile struct {
 	remaining int  // content blobs not yet written
 	chown     bool // restore ownership and every xattr (running as root)
 	warn      func(path string, err error)
+
+	uidMap, gidMap IDMap
 }
 
 type blobUse struct {
@@ -159,7 +164,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 			continue
 		}
 		if rs.chown {
-			if err := unix.Lchown(d.path, int(d.uid), int(d.gid)); err != nil {
+			if err := unix.Lchown(d.path, int(rs.opts.UIDMap.ToHost(d.uid)), int(rs.opts.GIDMap.ToHost(d.gid))); err != nil {
 				return nil, fmt.Errorf("restore: chown %s: %w", d.path, err)
 			}
 		}
@@ -233,7 +238,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 				return fmt.Errorf("restore: %w", err)
 			}
 			if rs.chown {
-				if err := unix.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+				if err := unix.Lchown(p, int(rs.opts.UIDMap.ToHost(n.UID)), int(rs.opts.GIDMap.ToHost(n.GID))); err != nil {
 					return fmt.Errorf("restore: chown %s: %w", p, err)
 				}
 			}
@@ -264,7 +269,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 				return fmt.Errorf("restore: mkfifo %s: %w", p, err)
 			}
 			if rs.chown {
-				if err := unix.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+				if err := unix.Lchown(p, int(rs.opts.UIDMap.ToHost(n.UID)), int(rs.opts.GIDMap.ToHost(n.GID))); err != nil {
 					return fmt.Errorf("restore: chown %s: %w", p, err)
 				}
 			}
@@ -282,7 +287,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 }
 
 func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
-	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn}
+	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
@@ -352,7 +357,7 @@ func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progres
 	}
 	if f.remaining == 0 && f.chown {
 		// Before chmod: chown clears setuid and setgid.
-		if err := unix.Fchown(fd, int(f.node.UID), int(f.node.GID)); err != nil {
+		if err := unix.Fchown(fd, int(f.uidMap.ToHost(f.node.UID)), int(f.gidMap.ToHost(f.node.GID))); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("restore: chown %s: %w", f.path, err)
 		}

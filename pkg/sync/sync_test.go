@@ -716,3 +716,52 @@ func TestSparseFilesStaySparse(t *testing.T) {
 		t.Fatalf("restored sparse file uses %d bytes on disk for 64 MiB of mostly holes", used)
 	}
 }
+
+func TestIDMaps(t *testing.T) {
+	for _, bad := range []string{"", "1:2", "a:1:1", "0:0:0", "4294967295:0:2", "1:2:3:4"} {
+		if _, err := ParseIDRange(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	r, err := ParseIDRange("0:100000:65536")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := IDMap{r}
+	if m.ToContainer(133333) != 33333 || m.ToHost(33333) != 133333 || m.ToContainer(5) != 5 || m.ToHost(70000) != 70000 {
+		t.Fatal("mapping wrong")
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run as root to test ownership")
+		}
+		t.Skip("restoring ownership needs root")
+	}
+	src := t.TempDir()
+	f := filepath.Join(src, "f")
+	writeFile(t, f, []byte("x"), 0o644, time.Unix(1, 0))
+	must(t, os.Lchown(f, 133333, 133334))
+	rp, _ := newMemRepo(t)
+	res, err := Backup(context.Background(), rp, src, BackupOptions{Owner: "owner1", Workspace: "ws1", UIDMap: m, GIDMap: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := rp.LoadTree(context.Background(), res.Snapshot.Tree)
+	if err != nil || tr.Nodes[0].UID != 33333 || tr.Nodes[0].GID != 33334 {
+		t.Fatalf("recorded %+v, %v; want container ids 33333:33334", tr.Nodes[0], err)
+	}
+	for _, c := range []struct {
+		m        IDMap
+		uid, gid uint32
+	}{{m, 133333, 133334}, {nil, 33333, 33334}} {
+		dst := t.TempDir()
+		if _, err := Restore(context.Background(), rp, res.Snapshot, dst, RestoreOptions{UIDMap: c.m, GIDMap: c.m}); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		must(t, unix.Lstat(filepath.Join(dst, "f"), &st))
+		if st.Uid != c.uid || st.Gid != c.gid {
+			t.Errorf("map %v: restored %d:%d, want %d:%d", c.m, st.Uid, st.Gid, c.uid, c.gid)
+		}
+	}
+}
