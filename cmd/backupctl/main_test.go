@@ -172,3 +172,40 @@ func TestDefaultRepositoryIsUnderDataHome(t *testing.T) {
 		t.Fatalf("default repository not under XDG_DATA_HOME: %v", err)
 	}
 }
+
+func TestDiffAndStats(t *testing.T) {
+	repoURL := "file://" + t.TempDir()
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "dir", "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "keep"), []byte("same"), 0o644)
+	os.WriteFile(filepath.Join(src, "change"), []byte("v1"), 0o644)
+	os.WriteFile(filepath.Join(src, "dir", "sub", "gone"), []byte("x"), 0o644)
+	args := []string{"-r", repoURL, "--owner", "o1", "--workspace", "w1"}
+	first := strings.TrimSpace(ok(t, run(t, nil, append(append([]string{"backup"}, args...), src)...)).stdout)
+	os.WriteFile(filepath.Join(src, "change"), []byte("v2"), 0o644)
+	os.RemoveAll(filepath.Join(src, "dir", "sub"))
+	os.WriteFile(filepath.Join(src, "new"), []byte("n"), 0o644)
+	ok(t, run(t, nil, append(append([]string{"backup"}, args...), src)...))
+
+	r := ok(t, run(t, nil, "diff", "-r", repoURL, "--owner", "o1", first[:8], "latest"))
+	want := "M /change\n- /dir/sub\n- /dir/sub/gone\n+ /new\n" // /dir itself only got a new mtime
+	if r.stdout != want {
+		t.Fatalf("diff:\n%s\nwant:\n%s", r.stdout, want)
+	}
+	r = ok(t, run(t, nil, "stats", "-r", repoURL, "--json"))
+	var st []struct {
+		Owner     string  `json:"owner"`
+		Snapshots int     `json:"snapshots"`
+		Logical   int64   `json:"logical_bytes"`
+		Stored    int64   `json:"stored_bytes"`
+		Ratio     float64 `json:"dedup_ratio"`
+		Blobs     int     `json:"blobs"`
+		Packs     int     `json:"packs"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st) != 1 {
+		t.Fatalf("stats: %v %s", err, r.stdout)
+	}
+	if s := st[0]; s.Owner != "o1" || s.Snapshots != 2 || s.Logical != 7+7 || s.Stored == 0 || s.Blobs == 0 || s.Packs == 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+func newDiffCmd() *cobra.Command {
+	var (
+		f         repoFlags
+		workspace string
+	)
+	cmd := &cobra.Command{
+		Use:   "diff -r REPO --owner O SNAPSHOT1 SNAPSHOT2",
+		Short: "Show the paths added, removed or modified between two snapshots",
+		Long: `List every path that differs between SNAPSHOT1 (old) and SNAPSHOT2 (new),
+each an ID, a unique ID prefix or latest: "+" added, "-" removed, "M"
+modified (content, type, mode, ownership, link target or extended
+attributes; a new mtime alone is not a change). Unchanged directories are
+skipped without being read.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, closeRepo, err := f.openOwner(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo()
+			var trees [2]*repo.Snapshot
+			for i, a := range args {
+				if trees[i], _, err = r.FindSnapshot(ctx, workspace, a); err != nil {
+					return err
+				}
+			}
+			var changes []repo.Change
+			err = r.Diff(ctx, trees[0].Tree, trees[1].Tree, func(c repo.Change) error {
+				if f.json {
+					changes = append(changes, c)
+				} else {
+					fmt.Printf("%c %s\n", c.Kind, c.Path)
+				}
+				return nil
+			})
+			if err != nil || !f.json {
+				return err
+			}
+			out := make([]map[string]string, 0, len(changes))
+			kinds := map[repo.ChangeKind]string{repo.Added: "added", repo.Removed: "removed", repo.Modified: "modified"}
+			for _, c := range changes {
+				out = append(out, map[string]string{"change": kinds[c.Kind], "path": c.Path})
+			}
+			return json.NewEncoder(os.Stdout).Encode(out)
+		},
+	}
+	f.register(cmd, true)
+	f.registerJSON(cmd)
+	cmd.Flags().StringVar(&workspace, "workspace", "", "look up the snapshots only in this workspace")
+	return cmd
+}
+
+func newStatsCmd() *cobra.Command {
+	var f repoFlags
+	cmd := &cobra.Command{
+		Use:   "stats -r REPO [--owner O] [--json]",
+		Short: "Show sizes, deduplication and object counts per owner",
+		Long: `For each owner (or only --owner): the number of snapshots, the logical
+size (the sum of every snapshot's file bytes), the stored size (the pack
+objects), the deduplication ratio between the two, and the numbers of
+blobs and packs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := f.openPlacement(ctx)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			owners := []string{f.owner}
+			if f.owner == "" {
+				if owners, err = p.Owners(ctx); err != nil {
+					return err
+				}
+			}
+			type ownerStats struct {
+				Owner      string  `json:"owner"`
+				Snapshots  int     `json:"snapshots"`
+				Logical    int64   `json:"logical_bytes"`
+				Stored     int64   `json:"stored_bytes"`
+				DedupRatio float64 `json:"dedup_ratio"`
+				Blobs      int     `json:"blobs"`
+				Packs      int     `json:"packs"`
+			}
+			var all []ownerStats
+			for _, o := range owners {
+				st, err := p.Owner(ctx, o, false)
+				if err != nil {
+					return err
+				}
+				r, err := repo.Load(ctx, st, false)
+				if err != nil {
+					return fmt.Errorf("owner %s: %w", o, err)
+				}
+				s := ownerStats{Owner: o}
+				refs, err := r.ListSnapshots(ctx, "")
+				if err != nil {
+					return err
+				}
+				s.Snapshots = len(refs)
+				for _, ref := range refs {
+					snap, err := r.LoadSnapshot(ctx, ref)
+					if err != nil {
+						return err
+					}
+					s.Logical += snap.Stats.Bytes
+				}
+				err = st.List(ctx, "data/", func(oi storage.ObjectInfo) error {
+					s.Stored += oi.Size
+					s.Packs++
+					return nil
+				})
+				if err != nil {
+					return fmt.Errorf("owner %s: list packs: %w", o, err)
+				}
+				s.Blobs, _ = r.Index().Len()
+				if s.Stored > 0 {
+					s.DedupRatio = float64(s.Logical) / float64(s.Stored)
+				}
+				all = append(all, s)
+			}
+			if f.json {
+				if all == nil {
+					all = []ownerStats{}
+				}
+				return json.NewEncoder(os.Stdout).Encode(all)
+			}
+			for _, s := range all {
+				fmt.Printf("owner %s: %d snapshots, logical %s, stored %s in %d packs (%.1fx), %d blobs\n",
+					s.Owner, s.Snapshots, fmtBytes(s.Logical), fmtBytes(s.Stored), s.Packs, s.DedupRatio, s.Blobs)
+			}
+			if len(all) == 0 {
+				fmt.Fprintln(os.Stderr, "no repositories")
+			}
+			return nil
+		},
+	}
+	f.register(cmd, false)
+	f.registerJSON(cmd)
+	return cmd
+}
