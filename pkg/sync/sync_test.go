@@ -765,3 +765,26 @@ func TestIDMaps(t *testing.T) {
 		}
 	}
 }
+
+// A full disk during restore is a clear error, not a silently short file.
+func TestRestoreOntoFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run as root to mount a small file system")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "big"), genData(11, 5<<20), 0o644, time.Unix(1, 0))
+	r, _ := newMemRepo(t)
+	doBackup(t, r, src)
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	_, err := restoreLatest(t, r, filepath.Join(mnt, "target"))
+	if err == nil || !errors.Is(err, unix.ENOSPC) || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("restore onto a full disk: %v", err)
+	}
+}
