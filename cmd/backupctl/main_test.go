@@ -12,7 +12,7 @@ import (
 	"github.com/backupd/backupd/internal/testservers"
 )
 
-var binary string
+var binary, childCache string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "backupctl-test")
@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "backupctl")
+	// The binaries under test keep their node-local cache here, not in the
+	// user's cache directory (where the test servers live).
+	childCache = filepath.Join(dir, "cache")
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
 		panic("build backupctl: " + err.Error() + "\n" + string(out))
 	}
@@ -36,7 +39,7 @@ type result struct {
 func run(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), "XDG_CACHE_HOME="+childCache), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -25,6 +26,8 @@ type repoFlags struct {
 	connections   int
 	owner         string
 	json          bool
+	cacheDir      string
+	noCache       bool
 
 	uploads, downloads int // set by openOwner
 }
@@ -34,6 +37,8 @@ func (f *repoFlags) register(cmd *cobra.Command, ownerRequired bool) {
 	cmd.Flags().StringVar(&f.storageConfig, "storage-config", "", "YAML `FILE` with storage parameters and credentials (the storage section of backupd's config; see docs/STORAGE.md)")
 	cmd.Flags().IntVar(&f.connections, "connections", 0, "concurrent pack uploads and downloads (default: 4 for object stores; 2 uploads for a local directory)")
 	cmd.Flags().StringVar(&f.owner, "owner", "", "owner `ID` whose repository to use")
+	cmd.Flags().StringVar(&f.cacheDir, "cache-dir", "", "node-local cache of index and trees (default: backupd/cache under the user's cache directory); it only saves downloads")
+	cmd.Flags().BoolVar(&f.noCache, "no-cache", false, "do not use the node-local cache")
 	if ownerRequired {
 		_ = cmd.MarkFlagRequired("owner")
 	}
@@ -140,7 +145,16 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 		p.Close()
 		return nil, nil, err
 	}
-	r, err := repo.Load(ctx, st, create)
+	cacheDir := f.cacheDir
+	if cacheDir == "" && !f.noCache {
+		if d, err := os.UserCacheDir(); err == nil {
+			cacheDir = filepath.Join(d, "backupd", "cache")
+		}
+	}
+	if f.noCache {
+		cacheDir = ""
+	}
+	r, err := repo.LoadCached(ctx, st, create, cacheDir, 0)
 	if err != nil {
 		p.Close()
 		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)

@@ -186,6 +186,7 @@ func TestMinIOStoppedMidBackup(t *testing.T) {
 	second := t.TempDir()
 	genTree(t, second, 200<<20, 3)
 	cmd := exec.Command(binary, append(append([]string{"backup"}, args...), "--connections", "1", second)...)
+	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+childCache)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -34,7 +34,12 @@ type Repository struct {
 	codec  *chunk.Codec
 	index  *Index
 	trees  *treePackCache
+	cache  *Cache // node-local, may be nil
 }
+
+// SetCache makes the repository keep index objects and tree packs in a
+// node-local cache (nil turns it off).
+func (r *Repository) SetCache(c *Cache) { r.cache = c }
 
 // Open opens the repository on st (already scoped to the owner). It fails
 // with ErrNoRepository when there is none.
@@ -143,12 +148,19 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 	g.SetLimit(max(parallel, 1))
 	for _, key := range keys {
 		g.Go(func() error {
-			b, err := storage.ReadAll(ctx, r.st, key, 0, -1)
+			id, err := chunk.ParseID(strings.TrimPrefix(key, indexPrefix))
 			if err != nil {
-				return fmt.Errorf("read index: %w", err)
+				return fmt.Errorf("index object %s: %w: %v", key, ErrCorrupt, err)
 			}
-			if chunk.Hash(b).String() != strings.TrimPrefix(key, indexPrefix) {
-				return fmt.Errorf("index object %s: %w: content does not match its id", key, ErrCorrupt)
+			b, cached := r.cache.get("index", id)
+			if !cached {
+				if b, err = storage.ReadAll(ctx, r.st, key, 0, -1); err != nil {
+					return fmt.Errorf("read index: %w", err)
+				}
+				if chunk.Hash(b) != id {
+					return fmt.Errorf("index object %s: %w: content does not match its id", key, ErrCorrupt)
+				}
+				r.cache.put("index", id, b)
 			}
 			packs, err := DecodeIndex(b)
 			if err != nil {
@@ -171,6 +183,9 @@ func (r *Repository) SavePack(ctx context.Context, data []byte, id chunk.ID, ent
 		return fmt.Errorf("store pack: %w", err)
 	}
 	r.index.AddPack(id, entries)
+	if len(entries) > 0 && entries[0].Type == TreeBlob {
+		r.cache.put("trees", id, data) // the next backup here compares with these
+	}
 	return nil
 }
 
@@ -181,6 +196,7 @@ func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) (chunk.ID
 	if err := r.st.Put(ctx, indexPrefix+id.String(), bytes.NewReader(b), int64(len(b))); err != nil {
 		return id, fmt.Errorf("store index: %w", err)
 	}
+	r.cache.put("index", id, b)
 	return id, nil
 }
 
@@ -361,6 +377,13 @@ func ListOwners(ctx context.Context, root storage.Storage) ([]string, error) {
 // index. With create (a first backup), a missing repository is created;
 // without, it is ErrNoRepository.
 func Load(ctx context.Context, st storage.Storage, create bool) (*Repository, error) {
+	return LoadCached(ctx, st, create, "", 0)
+}
+
+// LoadCached is Load with a node-local cache of index objects and tree
+// packs under cacheDir ("" for none), bounded to cacheSize bytes (0 for
+// DefaultCacheSize).
+func LoadCached(ctx context.Context, st storage.Storage, create bool, cacheDir string, cacheSize int64) (*Repository, error) {
 	var r *Repository
 	var err error
 	if create {
@@ -373,6 +396,16 @@ func Load(ctx context.Context, st storage.Storage, create bool) (*Repository, er
 	}
 	if err != nil {
 		return nil, err
+	}
+	if cacheDir != "" {
+		if cacheSize <= 0 {
+			cacheSize = DefaultCacheSize
+		}
+		c, err := OpenCache(cacheDir, r.cfg.ID, cacheSize)
+		if err != nil {
+			return nil, err
+		}
+		r.SetCache(c)
 	}
 	if err := r.LoadIndex(ctx, 8); err != nil {
 		return nil, err

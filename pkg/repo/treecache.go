@@ -67,6 +67,9 @@ func (c *treePackCache) put(id chunk.ID, data []byte) {
 func (r *Repository) loadTreeBlob(ctx context.Context, loc Location) ([]byte, error) {
 	data, ok := r.trees.get(loc.Pack)
 	if !ok {
+		data, ok = r.cache.get("trees", loc.Pack)
+	}
+	if !ok {
 		key := PackKey(loc.Pack)
 		var err error
 		data, err = storage.ReadAll(ctx, r.st, key, 0, -1)
@@ -76,8 +79,9 @@ func (r *Repository) loadTreeBlob(ctx context.Context, loc Location) ([]byte, er
 		if chunk.Hash(data) != loc.Pack {
 			return nil, fmt.Errorf("pack %s: %w: content does not match its name", key, ErrCorrupt)
 		}
-		r.trees.put(loc.Pack, data)
+		r.cache.put("trees", loc.Pack, data)
 	}
+	r.trees.put(loc.Pack, data)
 	end := int64(loc.Offset) + int64(loc.StoredLen)
 	if end > int64(len(data)) {
 		return nil, fmt.Errorf("pack %s: %w: tree %s lies beyond its end", PackKey(loc.Pack), ErrCorrupt, loc.ID.Short())

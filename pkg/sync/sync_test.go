@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/faults"
@@ -786,5 +788,54 @@ func TestRestoreOntoFullDisk(t *testing.T) {
 	_, err := restoreLatest(t, r, filepath.Join(mnt, "target"))
 	if err == nil || !errors.Is(err, unix.ENOSPC) || !strings.Contains(err.Error(), "no space left") {
 		t.Fatalf("restore onto a full disk: %v", err)
+	}
+}
+
+// The node-local cache spares downloads of index objects and tree packs,
+// and deleting or damaging it changes nothing but speed.
+func TestNodeCache(t *testing.T) {
+	src := t.TempDir()
+	for i := range 40 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("d%d", i%8), fmt.Sprintf("f%d", i)), genData(uint64(i), 2000), 0o644, time.Unix(1e9, 0))
+	}
+	f := faults.New(mem.New(), faults.Options{})
+	st, err := placement.NewPrefixPerOwner(f).Owner(context.Background(), "owner1", true)
+	must(t, err)
+	cacheDir := t.TempDir()
+	load := func() *repo.Repository {
+		r, err := repo.LoadCached(context.Background(), st, true, cacheDir, 0)
+		must(t, err)
+		return r
+	}
+	first := doBackup(t, load(), src)
+	restoreGets := func() int64 {
+		before := f.Calls(faults.Get)
+		if _, err := restoreLatest(t, load(), t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
+		return f.Calls(faults.Get) - before
+	}
+	warm := restoreGets() // the backup cached the index and trees it wrote
+	os.RemoveAll(cacheDir)
+	cold := restoreGets()
+	t.Logf("storage reads per restore: warm cache %d, cold %d", warm, cold)
+	if again := restoreGets(); again != warm || warm >= cold {
+		t.Fatalf("reads: warm %d, cold %d, warm again %d: the cache saved nothing", warm, cold, again)
+	}
+	// Damage every cached file, then delete the cache: same results.
+	filepath.WalkDir(cacheDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			os.WriteFile(p, []byte("garbage"), 0o600)
+		}
+		return nil
+	})
+	second := doBackup(t, load(), src)
+	os.RemoveAll(cacheDir)
+	third := doBackup(t, load(), src)
+	if second.Snapshot.Tree != first.Snapshot.Tree || third.Snapshot.Tree != first.Snapshot.Tree {
+		t.Fatal("a damaged or deleted cache changed the snapshot content")
+	}
+	if _, err := restoreLatest(t, load(), t.TempDir()); err != nil {
+		t.Fatal(err)
 	}
 }
