@@ -90,7 +90,11 @@ root's key listing, so give --owner on large roots.`,
 			if err := tw.Flush(); err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "%d snapshots\n", len(out))
+			if len(out) == 1 {
+				fmt.Fprintln(os.Stderr, "1 snapshot")
+			} else {
+				fmt.Fprintf(os.Stderr, "%d snapshots\n", len(out))
+			}
 			return nil
 		},
 	}
