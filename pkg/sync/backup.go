@@ -161,7 +161,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	var parent string
 	var parentTree chunk.ID
 	var parentStart int64
-	if opts.Parent != "" || !opts.Force {
+	{ // the parent is recorded even with Force, which only ignores its metadata
 		snap, ref, err := r.FindSnapshot(ctx, opts.Workspace, opts.Parent)
 		switch {
 		case err == nil:

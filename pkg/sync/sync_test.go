@@ -537,8 +537,8 @@ func TestUnchangedFilesAreNotRead(t *testing.T) {
 	// --force reads everything.
 	opens.Store(0)
 	res, err := Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1", Force: true})
-	if err != nil || opens.Load() != 50 || res.Snapshot.Stats.UnchangedFiles != 0 {
-		t.Fatalf("forced: read %d files, %v", opens.Load(), err)
+	if err != nil || opens.Load() != 50 || res.Snapshot.Stats.UnchangedFiles != 0 || res.Snapshot.Parent == "" {
+		t.Fatalf("forced: read %d files, parent %q, %v", opens.Load(), res.Snapshot.Parent, err)
 	}
 	dst := t.TempDir()
 	if _, err := restoreLatest(t, r, dst); err != nil {
