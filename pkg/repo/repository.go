@@ -200,21 +200,6 @@ func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) (chunk.ID
 	return id, nil
 }
 
-// LoadBlob fetches one blob by id, decompresses it, verifies its hash and
-// appends it to buf.
-func (r *Repository) LoadBlob(ctx context.Context, id chunk.ID, buf []byte) ([]byte, error) {
-	loc, ok := r.index.Lookup(id)
-	if !ok {
-		return nil, fmt.Errorf("blob %s: %w: not in index", id.Short(), ErrCorrupt)
-	}
-	key := PackKey(loc.Pack)
-	stored, err := storage.ReadAll(ctx, r.st, key, int64(loc.Offset), int64(loc.StoredLen))
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
-	}
-	return r.DecodeBlob(key, loc.BlobEntry, stored, buf)
-}
-
 // DecodeBlob decompresses a stored blob read from the pack at key, checks
 // it against its id and appends it to buf. Errors name the pack object.
 func (r *Repository) DecodeBlob(key string, e BlobEntry, stored, buf []byte) ([]byte, error) {

@@ -144,9 +144,6 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		return nil, err
 	}
 	start := time.Now()
-	if opts.Progress.Started.IsZero() {
-		opts.Progress.Started = start
-	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err

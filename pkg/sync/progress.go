@@ -5,10 +5,7 @@
 // the storage interface, never on a concrete backend.
 package sync
 
-import (
-	"sync/atomic"
-	"time"
-)
+import "sync/atomic"
 
 // Progress is updated by a running backup or restore; another goroutine may
 // read it at any time (for a progress bar or a progress stream).
@@ -20,6 +17,4 @@ type Progress struct {
 	// TotalFiles and TotalBytes are the expected totals when known (restore
 	// knows them from the snapshot), else zero.
 	TotalFiles, TotalBytes atomic.Int64
-	// Started is when the operation began.
-	Started time.Time
 }

@@ -1,7 +1,6 @@
 package location
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -62,16 +61,5 @@ func TestConfigValidate(t *testing.T) {
 		if err := ok.Validate(); err != nil {
 			t.Errorf("%s: %v", ok.URL, err)
 		}
-	}
-}
-
-func TestOpenLocalIsWrapped(t *testing.T) {
-	st, err := Open(context.Background(), "file://"+t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, ok := st.(interface{ Close() error }); !ok {
-		t.Fatal("not a storage")
 	}
 }
