@@ -21,7 +21,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -30,6 +29,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
 
 // maxKeyLength is the longest object key S3 accepts, in bytes.
@@ -234,7 +234,7 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	var r io.Reader = body
 	if ranged {
 		cr := header.Get("Content-Range")
-		start, ok := contentRangeStart(cr)
+		start, ok := httprange.ContentRangeStart(cr)
 		switch {
 		case ok && start == offset:
 		case !ok && offset == 0:
@@ -247,42 +247,8 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 			return nil, fmt.Errorf("minio: get %s: asked for bytes from %d, the server sent Content-Range %q", key, offset, cr)
 		}
 	}
-	return &objectReader{s: s, ctx: ctx, key: key, r: r, c: body}, nil
+	return &httprange.Reader{R: r, C: body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, nil
 }
-
-// contentRangeStart returns the first byte of a Content-Range header
-// "bytes FIRST-LAST/SIZE".
-func contentRangeStart(cr string) (int64, bool) {
-	rest, ok := strings.CutPrefix(cr, "bytes ")
-	if !ok {
-		return 0, false
-	}
-	first, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(first, 10, 64)
-	return n, err == nil
-}
-
-// objectReader reads an object's body, naming the key in its errors.
-type objectReader struct {
-	s   *Storage
-	ctx context.Context
-	key string
-	r   io.Reader
-	c   io.Closer
-}
-
-func (r *objectReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = r.s.opError(r.ctx, "read", r.key, err)
-	}
-	return n, err
-}
-
-func (r *objectReader) Close() error { return r.c.Close() }
 
 // Stat describes the object at key (HeadObject).
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {

@@ -48,6 +48,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
 
 // maxKeyLength is the longest object key S3 accepts, in bytes.
@@ -322,7 +323,7 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	}
 	var body io.Reader = out.Body
 	if ranged {
-		start, ok := contentRangeStart(aws.ToString(out.ContentRange))
+		start, ok := httprange.ContentRangeStart(aws.ToString(out.ContentRange))
 		switch {
 		case ok && start == offset:
 		case !ok && offset == 0:
@@ -336,42 +337,8 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 				key, offset, aws.ToString(out.ContentRange))
 		}
 	}
-	return &objectReader{s: s, ctx: ctx, key: key, r: body, c: out.Body}, nil
+	return &httprange.Reader{R: body, C: out.Body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, nil
 }
-
-// contentRangeStart returns the first byte of a Content-Range header
-// "bytes FIRST-LAST/SIZE".
-func contentRangeStart(cr string) (int64, bool) {
-	rest, ok := strings.CutPrefix(cr, "bytes ")
-	if !ok {
-		return 0, false
-	}
-	first, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(first, 10, 64)
-	return n, err == nil
-}
-
-// objectReader reads an object's body, naming the key in its errors.
-type objectReader struct {
-	s   *Storage
-	ctx context.Context
-	key string
-	r   io.Reader
-	c   io.Closer
-}
-
-func (r *objectReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = r.s.opError(r.ctx, "read", r.key, err)
-	}
-	return n, err
-}
-
-func (r *objectReader) Close() error { return r.c.Close() }
 
 // Stat describes the object at key (HeadObject).
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
