@@ -76,17 +76,11 @@ blobs and packs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := f.openPlacement(ctx)
+			p, owners, err := f.openOwners(ctx)
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			owners := []string{f.owner}
-			if f.owner == "" {
-				if owners, err = p.Owners(ctx); err != nil {
-					return err
-				}
-			}
 			type ownerStats struct {
 				Owner      string  `json:"owner"`
 				Snapshots  int     `json:"snapshots"`

@@ -128,6 +128,24 @@ func (f *repoFlags) openPlacement(ctx context.Context) (*placement.Placement, er
 	return p, nil
 }
 
+// openOwners opens the placement and returns the owners to show: --owner,
+// or without it every owner under the root.
+func (f *repoFlags) openOwners(ctx context.Context) (*placement.Placement, []string, error) {
+	p, err := f.openPlacement(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.owner != "" {
+		return p, []string{f.owner}, nil
+	}
+	owners, err := p.Owners(ctx)
+	if err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	return p, owners, nil
+}
+
 // openOwner opens the owner's repository; with create a missing one is
 // created (a first backup).
 func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repository, func(), error) {

@@ -35,17 +35,11 @@ root's key listing, so give --owner on large roots.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := f.openPlacement(ctx)
+			p, owners, err := f.openOwners(ctx)
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			owners := []string{f.owner}
-			if f.owner == "" {
-				if owners, err = p.Owners(ctx); err != nil {
-					return err
-				}
-			}
 			var out []snapshotJSON
 			for _, o := range owners {
 				st, err := p.Owner(ctx, o, false)
