@@ -163,12 +163,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 		if d.mode == 0 && d.mtime == 0 {
 			continue
 		}
-		if rs.chown {
-			if err := unix.Lchown(d.path, int(rs.opts.UIDMap.ToHost(d.uid)), int(rs.opts.GIDMap.ToHost(d.gid))); err != nil {
-				return nil, fmt.Errorf("restore: chown %s: %w", d.path, err)
-			}
-		}
-		if err := rs.setXattrs(d.path, d.xattrs); err != nil {
+		if err := rs.ownAndXattrs(d.path, d.uid, d.gid, d.xattrs); err != nil {
 			return nil, err
 		}
 		if err := setMeta(d.path, d.mode, d.mtime); err != nil {
@@ -237,12 +232,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := os.Symlink(n.Target, p); err != nil {
 				return fmt.Errorf("restore: %w", err)
 			}
-			if rs.chown {
-				if err := unix.Lchown(p, int(rs.opts.UIDMap.ToHost(n.UID)), int(rs.opts.GIDMap.ToHost(n.GID))); err != nil {
-					return fmt.Errorf("restore: chown %s: %w", p, err)
-				}
-			}
-			if err := rs.setXattrs(p, n.Xattrs); err != nil {
+			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
 				return err
 			}
 			if err := setMTime(p, n.MTime); err != nil {
@@ -268,12 +258,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 			if err := unix.Mkfifo(p, 0o600); err != nil {
 				return fmt.Errorf("restore: mkfifo %s: %w", p, err)
 			}
-			if rs.chown {
-				if err := unix.Lchown(p, int(rs.opts.UIDMap.ToHost(n.UID)), int(rs.opts.GIDMap.ToHost(n.GID))); err != nil {
-					return fmt.Errorf("restore: chown %s: %w", p, err)
-				}
-			}
-			if err := rs.setXattrs(p, n.Xattrs); err != nil {
+			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
 				return err
 			}
 			if err := setMeta(p, n.Mode, n.MTime); err != nil {
@@ -530,10 +515,15 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// setXattrs sets the extended attributes of an entry restore created
-// (by path, never following a link); a target without xattr support is a
-// warning, not a failure.
-func (rs *restorer) setXattrs(path string, xs []repo.Xattr) error {
+// ownAndXattrs gives an entry restore created (by path, never following a
+// link) its owner, when restoring as root, and its extended attributes; a
+// target without xattr support is a warning, not a failure.
+func (rs *restorer) ownAndXattrs(path string, uid, gid uint32, xs []repo.Xattr) error {
+	if rs.chown {
+		if err := unix.Lchown(path, int(rs.opts.UIDMap.ToHost(uid)), int(rs.opts.GIDMap.ToHost(gid))); err != nil {
+			return fmt.Errorf("restore: chown %s: %w", path, err)
+		}
+	}
 	err := setXattrs(-1, path, xs, rs.chown)
 	if errors.Is(err, errNoXattrs) {
 		rs.opts.Warn(path, err)
