@@ -152,6 +152,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	if err != nil {
 		return nil, fmt.Errorf("backup source: %w", err)
 	}
+	rootStat := sysStat(rootInfo)
 	if !rootInfo.IsDir() {
 		return nil, fmt.Errorf("backup source %s is not a directory", abs)
 	}
@@ -251,10 +252,10 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		Path:      abs,
 		Parent:    parent,
 		Tags:      opts.Tags,
-		RootMode:  unixMode(rootInfo),
+		RootMode:  rootStat.Mode & 07777,
 		RootMTime: rootInfo.ModTime().UnixNano(),
-		RootUID:   opts.UIDMap.ToContainer(ownerOf(rootInfo).uid),
-		RootGID:   opts.GIDMap.ToContainer(ownerOf(rootInfo).gid),
+		RootUID:   opts.UIDMap.ToContainer(rootStat.Uid),
+		RootGID:   opts.GIDMap.ToContainer(rootStat.Gid),
 		Stats: repo.Stats{
 			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
 			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
@@ -312,18 +313,15 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 		if err != nil {
 			return nil, fmt.Errorf("stat: %w", err)
 		}
-		n := repo.Node{Name: e.Name(), Mode: unixMode(fi), MTime: fi.ModTime().UnixNano()}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			n.UID, n.GID = b.opts.UIDMap.ToContainer(st.Uid), b.opts.GIDMap.ToContainer(st.Gid)
-		}
+		st := sysStat(fi)
+		n := repo.Node{Name: e.Name(), Mode: st.Mode & 07777, MTime: fi.ModTime().UnixNano(),
+			UID: b.opts.UIDMap.ToContainer(st.Uid), GID: b.opts.GIDMap.ToContainer(st.Gid)}
 		switch fi.Mode().Type() {
 		case 0:
 			n.Type = repo.TypeFile
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
-				if st.Nlink > 1 {
-					n.Device, n.Nlink = st.Dev, st.Nlink
-				}
+			n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
+			if st.Nlink > 1 {
+				n.Device, n.Nlink = st.Dev, st.Nlink
 			}
 			n.Size = uint64(fi.Size())
 		case fs.ModeDir:
@@ -665,28 +663,11 @@ func (b *backup) uploader(ctx context.Context) error {
 	}
 }
 
-type owner struct{ uid, gid uint32 }
-
-func ownerOf(fi fs.FileInfo) owner {
+// sysStat returns the stat data behind fi (always there for the Lstat of
+// Linux; an empty one with fi's permission bits otherwise).
+func sysStat(fi fs.FileInfo) *syscall.Stat_t {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return owner{st.Uid, st.Gid}
+		return st
 	}
-	return owner{}
-}
-
-func unixMode(fi fs.FileInfo) uint32 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Mode & 07777
-	}
-	m := uint32(fi.Mode().Perm())
-	if fi.Mode()&fs.ModeSetuid != 0 {
-		m |= 04000
-	}
-	if fi.Mode()&fs.ModeSetgid != 0 {
-		m |= 02000
-	}
-	if fi.Mode()&fs.ModeSticky != 0 {
-		m |= 01000
-	}
-	return m
+	return &syscall.Stat_t{Mode: uint32(fi.Mode().Perm())}
 }
