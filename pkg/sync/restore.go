@@ -288,7 +288,7 @@ func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
 	rs.res.Files++
 	rs.res.Bytes += off
 	if len(n.Content) == 0 {
-		return rf.write(nil, 0, rs.opts.Progress)
+		return rf.writeBlob(nil, false, 0, rs.opts.Progress)
 	}
 	rs.batch = append(rs.batch, rf)
 	rs.batchBlobs += len(n.Content)
@@ -298,16 +298,11 @@ func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
 	return nil
 }
 
-// write writes one blob's content at off, creating the file on the first
-// call (exclusively, never through a link) and finishing it on the last.
-// A file without content is created and finished by one call with nil.
-func (f *restoreFile) write(data []byte, off int64, prog *Progress) error {
-	return f.writeBlob(data, false, off, prog)
-}
-
-// writeBlob is write for a blob known to be all zeros or not: zeros are
-// not written, so they stay (or become) holes in the file, which is sized
-// when it is created.
+// writeBlob writes one blob's content at off, creating the file on the
+// first call (exclusively, never through a link, sized at once) and
+// finishing it on the last; a file without content is created and finished
+// by one call with nil. A blob of only zeros (zero) is not written: it
+// stays, or becomes, a hole.
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
