@@ -173,3 +173,39 @@ func (w *bytesWriter) Write(p []byte) (int, error) {
 	w.buf = append(w.buf, p...)
 	return len(p), nil
 }
+
+// ScrubSecrets returns err with every occurrence of each secret in its
+// text replaced by "REDACTED"; errors.Is and errors.As still see the
+// original. Secrets shorter than 4 bytes are ignored (they would match by
+// chance). Backends use it on every error, as a guard: an SDK's own
+// messages hold no credentials, but a server's might.
+func ScrubSecrets(err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	var keep []string
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			keep = append(keep, s)
+		}
+	}
+	if len(keep) == 0 {
+		return err
+	}
+	return &scrubbedError{err: err, secrets: keep}
+}
+
+type scrubbedError struct {
+	err     error
+	secrets []string
+}
+
+func (e *scrubbedError) Error() string {
+	msg := e.err.Error()
+	for _, s := range e.secrets {
+		msg = strings.ReplaceAll(msg, s, "REDACTED")
+	}
+	return msg
+}
+
+func (e *scrubbedError) Unwrap() error { return e.err }

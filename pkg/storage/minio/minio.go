@@ -82,11 +82,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	if s.concurrency == 0 {
 		s.concurrency = DefaultUploadConcurrency
 	}
-	for _, v := range []string{accessKey, secretKey, token} {
-		if len(v) >= 4 {
-			s.secrets = append(s.secrets, v)
-		}
-	}
+	s.secrets = []string{accessKey, secretKey, token}
 	secure := cfg.Secure == nil || *cfg.Secure
 	s.transport, err = miniogo.DefaultTransport(secure)
 	if err != nil {
@@ -354,27 +350,7 @@ func (s *Storage) opError(ctx context.Context, op, key string, err error) error 
 
 // scrub guards against credentials in error texts: minio-go's messages do
 // not hold them, but a server's might.
-func (s *Storage) scrub(err error) error {
-	if len(s.secrets) == 0 {
-		return err
-	}
-	return &scrubbedError{err: err, secrets: s.secrets}
-}
-
-type scrubbedError struct {
-	err     error
-	secrets []string
-}
-
-func (e *scrubbedError) Error() string {
-	msg := e.err.Error()
-	for _, s := range e.secrets {
-		msg = strings.ReplaceAll(msg, s, "REDACTED")
-	}
-	return msg
-}
-
-func (e *scrubbedError) Unwrap() error { return e.err }
+func (s *Storage) scrub(err error) error { return storage.ScrubSecrets(err, s.secrets...) }
 
 // classify maps a minio-go error to the storage package's errors: 404 to
 // storage.ErrNotFound, 403 and refused credentials to

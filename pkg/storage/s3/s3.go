@@ -465,32 +465,8 @@ func (s *Storage) opError(ctx context.Context, op, key string, err error) error 
 // scrub guards against credentials in error texts: the SDK's messages do
 // not hold them, but a server's might.
 func (s *Storage) scrub(err error) error {
-	var secrets []string
-	for _, v := range []string{s.cfg.AccessKey, s.cfg.SecretKey} {
-		if len(v) >= 4 {
-			secrets = append(secrets, v)
-		}
-	}
-	if len(secrets) == 0 {
-		return err
-	}
-	return &scrubbedError{err: err, secrets: secrets}
+	return storage.ScrubSecrets(err, s.cfg.AccessKey, s.cfg.SecretKey)
 }
-
-type scrubbedError struct {
-	err     error
-	secrets []string
-}
-
-func (e *scrubbedError) Error() string {
-	msg := e.err.Error()
-	for _, s := range e.secrets {
-		msg = strings.ReplaceAll(msg, s, "REDACTED")
-	}
-	return msg
-}
-
-func (e *scrubbedError) Unwrap() error { return e.err }
 
 // classify maps an SDK error to the storage package's errors: 404 to
 // storage.ErrNotFound, 403 and refused credentials to
