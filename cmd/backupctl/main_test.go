@@ -136,6 +136,19 @@ func TestBackupRestoreEndToEnd(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "not empty") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 		t.Fatalf("restore into non-empty dir: %+v", r)
 	}
+	// Over it: the changed file comes back, the extra one goes.
+	os.WriteFile(filepath.Join(dst, "main.go"), []byte("package changed\n"), 0o644)
+	os.WriteFile(filepath.Join(dst, "extra"), []byte("x"), 0o644)
+	r = ok(t, run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--snapshot", id, "--overwrite", "--delete", "--json", dst))
+	if err := json.Unmarshal([]byte(r.stdout), &rs); err != nil || rs["unchanged_files"].(float64) != 1 || rs["deleted"].(float64) != 1 {
+		t.Fatalf("restore --overwrite --delete --json: %v %s", err, r.stdout)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "main.go")); string(b) != "package main\n" {
+		t.Errorf("main.go after restore over: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "extra")); err == nil {
+		t.Error("--delete left an extra file")
+	}
 }
 
 func TestErrorsAreOneClearLine(t *testing.T) {
@@ -153,6 +166,7 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{[]string{"backup", "-r", "ftp://host/x", "--owner", "o", "--workspace", "w", "."}, 1, "ftp"},
 		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "/does/not/exist"}, 1, "no such file"},
 		{[]string{"restore", "-r", repoURL, "--owner", "nobody", "--workspace", "w", t.TempDir()}, 1, "does not exist"},
+		{[]string{"restore", "-r", repoURL, "--owner", "o", "--workspace", "w", "--delete", t.TempDir()}, 2, "need --overwrite"},
 	}
 	for _, c := range cases {
 		r := run(t, nil, c.args...)

@@ -17,19 +17,36 @@ func newRestoreCmd() *cobra.Command {
 		workspace string
 		snapshot  string
 		idMaps    idMapFlags
+		over      bsync.RestoreOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--json] DIR",
+		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--overwrite [--verify] [--delete]] [--include PATH]... [--json] DIR",
 		Short: "Restore a workspace snapshot into a directory",
 		Long: `Restore a snapshot of workspace W (the latest unless --snapshot names one
 by ID or unique ID prefix) into DIR. DIR is created if missing and must
-otherwise be empty. Every byte is verified against its content hash; a
-mismatch stops the restore with an error naming the damaged object.`,
+otherwise be empty, unless --overwrite is given. Every byte is verified
+against its content hash; a mismatch stops the restore with an error naming
+the damaged object.
+
+With --overwrite, DIR may hold an earlier state of the workspace:
+  - a file with the snapshot's size and mtime (with --verify: the same
+    content) is left as it is, apart from permission bits and owner;
+  - any other file is replaced; the parts of it the snapshot still has are
+    copied from it instead of downloaded;
+  - an entry of the wrong kind (a symlink or directory where the snapshot
+    has a file, say) is removed; nothing is ever written through a link;
+  - with --delete, what the snapshot does not have is removed.
+
+--include PATH (repeatable) restores only PATH (relative to the snapshot's
+root) with everything below it, and the directories leading to it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uidMap, gidMap, err := idMaps.parse()
 			if err != nil {
 				return err
+			}
+			if (over.Verify || over.Delete) && !over.Overwrite {
+				return usageError{fmt.Errorf("--verify and --delete need --overwrite")}
 			}
 			ctx := cmd.Context()
 			start := time.Now()
@@ -45,8 +62,9 @@ mismatch stops the restore with an error naming the damaged object.`,
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
 			warn := newWarner(f.showProgress())
-			res, err := bsync.Restore(ctx, r, snap, args[0], bsync.RestoreOptions{Progress: prog, Downloads: f.downloads, Warn: warn,
-				UIDMap: uidMap, GIDMap: gidMap})
+			opts := over
+			opts.Progress, opts.Downloads, opts.Warn, opts.UIDMap, opts.GIDMap = prog, f.downloads, warn, uidMap, gidMap
+			res, err := bsync.Restore(ctx, r, snap, args[0], opts)
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)
@@ -56,11 +74,16 @@ mismatch stops the restore with an error naming the damaged object.`,
 				return json.NewEncoder(os.Stdout).Encode(map[string]any{
 					"snapshot_id": ref.ID.String(), "files": res.Files, "dirs": res.Dirs,
 					"symlinks": res.Symlinks, "bytes": res.Bytes, "pack_bytes_read": res.PackBytes,
+					"unchanged_files": res.Unchanged, "reused_bytes": res.ReusedBytes, "deleted": res.Deleted,
 					"duration_ms": dur.Milliseconds(),
 				})
 			}
 			fmt.Printf("restored snapshot %s: %d files, %d dirs, %d symlinks, %s in %.1fs\n",
 				ref.ID.Short(), res.Files, res.Dirs, res.Symlinks, fmtBytes(res.Bytes), dur.Seconds())
+			if over.Overwrite {
+				fmt.Printf("  %d files unchanged, %s reused from existing files, %s downloaded, %d entries deleted\n",
+					res.Unchanged, fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), res.Deleted)
+			}
 			return nil
 		},
 	}
@@ -70,5 +93,9 @@ mismatch stops the restore with an error naming the damaged object.`,
 	_ = cmd.MarkFlagRequired("workspace")
 	idMaps.register(cmd, "recorded container ids are written as host ids when restoring as root")
 	cmd.Flags().StringVar(&snapshot, "snapshot", "latest", "snapshot `ID` (or unique prefix) to restore, or latest")
+	cmd.Flags().BoolVar(&over.Overwrite, "overwrite", false, "restore over what DIR holds: keep matching files, replace the rest")
+	cmd.Flags().BoolVar(&over.Verify, "verify", false, "with --overwrite: compare existing files by content, not size and mtime")
+	cmd.Flags().BoolVar(&over.Delete, "delete", false, "with --overwrite: remove what the snapshot does not have")
+	cmd.Flags().StringArrayVar(&over.Include, "include", nil, "restore only this `PATH` of the snapshot (repeatable)")
 	return cmd
 }

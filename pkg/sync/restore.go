@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -36,6 +37,22 @@ type RestoreOptions struct {
 	// UIDMap and GIDMap map the recorded owners (container ids) to the ids
 	// written to disk (host ids), when restoring as root.
 	UIDMap, GIDMap IDMap
+	// Overwrite allows a target that is not empty. An existing file that
+	// matches the snapshot's (same size and mtime, or with Verify the same
+	// content) is left as it is, apart from its permission bits and owner;
+	// any other entry in the snapshot's way is replaced. Blobs found in the
+	// existing version of a file are copied from it, not downloaded.
+	Overwrite bool
+	// Verify, with Overwrite, compares existing files by content, not by
+	// size and mtime.
+	Verify bool
+	// Delete, with Overwrite, removes from the target what the snapshot
+	// does not have (only inside the restored part with Include).
+	Delete bool
+	// Include, if not empty, restores only these paths of the snapshot
+	// (slash-separated, relative to its root) with everything below them,
+	// and the directories leading to them.
+	Include []string
 }
 
 // RestoreResult is what a finished restore reports.
@@ -44,6 +61,12 @@ type RestoreResult struct {
 	Bytes                 int64
 	// PackBytes is how much pack data was read from storage.
 	PackBytes int64
+	// Unchanged counts existing files left as they were (Overwrite);
+	// ReusedBytes is content copied from existing files instead of
+	// downloaded; Deleted counts entries removed (Delete).
+	Unchanged   int64
+	ReusedBytes int64
+	Deleted     int64
 }
 
 // Limits of one restore batch: files are written batch by batch so that
@@ -60,6 +83,7 @@ type restoreFile struct {
 	path    string
 	node    *repo.Node
 	offsets []int64 // file offset of each content blob
+	want    []int   // indices of the content blobs to fetch; nil: all
 
 	mu        gosync.Mutex
 	created   bool
@@ -97,6 +121,9 @@ type restorer struct {
 	linkFirst  map[[2]uint64]string // (device, inode) -> first path restored
 	links      [][2]string          // (existing, new) hard links to make last
 	chown      bool                 // running as root: restore numeric ownership
+	include    *includeSet
+	scanBuf    []byte // for reading existing files (Overwrite)
+	scanner    *chunk.Chunker
 }
 
 // Restore writes snapshot snap into target, which is created if missing and
@@ -121,10 +148,18 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	if err != nil {
 		return nil, err
 	}
-	if err := prepareTarget(abs); err != nil {
+	if err := prepareTarget(abs, opts.Overwrite); err != nil {
 		return nil, err
 	}
 	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0, linkFirst: map[[2]uint64]string{}}
+	if len(opts.Include) > 0 {
+		if rs.include, err = newIncludeSet(ctx, r, snap.Tree, opts.Include); err != nil {
+			return nil, err
+		}
+		// The snapshot's totals would overstate a partial restore.
+		opts.Progress.TotalFiles.Store(0)
+		opts.Progress.TotalBytes.Store(0)
+	}
 	rs.res.Dirs = 1 // the target itself, as backup counts the source
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
@@ -139,7 +174,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	})
 	g.Go(func() error {
 		defer close(rs.batches)
-		if err := rs.restoreTree(gctx, snap.Tree, abs); err != nil {
+		if err := rs.restoreTree(gctx, snap.Tree, abs, "", rs.include == nil); err != nil {
 			return err
 		}
 		return rs.flush(gctx)
@@ -151,6 +186,14 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	// Hard links, now that every file is written; only between files this
 	// restore created, so nothing outside the target can be linked in.
 	for _, l := range rs.links {
+		if rs.opts.Overwrite {
+			if done, err := rs.clearForLink(l[0], l[1]); err != nil || done {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
 		if err := os.Link(l[0], l[1]); err != nil {
 			return nil, fmt.Errorf("restore: hard link: %w", err)
 		}
@@ -173,7 +216,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	return &rs.res, nil
 }
 
-func prepareTarget(dir string) error {
+func prepareTarget(dir string, overwrite bool) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -187,24 +230,35 @@ func prepareTarget(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("restore target %s is not a directory", dir)
 	}
+	if overwrite {
+		return nil
+	}
 	f, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("restore target: %w", err)
 	}
 	defer f.Close()
 	if names, _ := f.Readdirnames(1); len(names) > 0 {
-		return fmt.Errorf("restore target %s is not empty", dir)
+		return fmt.Errorf("restore target %s is not empty (restore over it with overwrite)", dir)
 	}
 	return nil
 }
 
-func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) error {
+// restoreTree restores tree id into dir, which exists. rel is dir's path
+// in the snapshot ("" for the root); full is false while walking down to
+// included paths, when only the entries on the way are restored.
+func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel string, full bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	t, err := rs.r.LoadTree(ctx, id)
 	if err != nil {
 		return err
+	}
+	if full && rs.opts.Overwrite && rs.opts.Delete {
+		if err := rs.deleteExtra(dir, t); err != nil {
+			return err
+		}
 	}
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
@@ -217,20 +271,42 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 		if filepath.Dir(p) != dir {
 			return fmt.Errorf("%w: entry %q escapes %s", repo.ErrCorrupt, n.Name, dir)
 		}
+		nrel := path.Join(rel, n.Name)
+		nfull := full
+		if !full {
+			var visit bool
+			if visit, nfull = rs.include.match(nrel); !visit {
+				continue
+			}
+		}
+		// With Overwrite, what is in the way is removed unless it can be
+		// kept: old describes what is kept (nil if nothing is there).
+		var old *unix.Stat_t
+		if rs.opts.Overwrite {
+			if old, err = rs.clearFor(p, n); err != nil {
+				return err
+			}
+		}
 		switch n.Type {
 		case repo.TypeDir:
-			if err := os.Mkdir(p, 0o700); err != nil {
-				return fmt.Errorf("restore: %w", err)
+			if old == nil {
+				if err := os.Mkdir(p, 0o700); err != nil {
+					return fmt.Errorf("restore: %w", err)
+				}
+			} else if err := rs.makeWritable(p, old); err != nil {
+				return err
 			}
 			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs})
 			rs.res.Dirs++
 			rs.opts.Progress.Dirs.Add(1)
-			if err := rs.restoreTree(ctx, n.Subtree, p); err != nil {
+			if err := rs.restoreTree(ctx, n.Subtree, p, nrel, nfull); err != nil {
 				return err
 			}
 		case repo.TypeSymlink:
-			if err := os.Symlink(n.Target, p); err != nil {
-				return fmt.Errorf("restore: %w", err)
+			if old == nil {
+				if err := os.Symlink(n.Target, p); err != nil {
+					return fmt.Errorf("restore: %w", err)
+				}
 			}
 			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
 				return err
@@ -251,12 +327,20 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 				}
 				rs.linkFirst[key] = p
 			}
+			if old != nil {
+				if err := rs.addExistingFile(ctx, p, n, old); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := rs.addFile(ctx, p, n); err != nil {
 				return err
 			}
 		case repo.TypeFIFO:
-			if err := unix.Mkfifo(p, 0o600); err != nil {
-				return fmt.Errorf("restore: mkfifo %s: %w", p, err)
+			if old == nil {
+				if err := unix.Mkfifo(p, 0o600); err != nil {
+					return fmt.Errorf("restore: mkfifo %s: %w", p, err)
+				}
 			}
 			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
 				return err
@@ -271,27 +355,44 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir string) er
 	return nil
 }
 
-func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
+// planFile checks that every content blob of file node n is in the index
+// and places it in the file.
+func (rs *restorer) planFile(p string, n *repo.Node) (*restoreFile, error) {
 	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
 		if !ok || loc.Type != repo.DataBlob {
-			return fmt.Errorf("restore %s: %w: data blob %s is not in the index", p, repo.ErrCorrupt, id.Short())
+			return nil, fmt.Errorf("restore %s: %w: data blob %s is not in the index", p, repo.ErrCorrupt, id.Short())
 		}
 		rf.offsets[i] = off
 		off += int64(loc.RawLen)
 	}
 	if off != int64(n.Size) {
-		return fmt.Errorf("restore %s: %w: content adds up to %d bytes, tree says %d", p, repo.ErrCorrupt, off, n.Size)
+		return nil, fmt.Errorf("restore %s: %w: content adds up to %d bytes, tree says %d", p, repo.ErrCorrupt, off, n.Size)
 	}
 	rs.res.Files++
 	rs.res.Bytes += off
-	if len(n.Content) == 0 {
+	return rf, nil
+}
+
+// addFile restores file node n at p, where nothing is.
+func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
+	rf, err := rs.planFile(p, n)
+	if err != nil {
+		return err
+	}
+	return rs.enqueue(ctx, rf)
+}
+
+// enqueue adds a file to the current batch, or finishes it at once when
+// nothing is left to fetch.
+func (rs *restorer) enqueue(ctx context.Context, rf *restoreFile) error {
+	if rf.remaining == 0 {
 		return rf.writeBlob(nil, false, 0, rs.opts.Progress)
 	}
 	rs.batch = append(rs.batch, rf)
-	rs.batchBlobs += len(n.Content)
+	rs.batchBlobs += rf.remaining
 	if len(rs.batch) >= batchMaxFiles || rs.batchBlobs >= batchMaxBlobs {
 		return rs.flush(ctx)
 	}
@@ -324,13 +425,9 @@ func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progres
 	if zero {
 		data = nil // a hole
 	}
-	for len(data) > 0 {
-		n, err := unix.Pwrite(fd, data, off)
-		if err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("restore: write %s: %w", f.path, err)
-		}
-		data, off = data[n:], off+int64(n)
+	if err := pwriteAll(fd, data, off); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("restore: write %s: %w", f.path, err)
 	}
 	if f.remaining > 0 {
 		f.remaining--
@@ -389,7 +486,16 @@ func (rs *restorer) flush(ctx context.Context) error {
 func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error {
 	plans := map[chunk.ID]*packPlan{}
 	for _, f := range batch {
-		for i, id := range f.node.Content {
+		count := len(f.node.Content)
+		if f.want != nil {
+			count = len(f.want)
+		}
+		for k := range count {
+			i := k
+			if f.want != nil {
+				i = f.want[k]
+			}
+			id := f.node.Content[i]
 			loc, _ := rs.r.Index().Lookup(id)
 			pl := plans[loc.Pack]
 			if pl == nil {
