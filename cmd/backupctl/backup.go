@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/pkg/exclude"
 	bsync "github.com/backupd/backupd/pkg/sync"
 )
 
@@ -19,14 +20,23 @@ func newBackupCmd() *cobra.Command {
 		parent    string
 		force     bool
 		idMaps    idMapFlags
+		excludes  []string
 	)
 	cmd := &cobra.Command{
-		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--json] DIR",
+		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--exclude PATTERN]... [--json] DIR",
 		Short: "Back up a directory as a new snapshot of a workspace",
 		Long: `Back up DIR as a new snapshot of workspace W in owner O's repository,
 creating the repository on first use. Only content not already in the
 repository is stored. Prints the new snapshot's ID, or with --json one
-JSON object with the backup's statistics.`,
+JSON object with the backup's statistics.
+
+Files unchanged since the parent snapshot (same size, mtime, ctime and
+inode) are not read again; --force reads everything.
+
+Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
+only at the top, "cache/" directories only, "!keep.log" to take one back,
+"**" across directories. Patterns from --exclude come first, then those in
+DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tagMap := map[string]string{}
@@ -55,7 +65,7 @@ JSON object with the backup's statistics.`,
 			warn := newWarner(f.showProgress())
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
-				Parent: parent, Force: force, UIDMap: uidMap, GIDMap: gidMap,
+				Parent: parent, Force: force, UIDMap: uidMap, GIDMap: gidMap, Exclude: excludes,
 			})
 			stop()
 			if err != nil {
@@ -65,7 +75,7 @@ JSON object with the backup's statistics.`,
 			if f.json {
 				return json.NewEncoder(os.Stdout).Encode(map[string]any{
 					"snapshot_id": res.SnapshotID.String(), "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
-					"symlinks": st.Symlinks, "skipped": st.Skipped, "bytes": st.Bytes,
+					"symlinks": st.Symlinks, "skipped": st.Skipped, "excluded": st.Excluded, "bytes": st.Bytes,
 					"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
 					"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
 				})
@@ -87,5 +97,6 @@ JSON object with the backup's statistics.`,
 	cmd.Flags().StringVar(&parent, "parent", "", "compare with this snapshot `ID` (default: the workspace's latest); unchanged files are not read")
 	idMaps.register(cmd, "host ids on disk are recorded as container ids")
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
+	cmd.Flags().StringArrayVar(&excludes, "exclude", nil, "leave out entries matching `PATTERN` (gitignore syntax; repeatable)")
 	return cmd
 }

@@ -36,6 +36,7 @@ type Stats struct {
 	Dirs           int64 `json:"dirs"`
 	Symlinks       int64 `json:"symlinks"`
 	Skipped        int64 `json:"skipped"`
+	Excluded       int64 `json:"excluded,omitempty"`
 	Bytes          int64 `json:"bytes"`
 	NewBytes       int64 `json:"new_bytes"`
 	StoredBytes    int64 `json:"stored_bytes"`

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
 )
 
@@ -33,6 +35,11 @@ type BackupOptions struct {
 	Parent string
 	// Force reads every file, ignoring the parent.
 	Force bool
+	// Exclude holds patterns in gitignore syntax (package exclude) of
+	// entries left out, relative to the backed-up directory. The patterns
+	// of its exclude file (exclude.ExcludeFile), if it has one, come after
+	// these.
+	Exclude []string
 	// UIDMap and GIDMap map the owners found on disk (host ids) to the ids
 	// recorded (container ids).
 	UIDMap, GIDMap IDMap
@@ -81,6 +88,7 @@ type BackupResult struct {
 
 type backupStats struct {
 	files, dirs, symlinks, skipped atomic.Int64
+	excluded                       atomic.Int64
 	unchanged                      atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
 	blobs, newBlobs, objects       atomic.Int64
@@ -110,6 +118,7 @@ type backup struct {
 	// have changed within the timestamp granularity while the parent
 	// backup read it, so it is read again.
 	trustBefore int64
+	exclude     *exclude.Matcher
 
 	r      *repo.Repository
 	opts   BackupOptions
@@ -172,10 +181,15 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	if opts.Force {
 		parentTree = chunk.ID{}
 	}
+	excl, err := loadExcludes(abs, opts.Exclude)
+	if err != nil {
+		return nil, err
+	}
 
 	cfg := r.Config()
 	b := &backup{
 		trustBefore: parentStart - int64(racyWindow),
+		exclude:     excl,
 		allXattrs:   os.Geteuid() == 0,
 		r:           r,
 		opts:        opts,
@@ -211,7 +225,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	}
 	var rootID chunk.ID
 	g.Go(func() error {
-		root, err := b.walkDir(gctx, g, abs, parentTree)
+		root, err := b.walkDir(gctx, g, abs, "", parentTree)
 		if err != nil {
 			return err
 		}
@@ -257,7 +271,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		RootUID:   opts.UIDMap.ToContainer(rootStat.Uid),
 		RootGID:   opts.GIDMap.ToContainer(rootStat.Gid),
 		Stats: repo.Stats{
-			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(),
+			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(), Excluded: st.excluded.Load(),
 			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
 			Blobs: st.blobs.Load(), NewBlobs: st.newBlobs.Load(), ObjectsWritten: st.objects.Load(),
 			DurationMS: time.Since(start).Milliseconds(),
@@ -281,9 +295,10 @@ func wait(ctx context.Context, done <-chan struct{}) error {
 
 // walkDir reads one directory, queues its changed files for reading,
 // recurses into subdirectories, and returns a future for its tree id. A
-// goroutine in g finishes the tree once every child is done. parentTree is
-// the same directory in the parent snapshot, or zero.
-func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, parentTree chunk.ID) (*dirFuture, error) {
+// goroutine in g finishes the tree once every child is done. rel is the
+// directory's path below the backed-up one, "" or ending in a slash;
+// parentTree is the same directory in the parent snapshot, or zero.
+func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel string, parentTree chunk.ID) (*dirFuture, error) {
 	entries, err := os.ReadDir(path) // sorted by name, as trees are
 	if err != nil {
 		return nil, fmt.Errorf("read directory: %w", err)
@@ -305,6 +320,10 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 		f *dirFuture
 	}
 	for _, e := range entries {
+		if b.exclude != nil && b.exclude.Excluded(rel+e.Name(), e.IsDir()) {
+			b.stats.excluded.Add(1)
+			continue
+		}
 		p := filepath.Join(path, e.Name())
 		fi, err := os.Lstat(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -352,7 +371,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path string, pa
 			if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeDir {
 				sub = pn.Subtree
 			}
-			f, err := b.walkSubdir(ctx, g, p, sub)
+			f, err := b.walkSubdir(ctx, g, p, rel+n.Name+"/", sub)
 			if err != nil {
 				return nil, err
 			}
@@ -425,15 +444,15 @@ var racyWindow = 2 * time.Second
 // walkSubdir walks a subdirectory in a goroutine of its own when one of
 // the extra walker slots is free (directory reads and lstats are system
 // call bound, so walking in parallel uses every core), else inline.
-func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, path string, parentTree chunk.ID) (*dirFuture, error) {
+func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, path, rel string, parentTree chunk.ID) (*dirFuture, error) {
 	select {
 	case b.walkers <- struct{}{}:
 	default:
-		return b.walkDir(ctx, g, path, parentTree)
+		return b.walkDir(ctx, g, path, rel, parentTree)
 	}
 	fut := &dirFuture{done: make(chan struct{})}
 	g.Go(func() error {
-		inner, err := b.walkDir(ctx, g, path, parentTree)
+		inner, err := b.walkDir(ctx, g, path, rel, parentTree)
 		<-b.walkers // the slot is for walking, not for waiting
 		if err != nil {
 			return err
@@ -670,4 +689,33 @@ func sysStat(fi fs.FileInfo) *syscall.Stat_t {
 		return st
 	}
 	return &syscall.Stat_t{Mode: uint32(fi.Mode().Perm())}
+}
+
+// loadExcludes compiles the Exclude patterns and those of dir's exclude
+// file; nil means nothing is excluded.
+func loadExcludes(dir string, patterns []string) (*exclude.Matcher, error) {
+	m, err := exclude.New("exclude", patterns)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, exclude.ExcludeFile), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err == nil {
+		data, rerr := io.ReadAll(io.LimitReader(f, 1<<20+1))
+		f.Close()
+		switch {
+		case rerr != nil:
+			err = rerr
+		case len(data) > 1<<20:
+			err = errors.New("larger than 1 MiB")
+		default:
+			err = m.Add(exclude.ExcludeFile, strings.Split(string(data), "\n"))
+		}
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("exclude file %s: %w", filepath.Join(dir, exclude.ExcludeFile), err)
+	}
+	if m.Empty() {
+		return nil, nil
+	}
+	return m, nil
 }
