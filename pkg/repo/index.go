@@ -164,3 +164,16 @@ func DecodeIndex(obj []byte) ([]PackIndex, error) {
 	}
 	return packs, nil
 }
+
+// Packs returns every pack the index knows with the blobs it locates in
+// it (a blob stored in two packs is located in one only).
+func (x *Index) Packs() map[chunk.ID][]BlobEntry {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make(map[chunk.ID][]BlobEntry, len(x.packs))
+	for id, l := range x.blobs {
+		p := x.packs[l.pack]
+		out[p] = append(out[p], BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen})
+	}
+	return out
+}

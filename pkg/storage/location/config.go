@@ -42,6 +42,11 @@ type Config struct {
 	Connections int `yaml:"connections"`
 	// Retry configures retries of transient failures.
 	Retry RetryConfig `yaml:"retry"`
+
+	// Wrap, if set, wraps every backend as it is opened, below the retries
+	// and connection limits (so it sees each attempt): the daemon meters
+	// and throttles storage calls with it.
+	Wrap func(storage.Storage) storage.Storage `yaml:"-"`
 }
 
 // RetryConfig is the retry policy; zero values mean the defaults of
@@ -239,6 +244,9 @@ func (c Config) open(ctx context.Context, bucket string, create bool) (storage.S
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open storage %s: %w", Redact(c.URL), err)
+	}
+	if c.Wrap != nil {
+		st = c.Wrap(st)
 	}
 	if r.scheme == "file" {
 		return st, nil // local errors are never transient, and disks need no connection limit
