@@ -100,7 +100,9 @@ type ObjectInfo struct {
 //   - Every method honours ctx: when it is cancelled the call returns
 //     promptly with an error that wraps ctx.Err() or describes it.
 //   - All methods are safe for concurrent use; none may be called after
-//     Close. Closing a wrapper does not close the Storage it wraps.
+//     Close. A wrapper owns the Storage it wraps and closes it too
+//     (retry, limit, faults, metered, bandwidth); only a view of part of
+//     a Storage (prefix) leaves it open for its other users.
 //   - Errors never contain credentials.
 //
 // Keys are checked with ValidateKey; a backend may refuse further keys it
