@@ -4,7 +4,11 @@ BIN       ?= bin
 GOFLAGS   ?=
 TESTFLAGS ?= -race -timeout 20m
 
-.PHONY: all build test test-servers unit vet fmt-check bench bench-harness clean
+TOOLS     ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/backupd/tools
+BUF_VERSION     = v1.50.0
+GRPCURL_VERSION = v1.9.4
+
+.PHONY: all build test test-servers tools unit vet fmt-check proto proto-lint bench bench-harness clean
 
 all: build
 
@@ -13,7 +17,7 @@ build:
 
 ## test: everything CI runs: installs the pinned test servers (cached under
 ## the user's cache directory), then formatting, vet, all tests with -race.
-test: test-servers fmt-check vet
+test: test-servers tools fmt-check vet proto-lint
 	$(GO) test $(TESTFLAGS) ./...
 
 ## test-servers: MinIO + mc, fake-gcs-server and Azurite at pinned versions,
@@ -22,6 +26,27 @@ test-servers:
 	bash scripts/install-minio.sh
 	bash scripts/install-fake-gcs.sh
 	bash scripts/install-azurite.sh
+
+## tools: buf (proto lint) and grpcurl at pinned versions, into $(TOOLS).
+tools:
+	bash scripts/install-go-tool.sh buf github.com/bufbuild/buf/cmd/buf $(BUF_VERSION)
+	bash scripts/install-go-tool.sh grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl $(GRPCURL_VERSION)
+
+## proto: regenerate the committed Go code of proto/backupd/v1 (protoc from
+## Debian's protobuf-compiler; the Go plugins are pinned tools in go.mod).
+proto:
+	@command -v protoc >/dev/null || apt-get install -y protobuf-compiler
+	protoc -I proto -I /usr/include \
+		--plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
+		--go_out=. --go_opt=module=github.com/backupd/backupd \
+		--plugin=protoc-gen-go-grpc=$$($(GO) tool -n protoc-gen-go-grpc) \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/backupd/backupd \
+		proto/backupd/v1/backupd.proto
+
+## proto-lint: buf lint (STANDARD rules, buf.yaml) of proto/.
+proto-lint:
+	bash scripts/install-go-tool.sh buf github.com/bufbuild/buf/cmd/buf $(BUF_VERSION) >/dev/null
+	$(TOOLS)/buf lint
 
 unit:
 	$(GO) test ./...
