@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -100,21 +98,6 @@ func (f *repoFlags) storageConfigFromFlags() (location.Config, error) {
 	return cfg, nil
 }
 
-// transfers returns how many packs a backup uploads at once and a restore
-// fetches at once: --connections or the config's connections if set, else
-// 2 uploads for the local store and location.DefaultConnections for object
-// stores; downloads at least 2 per core (restore decodes as it downloads).
-func transfers(cfg location.Config) (uploads, downloads int) {
-	uploads = cfg.Connections
-	if uploads == 0 {
-		uploads = location.DefaultConnections
-		if strings.HasPrefix(cfg.URL, "file:") || strings.HasPrefix(cfg.URL, "/") {
-			uploads = 2
-		}
-	}
-	return uploads, max(uploads, 2*runtime.GOMAXPROCS(0))
-}
-
 // openPlacement opens the storage and the placement of owners in it.
 func (f *repoFlags) openPlacement(ctx context.Context) (*placement.Placement, error) {
 	cfg, err := f.storageConfigFromFlags()
@@ -153,7 +136,7 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 	if err != nil {
 		return nil, nil, err
 	}
-	f.uploads, f.downloads = transfers(cfg)
+	f.uploads, f.downloads = cfg.Transfers()
 	p, err := f.openPlacement(ctx)
 	if err != nil {
 		return nil, nil, err

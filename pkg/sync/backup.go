@@ -174,6 +174,8 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		case err == nil:
 			parent, parentTree = ref.ID.String(), snap.Tree
 			parentStart = snap.Time.Add(-time.Duration(snap.Stats.DurationMS) * time.Millisecond).UnixNano()
+			opts.Progress.TotalFiles.Store(snap.Stats.Files)
+			opts.Progress.TotalBytes.Store(snap.Stats.Bytes)
 		case opts.Parent != "" || !errors.Is(err, repo.ErrSnapshotNotFound):
 			return nil, fmt.Errorf("parent snapshot: %w", err)
 		}
@@ -249,6 +251,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		return nil, err
 	}
 
+	opts.Progress.Finishing.Store(true)
 	if len(b.newPacks) > 0 {
 		if _, err := r.SaveIndex(ctx, b.newPacks); err != nil {
 			return nil, err

@@ -34,10 +34,18 @@ func ParseIDRange(s string) (IDRange, error) {
 		v[i] = uint32(n)
 	}
 	r := IDRange{Container: v[0], Host: v[1], Count: v[2]}
-	if r.Count == 0 || uint64(r.Container)+uint64(r.Count) > 1<<32 || uint64(r.Host)+uint64(r.Count) > 1<<32 {
-		return IDRange{}, fmt.Errorf("id map %q: count must be at least 1 and the ranges within 32 bits", s)
+	if err := r.Validate(); err != nil {
+		return IDRange{}, fmt.Errorf("id map %q: %w", s, err)
 	}
 	return r, nil
+}
+
+// Validate checks that the range is not empty and fits in 32 bits.
+func (r IDRange) Validate() error {
+	if r.Count == 0 || uint64(r.Container)+uint64(r.Count) > 1<<32 || uint64(r.Host)+uint64(r.Count) > 1<<32 {
+		return fmt.Errorf("count must be at least 1 and the ranges within 32 bits")
+	}
+	return nil
 }
 
 // ToContainer maps a host id into the container.

@@ -14,7 +14,12 @@ type Progress struct {
 	Files, Dirs atomic.Int64
 	// Bytes counts file content processed so far.
 	Bytes atomic.Int64
-	// TotalFiles and TotalBytes are the expected totals when known (restore
-	// knows them from the snapshot), else zero.
+	// TotalFiles and TotalBytes are the expected totals when known, else
+	// zero: a restore knows them from the snapshot; a backup estimates
+	// them from its parent snapshot.
 	TotalFiles, TotalBytes atomic.Int64
+	// Finishing is set once the transfer is over and the operation writes
+	// its last objects (backup: index and snapshot) or metadata (restore:
+	// hard links, directories).
+	Finishing atomic.Bool
 }

@@ -55,6 +55,10 @@ type RestoreOptions struct {
 	Include []string
 }
 
+// ErrTargetNotEmpty is returned by a restore into a directory that is not
+// empty, without RestoreOptions.Overwrite.
+var ErrTargetNotEmpty = errors.New("restore target is not empty")
+
 // RestoreResult is what a finished restore reports.
 type RestoreResult struct {
 	Files, Dirs, Symlinks int64
@@ -183,6 +187,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 		return nil, err
 	}
 	rs.res.PackBytes = rs.packBytes.Load()
+	opts.Progress.Finishing.Store(true)
 	// Hard links, now that every file is written; only between files this
 	// restore created, so nothing outside the target can be linked in.
 	for _, l := range rs.links {
@@ -239,7 +244,7 @@ func prepareTarget(dir string, overwrite bool) error {
 	}
 	defer f.Close()
 	if names, _ := f.Readdirnames(1); len(names) > 0 {
-		return fmt.Errorf("restore target %s is not empty (restore over it with overwrite)", dir)
+		return fmt.Errorf("%w: %s (restore over it with overwrite)", ErrTargetNotEmpty, dir)
 	}
 	return nil
 }

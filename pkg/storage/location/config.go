@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
+	"runtime"
 	"strings"
 	"time"
 
@@ -68,6 +69,21 @@ const (
 	PrefixPerOwner = "prefix-per-owner"
 	BucketPerOwner = "bucket-per-owner"
 )
+
+// Transfers returns how many packs a backup uploads at once and a restore
+// fetches at once: Connections if set, else 2 uploads for the local store
+// and DefaultConnections for object stores; downloads at least 2 per core
+// (restore decodes as it downloads).
+func (c Config) Transfers() (uploads, downloads int) {
+	uploads = c.Connections
+	if uploads == 0 {
+		uploads = DefaultConnections
+		if strings.HasPrefix(c.URL, "file:") || strings.HasPrefix(c.URL, "/") {
+			uploads = 2
+		}
+	}
+	return uploads, max(uploads, 2*runtime.GOMAXPROCS(0))
+}
 
 // Validate checks everything that can be checked without opening the
 // storage; errors name the parameter.

@@ -1,0 +1,230 @@
+// Package daemon is backupd's node daemon: the gRPC service the workspace
+// manager calls (proto/backupd/v1), the operations it runs on the engine
+// (pkg/sync) under per-node limits, and its metrics. cmd/backupd parses
+// the configuration and wires a Server to its listeners.
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/backupd/backupd/pkg/storage/location"
+)
+
+// Config is backupd's configuration: the YAML file given with --config,
+// overridden by environment variables and flags (cmd/backupd).
+type Config struct {
+	// Listen is the gRPC address: host:port, or unix:///path for a unix
+	// socket (default unix:///run/backupd/backupd.sock).
+	Listen string `yaml:"listen"`
+	// MetricsListen is the HTTP address (host:port) serving Prometheus
+	// metrics at /metrics; empty disables it.
+	MetricsListen string `yaml:"metrics_listen"`
+	// AllowInsecure allows plaintext gRPC on a TCP address that is not
+	// loopback. Without it such a listen address needs TLS.
+	AllowInsecure bool `yaml:"allow_insecure"`
+	TLS           TLS  `yaml:"tls"`
+	// WorkspaceRoots are the directories workspaces may be backed up from
+	// and restored to (strictly inside one of them). At least one.
+	WorkspaceRoots []string `yaml:"workspace_roots"`
+	// Storage is where repositories live (docs/STORAGE.md), as backupctl's
+	// --storage-config; url as backupctl's -r.
+	Storage location.Config `yaml:"storage"`
+	// CacheDir holds the node-local cache of index and tree objects;
+	// empty means backupd/cache under the user's cache directory; "none"
+	// disables it.
+	CacheDir string `yaml:"cache_dir"`
+	// CacheSize bounds the cache in bytes; 0 means the default (2 GiB).
+	CacheSize int64  `yaml:"cache_size"`
+	Limits    Limits `yaml:"limits"`
+	// ShutdownGrace is how long running operations may go on after
+	// SIGTERM before they are cancelled (default 30s).
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// OperationRetention is how long finished operations stay visible to
+	// GetOperation and WatchOperation (default 1h).
+	OperationRetention time.Duration `yaml:"operation_retention"`
+	Log                Log           `yaml:"log"`
+}
+
+// TLS names PEM files; they are read again whenever they change. With
+// ClientCA set, clients must present a certificate it signed (mutual TLS).
+type TLS struct {
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	ClientCA string `yaml:"client_ca"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.Cert != "" || t.Key != "" || t.ClientCA != "" }
+
+// Limits are per-node limits.
+type Limits struct {
+	// Backups and Restores are how many of each run at once (default 2
+	// and 4); more wait in a queue.
+	Backups  int `yaml:"backups"`
+	Restores int `yaml:"restores"`
+	// QueueTimeout is how long an operation may wait for its turn before
+	// it fails with RESOURCE_EXHAUSTED (default 10m).
+	QueueTimeout time.Duration `yaml:"queue_timeout"`
+	// UploadBytesPerSecond and DownloadBytesPerSecond cap the node's
+	// transfers to and from storage, all operations together; 0 means
+	// no cap.
+	UploadBytesPerSecond   int64 `yaml:"upload_bytes_per_second"`
+	DownloadBytesPerSecond int64 `yaml:"download_bytes_per_second"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is "json" (default) or "console".
+	Format string `yaml:"format"`
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+}
+
+// Defaults of the settings a zero Config leaves unset.
+const (
+	DefaultListen             = "unix:///run/backupd/backupd.sock"
+	DefaultBackups            = 2
+	DefaultRestores           = 4
+	DefaultQueueTimeout       = 10 * time.Minute
+	DefaultShutdownGrace      = 30 * time.Second
+	DefaultOperationRetention = time.Hour
+)
+
+// SetDefaults fills in what is unset.
+func (c *Config) SetDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Limits.Backups == 0 {
+		c.Limits.Backups = DefaultBackups
+	}
+	if c.Limits.Restores == 0 {
+		c.Limits.Restores = DefaultRestores
+	}
+	if c.Limits.QueueTimeout == 0 {
+		c.Limits.QueueTimeout = DefaultQueueTimeout
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.OperationRetention == 0 {
+		c.OperationRetention = DefaultOperationRetention
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Storage.URL == "" {
+		if u := location.FromEnv(); u != "" {
+			c.Storage.URL = u
+		} else if d, err := location.Default(); err == nil {
+			c.Storage.URL = d
+		}
+	}
+}
+
+// Validate checks the configuration; errors name the setting.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	network, addr, err := ParseListen(c.Listen)
+	if err != nil {
+		bad("listen: %w", err)
+	} else if network == "tcp" && !c.TLS.Enabled() && !c.AllowInsecure && !isLoopback(addr) {
+		bad("listen %q: plaintext gRPC on a non-loopback address; configure tls (cert, key, client_ca) or set allow_insecure", c.Listen)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("metrics_listen %q: want host:port", c.MetricsListen)
+		}
+	}
+	if c.TLS.Enabled() && (c.TLS.Cert == "" || c.TLS.Key == "") {
+		bad("tls: cert and key are both required (client_ca alone is not enough)")
+	}
+	if len(c.WorkspaceRoots) == 0 {
+		bad("workspace_roots: at least one directory is required")
+	}
+	for _, r := range c.WorkspaceRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/" {
+			bad("workspace_roots: %q must be a clean absolute path other than /", r)
+		}
+	}
+	if err := c.Storage.Validate(); err != nil {
+		bad("storage: %w", err)
+	}
+	if c.CacheSize < 0 {
+		bad("cache_size: %d is negative", c.CacheSize)
+	}
+	l := c.Limits
+	if l.Backups < 1 || l.Restores < 1 {
+		bad("limits: backups (%d) and restores (%d) must be at least 1", l.Backups, l.Restores)
+	}
+	if l.QueueTimeout <= 0 {
+		bad("limits.queue_timeout: %v must be positive", l.QueueTimeout)
+	}
+	if l.UploadBytesPerSecond < 0 || l.DownloadBytesPerSecond < 0 {
+		bad("limits: bandwidth must not be negative")
+	}
+	if c.ShutdownGrace < 0 || c.OperationRetention < 0 {
+		bad("shutdown_grace and operation_retention must not be negative")
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		bad("log.format %q: want json or console", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+// ParseListen splits a listen address into a network and an address:
+// unix:///path is a unix socket, anything else host:port on TCP.
+func ParseListen(s string) (network, addr string, err error) {
+	if p, ok := strings.CutPrefix(s, "unix://"); ok {
+		if !filepath.IsAbs(p) {
+			return "", "", fmt.Errorf("%q: a unix socket needs an absolute path (unix:///run/backupd.sock)", s)
+		}
+		return "unix", p, nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return "", "", fmt.Errorf("%q: want host:port or unix:///path", s)
+	}
+	return "tcp", s, nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// LoadFile reads a YAML config file into c; unknown keys are errors.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,40 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The example config in deploy/ parses and validates.
+func TestDeployExampleConfig(t *testing.T) {
+	var c Config
+	if err := c.LoadFile(filepath.Join("..", "..", "deploy", "backupd.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.ClientCA == "" || c.Limits.Backups != 2 || c.Storage.URL == "" || len(c.WorkspaceRoots) != 1 {
+		t.Fatalf("example config read as %+v", c)
+	}
+}
+
+func TestConfigErrorsNameTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte("limits:\n  backups: -1\n  queue_timeout: 0s\nlog:\n  format: xml\nworkspace_roots: [relative]\nlisten: \"nonsense\"\n"), 0o644)
+	var c Config
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDefaults()
+	err := c.Validate()
+	for _, want := range []string{"limits: backups", "log.format", "workspace_roots", "listen"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+	bsync "github.com/backupd/backupd/pkg/sync"
+)
+
+// fieldError is a request field that failed validation.
+type fieldError struct {
+	field string
+	err   error
+}
+
+func (e *fieldError) Error() string { return fmt.Sprintf("%s: %v", e.field, e.err) }
+func (e *fieldError) Unwrap() error { return e.err }
+
+func invalidField(field string, err error) error { return &fieldError{field, err} }
+
+// notFoundError is a missing operation or snapshot named by a request.
+type notFoundError struct{ msg string }
+
+func (e *notFoundError) Error() string { return e.msg }
+
+// grpcCode is the one place errors map to gRPC codes.
+func grpcCode(err error) codes.Code {
+	var (
+		fe *fieldError
+		nf *notFoundError
+		qt *queueTimeoutError
+		ce *conflictError
+	)
+	switch {
+	case err == nil:
+		return codes.OK
+	case errors.As(err, &fe):
+		return codes.InvalidArgument
+	case errors.As(err, new(*cancelledError)), errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.As(err, &nf), errors.Is(err, repo.ErrSnapshotNotFound), errors.Is(err, repo.ErrNoRepository):
+		return codes.NotFound
+	case errors.As(err, &qt):
+		return codes.ResourceExhausted
+	case errors.As(err, &ce), errors.Is(err, bsync.ErrTargetNotEmpty):
+		return codes.FailedPrecondition
+	case errors.Is(err, errDraining), storage.IsTransient(err):
+		return codes.Unavailable
+	case errors.Is(err, repo.ErrCorrupt):
+		return codes.DataLoss
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return codes.ResourceExhausted
+	case errors.Is(err, os.ErrPermission):
+		return codes.PermissionDenied
+	case errors.Is(err, os.ErrNotExist):
+		return codes.NotFound
+	}
+	return codes.Internal
+}
+
+// toStatus turns an error into the status a handler returns; a field
+// error carries a BadRequest detail naming the field.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	st := status.New(grpcCode(err), err.Error())
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: fe.field, Description: fe.err.Error()},
+		}}); derr == nil {
+			st = d
+		}
+	}
+	return st.Err()
+}

@@ -1,0 +1,90 @@
+package daemon
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// metrics are the daemon's Prometheus series, all prefixed backupd_.
+type metrics struct {
+	operations *prometheus.CounterVec   // kind, result
+	duration   *prometheus.HistogramVec // kind, result
+	bytes      *prometheus.CounterVec   // kind
+	queueWait  *prometheus.HistogramVec // kind
+	queued     *prometheus.GaugeVec     // kind
+	running    *prometheus.GaugeVec     // kind
+
+	storageCalls    *prometheus.CounterVec   // op, result
+	storageErrors   *prometheus.CounterVec   // op
+	storageBytes    *prometheus.CounterVec   // op
+	storageDuration *prometheus.HistogramVec // op
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := func(c prometheus.Collector) prometheus.Collector { reg.MustRegister(c); return c }
+	durations := []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+	m := &metrics{
+		operations: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operations_total",
+			Help: "Finished operations by kind (backup, restore) and result (succeeded, failed, cancelled)."}, []string{"kind", "result"})).(*prometheus.CounterVec),
+		duration: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_operation_duration_seconds",
+			Help: "Duration of finished operations, queue wait included.", Buckets: durations}, []string{"kind", "result"})).(*prometheus.HistogramVec),
+		bytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operation_bytes_total",
+			Help: "File content processed by successful operations (backed up or restored)."}, []string{"kind"})).(*prometheus.CounterVec),
+		queueWait: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_queue_wait_seconds",
+			Help: "Time operations waited for a slot under the per-node limits.", Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600}}, []string{"kind"})).(*prometheus.HistogramVec),
+		queued: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_queued",
+			Help: "Operations waiting for a slot."}, []string{"kind"})).(*prometheus.GaugeVec),
+		running: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_running",
+			Help: "Operations running."}, []string{"kind"})).(*prometheus.GaugeVec),
+		storageCalls: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_calls_total",
+			Help: "Storage calls (each attempt) by op (put, get, stat, list, delete) and result (ok, not_found, error)."}, []string{"op", "result"})).(*prometheus.CounterVec),
+		storageErrors: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_errors_total",
+			Help: "Storage calls that failed (not found excluded)."}, []string{"op"})).(*prometheus.CounterVec),
+		storageBytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_bytes_total",
+			Help: "Bytes uploaded (put) and downloaded (get)."}, []string{"op"})).(*prometheus.CounterVec),
+		storageDuration: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_storage_call_duration_seconds",
+			Help: "Duration of storage calls; a get lasts until its reader is closed.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"op"})).(*prometheus.HistogramVec),
+	}
+	// Series exist from the start, so a scrape shows them before the
+	// first operation.
+	for _, k := range []string{"backup", "restore"} {
+		m.queued.WithLabelValues(k)
+		m.running.WithLabelValues(k)
+		m.bytes.WithLabelValues(k)
+		m.queueWait.WithLabelValues(k)
+		for _, r := range []string{"succeeded", "failed", "cancelled"} {
+			m.operations.WithLabelValues(k, r)
+			m.duration.WithLabelValues(k, r)
+		}
+	}
+	for _, op := range []string{"put", "get", "stat", "list", "delete"} {
+		m.storageErrors.WithLabelValues(op)
+		m.storageBytes.WithLabelValues(op)
+		m.storageDuration.WithLabelValues(op)
+		for _, r := range []string{"ok", "not_found", "error"} {
+			m.storageCalls.WithLabelValues(op, r)
+		}
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObserveCall records one storage call (metered.Observer).
+func (m *metrics) ObserveCall(op string, err error, bytes int64, d time.Duration) {
+	result := "ok"
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		result = "not_found"
+	case err != nil:
+		result = "error"
+		m.storageErrors.WithLabelValues(op).Inc()
+	}
+	m.storageCalls.WithLabelValues(op, result).Inc()
+	m.storageBytes.WithLabelValues(op).Add(float64(bytes))
+	m.storageDuration.WithLabelValues(op).Observe(d.Seconds())
+}

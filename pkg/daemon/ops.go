@@ -1,0 +1,392 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	bsync "github.com/backupd/backupd/pkg/sync"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
+)
+
+// operation is one backup or restore, from its request until it is
+// forgotten (retention after its end).
+type operation struct {
+	id, owner, workspace, path, requestID string
+	kind                                  pb.OperationKind
+	joinKey                               string
+	created                               time.Time
+
+	progress bsync.Progress
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when it has ended
+
+	mu            sync.Mutex
+	state         pb.OperationState
+	phase         pb.OperationPhase
+	started       time.Time
+	transferStart time.Time
+	ended         time.Time
+	result        *pb.OperationResult
+	err           error
+	changed       chan struct{} // closed and replaced on every change
+}
+
+// update changes the operation under its lock and wakes its watchers.
+func (o *operation) update(fn func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	fn()
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// setPhase moves a running operation to a new phase.
+func (o *operation) setPhase(p pb.OperationPhase) {
+	o.update(func() {
+		o.phase = p
+		if p == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING {
+			o.transferStart = time.Now()
+		}
+	})
+}
+
+// changes returns a channel closed at the next change.
+func (o *operation) changes() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.changed
+}
+
+// proto is the operation as the API shows it.
+func (o *operation) proto() *pb.Operation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	p := &pb.Operation{
+		Id: o.id, Kind: o.kind, State: o.state, Owner: o.owner, Workspace: o.workspace, Path: o.path,
+		RequestId: o.requestID, CreateTime: timestamppb.New(o.created), Result: o.result,
+	}
+	if !o.started.IsZero() {
+		p.StartTime = timestamppb.New(o.started)
+	}
+	if !o.ended.IsZero() {
+		p.EndTime = timestamppb.New(o.ended)
+	}
+	if o.err != nil {
+		p.ErrorCode = int32(grpcCode(o.err))
+		p.ErrorMessage = o.err.Error()
+	}
+	phase := o.phase
+	if phase == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING && o.progress.Finishing.Load() {
+		phase = pb.OperationPhase_OPERATION_PHASE_FINISHING
+	}
+	pr := &pb.Progress{
+		Phase:      phase,
+		FilesDone:  o.progress.Files.Load(),
+		FilesTotal: o.progress.TotalFiles.Load(),
+		BytesDone:  o.progress.Bytes.Load(),
+		BytesTotal: o.progress.TotalBytes.Load(),
+	}
+	if !o.transferStart.IsZero() {
+		end := o.ended
+		if end.IsZero() {
+			end = time.Now()
+		}
+		if el := end.Sub(o.transferStart).Seconds(); el > 0 {
+			pr.BytesPerSecond = float64(pr.BytesDone) / el
+		}
+		if o.ended.IsZero() && pr.BytesPerSecond > 0 && pr.BytesTotal > pr.BytesDone {
+			pr.EstimatedTimeLeft = durationpb.New(time.Duration(float64(pr.BytesTotal-pr.BytesDone) / pr.BytesPerSecond * float64(time.Second)))
+		}
+	}
+	p.Progress = pr
+	return p
+}
+
+func (o *operation) finished() bool {
+	select {
+	case <-o.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// runFunc does an operation's work once it has its turn.
+type runFunc func(ctx context.Context, op *operation) (*pb.OperationResult, error)
+
+// requestRecord remembers which operation a request id started or joined,
+// and what that request asked for.
+type requestRecord struct {
+	op          *operation
+	fingerprint string
+}
+
+// manager runs operations under the per-node limits, joins duplicates and
+// keeps finished operations for a while.
+type manager struct {
+	log     *zap.Logger
+	metrics *metrics
+	limits  Limits
+	keep    time.Duration
+
+	base       context.Context // parent of every operation's context
+	cancelBase context.CancelFunc
+	slots      map[pb.OperationKind]chan struct{}
+	wg         sync.WaitGroup
+
+	mu        sync.Mutex
+	ops       map[string]*operation
+	active    map[string]*operation // queued or running, by join key
+	byRequest map[string]requestRecord
+	draining  bool
+}
+
+func newManager(log *zap.Logger, m *metrics, limits Limits, keep time.Duration) *manager {
+	base, cancel := context.WithCancel(context.Background())
+	return &manager{
+		log: log, metrics: m, limits: limits, keep: keep, base: base, cancelBase: cancel,
+		slots: map[pb.OperationKind]chan struct{}{
+			pb.OperationKind_OPERATION_KIND_BACKUP:  make(chan struct{}, limits.Backups),
+			pb.OperationKind_OPERATION_KIND_RESTORE: make(chan struct{}, limits.Restores),
+		},
+		ops: map[string]*operation{}, active: map[string]*operation{}, byRequest: map[string]requestRecord{},
+	}
+}
+
+// errDraining refuses new operations during shutdown.
+var errDraining = errors.New("backupd is shutting down: no new operations")
+
+// start starts an operation, or returns the one it joins: the operation
+// an earlier request with the same request id started or joined, or one
+// queued or running with the same join key. fingerprint identifies what
+// the request asked for; a request id reused for something else is an
+// error.
+func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey, fingerprint string, run runFunc) (*operation, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forgetExpired()
+	if requestID != "" {
+		if rec, ok := m.byRequest[requestID]; ok {
+			if rec.fingerprint != fingerprint {
+				return nil, false, invalidField("request_id", fmt.Errorf("%q was used for a different request (operation %s)", requestID, rec.op.id))
+			}
+			return rec.op, true, nil
+		}
+	}
+	if m.draining {
+		return nil, false, errDraining
+	}
+	if op, ok := m.active[joinKey]; ok {
+		if requestID != "" {
+			m.byRequest[requestID] = requestRecord{op, fingerprint}
+		}
+		return op, true, nil
+	}
+	for _, other := range m.active {
+		if other.path == path {
+			return nil, false, &conflictError{fmt.Sprintf("%s is in use by %s operation %s", path, kindName(other.kind), other.id)}
+		}
+	}
+	op := &operation{
+		id: newOperationID(), kind: kind, owner: owner, workspace: workspace, path: path, requestID: requestID,
+		joinKey: joinKey, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
+		state: pb.OperationState_OPERATION_STATE_QUEUED, phase: pb.OperationPhase_OPERATION_PHASE_QUEUED,
+	}
+	op.ctx, op.cancel = context.WithCancel(m.base)
+	m.ops[op.id] = op
+	m.active[joinKey] = op
+	if requestID != "" {
+		m.byRequest[requestID] = requestRecord{op, fingerprint}
+	}
+	m.wg.Add(1)
+	m.metrics.queued.WithLabelValues(kindName(kind)).Inc()
+	go m.run(op, run)
+	return op, false, nil
+}
+
+// run waits for a slot, runs the operation and records its end.
+func (m *manager) run(op *operation, run runFunc) {
+	defer m.wg.Done()
+	kind := kindName(op.kind)
+	slot := m.slots[op.kind]
+	timer := time.NewTimer(m.limits.QueueTimeout)
+	var err error
+	select {
+	case slot <- struct{}{}:
+	case <-op.ctx.Done():
+		err = fmt.Errorf("cancelled while queued: %w", context.Canceled)
+	case <-timer.C:
+		err = &queueTimeoutError{m.limits.QueueTimeout}
+	}
+	timer.Stop()
+	wait := time.Since(op.created)
+	m.metrics.queued.WithLabelValues(kind).Dec()
+	m.metrics.queueWait.WithLabelValues(kind).Observe(wait.Seconds())
+	var res *pb.OperationResult
+	if err == nil {
+		op.update(func() {
+			op.state = pb.OperationState_OPERATION_STATE_RUNNING
+			op.phase = pb.OperationPhase_OPERATION_PHASE_PREPARING
+			op.started = time.Now()
+		})
+		m.metrics.running.WithLabelValues(kind).Inc()
+		m.log.Info("operation started", zap.String("operation", op.id), zap.String("kind", kind),
+			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.String("path", op.path),
+			zap.String("request_id", op.requestID), zap.Duration("queue_wait", wait))
+		res, err = run(op.ctx, op)
+		<-slot
+		m.metrics.running.WithLabelValues(kind).Dec()
+	}
+	m.finish(op, res, err)
+}
+
+// finish records an operation's end.
+func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
+	if err != nil && op.ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = &cancelledError{err}
+	}
+	state := pb.OperationState_OPERATION_STATE_SUCCEEDED
+	switch {
+	case errors.As(err, new(*cancelledError)):
+		state = pb.OperationState_OPERATION_STATE_CANCELLED
+	case err != nil:
+		state = pb.OperationState_OPERATION_STATE_FAILED
+	}
+	op.update(func() {
+		op.state, op.result, op.err = state, res, err
+		op.phase = pb.OperationPhase_OPERATION_PHASE_DONE
+		op.ended = time.Now()
+	})
+	op.cancel()
+	m.mu.Lock()
+	if m.active[op.joinKey] == op {
+		delete(m.active, op.joinKey)
+	}
+	m.mu.Unlock()
+	close(op.done)
+
+	kind, result := kindName(op.kind), resultName(state)
+	dur := op.ended.Sub(op.created)
+	m.metrics.operations.WithLabelValues(kind, result).Inc()
+	m.metrics.duration.WithLabelValues(kind, result).Observe(dur.Seconds())
+	fields := []zap.Field{zap.String("operation", op.id), zap.String("kind", kind), zap.String("result", result),
+		zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.String("path", op.path),
+		zap.String("request_id", op.requestID), zap.Duration("duration", dur)}
+	if res != nil {
+		m.metrics.bytes.WithLabelValues(kind).Add(float64(res.Bytes))
+		fields = append(fields, zap.String("snapshot", res.SnapshotId), zap.Int64("files", res.Files),
+			zap.Int64("bytes", res.Bytes), zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
+	}
+	if err != nil {
+		m.log.Warn("operation ended", append(fields, zap.Error(err))...)
+		return
+	}
+	m.log.Info("operation ended", fields...)
+}
+
+// get returns an operation by id.
+func (m *manager) get(id string) (*operation, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forgetExpired()
+	op, ok := m.ops[id]
+	return op, ok
+}
+
+// forgetExpired drops operations that ended longer than the retention
+// ago; m.mu is held.
+func (m *manager) forgetExpired() {
+	for id, op := range m.ops {
+		if !op.finished() {
+			continue
+		}
+		op.mu.Lock()
+		old := time.Since(op.ended) > m.keep
+		op.mu.Unlock()
+		if old {
+			delete(m.ops, id)
+			if op.requestID != "" && m.byRequest[op.requestID].op == op {
+				delete(m.byRequest, op.requestID)
+			}
+		}
+	}
+	for rid, rec := range m.byRequest {
+		if _, ok := m.ops[rec.op.id]; !ok {
+			delete(m.byRequest, rid)
+		}
+	}
+}
+
+// drain refuses new operations from now on.
+func (m *manager) drain() {
+	m.mu.Lock()
+	m.draining = true
+	m.mu.Unlock()
+}
+
+// wait waits until every operation has ended or ctx is done.
+func (m *manager) wait(ctx context.Context) error {
+	idle := make(chan struct{})
+	go func() { m.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// cancelAll cancels every operation, queued or running.
+func (m *manager) cancelAll() { m.cancelBase() }
+
+func newOperationID() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return "op-" + hex.EncodeToString(b[:])
+}
+
+func kindName(k pb.OperationKind) string {
+	switch k {
+	case pb.OperationKind_OPERATION_KIND_BACKUP:
+		return "backup"
+	case pb.OperationKind_OPERATION_KIND_RESTORE:
+		return "restore"
+	}
+	return "unknown"
+}
+
+func resultName(s pb.OperationState) string {
+	switch s {
+	case pb.OperationState_OPERATION_STATE_SUCCEEDED:
+		return "succeeded"
+	case pb.OperationState_OPERATION_STATE_CANCELLED:
+		return "cancelled"
+	}
+	return "failed"
+}
+
+// Errors of the operation manager, mapped to codes by grpcCode.
+type (
+	cancelledError    struct{ err error }
+	queueTimeoutError struct{ d time.Duration }
+	conflictError     struct{ msg string }
+)
+
+func (e *cancelledError) Error() string { return "cancelled: " + e.err.Error() }
+func (e *cancelledError) Unwrap() error { return e.err }
+func (e *queueTimeoutError) Error() string {
+	return fmt.Sprintf("waited %v in the queue for a free slot (limits.queue_timeout)", e.d)
+}
+func (e *conflictError) Error() string { return e.msg }

@@ -1,0 +1,200 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/backupd/backupd/pkg/placement"
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/bandwidth"
+	"github.com/backupd/backupd/pkg/storage/location"
+	"github.com/backupd/backupd/pkg/storage/metered"
+	"github.com/backupd/backupd/pkg/tlsreload"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
+)
+
+// Server is a configured daemon: the gRPC server with the backup service,
+// health and reflection, the operation manager, and the metrics registry.
+type Server struct {
+	cfg      Config
+	log      *zap.Logger
+	roots    []string
+	place    *placement.Placement
+	ops      *manager
+	metrics  *metrics
+	registry *prometheus.Registry
+	grpc     *grpc.Server
+	health   *health.Server
+	cacheDir string
+
+	uploads, downloads int
+}
+
+// New builds a server from cfg (defaults filled in, then validated). It
+// opens the storage but listens nowhere yet: see Listen and Serve.
+func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	roots, err := resolveRoots(cfg.WorkspaceRoots)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, roots: roots, registry: prometheus.NewRegistry()}
+	s.metrics = newMetrics(s.registry)
+	s.ops = newManager(log, s.metrics, cfg.Limits, cfg.OperationRetention)
+
+	// Every backend opened (one per bucket with bucket-per-owner) is
+	// metered and shares the node's bandwidth limits.
+	bw := bandwidth.NewLimiter(bandwidth.Options{
+		UploadBytesPerSecond: cfg.Limits.UploadBytesPerSecond, DownloadBytesPerSecond: cfg.Limits.DownloadBytesPerSecond,
+	})
+	sc := cfg.Storage
+	sc.Wrap = func(st storage.Storage) storage.Storage { return bw.Wrap(metered.New(st, s.metrics)) }
+	if s.place, err = placement.Open(ctx, sc); err != nil {
+		return nil, fmt.Errorf("storage %s: %w", location.Redact(sc.URL), err)
+	}
+	s.uploads, s.downloads = sc.Transfers()
+	switch s.cacheDir = cfg.CacheDir; s.cacheDir {
+	case "none":
+		s.cacheDir = ""
+	case "":
+		if d, err := os.UserCacheDir(); err == nil {
+			s.cacheDir = filepath.Join(d, "backupd", "cache")
+		}
+	}
+
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if cfg.TLS.Enabled() {
+		tc, err := tlsreload.Server(tlsreload.ServerFiles{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, ClientCA: cfg.TLS.ClientCA},
+			func(err error) { log.Error("tls: keeping the previous certificate", zap.Error(err)) })
+		if err != nil {
+			s.place.Close()
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	s.grpc = grpc.NewServer(opts...)
+	pb.RegisterBackupServiceServer(s.grpc, &service{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.health.SetServingStatus(pb.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	reflection.Register(s.grpc)
+	return s, nil
+}
+
+// Listen opens the configured gRPC listener. A unix socket's stale file
+// (a socket left by a previous run) is replaced; the socket is made
+// accessible to its owner and group only.
+func (s *Server) Listen() (net.Listener, error) {
+	network, addr, err := ParseListen(s.cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		if fi, err := os.Lstat(addr); err == nil {
+			if fi.Mode().Type() != fs.ModeSocket {
+				return nil, fmt.Errorf("listen: %s exists and is not a socket", addr)
+			}
+			os.Remove(addr)
+		}
+	}
+	lis, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o660); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+	}
+	return lis, nil
+}
+
+// Serve serves gRPC on lis until Shutdown.
+func (s *Server) Serve(lis net.Listener) error {
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// MetricsHandler serves the Prometheus metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	return mux
+}
+
+// Shutdown stops the server gracefully: new operations are refused at
+// once (health turns NOT_SERVING), running and queued ones get the
+// configured grace period to finish, then they are cancelled (a cancelled
+// backup writes no snapshot and aborts its uploads) and awaited; last the
+// gRPC server stops, after the streams watching operations have sent
+// their final state. ctx bounds the whole shutdown.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.health.Shutdown()
+	s.ops.drain()
+	s.log.Info("shutting down: no new operations", zap.Duration("grace", s.cfg.ShutdownGrace))
+	grace, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
+	err := s.ops.wait(grace)
+	cancel()
+	if err != nil {
+		s.log.Warn("shutdown grace period over: cancelling operations")
+		s.ops.cancelAll()
+		if err := s.ops.wait(ctx); err != nil {
+			s.log.Error("operations did not stop in time", zap.Error(err))
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-stopped
+	}
+	s.place.Close()
+	s.log.Info("shut down")
+}
+
+// openRepo opens owner's repository with the node-local cache; create
+// makes a missing one (a first backup).
+func (s *Server) openRepo(ctx context.Context, owner string, create bool) (*repo.Repository, error) {
+	st, err := s.place.Owner(ctx, owner, create)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.LoadCached(ctx, st, create, s.cacheDir, s.cfg.CacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}

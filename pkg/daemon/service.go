@@ -1,0 +1,410 @@
+package daemon
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/backupd/backupd/pkg/repo"
+	bsync "github.com/backupd/backupd/pkg/sync"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
+)
+
+// service implements pb.BackupServiceServer. Handlers validate, then hand
+// long work to the operation manager; every error leaves through toStatus.
+type service struct {
+	pb.UnimplementedBackupServiceServer
+	s *Server
+}
+
+// fingerprint identifies what a request asks for, apart from its request
+// id, to tell a retry from a reused id.
+func fingerprint(m proto.Message, clearRequestID func(proto.Message)) string {
+	c := proto.Clone(m)
+	clearRequestID(c)
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	return string(b)
+}
+
+func (sv *service) BackupWorkspace(ctx context.Context, req *pb.BackupWorkspaceRequest) (*pb.BackupWorkspaceResponse, error) {
+	op, joined, err := sv.startBackup(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.BackupWorkspaceResponse{Operation: op.proto(), Joined: joined}, nil
+}
+
+func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool, error) {
+	s := sv.s
+	if err := checkID("request_id", req.GetRequestId(), false); err != nil {
+		return nil, false, err
+	}
+	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
+		return nil, false, err
+	}
+	path, err := workspacePath(s.roots, req.GetPath())
+	if err != nil {
+		return nil, false, err
+	}
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
+		return nil, false, invalidField("path", fmt.Errorf("%s is not an existing directory", req.GetPath()))
+	}
+	if err := checkTags(req.GetTags()); err != nil {
+		return nil, false, err
+	}
+	if err := checkExcludes(req.GetExcludes()); err != nil {
+		return nil, false, err
+	}
+	if req.GetParentSnapshotId() != "" {
+		if err := checkSnapshotID("parent_snapshot_id", req.GetParentSnapshotId(), false, false); err != nil {
+			return nil, false, err
+		}
+	}
+	uids, err := idMap("uid_mappings", req.GetUidMappings())
+	if err != nil {
+		return nil, false, err
+	}
+	gids, err := idMap("gid_mappings", req.GetGidMappings())
+	if err != nil {
+		return nil, false, err
+	}
+	opts := bsync.BackupOptions{
+		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
+		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
+	}
+	fp := fingerprint(req, func(m proto.Message) { m.(*pb.BackupWorkspaceRequest).RequestId = "" })
+	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, fp,
+		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+			r, err := s.openRepo(ctx, opts.Owner, true)
+			if err != nil {
+				return nil, err
+			}
+			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
+			opts.Progress, opts.Warn = &op.progress, s.warner(op)
+			res, err := bsync.Backup(ctx, r, path, opts)
+			if err != nil {
+				return nil, err
+			}
+			st := res.Snapshot.Stats
+			return &pb.OperationResult{
+				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
+				UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
+				Skipped: st.Skipped, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
+			}, nil
+		})
+}
+
+func (sv *service) RestoreWorkspace(ctx context.Context, req *pb.RestoreWorkspaceRequest) (*pb.RestoreWorkspaceResponse, error) {
+	op, joined, err := sv.startRestore(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RestoreWorkspaceResponse{Operation: op.proto(), Joined: joined}, nil
+}
+
+func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bool, error) {
+	s := sv.s
+	if err := checkID("request_id", req.GetRequestId(), false); err != nil {
+		return nil, false, err
+	}
+	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
+		return nil, false, err
+	}
+	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), true, false); err != nil {
+		return nil, false, err
+	}
+	path, err := workspacePath(s.roots, req.GetPath())
+	if err != nil {
+		return nil, false, err
+	}
+	uids, err := idMap("uid_mappings", req.GetUidMappings())
+	if err != nil {
+		return nil, false, err
+	}
+	gids, err := idMap("gid_mappings", req.GetGidMappings())
+	if err != nil {
+		return nil, false, err
+	}
+	if !req.GetOverwrite() {
+		if req.GetVerify() {
+			return nil, false, invalidField("verify", errors.New("needs overwrite"))
+		}
+		if req.GetDelete() {
+			return nil, false, invalidField("delete", errors.New("needs overwrite"))
+		}
+	}
+	if err := checkIncludes(req.GetIncludes()); err != nil {
+		return nil, false, err
+	}
+	opts := bsync.RestoreOptions{
+		Downloads: s.downloads, UIDMap: uids, GIDMap: gids,
+		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
+	}
+	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
+	fp := fingerprint(req, func(m proto.Message) { m.(*pb.RestoreWorkspaceRequest).RequestId = "" })
+	key := "restore/" + owner + "/" + workspace + "/" + path
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, fp,
+		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+			r, err := s.openRepo(ctx, owner, false)
+			if err != nil {
+				return nil, err
+			}
+			snap, ref, err := r.FindSnapshot(ctx, workspace, snapshot)
+			if err != nil {
+				return nil, err
+			}
+			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
+			opts.Progress, opts.Warn = &op.progress, s.warner(op)
+			res, err := bsync.Restore(ctx, r, snap, path, opts)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.OperationResult{
+				SnapshotId: ref.ID.String(), Files: res.Files, Dirs: res.Dirs, Symlinks: res.Symlinks, Bytes: res.Bytes,
+				UnchangedFiles: res.Unchanged, NewBytes: res.PackBytes, ReusedBytes: res.ReusedBytes, Deleted: res.Deleted,
+			}, nil
+		})
+}
+
+// warner logs the first warnings of an operation (skipped entries,
+// unsupported metadata); later ones are only counted.
+func (s *Server) warner(op *operation) func(path string, err error) {
+	const max = 20
+	var n atomic.Int64
+	return func(path string, err error) {
+		if k := n.Add(1); k <= max {
+			s.log.Warn("operation warning", zap.String("operation", op.id), zap.String("entry", path), zap.Error(err))
+		} else if k == max+1 {
+			s.log.Warn("operation warning: further warnings not logged", zap.String("operation", op.id))
+		}
+	}
+}
+
+func (sv *service) operation(id string) (*operation, error) {
+	if id == "" {
+		return nil, invalidField("operation_id", errors.New("required"))
+	}
+	op, ok := sv.s.ops.get(id)
+	if !ok {
+		return nil, &notFoundError{fmt.Sprintf("operation %q not found (finished operations are kept for %v)", id, sv.s.cfg.OperationRetention)}
+	}
+	return op, nil
+}
+
+func (sv *service) GetOperation(ctx context.Context, req *pb.GetOperationRequest) (*pb.GetOperationResponse, error) {
+	op, err := sv.operation(req.GetOperationId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetOperationResponse{Operation: op.proto()}, nil
+}
+
+func (sv *service) CancelOperation(ctx context.Context, req *pb.CancelOperationRequest) (*pb.CancelOperationResponse, error) {
+	op, err := sv.operation(req.GetOperationId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	op.cancel()
+	return &pb.CancelOperationResponse{Operation: op.proto()}, nil
+}
+
+func (sv *service) WatchOperation(req *pb.WatchOperationRequest, stream pb.BackupService_WatchOperationServer) error {
+	interval := defaultWatch
+	if req.GetInterval() != nil {
+		if err := req.GetInterval().CheckValid(); err != nil {
+			return toStatus(invalidField("interval", err))
+		}
+		if interval = req.GetInterval().AsDuration(); interval < minInterval {
+			return toStatus(invalidField("interval", fmt.Errorf("%v is below the minimum %v", interval, minInterval)))
+		}
+	}
+	op, err := sv.operation(req.GetOperationId())
+	if err != nil {
+		return toStatus(err)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		changed := op.changes()
+		final := op.finished()
+		if err := stream.Send(&pb.WatchOperationResponse{Operation: op.proto()}); err != nil {
+			return err
+		}
+		if final {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-op.done:
+		case <-tick.C:
+		case <-stream.Context().Done():
+			return toStatus(stream.Context().Err())
+		}
+	}
+}
+
+// pageToken is where a snapshot listing goes on: after the snapshot with
+// this time and key, in newest-first order.
+func encodePageToken(ref repo.SnapshotRef) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(ref.Time.UnixNano(), 10) + "/" + ref.Key))
+}
+
+func decodePageToken(tok string) (int64, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, "", invalidField("page_token", errors.New("not a token from a previous response"))
+	}
+	ts, key, ok := strings.Cut(string(b), "/")
+	n, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || key == "" {
+		return 0, "", invalidField("page_token", errors.New("not a token from a previous response"))
+	}
+	return n, key, nil
+}
+
+func (sv *service) ListSnapshots(ctx context.Context, req *pb.ListSnapshotsRequest) (*pb.ListSnapshotsResponse, error) {
+	resp, err := sv.listSnapshots(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsRequest) (*pb.ListSnapshotsResponse, error) {
+	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), false); err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0 || size > maxPageSize:
+		return nil, invalidField("page_size", fmt.Errorf("%d: want 0 (default %d) to %d", size, defaultPage, maxPageSize))
+	case size == 0:
+		size = defaultPage
+	}
+	var afterTime int64
+	var afterKey string
+	if req.GetPageToken() != "" {
+		var err error
+		if afterTime, afterKey, err = decodePageToken(req.GetPageToken()); err != nil {
+			return nil, err
+		}
+	}
+	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return &pb.ListSnapshotsResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	refs, err := r.ListSnapshots(ctx, req.GetWorkspace())
+	if err != nil {
+		return nil, err
+	}
+	// Newest first; a page starts after the token's snapshot.
+	sort.Slice(refs, func(i, j int) bool { return newer(refs[i], refs[j]) })
+	start := 0
+	if afterKey != "" {
+		start = sort.Search(len(refs), func(i int) bool {
+			t := refs[i].Time.UnixNano()
+			return t < afterTime || (t == afterTime && refs[i].Key < afterKey)
+		})
+	}
+	page := refs[start:min(start+size, len(refs))]
+	out := make([]*pb.Snapshot, len(page))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, ref := range page {
+		g.Go(func() error {
+			snap, err := r.LoadSnapshot(gctx, ref)
+			if err != nil {
+				return err
+			}
+			out[i] = &pb.Snapshot{
+				Id: ref.ID.String(), Owner: snap.Owner, Workspace: snap.Workspace, Time: timestamppb.New(snap.Time),
+				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
+				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,
+				NewBytes: snap.Stats.NewBytes, StoredBytes: snap.Stats.StoredBytes,
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	resp := &pb.ListSnapshotsResponse{Snapshots: out}
+	if start+size < len(refs) {
+		resp.NextPageToken = encodePageToken(page[len(page)-1])
+	}
+	return resp, nil
+}
+
+// newer orders snapshots newest first, by time then key.
+func newer(a, b repo.SnapshotRef) bool {
+	if !a.Time.Equal(b.Time) {
+		return a.Time.After(b.Time)
+	}
+	return a.Key > b.Key
+}
+
+func (sv *service) DeleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotRequest) (*pb.DeleteSnapshotResponse, error) {
+	err := sv.deleteSnapshot(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DeleteSnapshotResponse{}, nil
+}
+
+func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotRequest) error {
+	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
+		return err
+	}
+	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), false, true); err != nil {
+		return err
+	}
+	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	if err != nil {
+		return err
+	}
+	refs, err := r.ListSnapshots(ctx, req.GetWorkspace())
+	if err != nil {
+		return err
+	}
+	for _, ref := range refs {
+		if ref.ID.String() == req.GetSnapshotId() {
+			if err := r.DeleteSnapshot(ctx, ref); err != nil {
+				return err
+			}
+			sv.s.log.Info("snapshot deleted", zap.String("owner", req.GetOwner()), zap.String("workspace", req.GetWorkspace()), zap.String("snapshot", ref.ID.String()))
+			return nil
+		}
+	}
+	return &notFoundError{fmt.Sprintf("snapshot %s not found in workspace %s", req.GetSnapshotId(), req.GetWorkspace())}
+}
+
+func (sv *service) CheckRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
+	if err := checkID("owner", req.GetOwner(), true); err != nil {
+		return nil, toStatus(err)
+	}
+	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	res, err := r.Check(ctx, req.GetReadData())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.CheckRepositoryResponse{
+		Ok: len(res.Problems) == 0, Problems: res.Problems, Snapshots: res.Snapshots, Trees: res.Trees,
+		Blobs: res.Blobs, PacksRead: res.PacksRead,
+	}, nil
+}
