@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,12 +10,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backupd/backupd/pkg/exclude"
+	"github.com/backupd/backupd/pkg/repo"
 	bsync "github.com/backupd/backupd/pkg/sync"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
 func newBackupCmd() *cobra.Command {
 	var (
 		f         repoFlags
+		d         daemonFlags
 		workspace string
 		tags      []string
 		parent    string
@@ -55,6 +59,16 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 				return err
 			}
 			ctx := cmd.Context()
+			if d.enabled() {
+				dir, err := absPath(args[0])
+				if err != nil {
+					return err
+				}
+				return backupViaDaemon(ctx, &d, &f, &pb.BackupWorkspaceRequest{
+					Owner: f.owner, Workspace: workspace, Path: dir, Tags: tagMap, Excludes: excludes,
+					ParentSnapshotId: parent, Force: force, UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
+				})
+			}
 			r, closeRepo, err := f.openOwner(ctx, true)
 			if err != nil {
 				return err
@@ -71,26 +85,12 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 			if err != nil {
 				return fmt.Errorf("backup failed, no snapshot written: %w", err)
 			}
-			st := res.Snapshot.Stats
-			if f.json {
-				return json.NewEncoder(os.Stdout).Encode(map[string]any{
-					"snapshot_id": res.SnapshotID.String(), "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
-					"symlinks": st.Symlinks, "skipped": st.Skipped, "excluded": st.Excluded, "bytes": st.Bytes,
-					"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
-					"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
-				})
-			}
-			if f.showProgress() {
-				fmt.Fprintf(os.Stderr, "%d files, %d dirs, %s; new %s, stored %s in %d objects, %.1fs\n",
-					st.Files, st.Dirs, fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
-					st.ObjectsWritten, float64(st.DurationMS)/1000)
-			}
-			fmt.Println(res.SnapshotID)
-			return nil
+			return printBackup(&f, res.SnapshotID.String(), res.Snapshot.Stats)
 		},
 	}
 	f.register(cmd, true)
 	f.registerJSON(cmd)
+	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` the snapshot belongs to")
 	_ = cmd.MarkFlagRequired("workspace")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag the snapshot with `KEY=VALUE` (repeatable)")
@@ -99,4 +99,54 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
 	cmd.Flags().StringArrayVar(&excludes, "exclude", nil, "leave out entries matching `PATTERN` (gitignore syntax; repeatable)")
 	return cmd
+}
+
+// printBackup prints a finished backup: the snapshot id, or with --json
+// its statistics; on a terminal a summary line on stderr too.
+func printBackup(f *repoFlags, id string, st repo.Stats) error {
+	if f.json {
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"snapshot_id": id, "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
+			"symlinks": st.Symlinks, "skipped": st.Skipped, "excluded": st.Excluded, "bytes": st.Bytes,
+			"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
+			"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
+		})
+	}
+	if f.showProgress() {
+		fmt.Fprintf(os.Stderr, "%d files, %d dirs, %s; new %s, stored %s in %d objects, %.1fs\n",
+			st.Files, st.Dirs, fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
+			st.ObjectsWritten, float64(st.DurationMS)/1000)
+	}
+	fmt.Println(id)
+	return nil
+}
+
+// backupViaDaemon runs a backup on the daemon, with the same progress
+// bar and output as a direct one.
+func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.BackupWorkspaceRequest) error {
+	c, closeConn, err := d.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.BackupWorkspace(ctx, req)
+	if err != nil {
+		return rpcError(d, err)
+	}
+	prog := &bsync.Progress{}
+	stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
+	op, err := follow(ctx, c, resp.Operation, prog)
+	stop()
+	if err != nil {
+		return rpcError(d, err)
+	}
+	if err := opFailed("backup", op); err != nil {
+		return fmt.Errorf("backup failed, no snapshot written: %w", err)
+	}
+	r := op.Result
+	return printBackup(f, r.SnapshotId, repo.Stats{
+		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Excluded: r.Excluded,
+		Bytes: r.Bytes, NewBytes: r.NewBytes, StoredBytes: r.StoredBytes, Blobs: r.Blobs, NewBlobs: r.NewBlobs, ObjectsWritten: r.ObjectsWritten,
+		DurationMS: op.EndTime.AsTime().Sub(op.StartTime.AsTime()).Milliseconds(),
+	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,11 +10,13 @@ import (
 	"github.com/spf13/cobra"
 
 	bsync "github.com/backupd/backupd/pkg/sync"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
 func newRestoreCmd() *cobra.Command {
 	var (
 		f         repoFlags
+		d         daemonFlags
 		workspace string
 		snapshot  string
 		idMaps    idMapFlags
@@ -50,6 +53,17 @@ root) with everything below it, and the directories leading to it.`,
 			}
 			ctx := cmd.Context()
 			start := time.Now()
+			if d.enabled() {
+				dir, err := absPath(args[0])
+				if err != nil {
+					return err
+				}
+				return restoreViaDaemon(ctx, &d, &f, &pb.RestoreWorkspaceRequest{
+					Owner: f.owner, Workspace: workspace, SnapshotId: snapshot, Path: dir,
+					UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
+					Overwrite: over.Overwrite, Verify: over.Verify, Delete: over.Delete, Includes: over.Include,
+				})
+			}
 			r, closeRepo, err := f.openOwner(ctx, false)
 			if err != nil {
 				return err
@@ -69,26 +83,13 @@ root) with everything below it, and the directories leading to it.`,
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)
 			}
-			dur := time.Since(start)
-			if f.json {
-				return json.NewEncoder(os.Stdout).Encode(map[string]any{
-					"snapshot_id": ref.ID.String(), "files": res.Files, "dirs": res.Dirs,
-					"symlinks": res.Symlinks, "bytes": res.Bytes, "pack_bytes_read": res.PackBytes,
-					"unchanged_files": res.Unchanged, "reused_bytes": res.ReusedBytes, "deleted": res.Deleted,
-					"duration_ms": dur.Milliseconds(),
-				})
-			}
-			fmt.Printf("restored snapshot %s: %d files, %d dirs, %d symlinks, %s in %.1fs\n",
-				ref.ID.Short(), res.Files, res.Dirs, res.Symlinks, fmtBytes(res.Bytes), dur.Seconds())
-			if over.Overwrite {
-				fmt.Printf("  %d files unchanged, %s reused from existing files, %s downloaded, %d entries deleted\n",
-					res.Unchanged, fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), res.Deleted)
-			}
+			printRestore(&f, over.Overwrite, ref.ID.String(), res, time.Since(start))
 			return nil
 		},
 	}
 	f.register(cmd, true)
 	f.registerJSON(cmd)
+	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` to restore")
 	_ = cmd.MarkFlagRequired("workspace")
 	idMaps.register(cmd, "recorded container ids are written as host ids when restoring as root")
@@ -98,4 +99,54 @@ root) with everything below it, and the directories leading to it.`,
 	cmd.Flags().BoolVar(&over.Delete, "delete", false, "with --overwrite: remove what the snapshot does not have")
 	cmd.Flags().StringArrayVar(&over.Include, "include", nil, "restore only this `PATH` of the snapshot (repeatable)")
 	return cmd
+}
+
+// printRestore prints a finished restore, a line or with --json an
+// object.
+func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreResult, dur time.Duration) {
+	if f.json {
+		json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"snapshot_id": id, "files": res.Files, "dirs": res.Dirs,
+			"symlinks": res.Symlinks, "bytes": res.Bytes, "pack_bytes_read": res.PackBytes,
+			"unchanged_files": res.Unchanged, "reused_bytes": res.ReusedBytes, "deleted": res.Deleted,
+			"duration_ms": dur.Milliseconds(),
+		})
+		return
+	}
+	fmt.Printf("restored snapshot %s: %d files, %d dirs, %d symlinks, %s in %.1fs\n",
+		id[:8], res.Files, res.Dirs, res.Symlinks, fmtBytes(res.Bytes), dur.Seconds())
+	if overwrite {
+		fmt.Printf("  %d files unchanged, %s reused from existing files, %s downloaded, %d entries deleted\n",
+			res.Unchanged, fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), res.Deleted)
+	}
+}
+
+// restoreViaDaemon runs a restore on the daemon, with the same progress
+// bar and output as a direct one.
+func restoreViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.RestoreWorkspaceRequest) error {
+	c, closeConn, err := d.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.RestoreWorkspace(ctx, req)
+	if err != nil {
+		return rpcError(d, err)
+	}
+	prog := &bsync.Progress{}
+	stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
+	op, err := follow(ctx, c, resp.Operation, prog)
+	stop()
+	if err != nil {
+		return rpcError(d, err)
+	}
+	if err := opFailed("restore", op); err != nil {
+		return err
+	}
+	r := op.Result
+	printRestore(f, req.Overwrite, r.SnapshotId, &bsync.RestoreResult{
+		Files: r.Files, Dirs: r.Dirs, Symlinks: r.Symlinks, Bytes: r.Bytes, PackBytes: r.NewBytes,
+		Unchanged: r.UnchangedFiles, ReusedBytes: r.ReusedBytes, Deleted: r.Deleted,
+	}, op.EndTime.AsTime().Sub(op.CreateTime.AsTime()))
+	return nil
 }

@@ -24,6 +24,7 @@ type snapshotJSON struct {
 func newSnapshotsCmd() *cobra.Command {
 	var (
 		f         repoFlags
+		d         daemonFlags
 		workspace string
 	)
 	cmd := &cobra.Command{
@@ -35,6 +36,12 @@ root's key listing, so give --owner on large roots.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if d.enabled() {
+				if f.owner == "" {
+					return usageError{fmt.Errorf("--daemon needs --owner")}
+				}
+				return snapshotsViaDaemon(ctx, &d, f.owner, workspace, f.json)
+			}
 			p, owners, err := f.openOwners(ctx)
 			if err != nil {
 				return err
@@ -70,32 +77,49 @@ root's key listing, so give --owner on large roots.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(out)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tTAGS")
-			for _, s := range out {
-				var tags []string
-				for k, v := range s.Tags {
-					tags = append(tags, k+"="+v)
-				}
-				sort.Strings(tags)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Time.Local().Format("2006-01-02 15:04:05"),
-					s.Owner, s.Workspace, s.Host, s.Stats.Files, fmtBytes(s.Stats.Bytes), strings.Join(tags, ","))
+			rows := make([]snapshotRow, len(out))
+			for i, s := range out {
+				rows[i] = snapshotRow{ID: s.ID, Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags}
 			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(out) == 1 {
-				fmt.Fprintln(os.Stderr, "1 snapshot")
-			} else {
-				fmt.Fprintf(os.Stderr, "%d snapshots\n", len(out))
-			}
-			return nil
+			return printSnapshotTable(rows)
 		},
 	}
 	f.register(cmd, false)
 	f.registerJSON(cmd)
+	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "only this workspace's snapshots")
 	return cmd
+}
+
+// snapshotRow is one line of the snapshots table.
+type snapshotRow struct {
+	ID, Owner, Workspace, Host string
+	Time                       time.Time
+	Files, Bytes               int64
+	Tags                       map[string]string
+}
+
+func printSnapshotTable(rows []snapshotRow) error {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tTAGS")
+	for _, s := range rows {
+		var tags []string
+		for k, v := range s.Tags {
+			tags = append(tags, k+"="+v)
+		}
+		sort.Strings(tags)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Time.Local().Format("2006-01-02 15:04:05"),
+			s.Owner, s.Workspace, s.Host, s.Files, fmtBytes(s.Bytes), strings.Join(tags, ","))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(rows) == 1 {
+		fmt.Fprintln(os.Stderr, "1 snapshot")
+	} else {
+		fmt.Fprintf(os.Stderr, "%d snapshots\n", len(rows))
+	}
+	return nil
 }
 
 func newLsCmd() *cobra.Command {

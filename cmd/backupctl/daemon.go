@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	bsync "github.com/backupd/backupd/pkg/sync"
+	"github.com/backupd/backupd/pkg/tlsreload"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
+)
+
+// daemonFlags select running a command through a backupd daemon.
+type daemonFlags struct {
+	addr, ca, cert, key string
+}
+
+func (d *daemonFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&d.addr, "daemon", "", "run through the backupd daemon at `ADDR` (host:port or unix:///path; default $BACKUPD_DAEMON) instead of opening the repository here")
+	cmd.Flags().StringVar(&d.ca, "daemon-ca", "", "with --daemon: verify the daemon's TLS certificate against this CA `FILE` (enables TLS)")
+	cmd.Flags().StringVar(&d.cert, "daemon-cert", "", "with --daemon: client certificate `FILE` for mutual TLS")
+	cmd.Flags().StringVar(&d.key, "daemon-key", "", "with --daemon: client key `FILE` for mutual TLS")
+}
+
+// enabled reports whether --daemon (or $BACKUPD_DAEMON) is set.
+func (d *daemonFlags) enabled() bool {
+	if d.addr == "" {
+		d.addr = os.Getenv("BACKUPD_DAEMON")
+	}
+	return d.addr != ""
+}
+
+// dial connects to the daemon: TLS when any TLS file is given, else
+// plaintext (a unix socket or loopback).
+func (d *daemonFlags) dial() (pb.BackupServiceClient, func(), error) {
+	target := d.addr
+	if !strings.HasPrefix(target, "unix://") {
+		target = "passthrough:///" + target
+	}
+	creds := insecure.NewCredentials()
+	if d.ca != "" || d.cert != "" || d.key != "" {
+		tc, err := tlsreload.Client(tlsreload.ClientFiles{CA: d.ca, Cert: d.cert, Key: d.key})
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("--daemon %s: %w", d.addr, err)}
+	}
+	return pb.NewBackupServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// rpcError turns a daemon's error status into a plain error message.
+func rpcError(d *daemonFlags, err error) error {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Errorf("daemon %s: %s (%s)", d.addr, st.Message(), st.Code())
+	}
+	return err
+}
+
+func absPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	return abs, nil
+}
+
+// follow watches an operation to its end, mirroring its progress into
+// prog for the progress bar. If ctx ends first (Ctrl-C), the operation is
+// cancelled on the daemon.
+func follow(ctx context.Context, c pb.BackupServiceClient, op *pb.Operation, prog *bsync.Progress) (*pb.Operation, error) {
+	stream, err := c.WatchOperation(ctx, &pb.WatchOperationRequest{OperationId: op.Id})
+	if err != nil {
+		return nil, err
+	}
+	last := op
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return last, nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c.CancelOperation(cctx, &pb.CancelOperationRequest{OperationId: op.Id})
+				cancel()
+			}
+			return nil, err
+		}
+		last = m.Operation
+		p := last.Progress
+		prog.Files.Store(p.GetFilesDone())
+		prog.Bytes.Store(p.GetBytesDone())
+		prog.TotalFiles.Store(p.GetFilesTotal())
+		prog.TotalBytes.Store(p.GetBytesTotal())
+	}
+}
+
+// opFailed is the error of an operation that did not succeed.
+func opFailed(what string, op *pb.Operation) error {
+	if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		return nil
+	}
+	return fmt.Errorf("%s %s %s: %s", what, op.Id, strings.ToLower(strings.TrimPrefix(op.State.String(), "OPERATION_STATE_")), op.ErrorMessage)
+}
+
+func idMappings(m bsync.IDMap) []*pb.IdMapping {
+	var out []*pb.IdMapping
+	for _, r := range m {
+		out = append(out, &pb.IdMapping{ContainerId: r.Container, HostId: r.Host, Count: r.Count})
+	}
+	return out
+}
+
+// snapshotsViaDaemon lists an owner's snapshots through the daemon,
+// oldest first like the direct listing.
+func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace string, asJSON bool) error {
+	c, closeConn, err := d.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	var all []*pb.Snapshot
+	token := ""
+	for {
+		resp, err := c.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: owner, Workspace: workspace, PageSize: 1000, PageToken: token})
+		if err != nil {
+			return rpcError(d, err)
+		}
+		all = append(all, resp.Snapshots...)
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	type stats struct {
+		Files       int64 `json:"files"`
+		Dirs        int64 `json:"dirs"`
+		Bytes       int64 `json:"bytes"`
+		NewBytes    int64 `json:"new_bytes"`
+		StoredBytes int64 `json:"stored_bytes"`
+	}
+	type snap struct {
+		ID        string            `json:"id"`
+		Time      time.Time         `json:"time"`
+		Owner     string            `json:"owner"`
+		Workspace string            `json:"workspace"`
+		Host      string            `json:"host"`
+		Path      string            `json:"path"`
+		Parent    string            `json:"parent,omitempty"`
+		Tags      map[string]string `json:"tags,omitempty"`
+		Stats     stats             `json:"stats"`
+	}
+	out := make([]snap, 0, len(all))
+	for i := len(all) - 1; i >= 0; i-- {
+		s := all[i]
+		out = append(out, snap{ID: s.Id, Time: s.Time.AsTime(), Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Path: s.Path,
+			Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes}})
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	rows := make([]snapshotRow, len(out))
+	for i, s := range out {
+		rows[i] = snapshotRow{ID: s.ID, Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags}
+	}
+	return printSnapshotTable(rows)
+}
