@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/backupd/backupd/internal/testservers"
@@ -48,12 +50,14 @@ func TestMain(m *testing.M) {
 
 // proc is a running backupd binary.
 type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	client pb.BackupServiceClient
-	root   string
-	store  string
-	sock   string
+	t       *testing.T
+	cmd     *exec.Cmd
+	client  pb.BackupServiceClient
+	conn    *grpc.ClientConn
+	root    string
+	store   string
+	sock    string
+	metrics string // URL of the metrics endpoint
 
 	mu   sync.Mutex
 	logs bytes.Buffer
@@ -70,12 +74,13 @@ func start(t *testing.T, grace string) *proc {
 	sock := filepath.Join(dir, "backupd.sock")
 	d.sock = sock
 	d.cmd = exec.Command(binary, "--listen", "unix://"+sock, "--workspace-root", d.root, "--repo", "file://"+d.store,
-		"--upload-limit", "1MiB", "--shutdown-grace", grace, "--cache-dir", "none")
+		"--upload-limit", "1MiB", "--shutdown-grace", grace, "--cache-dir", "none", "--metrics-listen", "127.0.0.1:0")
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ready := d.waiter("backupd listening")
+	metricsUp := d.waiter("metrics listening")
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -103,13 +108,25 @@ func start(t *testing.T, grace string) *proc {
 			d.mu.Unlock()
 		}
 	}()
+	d.wait(metricsUp, "metrics listening")
 	d.wait(ready, "backupd listening")
+	for _, l := range strings.Split(d.log(), "\n") {
+		var entry struct{ Msg, Address string }
+		if json.Unmarshal([]byte(l), &entry) == nil && entry.Msg == "metrics listening" {
+			d.metrics = "http://" + entry.Address + "/metrics"
+		}
+	}
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	d.conn = conn
 	d.client = pb.NewBackupServiceClient(conn)
+	h, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "backupd.v1.BackupService"})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", h, err)
+	}
 	return d
 }
 
@@ -221,6 +238,10 @@ func TestSIGTERMCancelsBackupAfterGrace(t *testing.T) {
 		_, err := d.client.BackupWorkspace(context.Background(), &pb.BackupWorkspaceRequest{Owner: "o", Workspace: "other", Path: ws})
 		if status.Code(err) != codes.Unavailable {
 			t.Errorf("backup during shutdown: %v", err)
+		}
+		h, err := healthpb.NewHealthClient(d.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "backupd.v1.BackupService"})
+		if err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Errorf("health during shutdown: %v %v", h, err)
 		}
 	})
 	if last.State != pb.OperationState_OPERATION_STATE_CANCELLED {
@@ -369,5 +390,28 @@ func TestGrpcurl(t *testing.T) {
 	call("RestoreWorkspace", `{"owner":"alice","workspace":"ws1","path":"`+filepath.Join(d.root, "ws1-again")+`"}`)
 	if list := call("ListSnapshots", `{"owner":"alice"}`); !strings.Contains(list, `"workspace": "ws1"`) {
 		t.Fatalf("ListSnapshots:\n%s", list)
+	}
+	// The metrics endpoint, over HTTP as Prometheus scrapes it.
+	resp, err := http.Get(d.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, series := range []string{
+		`backupd_operations_total{kind="backup",result="succeeded"} 1`,
+		`backupd_operation_duration_seconds_count{kind="backup",result="succeeded"} 1`,
+		`backupd_operation_bytes_total{kind="backup"} 1000`,
+		`backupd_queue_wait_seconds_count{kind="backup"} 1`,
+		`backupd_operations_queued{kind="backup"}`,
+		`backupd_operations_running{kind="restore"}`,
+		`backupd_storage_calls_total{op="put",result="ok"}`,
+		`backupd_storage_errors_total{op="get"}`,
+		`backupd_storage_bytes_total{op="put"}`,
+		`backupd_storage_call_duration_seconds_bucket{op="put",le="+Inf"}`,
+	} {
+		if !strings.Contains(string(body), series) {
+			t.Errorf("metrics endpoint lacks %s", series)
+		}
 	}
 }
