@@ -19,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // minioReadyTimeout bounds how long a starting MinIO server may take to
@@ -56,6 +59,8 @@ type MinIOServer struct {
 	exited   chan struct{} // closed when cmd has exited
 	buckets  []string      // made by NewBucket
 	attached bool          // the restricted user's policy is attached
+	// usersAdded: the restricted user exists, so a restart waits for it.
+	usersAdded bool
 }
 
 var (
@@ -172,7 +177,11 @@ func (s *MinIOServer) setUp() error {
 	if err := s.mcRun("alias", "set", minioAlias, s.URL, s.RootUser, s.RootPassword); err != nil {
 		return err
 	}
-	return s.mcRun("admin", "user", "add", minioAlias, s.UserAccessKey, s.UserSecretKey)
+	if err := s.mcRun("admin", "user", "add", minioAlias, s.UserAccessKey, s.UserSecretKey); err != nil {
+		return err
+	}
+	s.usersAdded = true
+	return nil
 }
 
 // Start starts the server (again), on the same port and drive as before,
@@ -221,7 +230,41 @@ func (s *MinIOServer) Start() error {
 	if err := s.waitReady(exited); err != nil {
 		return fmt.Errorf("minio on %s: %w\n%s", s.Endpoint, err, s.logTail())
 	}
+	if s.usersAdded {
+		if err := s.waitIAM(exited); err != nil {
+			return fmt.Errorf("minio on %s: %w\n%s", s.Endpoint, err, s.logTail())
+		}
+	}
 	return nil
+}
+
+// waitIAM waits, after a restart, until the server answers the restricted
+// user's requests: its health endpoints turn ready before its IAM
+// subsystem has loaded the users, and until then S3 calls fail with
+// XMinioServerNotInitialized. Any other answer (AccessDenied included)
+// means the user is known.
+func (s *MinIOServer) waitIAM(exited <-chan struct{}) error {
+	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.UserAccessKey, s.UserSecretKey, ""), Region: s.Region})
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(minioReadyTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.BucketExists(ctx, "backupd-readiness-probe")
+		cancel()
+		if err == nil || (minio.ToErrorResponse(err).Code != "" && minio.ToErrorResponse(err).Code != "XMinioServerNotInitialized") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("IAM not ready after %v: %v", minioReadyTimeout, err)
+		}
+		select {
+		case <-exited:
+			return errors.New("server exited while starting")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // waitReady polls the liveness and readiness endpoints until both answer

@@ -244,8 +244,12 @@ func (m *manager) run(op *operation, run runFunc) {
 			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.String("path", op.path),
 			zap.String("request_id", op.requestID), zap.Duration("queue_wait", wait))
 		res, err = run(op.ctx, op)
-		<-slot
 		m.metrics.running.WithLabelValues(kind).Dec()
+		// The slot is freed only once the end is recorded, so that the
+		// next operation's start never precedes this one's end.
+		m.finish(op, res, err)
+		<-slot
+		return
 	}
 	m.finish(op, res, err)
 }
