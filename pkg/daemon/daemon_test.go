@@ -43,6 +43,9 @@ func testLogger(t *testing.T) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 }
 
+// logger makes the logger of the next newEnv.
+var logger = testLogger
+
 func newEnv(t *testing.T, mutate func(*Config)) *env {
 	t.Helper()
 	e := &env{t: t, root: t.TempDir(), store: t.TempDir()}
@@ -55,7 +58,7 @@ func newEnv(t *testing.T, mutate func(*Config)) *env {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := New(context.Background(), cfg, testLogger(t))
+	srv, err := New(context.Background(), cfg, logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -683,4 +686,31 @@ func TestInvalidArguments(t *testing.T) {
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("unknown operation: %v", err)
 	}
+}
+
+func TestQueueTimeout(t *testing.T) {
+	e := slowEnv(t, func(c *Config) {
+		c.Limits.Backups = 1
+		c.Limits.QueueTimeout = 200 * time.Millisecond
+	})
+	ctx := context.Background()
+	long := e.workspace("long", 30, 8<<20) // runs for seconds at 1 MiB/s
+	other := e.workspace("other", 31, 10)
+	a, err := e.client.BackupWorkspace(ctx, &pb.BackupWorkspaceRequest{Owner: "ivy", Workspace: "long", Path: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.client.BackupWorkspace(ctx, &pb.BackupWorkspaceRequest{Owner: "ivy", Workspace: "other", Path: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := lastOf(e.watch(b.Operation.Id, nil))
+	if last.State != pb.OperationState_OPERATION_STATE_FAILED || codes.Code(last.ErrorCode) != codes.ResourceExhausted || !strings.Contains(last.ErrorMessage, "queue") {
+		t.Fatalf("queued past the timeout: %v", last)
+	}
+	if a, _ := e.client.GetOperation(ctx, &pb.GetOperationRequest{OperationId: a.Operation.Id}); a.GetOperation().GetState() != pb.OperationState_OPERATION_STATE_RUNNING {
+		t.Fatalf("the long backup is not running any more: %v", a)
+	}
+	e.client.CancelOperation(ctx, &pb.CancelOperationRequest{OperationId: a.Operation.Id})
+	e.watch(a.Operation.Id, nil)
 }

@@ -1,11 +1,16 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/backupd/backupd/internal/testservers"
 	"github.com/backupd/backupd/pkg/storage/s3"
@@ -21,6 +26,11 @@ func TestMain(m *testing.M) { testservers.Main(m) }
 func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 	srv := testservers.MinIO(t)
 	bucket := srv.NewBucket(t)
+	var logs bytes.Buffer
+	logger = func(t *testing.T) *zap.Logger {
+		return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&syncBuffer{b: &logs}), zap.DebugLevel))
+	}
+	t.Cleanup(func() { logger = testLogger })
 	e := newEnv(t, func(c *Config) {
 		c.Storage.URL = "s3://" + bucket + "/backups?region=" + srv.Region + "&endpoint=" + srv.URL
 		c.Storage.S3 = s3.Config{AccessKey: srv.UserAccessKey, SecretKey: srv.UserSecretKey, ChunkSize: s3.MinChunkSize}
@@ -76,4 +86,21 @@ func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 	if last := lastOf(e.watch(r.Operation.Id, nil)); last.State != pb.OperationState_OPERATION_STATE_SUCCEEDED || last.Result.Files != 3 {
 		t.Fatalf("restore of the previous snapshot: %v", last)
 	}
+	// The logs tell of every operation, and never of the secret key.
+	text := logs.String()
+	if strings.Count(text, `"msg":"operation ended"`) != 3 || strings.Contains(text, srv.UserSecretKey) {
+		t.Fatalf("logs (3 operations, no secret expected):\n%s", text)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
 }
