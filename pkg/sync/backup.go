@@ -305,17 +305,16 @@ func wait(ctx context.Context, done <-chan struct{}) error {
 func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel string, parentTree chunk.ID) (*dirFuture, error) {
 	// Entries are stat'ed relative to the open directory: no path walk
 	// per entry, which costs as much as the stat itself in deep trees.
-	dir, err := os.Open(path)
+	dirfd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read directory: %w", err)
+		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "open", Path: path, Err: err})
 	}
-	defer dir.Close()
-	entries, err := dir.ReadDir(-1)
+	defer unix.Close(dirfd)
+	names, err := readDirNames(dirfd)
 	if err != nil {
-		return nil, fmt.Errorf("read directory: %w", err)
+		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "getdents", Path: path, Err: err})
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() }) // as trees are
-	dirfd := int(dir.Fd())
+	sort.Strings(names) // as trees are
 	var parentNodes []repo.Node
 	if !parentTree.IsZero() {
 		pt, err := b.r.LoadTree(ctx, parentTree)
@@ -326,27 +325,27 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 			parentNodes = pt.Nodes
 		}
 	}
-	nodes := make([]repo.Node, 0, len(entries))
+	nodes := make([]repo.Node, 0, len(names))
 	var waits []<-chan struct{}
 	var subdirs []struct {
 		i int
 		f *dirFuture
 	}
-	for _, e := range entries {
-		if b.exclude != nil && b.exclude.Excluded(rel+e.Name(), e.IsDir()) {
-			b.stats.excluded.Add(1)
-			continue
-		}
-		p := filepath.Join(path, e.Name())
+	for _, name := range names {
+		p := filepath.Join(path, name)
 		var st unix.Stat_t
-		err := unix.Fstatat(dirfd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW)
+		err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(err, unix.ENOENT) {
 			continue // removed while we walked
 		}
 		if err != nil {
 			return nil, fmt.Errorf("stat %s: %w", p, err)
 		}
-		n := repo.Node{Name: e.Name(), Mode: st.Mode & 07777, MTime: st.Mtim.Nano(),
+		if b.exclude != nil && b.exclude.Excluded(rel+name, st.Mode&unix.S_IFMT == unix.S_IFDIR) {
+			b.stats.excluded.Add(1)
+			continue
+		}
+		n := repo.Node{Name: name, Mode: st.Mode & 07777, MTime: st.Mtim.Nano(),
 			UID: b.opts.UIDMap.ToContainer(st.Uid), GID: b.opts.GIDMap.ToContainer(st.Gid)}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
@@ -360,7 +359,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 			n.Type = repo.TypeDir
 		case unix.S_IFLNK:
 			n.Type = repo.TypeSymlink
-			if n.Target, err = readlinkat(dirfd, e.Name()); err != nil {
+			if n.Target, err = readlinkat(dirfd, name); err != nil {
 				return nil, fmt.Errorf("read symlink %s: %w", p, err)
 			}
 			b.stats.symlinks.Add(1)
@@ -758,4 +757,24 @@ func specialKind(mode uint32) string {
 		return "block device"
 	}
 	return fmt.Sprintf("file type %#o", mode&unix.S_IFMT)
+}
+
+// readDirNames returns the names in the open directory dirfd, without
+// "." and "..".
+func readDirNames(dirfd int) ([]string, error) {
+	buf := make([]byte, 32<<10)
+	var names []string
+	for {
+		n, err := unix.ReadDirent(dirfd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }
