@@ -7,10 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 const genSeed = 0x6261636b757064 // "backupd"
@@ -54,54 +52,7 @@ func generateLarge(dir string, size int64) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(dir, "big.bin"))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		return err
-	}
-
-	const block = 4 << 20
-	nblocks := (size + block - 1) / block
-	next := make(chan int64)
-	errs := make(chan error, runtime.NumCPU())
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.NumCPU(); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, block)
-			for i := range next {
-				n := int64(block)
-				if off := i * block; off+n > size {
-					n = size - off
-				}
-				fillBlock(buf[:n], uint64(i))
-				if _, err := f.WriteAt(buf[:n], i*block); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	go func() {
-		for i := int64(0); i < nblocks; i++ {
-			next <- i
-		}
-		close(next)
-	}()
-	wg.Wait()
-	select {
-	case err := <-errs:
-		// Drain the feeder so its goroutine ends.
-		for range next {
-		}
-		return err
-	default:
-	}
-	if err := f.Sync(); err != nil {
+	if err := writeBlocks(filepath.Join(dir, "big.bin"), size, fillBlock); err != nil {
 		return err
 	}
 

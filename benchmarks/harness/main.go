@@ -1,7 +1,12 @@
-// Command harness benchmarks backupd (backupctl) side by side with restic:
-// a first backup into a new local repository and a full restore into an
-// empty directory, each repeated --runs times with fresh repositories and
-// targets, reporting wall time, CPU time, throughput and peak RSS.
+// Command harness benchmarks backupd (backupctl) side by side with restic
+// and `tar | zstd -T0`: a first backup into a new local repository, an
+// unchanged re-backup, a re-backup after 1% of the files changed, a full
+// restore into an empty directory and a restore over a mostly identical
+// directory, each repeated --runs times with fresh repositories and
+// targets, reporting wall time, CPU time, throughput and peak RSS. It can
+// generate the datasets: a realistic workspace (--gen-workspace: git
+// repository, 100k-file node_modules, large binaries, random data) or a
+// large-file tree (--gen-large).
 //
 // Run it from the repository root:
 //
@@ -15,10 +20,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +35,7 @@ type options struct {
 	data        string
 	genLarge    int64
 	genLargeArg string
+	genWS       *workspaceSpec
 	runs        int
 	tools       []string
 	scenarios   []string
@@ -41,6 +49,9 @@ type options struct {
 }
 
 func main() {
+	if os.Getenv(rusageHelperEnv) != "" {
+		os.Exit(rusageHelper(os.Args[1:]))
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
 		os.Exit(1)
@@ -51,10 +62,12 @@ func run() error {
 	var o options
 	var tools, scenarios, genLarge string
 	flag.StringVar(&o.data, "data", "", "dataset directory (default: $(go env GOROOT)/src)")
+	var genWS string
+	flag.StringVar(&genWS, "gen-workspace", "", "instead of --data, generate a realistic workspace: `PRESET` default (git repo, 100k-file node_modules, binaries, random data; ~0.65 GiB), small, tiny, a scale like 0.5x, or a total size like 2GiB")
 	flag.StringVar(&genLarge, "gen-large", "", "instead of --data, generate a tree with one big file of this `SIZE` (e.g. 2GiB) plus small files")
 	flag.IntVar(&o.runs, "runs", 5, "runs per tool and scenario")
-	flag.StringVar(&tools, "tools", "backupd,restic", "comma-separated tools: backupd, restic")
-	flag.StringVar(&scenarios, "scenarios", "backup,restore", "comma-separated scenarios: backup, restore")
+	flag.StringVar(&tools, "tools", "", "comma-separated tools: backupd, restic, tarzstd (default backupd,restic; with --gen-workspace backupd,restic,tarzstd)")
+	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over (default backup,restore; with --gen-workspace all five)")
 	flag.StringVar(&o.out, "out", "", "also write the report, with a machine header, to this `FILE`")
 	flag.StringVar(&o.restic, "restic", "", "restic binary (default: built by benchmarks/peers.sh)")
 	flag.StringVar(&o.backupctl, "backupctl", "", "backupctl binary (default: go build ./cmd/backupctl)")
@@ -65,7 +78,7 @@ func run() error {
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
 	var generateOnly string
-	flag.StringVar(&generateOnly, "generate-only", "", "with --gen-large: write the generated tree to `DIR` and exit (for profiling by hand)")
+	flag.StringVar(&generateOnly, "generate-only", "", "with --gen-large or --gen-workspace: write the generated tree to `DIR` and exit (for profiling by hand)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -73,20 +86,53 @@ func run() error {
 	if o.runs < 1 {
 		return fmt.Errorf("--runs must be at least 1")
 	}
+	if genWS != "" {
+		spec, err := parseWorkspaceSpec(genWS)
+		if err != nil {
+			return err
+		}
+		o.genWS = &spec
+	}
+	if tools == "" {
+		tools = "backupd,restic"
+		if o.genWS != nil {
+			tools += ",tarzstd"
+		}
+	}
+	if scenarios == "" {
+		scenarios = "backup,restore"
+		if o.genWS != nil {
+			scenarios = strings.Join(allScenarios, ",")
+		}
+	}
 	o.tools = splitList(tools)
 	o.scenarios = splitList(scenarios)
 	for _, t := range o.tools {
-		if t != "backupd" && t != "restic" {
+		if t != "backupd" && t != "restic" && t != "tarzstd" {
 			return fmt.Errorf("unknown tool %q", t)
 		}
 	}
 	for _, s := range o.scenarios {
-		if s != "backup" && s != "restore" {
-			return fmt.Errorf("unknown scenario %q", s)
+		if !slices.Contains(allScenarios, s) {
+			return fmt.Errorf("unknown scenario %q (want %s)", s, strings.Join(allScenarios, ", "))
 		}
 	}
 	if len(o.tools) == 0 || len(o.scenarios) == 0 {
 		return fmt.Errorf("no tools or no scenarios selected")
+	}
+	if useMinIO && slices.Contains(o.tools, "tarzstd") {
+		return fmt.Errorf("tarzstd writes a local archive; leave it out with --minio (--tools backupd,restic)")
+	}
+	if genLarge != "" && genWS != "" {
+		return fmt.Errorf("--gen-large and --gen-workspace are exclusive")
+	}
+	if genWS != "" && o.data != "" {
+		return fmt.Errorf("--data and --gen-workspace are exclusive")
+	}
+	if slices.Contains(o.scenarios, "rebackup-1pct") && genLarge == "" && genWS == "" {
+		// It edits the dataset in place (and undoes the edit); never do
+		// that to a directory the harness did not create.
+		return fmt.Errorf("rebackup-1pct changes the dataset in place: use it with --gen-workspace or --gen-large")
 	}
 	if genLarge != "" {
 		if o.data != "" {
@@ -100,10 +146,13 @@ func run() error {
 	}
 
 	if generateOnly != "" {
-		if o.genLarge == 0 {
-			return fmt.Errorf("--generate-only needs --gen-large")
+		switch {
+		case o.genWS != nil:
+			return generateWorkspace(generateOnly, *o.genWS)
+		case o.genLarge > 0:
+			return generateLarge(generateOnly, o.genLarge)
 		}
-		return generateLarge(generateOnly, o.genLarge)
+		return fmt.Errorf("--generate-only needs --gen-large or --gen-workspace")
 	}
 	if o.tmp == "" {
 		root, err := moduleRoot()
@@ -161,6 +210,9 @@ func run() error {
 	return nil
 }
 
+// allScenarios are the scenarios in the order a cycle runs them.
+var allScenarios = []string{"backup", "rebackup", "restore", "restore-over", "rebackup-1pct"}
+
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -191,6 +243,8 @@ type bench struct {
 
 	backupctl, restic     string
 	backupdVer, resticVer string
+	tarVer, zstdVer       string
+	backupdOverwrite      bool // backupctl restore has --overwrite and --delete
 	data                  string
 	dataDesc              string
 	src                   *treeInfo
@@ -199,8 +253,12 @@ type bench struct {
 	warnings              []string
 	warmup                time.Duration
 	recording             bool
-	minio                 *minioServer // --minio: repositories live there
-	cleanup               []string     // restore targets outside the work directory
+	minio                 *minioServer       // --minio: repositories live there
+	cleanup               []string           // restore targets outside the work directory
+	lastWrite             time.Time          // when the harness last wrote to the dataset
+	rereads               map[string][]int64 // scenario/tool: files read again by each re-backup (-1: all)
+	change, overChange    *treeChange        // the rebackup-1pct and restore-over changes (the same every run)
+	verified              map[string]bool    // scenario/tool verified against the source
 }
 
 // measurement is one timed child process.
@@ -223,6 +281,11 @@ func (b *bench) setupTools(root string) error {
 			if out, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("go build ./cmd/backupctl: %v\n%s", err, out)
 			}
+		}
+		help, _ := exec.Command(b.backupctl, "restore", "--help").CombinedOutput()
+		b.backupdOverwrite = bytes.Contains(help, []byte("--overwrite")) && bytes.Contains(help, []byte("--delete"))
+		if b.hasScenario("restore-over") && !b.backupdOverwrite {
+			b.warn("backupctl restore has no --overwrite/--delete yet: restore-over skipped for backupd")
 		}
 		b.backupdVer = "backupctl built from " + root
 		if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
@@ -250,6 +313,19 @@ func (b *bench) setupTools(root string) error {
 		}
 		b.resticVer = strings.TrimSpace(string(out))
 	}
+	if b.has("tarzstd") {
+		for _, t := range []struct {
+			ver  *string
+			name string
+		}{{&b.tarVer, "tar"}, {&b.zstdVer, "zstd"}} {
+			out, err := exec.Command(t.name, "--version").Output()
+			if err != nil {
+				return fmt.Errorf("%s --version: %v (tarzstd needs tar and zstd)", t.name, err)
+			}
+			line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+			*t.ver = strings.Trim(line, "* ") // zstd frames its banner in stars
+		}
+	}
 	return nil
 }
 
@@ -273,6 +349,24 @@ func (b *bench) hasScenario(s string) bool {
 
 func (b *bench) setupData() error {
 	switch {
+	case b.opts.genWS != nil:
+		spec := *b.opts.genWS
+		b.data = filepath.Join(b.work, "data")
+		fmt.Fprintf(os.Stderr, "harness: generating a workspace (%s, ~%s) in %s\n", spec.generatorArg, mib(spec.nominalSize()), b.data)
+		start := time.Now()
+		if err := generateWorkspace(b.data, spec); err != nil {
+			return fmt.Errorf("generating the workspace: %v", err)
+		}
+		b.lastWrite = time.Now()
+		fmt.Fprintf(os.Stderr, "harness: generated in %.1fs\n", time.Since(start).Seconds())
+		var bins []string
+		for _, n := range spec.binaries {
+			bins = append(bins, mib(n))
+		}
+		b.dataDesc = fmt.Sprintf("generated by --gen-workspace %s: a git repository (%d source files, %d commits, packed and loose objects), "+
+			"node_modules with %d small files (200 B-8 KiB) and .bin symlinks, binaries of %s (partly repetitive), "+
+			"%d files of random data (%s in all)",
+			spec.generatorArg, spec.srcFiles, spec.commits, spec.nodeFiles, strings.Join(bins, ", "), spec.randomFiles, mib(spec.randomBytes))
 	case b.opts.genLarge > 0:
 		b.data = filepath.Join(b.work, "data")
 		fmt.Fprintf(os.Stderr, "harness: generating %d bytes of data in %s\n", b.opts.genLarge, b.data)
@@ -281,6 +375,7 @@ func (b *bench) setupData() error {
 			return fmt.Errorf("generating data: %v", err)
 		}
 		fmt.Fprintf(os.Stderr, "harness: generated in %.1fs\n", time.Since(start).Seconds())
+		b.lastWrite = time.Now()
 		b.dataDesc = fmt.Sprintf("generated by --gen-large %s: one big semi-compressible file plus 2000 small files", b.opts.genLargeArg)
 	case b.opts.data != "":
 		b.data = b.opts.data
@@ -317,11 +412,13 @@ func (b *bench) setupData() error {
 	return nil
 }
 
-// runAll runs every selected scenario for every selected tool, runs
+// runAll runs the selected scenarios for every selected tool, runs
 // interleaved (run 1 of every tool, then run 2, ...) so that slow drifts of
 // a noisy machine hit all tools alike.
 func (b *bench) runAll() error {
 	b.results = map[string][]measurement{}
+	b.rereads = map[string][]int64{}
+	b.verified = map[string]bool{}
 	// Untimed warm-up cycles: on VMs the first writes into never-touched
 	// memory (page cache growth) cost far more kernel time than later ones,
 	// which would penalise whichever tool runs first.
@@ -330,16 +427,7 @@ func (b *bench) runAll() error {
 		for _, tool := range b.opts.tools {
 			fmt.Fprintf(os.Stderr, "harness: warm-up cycle %d for %s (not timed)\n", i, tool)
 			dir := filepath.Join(b.work, fmt.Sprintf("%s-warmup%d", tool, i))
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				return err
-			}
-			var err error
-			if tool == "backupd" {
-				err = b.runBackupd(dir, false)
-			} else {
-				err = b.runRestic(dir, false)
-			}
-			if err != nil {
+			if err := b.cycle(tool, dir, false, true); err != nil {
 				return fmt.Errorf("%s warm-up %d: %v", tool, i, err)
 			}
 			if err := b.removeRun(dir); err != nil {
@@ -351,17 +439,7 @@ func (b *bench) runAll() error {
 	for i := 1; i <= b.opts.runs; i++ {
 		for _, tool := range b.opts.tools {
 			dir := filepath.Join(b.work, fmt.Sprintf("%s-run%d", tool, i))
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				return err
-			}
-			verify := i == 1 || b.opts.verifyAll
-			var err error
-			if tool == "backupd" {
-				err = b.runBackupd(dir, verify)
-			} else {
-				err = b.runRestic(dir, verify)
-			}
-			if err != nil {
+			if err := b.cycle(tool, dir, i == 1 || b.opts.verifyAll, false); err != nil {
 				return fmt.Errorf("%s run %d: %v", tool, i, err)
 			}
 			if err := b.removeRun(dir); err != nil {
@@ -370,6 +448,340 @@ func (b *bench) runAll() error {
 		}
 	}
 	return nil
+}
+
+// toolRun is one tool's repository (or archive) for one cycle.
+type toolRun struct {
+	tool  string
+	dir   string   // the run's directory
+	repo  string   // local path of the repository or archive, for its size
+	arg   string   // backupd: repository URL; restic: repository argument; tarzstd: archive path
+	cache string   // cache directory (backupd and restic)
+	env   []string // extra environment
+}
+
+// Seeds of the two 1% changes: the one rebackup-1pct applies to the dataset
+// (and undoes) and the one restore-over applies to the copy it restores over.
+const (
+	changeSeed = 1
+	overSeed   = 2
+)
+
+// cycle runs, for one tool in the fresh run directory dir and on one
+// repository, the selected scenarios in this order:
+//
+//  1. backup: the first backup into an empty repository (always done; timed
+//     as "backup" if selected, else untimed setup for the others);
+//  2. rebackup: a second backup of the unchanged dataset;
+//  3. restore: the latest snapshot into an empty directory;
+//  4. restore-over: the latest snapshot over a copy of the dataset (made
+//     untimed with cp -a, so unchanged files keep size and mtime) in which
+//     1% of the files were changed, deleted or added;
+//  5. rebackup-1pct: a backup after 1% of the dataset's files were changed
+//     in place; the change is undone afterwards, so every run measures the
+//     same change. It comes last so that the restores see the unchanged
+//     dataset as the latest snapshot.
+//
+// A warm-up cycle only backs up and restores, untimed.
+func (b *bench) cycle(tool, dir string, verify, warmup bool) error {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	r, err := b.newRun(tool, dir)
+	if err != nil {
+		return err
+	}
+	// The parent backup must start at least racySettle after the harness
+	// last wrote to the dataset; see settle.
+	b.settle()
+	m, err := b.backupStep(r, "backup")
+	if err != nil {
+		return err
+	}
+	b.record("backup", tool, m)
+	if warmup {
+		if !b.hasScenario("restore") && !b.hasScenario("restore-over") {
+			return nil
+		}
+		target, err := b.restoreTarget(dir, "restore")
+		if err != nil {
+			return err
+		}
+		_, err = b.restoreStep(r, target, false)
+		return err
+	}
+
+	if b.hasScenario("rebackup") {
+		m, err := b.backupStep(r, "rebackup")
+		if err != nil {
+			return err
+		}
+		b.record("rebackup", tool, m)
+	}
+
+	if b.hasScenario("restore") {
+		target, err := b.restoreTarget(dir, "restore")
+		if err != nil {
+			return err
+		}
+		m, err := b.restoreStep(r, target, false)
+		if err != nil {
+			return err
+		}
+		b.record("restore", tool, m)
+		if verify {
+			if err := b.verify(tool, "restore", b.restoredRoot(tool, target), nil); err != nil {
+				return err
+			}
+		}
+		// Free the disk (untimed) before the next step.
+		if err := removeAll(target); err != nil {
+			return err
+		}
+	}
+
+	if b.hasScenario("restore-over") && !(tool == "backupd" && !b.backupdOverwrite) {
+		target, err := b.restoreTarget(dir, "restore-over")
+		if err != nil {
+			return err
+		}
+		root := b.restoredRoot(tool, target)
+		if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+			return err
+		}
+		if out, err := exec.Command("cp", "-a", b.data, root).CombinedOutput(); err != nil {
+			return fmt.Errorf("cp -a %s %s: %v\n%s", b.data, root, err, out)
+		}
+		ch, err := changeTree(root, b.src, 1, overSeed)
+		if err != nil {
+			return fmt.Errorf("changing the restore-over target: %v", err)
+		}
+		b.overChange = ch
+		m, err := b.restoreStep(r, target, true)
+		if err != nil {
+			return err
+		}
+		b.record("restore-over", tool, m)
+		if verify {
+			var extra []string
+			if tool == "tarzstd" {
+				extra = ch.added // tar deletes nothing
+			}
+			if err := b.verify(tool, "restore-over", root, extra); err != nil {
+				return err
+			}
+		}
+		if err := removeAll(target); err != nil {
+			return err
+		}
+	}
+
+	if b.hasScenario("rebackup-1pct") {
+		ch, err := changeTree(b.data, b.src, 1, changeSeed)
+		if err != nil {
+			return fmt.Errorf("changing 1%% of the dataset: %v", err)
+		}
+		b.change = ch
+		m, err := b.backupStep(r, "rebackup-1pct")
+		// Undo even after a failure: the dataset must stay as generated.
+		if uerr := ch.undo(); uerr != nil {
+			return fmt.Errorf("undoing the 1%% change of %s (regenerate it): %v", b.data, uerr)
+		}
+		b.lastWrite = time.Now()
+		if err != nil {
+			return err
+		}
+		b.record("rebackup-1pct", tool, m)
+	}
+	return nil
+}
+
+// racySettle is how long after the harness last wrote to the dataset a
+// parent backup may start. backupd, like git ("racy git"), does not trust
+// the stat data of a file whose ctime lies within 2 s before the start of
+// the backup that recorded it (its parent), and rereads such a file in the
+// next backup. A first backup started right after the dataset was generated,
+// or right after the 1% change was undone, would make the following
+// "unchanged" re-backup reread those files, measuring the guard instead of
+// the steady state. restic has no such guard; waiting costs it nothing.
+const racySettle = 2500 * time.Millisecond
+
+// settle sleeps (untimed) until racySettle has passed since the last write
+// to the dataset.
+func (b *bench) settle() {
+	if d := time.Until(b.lastWrite.Add(racySettle)); d > 0 {
+		fmt.Fprintf(os.Stderr, "harness: waiting %.1fs so that no file's ctime lies within backupd's 2 s racy window of the parent backup\n", d.Seconds())
+		time.Sleep(d)
+	}
+}
+
+// newRun prepares a fresh repository (or archive path) for tool in dir.
+func (b *bench) newRun(tool, dir string) (*toolRun, error) {
+	r := &toolRun{tool: tool, dir: dir, repo: filepath.Join(dir, "repo"), cache: filepath.Join(dir, "cache")}
+	switch tool {
+	case "backupd":
+		r.arg = "file://" + r.repo
+		if b.minio != nil {
+			bucket, err := b.minio.newBucket()
+			if err != nil {
+				return nil, err
+			}
+			r.arg = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, b.minio.url)
+			r.repo = filepath.Join(b.minio.dataDir, bucket)
+			r.env = b.minio.env()
+		}
+	case "restic":
+		r.arg = r.repo
+		r.env = []string{"RESTIC_PASSWORD=backupd-bench"}
+		if b.minio != nil {
+			bucket, err := b.minio.newBucket()
+			if err != nil {
+				return nil, err
+			}
+			r.arg = fmt.Sprintf("s3:%s/%s/restic", b.minio.url, bucket)
+			r.repo = filepath.Join(b.minio.dataDir, bucket)
+			r.env = append(r.env, b.minio.env()...)
+		}
+		// restic needs an explicit init (which derives the master key
+		// with scrypt); it is setup, timed separately and not part of
+		// the backup.
+		m, _, err := measure(r.env, b.restic, "init", "-r", r.arg, "--cache-dir", r.cache)
+		if err != nil {
+			return nil, err
+		}
+		if b.recording {
+			b.resticInit = append(b.resticInit, m.wall.Seconds())
+		}
+	case "tarzstd":
+		r.repo = filepath.Join(dir, "ws.tar.zst")
+		r.arg = r.repo
+	}
+	return r, nil
+}
+
+// backupStep runs one timed backup of the dataset into r for scenario
+// (backup, rebackup or rebackup-1pct) and notes how many files the tool
+// read again.
+func (b *bench) backupStep(r *toolRun, scenario string) (measurement, error) {
+	var m measurement
+	var err error
+	reread := int64(-1)
+	unchangedData := scenario != "rebackup-1pct"
+	switch r.tool {
+	case "backupd":
+		var out []byte
+		m, out, err = measure(r.env, b.backupctl, "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws",
+			"--cache-dir", r.cache, "--json", b.data)
+		if err != nil {
+			return m, err
+		}
+		var st struct {
+			Files     *int64 `json:"files"`
+			Unchanged *int64 `json:"unchanged_files"`
+			Bytes     *int64 `json:"bytes"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			return m, fmt.Errorf("backupctl backup: bad JSON output %q: %v", out, err)
+		}
+		if unchangedData && st.Files != nil && *st.Files != int64(b.src.files) {
+			b.warn(fmt.Sprintf("backupctl backup reported files=%d, dataset has %d regular files", *st.Files, b.src.files))
+		}
+		if unchangedData && st.Bytes != nil && *st.Bytes != b.src.bytes {
+			b.warn(fmt.Sprintf("backupctl backup reported bytes=%d, dataset has %d bytes", *st.Bytes, b.src.bytes))
+		}
+		if st.Files != nil && st.Unchanged != nil {
+			reread = *st.Files - *st.Unchanged
+		}
+	case "restic":
+		var out []byte
+		m, out, err = measure(r.env, b.restic, "backup", "-r", r.arg, "--cache-dir", r.cache, "--json", b.data)
+		if err != nil {
+			return m, err
+		}
+		if st, ok := resticSummary(out); ok {
+			reread = st.FilesNew + st.FilesChanged
+		}
+	case "tarzstd":
+		// -f: a re-backup overwrites the archive, as Gitpod does.
+		m, _, err = measurePipeline(nil,
+			[]string{"tar", "-C", b.data, "-cf", "-", "."},
+			[]string{"zstd", "-T0", "-q", "-f", "-o", r.arg, "-"})
+		if err != nil {
+			return m, err
+		}
+		reread = -1 // everything, always
+	}
+	if m.repoSize, err = dirSize(r.repo); err != nil {
+		return m, err
+	}
+	if b.recording && scenario != "backup" {
+		k := scenario + "/" + r.tool
+		b.rereads[k] = append(b.rereads[k], reread)
+	}
+	return m, nil
+}
+
+type resticBackupSummary struct {
+	MessageType  string `json:"message_type"`
+	FilesNew     int64  `json:"files_new"`
+	FilesChanged int64  `json:"files_changed"`
+}
+
+// resticSummary finds the summary line of `restic backup --json`.
+func resticSummary(out []byte) (resticBackupSummary, bool) {
+	for _, line := range bytes.Split(out, []byte("\n")) {
+		var st resticBackupSummary
+		if json.Unmarshal(line, &st) == nil && st.MessageType == "summary" {
+			return st, true
+		}
+	}
+	return resticBackupSummary{}, false
+}
+
+// restoreStep restores the latest snapshot in r into target, timed; with
+// over, target already holds a mostly identical tree.
+func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, error) {
+	switch r.tool {
+	case "backupd":
+		args := []string{"restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
+			"--cache-dir", r.cache, "--json"}
+		if over {
+			args = append(args, "--overwrite", "--delete")
+		}
+		m, out, err := measure(r.env, b.backupctl, append(args, target)...)
+		if err != nil {
+			return m, err
+		}
+		if !json.Valid(bytes.TrimSpace(out)) {
+			return m, fmt.Errorf("backupctl restore: bad JSON output %q", out)
+		}
+		return m, nil
+	case "restic":
+		args := []string{"restore", "-r", r.arg, "--cache-dir", r.cache, "latest", "--target", target}
+		if over {
+			args = append(args, "--overwrite", "if-changed", "--delete")
+		}
+		m, _, err := measure(r.env, b.restic, args...)
+		return m, err
+	case "tarzstd":
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return measurement{}, err
+		}
+		m, _, err := measurePipeline(nil,
+			[]string{"zstd", "-dc", "-q", r.arg},
+			[]string{"tar", "-C", target, "-xpf", "-"})
+		return m, err
+	}
+	return measurement{}, fmt.Errorf("unknown tool %q", r.tool)
+}
+
+// restoredRoot is where a tool's restore into target puts the dataset's
+// root: restic restores the full absolute path below the target.
+func (b *bench) restoredRoot(tool, target string) string {
+	if tool == "restic" {
+		return filepath.Join(target, b.data)
+	}
+	return target
 }
 
 // removeRun deletes a run's directory and its restore targets.
@@ -384,151 +796,49 @@ func (b *bench) removeRun(dir string) error {
 }
 
 func (b *bench) record(scenario, tool string, m measurement) {
-	if !b.recording {
+	if !b.recording || !b.hasScenario(scenario) {
 		return
 	}
 	k := scenario + "/" + tool
 	b.results[k] = append(b.results[k], m)
-	fmt.Fprintf(os.Stderr, "harness: %-7s %-7s run %d: %6.2fs  %7.1f MB/s  cpu %6.2fs (sys %5.2fs)  rss %s\n",
+	fmt.Fprintf(os.Stderr, "harness: %-7s %-13s run %d: %6.2fs  %7.1f MB/s  cpu %6.2fs (sys %5.2fs)  rss %s\n",
 		tool, scenario, len(b.results[k]), m.wall.Seconds(),
 		float64(b.src.bytes)/1e6/m.wall.Seconds(), m.cpu.Seconds(), m.sys.Seconds(), mib(m.maxRSS))
 }
 
-func (b *bench) runBackupd(dir string, verify bool) error {
-	repo := filepath.Join(dir, "repo")
-	url := "file://" + repo
-	var env []string
-	if b.minio != nil {
-		bucket, err := b.minio.newBucket()
-		if err != nil {
-			return err
-		}
-		url = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, b.minio.url)
-		repo = filepath.Join(b.minio.dataDir, bucket)
-		env = b.minio.env()
-	}
-	target, err := b.restoreTarget(dir)
-	if err != nil {
-		return err
-	}
-
-	m, out, err := measure(env, b.backupctl, "backup", "-r", url, "--owner", "bench", "--workspace", "ws", "--json", b.data)
-	if err != nil {
-		return err
-	}
-	var st struct {
-		Files *int64 `json:"files"`
-		Bytes *int64 `json:"bytes"`
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		return fmt.Errorf("backupctl backup: bad JSON output %q: %v", out, err)
-	}
-	if st.Files != nil && *st.Files != int64(b.src.files) {
-		b.warn(fmt.Sprintf("backupctl backup reported files=%d, dataset has %d regular files", *st.Files, b.src.files))
-	}
-	if st.Bytes != nil && *st.Bytes != b.src.bytes {
-		b.warn(fmt.Sprintf("backupctl backup reported bytes=%d, dataset has %d bytes", *st.Bytes, b.src.bytes))
-	}
-	if m.repoSize, err = dirSize(repo); err != nil {
-		return err
-	}
-	if b.hasScenario("backup") {
-		b.record("backup", "backupd", m)
-	}
-	if !b.hasScenario("restore") {
-		return nil
-	}
-
-	m, out, err = measure(env, b.backupctl, "restore", "-r", url, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest", "--json", target)
-	if err != nil {
-		return err
-	}
-	if !json.Valid(bytes.TrimSpace(out)) {
-		return fmt.Errorf("backupctl restore: bad JSON output %q", out)
-	}
-	b.record("restore", "backupd", m)
-	if verify {
-		return b.verify("backupd", target)
-	}
-	return nil
-}
-
-func (b *bench) runRestic(dir string, verify bool) error {
-	repo := filepath.Join(dir, "repo")
-	cache := filepath.Join(dir, "cache")
-	target, err := b.restoreTarget(dir)
-	if err != nil {
-		return err
-	}
-	env := []string{"RESTIC_PASSWORD=backupd-bench"}
-	repoArg := repo
-	if b.minio != nil {
-		bucket, err := b.minio.newBucket()
-		if err != nil {
-			return err
-		}
-		repoArg = fmt.Sprintf("s3:%s/%s/restic", b.minio.url, bucket)
-		repo = filepath.Join(b.minio.dataDir, bucket)
-		env = append(env, b.minio.env()...)
-	}
-
-	// restic needs an explicit init (which derives the master key with
-	// scrypt); it is setup, timed separately and not part of the backup.
-	m, _, err := measure(env, b.restic, "init", "-r", repoArg, "--cache-dir", cache)
-	if err != nil {
-		return err
-	}
-	b.resticInit = append(b.resticInit, m.wall.Seconds())
-
-	m, _, err = measure(env, b.restic, "backup", "-r", repoArg, "--cache-dir", cache, b.data)
-	if err != nil {
-		return err
-	}
-	if m.repoSize, err = dirSize(repo); err != nil {
-		return err
-	}
-	if b.hasScenario("backup") {
-		b.record("backup", "restic", m)
-	}
-	if !b.hasScenario("restore") {
-		return nil
-	}
-
-	m, _, err = measure(env, b.restic, "restore", "-r", repoArg, "--cache-dir", cache, "latest", "--target", target)
-	if err != nil {
-		return err
-	}
-	b.record("restore", "restic", m)
-	if verify {
-		// restic restores the full absolute path below the target.
-		return b.verify("restic", filepath.Join(target, b.data))
-	}
-	return nil
-}
-
-// restoreTarget returns a fresh restore target for a run in dir; with
-// --restore-dir it lives there and is removed after the run.
-func (b *bench) restoreTarget(dir string) (string, error) {
+// restoreTarget returns a fresh restore target called name for a run in
+// dir; with --restore-dir it lives there and is removed after the run.
+func (b *bench) restoreTarget(dir, name string) (string, error) {
 	if b.opts.restoreDir == "" {
-		return filepath.Join(dir, "restore"), nil
+		return filepath.Join(dir, name), nil
 	}
 	t, err := os.MkdirTemp(b.opts.restoreDir, "backupd-bench-restore-")
 	if err != nil {
 		return "", err
 	}
 	b.cleanup = append(b.cleanup, t)
-	return filepath.Join(t, "restore"), nil
+	return filepath.Join(t, name), nil
 }
 
-func (b *bench) verify(tool, restored string) error {
+// verify compares the restored tree with the source; paths in extra may be
+// in the restored tree without being in the source (tar deletes nothing).
+func (b *bench) verify(tool, scenario, restored string, extra []string) error {
 	got, err := scanTree(restored)
 	if err != nil {
-		return fmt.Errorf("verifying %s restore: %v", tool, err)
+		return fmt.Errorf("verifying %s %s: %v", tool, scenario, err)
+	}
+	for _, p := range extra {
+		if _, ok := got.entries[p]; !ok {
+			return fmt.Errorf("verifying %s %s in %s: expected leftover %s is missing", tool, scenario, restored, p)
+		}
+		delete(got.entries, p)
+		got.files--
 	}
 	if err := compareTrees(b.src, got); err != nil {
-		return fmt.Errorf("verifying %s restore in %s: %v", tool, restored, err)
+		return fmt.Errorf("verifying %s %s in %s: %v", tool, scenario, restored, err)
 	}
-	fmt.Fprintf(os.Stderr, "harness: %s restore verified (%d files, %s, SHA-256 of every file)\n", tool, got.files, mib(got.bytes))
+	fmt.Fprintf(os.Stderr, "harness: %s %s verified (%d files, SHA-256 of every file)\n", tool, scenario, got.files)
+	b.verified[scenario+"/"+tool] = true
 	return nil
 }
 
@@ -547,27 +857,98 @@ func (b *bench) warn(msg string) {
 // Dirty pages left by earlier steps are flushed first (untimed), so that
 // no measurement pays for an earlier one's writeback.
 func measure(env []string, name string, args ...string) (measurement, []byte, error) {
-	syscall.Sync()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	start := time.Now()
-	err := cmd.Run()
-	wall := time.Since(start)
+	return measurePipeline(env, append([]string{name}, args...))
+}
+
+// measurePipeline runs commands connected stdout to stdin like a shell
+// pipeline, each under the rusage helper (see rusage.go), and measures them
+// as one: CPU and system time summed over the commands, peak RSS the
+// largest of theirs (they run at the same time, so that understates the
+// pipeline's joint peak by at most the smaller one), and wall time as the
+// helper measured it for a single command, or from the first start to the
+// last exit for a pipeline. It returns the last command's stdout.
+func measurePipeline(env []string, cmds ...[]string) (measurement, []byte, error) {
+	self, err := os.Executable()
 	if err != nil {
-		return measurement{}, nil, fmt.Errorf("%s %s: %v\nstderr:\n%s", filepath.Base(name), strings.Join(args, " "), err, stderr.String())
+		return measurement{}, nil, err
 	}
-	var m measurement
-	m.wall = wall
-	m.sys = cmd.ProcessState.SystemTime()
-	m.cpu = cmd.ProcessState.UserTime() + m.sys
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		m.maxRSS = int64(ru.Maxrss) * 1024 // KiB on Linux
-		if runtime.GOOS == "darwin" {
-			m.maxRSS = int64(ru.Maxrss) // bytes on macOS
+	syscall.Sync()
+	var stdout bytes.Buffer
+	procs := make([]*exec.Cmd, len(cmds))
+	stderrs := make([]bytes.Buffer, len(cmds))
+	reports := make([]*os.File, len(cmds))
+	var fds []*os.File // the harness's copies of descriptors the helpers hold
+	defer func() {
+		for _, f := range append(fds, reports...) {
+			if f != nil {
+				f.Close()
+			}
 		}
+	}()
+	for i, c := range cmds {
+		procs[i] = exec.Command(self, c...)
+		procs[i].Env = append(append(os.Environ(), env...), rusageHelperEnv+"=1")
+		procs[i].Stderr = &stderrs[i]
+		r, w, err := os.Pipe()
+		if err != nil {
+			return measurement{}, nil, err
+		}
+		reports[i] = r
+		fds = append(fds, w)
+		procs[i].ExtraFiles = []*os.File{w} // descriptor 3
+		if i > 0 {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return measurement{}, nil, err
+			}
+			fds = append(fds, r, w)
+			procs[i-1].Stdout = w
+			procs[i].Stdin = r
+		}
+	}
+	procs[len(procs)-1].Stdout = &stdout
+	describe := func(i int) string { return filepath.Base(cmds[i][0]) + " " + strings.Join(cmds[i][1:], " ") }
+	start := time.Now()
+	for i, p := range procs {
+		if err := p.Start(); err != nil {
+			for _, q := range procs[:i] {
+				q.Process.Kill()
+				q.Wait()
+			}
+			return measurement{}, nil, fmt.Errorf("%s: %v", describe(i), err)
+		}
+	}
+	// The helpers hold their ends; close ours so that EOF propagates.
+	for _, f := range fds {
+		f.Close()
+	}
+	fds = nil
+	errs := make([]error, len(procs))
+	for i, p := range procs {
+		errs[i] = p.Wait()
+	}
+	wall := time.Since(start)
+	m := measurement{wall: wall}
+	for i := range procs {
+		var rep helperReport
+		data, rerr := io.ReadAll(reports[i])
+		if rerr == nil {
+			rerr = json.Unmarshal(data, &rep)
+		}
+		switch {
+		case rerr != nil:
+			return measurement{}, nil, fmt.Errorf("%s: no rusage report (%v; %v)\nstderr:\n%s", describe(i), rerr, errs[i], stderrs[i].String())
+		case rep.Err != "":
+			return measurement{}, nil, fmt.Errorf("%s: %s", describe(i), rep.Err)
+		case errs[i] != nil:
+			return measurement{}, nil, fmt.Errorf("%s: %v\nstderr:\n%s", describe(i), errs[i], stderrs[i].String())
+		}
+		if len(procs) == 1 {
+			m.wall = time.Duration(rep.WallNS)
+		}
+		m.sys += time.Duration(rep.SysNS)
+		m.cpu += time.Duration(rep.UserNS + rep.SysNS)
+		m.maxRSS = max(m.maxRSS, rep.MaxRSS)
 	}
 	return m, stdout.Bytes(), nil
 }
