@@ -26,9 +26,9 @@ func TestMain(m *testing.M) { testservers.Main(m) }
 func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 	srv := testservers.MinIO(t)
 	bucket := srv.NewBucket(t)
-	var logs bytes.Buffer
+	logw := &syncBuffer{b: &bytes.Buffer{}}
 	logger = func(t *testing.T) *zap.Logger {
-		return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&syncBuffer{b: &logs}), zap.DebugLevel))
+		return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logw), zap.DebugLevel))
 	}
 	t.Cleanup(func() { logger = testLogger })
 	e := newEnv(t, func(c *Config) {
@@ -87,7 +87,7 @@ func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 		t.Fatalf("restore of the previous snapshot: %v", last)
 	}
 	// The logs tell of every operation, and never of the secret key.
-	text := logs.String()
+	text := logw.String()
 	if strings.Count(text, `"msg":"operation ended"`) != 3 || strings.Contains(text, srv.UserSecretKey) {
 		t.Fatalf("logs (3 operations, no secret expected):\n%s", text)
 	}
@@ -97,6 +97,12 @@ func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 type syncBuffer struct {
 	mu sync.Mutex
 	b  *bytes.Buffer
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {

@@ -277,7 +277,8 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 		delete(m.active, op.joinKey)
 	}
 	m.mu.Unlock()
-	close(op.done)
+	// Counted and logged before watchers learn of the end.
+	defer close(op.done)
 
 	kind, result := kindName(op.kind), resultName(state)
 	dur := op.ended.Sub(op.created)
