@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"path/filepath"
 	"testing"
 	"time"
@@ -66,6 +67,31 @@ func TestMutualTLS(t *testing.T) {
 	defer cancel()
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("plaintext client: %v", err)
+	}
+
+	// cert-manager rotates the server certificate in place: the next
+	// connection gets the new one, without a restart.
+	served := func() string {
+		c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"},
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				cert, err := tls.LoadX509KeyPair(goodCert, goodKey)
+				return &cert, err
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if cn := served(); cn != "backupd" {
+		t.Fatalf("served %q", cn)
+	}
+	ca.Issue(t, "backupd-rotated", true, dir, "server")
+	if cn := served(); cn != "backupd-rotated" {
+		t.Fatalf("after rotation the daemon serves %q", cn)
+	}
+	if err := call(tlsreload.ClientFiles{CA: caFile, Cert: goodCert, Key: goodKey}); err != nil {
+		t.Fatalf("gRPC after rotation: %v", err)
 	}
 }
 
