@@ -332,14 +332,13 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 		f *dirFuture
 	}
 	for _, name := range names {
-		p := filepath.Join(path, name)
 		var st unix.Stat_t
 		err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(err, unix.ENOENT) {
 			continue // removed while we walked
 		}
 		if err != nil {
-			return nil, fmt.Errorf("stat %s: %w", p, err)
+			return nil, fmt.Errorf("stat %s: %w", filepath.Join(path, name), err)
 		}
 		if b.exclude != nil && b.exclude.Excluded(rel+name, st.Mode&unix.S_IFMT == unix.S_IFDIR) {
 			b.stats.excluded.Add(1)
@@ -360,7 +359,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 		case unix.S_IFLNK:
 			n.Type = repo.TypeSymlink
 			if n.Target, err = readlinkat(dirfd, name); err != nil {
-				return nil, fmt.Errorf("read symlink %s: %w", p, err)
+				return nil, fmt.Errorf("read symlink %s: %w", filepath.Join(path, name), err)
 			}
 			b.stats.symlinks.Add(1)
 		case unix.S_IFIFO:
@@ -369,13 +368,16 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 			// Devices and sockets: not kept (a socket is meaningless without
 			// its process; devices do not belong in a workspace).
 			b.stats.skipped.Add(1)
-			b.opts.Warn(p, fmt.Errorf("skipped: %s (not kept by this format version)", specialKind(st.Mode)))
+			b.opts.Warn(filepath.Join(path, name), fmt.Errorf("skipped: %s (not kept by this format version)", specialKind(st.Mode)))
 			continue
 		}
-		if n.Type != repo.TypeFile { // files: read by the reader, from the open file
-			if n.Xattrs, err = readXattrs(-1, p, b.allXattrs); err != nil {
-				b.opts.Warn(p, fmt.Errorf("extended attributes not kept: %w", err))
-			}
+		if n.Type == repo.TypeFile {
+			nodes = append(nodes, n) // xattrs: read by the reader, from the open file
+			continue
+		}
+		p := filepath.Join(path, name)
+		if n.Xattrs, err = readXattrs(-1, p, b.allXattrs); err != nil {
+			b.opts.Warn(p, fmt.Errorf("extended attributes not kept: %w", err))
 		}
 		nodes = append(nodes, n)
 		if n.Type == repo.TypeDir {
@@ -759,10 +761,16 @@ func specialKind(mode uint32) string {
 	return fmt.Sprintf("file type %#o", mode&unix.S_IFMT)
 }
 
+// direntBufs holds getdents buffers, one per walker at a time: a walk
+// reads thousands of directories.
+var direntBufs = gosync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // readDirNames returns the names in the open directory dirfd, without
 // "." and "..".
 func readDirNames(dirfd int) ([]string, error) {
-	buf := make([]byte, 32<<10)
+	bp := direntBufs.Get().(*[]byte)
+	defer direntBufs.Put(bp)
+	buf := *bp
 	var names []string
 	for {
 		n, err := unix.ReadDirent(dirfd, buf)
