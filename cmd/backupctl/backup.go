@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -60,7 +61,7 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 			}
 			ctx := cmd.Context()
 			if d.enabled() {
-				dir, err := absPath(args[0])
+				dir, err := filepath.Abs(args[0])
 				if err != nil {
 					return err
 				}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -69,14 +68,6 @@ func rpcError(d *daemonFlags, err error) error {
 		return fmt.Errorf("daemon %s: %s (%s)", d.addr, st.Message(), st.Code())
 	}
 	return err
-}
-
-func absPath(p string) (string, error) {
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		return "", err
-	}
-	return abs, nil
 }
 
 // follow watches an operation to its end, mirroring its progress into

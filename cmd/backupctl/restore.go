@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,7 +55,7 @@ root) with everything below it, and the directories leading to it.`,
 			ctx := cmd.Context()
 			start := time.Now()
 			if d.enabled() {
-				dir, err := absPath(args[0])
+				dir, err := filepath.Abs(args[0])
 				if err != nil {
 					return err
 				}

@@ -29,12 +29,12 @@ type service struct {
 	s *Server
 }
 
-// fingerprint identifies what a request asks for, apart from its request
-// id, to tell a retry from a reused id.
-func fingerprint(m proto.Message, clearRequestID func(proto.Message)) string {
-	c := proto.Clone(m)
-	clearRequestID(c)
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+// fingerprint identifies what a request asks for, apart from its
+// request_id field, to tell a retry from a reused id.
+func fingerprint(m proto.Message) string {
+	c := proto.Clone(m).ProtoReflect()
+	c.Clear(c.Descriptor().Fields().ByName("request_id"))
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c.Interface())
 	return string(b)
 }
 
@@ -84,7 +84,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
 		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
 	}
-	fp := fingerprint(req, func(m proto.Message) { m.(*pb.BackupWorkspaceRequest).RequestId = "" })
+	fp := fingerprint(req)
 	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
 	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, fp,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
@@ -154,7 +154,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
 	}
 	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
-	fp := fingerprint(req, func(m proto.Message) { m.(*pb.RestoreWorkspaceRequest).RequestId = "" })
+	fp := fingerprint(req)
 	key := "restore/" + owner + "/" + workspace + "/" + path
 	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, fp,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {

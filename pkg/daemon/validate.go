@@ -98,8 +98,11 @@ func checkIncludes(paths []string) error {
 		return invalidField("includes", fmt.Errorf("%d paths, at most %d", len(paths), maxIncludes))
 	}
 	for _, p := range paths {
-		if p == "" || strings.ContainsRune(p, 0) || strings.Contains("/"+p+"/", "/../") {
-			return invalidField("includes", fmt.Errorf("%q: want a path in the snapshot, without ..", p))
+		if p == "" {
+			return invalidField("includes", errors.New("an empty path"))
+		}
+		if _, err := bsync.CleanInclude(p); err != nil {
+			return invalidField("includes", err)
 		}
 	}
 	return nil

@@ -23,7 +23,7 @@ type includeSet struct {
 func newIncludeSet(ctx context.Context, r *repo.Repository, root chunk.ID, paths []string) (*includeSet, error) {
 	s := &includeSet{}
 	for _, p := range paths {
-		clean, err := cleanInclude(p)
+		clean, err := CleanInclude(p)
 		if err != nil {
 			return nil, err
 		}
@@ -38,9 +38,10 @@ func newIncludeSet(ctx context.Context, r *repo.Repository, root chunk.ID, paths
 	return s, nil
 }
 
-// cleanInclude turns an include path ("src/app", "/src/app/", "./src")
-// into its form relative to the snapshot's root; "" is the root.
-func cleanInclude(p string) (string, error) {
+// CleanInclude turns an include path ("src/app", "/src/app/", "./src")
+// into its form relative to the snapshot's root; "" is the root. A path
+// with a ".." component or a NUL is an error.
+func CleanInclude(p string) (string, error) {
 	for _, c := range strings.Split(p, "/") {
 		if c == ".." {
 			return "", fmt.Errorf("include %q: a path in the snapshot cannot contain ..", p)
