@@ -229,9 +229,6 @@ func run(ctx context.Context, cfg daemon.Config) error {
 		return err
 	}
 	defer log.Sync()
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	srv, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		return err

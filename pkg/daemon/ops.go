@@ -320,11 +320,10 @@ func (m *manager) forgetExpired() {
 		op.mu.Unlock()
 		if old {
 			delete(m.ops, id)
-			if op.requestID != "" && m.byRequest[op.requestID].op == op {
-				delete(m.byRequest, op.requestID)
-			}
 		}
 	}
+	// Request ids of forgotten operations (the one that started each and
+	// those that joined it) go with them.
 	for rid, rec := range m.byRequest {
 		if _, ok := m.ops[rec.op.id]; !ok {
 			delete(m.byRequest, rid)
