@@ -13,13 +13,13 @@ import (
 	"strings"
 	gosync "sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
 )
@@ -96,10 +96,12 @@ type backupStats struct {
 }
 
 type fileJob struct {
-	path string
+	dir  *openDir // held for the job; the reader releases it
 	node *repo.Node
 	done chan struct{}
 }
+
+func (j *fileJob) path() string { return j.dir.join(j.node.Name) }
 
 type blobJob struct {
 	id   chunk.ID
@@ -141,11 +143,30 @@ type backup struct {
 	newPacks   []repo.PackIndex
 }
 
-// Backup stores the tree at dir in r as a new snapshot of opts.Workspace.
+// Backup stores the tree at dir in r as a new snapshot of opts.Workspace;
+// dir is opened as given (symbolic links in it followed: the caller's own
+// path), everything below it as BackupDir does.
+func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOptions) (*BackupResult, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	src, err := dirfd.Open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("backup source: %w", err)
+	}
+	defer src.Close()
+	return BackupDir(ctx, r, src, opts)
+}
+
+// BackupDir stores the tree below the open directory src in r as a new
+// snapshot of opts.Workspace. Every entry is reached from src's descriptor
+// and never through a symbolic link, so a workspace swapping directories
+// for links while it runs can make it skip or fail, never read outside src.
 // The snapshot object is written last, only after every pack and the index
 // naming them are stored; on any error no snapshot is written and earlier
 // snapshots are untouched. The repository's index must be loaded.
-func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOptions) (*BackupResult, error) {
+func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts BackupOptions) (*BackupResult, error) {
 	opts.defaults()
 	if err := repo.ValidateName("owner", opts.Owner); err != nil {
 		return nil, err
@@ -154,18 +175,24 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		return nil, err
 	}
 	start := time.Now()
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, err
-	}
-	rootInfo, err := os.Stat(abs)
+	abs := src.Name()
+	rootStat, err := src.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("backup source: %w", err)
 	}
-	rootStat := sysStat(rootInfo)
-	if !rootInfo.IsDir() {
-		return nil, fmt.Errorf("backup source %s is not a directory", abs)
+	rootFd, err := unix.Dup(src.Fd())
+	if err != nil {
+		return nil, fmt.Errorf("backup source: %w", err)
 	}
+	unix.CloseOnExec(rootFd)
+	root := &openDir{fd: rootFd, path: abs}
+	root.refs.Store(1)
+	released := false
+	defer func() {
+		if !released {
+			root.release()
+		}
+	}()
 	var parent string
 	var parentTree chunk.ID
 	var parentStart int64
@@ -184,7 +211,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 	if opts.Force {
 		parentTree = chunk.ID{}
 	}
-	excl, err := loadExcludes(abs, opts.Exclude)
+	excl, err := loadExcludes(root, opts.Exclude)
 	if err != nil {
 		return nil, err
 	}
@@ -227,15 +254,16 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		g.Go(func() error { defer readers.Done(); return b.reader(gctx) })
 	}
 	var rootID chunk.ID
+	released = true // the walk releases it
 	g.Go(func() error {
-		root, err := b.walkDir(gctx, g, abs, "", parentTree)
+		fut, err := b.walkDir(gctx, g, root, "", parentTree, 0)
 		if err != nil {
 			return err
 		}
-		if err := wait(gctx, root.done); err != nil {
+		if err := wait(gctx, fut.done); err != nil {
 			return err
 		}
-		rootID = root.id
+		rootID = fut.id
 		close(b.fileJobs)
 		readers.Wait()
 		close(b.blobJobs)
@@ -271,7 +299,7 @@ func Backup(ctx context.Context, r *repo.Repository, dir string, opts BackupOpti
 		Parent:    parent,
 		Tags:      opts.Tags,
 		RootMode:  rootStat.Mode & 07777,
-		RootMTime: rootInfo.ModTime().UnixNano(),
+		RootMTime: rootStat.Mtim.Nano(),
 		RootUID:   opts.UIDMap.ToContainer(rootStat.Uid),
 		RootGID:   opts.GIDMap.ToContainer(rootStat.Gid),
 		Stats: repo.Stats{
@@ -297,22 +325,37 @@ func wait(ctx context.Context, done <-chan struct{}) error {
 	}
 }
 
+// openDir is a directory being backed up: its descriptor stays open until
+// its walk is over and every file queued from it has been opened.
+type openDir struct {
+	fd   int
+	path string // for messages and warnings only
+	refs atomic.Int32
+}
+
+func (d *openDir) hold() { d.refs.Add(1) }
+
+func (d *openDir) release() {
+	if d.refs.Add(-1) == 0 {
+		unix.Close(d.fd)
+	}
+}
+
+func (d *openDir) join(name string) string { return d.path + "/" + name }
+
 // walkDir reads one directory, queues its changed files for reading,
 // recurses into subdirectories, and returns a future for its tree id. A
-// goroutine in g finishes the tree once every child is done. rel is the
-// directory's path below the backed-up one, "" or ending in a slash;
-// parentTree is the same directory in the parent snapshot, or zero.
-func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel string, parentTree chunk.ID) (*dirFuture, error) {
-	// Entries are stat'ed relative to the open directory: no path walk
-	// per entry, which costs as much as the stat itself in deep trees.
-	dirfd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// goroutine in g finishes the tree once every child is done. Entries are
+// reached from d's descriptor by name, never through a link: the stat of
+// each is taken relative to it, subdirectories and files are opened from
+// it with O_NOFOLLOW. walkDir releases d. rel is the directory's path
+// below the backed-up one, "" or ending in a slash; parentTree is the same
+// directory in the parent snapshot, or zero.
+func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel string, parentTree chunk.ID, depth int) (*dirFuture, error) {
+	defer d.release()
+	names, err := dirfd.ReadNames(d.fd)
 	if err != nil {
-		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "open", Path: path, Err: err})
-	}
-	defer unix.Close(dirfd)
-	names, err := readDirNames(dirfd)
-	if err != nil {
-		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "getdents", Path: path, Err: err})
+		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "getdents", Path: d.path, Err: err})
 	}
 	sort.Strings(names) // as trees are
 	var parentNodes []repo.Node
@@ -320,7 +363,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 		pt, err := b.r.LoadTree(ctx, parentTree)
 		if err != nil {
 			// The parent only saves work: read everything below here.
-			b.opts.Warn(path, fmt.Errorf("parent snapshot unreadable here, reading all files: %w", err))
+			b.opts.Warn(d.path, fmt.Errorf("parent snapshot unreadable here, reading all files: %w", err))
 		} else {
 			parentNodes = pt.Nodes
 		}
@@ -333,59 +376,55 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 	}
 	for _, name := range names {
 		var st unix.Stat_t
-		err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		err := unix.Fstatat(d.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(err, unix.ENOENT) {
 			continue // removed while we walked
 		}
 		if err != nil {
-			return nil, fmt.Errorf("stat %s: %w", filepath.Join(path, name), err)
+			return nil, fmt.Errorf("stat %s: %w", d.join(name), err)
 		}
 		if b.exclude != nil && b.exclude.Excluded(rel+name, st.Mode&unix.S_IFMT == unix.S_IFDIR) {
 			b.stats.excluded.Add(1)
 			continue
 		}
-		n := repo.Node{Name: name, Mode: st.Mode & 07777, MTime: st.Mtim.Nano(),
-			UID: b.opts.UIDMap.ToContainer(st.Uid), GID: b.opts.GIDMap.ToContainer(st.Gid)}
+		n := b.nodeFromStat(name, &st)
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
-			n.Type = repo.TypeFile
-			n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
-			if st.Nlink > 1 {
-				n.Device, n.Nlink = st.Dev, uint64(st.Nlink)
-			}
-			n.Size = uint64(st.Size)
+			nodes = append(nodes, n) // queued below, read and xattrs from the open file
 		case unix.S_IFDIR:
+			if depth+1 > repo.MaxTreeDepth {
+				b.skip(d.join(name), fmt.Errorf("skipped: directories nested deeper than %d levels are not kept", repo.MaxTreeDepth))
+				continue
+			}
+			if testHookBeforeOpenDir != nil {
+				testHookBeforeOpenDir(d.join(name))
+			}
+			sub, err := dirfd.OpenAt(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				if b.vanished(d.join(name), err) {
+					continue
+				}
+				return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "open", Path: d.join(name), Err: err})
+			}
+			// The directory opened is the one read: its metadata from its
+			// descriptor, whatever the name pointed at when stat'ed.
+			if err := unix.Fstat(sub, &st); err != nil {
+				unix.Close(sub)
+				return nil, fmt.Errorf("stat %s: %w", d.join(name), err)
+			}
+			n = b.nodeFromStat(name, &st)
 			n.Type = repo.TypeDir
-		case unix.S_IFLNK:
-			n.Type = repo.TypeSymlink
-			if n.Target, err = readlinkat(dirfd, name); err != nil {
-				return nil, fmt.Errorf("read symlink %s: %w", filepath.Join(path, name), err)
+			if n.Xattrs, err = readXattrs(sub, "", b.allXattrs); err != nil {
+				b.opts.Warn(d.join(name), fmt.Errorf("extended attributes not kept: %w", err))
 			}
-			b.stats.symlinks.Add(1)
-		case unix.S_IFIFO:
-			n.Type = repo.TypeFIFO
-		default:
-			// Devices and sockets: not kept (a socket is meaningless without
-			// its process; devices do not belong in a workspace).
-			b.stats.skipped.Add(1)
-			b.opts.Warn(filepath.Join(path, name), fmt.Errorf("skipped: %s (not kept by this format version)", specialKind(st.Mode)))
-			continue
-		}
-		if n.Type == repo.TypeFile {
-			nodes = append(nodes, n) // xattrs: read by the reader, from the open file
-			continue
-		}
-		p := filepath.Join(path, name)
-		if n.Xattrs, err = readXattrs(-1, p, b.allXattrs); err != nil {
-			b.opts.Warn(p, fmt.Errorf("extended attributes not kept: %w", err))
-		}
-		nodes = append(nodes, n)
-		if n.Type == repo.TypeDir {
-			var sub chunk.ID
-			if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeDir {
-				sub = pn.Subtree
+			nodes = append(nodes, n)
+			var sub0 chunk.ID
+			if pn := findNode(parentNodes, name); pn != nil && pn.Type == repo.TypeDir {
+				sub0 = pn.Subtree
 			}
-			f, err := b.walkSubdir(ctx, g, p, rel+n.Name+"/", sub)
+			od := &openDir{fd: sub, path: d.join(name)}
+			od.refs.Store(1)
+			f, err := b.walkSubdir(ctx, g, od, rel+name+"/", sub0, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -394,6 +433,21 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 				f *dirFuture
 			}{len(nodes) - 1, f})
 			waits = append(waits, f.done)
+		case unix.S_IFLNK, unix.S_IFIFO:
+			if err := b.pinnedNode(d, &n, &st); err != nil {
+				if b.vanished(d.join(name), err) {
+					continue
+				}
+				return nil, err
+			}
+			if n.Type == repo.TypeSymlink {
+				b.stats.symlinks.Add(1)
+			}
+			nodes = append(nodes, n)
+		default:
+			// Devices and sockets: not kept (a socket is meaningless without
+			// its process; devices do not belong in a workspace).
+			b.skip(d.join(name), fmt.Errorf("skipped: %s (not kept by this format version)", specialKind(st.Mode)))
 		}
 	}
 	// Queue the files only now: nodes no longer moves.
@@ -413,10 +467,12 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 			b.opts.Progress.Bytes.Add(int64(n.Size))
 			continue
 		}
-		job := &fileJob{path: filepath.Join(path, n.Name), node: n, done: make(chan struct{})}
+		d.hold() // released by the reader once the file is open
+		job := &fileJob{dir: d, node: n, done: make(chan struct{})}
 		select {
 		case b.fileJobs <- job:
 		case <-ctx.Done():
+			d.release()
 			return nil, ctx.Err()
 		}
 		waits = append(waits, job.done)
@@ -439,7 +495,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 		}
 		id, err := b.saveTree(ctx, &repo.Tree{Nodes: kept})
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", d.path, err)
 		}
 		fut.id = id
 		b.stats.dirs.Add(1)
@@ -450,6 +506,96 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, path, rel strin
 	return fut, nil
 }
 
+// nodeFromStat returns the node for an entry with stat data st: type,
+// permission bits, times, owner and, for files, what change detection and
+// hard links need.
+func (b *backup) nodeFromStat(name string, st *unix.Stat_t) repo.Node {
+	n := repo.Node{Name: name, Mode: st.Mode & 07777, MTime: st.Mtim.Nano(),
+		UID: b.opts.UIDMap.ToContainer(st.Uid), GID: b.opts.GIDMap.ToContainer(st.Gid)}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		n.Type = repo.TypeFile
+		n.Inode, n.CTime = st.Ino, st.Ctim.Nano()
+		if st.Nlink > 1 {
+			n.Device, n.Nlink = st.Dev, uint64(st.Nlink)
+		}
+		n.Size = uint64(st.Size)
+	case unix.S_IFDIR:
+		n.Type = repo.TypeDir
+	case unix.S_IFLNK:
+		n.Type = repo.TypeSymlink
+	case unix.S_IFIFO:
+		n.Type = repo.TypeFIFO
+	}
+	return n
+}
+
+// pinnedNode fills in a symlink's or FIFO's node. Backing up as root, it
+// reads the entry's extended attributes, which have no call relative to a
+// directory: it opens the entry itself (O_PATH, never following it),
+// checks it is still of the kind stat'ed, and reads through that
+// descriptor, so a swapped entry can never lend another file's attributes.
+// Otherwise a symlink's target is read relative to d.
+func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
+	name := n.Name
+	if !b.allXattrs {
+		if n.Type == repo.TypeSymlink {
+			t, err := readlinkat(d.fd, name)
+			if err != nil {
+				return fmt.Errorf("read symlink %s: %w", d.join(name), err)
+			}
+			n.Target = t
+		}
+		return nil
+	}
+	fd, err := dirfd.OpenAt(d.fd, name, unix.O_PATH, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", d.join(name), err)
+	}
+	defer unix.Close(fd)
+	var now unix.Stat_t
+	if err := unix.Fstat(fd, &now); err != nil {
+		return fmt.Errorf("stat %s: %w", d.join(name), err)
+	}
+	if now.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
+		return fmt.Errorf("stat %s: %w", d.join(name), errChanged)
+	}
+	*n = b.nodeFromStat(name, &now)
+	if n.Type == repo.TypeSymlink {
+		if n.Target, err = readlinkat(fd, ""); err != nil {
+			return fmt.Errorf("read symlink %s: %w", d.join(name), err)
+		}
+	}
+	if n.Xattrs, err = readXattrs(-1, dirfd.ProcPath(fd), true); err != nil {
+		b.opts.Warn(d.join(name), fmt.Errorf("extended attributes not kept: %w", err))
+	}
+	return nil
+}
+
+// errChanged means an entry changed its kind between two looks at it.
+var errChanged = errors.New("changed during the backup")
+
+// vanished reports whether err means the entry at path went away or
+// changed its kind since its directory was read; it is then left out,
+// with a warning, as a file deleted during the backup is.
+func (b *backup) vanished(path string, err error) bool {
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		b.skip(path, errors.New("skipped: deleted during backup"))
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR), errors.Is(err, errChanged), errors.Is(err, unix.EINVAL):
+		b.skip(path, errors.New("skipped: replaced by another kind of entry during backup"))
+	default:
+		return false
+	}
+	return true
+}
+
+// skip counts and reports an entry left out.
+func (b *backup) skip(path string, why error) {
+	b.stats.skipped.Add(1)
+	b.opts.Warn(path, why)
+}
+
 // racyWindow is the margin, before the parent backup started, within which
 // a file's ctime makes its metadata untrustworthy: timestamps are coarser
 // than the time it takes to rewrite a file (as git's "racy git" problem).
@@ -458,15 +604,15 @@ var racyWindow = 2 * time.Second
 // walkSubdir walks a subdirectory in a goroutine of its own when one of
 // the extra walker slots is free (directory reads and lstats are system
 // call bound, so walking in parallel uses every core), else inline.
-func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, path, rel string, parentTree chunk.ID) (*dirFuture, error) {
+func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, rel string, parentTree chunk.ID, depth int) (*dirFuture, error) {
 	select {
 	case b.walkers <- struct{}{}:
 	default:
-		return b.walkDir(ctx, g, path, rel, parentTree)
+		return b.walkDir(ctx, g, d, rel, parentTree, depth)
 	}
 	fut := &dirFuture{done: make(chan struct{})}
 	g.Go(func() error {
-		inner, err := b.walkDir(ctx, g, path, rel, parentTree)
+		inner, err := b.walkDir(ctx, g, d, rel, parentTree, depth)
 		<-b.walkers // the slot is for walking, not for waiting
 		if err != nil {
 			return err
@@ -552,7 +698,7 @@ func (b *backup) reader(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if err := b.readFile(ctx, ch, job); err != nil {
-			return fmt.Errorf("%s: %w", job.path, err)
+			return fmt.Errorf("%s: %w", job.path(), err)
 		}
 		close(job.done)
 	}
@@ -561,29 +707,51 @@ func (b *backup) reader(ctx context.Context) error {
 // skippedNode marks a tree node dropped before its tree is written.
 const skippedNode repo.NodeType = 0
 
-// testHookBeforeOpen, when set by a test, runs before each file is opened.
-var testHookBeforeOpen func(path string)
+// testHookBeforeOpen and testHookBeforeOpenDir, when set by a test, run
+// before each file or directory is opened, with its display path.
+var testHookBeforeOpen, testHookBeforeOpenDir func(path string)
+
+// openFlags open files for reading: never through a link, never blocking
+// on a FIFO swapped in, without updating access times when allowed.
+func openFlags(root bool) int {
+	f := unix.O_RDONLY | unix.O_NONBLOCK | unix.O_NOCTTY
+	if root {
+		f |= unix.O_NOATIME // only the owner or CAP_FOWNER may
+	}
+	return f
+}
 
 func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) error {
+	n := job.node
 	if testHookBeforeOpen != nil {
-		testHookBeforeOpen(job.path)
+		testHookBeforeOpen(job.path())
 	}
-	f, err := os.OpenFile(job.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		// Deleted since the directory was read: leave it out.
-		job.node.Type = skippedNode
-		b.stats.files.Add(-1)
-		b.stats.skipped.Add(1)
-		b.opts.Warn(job.path, errors.New("skipped: deleted during backup"))
-		return nil
+	fd, err := dirfd.OpenAt(job.dir.fd, n.Name, openFlags(b.allXattrs), 0)
+	var st unix.Stat_t
+	if err == nil {
+		if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			err = errChanged
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
 	}
+	path := job.path()
+	job.dir.release()
 	if err != nil {
+		if b.vanished(path, err) {
+			n.Type = skippedNode
+			b.stats.files.Add(-1)
+			return nil
+		}
 		return err
 	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
-	n := job.node
-	if n.Xattrs, err = readXattrs(int(f.Fd()), job.path, b.allXattrs); err != nil {
-		b.opts.Warn(job.path, fmt.Errorf("extended attributes not kept: %w", err))
+	// The file read is the one opened: its metadata from its descriptor.
+	*n = b.nodeFromStat(n.Name, &st)
+	if n.Xattrs, err = readXattrs(fd, "", b.allXattrs); err != nil {
+		b.opts.Warn(path, fmt.Errorf("extended attributes not kept: %w", err))
 	}
 	n.Size = 0
 	emit := func(buf, data []byte) ([]byte, error) {
@@ -696,25 +864,25 @@ func (b *backup) uploader(ctx context.Context) error {
 	}
 }
 
-// sysStat returns the stat data behind fi (always there for the Lstat of
-// Linux; an empty one with fi's permission bits otherwise).
-func sysStat(fi fs.FileInfo) *syscall.Stat_t {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st
-	}
-	return &syscall.Stat_t{Mode: uint32(fi.Mode().Perm())}
-}
-
-// loadExcludes compiles the Exclude patterns and those of dir's exclude
-// file; nil means nothing is excluded.
-func loadExcludes(dir string, patterns []string) (*exclude.Matcher, error) {
+// loadExcludes compiles the Exclude patterns and those of the exclude file
+// in the backed-up directory d; nil means nothing is excluded.
+func loadExcludes(d *openDir, patterns []string) (*exclude.Matcher, error) {
 	m, err := exclude.New("exclude", patterns)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, exclude.ExcludeFile), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	fd, err := dirfd.OpenAt(d.fd, exclude.ExcludeFile, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err == nil {
-		data, rerr := io.ReadAll(io.LimitReader(f, 1<<20+1))
+		f := os.NewFile(uintptr(fd), d.join(exclude.ExcludeFile))
+		var st unix.Stat_t
+		var data []byte
+		var rerr error
+		if rerr = unix.Fstat(fd, &st); rerr == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			rerr = errors.New("not a regular file")
+		}
+		if rerr == nil {
+			data, rerr = io.ReadAll(io.LimitReader(f, 1<<20+1))
+		}
 		f.Close()
 		switch {
 		case rerr != nil:
@@ -725,8 +893,8 @@ func loadExcludes(dir string, patterns []string) (*exclude.Matcher, error) {
 			err = m.Add(exclude.ExcludeFile, strings.Split(string(data), "\n"))
 		}
 	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("exclude file %s: %w", filepath.Join(dir, exclude.ExcludeFile), err)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("exclude file %s: %w", d.join(exclude.ExcludeFile), err)
 	}
 	if m.Empty() {
 		return nil, nil
@@ -734,18 +902,19 @@ func loadExcludes(dir string, patterns []string) (*exclude.Matcher, error) {
 	return m, nil
 }
 
-// readlinkat reads the target of the symlink name in directory dirfd.
+// readlinkat reads the target of the symlink name in directory dirfd (or,
+// with name "", of the symlink open as dirfd with O_PATH). Targets are at
+// most PATH_MAX bytes on Linux.
 func readlinkat(dirfd int, name string) (string, error) {
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		n, err := unix.Readlinkat(dirfd, name, buf)
-		if err != nil {
-			return "", err
-		}
-		if n < size {
-			return string(buf[:n]), nil
-		}
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
 	}
+	if n >= len(buf) {
+		return "", errors.New("symlink target longer than 4095 bytes")
+	}
+	return string(buf[:n]), nil
 }
 
 // specialKind names a file type backup does not keep.
@@ -759,30 +928,4 @@ func specialKind(mode uint32) string {
 		return "block device"
 	}
 	return fmt.Sprintf("file type %#o", mode&unix.S_IFMT)
-}
-
-// direntBufs holds getdents buffers, one per walker at a time: a walk
-// reads thousands of directories.
-var direntBufs = gosync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// readDirNames returns the names in the open directory dirfd, without
-// "." and "..".
-func readDirNames(dirfd int) ([]string, error) {
-	bp := direntBufs.Get().(*[]byte)
-	defer direntBufs.Put(bp)
-	buf := *bp
-	var names []string
-	for {
-		n, err := unix.ReadDirent(dirfd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
 }

@@ -2,18 +2,14 @@ package sync
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
 )
 
@@ -21,21 +17,23 @@ import (
 //
 // Nothing existing is ever written through: an entry in the way is either
 // kept (a real directory where the snapshot has one, an unchanged regular
-// file, the same symlink, a FIFO) or removed, and a file whose content
-// changed is replaced by a new file (created exclusively, never through a
-// link) into which the blobs the old version still has are copied. A hard
-// link from the target to a file outside it therefore never carries a
-// write out of the target.
+// file with one link, the same symlink, a FIFO) or removed, and a file
+// whose content changed is replaced by a new file (created exclusively,
+// never through a link) into which the blobs the old version still has are
+// copied. Every entry is reached from its directory's descriptor, never
+// through a link, and a kept entry is changed only through a descriptor of
+// it that was checked to be the entry examined; a regular file with more
+// than one link (which might be a file outside the target) is never kept.
 
-// clearFor makes way at p for node n. An existing entry that can serve is
+// clearFor makes way in d for node n. An existing entry that can serve is
 // kept and its stat returned; anything else is removed (a directory with
 // everything in it) and nil returned.
-func (rs *restorer) clearFor(p string, n *repo.Node) (*unix.Stat_t, error) {
+func (rs *restorer) clearFor(d *restoreDir, n *repo.Node) (*unix.Stat_t, error) {
 	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); errors.Is(err, unix.ENOENT) {
+	if err := unix.Fstatat(d.fd, n.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err == unix.ENOENT {
 		return nil, nil
 	} else if err != nil {
-		return nil, fmt.Errorf("restore: %w", &fs.PathError{Op: "lstat", Path: p, Err: err})
+		return nil, fmt.Errorf("restore: stat %s: %w", d.join(n.Name), err)
 	}
 	keep := false
 	switch st.Mode & unix.S_IFMT {
@@ -47,132 +45,122 @@ func (rs *restorer) clearFor(p string, n *repo.Node) (*unix.Stat_t, error) {
 		keep = n.Type == repo.TypeFIFO
 	case unix.S_IFLNK:
 		if n.Type == repo.TypeSymlink {
-			target, err := os.Readlink(p)
+			target, err := readlinkat(d.fd, n.Name)
 			keep = err == nil && target == n.Target
 		}
 	}
 	if keep {
 		return &st, nil
 	}
-	if err := os.RemoveAll(p); err != nil {
-		return nil, fmt.Errorf("restore: replace %s: %w", p, err)
+	if err := rs.remove(d, n.Name); err != nil {
+		return nil, err
 	}
 	return nil, nil
 }
 
-// makeWritable lets a non-root restore create entries in an existing
-// directory it owns but may not write; the directory gets its recorded
-// mode at the end like every other.
-func (rs *restorer) makeWritable(p string, st *unix.Stat_t) error {
-	if rs.chown || st.Mode&0o700 == 0o700 {
-		return nil
-	}
-	if err := unix.Fchmodat(unix.AT_FDCWD, p, st.Mode&07777|0o700, 0); err != nil {
-		return fmt.Errorf("restore: chmod %s: %w", p, err)
+// remove removes the entry name of d, a directory with everything in it.
+func (rs *restorer) remove(d *restoreDir, name string) error {
+	if err := dirfd.RemoveAll(d.fd, d.path, name, repo.MaxTreeDepth); err != nil {
+		return fmt.Errorf("restore: replace: %w", err)
 	}
 	return nil
 }
 
-// deleteExtra removes the entries of dir that tree t does not have.
-func (rs *restorer) deleteExtra(dir string, t *repo.Tree) error {
-	f, err := os.Open(dir)
+// deleteExtra removes the entries of d that tree t does not have.
+func (rs *restorer) deleteExtra(d *restoreDir, t *repo.Tree) error {
+	names, err := dirfd.ReadNames(d.fd)
 	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("restore: read %s: %w", dir, err)
+		return fmt.Errorf("restore: read %s: %w", d.path, err)
 	}
 	for _, name := range names {
 		i := sort.Search(len(t.Nodes), func(i int) bool { return t.Nodes[i].Name >= name })
 		if i < len(t.Nodes) && t.Nodes[i].Name == name {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("restore: delete: %w", err)
+		if err := rs.remove(d, name); err != nil {
+			return err
 		}
 		rs.res.Deleted++
 	}
 	return nil
 }
 
-// clearForLink makes way at p for a hard link to first; done reports that
-// p already is one.
-func (rs *restorer) clearForLink(first, p string) (done bool, err error) {
-	var a, b unix.Stat_t
-	if err := unix.Lstat(p, &b); errors.Is(err, unix.ENOENT) {
-		return false, nil
-	} else if err != nil {
-		return false, fmt.Errorf("restore: %w", &fs.PathError{Op: "lstat", Path: p, Err: err})
+// addExistingFile restores file node n in d, where a regular file (old)
+// is: kept if it matches, else replaced, reusing what blobs it holds. It is
+// kept only if the file opened is the one examined, has one link, and is
+// regular; otherwise it is replaced like any entry in the way.
+func (rs *restorer) addExistingFile(ctx context.Context, d *restoreDir, n *repo.Node, old *unix.Stat_t) (*restoreFile, error) {
+	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	var st unix.Stat_t
+	if err == nil {
+		err = unix.Fstat(fd, &st)
 	}
-	if unix.Lstat(first, &a) == nil && a.Dev == b.Dev && a.Ino == b.Ino {
-		return true, nil
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || !dirfd.SameFile(&st, old) {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		if err := rs.remove(d, n.Name); err != nil {
+			return nil, err
+		}
+		return rs.addFile(ctx, d, n)
 	}
-	if err := os.RemoveAll(p); err != nil {
-		return false, fmt.Errorf("restore: replace %s: %w", p, err)
-	}
-	return false, nil
-}
-
-// addExistingFile restores file node n at p, where a regular file (old)
-// is: kept if it matches, else replaced, reusing what blobs it holds.
-func (rs *restorer) addExistingFile(ctx context.Context, p string, n *repo.Node, old *unix.Stat_t) error {
-	rf, err := rs.planFile(p, n)
+	defer unix.Close(fd)
+	rf, err := rs.planFile(d, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if !rs.opts.Verify && old.Size == int64(n.Size) && old.Mtim.Nano() == n.MTime {
-		return rs.keepFile(rf, old)
+	if !rs.opts.Verify && st.Size == int64(n.Size) && st.Mtim.Nano() == n.MTime {
+		return rf, rs.keepFile(rf, fd, &st)
 	}
-	local, same, err := rs.scanExisting(rf)
+	local, same, err := rs.scanExisting(rf, fd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if same {
-		return rs.keepFile(rf, old)
+		return rf, rs.keepFile(rf, fd, &st)
 	}
-	if err := rs.replaceFile(rf, local); err != nil {
-		return err
+	if err := rs.replaceFile(rf, fd, local); err != nil {
+		return nil, err
 	}
-	return rs.enqueue(ctx, rf)
+	return rf, rs.enqueue(ctx, rf)
 }
 
 // keepFile leaves an existing file's content alone and brings its
-// metadata in line with the snapshot.
-func (rs *restorer) keepFile(rf *restoreFile, old *unix.Stat_t) error {
+// metadata in line with the snapshot, through its descriptor fd.
+func (rs *restorer) keepFile(rf *restoreFile, fd int, old *unix.Stat_t) error {
 	n := rf.node
+	rf.dev, rf.ino, rf.created = old.Dev, old.Ino, true
 	rs.res.Unchanged++
 	rs.opts.Progress.Files.Add(1)
 	rs.opts.Progress.Bytes.Add(int64(n.Size))
 	uid, gid := rs.opts.UIDMap.ToHost(n.UID), rs.opts.GIDMap.ToHost(n.GID)
 	chowned := rs.chown && (old.Uid != uid || old.Gid != gid)
-	if chowned || len(n.Xattrs) > 0 {
-		if err := rs.ownAndXattrs(rf.path, n.UID, n.GID, n.Xattrs); err != nil {
-			return err
+	if chowned {
+		if err := unix.Fchown(fd, int(uid), int(gid)); err != nil {
+			return fmt.Errorf("restore: chown %s: %w", rf.path(), err)
 		}
+	}
+	if err := rs.xattrs(fd, "", rf.path(), n.Xattrs); err != nil {
+		return err
 	}
 	// After chown, which clears setuid and setgid.
 	if chowned || old.Mode&07777 != n.Mode&07777 {
-		if err := unix.Fchmodat(unix.AT_FDCWD, rf.path, n.Mode&07777, 0); err != nil {
-			return fmt.Errorf("restore: chmod %s: %w", rf.path, err)
+		if err := unix.Fchmod(fd, n.Mode&07777); err != nil {
+			return fmt.Errorf("restore: chmod %s: %w", rf.path(), err)
 		}
 	}
 	if old.Mtim.Nano() != n.MTime {
-		return setMTime(rf.path, n.MTime)
+		if err := futimens(fd, n.MTime); err != nil {
+			return fmt.Errorf("restore: set mtime %s: %w", rf.path(), err)
+		}
 	}
 	return nil
 }
 
-// scanExisting reads the existing file at rf.path through the repository's
+// scanExisting reads the existing file open as fd through the repository's
 // chunker. It returns where in it each of the node's blobs starts (for
 // those it holds) and whether it holds exactly the node's content.
-func (rs *restorer) scanExisting(rf *restoreFile) (local map[chunk.ID]int64, same bool, err error) {
-	f, err := os.OpenFile(rf.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, false, fmt.Errorf("restore: read existing: %w", err)
-	}
-	defer f.Close()
+func (rs *restorer) scanExisting(rf *restoreFile, fd int) (local map[chunk.ID]int64, same bool, err error) {
 	want := make(map[chunk.ID]bool, len(rf.node.Content))
 	for _, id := range rf.node.Content {
 		want[id] = true
@@ -181,7 +169,7 @@ func (rs *restorer) scanExisting(rf *restoreFile) (local map[chunk.ID]int64, sam
 		rs.scanner = chunk.NewChunker(rs.r.ChunkParams())
 		rs.scanBuf = make([]byte, rs.r.ChunkParams().MaxSize)
 	}
-	rs.scanner.Reset(f)
+	rs.scanner.Reset(&preader{fd: fd})
 	local = map[chunk.ID]int64{}
 	same = true
 	var off int64
@@ -191,7 +179,7 @@ func (rs *restorer) scanExisting(rf *restoreFile) (local map[chunk.ID]int64, sam
 			return local, same && i == len(rf.node.Content), nil
 		}
 		if err != nil {
-			return nil, false, fmt.Errorf("restore: read existing %s: %w", rf.path, err)
+			return nil, false, fmt.Errorf("restore: read existing %s: %w", rf.path(), err)
 		}
 		id := chunk.Hash(data)
 		same = same && i < len(rf.node.Content) && rf.node.Content[i] == id
@@ -202,36 +190,49 @@ func (rs *restorer) scanExisting(rf *restoreFile) (local map[chunk.ID]int64, sam
 	}
 }
 
-// replaceFile replaces the existing file at rf.path with a new one holding
-// the blobs found in the old (local), and leaves rf to fetch the rest.
-// Every copied blob is hashed again: the old file may have changed since
-// it was scanned.
-func (rs *restorer) replaceFile(rf *restoreFile, local map[chunk.ID]int64) error {
-	if len(local) == 0 {
-		if err := os.Remove(rf.path); err != nil {
-			return fmt.Errorf("restore: replace: %w", err)
+// preader reads an open file from its start with pread, leaving its
+// offset alone.
+type preader struct {
+	fd  int
+	off int64
+}
+
+func (r *preader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Pread(r.fd, p, r.off)
+		if err == unix.EINTR {
+			continue
 		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(p) > 0 {
+			return 0, io.EOF
+		}
+		r.off += int64(n)
+		return n, nil
+	}
+}
+
+// replaceFile replaces the existing file (open as old) with a new one
+// holding the blobs found in the old (local), and leaves rf to fetch the
+// rest. Every copied blob is hashed again: the old file may have changed
+// since it was scanned.
+func (rs *restorer) replaceFile(rf *restoreFile, old int, local map[chunk.ID]int64) error {
+	d, name := rf.dir, rf.node.Name
+	// The open descriptor keeps the old content readable.
+	if err := unix.Unlinkat(d.fd, name, 0); err != nil {
+		return fmt.Errorf("restore: replace %s: %w", rf.path(), err)
+	}
+	if len(local) == 0 {
 		return nil
 	}
-	old, err := unix.Open(rf.path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := rf.open()
 	if err != nil {
-		return fmt.Errorf("restore: open %s: %w", rf.path, err)
-	}
-	defer unix.Close(old)
-	// The open descriptor keeps the old content readable.
-	if err := unix.Unlink(rf.path); err != nil {
-		return fmt.Errorf("restore: replace %s: %w", rf.path, err)
-	}
-	fd, err := unix.Open(rf.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("restore: open %s: %w", rf.path, err)
+		return err
 	}
 	defer unix.Close(fd)
 	n := rf.node
-	if err := unix.Ftruncate(fd, int64(n.Size)); err != nil {
-		return fmt.Errorf("restore: size %s: %w", rf.path, err)
-	}
-	rf.created = true
 	rf.want = []int{}
 	for i, id := range n.Content {
 		from, ok := local[id]
@@ -245,7 +246,7 @@ func (rs *restorer) replaceFile(rf *restoreFile, local map[chunk.ID]int64) error
 			ok = err == nil && int64(k) == size && chunk.Hash(buf) == id
 			if ok && !allZero(buf) {
 				if err := pwriteAll(fd, buf, rf.offsets[i]); err != nil {
-					return fmt.Errorf("restore: write %s: %w", rf.path, err)
+					return fmt.Errorf("restore: write %s: %w", rf.path(), err)
 				}
 			}
 		}

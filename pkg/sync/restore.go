@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -14,12 +13,13 @@ import (
 	"sort"
 	gosync "sync"
 	"sync/atomic"
-	"syscall"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
 )
 
@@ -53,6 +53,10 @@ type RestoreOptions struct {
 	// (slash-separated, relative to its root) with everything below them,
 	// and the directories leading to them.
 	Include []string
+	// MaxEntries bounds the entries the snapshot may expand to (0 means
+	// repo.MaxExpandedEntries); a larger one is refused before anything is
+	// written.
+	MaxEntries int64
 }
 
 // ErrTargetNotEmpty is returned by a restore into a directory that is not
@@ -75,68 +79,120 @@ type RestoreResult struct {
 
 // Limits of one restore batch: files are written batch by batch so that
 // the plan held in memory stays bounded whatever the snapshot's size.
+// Each directory holding a file of a batch stays open until the file is
+// written, so batches are bounded in directories too.
 const (
 	batchMaxFiles = 8192
 	batchMaxBlobs = 32768
+	batchMaxDirs  = 1024
 )
+
+// restoreDir is a directory being restored. Its descriptor stays open
+// while its tree is walked and until every file of it in a batch is
+// written; its metadata is applied at the end, through a descriptor opened
+// again below the target and checked to be the same directory.
+type restoreDir struct {
+	openDir
+	meta *dirMeta
+}
+
+// dirMeta is what a restored directory gets once everything in it is in
+// place, and how to find it again: its path below the target and its
+// identity.
+type dirMeta struct {
+	rel      string // slash-separated below the target; "" is the target
+	dev, ino uint64
+	mode     uint32
+	mtime    int64
+	uid, gid uint32
+	xattrs   []repo.Xattr
+	set      bool // false: leave as found (an old snapshot without root metadata)
+}
 
 // restoreFile is a file whose content is being written. The pack worker
 // that brings its first blob creates it; the one that brings its last sets
-// its mode and mtime.
+// its metadata and releases its directory.
 type restoreFile struct {
-	path    string
+	dir     *restoreDir
 	node    *repo.Node
 	offsets []int64 // file offset of each content blob
 	want    []int   // indices of the content blobs to fetch; nil: all
 
 	mu        gosync.Mutex
 	created   bool
-	remaining int  // content blobs not yet written
-	chown     bool // restore ownership and every xattr (running as root)
+	dev, ino  uint64 // once created (or kept): who it is
+	remaining int    // content blobs not yet written
+	chown     bool   // restore ownership and every xattr (running as root)
 	warn      func(path string, err error)
 
 	uidMap, gidMap IDMap
 }
+
+func (f *restoreFile) path() string { return f.dir.join(f.node.Name) }
 
 type blobUse struct {
 	file   *restoreFile
 	offset int64
 }
 
-type dirMeta struct {
-	path     string
-	mode     uint32
-	mtime    int64
-	uid, gid uint32
-	xattrs   []repo.Xattr
+// hardLink is another name of a file restored earlier, made once every
+// file is written.
+type hardLink struct {
+	first *restoreFile
+	dir   *dirMeta
+	name  string
 }
 
 type restorer struct {
 	r      *repo.Repository
 	opts   RestoreOptions
-	target string
+	target *dirfd.Dir
 	res    RestoreResult
-	dirs   []dirMeta
+	dirs   []*dirMeta    // in creation order; metadata applied deepest first
+	opened []*restoreDir // every directory opened, closed at the end whatever happens
 
 	batch      []*restoreFile
 	batchBlobs int
+	batchDirs  map[*restoreDir]struct{}
 	batches    chan []*restoreFile
 	packBytes  atomic.Int64
-	linkFirst  map[[2]uint64]string // (device, inode) -> first path restored
-	links      [][2]string          // (existing, new) hard links to make last
-	chown      bool                 // running as root: restore numeric ownership
+	linkFirst  map[[2]uint64]*restoreFile // (device, inode) -> first restored
+	links      []hardLink
+	chown      bool // running as root: restore numeric ownership
 	include    *includeSet
 	scanBuf    []byte // for reading existing files (Overwrite)
 	scanner    *chunk.Chunker
 }
 
-// Restore writes snapshot snap into target, which is created if missing and
-// must otherwise be an empty directory. Every blob is checked against its
-// hash before it is written, and nothing is ever written outside target:
-// names come from validated trees, directories are created (never
-// followed), files are created exclusively without following links. The
-// repository's index must be loaded.
+// Restore writes snapshot snap into target, which is created (with its
+// missing parents) if needed, as RestoreDir does; target itself is opened
+// as given, following symbolic links (the caller's own path).
 func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, target string, opts RestoreOptions) (*RestoreResult, error) {
+	abs, err := filepath.Abs(target)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("create restore target: %w", err)
+	}
+	d, err := dirfd.Open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("restore target: %w", err)
+	}
+	defer d.Close()
+	return RestoreDir(ctx, r, snap, d, opts)
+}
+
+// RestoreDir writes snapshot snap into the open directory target, which
+// must be empty unless opts.Overwrite. Every blob is checked against its
+// hash before it is written, and nothing is ever written outside target:
+// names come from validated trees, every entry is created and reached from
+// its directory's descriptor and never through a link, and metadata is set
+// through descriptors of the entries restore created (or checked, when
+// overwriting). A snapshot whose trees expand beyond opts.MaxEntries
+// entries or repo.MaxTreeDepth levels is refused before anything is
+// written. The repository's index must be loaded.
+func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, target *dirfd.Dir, opts RestoreOptions) (*RestoreResult, error) {
 	if opts.Downloads <= 0 {
 		opts.Downloads = 2 * runtime.GOMAXPROCS(0)
 	}
@@ -148,14 +204,16 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	}
 	opts.Progress.TotalFiles.Store(snap.Stats.Files)
 	opts.Progress.TotalBytes.Store(snap.Stats.Bytes)
-	abs, err := filepath.Abs(target)
-	if err != nil {
+	if err := prepareTarget(target, opts.Overwrite); err != nil {
 		return nil, err
 	}
-	if err := prepareTarget(abs, opts.Overwrite); err != nil {
-		return nil, err
+	if _, err := r.NewMeasurer().Measure(ctx, snap.Tree, opts.MaxEntries); err != nil {
+		return nil, fmt.Errorf("snapshot of %s at %s: %w", snap.Workspace, snap.Time.Format("2006-01-02T15:04:05Z"), err)
 	}
-	rs := &restorer{r: r, opts: opts, target: abs, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0, linkFirst: map[[2]uint64]string{}}
+	rs := &restorer{r: r, opts: opts, target: target, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0,
+		linkFirst: map[[2]uint64]*restoreFile{}, batchDirs: map[*restoreDir]struct{}{}}
+	defer rs.closeAll()
+	var err error
 	if len(opts.Include) > 0 {
 		if rs.include, err = newIncludeSet(ctx, r, snap.Tree, opts.Include); err != nil {
 			return nil, err
@@ -164,6 +222,18 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 		opts.Progress.TotalFiles.Store(0)
 		opts.Progress.TotalBytes.Store(0)
 	}
+	rootFd, err := unix.Dup(target.Fd())
+	if err != nil {
+		return nil, fmt.Errorf("restore target: %w", err)
+	}
+	unix.CloseOnExec(rootFd)
+	var st unix.Stat_t
+	if err := unix.Fstat(rootFd, &st); err != nil {
+		unix.Close(rootFd)
+		return nil, fmt.Errorf("restore target: %w", err)
+	}
+	root := rs.track(rootFd, target.Name(), &dirMeta{dev: st.Dev, ino: st.Ino, mode: snap.RootMode, mtime: snap.RootMTime,
+		uid: snap.RootUID, gid: snap.RootGID, set: snap.RootMode != 0 || snap.RootMTime != 0})
 	rs.res.Dirs = 1 // the target itself, as backup counts the source
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
@@ -178,7 +248,7 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	})
 	g.Go(func() error {
 		defer close(rs.batches)
-		if err := rs.restoreTree(gctx, snap.Tree, abs, "", rs.include == nil); err != nil {
+		if err := rs.restoreTree(gctx, snap.Tree, root, rs.include == nil, 0); err != nil {
 			return err
 		}
 		return rs.flush(gctx)
@@ -191,68 +261,91 @@ func Restore(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, targe
 	// Hard links, now that every file is written; only between files this
 	// restore created, so nothing outside the target can be linked in.
 	for _, l := range rs.links {
-		if rs.opts.Overwrite {
-			if done, err := rs.clearForLink(l[0], l[1]); err != nil || done {
-				if err != nil {
-					return nil, err
-				}
-				continue
-			}
-		}
-		if err := os.Link(l[0], l[1]); err != nil {
-			return nil, fmt.Errorf("restore: hard link: %w", err)
+		if err := rs.link(l); err != nil {
+			return nil, err
 		}
 	}
 	// Directories last, deepest first, so that setting a directory's mtime
 	// or a read-only mode comes after everything inside it is written.
-	rs.dirs = append(rs.dirs, dirMeta{path: abs, mode: snap.RootMode, mtime: snap.RootMTime, uid: snap.RootUID, gid: snap.RootGID})
 	for i := len(rs.dirs) - 1; i >= 0; i-- {
-		d := rs.dirs[i]
-		if d.mode == 0 && d.mtime == 0 {
-			continue
-		}
-		if err := rs.ownAndXattrs(d.path, d.uid, d.gid, d.xattrs); err != nil {
-			return nil, err
-		}
-		if err := setMeta(d.path, d.mode, d.mtime); err != nil {
+		if err := rs.finishDir(rs.dirs[i]); err != nil {
 			return nil, err
 		}
 	}
 	return &rs.res, nil
 }
 
-func prepareTarget(dir string, overwrite bool) error {
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("create restore target: %w", err)
+// track records a directory restore opened, holding one reference for its
+// walk.
+func (rs *restorer) track(fd int, path string, m *dirMeta) *restoreDir {
+	d := &restoreDir{openDir: openDir{fd: fd, path: path}, meta: m}
+	d.refs.Store(1)
+	rs.opened = append(rs.opened, d)
+	rs.dirs = append(rs.dirs, m)
+	return d
+}
+
+// closeAll closes what a failed restore left open (a finished one has
+// released every directory).
+func (rs *restorer) closeAll() {
+	for _, d := range rs.opened {
+		if d.refs.Load() > 0 {
+			d.refs.Store(0)
+			unix.Close(d.fd)
 		}
-		return nil
+	}
+}
+
+// reopen opens the directory of m again below the target and checks it is
+// the one restore created or checked.
+func (rs *restorer) reopen(m *dirMeta) (int, string, error) {
+	d, err := rs.target.OpenDir(m.rel)
+	if err != nil {
+		return -1, "", fmt.Errorf("restore: %w", err)
+	}
+	st, err := d.Stat()
+	if err == nil && (st.Dev != m.dev || st.Ino != m.ino) {
+		err = fmt.Errorf("%s: %w", d.Name(), errMoved)
 	}
 	if err != nil {
-		return fmt.Errorf("restore target: %w", err)
+		d.Close()
+		return -1, "", fmt.Errorf("restore: %w", err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("restore target %s is not a directory", dir)
+	return d.Fd(), d.Name(), nil
+}
+
+// testHookRestore, when set by a test, runs before restore creates or
+// opens each entry, with the entry's display path.
+var testHookRestore func(path string)
+
+func hookRestore(path string) {
+	if testHookRestore != nil {
+		testHookRestore(path)
 	}
+}
+
+// errMoved means an entry restore created was replaced while it ran.
+var errMoved = errors.New("replaced or moved while the restore ran")
+
+func prepareTarget(d *dirfd.Dir, overwrite bool) error {
 	if overwrite {
 		return nil
 	}
-	f, err := os.Open(dir)
+	names, err := dirfd.ReadNames(d.Fd())
 	if err != nil {
-		return fmt.Errorf("restore target: %w", err)
+		return fmt.Errorf("restore target %s: %w", d.Name(), err)
 	}
-	defer f.Close()
-	if names, _ := f.Readdirnames(1); len(names) > 0 {
-		return fmt.Errorf("%w: %s (restore over it with overwrite)", ErrTargetNotEmpty, dir)
+	if len(names) > 0 {
+		return fmt.Errorf("%w: %s (restore over it with overwrite)", ErrTargetNotEmpty, d.Name())
 	}
 	return nil
 }
 
-// restoreTree restores tree id into dir, which exists. rel is dir's path
-// in the snapshot ("" for the root); full is false while walking down to
-// included paths, when only the entries on the way are restored.
-func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel string, full bool) error {
+// restoreTree restores tree id into d and releases d. full is false while
+// walking down to included paths, when only the entries on the way are
+// restored; depth is d's below the target.
+func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir, full bool, depth int) error {
+	defer d.release()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -261,7 +354,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel strin
 		return err
 	}
 	if full && rs.opts.Overwrite && rs.opts.Delete {
-		if err := rs.deleteExtra(dir, t); err != nil {
+		if err := rs.deleteExtra(d, t); err != nil {
 			return err
 		}
 	}
@@ -272,11 +365,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel strin
 		if err := repo.ValidName(n.Name); err != nil {
 			return err
 		}
-		p := filepath.Join(dir, n.Name)
-		if filepath.Dir(p) != dir {
-			return fmt.Errorf("%w: entry %q escapes %s", repo.ErrCorrupt, n.Name, dir)
-		}
-		nrel := path.Join(rel, n.Name)
+		nrel := path.Join(d.meta.rel, n.Name)
 		nfull := full
 		if !full {
 			var visit bool
@@ -286,71 +375,68 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel strin
 		}
 		// With Overwrite, what is in the way is removed unless it can be
 		// kept: old describes what is kept (nil if nothing is there).
+		hookRestore(d.join(n.Name))
 		var old *unix.Stat_t
 		if rs.opts.Overwrite {
-			if old, err = rs.clearFor(p, n); err != nil {
+			if old, err = rs.clearFor(d, n); err != nil {
 				return err
 			}
 		}
 		switch n.Type {
 		case repo.TypeDir:
-			if old == nil {
-				if err := os.Mkdir(p, 0o700); err != nil {
-					return fmt.Errorf("restore: %w", err)
-				}
-			} else if err := rs.makeWritable(p, old); err != nil {
+			if depth+1 > repo.MaxTreeDepth {
+				return fmt.Errorf("restore %s: %w: directories nest deeper than %d levels", d.join(n.Name), repo.ErrTooLarge, repo.MaxTreeDepth)
+			}
+			sub, err := rs.openSubdir(d, n, nrel, old)
+			if err != nil {
 				return err
 			}
-			rs.dirs = append(rs.dirs, dirMeta{path: p, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs})
 			rs.res.Dirs++
 			rs.opts.Progress.Dirs.Add(1)
-			if err := rs.restoreTree(ctx, n.Subtree, p, nrel, nfull); err != nil {
+			if err := rs.restoreTree(ctx, n.Subtree, sub, nfull, depth+1); err != nil {
 				return err
 			}
 		case repo.TypeSymlink:
 			if old == nil {
-				if err := os.Symlink(n.Target, p); err != nil {
-					return fmt.Errorf("restore: %w", err)
+				if err := unix.Symlinkat(n.Target, d.fd, n.Name); err != nil {
+					return fmt.Errorf("restore: symlink %s: %w", d.join(n.Name), err)
 				}
 			}
-			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
-				return err
-			}
-			if err := setMTime(p, n.MTime); err != nil {
+			if err := rs.symlinkMeta(d, n, old); err != nil {
 				return err
 			}
 			rs.res.Symlinks++
 		case repo.TypeFile:
+			var key [2]uint64
 			if n.Nlink > 1 && n.Inode != 0 {
-				key := [2]uint64{n.Device, n.Inode}
+				key = [2]uint64{n.Device, n.Inode}
 				if first, ok := rs.linkFirst[key]; ok {
 					// Another name of a file restored here: linked once
 					// its content is written.
-					rs.links = append(rs.links, [2]string{first, p})
+					rs.links = append(rs.links, hardLink{first: first, dir: d.meta, name: n.Name})
 					rs.res.Files++
 					continue
 				}
-				rs.linkFirst[key] = p
 			}
+			var rf *restoreFile
 			if old != nil {
-				if err := rs.addExistingFile(ctx, p, n, old); err != nil {
-					return err
-				}
-				continue
+				rf, err = rs.addExistingFile(ctx, d, n, old)
+			} else {
+				rf, err = rs.addFile(ctx, d, n)
 			}
-			if err := rs.addFile(ctx, p, n); err != nil {
+			if err != nil {
 				return err
+			}
+			if key != ([2]uint64{}) {
+				rs.linkFirst[key] = rf
 			}
 		case repo.TypeFIFO:
 			if old == nil {
-				if err := unix.Mkfifo(p, 0o600); err != nil {
-					return fmt.Errorf("restore: mkfifo %s: %w", p, err)
+				if err := unix.Mkfifoat(d.fd, n.Name, 0o600); err != nil {
+					return fmt.Errorf("restore: mkfifo %s: %w", d.join(n.Name), err)
 				}
 			}
-			if err := rs.ownAndXattrs(p, n.UID, n.GID, n.Xattrs); err != nil {
-				return err
-			}
-			if err := setMeta(p, n.Mode, n.MTime); err != nil {
+			if err := rs.fifoMeta(d, n, old); err != nil {
 				return err
 			}
 		default:
@@ -360,108 +446,326 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, dir, rel strin
 	return nil
 }
 
+// openSubdir creates (unless old is kept) and opens the directory n in d.
+func (rs *restorer) openSubdir(d *restoreDir, n *repo.Node, rel string, old *unix.Stat_t) (*restoreDir, error) {
+	p := d.join(n.Name)
+	if old == nil {
+		if err := unix.Mkdirat(d.fd, n.Name, 0o700); err != nil {
+			return nil, fmt.Errorf("restore: mkdir %s: %w", p, err)
+		}
+	}
+	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("restore: open %s: %w", p, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("restore: stat %s: %w", p, err)
+	}
+	if old != nil && !dirfd.SameFile(&st, old) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("restore: %s: %w", p, errMoved)
+	}
+	if old != nil && !rs.chown && st.Mode&0o700 != 0o700 {
+		// A non-root restore may need to create entries in an existing
+		// directory it owns but may not write; it gets its recorded mode
+		// at the end like every other.
+		if err := unix.Fchmod(fd, st.Mode&07777|0o700); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("restore: chmod %s: %w", p, err)
+		}
+	}
+	return rs.track(fd, p, &dirMeta{rel: rel, dev: st.Dev, ino: st.Ino, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs, set: true}), nil
+}
+
+// symlinkMeta gives the symlink n in d its owner, extended attributes and
+// mtime. These have no call relative to a directory that leaves a link
+// alone, so the link itself is opened (O_PATH, not followed), checked to
+// be a link (and the one kept, when overwriting), and changed through that
+// descriptor: a link swapped for another file meanwhile is never touched.
+func (rs *restorer) symlinkMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) error {
+	p := d.join(n.Name)
+	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_PATH, 0)
+	if err != nil {
+		return fmt.Errorf("restore: open %s: %w", p, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("restore: stat %s: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK || (old != nil && !dirfd.SameFile(&st, old)) {
+		return fmt.Errorf("restore: %s: %w", p, errMoved)
+	}
+	if rs.chown {
+		if err := unix.Fchownat(fd, "", int(rs.opts.UIDMap.ToHost(n.UID)), int(rs.opts.GIDMap.ToHost(n.GID)), unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("restore: chown %s: %w", p, err)
+		}
+	}
+	proc := dirfd.ProcPath(fd)
+	if err := rs.xattrs(-1, proc, p, n.Xattrs); err != nil {
+		return err
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, proc, ts, 0); err != nil {
+		return fmt.Errorf("restore: set mtime %s: %w", p, err)
+	}
+	return nil
+}
+
+// fifoMeta gives the FIFO n in d its metadata through a descriptor of it
+// (opened for reading without blocking, which a FIFO allows), checked to
+// be a FIFO (and the one kept, when overwriting).
+func (rs *restorer) fifoMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) error {
+	p := d.join(n.Name)
+	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("restore: open %s: %w", p, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("restore: stat %s: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO || (old != nil && !dirfd.SameFile(&st, old)) {
+		return fmt.Errorf("restore: %s: %w", p, errMoved)
+	}
+	return rs.setMeta(fd, p, n.UID, n.GID, n.Xattrs, n.Mode, n.MTime)
+}
+
+// setMeta sets owner (as root), extended attributes, permission bits and
+// mtime through the open descriptor fd of path.
+func (rs *restorer) setMeta(fd int, path string, uid, gid uint32, xs []repo.Xattr, mode uint32, mtime int64) error {
+	return setMetaFd(fd, path, rs.chown, rs.opts.UIDMap, rs.opts.GIDMap, uid, gid, xs, mode, mtime, rs.opts.Warn)
+}
+
+// setMetaFd is setMeta for callers without a restorer (the file writers).
+func setMetaFd(fd int, path string, chown bool, uidMap, gidMap IDMap, uid, gid uint32, xs []repo.Xattr, mode uint32, mtime int64, warn func(string, error)) error {
+	if chown {
+		// Before chmod: chown clears setuid and setgid.
+		if err := unix.Fchown(fd, int(uidMap.ToHost(uid)), int(gidMap.ToHost(gid))); err != nil {
+			return fmt.Errorf("restore: chown %s: %w", path, err)
+		}
+	}
+	if err := setXattrs(fd, "", path, xs, chown); errors.Is(err, errNoXattrs) {
+		warn(path, err)
+	} else if err != nil {
+		return err
+	}
+	if err := unix.Fchmod(fd, mode&07777); err != nil {
+		return fmt.Errorf("restore: chmod %s: %w", path, err)
+	}
+	if err := futimens(fd, mtime); err != nil {
+		return fmt.Errorf("restore: set mtime %s: %w", path, err)
+	}
+	return nil
+}
+
+// xattrs sets extended attributes; a target without xattr support is a
+// warning, not a failure.
+func (rs *restorer) xattrs(fd int, procPath, path string, xs []repo.Xattr) error {
+	err := setXattrs(fd, procPath, path, xs, rs.chown)
+	if errors.Is(err, errNoXattrs) {
+		rs.opts.Warn(path, err)
+		return nil
+	}
+	return err
+}
+
+// futimens sets the modification time (and the access time, which is not
+// kept, to the same) of the open file fd.
+func futimens(fd int, mtime int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(mtime), unix.NsecToTimespec(mtime)}
+	// utimensat(fd, NULL, times, 0) is futimens(3); x/sys has no wrapper
+	// with nanoseconds for it.
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// finishDir gives a restored directory its metadata, through a descriptor
+// opened again below the target and checked to be the same directory.
+func (rs *restorer) finishDir(m *dirMeta) error {
+	if !m.set {
+		return nil
+	}
+	fd, p, err := rs.reopen(m)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return rs.setMeta(fd, p, m.uid, m.gid, m.xattrs, m.mode, m.mtime)
+}
+
+// link makes the hard link l: the first name is opened again below the
+// target (O_PATH, never following a link) and checked to be the file this
+// restore wrote, and the new name made from that descriptor.
+func (rs *restorer) link(l hardLink) error {
+	fdir, _, err := rs.reopen(l.first.dir.meta)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fdir)
+	first := l.first.path()
+	ffd, err := dirfd.OpenAt(fdir, l.first.node.Name, unix.O_PATH, 0)
+	if err != nil {
+		return fmt.Errorf("restore: hard link: open %s: %w", first, err)
+	}
+	defer unix.Close(ffd)
+	var st unix.Stat_t
+	if err := unix.Fstat(ffd, &st); err != nil || st.Dev != l.first.dev || st.Ino != l.first.ino {
+		return fmt.Errorf("restore: hard link to %s: %w", first, errMoved)
+	}
+	dfd, dpath, err := rs.reopen(l.dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	p := dpath + "/" + l.name
+	if rs.opts.Overwrite {
+		var cur unix.Stat_t
+		err := unix.Fstatat(dfd, l.name, &cur, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && dirfd.SameFile(&cur, &st) {
+			return nil // already this link
+		}
+		if err == nil {
+			if err := dirfd.RemoveAll(dfd, dpath, l.name, repo.MaxTreeDepth); err != nil {
+				return fmt.Errorf("restore: replace: %w", err)
+			}
+		}
+	}
+	if rs.chown {
+		err = unix.Linkat(ffd, "", dfd, l.name, unix.AT_EMPTY_PATH) // needs CAP_DAC_READ_SEARCH
+	} else {
+		err = unix.Linkat(unix.AT_FDCWD, dirfd.ProcPath(ffd), dfd, l.name, unix.AT_SYMLINK_FOLLOW)
+	}
+	if err != nil {
+		return fmt.Errorf("restore: hard link %s: %w", p, err)
+	}
+	return nil
+}
+
 // planFile checks that every content blob of file node n is in the index
 // and places it in the file.
-func (rs *restorer) planFile(p string, n *repo.Node) (*restoreFile, error) {
-	rf := &restoreFile{path: p, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
+func (rs *restorer) planFile(d *restoreDir, n *repo.Node) (*restoreFile, error) {
+	rf := &restoreFile{dir: d, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
 		if !ok || loc.Type != repo.DataBlob {
-			return nil, fmt.Errorf("restore %s: %w: data blob %s is not in the index", p, repo.ErrCorrupt, id.Short())
+			return nil, fmt.Errorf("restore %s: %w: data blob %s is not in the index", rf.path(), repo.ErrCorrupt, id.Short())
 		}
 		rf.offsets[i] = off
 		off += int64(loc.RawLen)
 	}
 	if off != int64(n.Size) {
-		return nil, fmt.Errorf("restore %s: %w: content adds up to %d bytes, tree says %d", p, repo.ErrCorrupt, off, n.Size)
+		return nil, fmt.Errorf("restore %s: %w: content adds up to %d bytes, tree says %d", rf.path(), repo.ErrCorrupt, off, n.Size)
 	}
 	rs.res.Files++
 	rs.res.Bytes += off
 	return rf, nil
 }
 
-// addFile restores file node n at p, where nothing is.
-func (rs *restorer) addFile(ctx context.Context, p string, n *repo.Node) error {
-	rf, err := rs.planFile(p, n)
+// addFile restores file node n in d, where nothing is.
+func (rs *restorer) addFile(ctx context.Context, d *restoreDir, n *repo.Node) (*restoreFile, error) {
+	rf, err := rs.planFile(d, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return rs.enqueue(ctx, rf)
+	return rf, rs.enqueue(ctx, rf)
 }
 
 // enqueue adds a file to the current batch, or finishes it at once when
-// nothing is left to fetch.
+// nothing is left to fetch. Its directory stays open until it is finished.
 func (rs *restorer) enqueue(ctx context.Context, rf *restoreFile) error {
+	rf.dir.hold()
 	if rf.remaining == 0 {
 		return rf.writeBlob(nil, false, 0, rs.opts.Progress)
 	}
 	rs.batch = append(rs.batch, rf)
 	rs.batchBlobs += rf.remaining
-	if len(rs.batch) >= batchMaxFiles || rs.batchBlobs >= batchMaxBlobs {
+	rs.batchDirs[rf.dir] = struct{}{}
+	if len(rs.batch) >= batchMaxFiles || rs.batchBlobs >= batchMaxBlobs || len(rs.batchDirs) >= batchMaxDirs {
 		return rs.flush(ctx)
 	}
 	return nil
 }
 
+// open opens the file for writing: on the first call it creates it
+// (exclusively, so never through a link or over anything) and sizes it; on
+// later ones it opens it again relative to its directory and checks it is
+// still the file it created.
+func (f *restoreFile) open() (int, error) {
+	hookRestore(f.path())
+	if !f.created {
+		fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		if err != nil {
+			return -1, fmt.Errorf("restore: create %s: %w", f.path(), err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("restore: stat %s: %w", f.path(), err)
+		}
+		f.dev, f.ino, f.created = st.Dev, st.Ino, true
+		if f.node.Size > 0 {
+			if err := unix.Ftruncate(fd, int64(f.node.Size)); err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("restore: size %s: %w", f.path(), err)
+			}
+		}
+		return fd, nil
+	}
+	fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY, 0)
+	if err != nil {
+		return -1, fmt.Errorf("restore: open %s: %w", f.path(), err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Dev != f.dev || st.Ino != f.ino {
+		unix.Close(fd)
+		return -1, fmt.Errorf("restore: %s: %w", f.path(), errMoved)
+	}
+	return fd, nil
+}
+
 // writeBlob writes one blob's content at off, creating the file on the
-// first call (exclusively, never through a link, sized at once) and
-// finishing it on the last; a file without content is created and finished
-// by one call with nil. A blob of only zeros (zero) is not written: it
-// stays, or becomes, a hole.
+// first call and finishing it on the last (owner, xattrs, mode and mtime
+// through its descriptor; its directory released); a file without content
+// is created and finished by one call with nil. A blob of only zeros
+// (zero) is not written: it stays, or becomes, a hole.
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	flags := os.O_WRONLY | syscall.O_NOFOLLOW | syscall.O_CLOEXEC
-	if !f.created {
-		flags |= os.O_CREATE | os.O_EXCL
-	}
-	fd, err := unix.Open(f.path, flags, 0o600)
+	fd, err := f.open()
 	if err != nil {
-		return fmt.Errorf("restore: open %s: %w", f.path, err)
+		return err
 	}
-	if !f.created && f.node.Size > 0 {
-		if err := unix.Ftruncate(fd, int64(f.node.Size)); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("restore: size %s: %w", f.path, err)
-		}
-	}
-	f.created = true
 	if zero {
 		data = nil // a hole
 	}
 	if err := pwriteAll(fd, data, off); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("restore: write %s: %w", f.path, err)
+		return fmt.Errorf("restore: write %s: %w", f.path(), err)
 	}
 	if f.remaining > 0 {
 		f.remaining--
 	}
-	if f.remaining == 0 && f.chown {
-		// Before chmod: chown clears setuid and setgid.
-		if err := unix.Fchown(fd, int(f.uidMap.ToHost(f.node.UID)), int(f.gidMap.ToHost(f.node.GID))); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("restore: chown %s: %w", f.path, err)
-		}
-	}
 	if f.remaining == 0 {
-		if err := setXattrs(fd, f.path, f.node.Xattrs, f.chown); errors.Is(err, errNoXattrs) {
-			f.warn(f.path, err)
-		} else if err != nil {
+		n := f.node
+		if err := setMetaFd(fd, f.path(), f.chown, f.uidMap, f.gidMap, n.UID, n.GID, n.Xattrs, n.Mode, n.MTime, f.warn); err != nil {
 			unix.Close(fd)
 			return err
 		}
-		if err := unix.Fchmod(fd, f.node.Mode&07777); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("restore: chmod %s: %w", f.path, err)
-		}
 	}
 	if err := unix.Close(fd); err != nil {
-		return fmt.Errorf("restore: close %s: %w", f.path, err)
+		return fmt.Errorf("restore: close %s: %w", f.path(), err)
 	}
 	if f.remaining == 0 {
 		prog.Files.Add(1)
-		return setMTime(f.path, f.node.MTime)
+		f.dir.release()
 	}
 	return nil
 }
@@ -483,6 +787,7 @@ func (rs *restorer) flush(ctx context.Context) error {
 		return ctx.Err()
 	}
 	rs.batch, rs.batchBlobs = nil, 0
+	clear(rs.batchDirs)
 	return nil
 }
 
@@ -528,7 +833,7 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 	}
 	for _, f := range batch {
 		if f.remaining != 0 {
-			return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path, f.remaining)
+			return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path(), f.remaining)
 		}
 	}
 	return nil
@@ -619,40 +924,4 @@ func allZero(b []byte) bool {
 		b = b[n:]
 	}
 	return true
-}
-
-// ownAndXattrs gives an entry restore created (by path, never following a
-// link) its owner, when restoring as root, and its extended attributes; a
-// target without xattr support is a warning, not a failure.
-func (rs *restorer) ownAndXattrs(path string, uid, gid uint32, xs []repo.Xattr) error {
-	if rs.chown {
-		if err := unix.Lchown(path, int(rs.opts.UIDMap.ToHost(uid)), int(rs.opts.GIDMap.ToHost(gid))); err != nil {
-			return fmt.Errorf("restore: chown %s: %w", path, err)
-		}
-	}
-	err := setXattrs(-1, path, xs, rs.chown)
-	if errors.Is(err, errNoXattrs) {
-		rs.opts.Warn(path, err)
-		return nil
-	}
-	return err
-}
-
-// setMeta sets permission bits and mtime of a directory restore created
-// (never a symlink: chmod would follow it).
-func setMeta(path string, mode uint32, mtime int64) error {
-	if err := unix.Fchmodat(unix.AT_FDCWD, path, mode&07777, 0); err != nil {
-		return fmt.Errorf("restore: chmod %s: %w", path, err)
-	}
-	return setMTime(path, mtime)
-}
-
-// setMTime sets the modification time (and the access time, which is not
-// kept, to the same) of path itself, never following a link.
-func setMTime(path string, mtime int64) error {
-	ts := []unix.Timespec{unix.NsecToTimespec(mtime), unix.NsecToTimespec(mtime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("restore: set mtime %s: %w", path, err)
-	}
-	return nil
 }

@@ -19,21 +19,22 @@ func xattrsUnsupported(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-// readXattrs returns the extended attributes of the open file fd, or of
-// path itself (never following a link) when fd < 0: the user. namespace,
-// and every namespace with all (backing up as root).
-func readXattrs(fd int, path string, all bool) ([]repo.Xattr, error) {
+// readXattrs returns the extended attributes of the open file fd or, when
+// fd < 0, of the inode procPath (a dirfd.ProcPath of a descriptor opened
+// with O_PATH, for symlinks and FIFOs, which no other call reaches safely):
+// the user. namespace, and every namespace with all (backing up as root).
+func readXattrs(fd int, procPath string, all bool) ([]repo.Xattr, error) {
 	list := func(buf []byte) (int, error) {
 		if fd >= 0 {
 			return unix.Flistxattr(fd, buf)
 		}
-		return unix.Llistxattr(path, buf)
+		return unix.Listxattr(procPath, buf)
 	}
 	get := func(name string, buf []byte) (int, error) {
 		if fd >= 0 {
 			return unix.Fgetxattr(fd, name, buf)
 		}
-		return unix.Lgetxattr(path, name, buf)
+		return unix.Getxattr(procPath, name, buf)
 	}
 	var names []byte
 	for try := 0; ; try++ {
@@ -79,10 +80,11 @@ func readXattrs(fd int, path string, all bool) ([]repo.Xattr, error) {
 	return out, nil
 }
 
-// setXattrs sets extended attributes on the open file fd, or on path
-// itself when fd < 0; only user. ones unless all (restoring as root). A file
-// system without support yields errNoXattrs.
-func setXattrs(fd int, path string, xs []repo.Xattr, all bool) error {
+// setXattrs sets extended attributes on the open file fd or, when fd < 0,
+// on the inode procPath (see readXattrs); only user. ones unless all
+// (restoring as root). path names the entry in errors. A file system
+// without support yields errNoXattrs.
+func setXattrs(fd int, procPath, path string, xs []repo.Xattr, all bool) error {
 	for _, x := range xs {
 		if !all && !strings.HasPrefix(x.Name, "user.") {
 			continue
@@ -91,7 +93,7 @@ func setXattrs(fd int, path string, xs []repo.Xattr, all bool) error {
 		if fd >= 0 {
 			err = unix.Fsetxattr(fd, x.Name, x.Value, 0)
 		} else {
-			err = unix.Lsetxattr(path, x.Name, x.Value, 0)
+			err = unix.Setxattr(procPath, x.Name, x.Value, 0)
 		}
 		if xattrsUnsupported(err) {
 			return errNoXattrs
