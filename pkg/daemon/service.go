@@ -14,7 +14,6 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/backupd/backupd/pkg/repo"
@@ -27,15 +26,6 @@ import (
 type service struct {
 	pb.UnimplementedBackupServiceServer
 	s *Server
-}
-
-// fingerprint identifies what a request asks for, apart from its
-// request_id field, to tell a retry from a reused id.
-func fingerprint(m proto.Message) string {
-	c := proto.Clone(m).ProtoReflect()
-	c.Clear(c.Descriptor().Fields().ByName("request_id"))
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c.Interface())
-	return string(b)
 }
 
 func (sv *service) BackupWorkspace(ctx context.Context, req *pb.BackupWorkspaceRequest) (*pb.BackupWorkspaceResponse, error) {
@@ -84,9 +74,8 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
 		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
 	}
-	fp := fingerprint(req)
 	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, fp,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, req,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, opts.Owner, true)
 			if err != nil {
@@ -154,9 +143,8 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
 	}
 	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
-	fp := fingerprint(req)
 	key := "restore/" + owner + "/" + workspace + "/" + path
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, fp,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, req,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, owner, false)
 			if err != nil {
