@@ -93,7 +93,7 @@ func (o *operation) proto() *pb.Operation {
 	}
 	if o.err != nil {
 		p.ErrorCode = int32(grpcCode(o.err))
-		p.ErrorMessage = o.err.Error()
+		p.ErrorMessage = truncate(o.err.Error())
 	}
 	phase := o.phase
 	if phase == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING && o.progress.Finishing.Load() {
@@ -308,7 +308,7 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 			zap.Int64("bytes", res.Bytes), zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
 	}
 	if err != nil {
-		m.log.Warn("operation ended", append(fields, zap.Error(err))...)
+		m.log.Warn("operation ended", append(fields, zap.String("error", truncate(err.Error())))...)
 		return
 	}
 	m.log.Info("operation ended", fields...)

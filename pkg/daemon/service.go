@@ -44,6 +44,9 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
 		return nil, false, err
 	}
+	if err := checkPath(req.GetPath()); err != nil {
+		return nil, false, err
+	}
 	path, err := workspacePath(s.roots, req.GetPath())
 	if err != nil {
 		return nil, false, err
@@ -115,6 +118,9 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), true, false); err != nil {
 		return nil, false, err
 	}
+	if err := checkPath(req.GetPath()); err != nil {
+		return nil, false, err
+	}
 	path, err := workspacePath(s.roots, req.GetPath())
 	if err != nil {
 		return nil, false, err
@@ -174,7 +180,7 @@ func (s *Server) warner(op *operation) func(path string, err error) {
 	var n atomic.Int64
 	return func(path string, err error) {
 		if k := n.Add(1); k <= max {
-			s.log.Warn("operation warning", zap.String("operation", op.id), zap.String("entry", path), zap.Error(err))
+			s.log.Warn("operation warning", zap.String("operation", op.id), zap.String("entry", truncate(path)), zap.String("error", truncate(err.Error())))
 		} else if k == max+1 {
 			s.log.Warn("operation warning: further warnings not logged", zap.String("operation", op.id))
 		}
@@ -185,9 +191,12 @@ func (sv *service) operation(id string) (*operation, error) {
 	if id == "" {
 		return nil, invalidField("operation_id", errors.New("required"))
 	}
+	if err := checkLen("operation_id", "", id, maxOperationID); err != nil {
+		return nil, err
+	}
 	op, ok := sv.s.ops.get(id)
 	if !ok {
-		return nil, &notFoundError{fmt.Sprintf("operation %q not found (finished operations are kept for %v)", id, sv.s.cfg.OperationRetention)}
+		return nil, &notFoundError{fmt.Sprintf("operation %s not found (finished operations are kept for %v)", quote(id), sv.s.cfg.OperationRetention)}
 	}
 	return op, nil
 }
@@ -251,6 +260,9 @@ func encodePageToken(ref repo.SnapshotRef) string {
 }
 
 func decodePageToken(tok string) (int64, string, error) {
+	if err := checkLen("page_token", "", tok, maxPageToken); err != nil {
+		return 0, "", err
+	}
 	b, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
 		return 0, "", invalidField("page_token", errors.New("not a token from a previous response"))
