@@ -198,3 +198,19 @@ func (s *Server) openRepo(ctx context.Context, owner string, create bool) (*repo
 	}
 	return r, nil
 }
+
+// openSnapshots opens owner's repository for its snapshot objects alone:
+// listing and deleting snapshots need no index, so they neither load it
+// (time and memory in a large repository) nor fail on a damaged index
+// object.
+func (s *Server) openSnapshots(ctx context.Context, owner string) (*repo.Repository, error) {
+	st, err := s.place.Owner(ctx, owner, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}

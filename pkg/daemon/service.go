@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -299,7 +300,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 			return nil, err
 		}
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
 	if errors.Is(err, repo.ErrNoRepository) {
 		return &pb.ListSnapshotsResponse{}, nil
 	}
@@ -320,16 +321,24 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 		})
 	}
 	page := refs[start:min(start+size, len(refs))]
-	out := make([]*pb.Snapshot, len(page))
+	read := make([]*pb.Snapshot, len(page))
+	unreadable := make([]*pb.UnreadableSnapshot, len(page))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i, ref := range page {
 		g.Go(func() error {
 			snap, err := r.LoadSnapshot(gctx, ref)
-			if err != nil {
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				return nil // deleted since the listing
+			case err != nil && damaged(gctx, err):
+				unreadable[i] = &pb.UnreadableSnapshot{Id: ref.ID.String(), Owner: req.GetOwner(), Workspace: ref.Workspace,
+					Time: timestamppb.New(ref.Time), Error: truncate(err.Error())}
+				return nil
+			case err != nil:
 				return err
 			}
-			out[i] = &pb.Snapshot{
+			read[i] = &pb.Snapshot{
 				Id: ref.ID.String(), Owner: snap.Owner, Workspace: snap.Workspace, Time: timestamppb.New(snap.Time),
 				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
 				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,
@@ -341,11 +350,29 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	resp := &pb.ListSnapshotsResponse{Snapshots: out}
+	resp := &pb.ListSnapshotsResponse{}
+	for i := range page {
+		if read[i] != nil {
+			resp.Snapshots = append(resp.Snapshots, read[i])
+		}
+		if unreadable[i] != nil {
+			resp.UnreadableSnapshots = append(resp.UnreadableSnapshots, unreadable[i])
+		}
+	}
 	if start+size < len(refs) {
 		resp.NextPageToken = encodePageToken(page[len(page)-1])
 	}
 	return resp, nil
+}
+
+// damaged reports whether err, from reading one object, is about that
+// object (damaged, or of a format this daemon does not read) rather than
+// about reaching the storage: a transient failure, a refusal or the end of
+// ctx is a storage failure, which fails the call instead of being reported
+// against the object.
+func damaged(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!storage.IsTransient(err) && !errors.Is(err, storage.ErrPermission) && !errors.Is(err, os.ErrPermission)
 }
 
 // newer orders snapshots newest first, by time then key.
@@ -371,7 +398,7 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), false, true); err != nil {
 		return err
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
 	if err != nil {
 		return err
 	}

@@ -1537,18 +1537,105 @@ func (x *Snapshot) GetStoredBytes() int64 {
 	return 0
 }
 
-type ListSnapshotsResponse struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Snapshots []*Snapshot            `protobuf:"bytes,1,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
-	// Empty on the last page.
-	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+// UnreadableSnapshot is a snapshot whose object could not be read or is
+// damaged (its content does not match its id or does not decode), or is of
+// a format version this daemon does not read. Only what its key tells is
+// known: id, workspace and time. It cannot be restored; DeleteSnapshot
+// removes it.
+type UnreadableSnapshot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The request's owner.
+	Owner     string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Workspace string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// Why it could not be read, naming the object.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *UnreadableSnapshot) Reset() {
+	*x = UnreadableSnapshot{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnreadableSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnreadableSnapshot) ProtoMessage() {}
+
+func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnreadableSnapshot.ProtoReflect.Descriptor instead.
+func (*UnreadableSnapshot) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UnreadableSnapshot) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UnreadableSnapshot) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *UnreadableSnapshot) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *UnreadableSnapshot) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *UnreadableSnapshot) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ListSnapshotsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The snapshots of this page that could be read, newest first.
+	Snapshots []*Snapshot `protobuf:"bytes,1,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The snapshots of this page that could not be read, newest first. A
+	// page holds at most page_size snapshots of both lists together.
+	UnreadableSnapshots []*UnreadableSnapshot `protobuf:"bytes,3,rep,name=unreadable_snapshots,json=unreadableSnapshots,proto3" json:"unreadable_snapshots,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1647,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1660,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1590,6 +1677,13 @@ func (x *ListSnapshotsResponse) GetNextPageToken() string {
 	return ""
 }
 
+func (x *ListSnapshotsResponse) GetUnreadableSnapshots() []*UnreadableSnapshot {
+	if x != nil {
+		return x.UnreadableSnapshots
+	}
+	return nil
+}
+
 type DeleteSnapshotRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Owner     string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
@@ -1603,7 +1697,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1709,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1722,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteSnapshotRequest) GetOwner() string {
@@ -1660,7 +1754,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1766,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1779,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
 }
 
 type CheckRepositoryRequest struct {
@@ -1700,7 +1794,7 @@ type CheckRepositoryRequest struct {
 
 func (x *CheckRepositoryRequest) Reset() {
 	*x = CheckRepositoryRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1806,7 @@ func (x *CheckRepositoryRequest) String() string {
 func (*CheckRepositoryRequest) ProtoMessage() {}
 
 func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1819,7 @@ func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckRepositoryRequest) GetOwner() string {
@@ -1758,7 +1852,7 @@ type CheckRepositoryResponse struct {
 
 func (x *CheckRepositoryResponse) Reset() {
 	*x = CheckRepositoryResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1864,7 @@ func (x *CheckRepositoryResponse) String() string {
 func (*CheckRepositoryResponse) ProtoMessage() {}
 
 func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1877,7 @@ func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryResponse.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckRepositoryResponse) GetOk() bool {
@@ -1961,10 +2055,17 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\fstored_bytes\x18\r \x01(\x03R\vstoredBytes\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x12UnreadableSnapshot\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xc6\x01\n" +
 	"\x15ListSnapshotsResponse\x122\n" +
 	"\tsnapshots\x18\x01 \x03(\v2\x14.backupd.v1.SnapshotR\tsnapshots\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"l\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12Q\n" +
+	"\x14unreadable_snapshots\x18\x03 \x03(\v2\x1e.backupd.v1.UnreadableSnapshotR\x13unreadableSnapshots\"l\n" +
 	"\x15DeleteSnapshotRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x1f\n" +
@@ -2023,7 +2124,7 @@ func file_backupd_v1_backupd_proto_rawDescGZIP() []byte {
 }
 
 var file_backupd_v1_backupd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_backupd_v1_backupd_proto_goTypes = []any{
 	(OperationKind)(0),               // 0: backupd.v1.OperationKind
 	(OperationState)(0),              // 1: backupd.v1.OperationState
@@ -2044,61 +2145,64 @@ var file_backupd_v1_backupd_proto_goTypes = []any{
 	(*Operation)(nil),                // 16: backupd.v1.Operation
 	(*ListSnapshotsRequest)(nil),     // 17: backupd.v1.ListSnapshotsRequest
 	(*Snapshot)(nil),                 // 18: backupd.v1.Snapshot
-	(*ListSnapshotsResponse)(nil),    // 19: backupd.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),    // 20: backupd.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),   // 21: backupd.v1.DeleteSnapshotResponse
-	(*CheckRepositoryRequest)(nil),   // 22: backupd.v1.CheckRepositoryRequest
-	(*CheckRepositoryResponse)(nil),  // 23: backupd.v1.CheckRepositoryResponse
-	nil,                              // 24: backupd.v1.BackupWorkspaceRequest.TagsEntry
-	nil,                              // 25: backupd.v1.Snapshot.TagsEntry
-	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
+	(*UnreadableSnapshot)(nil),       // 19: backupd.v1.UnreadableSnapshot
+	(*ListSnapshotsResponse)(nil),    // 20: backupd.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),    // 21: backupd.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),   // 22: backupd.v1.DeleteSnapshotResponse
+	(*CheckRepositoryRequest)(nil),   // 23: backupd.v1.CheckRepositoryRequest
+	(*CheckRepositoryResponse)(nil),  // 24: backupd.v1.CheckRepositoryResponse
+	nil,                              // 25: backupd.v1.BackupWorkspaceRequest.TagsEntry
+	nil,                              // 26: backupd.v1.Snapshot.TagsEntry
+	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
 }
 var file_backupd_v1_backupd_proto_depIdxs = []int32{
-	24, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
+	25, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
 	3,  // 1: backupd.v1.BackupWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 2: backupd.v1.BackupWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
 	16, // 3: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
 	3,  // 4: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 5: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
 	16, // 6: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	26, // 7: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
+	27, // 7: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
 	16, // 8: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
 	16, // 9: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
 	16, // 10: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
 	2,  // 11: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
-	26, // 12: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
+	27, // 12: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
 	0,  // 13: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
 	1,  // 14: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
-	27, // 15: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	27, // 16: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	27, // 17: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	28, // 15: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	28, // 16: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	28, // 17: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
 	14, // 18: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
 	15, // 19: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
-	27, // 20: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	25, // 21: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
-	18, // 22: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
-	4,  // 23: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
-	6,  // 24: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
-	8,  // 25: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
-	10, // 26: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
-	12, // 27: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
-	17, // 28: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
-	20, // 29: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
-	22, // 30: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
-	5,  // 31: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
-	7,  // 32: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
-	9,  // 33: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
-	11, // 34: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
-	13, // 35: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
-	19, // 36: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
-	21, // 37: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
-	23, // 38: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
-	31, // [31:39] is the sub-list for method output_type
-	23, // [23:31] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 20: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	26, // 21: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
+	28, // 22: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
+	18, // 23: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
+	19, // 24: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
+	4,  // 25: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
+	6,  // 26: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
+	8,  // 27: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
+	10, // 28: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
+	12, // 29: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
+	17, // 30: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
+	21, // 31: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
+	23, // 32: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
+	5,  // 33: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
+	7,  // 34: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
+	9,  // 35: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
+	11, // 36: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
+	13, // 37: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
+	20, // 38: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
+	22, // 39: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
+	24, // 40: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_backupd_v1_backupd_proto_init() }
@@ -2112,7 +2216,7 @@ func file_backupd_v1_backupd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backupd_v1_backupd_proto_rawDesc), len(file_backupd_v1_backupd_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -55,12 +55,16 @@ const (
 type BackupServiceClient interface {
 	// BackupWorkspace starts a backup of a workspace directory as a new
 	// snapshot. While a backup of the same owner and workspace is queued or
-	// running, another request joins it (joined is set) instead of starting
-	// a second one.
+	// running, another request asking for the same (every field but
+	// request_id equal) joins it (joined is set) instead of starting a
+	// second one; a request asking for something else fails with
+	// FAILED_PRECONDITION naming the running operation and the fields that
+	// differ.
 	BackupWorkspace(ctx context.Context, in *BackupWorkspaceRequest, opts ...grpc.CallOption) (*BackupWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
-	// another request joins it.
+	// another request asking for the same joins it; one asking for something
+	// else fails with FAILED_PRECONDITION, as for backups.
 	RestoreWorkspace(ctx context.Context, in *RestoreWorkspaceRequest, opts ...grpc.CallOption) (*RestoreWorkspaceResponse, error)
 	// WatchOperation streams an operation's state: at once, then on every
 	// change of phase and periodically while it runs, and last its final
@@ -73,7 +77,11 @@ type BackupServiceClient interface {
 	// backup writes no snapshot; earlier snapshots stay intact. Cancelling a
 	// finished operation is not an error and changes nothing.
 	CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*CancelOperationResponse, error)
-	// ListSnapshots lists snapshots, newest first, a page at a time.
+	// ListSnapshots lists snapshots, newest first, a page at a time. A
+	// snapshot whose object cannot be read (damaged, or of a format this
+	// daemon does not know) is listed in unreadable_snapshots instead of
+	// failing the call; a storage failure (unavailable, permission denied)
+	// fails the call.
 	ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes one snapshot object. The data only it used stays
 	// in storage until a later prune.
@@ -191,12 +199,16 @@ func (c *backupServiceClient) CheckRepository(ctx context.Context, in *CheckRepo
 type BackupServiceServer interface {
 	// BackupWorkspace starts a backup of a workspace directory as a new
 	// snapshot. While a backup of the same owner and workspace is queued or
-	// running, another request joins it (joined is set) instead of starting
-	// a second one.
+	// running, another request asking for the same (every field but
+	// request_id equal) joins it (joined is set) instead of starting a
+	// second one; a request asking for something else fails with
+	// FAILED_PRECONDITION naming the running operation and the fields that
+	// differ.
 	BackupWorkspace(context.Context, *BackupWorkspaceRequest) (*BackupWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
-	// another request joins it.
+	// another request asking for the same joins it; one asking for something
+	// else fails with FAILED_PRECONDITION, as for backups.
 	RestoreWorkspace(context.Context, *RestoreWorkspaceRequest) (*RestoreWorkspaceResponse, error)
 	// WatchOperation streams an operation's state: at once, then on every
 	// change of phase and periodically while it runs, and last its final
@@ -209,7 +221,11 @@ type BackupServiceServer interface {
 	// backup writes no snapshot; earlier snapshots stay intact. Cancelling a
 	// finished operation is not an error and changes nothing.
 	CancelOperation(context.Context, *CancelOperationRequest) (*CancelOperationResponse, error)
-	// ListSnapshots lists snapshots, newest first, a page at a time.
+	// ListSnapshots lists snapshots, newest first, a page at a time. A
+	// snapshot whose object cannot be read (damaged, or of a format this
+	// daemon does not know) is listed in unreadable_snapshots instead of
+	// failing the call; a storage failure (unavailable, permission denied)
+	// fails the call.
 	ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes one snapshot object. The data only it used stays
 	// in storage until a later prune.
