@@ -840,3 +840,36 @@ func TestDamagedTellsObjectFromStorage(t *testing.T) {
 		}
 	}
 }
+
+// CheckRepository reports damage as problems, naming the objects: a
+// damaged snapshot object, and an index object damaged in storage though
+// the node-local cache still holds it intact (the check reads storage).
+func TestCheckRepositoryReportsDamage(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	src := e.workspace("ws", 61, 100)
+	a := e.backup(src, "lee", "ws").Result.SnapshotId
+	e.backup(src, "lee", "ws")
+	if chk, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee"}); err != nil || !chk.Ok || chk.Snapshots != 2 {
+		t.Fatalf("check before any damage: %v %v", chk, err)
+	}
+	write(t, e.snapshotObject("lee", "ws", a), []byte("{}"))
+	chk, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee", ReadData: true})
+	if err != nil || chk.Ok || chk.Snapshots != 2 || len(chk.Problems) != 1 || !strings.Contains(chk.Problems[0], a) || chk.PacksRead == 0 {
+		t.Fatalf("check with a damaged snapshot: %v %v", chk, err)
+	}
+	idx, _ := filepath.Glob(filepath.Join(e.store, "lee", "index", "*"))
+	write(t, idx[0], []byte("garbage"))
+	chk, err = e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee"})
+	if err != nil || chk.Ok || len(chk.Problems) != 1 || !strings.Contains(chk.Problems[0], filepath.Base(idx[0])) || !strings.Contains(chk.Problems[0], "corrupt object") {
+		t.Fatalf("check with a damaged index object: %v %v", chk, err)
+	}
+	// The listing is not stopped by either.
+	list, err := e.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: "lee"})
+	if err != nil || len(list.Snapshots) != 1 || len(list.UnreadableSnapshots) != 1 || list.UnreadableSnapshots[0].Id != a {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if _, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "nobody"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("check of an owner without a repository: %v", err)
+	}
+}

@@ -419,19 +419,34 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 }
 
 func (sv *service) CheckRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
+	resp, err := sv.checkRepository(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
 	if err := checkID("owner", req.GetOwner(), true); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	// The stored objects are checked, not the node-local cache's copies.
+	r, err := sv.s.loadRepo(ctx, req.GetOwner(), false, "")
+	if errors.Is(err, repo.ErrCorrupt) && damaged(ctx, err) {
+		// A damaged index object is a problem found, not a failure to
+		// check; but the rest of the check needs the whole index.
+		return &pb.CheckRepositoryResponse{Problems: []string{truncate(err.Error()) + " (the check stopped there: the rest needs the whole index)"}}, nil
+	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	res, err := r.Check(ctx, req.GetReadData())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
+	}
+	problems := make([]string, len(res.Problems))
+	for i, p := range res.Problems {
+		problems[i] = truncate(p)
 	}
 	return &pb.CheckRepositoryResponse{
-		Ok: len(res.Problems) == 0, Problems: res.Problems, Snapshots: res.Snapshots, Trees: res.Trees,
+		Ok: len(problems) == 0, Problems: problems, Snapshots: res.Snapshots, Trees: res.Trees,
 		Blobs: res.Blobs, PacksRead: res.PacksRead,
 	}, nil
 }

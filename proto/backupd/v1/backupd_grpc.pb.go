@@ -88,7 +88,11 @@ type BackupServiceClient interface {
 	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
 	// CheckRepository checks an owner's repository: that every index object
 	// reads and every snapshot's trees and content are in the index, and with
-	// read_data that every pack's content matches its hashes.
+	// read_data that every pack's content matches its hashes. It reads the
+	// stored objects, never the node-local cache's copies. Damage found is
+	// reported in problems (a damaged index object too, which ends the check
+	// there: the rest needs the whole index); an error means the check could
+	// not run (storage unavailable, no repository).
 	CheckRepository(ctx context.Context, in *CheckRepositoryRequest, opts ...grpc.CallOption) (*CheckRepositoryResponse, error)
 }
 
@@ -232,7 +236,11 @@ type BackupServiceServer interface {
 	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
 	// CheckRepository checks an owner's repository: that every index object
 	// reads and every snapshot's trees and content are in the index, and with
-	// read_data that every pack's content matches its hashes.
+	// read_data that every pack's content matches its hashes. It reads the
+	// stored objects, never the node-local cache's copies. Damage found is
+	// reported in problems (a damaged index object too, which ends the check
+	// there: the rest needs the whole index); an error means the check could
+	// not run (storage unavailable, no repository).
 	CheckRepository(context.Context, *CheckRepositoryRequest) (*CheckRepositoryResponse, error)
 	mustEmbedUnimplementedBackupServiceServer()
 }
