@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -118,25 +118,13 @@ func idMappings(m bsync.IDMap) []*pb.IdMapping {
 }
 
 // snapshotsViaDaemon lists an owner's snapshots through the daemon,
-// oldest first like the direct listing.
+// oldest first like the direct listing, the unreadable ones among them.
 func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace string, asJSON bool) error {
 	c, closeConn, err := d.dial()
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	var all []*pb.Snapshot
-	token := ""
-	for {
-		resp, err := c.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: owner, Workspace: workspace, PageSize: 1000, PageToken: token})
-		if err != nil {
-			return rpcError(d, err)
-		}
-		all = append(all, resp.Snapshots...)
-		if token = resp.NextPageToken; token == "" {
-			break
-		}
-	}
 	type stats struct {
 		Files       int64 `json:"files"`
 		Dirs        int64 `json:"dirs"`
@@ -155,20 +143,39 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 		Tags      map[string]string `json:"tags,omitempty"`
 		Stats     stats             `json:"stats"`
 	}
-	out := make([]snap, 0, len(all))
-	for i := len(all) - 1; i >= 0; i-- {
-		s := all[i]
-		out = append(out, snap{ID: s.Id, Time: s.Time.AsTime(), Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Path: s.Path,
-			Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes}})
+	var out []listed
+	token := ""
+	for {
+		resp, err := c.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: owner, Workspace: workspace, PageSize: 1000, PageToken: token})
+		if err != nil {
+			return rpcError(d, err)
+		}
+		for _, s := range resp.Snapshots {
+			t := s.Time.AsTime()
+			out = append(out, listed{
+				row: snapshotRow{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Files, Bytes: s.Bytes, Tags: s.Tags},
+				json: snap{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Path: s.Path,
+					Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes}},
+			})
+		}
+		for _, s := range resp.UnreadableSnapshots {
+			out = append(out, unreadable(s.Id, s.Owner, s.Workspace, s.Time.AsTime(), s.Error))
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
 	}
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	rows := make([]snapshotRow, len(out))
-	for i, s := range out {
-		rows[i] = snapshotRow{ID: s.ID, Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags}
-	}
-	return printSnapshotTable(rows)
+	// Oldest first, as the direct listing (by time, then workspace and id:
+	// the order of the snapshot keys).
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].row, out[j].row
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.Workspace != b.Workspace {
+			return a.Workspace < b.Workspace
+		}
+		return a.ID < b.ID
+	})
+	return printListing(out, asJSON)
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -9,16 +11,35 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 )
 
 type snapshotJSON struct {
 	ID string `json:"id"`
 	*repo.Snapshot
+}
+
+// unreadableJSON is a snapshot whose object could not be read, in --json:
+// what its key tells, and why.
+type unreadableJSON struct {
+	ID        string    `json:"id"`
+	Time      time.Time `json:"time"`
+	Owner     string    `json:"owner"`
+	Workspace string    `json:"workspace"`
+	Error     string    `json:"error"`
+}
+
+// listed is one snapshot of a listing: its table row and its --json form.
+type listed struct {
+	row  snapshotRow
+	json any
 }
 
 func newSnapshotsCmd() *cobra.Command {
@@ -32,7 +53,15 @@ func newSnapshotsCmd() *cobra.Command {
 		Short: "List snapshots, oldest first",
 		Long: `List the snapshots of one workspace, of one owner, or (without --owner)
 of every owner under the storage root. Listing every owner reads the whole
-root's key listing, so give --owner on large roots.`,
+root's key listing, so give --owner on large roots.
+
+A snapshot whose object cannot be read (damaged, or of a format this
+backupctl does not know) is listed too, on a line of its own saying
+UNREADABLE and why (in --json: with an "error" field instead of its
+contents); then, after the whole listing, backupctl exits with status 1,
+so that a listing showing damage never passes for a clean one. A storage
+failure (unreachable, permission denied) stops the listing, also with
+status 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -47,7 +76,7 @@ root's key listing, so give --owner on large roots.`,
 				return err
 			}
 			defer p.Close()
-			var out []snapshotJSON
+			var out []listed
 			for _, o := range owners {
 				st, err := p.Owner(ctx, o, false)
 				if err != nil {
@@ -63,25 +92,23 @@ root's key listing, so give --owner on large roots.`,
 				}
 				for _, ref := range refs {
 					s, err := r.LoadSnapshot(ctx, ref)
-					if err != nil {
+					switch {
+					case errors.Is(err, storage.ErrNotFound):
+						continue // deleted since the listing
+					case err != nil && damaged(ctx, err):
+						out = append(out, unreadable(ref.ID.String(), o, ref.Workspace, ref.Time, err.Error()))
+						continue
+					case err != nil:
 						return fmt.Errorf("owner %s: %w", o, err)
 					}
-					out = append(out, snapshotJSON{ID: ref.ID.String(), Snapshot: s})
+					out = append(out, listed{
+						row: snapshotRow{ID: ref.ID.String(), Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host,
+							Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags},
+						json: snapshotJSON{ID: ref.ID.String(), Snapshot: s},
+					})
 				}
 			}
-			if f.json {
-				if out == nil {
-					out = []snapshotJSON{}
-				}
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(out)
-			}
-			rows := make([]snapshotRow, len(out))
-			for i, s := range out {
-				rows[i] = snapshotRow{ID: s.ID, Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags}
-			}
-			return printSnapshotTable(rows)
+			return printListing(out, f.json)
 		},
 	}
 	f.register(cmd, false)
@@ -91,24 +118,86 @@ root's key listing, so give --owner on large roots.`,
 	return cmd
 }
 
+// damaged reports whether err, from reading one snapshot object, is about
+// that object (damaged, or of a format this backupctl does not read)
+// rather than about reaching the storage, which stops the listing. (The
+// daemon's ListSnapshots draws the same line.)
+func damaged(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!storage.IsTransient(err) && !errors.Is(err, storage.ErrPermission) && !errors.Is(err, os.ErrPermission)
+}
+
+// unreadable is the listing's entry for a snapshot that could not be read.
+func unreadable(id, owner, workspace string, t time.Time, why string) listed {
+	return listed{
+		row:  snapshotRow{ID: id, Time: t, Owner: owner, Workspace: workspace, Error: why},
+		json: unreadableJSON{ID: id, Time: t, Owner: owner, Workspace: workspace, Error: why},
+	}
+}
+
+// printListing prints a listing as a table or as JSON, and fails (exit
+// status 1) after printing it when any snapshot could not be read.
+func printListing(out []listed, asJSON bool) error {
+	bad := 0
+	for _, l := range out {
+		if l.row.Error != "" {
+			bad++
+		}
+	}
+	if asJSON {
+		js := make([]any, len(out))
+		for i, l := range out {
+			js[i] = l.json
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(js); err != nil {
+			return err
+		}
+	} else {
+		rows := make([]snapshotRow, len(out))
+		for i, l := range out {
+			rows[i] = l.row
+		}
+		if err := printSnapshotTable(rows); err != nil {
+			return err
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d snapshots could not be read (listed with the reason)", bad, len(out))
+	}
+	return nil
+}
+
 // snapshotRow is one line of the snapshots table.
 type snapshotRow struct {
 	ID, Owner, Workspace, Host string
 	Time                       time.Time
 	Files, Bytes               int64
 	Tags                       map[string]string
+	// Error is set when the snapshot could not be read: then only ID,
+	// Owner, Workspace and Time are known.
+	Error string
 }
+
+// maxTableError is the most of an error a table line shows.
+const maxTableError = 300
 
 func printSnapshotTable(rows []snapshotRow) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tTAGS")
 	for _, s := range rows {
+		when := s.Time.Local().Format("2006-01-02 15:04:05")
+		if s.Error != "" {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\tUNREADABLE: %s\n", s.ID[:8], when, s.Owner, s.Workspace, oneLine(s.Error, maxTableError))
+			continue
+		}
 		var tags []string
 		for k, v := range s.Tags {
 			tags = append(tags, k+"="+v)
 		}
 		sort.Strings(tags)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Time.Local().Format("2006-01-02 15:04:05"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], when,
 			s.Owner, s.Workspace, s.Host, s.Files, fmtBytes(s.Bytes), strings.Join(tags, ","))
 	}
 	if err := tw.Flush(); err != nil {
@@ -120,6 +209,25 @@ func printSnapshotTable(rows []snapshotRow) error {
 		fmt.Fprintf(os.Stderr, "%d snapshots\n", len(rows))
 	}
 	return nil
+}
+
+// oneLine is s on one line (control characters as spaces), cut to at
+// most max bytes.
+func oneLine(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func newLsCmd() *cobra.Command {

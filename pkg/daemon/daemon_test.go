@@ -3,6 +3,9 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -24,6 +27,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
@@ -713,4 +718,158 @@ func TestQueueTimeout(t *testing.T) {
 	}
 	e.client.CancelOperation(ctx, &pb.CancelOperationRequest{OperationId: a.Operation.Id})
 	e.watch(a.Operation.Id, nil)
+}
+
+// snapshotObject is the local store's file of an owner's snapshot.
+func (e *env) snapshotObject(owner, ws, id string) string {
+	e.t.Helper()
+	m, err := filepath.Glob(filepath.Join(e.store, owner, "snapshots", ws, "*-"+id))
+	if err != nil || len(m) != 1 {
+		e.t.Fatalf("snapshot object %s of %s/%s: %v %v", id, owner, ws, m, err)
+	}
+	return m[0]
+}
+
+// One damaged snapshot object, one of an unknown format version and a
+// damaged index object leave the rest of the listing readable: the two
+// are named in unreadable_snapshots, on their page; deleting them works.
+func TestListSnapshotsNamesUnreadable(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.CacheDir = "none" }) // the index read from storage
+	ctx := context.Background()
+	src := e.workspace("ws", 60, 100)
+	var ids []string
+	for range 3 {
+		ids = append(ids, e.backup(src, "kim", "ws").Result.SnapshotId)
+	}
+	damagedObj := e.snapshotObject("kim", "ws", ids[1])
+	if err := os.WriteFile(damagedObj, []byte("not a snapshot"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot of a later format, well-formed and named by its hash.
+	future := []byte(`{"version":99,"time":"2000-01-01T00:00:00Z","owner":"kim","workspace":"ws"}`)
+	sum := sha256.Sum256(future)
+	futureID := hex.EncodeToString(sum[:])
+	write(t, filepath.Join(e.store, "kim", "snapshots", "ws", fmt.Sprintf("%020d-%s", time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano(), futureID)), future)
+	// Listing needs no index: a damaged index object does not stop it.
+	idx, _ := filepath.Glob(filepath.Join(e.store, "kim", "index", "*"))
+	if len(idx) == 0 {
+		t.Fatal("no index object")
+	}
+	if err := os.WriteFile(idx[0], []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	list, err := e.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: "kim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Snapshots) != 2 || list.Snapshots[0].Id != ids[2] || list.Snapshots[1].Id != ids[0] {
+		t.Fatalf("readable snapshots: %v", list.Snapshots)
+	}
+	if len(list.UnreadableSnapshots) != 2 {
+		t.Fatalf("unreadable snapshots: %v", list.UnreadableSnapshots)
+	}
+	bad, old := list.UnreadableSnapshots[0], list.UnreadableSnapshots[1]
+	if bad.Id != ids[1] || bad.Owner != "kim" || bad.Workspace != "ws" || bad.Time.AsTime().IsZero() ||
+		!strings.Contains(bad.Error, "corrupt object") || !strings.Contains(bad.Error, ids[1]) {
+		t.Errorf("the damaged snapshot: %v", bad)
+	}
+	if old.Id != futureID || !old.Time.AsTime().Equal(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)) || !strings.Contains(old.Error, "version 99") {
+		t.Errorf("the snapshot of a later format: %v", old)
+	}
+	// Pages of one: four pages, the unreadable ones on theirs.
+	var pages []string
+	for token := ""; ; {
+		resp, err := e.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: "kim", PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(resp.Snapshots) + len(resp.UnreadableSnapshots); n != 1 {
+			t.Fatalf("a page of %d", n)
+		}
+		for _, s := range resp.Snapshots {
+			pages = append(pages, s.Id[:8])
+		}
+		for _, s := range resp.UnreadableSnapshots {
+			pages = append(pages, "!"+s.Id[:8])
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	if want := []string{ids[2][:8], "!" + ids[1][:8], ids[0][:8], "!" + futureID[:8]}; strings.Join(pages, " ") != strings.Join(want, " ") {
+		t.Fatalf("pages %v, want %v", pages, want)
+	}
+	// Unreadable snapshots can be deleted (the index is not needed either).
+	for _, id := range []string{ids[1], futureID} {
+		if _, err := e.client.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{Owner: "kim", Workspace: "ws", SnapshotId: id}); err != nil {
+			t.Fatalf("delete %s: %v", id, err)
+		}
+	}
+	list, err = e.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: "kim"})
+	if err != nil || len(list.Snapshots) != 2 || len(list.UnreadableSnapshots) != 0 {
+		t.Fatalf("after deleting the unreadable ones: %v %v", list, err)
+	}
+}
+
+// What fails a listing (storage out of reach, the call's end) is told
+// apart from what is wrong with one object, with the errors the packages
+// below return.
+func TestDamagedTellsObjectFromStorage(t *testing.T) {
+	ctx := context.Background()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	corrupt := fmt.Errorf("snapshot x: %w: content does not match its id", repo.ErrCorrupt)
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"corrupt", ctx, corrupt, true},
+		{"unknown version", ctx, errors.New("snapshot version 99 is not supported"), true},
+		{"transient", ctx, fmt.Errorf("read snapshot x: %w", storage.Transient(errors.New("503 slow down"))), false},
+		{"permission", ctx, fmt.Errorf("read snapshot x: %w", storage.ErrPermission), false},
+		{"local permission", ctx, fmt.Errorf("read snapshot x: %w", fs.ErrPermission), false},
+		{"cancelled", ctx, fmt.Errorf("read snapshot x: %w", context.Canceled), false},
+		{"deadline", ctx, fmt.Errorf("read snapshot x: %w", context.DeadlineExceeded), false},
+		{"any error once the call is over", cancelled, corrupt, false},
+	} {
+		if got := damaged(c.ctx, c.err); got != c.want {
+			t.Errorf("%s: damaged = %v", c.name, got)
+		}
+	}
+}
+
+// CheckRepository reports damage as problems, naming the objects: a
+// damaged snapshot object, and an index object damaged in storage though
+// the node-local cache still holds it intact (the check reads storage).
+func TestCheckRepositoryReportsDamage(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	src := e.workspace("ws", 61, 100)
+	a := e.backup(src, "lee", "ws").Result.SnapshotId
+	e.backup(src, "lee", "ws")
+	if chk, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee"}); err != nil || !chk.Ok || chk.Snapshots != 2 {
+		t.Fatalf("check before any damage: %v %v", chk, err)
+	}
+	write(t, e.snapshotObject("lee", "ws", a), []byte("{}"))
+	chk, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee", ReadData: true})
+	if err != nil || chk.Ok || chk.Snapshots != 2 || len(chk.Problems) != 1 || !strings.Contains(chk.Problems[0], a) || chk.PacksRead == 0 {
+		t.Fatalf("check with a damaged snapshot: %v %v", chk, err)
+	}
+	idx, _ := filepath.Glob(filepath.Join(e.store, "lee", "index", "*"))
+	write(t, idx[0], []byte("garbage"))
+	chk, err = e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "lee"})
+	if err != nil || chk.Ok || len(chk.Problems) != 1 || !strings.Contains(chk.Problems[0], filepath.Base(idx[0])) || !strings.Contains(chk.Problems[0], "corrupt object") {
+		t.Fatalf("check with a damaged index object: %v %v", chk, err)
+	}
+	// The listing is not stopped by either.
+	list, err := e.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: "lee"})
+	if err != nil || len(list.Snapshots) != 1 || len(list.UnreadableSnapshots) != 1 || list.UnreadableSnapshots[0].Id != a {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if _, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "nobody"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("check of an owner without a repository: %v", err)
+	}
 }

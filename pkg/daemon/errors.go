@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -69,17 +70,36 @@ func grpcCode(err error) codes.Code {
 	return codes.Internal
 }
 
+// maxMessage bounds an error message the daemon returns or logs: request
+// values are quoted short where they are checked (quote), but an error
+// from below (a pattern in a workspace's .backupdignore, a path deep in a
+// workspace) may still carry a long value.
+const maxMessage = 8 << 10
+
+// truncate cuts s to at most maxMessage bytes, at a character boundary,
+// saying how long it was.
+func truncate(s string) string {
+	if len(s) <= maxMessage {
+		return s
+	}
+	cut := maxMessage
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… (%d bytes)", len(s))
+}
+
 // toStatus turns an error into the status a handler returns; a field
 // error carries a BadRequest detail naming the field.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	st := status.New(grpcCode(err), err.Error())
+	st := status.New(grpcCode(err), truncate(err.Error()))
 	var fe *fieldError
 	if errors.As(err, &fe) {
 		if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
-			{Field: fe.field, Description: fe.err.Error()},
+			{Field: fe.field, Description: truncate(fe.err.Error())},
 		}}); derr == nil {
 			st = d
 		}

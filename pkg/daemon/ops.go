@@ -3,13 +3,17 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -24,6 +28,12 @@ type operation struct {
 	kind                                  pb.OperationKind
 	joinKey                               string
 	created                               time.Time
+	// fingerprint is what the request that started it asked for; every
+	// request that joins it asked for the same. request is that request,
+	// kept to name what another one asks differently; nil once it ended
+	// (both guarded by the manager's lock).
+	fingerprint [sha256.Size]byte
+	request     proto.Message
 
 	progress bsync.Progress
 	ctx      context.Context
@@ -83,7 +93,7 @@ func (o *operation) proto() *pb.Operation {
 	}
 	if o.err != nil {
 		p.ErrorCode = int32(grpcCode(o.err))
-		p.ErrorMessage = o.err.Error()
+		p.ErrorMessage = truncate(o.err.Error())
 	}
 	phase := o.phase
 	if phase == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING && o.progress.Finishing.Load() {
@@ -124,13 +134,6 @@ func (o *operation) finished() bool {
 // runFunc does an operation's work once it has its turn.
 type runFunc func(ctx context.Context, op *operation) (*pb.OperationResult, error)
 
-// requestRecord remembers which operation a request id started or joined,
-// and what that request asked for.
-type requestRecord struct {
-	op          *operation
-	fingerprint string
-}
-
 // manager runs operations under the per-node limits, joins duplicates and
 // keeps finished operations for a while.
 type manager struct {
@@ -147,7 +150,7 @@ type manager struct {
 	mu        sync.Mutex
 	ops       map[string]*operation
 	active    map[string]*operation // queued or running, by join key
-	byRequest map[string]requestRecord
+	byRequest map[string]*operation // the operation each request id started or joined
 	draining  bool
 }
 
@@ -159,36 +162,47 @@ func newManager(log *zap.Logger, m *metrics, limits Limits, keep time.Duration) 
 			pb.OperationKind_OPERATION_KIND_BACKUP:  make(chan struct{}, limits.Backups),
 			pb.OperationKind_OPERATION_KIND_RESTORE: make(chan struct{}, limits.Restores),
 		},
-		ops: map[string]*operation{}, active: map[string]*operation{}, byRequest: map[string]requestRecord{},
+		ops: map[string]*operation{}, active: map[string]*operation{}, byRequest: map[string]*operation{},
 	}
 }
 
 // errDraining refuses new operations during shutdown.
 var errDraining = errors.New("backupd is shutting down: no new operations")
 
-// start starts an operation, or returns the one it joins: the operation
-// an earlier request with the same request id started or joined, or one
-// queued or running with the same join key. fingerprint identifies what
-// the request asked for; a request id reused for something else is an
-// error.
-func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey, fingerprint string, run runFunc) (*operation, bool, error) {
+// start starts an operation for req, or returns the one it joins: the
+// operation an earlier request with the same request id started or
+// joined, or one queued or running with the same join key. Either must
+// have been asked for with the same parameters (apart from request_id):
+// a request id reused for something else is INVALID_ARGUMENT, a join key
+// in use by an operation with other parameters FAILED_PRECONDITION.
+func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, run runFunc) (*operation, bool, error) {
+	fp := fingerprint(req)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.forgetExpired()
 	if requestID != "" {
-		if rec, ok := m.byRequest[requestID]; ok {
-			if rec.fingerprint != fingerprint {
-				return nil, false, invalidField("request_id", fmt.Errorf("%q was used for a different request (operation %s)", requestID, rec.op.id))
+		if op, ok := m.byRequest[requestID]; ok {
+			if op.fingerprint != fp {
+				return nil, false, invalidField("request_id", fmt.Errorf("%q was used for a different request (operation %s%s)",
+					requestID, op.id, differences(op, req)))
 			}
-			return rec.op, true, nil
+			return op, true, nil
 		}
 	}
 	if m.draining {
 		return nil, false, errDraining
 	}
 	if op, ok := m.active[joinKey]; ok {
+		if op.fingerprint != fp {
+			what := fmt.Sprintf("workspace %s/%s is being backed up", owner, workspace)
+			if kind == pb.OperationKind_OPERATION_KIND_RESTORE {
+				what = fmt.Sprintf("%s is being restored from workspace %s/%s", path, owner, workspace)
+			}
+			return nil, false, &conflictError{fmt.Sprintf("%s by operation %s with different parameters%s; wait for it or cancel it",
+				what, op.id, differences(op, req))}
+		}
 		if requestID != "" {
-			m.byRequest[requestID] = requestRecord{op, fingerprint}
+			m.byRequest[requestID] = op
 		}
 		return op, true, nil
 	}
@@ -199,14 +213,14 @@ func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID
 	}
 	op := &operation{
 		id: newOperationID(), kind: kind, owner: owner, workspace: workspace, path: path, requestID: requestID,
-		joinKey: joinKey, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
+		joinKey: joinKey, fingerprint: fp, request: req, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
 		state: pb.OperationState_OPERATION_STATE_QUEUED, phase: pb.OperationPhase_OPERATION_PHASE_QUEUED,
 	}
 	op.ctx, op.cancel = context.WithCancel(m.base)
 	m.ops[op.id] = op
 	m.active[joinKey] = op
 	if requestID != "" {
-		m.byRequest[requestID] = requestRecord{op, fingerprint}
+		m.byRequest[requestID] = op
 	}
 	m.wg.Add(1)
 	m.metrics.queued.WithLabelValues(kindName(kind)).Inc()
@@ -276,6 +290,7 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 	if m.active[op.joinKey] == op {
 		delete(m.active, op.joinKey)
 	}
+	op.request = nil
 	m.mu.Unlock()
 	// Counted and logged before watchers learn of the end.
 	defer close(op.done)
@@ -293,7 +308,7 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 			zap.Int64("bytes", res.Bytes), zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
 	}
 	if err != nil {
-		m.log.Warn("operation ended", append(fields, zap.Error(err))...)
+		m.log.Warn("operation ended", append(fields, zap.String("error", truncate(err.Error())))...)
 		return
 	}
 	m.log.Info("operation ended", fields...)
@@ -324,8 +339,8 @@ func (m *manager) forgetExpired() {
 	}
 	// Request ids of forgotten operations (the one that started each and
 	// those that joined it) go with them.
-	for rid, rec := range m.byRequest {
-		if _, ok := m.ops[rec.op.id]; !ok {
+	for rid, op := range m.byRequest {
+		if _, ok := m.ops[op.id]; !ok {
 			delete(m.byRequest, rid)
 		}
 	}
@@ -352,6 +367,55 @@ func (m *manager) wait(ctx context.Context) error {
 
 // cancelAll cancels every operation, queued or running.
 func (m *manager) cancelAll() { m.cancelBase() }
+
+// fingerprint identifies what a request asks for, apart from its
+// request_id field: a hash of its type and its other fields, to tell a
+// retry or a join from a different request.
+func fingerprint(m proto.Message) [sha256.Size]byte {
+	c := proto.Clone(m).ProtoReflect()
+	c.Clear(c.Descriptor().Fields().ByName("request_id"))
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c.Interface())
+	h := sha256.New()
+	h.Write([]byte(c.Descriptor().FullName()))
+	h.Write([]byte{0})
+	h.Write(b)
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
+// differences names the fields (as in the proto, apart from request_id)
+// in which req asks differently from the request that started op, as
+// " (path, excludes)"; "" when that request is gone (op ended) or of
+// another kind. m.mu is held.
+func differences(op *operation, req proto.Message) string {
+	if op.request == nil {
+		return ""
+	}
+	a, b := op.request.ProtoReflect(), req.ProtoReflect()
+	if a.Descriptor() != b.Descriptor() {
+		return ": a " + kindName(op.kind) + " request"
+	}
+	var names []string
+	fields := a.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd.Name() != "request_id" && !proto.Equal(onlyField(a, fd), onlyField(b, fd)) {
+			names = append(names, string(fd.Name()))
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + ")"
+}
+
+// onlyField is a message of m's type holding only m's field fd.
+func onlyField(m protoreflect.Message, fd protoreflect.FieldDescriptor) proto.Message {
+	c := m.New()
+	if m.Has(fd) {
+		c.Set(fd, m.Get(fd))
+	}
+	return c.Interface()
+}
 
 func newOperationID() string {
 	var b [12]byte

@@ -188,11 +188,33 @@ func (s *Server) Shutdown(ctx context.Context) {
 // openRepo opens owner's repository with the node-local cache; create
 // makes a missing one (a first backup).
 func (s *Server) openRepo(ctx context.Context, owner string, create bool) (*repo.Repository, error) {
+	return s.loadRepo(ctx, owner, create, s.cacheDir)
+}
+
+// loadRepo opens owner's repository and loads its index, with the cache
+// under cacheDir ("" for none).
+func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheDir string) (*repo.Repository, error) {
 	st, err := s.place.Owner(ctx, owner, create)
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.LoadCached(ctx, st, create, s.cacheDir, s.cfg.CacheSize)
+	r, err := repo.LoadCached(ctx, st, create, cacheDir, s.cfg.CacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}
+
+// openSnapshots opens owner's repository for its snapshot objects alone:
+// listing and deleting snapshots need no index, so they neither load it
+// (time and memory in a large repository) nor fail on a damaged index
+// object.
+func (s *Server) openSnapshots(ctx context.Context, owner string) (*repo.Repository, error) {
+	st, err := s.place.Owner(ctx, owner, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, st)
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}

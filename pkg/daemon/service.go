@@ -14,10 +14,10 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -27,15 +27,6 @@ import (
 type service struct {
 	pb.UnimplementedBackupServiceServer
 	s *Server
-}
-
-// fingerprint identifies what a request asks for, apart from its
-// request_id field, to tell a retry from a reused id.
-func fingerprint(m proto.Message) string {
-	c := proto.Clone(m).ProtoReflect()
-	c.Clear(c.Descriptor().Fields().ByName("request_id"))
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c.Interface())
-	return string(b)
 }
 
 func (sv *service) BackupWorkspace(ctx context.Context, req *pb.BackupWorkspaceRequest) (*pb.BackupWorkspaceResponse, error) {
@@ -52,6 +43,9 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 		return nil, false, err
 	}
 	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
+		return nil, false, err
+	}
+	if err := checkPath(req.GetPath()); err != nil {
 		return nil, false, err
 	}
 	path, err := workspacePath(s.roots, req.GetPath())
@@ -84,9 +78,8 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
 		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
 	}
-	fp := fingerprint(req)
 	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, fp,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, req,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, opts.Owner, true)
 			if err != nil {
@@ -126,6 +119,9 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), true, false); err != nil {
 		return nil, false, err
 	}
+	if err := checkPath(req.GetPath()); err != nil {
+		return nil, false, err
+	}
 	path, err := workspacePath(s.roots, req.GetPath())
 	if err != nil {
 		return nil, false, err
@@ -154,9 +150,8 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
 	}
 	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
-	fp := fingerprint(req)
 	key := "restore/" + owner + "/" + workspace + "/" + path
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, fp,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, req,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, owner, false)
 			if err != nil {
@@ -186,7 +181,7 @@ func (s *Server) warner(op *operation) func(path string, err error) {
 	var n atomic.Int64
 	return func(path string, err error) {
 		if k := n.Add(1); k <= max {
-			s.log.Warn("operation warning", zap.String("operation", op.id), zap.String("entry", path), zap.Error(err))
+			s.log.Warn("operation warning", zap.String("operation", op.id), zap.String("entry", truncate(path)), zap.String("error", truncate(err.Error())))
 		} else if k == max+1 {
 			s.log.Warn("operation warning: further warnings not logged", zap.String("operation", op.id))
 		}
@@ -197,9 +192,12 @@ func (sv *service) operation(id string) (*operation, error) {
 	if id == "" {
 		return nil, invalidField("operation_id", errors.New("required"))
 	}
+	if err := checkLen("operation_id", "", id, maxOperationID); err != nil {
+		return nil, err
+	}
 	op, ok := sv.s.ops.get(id)
 	if !ok {
-		return nil, &notFoundError{fmt.Sprintf("operation %q not found (finished operations are kept for %v)", id, sv.s.cfg.OperationRetention)}
+		return nil, &notFoundError{fmt.Sprintf("operation %s not found (finished operations are kept for %v)", quote(id), sv.s.cfg.OperationRetention)}
 	}
 	return op, nil
 }
@@ -263,6 +261,9 @@ func encodePageToken(ref repo.SnapshotRef) string {
 }
 
 func decodePageToken(tok string) (int64, string, error) {
+	if err := checkLen("page_token", "", tok, maxPageToken); err != nil {
+		return 0, "", err
+	}
 	b, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
 		return 0, "", invalidField("page_token", errors.New("not a token from a previous response"))
@@ -299,7 +300,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 			return nil, err
 		}
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
 	if errors.Is(err, repo.ErrNoRepository) {
 		return &pb.ListSnapshotsResponse{}, nil
 	}
@@ -320,16 +321,24 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 		})
 	}
 	page := refs[start:min(start+size, len(refs))]
-	out := make([]*pb.Snapshot, len(page))
+	read := make([]*pb.Snapshot, len(page))
+	unreadable := make([]*pb.UnreadableSnapshot, len(page))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i, ref := range page {
 		g.Go(func() error {
 			snap, err := r.LoadSnapshot(gctx, ref)
-			if err != nil {
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				return nil // deleted since the listing
+			case err != nil && damaged(gctx, err):
+				unreadable[i] = &pb.UnreadableSnapshot{Id: ref.ID.String(), Owner: req.GetOwner(), Workspace: ref.Workspace,
+					Time: timestamppb.New(ref.Time), Error: truncate(err.Error())}
+				return nil
+			case err != nil:
 				return err
 			}
-			out[i] = &pb.Snapshot{
+			read[i] = &pb.Snapshot{
 				Id: ref.ID.String(), Owner: snap.Owner, Workspace: snap.Workspace, Time: timestamppb.New(snap.Time),
 				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
 				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,
@@ -341,11 +350,29 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	resp := &pb.ListSnapshotsResponse{Snapshots: out}
+	resp := &pb.ListSnapshotsResponse{}
+	for i := range page {
+		if read[i] != nil {
+			resp.Snapshots = append(resp.Snapshots, read[i])
+		}
+		if unreadable[i] != nil {
+			resp.UnreadableSnapshots = append(resp.UnreadableSnapshots, unreadable[i])
+		}
+	}
 	if start+size < len(refs) {
 		resp.NextPageToken = encodePageToken(page[len(page)-1])
 	}
 	return resp, nil
+}
+
+// damaged reports whether err, from reading one object, is about that
+// object (damaged, or of a format this daemon does not read) rather than
+// about reaching the storage: a transient failure, a refusal or the end of
+// ctx is a storage failure, which fails the call instead of being reported
+// against the object.
+func damaged(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!storage.IsTransient(err) && !errors.Is(err, storage.ErrPermission) && !errors.Is(err, os.ErrPermission)
 }
 
 // newer orders snapshots newest first, by time then key.
@@ -371,7 +398,7 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), false, true); err != nil {
 		return err
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
 	if err != nil {
 		return err
 	}
@@ -392,19 +419,34 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 }
 
 func (sv *service) CheckRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
+	resp, err := sv.checkRepository(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
 	if err := checkID("owner", req.GetOwner(), true); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	r, err := sv.s.openRepo(ctx, req.GetOwner(), false)
+	// The stored objects are checked, not the node-local cache's copies.
+	r, err := sv.s.loadRepo(ctx, req.GetOwner(), false, "")
+	if errors.Is(err, repo.ErrCorrupt) && damaged(ctx, err) {
+		// A damaged index object is a problem found, not a failure to
+		// check; but the rest of the check needs the whole index.
+		return &pb.CheckRepositoryResponse{Problems: []string{truncate(err.Error()) + " (the check stopped there: the rest needs the whole index)"}}, nil
+	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	res, err := r.Check(ctx, req.GetReadData())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
+	}
+	problems := make([]string, len(res.Problems))
+	for i, p := range res.Problems {
+		problems[i] = truncate(p)
 	}
 	return &pb.CheckRepositoryResponse{
-		Ok: len(res.Problems) == 0, Problems: res.Problems, Snapshots: res.Snapshots, Trees: res.Trees,
+		Ok: len(problems) == 0, Problems: problems, Snapshots: res.Snapshots, Trees: res.Trees,
 		Blobs: res.Blobs, PacksRead: res.PacksRead,
 	}, nil
 }

@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
@@ -17,7 +19,72 @@ import (
 )
 
 // Request validation. Every check returns a fieldError naming the field
-// (as in the proto), which the API reports as INVALID_ARGUMENT.
+// (as in the proto), which the API reports as INVALID_ARGUMENT. Every
+// string field is bounded, and a message quotes at most maxQuoted bytes
+// of a request value (quote): no error or log line carries an unbounded
+// value from a request.
+
+const (
+	maxName        = 128  // owner, workspace and request ids (repo.ValidateName)
+	maxPath        = 4095 // PATH_MAX (4096) counts the terminating NUL
+	maxSnapshotID  = 64   // a full id: 64 hex digits
+	maxOperationID = 64   // "op-" and 24 hex digits today
+	maxPageToken   = 1024 // a token is about 330 bytes at most
+	maxPattern     = 4096
+	maxInclude     = 4096
+	maxIDMappings  = 340 // the lines the kernel allows in uid_map and gid_map
+	maxTags        = 64
+	maxTagKey      = 128
+	maxTagValue    = 1024
+	maxPatterns    = 1024
+	maxIncludes    = 1024
+	maxPageSize    = 1000
+	defaultPage    = 100
+	minInterval    = 100 * time.Millisecond
+	defaultWatch   = time.Second
+
+	// maxQuoted is the most a message quotes of a request value.
+	maxQuoted = 100
+)
+
+// quote quotes v as %q does, but at most maxQuoted bytes of quoted text:
+// a longer value is cut and followed by its length, as "abc"… (N bytes).
+func quote(v string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(v); {
+		r, size := utf8.DecodeRuneInString(v[i:])
+		var piece string
+		if r == utf8.RuneError && size == 1 {
+			piece = fmt.Sprintf(`\x%02x`, v[i])
+		} else {
+			q := strconv.Quote(v[i : i+size])
+			piece = q[1 : len(q)-1]
+		}
+		if b.Len()-1+len(piece) > maxQuoted {
+			return b.String() + `"… (` + strconv.Itoa(len(v)) + " bytes)"
+		}
+		b.WriteString(piece)
+		i += size
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// unquoted is err's message with v, which it may quote in full (as %q
+// does), quoted by quote instead.
+func unquoted(err error, v string) string {
+	return strings.ReplaceAll(err.Error(), strconv.Quote(v), quote(v))
+}
+
+// checkLen bounds a string field; entry is "" or "entry N: " for an
+// element of a repeated field.
+func checkLen(field, entry, v string, max int) error {
+	if len(v) > max {
+		return invalidField(field, fmt.Errorf("%s%s is longer than %d bytes", entry, quote(v), max))
+	}
+	return nil
+}
 
 // checkID checks an owner, workspace or request id against the syntax of
 // repo.ValidateName.
@@ -28,8 +95,11 @@ func checkID(field, v string, required bool) error {
 	case v == "":
 		return invalidField(field, errors.New("required"))
 	}
-	if err := repo.ValidateName(field, v); err != nil {
-		return invalidField(field, err)
+	if err := checkLen(field, "", v, maxName); err != nil {
+		return err
+	}
+	if repo.ValidateName(field, v) != nil {
+		return invalidField(field, fmt.Errorf("%s: want 1 to %d characters of [A-Za-z0-9._-] starting with a letter or digit", quote(v), maxName))
 	}
 	return nil
 }
@@ -41,32 +111,26 @@ func checkOwnerWorkspace(owner, workspace string, workspaceRequired bool) error 
 	return checkID("workspace", workspace, workspaceRequired)
 }
 
+// checkPath bounds a path field before workspacePath looks at it.
+func checkPath(v string) error { return checkLen("path", "", v, maxPath) }
+
 // snapshotSyntax: a full id or a prefix of at least 4 hex digits.
 var snapshotSyntax = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
 
 func checkSnapshotID(field, v string, latestOK, full bool) error {
+	if err := checkLen(field, "", v, maxSnapshotID); err != nil {
+		return err
+	}
 	switch {
 	case latestOK && (v == "" || v == "latest"):
 		return nil
 	case full && len(v) != 64:
-		return invalidField(field, fmt.Errorf("%q: want the full id, 64 hex digits", v))
+		return invalidField(field, fmt.Errorf("%s: want the full id, 64 hex digits", quote(v)))
 	case !snapshotSyntax.MatchString(v):
-		return invalidField(field, fmt.Errorf("%q: want a snapshot id or a prefix of at least 4 lower-case hex digits", v))
+		return invalidField(field, fmt.Errorf("%s: want a snapshot id or a prefix of at least 4 lower-case hex digits", quote(v)))
 	}
 	return nil
 }
-
-const (
-	maxTags      = 64
-	maxTagKey    = 128
-	maxTagValue  = 1024
-	maxPatterns  = 1024
-	maxIncludes  = 1024
-	maxPageSize  = 1000
-	defaultPage  = 100
-	minInterval  = 100 * time.Millisecond
-	defaultWatch = time.Second
-)
 
 func checkTags(tags map[string]string) error {
 	if len(tags) > maxTags {
@@ -74,10 +138,10 @@ func checkTags(tags map[string]string) error {
 	}
 	for k, v := range tags {
 		if k == "" || len(k) > maxTagKey || strings.ContainsAny(k, "=\x00") {
-			return invalidField("tags", fmt.Errorf("key %q: want 1 to %d bytes without = or NUL", k, maxTagKey))
+			return invalidField("tags", fmt.Errorf("key %s: want 1 to %d bytes without = or NUL", quote(k), maxTagKey))
 		}
 		if len(v) > maxTagValue {
-			return invalidField("tags", fmt.Errorf("value of %q: longer than %d bytes", k, maxTagValue))
+			return invalidField("tags", fmt.Errorf("value of %s: %s is longer than %d bytes", quote(k), quote(v), maxTagValue))
 		}
 	}
 	return nil
@@ -87,8 +151,14 @@ func checkExcludes(patterns []string) error {
 	if len(patterns) > maxPatterns {
 		return invalidField("excludes", fmt.Errorf("%d patterns, at most %d", len(patterns), maxPatterns))
 	}
-	if _, err := exclude.New("excludes", patterns); err != nil {
-		return invalidField("excludes", err)
+	for i, p := range patterns {
+		entry := fmt.Sprintf("entry %d", i)
+		if err := checkLen("excludes", entry+": ", p, maxPattern); err != nil {
+			return err
+		}
+		if _, err := exclude.New(entry, []string{p}); err != nil {
+			return invalidField("excludes", errors.New(unquoted(err, p)))
+		}
 	}
 	return nil
 }
@@ -97,18 +167,25 @@ func checkIncludes(paths []string) error {
 	if len(paths) > maxIncludes {
 		return invalidField("includes", fmt.Errorf("%d paths, at most %d", len(paths), maxIncludes))
 	}
-	for _, p := range paths {
+	for i, p := range paths {
+		entry := fmt.Sprintf("entry %d: ", i)
 		if p == "" {
-			return invalidField("includes", errors.New("an empty path"))
+			return invalidField("includes", errors.New(entry+"an empty path"))
+		}
+		if err := checkLen("includes", entry, p, maxInclude); err != nil {
+			return err
 		}
 		if _, err := bsync.CleanInclude(p); err != nil {
-			return invalidField("includes", err)
+			return invalidField("includes", errors.New(entry+unquoted(err, p)))
 		}
 	}
 	return nil
 }
 
 func idMap(field string, ms []*pb.IdMapping) (bsync.IDMap, error) {
+	if len(ms) > maxIDMappings {
+		return nil, invalidField(field, fmt.Errorf("%d entries, at most %d", len(ms), maxIDMappings))
+	}
 	var out bsync.IDMap
 	for i, m := range ms {
 		r := bsync.IDRange{Container: m.GetContainerId(), Host: m.GetHostId(), Count: m.GetCount()}
