@@ -32,6 +32,9 @@ var (
 	// ErrPermission means the backend refused the call for lack of rights
 	// (HTTP 403 and the like). It is permanent: retrying will not help.
 	ErrPermission = errors.New("permission denied")
+	// ErrExists means a PutIfAbsent found an object at its key and stored
+	// nothing. It is permanent: retrying will not help.
+	ErrExists = errors.New("object already exists")
 )
 
 // ErrTransient marks failures worth retrying: server errors (5xx),
