@@ -32,6 +32,9 @@ var (
 	// ErrPermission means the backend refused the call for lack of rights
 	// (HTTP 403 and the like). It is permanent: retrying will not help.
 	ErrPermission = errors.New("permission denied")
+	// ErrExists means a PutIfAbsent found an object at its key and stored
+	// nothing. It is permanent: retrying will not help.
+	ErrExists = errors.New("object already exists")
 )
 
 // ErrTransient marks failures worth retrying: server errors (5xx),
@@ -99,6 +102,32 @@ type ObjectInfo struct {
 //   - A missing object is ErrNotFound (wrapped) from Get and Stat.
 //   - Every method honours ctx: when it is cancelled the call returns
 //     promptly with an error that wraps ctx.Err() or describes it.
+//   - PutIfAbsent is a create-only Put: atomically, of any number of
+//     concurrent PutIfAbsent calls for one key exactly one succeeds; the
+//     others fail with an error wrapping ErrExists and store nothing, and
+//     the object keeps the winner's bytes. A PutIfAbsent over an object
+//     already there fails likewise, whoever put it. It has Put's rules for
+//     the body, atomicity and durability, and is never carried out as a
+//     plain Put: a backend that cannot make a write conditional refuses it.
+//     It is meant for small objects (a repository's config, lock and state
+//     objects); a backend may refuse one larger than it can send in a
+//     single request, with an error that is neither ErrExists nor
+//     transient, and then stores nothing (each backend documents its
+//     limit). After an ambiguous failure (the reply was lost: a timeout, a
+//     reset connection) the write may have happened, so a retry may see
+//     ErrExists for its own write; a caller that needs to know who won
+//     reads the object back and compares.
+//   - CleanUploads removes what dead uploads under prefix left behind
+//     (temporary files, incomplete multipart uploads) that were started
+//     (or, where that is all a backend knows, last written) before before,
+//     and returns how many it removed. It never touches a
+//     complete object, nor an upload that is still running: a backend that
+//     can tell a live upload from a dead one (the local backend: by a lock
+//     that dies with its process) checks; one that cannot (object stores)
+//     goes by age alone, so the caller picks before such that no upload
+//     begun earlier can still be running (say, a day ago), allowing for
+//     clock skew with a remote service. What a backend cannot list, it
+//     leaves to the service's own expiry and documents so.
 //   - All methods are safe for concurrent use; none may be called after
 //     Close. A wrapper owns the Storage it wraps and closes it too
 //     (retry, limit, faults, metered, bandwidth); only a view of part of
@@ -120,6 +149,20 @@ type Storage interface {
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 	// Delete removes the object at key; a missing object is not an error.
 	Delete(ctx context.Context, key string) error
+	// PutIfAbsent stores size bytes read from body under key only if no
+	// object is there: atomically, exactly one of any number of concurrent
+	// PutIfAbsent calls for a key succeeds; the others fail with an error
+	// wrapping ErrExists, and the object keeps the winner's bytes. Same
+	// body rules, atomicity and durability as Put. A backend may refuse
+	// sizes above its single-request limit, but never degrades to a Put.
+	// After an ambiguous failure, a retry may see ErrExists for its own
+	// write: a caller that needs to know reads the object back.
+	PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error
+	// CleanUploads removes what uploads under prefix that are no longer in
+	// progress left behind (temporary files, incomplete multipart uploads),
+	// considering only those started before before; it never disturbs an
+	// upload that is still running. It returns how many it removed.
+	CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error)
 	// Close releases the backend's resources.
 	Close() error
 }

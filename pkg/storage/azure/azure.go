@@ -10,6 +10,27 @@
 // are invisible to Get, Stat and List and the service discards them (at the
 // next commit of that blob, or after a week).
 //
+// PutIfAbsent is Put with If-None-Match: * on the request that commits
+// the blob (Put Blob, or Put Block List for one of blocks): the service
+// refuses it with 409 BlobAlreadyExists (or 412) if a committed blob has
+// the name, which is storage.ErrExists. Its size is not limited.
+//
+// CleanUploads deletes the blobs that have only uncommitted blocks (a Put
+// of blocks whose writer died before the commit): it lists the container
+// with uncommitted blobs included, takes those of no length whose last
+// modification is before the given time, confirms that each has no
+// committed content (Get Blob Properties finds none) and deletes it on
+// condition that it was not modified since the time listed, so that a
+// blob committed meanwhile stays (that time has a resolution of a second,
+// so only blobs at least a second older than the listing qualify; the
+// service's clock decides). Uncommitted blocks of a blob that has a
+// committed version (a failed overwrite) are not listed and cannot be
+// removed without rewriting the blob; the service discards them at the
+// blob's next commit, or after a week. Checked against Azurite; on
+// Azure a listing of uncommitted blobs that reports a length, or a delete
+// that does not find them, leaves them to the service's weekly expiry,
+// never deleting more.
+//
 // Azure silently drops a trailing dot from every segment of a blob name
 // ("a./b." is stored as "a/b"), so such a segment is stored with a '%'
 // appended ("a.%/b.%"), as is a segment that already ends in '%'; List
@@ -39,6 +60,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -69,6 +91,14 @@ type Storage struct {
 	// listPageSize, if not 0, bounds a List page below the service's 5000
 	// (tests use it to make listings span pages).
 	listPageSize int32
+	// cleanMinAge is how much older than the listing (by the service's
+	// clock) an uncommitted blob must be for CleanUploads to delete it;
+	// see CleanUploads. Tests lower it instead of waiting.
+	cleanMinAge time.Duration
+	// beforeCleanDelete, if set, is called by CleanUploads between making
+	// sure a blob has no committed content and deleting it (tests commit
+	// the blob there).
+	beforeCleanDelete func(name string)
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -95,6 +125,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		container:   cfg.Container,
 		blockSize:   cfg.BlockSize,
 		concurrency: cfg.Concurrency,
+		cleanMinAge: time.Second,
 	}
 	if cfg.Prefix != "" {
 		s.prefix = encodeName(cfg.Prefix) + "/"
@@ -235,22 +266,59 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("azure: put %s: %w", key, err)
 	}
-	bb := s.c.NewBlockBlobClient(name)
-	if size <= s.blockSize {
-		err = s.putSingle(ctx, bb, body, size)
-	} else {
-		err = s.putBlocks(ctx, bb, body, size)
-	}
-	if err != nil {
+	if err := s.put(ctx, name, body, size, nil); err != nil {
 		return fmt.Errorf("azure: put %s: %w", key, err)
 	}
 	return nil
 }
 
+// PutIfAbsent stores size bytes of body under key if no object is there,
+// committing the blob with If-None-Match: *. An object at key is
+// storage.ErrExists.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	name, err := s.blobName(key)
+	if err != nil {
+		return fmt.Errorf("azure: put-if-absent: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("azure: put-if-absent %s: negative size %d", key, size)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("azure: put-if-absent %s: %w", key, err)
+	}
+	etagAny := azcore.ETagAny
+	cond := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: &etagAny}}
+	err = s.put(ctx, name, body, size, cond)
+	if ctx.Err() == nil && (bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) ||
+		isStatus(err, http.StatusPreconditionFailed)) {
+		err = fmt.Errorf("%w: %w", storage.ErrExists, err)
+	}
+	if err != nil {
+		return fmt.Errorf("azure: put-if-absent %s: %w", key, err)
+	}
+	return nil
+}
+
+// isStatus reports whether err is a service answer of that HTTP status.
+func isStatus(err error, status int) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == status
+}
+
+// put uploads the blob name, committing it under the conditions cond
+// (nil for none).
+func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
+	bb := s.c.NewBlockBlobClient(name)
+	if size <= s.blockSize {
+		return s.putSingle(ctx, bb, body, size, cond)
+	}
+	return s.putBlocks(ctx, bb, body, size, cond)
+}
+
 // putSingle uploads the object in one Put Blob request.
-func (s *Storage) putSingle(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64) error {
+func (s *Storage) putSingle(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
 	b := newExactBody(body, size)
-	_, err := bb.Upload(ctx, b, nil)
+	_, err := bb.Upload(ctx, b, &blockblob.UploadOptions{AccessConditions: cond})
 	if berr := b.finish(); berr != nil && err != nil {
 		return berr
 	}
@@ -261,7 +329,7 @@ func (s *Storage) putSingle(ctx context.Context, bb *blockblob.Client, body io.R
 // commits them. A body of a type whose ReadAt is known to agree with its
 // Read after Seek(0) (see readerAt) is read in place by the uploads; any
 // other is read in order into at most Concurrency+1 buffers of BlockSize.
-func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64) error {
+func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
 	n := (size + s.blockSize - 1) / s.blockSize
 	if n > blockblob.MaxBlocks {
 		return fmt.Errorf("%d bytes need %d blocks of blocksize %d; Azure allows %d", size, n, s.blockSize, blockblob.MaxBlocks)
@@ -350,10 +418,17 @@ func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.R
 	case err != nil:
 		return err
 	}
-	_, err = bb.CommitBlockList(ctx, ids, nil)
+	_, err = bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{AccessConditions: cond})
 	if bloberror.HasCode(err, bloberror.InvalidBlockList) {
 		// Another Put of the same key committed meanwhile, which discards
-		// the blocks we staged; a new try succeeds.
+		// the blocks we staged; a new try succeeds. For a create-only
+		// Put, that commit took the key (if it is still there).
+		if cond != nil {
+			if _, perr := bb.GetProperties(ctx, nil); perr == nil {
+				return fmt.Errorf("%w: blocks discarded by a concurrent upload of the same key, which committed first: %w",
+					storage.ErrExists, mapErr(err))
+			}
+		}
 		return storage.Transient(fmt.Errorf("blocks discarded by a concurrent upload of the same key: %w", mapErr(err)))
 	}
 	return mapErr(err)
@@ -602,6 +677,89 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("azure: delete %s: %w", key, err)
 	}
 	return nil
+}
+
+// CleanUploads deletes the blobs under prefix that have only uncommitted
+// blocks, last modified before before (see the package comment), and
+// returns how many it deleted.
+//
+// The delete is conditional on the blob being unmodified since the time
+// the listing gave; as that has a resolution of one second, a blob is
+// taken only if the listing is at least a second younger (by the
+// service's clock, from the response's Date), so that a commit after the
+// listing always makes the condition fail.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("azure: clean uploads %q: %w", prefix, err)
+	}
+	if prefix != "" && storage.ValidateKey(prefix) != nil && storage.ValidateKey(prefix+"x") != nil {
+		return 0, nil // no valid key starts with prefix
+	}
+	p := s.prefix + encodePrefix(prefix)
+	opts := &container.ListBlobsFlatOptions{Prefix: &p, Include: container.ListBlobsInclude{UncommittedBlobs: true}}
+	if s.listPageSize > 0 {
+		opts.MaxResults = &s.listPageSize
+	}
+	removed := 0
+	pager := s.c.NewListBlobsFlatPager(opts)
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return removed, fmt.Errorf("azure: clean uploads %q: %w", prefix, mapErr(err))
+		}
+		if page.Date == nil || page.Segment == nil {
+			continue // without the service's time, nothing is safe to delete
+		}
+		for _, item := range page.Segment.BlobItems {
+			if err := ctx.Err(); err != nil {
+				return removed, fmt.Errorf("azure: clean uploads %q: %w", prefix, err)
+			}
+			if item.Name == nil || !strings.HasPrefix(*item.Name, s.prefix) || item.Properties == nil ||
+				item.Properties.LastModified == nil || deref(item.Properties.ContentLength) != 0 ||
+				!item.Properties.LastModified.Before(before) ||
+				page.Date.Before(item.Properties.LastModified.Add(s.cleanMinAge)) {
+				continue
+			}
+			key, ok := decodeName(strings.TrimPrefix(*item.Name, s.prefix))
+			if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
+				continue // not an object of ours
+			}
+			ok, err := s.deleteUncommitted(ctx, *item.Name, *item.Properties.LastModified)
+			if err != nil {
+				return removed, fmt.Errorf("azure: clean uploads %q: %s: %w", prefix, key, err)
+			}
+			if ok {
+				removed++
+			}
+		}
+	}
+	return removed, nil
+}
+
+// deleteUncommitted deletes the blob name if it has no committed content
+// and was not modified after lastModified, reporting whether it did.
+func (s *Storage) deleteUncommitted(ctx context.Context, name string, lastModified time.Time) (bool, error) {
+	bc := s.c.NewBlobClient(name)
+	_, err := bc.GetProperties(ctx, nil)
+	if err == nil {
+		return false, nil // a committed (empty) object
+	}
+	if !isStatus(err, http.StatusNotFound) {
+		return false, mapErr(err)
+	}
+	if s.beforeCleanDelete != nil {
+		s.beforeCleanDelete(name)
+	}
+	_, err = bc.Delete(ctx, &blob.DeleteOptions{AccessConditions: &blob.AccessConditions{
+		ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfUnmodifiedSince: &lastModified},
+	}})
+	switch {
+	case err == nil:
+		return true, nil
+	case isStatus(err, http.StatusNotFound), isStatus(err, http.StatusPreconditionFailed):
+		return false, nil // gone, or committed meanwhile
+	}
+	return false, mapErr(err)
 }
 
 // ServiceError is an error response of the blob service, reduced to what

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -708,5 +709,258 @@ func TestKeysAzureCannotName(t *testing.T) {
 		if err := s.List(ctx, prefix, func(storage.ObjectInfo) error { n++; return nil }); err != nil || n != want {
 			t.Errorf("List(%q) = %d objects, %v; want %d", prefix, n, err, want)
 		}
+	}
+}
+
+// TestPutIfAbsentAzurite checks Azurite's handling of If-None-Match: * on
+// Put Blob and on Put Block List: a second create-only write is refused
+// (409 BlobAlreadyExists, ErrExists), one of racing writers wins.
+func TestPutIfAbsentAzurite(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	cfg := azuriteConfig(srv, srv.NewContainer(t))
+	cfg.BlockSize = MinBlockSize
+	s := open(t, cfg)
+	for _, n := range []int{10, 3<<20 + 5} { // one request; blocks
+		key := fmt.Sprintf("pia/%d", n)
+		data := bytes.Repeat([]byte("f"), n)
+		if err := s.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(n)); err != nil {
+			t.Fatalf("PutIfAbsent(%s) on a free key: %v", key, err)
+		}
+		for _, m := range []int{7, 2<<20 + 1} {
+			err := s.PutIfAbsent(ctx, key, bytes.NewReader(bytes.Repeat([]byte("s"), m)), int64(m))
+			if !errors.Is(err, storage.ErrExists) || storage.IsTransient(err) {
+				t.Errorf("PutIfAbsent(%s) of %d bytes over %d: %v, want ErrExists", key, m, n, err)
+			}
+		}
+		if got, err := storage.ReadAll(ctx, s, key, 0, -1); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s after refused writes: %d bytes, %v; want the first %d", key, len(got), err, n)
+		}
+	}
+	for _, size := range []int{100, 2<<20 + 3} {
+		const writers = 8
+		key := fmt.Sprintf("race/%d", size)
+		errs := make(chan error, writers)
+		start := make(chan struct{})
+		for w := range writers {
+			go func() {
+				<-start
+				body := bytes.Repeat([]byte{'a' + byte(w)}, size+w)
+				errs <- s.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
+			}()
+		}
+		close(start)
+		won := 0
+		for range writers {
+			switch err := <-errs; {
+			case err == nil:
+				won++
+			case !errors.Is(err, storage.ErrExists) || storage.IsTransient(err):
+				t.Errorf("racing PutIfAbsent(%s): %v, want nil or ErrExists", key, err)
+			}
+		}
+		if won != 1 {
+			t.Errorf("%d of %d racing PutIfAbsent(%s) calls succeeded, want 1", won, writers, key)
+		}
+	}
+}
+
+// A create-only Put of blocks whose blocks another Put's commit discarded
+// (see TestConcurrentCommitIsTransient) finds the key taken: ErrExists,
+// not a transient failure that a retry would turn into ErrExists anyway.
+func TestPutIfAbsentLosesToConcurrentCommit(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	cfg := azuriteConfig(srv, srv.NewContainer(t))
+	cfg.BlockSize, cfg.Concurrency = MinBlockSize, 1
+	s := open(t, cfg)
+	a := bytes.Repeat([]byte("a"), 3<<20)
+	b := bytes.Repeat([]byte("b"), 2<<20+1)
+	var putB error
+	body := &hookedReader{r: bytes.NewReader(a), at: 2 << 20, hook: func() {
+		putB = s.PutIfAbsent(ctx, "same", bytes.NewReader(b), int64(len(b)))
+	}}
+	errA := s.PutIfAbsent(ctx, "same", body, int64(len(a)))
+	if putB != nil {
+		t.Fatalf("PutIfAbsent B: %v", putB)
+	}
+	if !errors.Is(errA, storage.ErrExists) || storage.IsTransient(errA) {
+		t.Errorf("PutIfAbsent A, whose blocks B's commit discarded: %v, want ErrExists", errA)
+	}
+	if got, err := storage.ReadAll(ctx, s, "same", 0, -1); err != nil || !bytes.Equal(got, b) {
+		t.Errorf("same = %d bytes, %v; want B's %d", len(got), err, len(b))
+	}
+}
+
+// stageBlock stages one block of the blob name, as a Put of blocks whose
+// writer died before the commit leaves it, and returns the blob's last
+// modification as the listing of uncommitted blobs reports it.
+func stageBlock(t *testing.T, admin *container.Client, name string) time.Time {
+	t.Helper()
+	ctx := t.Context()
+	id := base64.StdEncoding.EncodeToString([]byte("dead-writer-000001"))
+	if _, err := admin.NewBlockBlobClient(name).StageBlock(ctx, id, streamingBody([]byte("staged")), nil); err != nil {
+		t.Fatalf("StageBlock(%s): %v", name, err)
+	}
+	pager := admin.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: &name, Include: container.ListBlobsInclude{UncommittedBlobs: true}})
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range page.Segment.BlobItems {
+			if *it.Name == name {
+				return *it.Properties.LastModified
+			}
+		}
+	}
+	t.Fatalf("uncommitted blob %s is not listed", name)
+	return time.Time{}
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+func streamingBody(b []byte) nopCloser { return nopCloser{bytes.NewReader(b)} }
+
+// uncommittedBlobs lists the blobs of the container that have only
+// uncommitted blocks.
+func uncommittedBlobs(t *testing.T, admin *container.Client) []string {
+	t.Helper()
+	committed := map[string]bool{}
+	var names []string
+	for _, inc := range []bool{false, true} {
+		pager := admin.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Include: container.ListBlobsInclude{UncommittedBlobs: inc}})
+		for pager.More() {
+			page, err := pager.NextPage(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range page.Segment.BlobItems {
+				if !inc {
+					committed[*it.Name] = true
+				} else if !committed[*it.Name] {
+					names = append(names, *it.Name)
+				}
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// TestCleanUploads deletes blobs with only uncommitted blocks under the
+// prefix, last modified before the cutoff, and nothing else.
+func TestCleanUploads(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	name := srv.NewContainer(t)
+	admin := adminClient(t, srv, name)
+	cfg := azuriteConfig(srv, name)
+	cfg.Prefix = "owner1"
+	s := open(t, cfg)
+	cfg.Prefix = "owner10"
+	neighbour := open(t, cfg)
+	// Not a second's wait for the listing to be younger than the blobs.
+	s.cleanMinAge, neighbour.cleanMinAge = 0, 0
+
+	if err := s.Put(ctx, "data/ab/empty", bytes.NewReader(nil), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "data/ab/obj", bytes.NewReader([]byte("complete")), 8); err != nil {
+		t.Fatal(err)
+	}
+	dead := stageBlock(t, admin, "owner1/data/ab/dead")
+	stageBlock(t, admin, "owner1/index/dead")
+	stageBlock(t, admin, "owner1/data/ab/obj") // a failed overwrite
+	stageBlock(t, admin, "owner10/data/ab/dead")
+	stageBlock(t, admin, "owner1/trailing.%/dead") // key "trailing./dead"
+	if got, want := uncommittedBlobs(t, admin), []string{"owner1/data/ab/dead", "owner1/index/dead", "owner1/trailing.%/dead", "owner10/data/ab/dead"}; !slices.Equal(got, want) {
+		t.Fatalf("uncommitted blobs %q, want %q", got, want)
+	}
+
+	// The cutoff is strict: a blob last modified at it is not older.
+	if n, err := s.CleanUploads(ctx, "", dead); err != nil || n != 0 {
+		t.Errorf("CleanUploads with the cutoff at the blobs' time = %d, %v; want 0", n, err)
+	}
+	if n, err := s.CleanUploads(ctx, "data/", dead.Add(time.Second)); err != nil || n != 1 {
+		t.Errorf("CleanUploads(data/) = %d, %v; want 1", n, err)
+	}
+	if got, want := uncommittedBlobs(t, admin), []string{"owner1/index/dead", "owner1/trailing.%/dead", "owner10/data/ab/dead"}; !slices.Equal(got, want) {
+		t.Errorf("uncommitted blobs after CleanUploads(data/): %q, want %q", got, want)
+	}
+	if n, err := s.CleanUploads(ctx, "trailing./", time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("CleanUploads(trailing./) = %d, %v; want 1", n, err)
+	}
+	if n, err := s.CleanUploads(ctx, "", time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("CleanUploads(\"\") = %d, %v; want 1 (index/dead)", n, err)
+	}
+	if got, want := uncommittedBlobs(t, admin), []string{"owner10/data/ab/dead"}; !slices.Equal(got, want) {
+		t.Errorf("uncommitted blobs after cleaning owner1: %q, want %q", got, want)
+	}
+	if n, err := neighbour.CleanUploads(ctx, "", time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("neighbour's CleanUploads = %d, %v; want 1", n, err)
+	}
+	for key, want := range map[string]string{"data/ab/empty": "", "data/ab/obj": "complete"} {
+		if got, err := storage.ReadAll(ctx, s, key, 0, -1); err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", key, got, err, want)
+		}
+	}
+}
+
+// A blob committed after CleanUploads listed it stays: one committed
+// before the check that it has no committed content, and one committed
+// between that check and the delete, which is conditional on the blob
+// being unmodified since the time listed (here an hour earlier than the
+// staging, so that the commit is later by the service's one-second clock).
+func TestCleanUploadsSparesBlobsCommittedMeanwhile(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	name := srv.NewContainer(t)
+	admin := adminClient(t, srv, name)
+	s := open(t, azuriteConfig(srv, name))
+	for _, key := range []string{"early", "late"} {
+		lm := stageBlock(t, admin, key)
+		commit := func(string) {
+			if err := s.Put(ctx, key, bytes.NewReader([]byte("committed")), 9); err != nil {
+				t.Errorf("Put(%s): %v", key, err)
+			}
+		}
+		s.beforeCleanDelete = nil
+		if key == "early" {
+			commit(key)
+		} else {
+			s.beforeCleanDelete = commit
+			lm = lm.Add(-time.Hour)
+		}
+		if ok, err := s.deleteUncommitted(ctx, key, lm); ok || err != nil {
+			t.Errorf("deleteUncommitted(%s) of a blob committed meanwhile = %t, %v; want false, nil", key, ok, err)
+		}
+		if got, err := storage.ReadAll(ctx, s, key, 0, -1); err != nil || string(got) != "committed" {
+			t.Errorf("%s = %q, %v; want committed", key, got, err)
+		}
+	}
+}
+
+// An uncommitted blob is taken only once the listing is cleanMinAge
+// younger than it (a second by default; here an hour), whatever before.
+func TestCleanUploadsMinAge(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	name := srv.NewContainer(t)
+	admin := adminClient(t, srv, name)
+	s := open(t, azuriteConfig(srv, name))
+	s.cleanMinAge = time.Hour
+	stageBlock(t, admin, "young")
+	if n, err := s.CleanUploads(ctx, "", time.Now().Add(2*time.Hour)); err != nil || n != 0 {
+		t.Errorf("CleanUploads of a blob younger than cleanMinAge = %d, %v; want 0", n, err)
+	}
+	if got := uncommittedBlobs(t, admin); !slices.Equal(got, []string{"young"}) {
+		t.Errorf("uncommitted blobs %q, want [young]", got)
+	}
+	s.cleanMinAge = 0
+	if n, err := s.CleanUploads(ctx, "", time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+		t.Errorf("CleanUploads with cleanMinAge 0 = %d, %v; want 1", n, err)
 	}
 }

@@ -1,8 +1,8 @@
 // Package bandwidth wraps storage.Storage values to cap the bytes per
 // second they transfer: one Limiter is a node-wide budget, with separate
-// rates for uploads (Put bodies) and downloads (Get readers), shared by
-// every transfer of every Storage it wraps. Metadata calls (Stat, List,
-// Delete) are not throttled.
+// rates for uploads (Put and PutIfAbsent bodies) and downloads (Get
+// readers), shared by every transfer of every Storage it wraps. Metadata
+// calls (Stat, List, Delete, CleanUploads) are not throttled.
 //
 // Bytes are paid for as they flow, in chunks of at most 256 KiB, so a
 // large pack needs no burst of its own size and concurrent transfers share
@@ -126,11 +126,26 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if s.l.up == nil {
 		return s.s.Put(ctx, key, body, size)
 	}
+	return s.s.Put(ctx, key, s.throttledBody(ctx, body), size)
+}
+
+// PutIfAbsent implements storage.Storage, throttling the reads of body as
+// Put does.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if s.l.up == nil {
+		return s.s.PutIfAbsent(ctx, key, body, size)
+	}
+	return s.s.PutIfAbsent(ctx, key, s.throttledBody(ctx, body), size)
+}
+
+// throttledBody returns body paid for from the upload budget: it still
+// seeks and, if body is an io.ReaderAt, reads at offsets too.
+func (s *Storage) throttledBody(ctx context.Context, body io.ReadSeeker) io.ReadSeeker {
 	tb := &throttledBody{throttled: throttled{ctx: ctx, r: body, b: s.l.up}, seeker: body}
 	if ra, ok := body.(io.ReaderAt); ok {
-		return s.s.Put(ctx, key, &throttledBodyAt{throttledBody: tb, ra: ra}, size)
+		return &throttledBodyAt{throttledBody: tb, ra: ra}
 	}
-	return s.s.Put(ctx, key, tb, size)
+	return tb
 }
 
 // Get implements storage.Storage, throttling the reads of the returned
@@ -219,6 +234,11 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 
 // Delete implements storage.Storage; it is not throttled.
 func (s *Storage) Delete(ctx context.Context, key string) error { return s.s.Delete(ctx, key) }
+
+// CleanUploads implements storage.Storage; it is not throttled.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	return s.s.CleanUploads(ctx, prefix, before)
+}
 
 // Close closes the wrapped storage, as limit and retry do: a backend
 // handed to a wrapper belongs to it.

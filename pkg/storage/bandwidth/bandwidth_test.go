@@ -64,6 +64,16 @@ func TestThrottlesTransfers(t *testing.T) {
 	}
 	atLeast(t, "Put", time.Since(start), n, rate)
 
+	// A create-only write pays like a Put.
+	start = time.Now()
+	if err := s.PutIfAbsent(ctx, "k2", bytes.NewReader(data), n); err != nil {
+		t.Fatal(err)
+	}
+	atLeast(t, "PutIfAbsent", time.Since(start), n, rate)
+	if got, err := storage.ReadAll(ctx, m, "k2", 0, -1); err != nil || len(got) != n {
+		t.Fatalf("PutIfAbsent stored %d bytes, %v", len(got), err)
+	}
+
 	start = time.Now()
 	got, err := storage.ReadAll(ctx, s, "k", 0, -1)
 	if err != nil || len(got) != n {
@@ -73,6 +83,9 @@ func TestThrottlesTransfers(t *testing.T) {
 
 	// Metadata calls do not pay.
 	if _, err := s.Stat(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CleanUploads(ctx, "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }

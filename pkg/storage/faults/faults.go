@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -26,11 +27,13 @@ type Op string
 
 // Operations that can fail and are counted.
 const (
-	Put    Op = "put"
-	Get    Op = "get"
-	Stat   Op = "stat"
-	List   Op = "list"
-	Delete Op = "delete"
+	Put          Op = "put"
+	Get          Op = "get"
+	Stat         Op = "stat"
+	List         Op = "list"
+	Delete       Op = "delete"
+	PutIfAbsent  Op = "put_if_absent"
+	CleanUploads Op = "clean_uploads"
 )
 
 // Options configures a fault injector.
@@ -41,8 +44,10 @@ type Options struct {
 	Ops []Op
 	// Seed makes the sequence of faults repeatable.
 	Seed uint64
-	// AfterRate is the fraction of failing Puts and Deletes that fail after
-	// the backend carried them out.
+	// AfterRate is the fraction of failing Puts, PutIfAbsents and Deletes
+	// that fail after the backend carried them out (a lost reply: a
+	// retried PutIfAbsent then finds its own object and fails with
+	// storage.ErrExists).
 	AfterRate float64
 }
 
@@ -107,7 +112,7 @@ func (f *Storage) decide(op Op) (fail, after bool) {
 		return false, false
 	}
 	f.injected.Add(1)
-	return true, (op == Put || op == Delete) && f.rng.Float64() < f.opts.AfterRate
+	return true, (op == Put || op == PutIfAbsent || op == Delete) && f.rng.Float64() < f.opts.AfterRate
 }
 
 func injected(op Op, key string, after bool) error {
@@ -131,6 +136,30 @@ func (f *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return injected(Put, key, true)
 	}
 	return nil
+}
+
+// PutIfAbsent implements storage.Storage; it fails like Put.
+func (f *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	fail, after := f.decide(PutIfAbsent)
+	if fail && !after {
+		return injected(PutIfAbsent, key, false)
+	}
+	if err := f.s.PutIfAbsent(ctx, key, body, size); err != nil {
+		return err
+	}
+	if fail {
+		return injected(PutIfAbsent, key, true)
+	}
+	return nil
+}
+
+// CleanUploads implements storage.Storage; an injected fault strikes
+// before the call.
+func (f *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if fail, _ := f.decide(CleanUploads); fail {
+		return 0, injected(CleanUploads, prefix, false)
+	}
+	return f.s.CleanUploads(ctx, prefix, before)
 }
 
 // Get implements storage.Storage.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/mem"
@@ -58,5 +59,36 @@ func TestFaultAfterCallStillStores(t *testing.T) {
 	}
 	if _, err := f.Stat(context.Background(), "k"); err != nil {
 		t.Fatalf("Stat is not in Ops and must not fail: %v", err)
+	}
+}
+
+// PutIfAbsent fails like Put, before or after the call; CleanUploads
+// before it. Both are counted.
+func TestPutIfAbsentAndCleanUploadsFaults(t *testing.T) {
+	ctx := context.Background()
+	m := mem.New()
+	f := New(m, Options{Rate: 1, AfterRate: 1, Ops: []Op{PutIfAbsent, CleanUploads}})
+	err := f.PutIfAbsent(ctx, "k", bytes.NewReader([]byte("data")), 4)
+	if !errors.Is(err, ErrInjected) || !storage.IsTransient(err) {
+		t.Fatalf("PutIfAbsent: %v, want an injected transient fault", err)
+	}
+	if got, err := storage.ReadAll(ctx, m, "k", 0, -1); err != nil || string(got) != "data" {
+		t.Fatalf("object after a lost reply: %q, %v", got, err)
+	}
+	if n, err := f.CleanUploads(ctx, "", time.Now()); n != 0 || !errors.Is(err, ErrInjected) {
+		t.Fatalf("CleanUploads = %d, %v; want an injected fault", n, err)
+	}
+	f.SetOptions(Options{Rate: 1, Ops: []Op{PutIfAbsent}})
+	if err := f.PutIfAbsent(ctx, "k2", bytes.NewReader([]byte("x")), 1); !errors.Is(err, ErrInjected) {
+		t.Fatalf("PutIfAbsent: %v", err)
+	}
+	if _, err := m.Stat(ctx, "k2"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a fault before the call stored the object: %v", err)
+	}
+	if err := f.Put(ctx, "k2", bytes.NewReader([]byte("x")), 1); err != nil {
+		t.Errorf("Put is not in Ops and must not fail: %v", err)
+	}
+	if f.Calls(PutIfAbsent) != 2 || f.Calls(CleanUploads) != 1 {
+		t.Errorf("counted %d PutIfAbsent, %d CleanUploads; want 2, 1", f.Calls(PutIfAbsent), f.Calls(CleanUploads))
 	}
 }

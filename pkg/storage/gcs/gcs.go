@@ -10,6 +10,17 @@
 // a resumable upload of ChunkSize chunks, finalized only by its last chunk.
 // A failed or cancelled Put aborts its request, so no object appears.
 //
+// PutIfAbsent is Put with the precondition ifGenerationMatch=0
+// (gs.Conditions{DoesNotExist: true}): the service stores the object only
+// if the name has no live generation, and answers 412 otherwise, which is
+// storage.ErrExists. It holds for a resumable upload too (the condition
+// is checked when the upload is finalized), so its size is not limited.
+//
+// CleanUploads removes nothing and returns 0: an interrupted upload leaves
+// only a resumable upload session, which is not an object, cannot be
+// listed, and expires by itself after a week; Put writes no temporary
+// objects (no compose), so a dead writer leaves nothing else.
+//
 // The client library's own retries are switched off, including the
 // per-chunk retries of resumable uploads: every call is attempted once and
 // transient failures are marked with storage.Transient, so that
@@ -34,6 +45,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	gs "cloud.google.com/go/storage"
@@ -218,13 +230,32 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if size < 0 {
 		return fmt.Errorf("gcs: put %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, name, body, size); err != nil {
+	if err := s.put(ctx, name, body, size, false); err != nil {
 		return fmt.Errorf("gcs: put %s: %w", key, err)
 	}
 	return nil
 }
 
-func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64) error {
+// PutIfAbsent stores size bytes read from body under key if no object is
+// there, as Put does but with the precondition that the name has no live
+// generation (ifGenerationMatch=0). An object at key is
+// storage.ErrExists.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	name, err := s.objectName(key)
+	if err != nil {
+		return fmt.Errorf("gcs: put-if-absent: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("gcs: put-if-absent %s: negative size %d", key, size)
+	}
+	if err := s.put(ctx, name, body, size, true); err != nil {
+		return fmt.Errorf("gcs: put-if-absent %s: %w", key, err)
+	}
+	return nil
+}
+
+// put uploads the object; if exclusive, only if the name is free.
+func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, exclusive bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -241,7 +272,11 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 	// the service stores nothing.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := s.bucket.Object(name).NewWriter(wctx)
+	obj := s.bucket.Object(name)
+	if exclusive {
+		obj = obj.If(gs.Conditions{DoesNotExist: true})
+	}
+	w := obj.NewWriter(wctx)
 	w.ContentType = contentType
 	w.CRC32C = h.Sum32()
 	w.SendCRC32C = true
@@ -260,10 +295,10 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 		if !errors.As(err, &bodyErr) && ctx.Err() == nil && werr != nil {
 			err = werr // a failed upload fails Write: Close has its cause
 		}
-		return mapErr(ctx, err)
+		return mapPutErr(ctx, err, exclusive)
 	}
 	if err := w.Close(); err != nil {
-		return mapErr(ctx, err)
+		return mapPutErr(ctx, err, exclusive)
 	}
 	// The declared checksum makes the service refuse other bytes; should
 	// one not check it (an emulator), never report success, and let a
@@ -273,6 +308,26 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 			attrs.Size, attrs.CRC32C, size, w.CRC32C))
 	}
 	return nil
+}
+
+// mapPutErr maps the error of an upload: as mapErr does, and, for an
+// exclusive one, a failed precondition (412) to storage.ErrExists.
+func mapPutErr(ctx context.Context, err error, exclusive bool) error {
+	var gerr *googleapi.Error
+	if exclusive && ctx.Err() == nil && errors.As(err, &gerr) && gerr.Code == http.StatusPreconditionFailed {
+		return fmt.Errorf("%w: %w", storage.ErrExists, err)
+	}
+	return mapErr(ctx, err)
+}
+
+// CleanUploads removes nothing: what an interrupted upload leaves (a
+// resumable upload session) cannot be listed and expires by itself after
+// a week. It returns 0.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("gcs: clean uploads %s: %w", prefix, err)
+	}
+	return 0, nil
 }
 
 // bodyError is an error from reading Put's body.

@@ -648,3 +648,65 @@ func TestCredentialsFile(t *testing.T) {
 		t.Errorf("New with a missing credentials file: error %q does not name the backend and bucket", err)
 	}
 }
+
+// TestPutIfAbsent checks fake-gcs-server's handling of ifGenerationMatch=0,
+// in one request and in a resumable upload of several chunks: a second
+// write is refused (412, ErrExists), one of racing writers wins, and the
+// precondition is in the request (seen through a proxy).
+func TestPutIfAbsent(t *testing.T) {
+	srv := testservers.FakeGCS(t)
+	t.Parallel()
+	bucket := srv.NewBucket(t)
+	p, ts := newProxy(t, srv, func(*http.Request) int { return 0 })
+	const chunk = 256 << 10
+	s := open(t, gcs.Config{Bucket: bucket, Endpoint: ts.URL, ChunkSize: chunk})
+	defer s.Close()
+	ctx := t.Context()
+	for _, n := range []int{10, 3*chunk + 17} {
+		key := fmt.Sprintf("pia/%d", n)
+		data := pattern(n)
+		if err := s.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(n)); err != nil {
+			t.Fatalf("PutIfAbsent(%s) of %d bytes on a free key: %v", key, n, err)
+		}
+		other := bytes.Repeat([]byte("o"), n)
+		err := s.PutIfAbsent(ctx, key, bytes.NewReader(other), int64(n))
+		if !errors.Is(err, storage.ErrExists) || storage.IsTransient(err) {
+			t.Errorf("second PutIfAbsent(%s) of %d bytes: %v, want ErrExists", key, n, err)
+		}
+		if got := get(t, s, key); !bytes.Equal(got, data) {
+			t.Errorf("Get(%s) after the second PutIfAbsent: %d bytes that differ from the first's", key, len(got))
+		}
+	}
+	if n := p.requests("ifGenerationMatch=0"); n < 4 {
+		t.Errorf("%d requests carried ifGenerationMatch=0, want at least 4 (one per PutIfAbsent)", n)
+	}
+
+	const writers = 8
+	errs := make(chan error, writers)
+	start := make(chan struct{})
+	for w := range writers {
+		go func() {
+			<-start
+			body := bytes.Repeat([]byte{'a' + byte(w)}, w+1)
+			errs <- s.PutIfAbsent(ctx, "race", bytes.NewReader(body), int64(len(body)))
+		}()
+	}
+	close(start)
+	won := 0
+	for range writers {
+		switch err := <-errs; {
+		case err == nil:
+			won++
+		case !errors.Is(err, storage.ErrExists):
+			t.Errorf("racing PutIfAbsent: %v, want nil or ErrExists", err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d of %d racing PutIfAbsent calls succeeded, want 1", won, writers)
+	}
+	// A Put still overwrites, and an object Put made is taken.
+	put(t, s, "pia/10", []byte("put"))
+	if err := s.PutIfAbsent(ctx, "pia/10", bytes.NewReader([]byte("x")), 1); !errors.Is(err, storage.ErrExists) {
+		t.Errorf("PutIfAbsent over a Put object: %v, want ErrExists", err)
+	}
+}

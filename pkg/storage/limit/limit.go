@@ -1,6 +1,7 @@
 // Package limit wraps a storage.Storage to bound how many transfers run at
-// once: uploads (Put) and downloads (Get, until its reader is closed) have
-// separate limits; metadata calls (Stat, List, Delete) share a third.
+// once: uploads (Put, PutIfAbsent) and downloads (Get, until its reader is
+// closed) have separate limits; metadata calls (Stat, List, Delete,
+// CleanUploads) share a third.
 package limit
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -55,6 +57,24 @@ func (l *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	}
 	defer func() { <-l.up }()
 	return l.s.Put(ctx, key, body, size)
+}
+
+// PutIfAbsent implements storage.Storage; it takes an upload slot.
+func (l *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if err := acquire(ctx, l.up); err != nil {
+		return fmt.Errorf("put-if-absent %s: %w", key, err)
+	}
+	defer func() { <-l.up }()
+	return l.s.PutIfAbsent(ctx, key, body, size)
+}
+
+// CleanUploads implements storage.Storage; it takes a metadata slot.
+func (l *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if err := acquire(ctx, l.metadata); err != nil {
+		return 0, fmt.Errorf("clean uploads %s: %w", prefix, err)
+	}
+	defer func() { <-l.metadata }()
+	return l.s.CleanUploads(ctx, prefix, before)
 }
 
 // Get implements storage.Storage; the slot is held until the reader is

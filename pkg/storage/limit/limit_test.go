@@ -3,6 +3,7 @@ package limit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -89,4 +90,60 @@ func TestDownloadSlotHeldUntilClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc2.Close()
+}
+
+// blocking holds its Put and Stat calls until released, saying on entered
+// when one has begun.
+type blocking struct {
+	storage.Storage
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blocking) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	b.entered <- struct{}{}
+	<-b.release
+	return b.Storage.Put(ctx, key, body, size)
+}
+
+func (b *blocking) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	b.entered <- struct{}{}
+	<-b.release
+	return b.Storage.Stat(ctx, key)
+}
+
+// PutIfAbsent needs an upload slot, CleanUploads a metadata slot.
+func TestPutIfAbsentAndCleanUploadsSlots(t *testing.T) {
+	b := &blocking{Storage: mem.New(), entered: make(chan struct{}), release: make(chan struct{})}
+	l := New(b, Options{Uploads: 1, Downloads: 1, Metadata: 1})
+	ctx := context.Background()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	done := make(chan error)
+
+	go func() { done <- l.Put(ctx, "a", bytes.NewReader(nil), 0) }()
+	<-b.entered // the upload slot is taken
+	if err := l.PutIfAbsent(cancelled, "b", bytes.NewReader(nil), 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("PutIfAbsent while the upload slot is taken: %v, want to wait (and give up when cancelled)", err)
+	}
+	if n, err := l.CleanUploads(ctx, "", time.Now()); n != 0 || err != nil {
+		t.Errorf("CleanUploads while uploads are full: %d, %v", n, err)
+	}
+	b.release <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	go func() { _, err := l.Stat(ctx, "a"); done <- err }()
+	<-b.entered // the metadata slot is taken
+	if _, err := l.CleanUploads(cancelled, "", time.Now()); !errors.Is(err, context.Canceled) {
+		t.Errorf("CleanUploads while the metadata slot is taken: %v, want to wait", err)
+	}
+	if err := l.PutIfAbsent(ctx, "b", bytes.NewReader([]byte("b")), 1); err != nil {
+		t.Errorf("PutIfAbsent while metadata is full: %v", err)
+	}
+	b.release <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -4,10 +4,23 @@
 // Put writes a temporary file next to its target (named ".tmp-" plus a
 // random suffix), fsyncs it, renames it over the target and fsyncs the
 // directory, so an object is either absent, its previous content or its new
-// content, also after a crash. List skips temporary files; a crash can
-// leave one behind, which wastes space but is never seen as an object.
-// Because of that, keys whose last component starts with ".tmp-" are
-// refused by every method with storage.ErrInvalidKey.
+// content, also after a crash. PutIfAbsent writes the temporary file the
+// same way but links it to the target (link(2) fails if the target
+// exists, so exactly one of racing writers wins) and then removes it; it
+// needs a file system with hard links, and fails, never falls back to a
+// rename, on one without. Its size is not limited.
+//
+// List skips temporary files; a crash or kill can leave one behind, which
+// wastes space but is never seen as an object. Because of that, keys whose
+// last component starts with ".tmp-" are refused by every method with
+// storage.ErrInvalidKey. A writer holds an exclusive flock(2) on its
+// temporary file from right after creating it until the file is renamed,
+// linked or removed; the kernel drops the lock when the process dies, even
+// by SIGKILL. CleanUploads removes a temporary file only if it can take
+// that lock, so it never removes the file of a live writer, in this
+// process or another (on NFS, flock is emulated with byte-range locks,
+// which also work between clients). Writers older than this scheme took no
+// lock: give CleanUploads a before older than any such writer may run.
 //
 // A file system cannot hold both a file "a" and a file "a/b", so unlike an
 // object store this backend cannot store an object at a key that is a
@@ -27,6 +40,9 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -95,13 +111,33 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if size < 0 {
 		return fmt.Errorf("local: put %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, key, body, size); err != nil {
+	if err := s.put(ctx, key, body, size, false); err != nil {
 		return fmt.Errorf("local: put %s: %w", key, mapPutErr(err))
 	}
 	return nil
 }
 
-func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size int64) (err error) {
+// PutIfAbsent stores size bytes read from body under key if no object is
+// there, else fails with storage.ErrExists: it writes and fsyncs a
+// temporary file, links it to the target, removes it and fsyncs the
+// directory. On failure or cancellation the temporary file is removed and
+// nothing is stored.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	if err := checkKey(key); err != nil {
+		return fmt.Errorf("local: put-if-absent: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("local: put-if-absent %s: negative size %d", key, size)
+	}
+	if err := s.put(ctx, key, body, size, true); err != nil {
+		return fmt.Errorf("local: put-if-absent %s: %w", key, mapPutErr(err))
+	}
+	return nil
+}
+
+// put writes the object through a locked temporary file, which it then
+// renames over the target, or, if exclusive, links to the target.
+func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size int64, exclusive bool) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -110,7 +146,7 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := s.mkdirs(dir); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, tempPrefix+"*")
+	f, err := createLocked(dir)
 	if err != nil {
 		return err
 	}
@@ -118,8 +154,10 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	committed := false
 	defer func() {
 		if !committed {
-			_ = f.Close() // may already be closed; the write failed anyway
+			// Removed before the lock goes with the close, so that no
+			// cleaner sees an unlocked file of a live writer.
 			_ = os.Remove(tmp)
+			_ = f.Close() // the write failed anyway
 		}
 	}()
 
@@ -139,18 +177,111 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, target); err != nil {
+	if exclusive {
+		if err := os.Link(tmp, target); err != nil {
+			return linkErr(err, target)
+		}
+		committed = true
+		// The object is in place. The temporary name is only a second
+		// link to it now; should removing it fail, it is garbage that
+		// CleanUploads can remove.
+		_ = os.Remove(tmp)
+	} else {
+		if err := os.Rename(tmp, target); err != nil {
+			return err
+		}
+		committed = true
+	}
+	cerr := f.Close() // releases the lock; the data is synced already
+	// Make the new directory entry (and the removal) durable.
+	if err := syncDir(dir); err != nil {
 		return err
 	}
-	committed = true
-	// The object is in place; make its directory entry durable.
-	return syncDir(dir)
+	return cerr
+}
+
+// linkErr explains why linking the temporary file to target failed: an
+// object there is storage.ErrExists; anything else in the way (a
+// directory, a dangling link) is not an object but blocks the key.
+func linkErr(err error, target string) error {
+	if !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, serr := os.Stat(target)
+	switch {
+	case serr == nil && fi.Mode().IsRegular():
+		return storage.ErrExists
+	case serr == nil && fi.IsDir():
+		return fmt.Errorf("%w (a directory holding other keys is in the way)", err)
+	}
+	return fmt.Errorf("%w (something that is not an object is in the way)", err)
+}
+
+// createLocked creates a new temporary file in dir and takes an exclusive
+// flock on it. A cleaner may remove the file between its creation and the
+// lock (if told to remove files as new as this one); then the file is
+// created again.
+func createLocked(dir string) (*os.File, error) {
+	for attempt := 0; ; attempt++ {
+		f, err := os.CreateTemp(dir, tempPrefix+"*")
+		if err != nil {
+			return nil, err
+		}
+		err = flock(f, unix.LOCK_EX)
+		if err == nil {
+			var same bool
+			if same, err = stillNamed(f); err == nil && same {
+				return f, nil
+			}
+		}
+		_ = f.Close()
+		if err != nil {
+			_ = os.Remove(f.Name())
+			return nil, fmt.Errorf("lock temporary file: %w", err)
+		}
+		if attempt >= 3 {
+			return nil, errors.New("temporary files removed as soon as they are created (CleanUploads with a before in the future?)")
+		}
+	}
+}
+
+// flock applies flock(2) operation how to f, retrying on EINTR.
+func flock(f *os.File, how int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			ferr = unix.Flock(int(fd), how)
+			if !errors.Is(ferr, unix.EINTR) {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// stillNamed reports whether f's name still refers to f's file.
+func stillNamed(f *os.File) (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	li, err := os.Lstat(f.Name())
+	if isNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, li), nil
 }
 
 // mkdirs creates dir and its missing parents below the root, fsyncing
@@ -393,6 +524,158 @@ func (s *Storage) walk(ctx context.Context, dir, dirKey, base string, fn func(st
 			return rerr
 		}
 	}
+}
+
+// CleanUploads removes the temporary files under prefix that dead
+// writers left: those last modified before before on which it can take
+// the writer's lock (see the package comment). A temporary file counts as
+// under prefix when its own key-like path does ("data/ab/.tmp-123" is
+// under "data/", "data/ab/" and "data/ab/.tmp"); as it sits next to its
+// target, a prefix that ends in "/" covers every upload below it. Like
+// List, it reads only the directory that prefix names up to its last
+// slash and below it, and follows symbolic links.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("local: clean uploads %q: %w", prefix, err)
+	}
+	dirKey, base := "", prefix
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		dirKey, base = prefix[:i], prefix[i+1:]
+		if storage.ValidateKey(dirKey) != nil {
+			return 0, nil // no valid key starts with prefix
+		}
+	}
+	dir := s.root
+	if dirKey != "" {
+		dir = s.filePath(dirKey)
+	}
+	n, err := s.clean(ctx, dir, dirKey, base, before)
+	if err != nil {
+		return n, fmt.Errorf("local: clean uploads %q: %w", prefix, mapPermErr(err))
+	}
+	return n, nil
+}
+
+// clean removes the dead temporary files in dir (whose key is dirKey) and
+// below it, considering only entries of dir whose names start with base.
+func (s *Storage) clean(ctx context.Context, dir, dirKey, base string, before time.Time) (int, error) {
+	if len(dirKey) >= 1024 {
+		return 0, nil // no valid key is longer; also ends symlink loops
+	}
+	d, err := os.Open(dir)
+	if isNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	removed := 0
+	synced := true
+	for {
+		entries, rerr := d.ReadDir(256)
+		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return removed, err
+			}
+			name := e.Name()
+			if !strings.HasPrefix(name, base) {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			mode := e.Type()
+			if mode&fs.ModeSymlink != 0 {
+				fi, err := os.Stat(p) // follows links, as List does
+				if isNotExist(err) {
+					continue
+				}
+				if err != nil {
+					return removed, err
+				}
+				if !fi.IsDir() {
+					continue // a temporary file is never a link
+				}
+				mode = fs.ModeDir
+			}
+			switch {
+			case mode.IsDir():
+				key := name
+				if dirKey != "" {
+					key = dirKey + "/" + name
+				}
+				n, err := s.clean(ctx, p, key, "", before)
+				removed += n
+				if err != nil {
+					return removed, err
+				}
+			case mode.IsRegular() && strings.HasPrefix(name, tempPrefix):
+				ok, err := removeDead(p, before)
+				if err != nil {
+					return removed, err
+				}
+				if ok {
+					removed++
+					synced = false
+				}
+			}
+		}
+		if errors.Is(rerr, io.EOF) || isNotExist(rerr) {
+			break // done, or dir is a file or was removed meanwhile
+		}
+		if rerr != nil {
+			return removed, rerr
+		}
+	}
+	if !synced {
+		if err := syncDir(dir); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// removeDead removes the temporary file p if it was last modified before
+// before and no live writer holds its lock. It reports whether it removed
+// it; a file that went meanwhile is not an error.
+func removeDead(p string, before time.Time) (bool, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if isNotExist(err) || errors.Is(err, syscall.ELOOP) {
+		return false, nil // gone, or replaced by a link: not ours
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() || !fi.ModTime().Before(before) {
+		return false, nil
+	}
+	err = flock(f, unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return false, nil // a live writer holds it
+	}
+	if err != nil {
+		return false, fmt.Errorf("lock %s: %w", filepath.Base(p), err)
+	}
+	// With the lock held, the writer is dead: check that the name is
+	// still this file's and that it was not written to meanwhile.
+	same, err := stillNamed(f)
+	if err != nil || !same {
+		return false, err
+	}
+	if fi, err = f.Stat(); err != nil || !fi.ModTime().Before(before) {
+		return false, err
+	}
+	if err := os.Remove(p); err != nil {
+		if isNotExist(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 // checkKey validates key and refuses the names of temporary files.

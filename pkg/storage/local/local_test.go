@@ -1,15 +1,23 @@
 package local_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/local"
@@ -301,5 +309,376 @@ func TestLongComponentIsInvalidKey(t *testing.T) {
 	}
 	if err := s.Delete(ctx, key); err != nil {
 		t.Errorf("Delete of a 300-byte name: %v", err)
+	}
+}
+
+// lockFile opens p and takes an exclusive flock on it, as a live writer
+// holds on its temporary file; closing the file releases the lock. The
+// open is a file description of its own, so the lock conflicts with
+// CleanUploads' also within this process.
+func lockFile(t *testing.T, p string) *os.File {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		t.Fatalf("flock %s: %v", p, err)
+	}
+	return f
+}
+
+// writeTemp writes a temporary-looking file at p, last modified at mtime.
+func writeTemp(t *testing.T, p string, mtime time.Time) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("partial upload"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cleanUploads(t *testing.T, s *local.Storage, prefix string, before time.Time) int {
+	t.Helper()
+	n, err := s.CleanUploads(t.Context(), prefix, before)
+	if err != nil {
+		t.Fatalf("CleanUploads(%q, %v): %v", prefix, before, err)
+	}
+	return n
+}
+
+func TestCleanUploadsRemovesOnlyDeadOldTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	put(t, s, "data/ab/obj", []byte("object"))
+	now := time.Now()
+	old := now.Add(-2 * time.Hour)
+	ab := filepath.Join(dir, "data", "ab")
+	writeTemp(t, filepath.Join(ab, ".tmp-old"), old)
+	writeTemp(t, filepath.Join(ab, ".tmp-locked"), old)
+	writeTemp(t, filepath.Join(ab, ".tmp-new"), now)
+	writeTemp(t, filepath.Join(dir, ".tmp-top"), old)
+	writeTemp(t, filepath.Join(dir, "other", ".tmp-x"), old)
+	writeTemp(t, filepath.Join(dir, "deep", "a", "b", "c", ".tmp-y"), old)
+	locked := lockFile(t, filepath.Join(ab, ".tmp-locked"))
+	defer locked.Close()
+
+	// Only what prefix names: "data/" and below.
+	if n := cleanUploads(t, s, "data/", now.Add(-time.Hour)); n != 1 {
+		t.Errorf("CleanUploads(data/) removed %d, want 1 (.tmp-old)", n)
+	}
+	left := func() map[string]bool {
+		m := map[string]bool{}
+		for _, p := range tempFiles(t, dir) {
+			rel, _ := filepath.Rel(dir, p)
+			m[filepath.ToSlash(rel)] = true
+		}
+		return m
+	}
+	want := map[string]bool{"data/ab/.tmp-locked": true, "data/ab/.tmp-new": true, ".tmp-top": true,
+		"other/.tmp-x": true, "deep/a/b/c/.tmp-y": true}
+	if got := left(); !maps.Equal(got, want) {
+		t.Errorf("after CleanUploads(data/): temporary files %v, want %v", got, want)
+	}
+	// A prefix that no temporary file's path starts with.
+	if n := cleanUploads(t, s, "oth", now.Add(-time.Hour)); n != 1 {
+		t.Errorf("CleanUploads(oth) removed %d, want 1 (other/.tmp-x)", n)
+	}
+	if n := cleanUploads(t, s, "data/ab/obj", now.Add(-time.Hour)); n != 0 {
+		t.Errorf("CleanUploads(data/ab/obj) removed %d, want 0", n)
+	}
+	// Everything old and unlocked.
+	if n := cleanUploads(t, s, "", now.Add(-time.Hour)); n != 2 {
+		t.Errorf("CleanUploads(\"\") removed %d, want 2 (.tmp-top, deep/.../.tmp-y)", n)
+	}
+	want = map[string]bool{"data/ab/.tmp-locked": true, "data/ab/.tmp-new": true}
+	if got := left(); !maps.Equal(got, want) {
+		t.Errorf("after CleanUploads(\"\"): temporary files %v, want %v", got, want)
+	}
+	// However eager the caller, a locked file stays.
+	if n := cleanUploads(t, s, "", now.Add(time.Hour)); n != 1 {
+		t.Errorf("CleanUploads with before in the future removed %d, want 1 (.tmp-new)", n)
+	}
+	want = map[string]bool{"data/ab/.tmp-locked": true}
+	if got := left(); !maps.Equal(got, want) {
+		t.Errorf("temporary files %v, want %v", got, want)
+	}
+	// Its writer dies: the lock goes with its file.
+	locked.Close()
+	if n := cleanUploads(t, s, "", now.Add(-time.Hour)); n != 1 {
+		t.Errorf("CleanUploads after the lock went removed %d, want 1", n)
+	}
+	if got := left(); len(got) != 0 {
+		t.Errorf("temporary files left: %v", got)
+	}
+	if b, err := storage.ReadAll(t.Context(), s, "data/ab/obj", 0, -1); err != nil || string(b) != "object" {
+		t.Errorf("data/ab/obj = %q, %v", b, err)
+	}
+}
+
+func TestCleanUploadsLeavesLinksAndDirectories(t *testing.T) {
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	put(t, s, "a/obj", []byte("object"))
+	old := time.Now().Add(-2 * time.Hour)
+	// A PutIfAbsent killed between link and unlink leaves its temporary
+	// name as a second link to the object: removing it is harmless.
+	tmp := filepath.Join(dir, "a", ".tmp-linked")
+	if err := os.Link(filepath.Join(dir, "a", "obj"), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(tmp, old, old); err != nil {
+		t.Fatal(err)
+	}
+	// Not temporary files: a directory and a symlink so named.
+	if err := os.Mkdir(filepath.Join(dir, "a", ".tmp-dir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeTemp(t, filepath.Join(dir, "target"), old)
+	if err := os.Symlink(filepath.Join(dir, "target"), filepath.Join(dir, "a", ".tmp-link")); err != nil {
+		t.Fatal(err)
+	}
+	if n := cleanUploads(t, s, "", time.Now().Add(time.Hour)); n != 1 {
+		t.Errorf("CleanUploads removed %d, want 1", n)
+	}
+	for _, p := range []string{"a/obj", "a/.tmp-dir", "a/.tmp-link", "target"} {
+		if _, err := os.Lstat(filepath.Join(dir, p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if _, err := os.Lstat(tmp); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s: %v, want it removed", tmp, err)
+	}
+	if b, err := storage.ReadAll(t.Context(), s, "a/obj", 0, -1); err != nil || string(b) != "object" {
+		t.Errorf("a/obj = %q, %v", b, err)
+	}
+}
+
+// blockingBody is a Put body that, at its first Read, says so on started
+// and then waits for release.
+type blockingBody struct {
+	data    []byte
+	pos     int
+	started chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingBody) Read(p []byte) (int, error) {
+	if b.pos == 0 {
+		close(b.started)
+		<-b.release
+	}
+	if b.pos >= len(b.data) {
+		return 0, io.EOF
+	}
+	n := copy(p, b.data[b.pos:])
+	b.pos += n
+	return n, nil
+}
+
+func (b *blockingBody) Seek(off int64, whence int) (int64, error) {
+	if off != 0 || whence != io.SeekStart {
+		return 0, errors.New("blockingBody: only Seek(0, SeekStart)")
+	}
+	b.pos = 0
+	return 0, nil
+}
+
+// TestCleanUploadsSparesLiveWriters cleans, as eagerly as it can be
+// asked to, while a Put and a PutIfAbsent of this process are writing
+// their temporary files.
+func TestCleanUploadsSparesLiveWriters(t *testing.T) {
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	ctx := t.Context()
+	data := []byte("the object's content")
+	bodies := map[string]*blockingBody{}
+	errs := make(chan error, 2)
+	for _, key := range []string{"live/put", "live/create"} {
+		b := &blockingBody{data: data, started: make(chan struct{}), release: make(chan struct{})}
+		bodies[key] = b
+		go func() {
+			if key == "live/put" {
+				errs <- s.Put(ctx, key, b, int64(len(data)))
+			} else {
+				errs <- s.PutIfAbsent(ctx, key, b, int64(len(data)))
+			}
+		}()
+		<-b.started
+	}
+	if got := tempFiles(t, dir); len(got) != 2 {
+		t.Fatalf("temporary files of two running uploads: %q", got)
+	}
+	if n := cleanUploads(t, s, "", time.Now().Add(time.Hour)); n != 0 {
+		t.Errorf("CleanUploads removed %d temporary files of live writers", n)
+	}
+	if got := tempFiles(t, dir); len(got) != 2 {
+		t.Errorf("temporary files after CleanUploads: %q", got)
+	}
+	for _, b := range bodies {
+		close(b.release)
+	}
+	for range bodies {
+		if err := <-errs; err != nil {
+			t.Errorf("upload after CleanUploads: %v", err)
+		}
+	}
+	for key := range bodies {
+		if b, err := storage.ReadAll(ctx, s, key, 0, -1); err != nil || !bytes.Equal(b, data) {
+			t.Errorf("%s = %q, %v", key, b, err)
+		}
+	}
+	if got := tempFiles(t, dir); len(got) != 0 {
+		t.Errorf("temporary files after the uploads: %q", got)
+	}
+}
+
+// The helper process of TestCleanUploadsAfterKill: a Put into the storage
+// at $BACKUPD_TEST_PUT_DIR whose body is stdin. Once the Put has created
+// its temporary file (at the first read of the body) it writes "ready" to
+// file descriptor 3. It never finishes: the test kills it.
+func TestHelperPutProcess(t *testing.T) {
+	dir := os.Getenv("BACKUPD_TEST_PUT_DIR")
+	if dir == "" {
+		return // not the helper: nothing to do
+	}
+	s, err := local.New(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	body := &stdinBody{ready: os.NewFile(3, "ready")}
+	err = s.Put(context.Background(), "data/ab/obj", body, 200<<20)
+	fmt.Fprintf(os.Stderr, "helper Put returned: %v\n", err)
+	os.Exit(3)
+}
+
+// stdinBody reads stdin, saying "ready" on its ready file first.
+type stdinBody struct {
+	ready *os.File
+	said  bool
+}
+
+func (b *stdinBody) Read(p []byte) (int, error) {
+	if !b.said {
+		b.said = true
+		if _, err := b.ready.WriteString("ready\n"); err != nil {
+			return 0, err
+		}
+		b.ready.Close()
+	}
+	return os.Stdin.Read(p)
+}
+
+func (b *stdinBody) Seek(int64, int) (int64, error) { return 0, errors.New("stdin does not seek") }
+
+// TestCleanUploadsAfterKill runs a Put in another process, killed with
+// SIGKILL midway: its temporary file stays while it lives and goes with
+// the next CleanUploads once it is dead.
+func TestCleanUploadsAfterKill(t *testing.T) {
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readyR.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPutProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "BACKUPD_TEST_PUT_DIR="+dir)
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readyW.Close() // the child has its own
+	killed := false
+	defer func() {
+		if !killed {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	// Some of the body, then nothing more: the child blocks reading.
+	if _, err := stdin.Write(bytes.Repeat([]byte("x"), 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(readyR).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("helper did not report ready: %q, %v", line, err)
+	}
+	if got := tempFiles(t, dir); len(got) != 1 {
+		t.Fatalf("temporary files of the running helper: %q", got)
+	}
+	if n := cleanUploads(t, s, "", time.Now().Add(time.Hour)); n != 0 {
+		t.Errorf("CleanUploads removed %d temporary files of a live writer in another process", n)
+	}
+	if got := tempFiles(t, dir); len(got) != 1 {
+		t.Fatalf("temporary files after cleaning while the helper runs: %q", got)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait() // the process is gone, and with it its lock
+	killed = true
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("helper: %v, want killed by SIGKILL", err)
+	}
+	if got := tempFiles(t, dir); len(got) != 1 {
+		t.Fatalf("temporary files the killed helper left: %q, want 1", got)
+	}
+	if n := cleanUploads(t, s, "", time.Now().Add(time.Hour)); n != 1 {
+		t.Errorf("CleanUploads after the kill removed %d, want 1", n)
+	}
+	if got := tempFiles(t, dir); len(got) != 0 {
+		t.Errorf("temporary files left after CleanUploads: %q", got)
+	}
+	if _, err := s.Stat(t.Context(), "data/ab/obj"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat of the killed Put's key: %v, want ErrNotFound", err)
+	}
+}
+
+func TestPutIfAbsentOverDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	ctx := t.Context()
+	put(t, s, "dirkey/sub", []byte("x"))
+	err := s.PutIfAbsent(ctx, "dirkey", bytes.NewReader([]byte("y")), 1)
+	if err == nil || errors.Is(err, storage.ErrExists) {
+		t.Errorf("PutIfAbsent over a directory: %v, want an error that is not ErrExists", err)
+	}
+	// Over a dangling symlink (no object, but in the way).
+	if err := os.Symlink("nowhere", filepath.Join(dir, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	err = s.PutIfAbsent(ctx, "dangling", bytes.NewReader([]byte("y")), 1)
+	if err == nil || errors.Is(err, storage.ErrExists) {
+		t.Errorf("PutIfAbsent over a dangling link: %v, want an error that is not ErrExists", err)
+	}
+	if got := tempFiles(t, dir); len(got) != 0 {
+		t.Errorf("temporary files left: %q", got)
+	}
+	// Linked, not renamed: the object is a new file with one link.
+	if err := s.PutIfAbsent(ctx, "new", bytes.NewReader([]byte("z")), 1); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nlink := fi.Sys().(*syscall.Stat_t).Nlink; nlink != 1 || fi.Mode() != 0o600 {
+		t.Errorf("object made by PutIfAbsent: %d links, mode %v; want 1, 0600", nlink, fi.Mode())
 	}
 }

@@ -41,16 +41,46 @@ func New() *Storage {
 // Put stores a copy of size bytes read from body under key. The object
 // appears whole, only after all of it has been read.
 func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	data, err := readBody(ctx, "put", key, body, size)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.objects[key] = object{data: data, modTime: time.Now()}
+	return nil
+}
+
+// PutIfAbsent stores a copy of size bytes read from body under key if no
+// object is there; else it fails with storage.ErrExists. The check and
+// the store happen under one lock, after the whole body has been read.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	data, err := readBody(ctx, "put-if-absent", key, body, size)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.objects[key]; ok {
+		return fmt.Errorf("mem: put-if-absent %s: %w", key, storage.ErrExists)
+	}
+	s.objects[key] = object{data: data, modTime: time.Now()}
+	return nil
+}
+
+// readBody validates key and size and reads a copy of size bytes of body,
+// checking ctx between pieces and once more at the end.
+func readBody(ctx context.Context, op, key string, body io.Reader, size int64) ([]byte, error) {
 	if err := storage.ValidateKey(key); err != nil {
-		return fmt.Errorf("mem: put: %w", err)
+		return nil, fmt.Errorf("mem: %s: %w", op, err)
 	}
 	if size < 0 {
-		return fmt.Errorf("mem: put %s: negative size %d", key, size)
+		return nil, fmt.Errorf("mem: %s %s: negative size %d", op, key, size)
 	}
 	data := make([]byte, 0, min(size, 64<<20))
 	for int64(len(data)) < size {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("mem: put %s: %w", key, err)
+			return nil, fmt.Errorf("mem: %s %s: %w", op, key, err)
 		}
 		n := int(min(size-int64(len(data)), pieceSize))
 		start := len(data)
@@ -59,16 +89,13 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return fmt.Errorf("mem: put %s: read body: %w", key, err)
+			return nil, fmt.Errorf("mem: %s %s: read body: %w", op, key, err)
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("mem: put %s: %w", key, err)
+		return nil, fmt.Errorf("mem: %s %s: %w", op, key, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.objects[key] = object{data: data, modTime: time.Now()}
-	return nil
+	return data, nil
 }
 
 // Get returns a reader over a copy of the requested range of the object.
@@ -150,6 +177,15 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 	defer s.mu.Unlock()
 	delete(s.objects, key)
 	return nil
+}
+
+// CleanUploads removes nothing: an upload to memory leaves nothing behind
+// when it fails. It returns 0.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("mem: clean uploads %q: %w", prefix, err)
+	}
+	return 0, nil
 }
 
 // Close does nothing; the objects stay readable.

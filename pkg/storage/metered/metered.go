@@ -16,11 +16,13 @@ import (
 
 // Operations, as passed to Observer.ObserveCall.
 const (
-	OpPut    = "put"
-	OpGet    = "get"
-	OpStat   = "stat"
-	OpList   = "list"
-	OpDelete = "delete"
+	OpPut          = "put"
+	OpGet          = "get"
+	OpStat         = "stat"
+	OpList         = "list"
+	OpDelete       = "delete"
+	OpPutIfAbsent  = "put_if_absent"
+	OpCleanUploads = "clean_uploads"
 )
 
 // Observer is told about every finished storage call. It must be safe for
@@ -32,9 +34,11 @@ const (
 // wrapping context.Canceled; the Observer decides (with errors.Is) how to
 // count them.
 //
-// bytes is the payload moved: for a Put the size stored (0 when the Put
-// failed, as how much of it was sent is unknown); for a Get what the
-// caller read from the reader; 0 for the other operations.
+// bytes is the payload moved: for a Put or PutIfAbsent the size stored (0
+// when it failed, as how much of it was sent is unknown, and when a
+// PutIfAbsent found the key taken); for a Get what the caller read from
+// the reader; 0 for the other operations (a CleanUploads' count of
+// removed uploads is not bytes).
 //
 // d is how long the call took; for a Get, from the call until its reader
 // was closed; for a List, without the time spent in the caller's fn.
@@ -78,6 +82,30 @@ func (m *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	}
 	m.o.ObserveCall(OpPut, err, n, time.Since(start))
 	return err
+}
+
+// PutIfAbsent implements storage.Storage; it is reported as its own
+// operation, OpPutIfAbsent, when it returns, with size as its bytes if it
+// succeeded. A PutIfAbsent that found the key taken is reported with its
+// error, which wraps storage.ErrExists.
+func (m *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	start := time.Now()
+	err := m.s.PutIfAbsent(ctx, key, body, size)
+	var n int64
+	if err == nil {
+		n = size
+	}
+	m.o.ObserveCall(OpPutIfAbsent, err, n, time.Since(start))
+	return err
+}
+
+// CleanUploads implements storage.Storage; it is reported as
+// OpCleanUploads.
+func (m *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	start := time.Now()
+	n, err := m.s.CleanUploads(ctx, prefix, before)
+	m.o.ObserveCall(OpCleanUploads, err, 0, time.Since(start))
+	return n, err
 }
 
 // Get implements storage.Storage. A Get that fails is reported at once; one

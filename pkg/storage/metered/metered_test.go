@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,4 +200,33 @@ func TestNilObserverPanics(t *testing.T) {
 		}
 	}()
 	New(mem.New(), nil)
+}
+
+// PutIfAbsent and CleanUploads are operations of their own: a create-only
+// write must not pass for a plain put in the metrics.
+func TestReportsCreateOnlyAndCleaning(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{}
+	m := New(mem.New(), rec)
+	if err := m.PutIfAbsent(ctx, "config", strings.NewReader("cfg"), 3); err != nil {
+		t.Fatal(err)
+	}
+	rec.expect(t, OpPutIfAbsent, 3, nil)
+	if err := m.PutIfAbsent(ctx, "config", strings.NewReader("other"), 5); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("second PutIfAbsent: %v", err)
+	}
+	rec.expect(t, OpPutIfAbsent, 0, storage.ErrExists)
+	if n, err := m.CleanUploads(ctx, "", time.Now()); n != 0 || err != nil {
+		t.Fatalf("CleanUploads = %d, %v", n, err)
+	}
+	rec.expect(t, OpCleanUploads, 0, nil)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := m.CleanUploads(cctx, "", time.Now()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("CleanUploads cancelled: %v", err)
+	}
+	rec.expect(t, OpCleanUploads, 0, context.Canceled)
+	if OpPutIfAbsent != "put_if_absent" || OpCleanUploads != "clean_uploads" {
+		t.Errorf("operation names %q, %q; the daemon's metrics label them so", OpPutIfAbsent, OpCleanUploads)
+	}
 }

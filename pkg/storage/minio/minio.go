@@ -7,6 +7,24 @@
 // a multipart upload fails or is cancelled, minio-go aborts it (with a
 // context of its own, so also after cancellation) before Put returns.
 //
+// PutIfAbsent is one PutObject with If-None-Match: * (minio-go's
+// SetMatchETagExcept("*")), which MinIO and S3 refuse with 412
+// PreconditionFailed when the key holds an object: that is
+// storage.ErrExists. It never becomes a multipart upload (which S3
+// conditions only at its completion), so it is limited to partsize
+// bytes. 409 ConditionalRequestConflict (a conflicting write in flight)
+// is transient: a retry decides.
+//
+// CleanUploads lists the incomplete multipart uploads (minio-go's core
+// ListMultipartUploads, page by page) and aborts those under the prefix
+// initiated before the given time. MinIO lists by prefix only the uploads
+// of an object named exactly so, so except against Amazon S3 the whole
+// bucket is listed and filtered here; MinIO's bucket-wide listing covers
+// the uploads begun since the server started, and it removes older ones
+// itself after its stale-uploads expiry (24 hours by default).
+// minio-go's RemoveIncompleteUpload is not used: it aborts every upload
+// of a key, also a running one.
+//
 // minio-go's own retries are turned off (MaxRetries 1): retrying is the
 // job of pkg/storage/retry. Errors worth retrying (5xx, throttling,
 // request timeouts, connection resets and timeouts) are marked with
@@ -23,9 +41,11 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 
 	miniogo "github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
@@ -52,6 +72,10 @@ type Storage struct {
 	secrets     []string // scrubbed from error texts
 	region      string
 	create      bool
+	// listUploadsByPrefix: the service lists multipart uploads by key
+	// prefix (Amazon S3); else CleanUploads lists the whole bucket and
+	// filters.
+	listUploadsByPrefix bool
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -100,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		return nil, s.scrub(fmt.Errorf("minio: open bucket %s: %w", cfg.Bucket, err))
 	}
 	s.core = miniogo.Core{Client: s.client}
+	s.listUploadsByPrefix = s3utils.IsAmazonEndpoint(*s.client.EndpointURL())
 	if err := s.openBucket(ctx); err != nil {
 		s.transport.CloseIdleConnections()
 		return nil, err
@@ -172,6 +197,87 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return s.opError(ctx, "put", key, err)
 	}
 	return nil
+}
+
+// PutIfAbsent stores size bytes read from body under key if no object is
+// there, in one PutObject with If-None-Match: *. An object at key is
+// storage.ErrExists. More than partsize bytes are refused.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("minio: put-if-absent: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("minio: put-if-absent %s: negative size %d", key, size)
+	}
+	if size > s.partSize {
+		return fmt.Errorf("minio: put-if-absent %s: %d bytes: a create-only write goes up in one request, of at most partsize (%d bytes)",
+			key, size, s.partSize)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "put-if-absent", key, err)
+	}
+	opts := miniogo.PutObjectOptions{DisableMultipart: true}
+	opts.SetMatchETagExcept("*")
+	br := putbody.NewReader(ctx, body, size)
+	_, err = s.client.PutObject(ctx, s.bucket, k, br, size, opts)
+	if err == nil {
+		return nil
+	}
+	if berr := br.Err(); berr != nil {
+		err = berr // minio-go rewrites errors that mention EOF
+	} else if resp := miniogo.ToErrorResponse(err); ctx.Err() == nil &&
+		(resp.StatusCode == http.StatusPreconditionFailed || resp.Code == "PreconditionFailed") {
+		return s.scrub(fmt.Errorf("minio: put-if-absent %s: %w: %s (HTTP %d): %w", key, storage.ErrExists, resp.Code, resp.StatusCode, err))
+	}
+	return s.opError(ctx, "put-if-absent", key, err)
+}
+
+// CleanUploads aborts the incomplete multipart uploads under prefix
+// initiated (by the service's clock) before before, and returns how many
+// it aborted. The service cannot tell a live upload from a dead one: see
+// storage.Storage on choosing before.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if !listable(prefix) {
+		return 0, nil // no valid key starts with prefix
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, s.opError(ctx, "clean uploads", prefix, err)
+	}
+	listPrefix := ""
+	if s.listUploadsByPrefix {
+		listPrefix = s.prefix + prefix
+	}
+	removed := 0
+	keyMarker, idMarker := "", ""
+	for {
+		res, err := s.core.ListMultipartUploads(ctx, s.bucket, listPrefix, keyMarker, idMarker, "", 1000)
+		if err != nil {
+			return removed, s.opError(ctx, "clean uploads", prefix, err)
+		}
+		for _, u := range res.Uploads {
+			key, ok := strings.CutPrefix(u.Key, s.prefix)
+			if !ok || !strings.HasPrefix(key, prefix) || u.UploadID == "" || !u.Initiated.Before(before) {
+				continue
+			}
+			err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID)
+			switch code := miniogo.ToErrorResponse(err).Code; {
+			case err == nil:
+				removed++
+			case code == "NoSuchUpload", code == "NoSuchKey":
+				// aborted or completed meanwhile
+			default:
+				return removed, s.opError(ctx, "clean uploads", key, err)
+			}
+		}
+		if !res.IsTruncated {
+			return removed, nil
+		}
+		if res.NextKeyMarker == "" || res.NextKeyMarker == keyMarker && res.NextUploadIDMarker == idMarker {
+			return removed, fmt.Errorf("minio: clean uploads %s: the service's listing does not advance (key marker %q)", prefix, res.NextKeyMarker)
+		}
+		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker
+	}
 }
 
 // Get opens the byte range [offset, offset+length) of the object at key
@@ -391,7 +497,8 @@ func classify(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
 	case status >= 500, status == http.StatusTooManyRequests, code == "SlowDown", code == "Throttling",
 		code == "ThrottlingException", code == "RequestLimitExceeded", code == "RequestTimeout",
-		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized":
+		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized",
+		code == "ConditionalRequestConflict": // a conditional write raced another; a retry decides
 		return storage.Transient(err)
 	}
 	return err

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	miniogo "github.com/minio/minio-go/v7"
 
@@ -547,4 +548,240 @@ func listAll(t *testing.T, s storage.Storage, prefix string) []string {
 		t.Fatalf("List(%q): %v", prefix, err)
 	}
 	return keys
+}
+
+// TestPutIfAbsentMinIO checks, as the restricted user (s3:PutObject is
+// all If-None-Match needs), that MinIO refuses a second create-only write
+// and lets exactly one of racing writers win.
+func TestPutIfAbsentMinIO(t *testing.T) {
+	srv := testservers.MinIO(t)
+	s := open(t, userConfig(srv, srv.NewBucket(t)))
+	ctx := t.Context()
+	if err := s.PutIfAbsent(ctx, "config", strings.NewReader("first"), 5); err != nil {
+		t.Fatalf("PutIfAbsent on a free key: %v", err)
+	}
+	err := s.PutIfAbsent(ctx, "config", strings.NewReader("second!"), 7)
+	if !errors.Is(err, storage.ErrExists) || storage.IsTransient(err) {
+		t.Errorf("second PutIfAbsent: %v, want ErrExists", err)
+	}
+	if b, err := storage.ReadAll(ctx, s, "config", 0, -1); err != nil || string(b) != "first" {
+		t.Errorf("config = %q, %v; want first", b, err)
+	}
+	const writers = 8
+	errs := make(chan error, writers)
+	start := make(chan struct{})
+	for w := range writers {
+		go func() {
+			<-start
+			body := strings.Repeat("w", w+1)
+			errs <- s.PutIfAbsent(ctx, "race", strings.NewReader(body), int64(len(body)))
+		}()
+	}
+	close(start)
+	won := 0
+	for range writers {
+		switch err := <-errs; {
+		case err == nil:
+			won++
+		case !errors.Is(err, storage.ErrExists):
+			t.Errorf("racing PutIfAbsent: %v, want nil or ErrExists", err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d of %d racing PutIfAbsent calls succeeded, want 1", won, writers)
+	}
+	big := make([]byte, MinPartSize+1)
+	if err := s.PutIfAbsent(ctx, "big", bytes.NewReader(big), int64(len(big))); err == nil || errors.Is(err, storage.ErrExists) {
+		t.Errorf("PutIfAbsent of partsize+1 bytes: %v, want a refusal", err)
+	}
+	if _, err := s.Stat(ctx, "big"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat(big) after the refusal: %v, want ErrNotFound", err)
+	}
+}
+
+func TestPutIfAbsentRequests(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		code      string
+		exists    bool
+		transient bool
+	}{
+		{412, "PreconditionFailed", true, false},
+		{409, "ConditionalRequestConflict", false, true},
+		{409, "OperationAborted", false, false},
+		{503, "SlowDown", false, true},
+		{403, "AccessDenied", false, false},
+	} {
+		t.Run(fmt.Sprintf("%d-%s", tc.status, tc.code), func(t *testing.T) {
+			var ifNoneMatch atomic.Value
+			s := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				ifNoneMatch.Store(r.Header.Get("If-None-Match"))
+				s3Error(w, r, tc.status, tc.code)
+			})
+			err := s.PutIfAbsent(t.Context(), "some/key", strings.NewReader("x"), 1)
+			if got, _ := ifNoneMatch.Load().(string); got != "*" {
+				t.Errorf("If-None-Match sent: %q, want *", got)
+			}
+			if err == nil || errors.Is(err, storage.ErrExists) != tc.exists || storage.IsTransient(err) != tc.transient {
+				t.Errorf("PutIfAbsent answered %d %s: %v; want exists %t, transient %t", tc.status, tc.code, err, tc.exists, tc.transient)
+			}
+			if err != nil && (!strings.Contains(err.Error(), "put-if-absent some/key") || strings.Contains(err.Error(), "fake-secret-key-123")) {
+				t.Errorf("error %q does not name the operation and key, or shows the secret", err)
+			}
+		})
+	}
+}
+
+// startUpload starts a multipart upload of the object k and uploads one
+// part, as a Put killed midway leaves it, and returns its upload ID and
+// when the service says it was initiated.
+func startUpload(t *testing.T, s *Storage, k string) (string, time.Time) {
+	t.Helper()
+	ctx := t.Context()
+	id, err := s.core.NewMultipartUpload(ctx, s.bucket, k, miniogo.PutObjectOptions{})
+	if err != nil {
+		t.Fatalf("NewMultipartUpload(%s): %v", k, err)
+	}
+	part := bytes.Repeat([]byte("p"), 1<<20)
+	if _, err := s.core.PutObjectPart(ctx, s.bucket, k, id, 1, bytes.NewReader(part), int64(len(part)), miniogo.PutObjectPartOptions{}); err != nil {
+		t.Fatalf("PutObjectPart(%s): %v", k, err)
+	}
+	for _, u := range listUploads(t, s) {
+		if u.UploadID == id {
+			return id, u.Initiated
+		}
+	}
+	t.Fatalf("upload %s of %s is not listed", id, k)
+	return "", time.Time{}
+}
+
+// listUploads lists the incomplete multipart uploads of s's bucket.
+func listUploads(t *testing.T, s *Storage) []miniogo.ObjectMultipartInfo {
+	t.Helper()
+	res, err := s.core.ListMultipartUploads(t.Context(), s.bucket, "", "", "", "", 1000)
+	if err != nil {
+		t.Fatalf("ListMultipartUploads: %v", err)
+	}
+	return res.Uploads
+}
+
+// TestCleanUploads aborts, as the restricted user, dead multipart uploads
+// under its prefix, older than the cutoff, and nothing else.
+func TestCleanUploads(t *testing.T) {
+	srv := testservers.MinIO(t)
+	bucket := srv.NewBucket(t)
+	cfg := userConfig(srv, bucket)
+	cfg.Prefix = "owner1"
+	s := open(t, cfg)
+	cfg.Prefix = "owner10"
+	neighbour := open(t, cfg)
+	ctx := t.Context()
+	put(t, s, "data/ab/obj", []byte("complete"))
+
+	dead, _ := startUpload(t, s, "owner1/data/ab/dead")
+	otherDir, _ := startUpload(t, s, "owner1/index/dead")
+	neighbours, _ := startUpload(t, s, "owner10/data/ab/dead")
+	// One that starts later than the others, by the service's clock: the
+	// cutoff. (Two uploads begun within a millisecond show the same time.)
+	var live string
+	var cutoff time.Time
+	for {
+		_, last := startUpload(t, s, "owner1/data/ab/dead-too")
+		var id string
+		id, cutoff = startUpload(t, s, "owner1/data/ab/live")
+		if cutoff.After(last) {
+			live = id
+			break
+		}
+		if err := s.core.AbortMultipartUpload(ctx, s.bucket, "owner1/data/ab/live", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending := func() map[string]string {
+		m := map[string]string{}
+		for _, u := range listUploads(t, s) {
+			m[u.UploadID] = u.Key
+		}
+		return m
+	}
+
+	n, err := s.CleanUploads(ctx, "data/", cutoff)
+	if err != nil || n < 2 {
+		t.Fatalf("CleanUploads(data/) = %d, %v; want at least 2 (dead, dead-too), no error", n, err)
+	}
+	got := pending()
+	if got[dead] != "" || got[live] == "" || got[otherDir] == "" || got[neighbours] == "" {
+		t.Errorf("after CleanUploads(data/): pending %v; want live, index/dead and the neighbour's, not dead", got)
+	}
+	for _, k := range got {
+		if k == "owner1/data/ab/dead-too" {
+			t.Errorf("an upload initiated before the cutoff is still pending")
+		}
+	}
+	if n, err := s.CleanUploads(ctx, "", time.Now().Add(time.Hour)); err != nil || n != 2 {
+		t.Errorf("CleanUploads(\"\") = %d, %v; want 2 (index/dead, live)", n, err)
+	}
+	if got := pending(); len(got) != 1 || got[neighbours] == "" {
+		t.Errorf("pending after cleaning owner1: %v; want only the neighbour's %s", got, neighbours)
+	}
+	if n, err := neighbour.CleanUploads(ctx, "", time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("neighbour's CleanUploads = %d, %v; want 1", n, err)
+	}
+	if n, err := s.CleanUploads(ctx, "", time.Now().Add(time.Hour)); err != nil || n != 0 {
+		t.Errorf("CleanUploads with nothing left = %d, %v; want 0", n, err)
+	}
+	if b, err := storage.ReadAll(ctx, s, "data/ab/obj", 0, -1); err != nil || string(b) != "complete" {
+		t.Errorf("data/ab/obj = %q, %v", b, err)
+	}
+}
+
+// TestCleanUploadsPages checks paging through a listing of uploads (MinIO
+// returns its bucket-wide listing in one page).
+func TestCleanUploadsPages(t *testing.T) {
+	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
+	recent := time.Now().UTC().Format(time.RFC3339)
+	var aborted, prefixes []string
+	s := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		switch {
+		case r.Method == http.MethodGet && q.Has("uploads"):
+			prefixes = append(prefixes, q.Get("prefix"))
+			if q.Get("key-marker") == "" {
+				fmt.Fprintf(w, `<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextKeyMarker>root/a/2</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
+<Upload><Key>root/a/1</Key><UploadId>u1</UploadId><Initiated>%s</Initiated></Upload>
+<Upload><Key>root/a/2</Key><UploadId>u2</UploadId><Initiated>%s</Initiated></Upload></ListMultipartUploadsResult>`, old, recent)
+				return
+			}
+			if q.Get("key-marker") != "root/a/2" || q.Get("upload-id-marker") != "u2" {
+				t.Errorf("second page asked with markers %q %q", q.Get("key-marker"), q.Get("upload-id-marker"))
+			}
+			fmt.Fprintf(w, `<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>
+<Upload><Key>root/a/3</Key><UploadId>u3</UploadId><Initiated>%s</Initiated></Upload>
+<Upload><Key>root/b/4</Key><UploadId>u4</UploadId><Initiated>%s</Initiated></Upload>
+<Upload><Key>other/a/5</Key><UploadId>u5</UploadId><Initiated>%s</Initiated></Upload></ListMultipartUploadsResult>`, old, old, old)
+		case r.Method == http.MethodDelete && q.Has("uploadId"):
+			aborted = append(aborted, q.Get("uploadId"))
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			t.Errorf("unexpected %s %s", r.Method, r.URL)
+			w.WriteHeader(http.StatusNotImplemented)
+		}
+	})
+	s.prefix = "root/"
+	n, err := s.CleanUploads(t.Context(), "a/", time.Now().Add(-time.Hour))
+	if err != nil || n != 2 || strings.Join(aborted, " ") != "u1 u3" {
+		t.Errorf("CleanUploads(a/) = %d, %v, aborted %q; want 2, nil, [u1 u3]", n, err, aborted)
+	}
+	if strings.Join(prefixes, ",") != "," {
+		t.Errorf("prefixes asked of a custom endpoint: %q, want none (MinIO lists by prefix one object only)", prefixes)
+	}
+	prefixes = nil
+	s.listUploadsByPrefix = true // as against Amazon S3
+	if n, err := s.CleanUploads(t.Context(), "a/", time.Now().Add(-time.Hour)); err != nil || n != 2 {
+		t.Errorf("CleanUploads(a/) by prefix = %d, %v", n, err)
+	}
+	if strings.Join(prefixes, ",") != "root/a/,root/a/" {
+		t.Errorf("prefixes asked of Amazon S3: %q, want root/a/ for both pages", prefixes)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -49,6 +50,23 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return err
 	}
 	return s.inner.Put(ctx, k, body, size)
+}
+
+// PutIfAbsent stores size bytes read from body under key if no object is
+// there.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	k, err := s.full(key)
+	if err != nil {
+		return err
+	}
+	return s.inner.PutIfAbsent(ctx, k, body, size)
+}
+
+// CleanUploads removes what dead uploads under the prefix and prefix left
+// behind: it cleans the wrapped storage under the prefix plus prefix, so
+// it never touches another prefix's uploads.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	return s.inner.CleanUploads(ctx, s.prefix+prefix, before)
 }
 
 // Get opens the byte range [offset, offset+length) of the object at key.

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/local"
 	"github.com/backupd/backupd/pkg/storage/mem"
 	"github.com/backupd/backupd/pkg/storage/prefix"
 	"github.com/backupd/backupd/pkg/storage/storagetest"
@@ -140,5 +144,62 @@ func TestKeyTooLongUnderPrefix(t *testing.T) {
 	key := strings.Repeat("k", 1020) // valid alone, too long with "owner1/"
 	if err := s.Put(t.Context(), key, bytes.NewReader(nil), 0); !errors.Is(err, storage.ErrInvalidKey) {
 		t.Errorf("Put of a key too long under the prefix: %v, want ErrInvalidKey", err)
+	}
+}
+
+// A view's create-only writes and cleaning stay inside its prefix. Over a
+// local storage, a dead upload leaves a temporary file that only the view
+// of its prefix (or the whole storage) removes.
+func TestPutIfAbsentAndCleanUploadsStayInside(t *testing.T) {
+	dir := t.TempDir()
+	root, err := local.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := mustNew(t, root, "owner1")
+	b := mustNew(t, root, "owner10")
+	ctx := t.Context()
+	if err := a.PutIfAbsent(ctx, "config", strings.NewReader("a"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PutIfAbsent(ctx, "config", strings.NewReader("b"), 1); err != nil {
+		t.Errorf("PutIfAbsent(config) under another prefix: %v", err)
+	}
+	if err := a.PutIfAbsent(ctx, "config", strings.NewReader("again"), 5); !errors.Is(err, storage.ErrExists) {
+		t.Errorf("second PutIfAbsent(config): %v, want ErrExists", err)
+	}
+	if got, _ := read(t, root, "owner1/config"); got != "a" {
+		t.Errorf("owner1/config = %q, want a", got)
+	}
+
+	old := time.Now().Add(-time.Hour)
+	for _, p := range []string{"owner1/data/.tmp-1", "owner1/.tmp-2", "owner10/data/.tmp-3", ".tmp-4"} {
+		f := filepath.Join(dir, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(f, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := a.CleanUploads(ctx, "data/", time.Now()); n != 1 || err != nil {
+		t.Errorf("CleanUploads(data/) under owner1 = %d, %v; want 1", n, err)
+	}
+	if n, err := a.CleanUploads(ctx, "", time.Now()); n != 1 || err != nil {
+		t.Errorf("CleanUploads(\"\") under owner1 = %d, %v; want 1", n, err)
+	}
+	for _, p := range []string{"owner10/data/.tmp-3", ".tmp-4"} {
+		if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(p))); err != nil {
+			t.Errorf("%s, outside owner1: %v", p, err)
+		}
+	}
+	if n, err := b.CleanUploads(ctx, "", time.Now()); n != 1 || err != nil {
+		t.Errorf("CleanUploads under owner10 = %d, %v; want 1", n, err)
+	}
+	if n, err := root.CleanUploads(ctx, "", time.Now()); n != 1 || err != nil {
+		t.Errorf("CleanUploads of the whole storage = %d, %v; want 1 (.tmp-4)", n, err)
 	}
 }

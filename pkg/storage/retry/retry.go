@@ -6,7 +6,12 @@
 // Retrying is safe because every Storage call is idempotent (Put of the
 // same bytes, Delete of a missing key). Reads that break off midway resume
 // where they stopped, and a listing retried after it began never reports
-// a key twice.
+// a key twice. PutIfAbsent is retried like Put, but is not idempotent in
+// what it reports: when a try failed after the backend stored the object
+// (the reply was lost), the next try finds the object and fails with
+// storage.ErrExists, although it is the caller's own; a caller that must
+// know reads the object back. CleanUploads is retried too, and reports
+// the uploads removed by all its tries.
 package retry
 
 import (
@@ -73,7 +78,8 @@ func Retryable(err error) bool {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrPermission),
-		errors.Is(err, storage.ErrInvalidKey), errors.Is(err, storage.ErrInvalidRange):
+		errors.Is(err, storage.ErrInvalidKey), errors.Is(err, storage.ErrInvalidRange),
+		errors.Is(err, storage.ErrExists):
 		return false
 	case storage.IsTransient(err):
 		return true
@@ -129,6 +135,35 @@ func (r *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		first = false
 		return r.s.Put(ctx, key, body, size)
 	})
+}
+
+// PutIfAbsent implements storage.Storage, rewinding the body before each
+// retry. After a try whose reply was lost, a retry may fail with
+// storage.ErrExists for the object that try stored (see the package
+// comment).
+func (r *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	first := true
+	return r.do(ctx, "put-if-absent", key, func() error {
+		if !first {
+			if _, err := body.Seek(0, io.SeekStart); err != nil {
+				return fmt.Errorf("put-if-absent %s: rewind body for retry: %w", key, err)
+			}
+		}
+		first = false
+		return r.s.PutIfAbsent(ctx, key, body, size)
+	})
+}
+
+// CleanUploads implements storage.Storage; the count is that of every
+// try, also of those that failed partway.
+func (r *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	total := 0
+	err := r.do(ctx, "clean uploads", prefix, func() error {
+		n, err := r.s.CleanUploads(ctx, prefix, before)
+		total += n
+		return err
+	})
+	return total, err
 }
 
 // Get implements storage.Storage. The returned reader resumes a transfer

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -26,10 +27,12 @@ func TestConformance(t *testing.T) {
 }
 
 // Every guarantee still holds when half of all calls fail transiently,
-// some after the backend already did the work.
+// some after the backend already did the work; but a PutIfAbsent whose
+// reply was lost may see its own object on the next try (LostReplies,
+// and TestPutIfAbsentLostReply).
 func TestConformanceUnderFaults(t *testing.T) {
 	var seed atomic.Uint64
-	storagetest.RunWithOptions(t, storagetest.Options{ListCount: 300}, func(t *testing.T) storage.Storage {
+	storagetest.RunWithOptions(t, storagetest.Options{ListCount: 300, LostReplies: true}, func(t *testing.T) storage.Storage {
 		return New(faults.New(mem.New(), faults.Options{Rate: 0.5, AfterRate: 0.5, Seed: seed.Add(1)}), fast())
 	})
 }
@@ -172,4 +175,58 @@ func TestListRetryReportsEachKeyOnce(t *testing.T) {
 	if err != want || calls != 1 {
 		t.Fatalf("err %v after %d calls", err, calls)
 	}
+}
+
+// A PutIfAbsent whose first try stored the object but lost the reply is
+// retried, and the retry finds the object: ErrExists, though the object
+// is the caller's own (the ambiguity storage.Storage documents).
+func TestPutIfAbsentLostReply(t *testing.T) {
+	m := mem.New()
+	f := faults.New(m, faults.Options{Rate: 1, AfterRate: 1, Ops: []faults.Op{faults.PutIfAbsent}})
+	r := New(f, fast())
+	ctx := context.Background()
+	err := r.PutIfAbsent(ctx, "lock", strings.NewReader("mine"), 4)
+	if !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("PutIfAbsent after a lost reply: %v, want ErrExists", err)
+	}
+	if f.Calls(faults.PutIfAbsent) != 2 {
+		t.Errorf("%d tries, want 2: the lost reply, then ErrExists (not retried)", f.Calls(faults.PutIfAbsent))
+	}
+	if b, err := storage.ReadAll(ctx, m, "lock", 0, -1); err != nil || string(b) != "mine" {
+		t.Errorf("lock = %q, %v; want the caller's own bytes", b, err)
+	}
+	if Retryable(fmt.Errorf("x: %w", storage.ErrExists)) {
+		t.Error("ErrExists classified retryable")
+	}
+}
+
+// CleanUploads is retried on transient failures and reports what every
+// try removed.
+func TestCleanUploadsRetried(t *testing.T) {
+	inner := &cleaning{removals: []int{2, 3}, errs: []error{storage.Transient(errors.New("503")), nil}}
+	r := New(inner, fast())
+	n, err := r.CleanUploads(context.Background(), "p/", time.Now())
+	if err != nil || n != 5 || inner.calls != 2 {
+		t.Errorf("CleanUploads = %d, %v after %d tries; want 5, nil after 2", n, err, inner.calls)
+	}
+	inner = &cleaning{removals: []int{1}, errs: []error{storage.ErrPermission}}
+	r = New(inner, fast())
+	if n, err := r.CleanUploads(context.Background(), "p/", time.Now()); !errors.Is(err, storage.ErrPermission) || n != 1 || inner.calls != 1 {
+		t.Errorf("CleanUploads failing permanently = %d, %v after %d tries; want 1, ErrPermission after 1", n, err, inner.calls)
+	}
+}
+
+// cleaning is a storage whose CleanUploads removes and fails as told, a
+// try at a time.
+type cleaning struct {
+	storage.Storage
+	removals []int
+	errs     []error
+	calls    int
+}
+
+func (c *cleaning) CleanUploads(context.Context, string, time.Time) (int, error) {
+	i := c.calls
+	c.calls++
+	return c.removals[i], c.errs[i]
 }

@@ -9,6 +9,25 @@
 // object nor stored parts behind; S3 commits an object only when the
 // upload completes, so a reader never sees part of one.
 //
+// PutIfAbsent is one PutObject with If-None-Match: *, which S3 (since
+// August 2024) and MinIO refuse with 412 PreconditionFailed when the key
+// holds an object: that is storage.ErrExists. It is limited to chunksize
+// bytes, what Put sends in one request; S3 conditions a multipart upload
+// only at its completion, after every part went up, so a larger
+// PutIfAbsent is refused rather than sent that way. S3 answers 409
+// ConditionalRequestConflict when a conflicting write of the key is in
+// flight; that is marked transient: whether the key ends up taken is not
+// known yet, so a retry decides (ErrExists or success).
+//
+// CleanUploads lists the incomplete multipart uploads of the bucket
+// (ListMultipartUploads, page by page) and aborts those under the root
+// directory and prefix initiated before the given time. Against AWS
+// (no regionendpoint) it lists by prefix; against other endpoints it
+// lists the whole bucket and filters, because MinIO lists by prefix only
+// the uploads of an object named exactly so (its bucket-wide listing
+// covers the uploads begun since the server started; MinIO removes older
+// ones itself after its stale-uploads expiry, 24 hours by default).
+//
 // The backend needs only the minimal IAM policy of docs/STORAGE.md
 // (s3:ListBucket, s3:GetBucketLocation, s3:ListBucketMultipartUploads on
 // the bucket; s3:PutObject, s3:GetObject, s3:DeleteObject,
@@ -72,6 +91,9 @@ type Storage struct {
 	root       string // "" or the root directory plus "/"
 	chunkSize  int64
 	cfg        Config
+	// listUploadsByPrefix: the service lists multipart uploads by key
+	// prefix (AWS); else CleanUploads lists the whole bucket and filters.
+	listUploadsByPrefix bool
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -84,7 +106,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Storage{bucket: cfg.Bucket, cfg: cfg, chunkSize: cfg.ChunkSize}
+	s := &Storage{bucket: cfg.Bucket, cfg: cfg, chunkSize: cfg.ChunkSize, listUploadsByPrefix: cfg.RegionEndpoint == ""}
 	s.root, _ = rootPrefix(cfg.RootDirectory) // checked by Validate
 	if s.chunkSize == 0 {
 		s.chunkSize = DefaultChunkSize
@@ -217,22 +239,7 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return s.opError(ctx, "put", key, err)
 	}
 	br := putbody.NewReader(ctx, body, size)
-	in := &awss3.PutObjectInput{
-		Bucket:        &s.bucket,
-		Key:           &k,
-		Body:          br,
-		ContentLength: aws.Int64(size),
-	}
-	if s.cfg.StorageClass != "" {
-		in.StorageClass = types.StorageClass(s.cfg.StorageClass)
-	}
-	if s.cfg.Encrypt {
-		in.ServerSideEncryption = types.ServerSideEncryptionAes256
-		if s.cfg.KeyID != "" {
-			in.ServerSideEncryption = types.ServerSideEncryptionAwsKms
-			in.SSEKMSKeyId = &s.cfg.KeyID
-		}
-	}
+	in := s.putInput(k, br, size)
 	if size <= s.chunkSize {
 		_, err = s.client.PutObject(ctx, in)
 	} else {
@@ -255,21 +262,135 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	return nil
 }
 
+// putInput returns the PutObjectInput of an upload of body to the S3 key
+// k, with the storage class and encryption of the config.
+func (s *Storage) putInput(k string, body io.Reader, size int64) *awss3.PutObjectInput {
+	in := &awss3.PutObjectInput{
+		Bucket:        &s.bucket,
+		Key:           &k,
+		Body:          body,
+		ContentLength: aws.Int64(size),
+	}
+	if s.cfg.StorageClass != "" {
+		in.StorageClass = types.StorageClass(s.cfg.StorageClass)
+	}
+	if s.cfg.Encrypt {
+		in.ServerSideEncryption = types.ServerSideEncryptionAes256
+		if s.cfg.KeyID != "" {
+			in.ServerSideEncryption = types.ServerSideEncryptionAwsKms
+			in.SSEKMSKeyId = &s.cfg.KeyID
+		}
+	}
+	return in
+}
+
+// PutIfAbsent stores size bytes read from body under key if no object is
+// there, in one PutObject with If-None-Match: *. An object at key is
+// storage.ErrExists. More than chunksize bytes are refused.
+func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return fmt.Errorf("s3: put-if-absent: %w", err)
+	}
+	if size < 0 {
+		return fmt.Errorf("s3: put-if-absent %s: negative size %d", key, size)
+	}
+	if size > s.chunkSize {
+		return fmt.Errorf("s3: put-if-absent %s: %d bytes: a create-only write goes up in one request, of at most chunksize (%d bytes)",
+			key, size, s.chunkSize)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.opError(ctx, "put-if-absent", key, err)
+	}
+	br := putbody.NewReader(ctx, body, size)
+	in := s.putInput(k, br, size)
+	in.IfNoneMatch = aws.String("*")
+	_, err = s.client.PutObject(ctx, in)
+	if err == nil {
+		return nil
+	}
+	if berr := br.Err(); berr != nil && !errors.Is(err, berr) {
+		err = fmt.Errorf("%w (%v)", berr, err)
+	}
+	var apiErr smithy.APIError
+	if ctx.Err() == nil && (httpStatus(err) == http.StatusPreconditionFailed ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode() == "PreconditionFailed") {
+		return s.scrub(fmt.Errorf("s3: put-if-absent %s: %w: %w", key, storage.ErrExists, err))
+	}
+	return s.opError(ctx, "put-if-absent", key, err)
+}
+
 // abort aborts a multipart upload, even when ctx is cancelled. An upload
 // that is already gone is not an error.
 func (s *Storage) abort(ctx context.Context, objectKey, uploadID string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
+	_, err := s.abortUpload(ctx, objectKey, uploadID)
+	return err
+}
+
+// abortUpload aborts a multipart upload and reports whether it was there
+// to abort; one that is already gone is not an error.
+func (s *Storage) abortUpload(ctx context.Context, objectKey, uploadID string) (bool, error) {
 	_, err := s.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{
 		Bucket:   &s.bucket,
 		Key:      &objectKey,
 		UploadId: &uploadID,
 	})
 	var gone *types.NoSuchUpload
-	if err != nil && !errors.As(err, &gone) && !isNotFound(err) {
-		return err
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &gone), isNotFound(err):
+		return false, nil
 	}
-	return nil
+	return false, err
+}
+
+// CleanUploads aborts the incomplete multipart uploads under prefix
+// initiated (by the service's clock) before before, and returns how many
+// it aborted. S3 cannot tell a live upload from a dead one: see
+// storage.Storage on choosing before.
+func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if !listable(prefix) {
+		return 0, nil // no valid key starts with prefix
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, s.opError(ctx, "clean uploads", prefix, err)
+	}
+	in := &awss3.ListMultipartUploadsInput{Bucket: &s.bucket}
+	if p := s.root + prefix; s.listUploadsByPrefix && p != "" {
+		in.Prefix = &p
+	}
+	removed := 0
+	for {
+		out, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return removed, s.opError(ctx, "clean uploads", prefix, err)
+		}
+		for _, u := range out.Uploads {
+			key, ok := strings.CutPrefix(aws.ToString(u.Key), s.root)
+			if !ok || !strings.HasPrefix(key, prefix) || u.UploadId == nil ||
+				u.Initiated == nil || !u.Initiated.Before(before) {
+				continue
+			}
+			aborted, err := s.abortUpload(ctx, aws.ToString(u.Key), *u.UploadId)
+			if err != nil {
+				return removed, s.opError(ctx, "clean uploads", key, err)
+			}
+			if aborted {
+				removed++
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return removed, nil
+		}
+		next, nextID := aws.ToString(out.NextKeyMarker), aws.ToString(out.NextUploadIdMarker)
+		if next == "" || next == aws.ToString(in.KeyMarker) && nextID == aws.ToString(in.UploadIdMarker) {
+			return removed, fmt.Errorf("s3: clean uploads %s: the service's listing does not advance (key marker %q)", prefix, next)
+		}
+		in.KeyMarker, in.UploadIdMarker = &next, &nextID
+	}
 }
 
 // Get opens the byte range [offset, offset+length) of the object at key
@@ -498,7 +619,8 @@ func classify(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
 	case status >= 500, status == http.StatusTooManyRequests, code == "SlowDown", code == "Throttling",
 		code == "ThrottlingException", code == "RequestLimitExceeded", code == "RequestTimeout",
-		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized":
+		code == "InternalError", code == "ServiceUnavailable", code == "XMinioServerNotInitialized",
+		code == "ConditionalRequestConflict": // a conditional write raced another; a retry decides
 		return storage.Transient(err)
 	case apiErr != nil || status != 0:
 		return err // any other answer of the service is permanent
