@@ -37,6 +37,12 @@ var (
 	ErrExists = errors.New("object already exists")
 )
 
+// UploadGrace is how old an upload must be before a backend that cannot
+// tell a live upload from a dead one (object stores: by age alone) takes
+// it for dead in CleanUploads: far longer than a pack's upload takes even
+// under a tight bandwidth limit, and than clock skew with the service.
+const UploadGrace = time.Hour
+
 // ErrTransient marks failures worth retrying: server errors (5xx),
 // throttling, connection resets, timeouts. Backends wrap such errors with
 // Transient; test with IsTransient.
@@ -124,10 +130,10 @@ type ObjectInfo struct {
 //     complete object, nor an upload that is still running: a backend that
 //     can tell a live upload from a dead one (the local backend: by a lock
 //     that dies with its process) checks; one that cannot (object stores)
-//     goes by age alone, so the caller picks before such that no upload
-//     begun earlier can still be running (say, a day ago), allowing for
-//     clock skew with a remote service. What a backend cannot list, it
-//     leaves to the service's own expiry and documents so.
+//     goes by age alone and never removes an upload begun less than
+//     UploadGrace ago, so that before may be the caller's own start time
+//     whatever the backend. What a backend cannot list, it leaves to the
+//     service's own expiry and documents so.
 //   - All methods are safe for concurrent use; none may be called after
 //     Close. A wrapper owns the Storage it wraps and closes it too
 //     (retry, limit, faults, metered, bandwidth); only a view of part of
@@ -161,7 +167,9 @@ type Storage interface {
 	// CleanUploads removes what uploads under prefix that are no longer in
 	// progress left behind (temporary files, incomplete multipart uploads),
 	// considering only those started before before; it never disturbs an
-	// upload that is still running. It returns how many it removed.
+	// upload that is still running (a backend that goes by age alone
+	// leaves uploads younger than UploadGrace, whatever before says). It
+	// returns how many it removed.
 	CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error)
 	// Close releases the backend's resources.
 	Close() error

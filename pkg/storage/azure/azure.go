@@ -83,6 +83,9 @@ const (
 // Storage is a storage.Storage in an Azure Blob container. It is safe for
 // concurrent use.
 type Storage struct {
+	// uploadGrace: CleanUploads leaves uploads younger than this
+	// (storage.UploadGrace; tests lower it).
+	uploadGrace time.Duration
 	c           *container.Client
 	container   string
 	prefix      string // encoded, with a trailing slash; "" for none
@@ -121,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		return nil, fmt.Errorf("azure: open container %s: %w", cfg.Container, err)
 	}
 	s := &Storage{
+		uploadGrace: storage.UploadGrace,
 		c:           c,
 		container:   cfg.Container,
 		blockSize:   cfg.BlockSize,
@@ -689,6 +693,9 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 // service's clock, from the response's Date), so that a commit after the
 // listing always makes the condition fail.
 func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if lim := time.Now().Add(-s.uploadGrace); before.After(lim) {
+		before = lim // age is all there is to go by: leave what may be live
+	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("azure: clean uploads %q: %w", prefix, err)
 	}

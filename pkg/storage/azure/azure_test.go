@@ -59,6 +59,7 @@ func open(t *testing.T, cfg Config) *Storage {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	s.uploadGrace = 0 // uploads of a test are seconds old
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }

@@ -62,6 +62,9 @@ var ErrNoBucket = errors.New("bucket does not exist")
 // Storage is a storage.Storage in a bucket reached through minio-go. It is
 // safe for concurrent use.
 type Storage struct {
+	// uploadGrace: CleanUploads leaves uploads younger than this
+	// (storage.UploadGrace; tests lower it).
+	uploadGrace time.Duration
 	client      *miniogo.Client
 	core        miniogo.Core
 	transport   *http.Transport
@@ -93,6 +96,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 		return nil, err
 	}
 	s := &Storage{
+		uploadGrace: storage.UploadGrace,
 		bucket:      cfg.Bucket,
 		partSize:    cfg.PartSize,
 		concurrency: cfg.UploadConcurrency,
@@ -238,6 +242,9 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 // it aborted. The service cannot tell a live upload from a dead one: see
 // storage.Storage on choosing before.
 func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if lim := time.Now().Add(-s.uploadGrace); before.After(lim) {
+		before = lim // age is all there is to go by: leave what may be live
+	}
 	if !listable(prefix) {
 		return 0, nil // no valid key starts with prefix
 	}

@@ -52,6 +52,7 @@ func open(t *testing.T, cfg Config) *Storage {
 	if err != nil {
 		t.Fatalf("New(%v): %v", cfg, err)
 	}
+	s.uploadGrace = 0 // uploads of a test are seconds old
 	t.Cleanup(func() { s.Close() })
 	return s
 }

@@ -84,13 +84,16 @@ var ErrNoBucket = errors.New("bucket does not exist")
 // Storage is a storage.Storage in an S3 bucket. It is safe for concurrent
 // use.
 type Storage struct {
-	client     *awss3.Client
-	uploader   *manager.Uploader
-	transports transports
-	bucket     string
-	root       string // "" or the root directory plus "/"
-	chunkSize  int64
-	cfg        Config
+	// uploadGrace: CleanUploads leaves uploads younger than this
+	// (storage.UploadGrace; tests lower it).
+	uploadGrace time.Duration
+	client      *awss3.Client
+	uploader    *manager.Uploader
+	transports  transports
+	bucket      string
+	root        string // "" or the root directory plus "/"
+	chunkSize   int64
+	cfg         Config
 	// listUploadsByPrefix: the service lists multipart uploads by key
 	// prefix (AWS); else CleanUploads lists the whole bucket and filters.
 	listUploadsByPrefix bool
@@ -106,7 +109,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Storage{bucket: cfg.Bucket, cfg: cfg, chunkSize: cfg.ChunkSize, listUploadsByPrefix: cfg.RegionEndpoint == ""}
+	s := &Storage{bucket: cfg.Bucket, cfg: cfg, chunkSize: cfg.ChunkSize, listUploadsByPrefix: cfg.RegionEndpoint == "", uploadGrace: storage.UploadGrace}
 	s.root, _ = rootPrefix(cfg.RootDirectory) // checked by Validate
 	if s.chunkSize == 0 {
 		s.chunkSize = DefaultChunkSize
@@ -352,6 +355,9 @@ func (s *Storage) abortUpload(ctx context.Context, objectKey, uploadID string) (
 // it aborted. S3 cannot tell a live upload from a dead one: see
 // storage.Storage on choosing before.
 func (s *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
+	if lim := time.Now().Add(-s.uploadGrace); before.After(lim) {
+		before = lim // age is all there is to go by: leave what may be live
+	}
 	if !listable(prefix) {
 		return 0, nil // no valid key starts with prefix
 	}

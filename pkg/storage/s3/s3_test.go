@@ -52,6 +52,7 @@ func open(t *testing.T, cfg Config) *Storage {
 	if err != nil {
 		t.Fatalf("New(%v): %v", cfg, err)
 	}
+	s.uploadGrace = 0 // uploads of a test are seconds old
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -913,5 +914,26 @@ func TestCleanUploadsPages(t *testing.T) {
 	}
 	if strings.Join(prefixes, ",") != "root/a/,root/a/" {
 		t.Errorf("prefixes asked of AWS: %q, want root/a/ for both pages", prefixes)
+	}
+}
+
+// TestCleanUploadsLeavesYoungUploads: going by age alone, CleanUploads
+// never aborts an upload younger than storage.UploadGrace, even asked to
+// clean everything begun before now (it may be another node's, running).
+func TestCleanUploadsLeavesYoungUploads(t *testing.T) {
+	srv := testservers.MinIO(t)
+	cfg := userConfig(srv, srv.NewBucket(t))
+	s := open(t, cfg)
+	s.uploadGrace = storage.UploadGrace
+	id, _ := startUpload(t, s, "data/ab/running")
+	if n, err := s.CleanUploads(t.Context(), "", time.Now().Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("CleanUploads = %d, %v; want 0, nil", n, err)
+	}
+	found := false
+	for _, u := range listUploads(t, s) {
+		found = found || aws.ToString(u.UploadId) == id
+	}
+	if !found {
+		t.Fatal("a running upload seconds old was aborted")
 	}
 }
