@@ -587,6 +587,11 @@ func TestInvalidArguments(t *testing.T) {
 	if err := os.Symlink(outside, escape); err != nil {
 		t.Fatal(err)
 	}
+	// A link below the root is not followed even when it stays inside.
+	inner := filepath.Join(e.root, "inner")
+	if err := os.Symlink(ws, inner); err != nil {
+		t.Fatal(err)
+	}
 	file := filepath.Join(ws, "README")
 	backup := func(mut func(*pb.BackupWorkspaceRequest)) error {
 		r := &pb.BackupWorkspaceRequest{Owner: "o", Workspace: "w", Path: ws}
@@ -615,6 +620,7 @@ func TestInvalidArguments(t *testing.T) {
 		{"backup path is the root", "path", backup(func(r *pb.BackupWorkspaceRequest) { r.Path = e.root })},
 		{"backup path through a symlink out", "path", backup(func(r *pb.BackupWorkspaceRequest) { r.Path = escape })},
 		{"backup path not a directory", "path", backup(func(r *pb.BackupWorkspaceRequest) { r.Path = file })},
+		{"backup path a symlink inside", "path", backup(func(r *pb.BackupWorkspaceRequest) { r.Path = inner })},
 		{"backup tags", "tags", backup(func(r *pb.BackupWorkspaceRequest) { r.Tags = map[string]string{"": "x"} })},
 		{"backup excludes", "excludes", backup(func(r *pb.BackupWorkspaceRequest) { r.Excludes = []string{"[oops"} })},
 		{"backup parent", "parent_snapshot_id", backup(func(r *pb.BackupWorkspaceRequest) { r.ParentSnapshotId = "xyz" })},
@@ -630,6 +636,7 @@ func TestInvalidArguments(t *testing.T) {
 		{"restore snapshot_id", "snapshot_id", restore(func(r *pb.RestoreWorkspaceRequest) { r.SnapshotId = "ab" })},
 		{"restore path outside", "path", restore(func(r *pb.RestoreWorkspaceRequest) { r.Path = filepath.Join(outside, "x") })},
 		{"restore path through a symlink out", "path", restore(func(r *pb.RestoreWorkspaceRequest) { r.Path = filepath.Join(escape, "x") })},
+		{"restore path through a symlink inside", "path", restore(func(r *pb.RestoreWorkspaceRequest) { r.Path = filepath.Join(inner, "x") })},
 		{"restore uid_mappings", "uid_mappings", restore(func(r *pb.RestoreWorkspaceRequest) { r.UidMappings = []*pb.IdMapping{{Count: 0}} })},
 		{"restore gid_mappings", "gid_mappings", restore(func(r *pb.RestoreWorkspaceRequest) { r.GidMappings = []*pb.IdMapping{{Count: 0}} })},
 		{"restore verify without overwrite", "verify", restore(func(r *pb.RestoreWorkspaceRequest) { r.Verify = true })},

@@ -34,6 +34,9 @@ type operation struct {
 	// (both guarded by the manager's lock).
 	fingerprint [sha256.Size]byte
 	request     proto.Message
+	// release frees what the request opened for the operation (its
+	// directory), once the operation has ended, run or not.
+	release func() error
 
 	progress bsync.Progress
 	ctx      context.Context
@@ -175,7 +178,15 @@ var errDraining = errors.New("backupd is shutting down: no new operations")
 // have been asked for with the same parameters (apart from request_id):
 // a request id reused for something else is INVALID_ARGUMENT, a join key
 // in use by an operation with other parameters FAILED_PRECONDITION.
-func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, run runFunc) (*operation, bool, error) {
+func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, release func() error, run runFunc) (*operation, bool, error) {
+	op, joined, err := m.startLocked(kind, owner, workspace, path, requestID, joinKey, req, release, run)
+	if err != nil || joined {
+		release() // not this request's operation: what it opened is not needed
+	}
+	return op, joined, err
+}
+
+func (m *manager) startLocked(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, release func() error, run runFunc) (*operation, bool, error) {
 	fp := fingerprint(req)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -213,7 +224,7 @@ func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID
 	}
 	op := &operation{
 		id: newOperationID(), kind: kind, owner: owner, workspace: workspace, path: path, requestID: requestID,
-		joinKey: joinKey, fingerprint: fp, request: req, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
+		joinKey: joinKey, fingerprint: fp, request: req, release: release, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
 		state: pb.OperationState_OPERATION_STATE_QUEUED, phase: pb.OperationPhase_OPERATION_PHASE_QUEUED,
 	}
 	op.ctx, op.cancel = context.WithCancel(m.base)
@@ -286,6 +297,9 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 		op.ended = time.Now()
 	})
 	op.cancel()
+	if op.release != nil {
+		op.release()
+	}
 	m.mu.Lock()
 	if m.active[op.joinKey] == op {
 		delete(m.active, op.joinKey)

@@ -36,7 +36,7 @@ import (
 type Server struct {
 	cfg      Config
 	log      *zap.Logger
-	roots    []string
+	roots    []workspaceRoot
 	place    *placement.Placement
 	ops      *manager
 	metrics  *metrics
@@ -55,7 +55,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	roots, err := resolveRoots(cfg.WorkspaceRoots)
+	roots, err := openRoots(cfg.WorkspaceRoots)
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +71,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 	sc := cfg.Storage
 	sc.Wrap = func(st storage.Storage) storage.Storage { return bw.Wrap(metered.New(st, s.metrics)) }
 	if s.place, err = placement.Open(ctx, sc); err != nil {
+		closeRoots(roots)
 		return nil, fmt.Errorf("storage %s: %w", location.Redact(sc.URL), err)
 	}
 	s.uploads, s.downloads = sc.Transfers()
@@ -91,6 +92,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 			func(err error) { log.Error("tls: keeping the previous certificate", zap.Error(err)) })
 		if err != nil {
 			s.place.Close()
+			closeRoots(roots)
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
@@ -182,6 +184,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		<-stopped
 	}
 	s.place.Close()
+	closeRoots(s.roots)
 	s.log.Info("shut down")
 }
 

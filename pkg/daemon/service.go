@@ -48,13 +48,6 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	if err := checkPath(req.GetPath()); err != nil {
 		return nil, false, err
 	}
-	path, err := workspacePath(s.roots, req.GetPath())
-	if err != nil {
-		return nil, false, err
-	}
-	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
-		return nil, false, invalidField("path", fmt.Errorf("%s is not an existing directory", req.GetPath()))
-	}
 	if err := checkTags(req.GetTags()); err != nil {
 		return nil, false, err
 	}
@@ -78,8 +71,14 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
 		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
 	}
+	// Last, once every other field is valid: the open is the check.
+	dir, err := workspaceDir(s.roots, req.GetPath(), false)
+	if err != nil {
+		return nil, false, err
+	}
+	path := dir.Name()
 	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, req,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, req, dir.Close,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, opts.Owner, true)
 			if err != nil {
@@ -87,7 +86,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 			}
 			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
 			opts.Progress, opts.Warn = &op.progress, s.warner(op)
-			res, err := bsync.Backup(ctx, r, path, opts)
+			res, err := bsync.BackupDir(ctx, r, dir, opts)
 			if err != nil {
 				return nil, err
 			}
@@ -122,10 +121,6 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	if err := checkPath(req.GetPath()); err != nil {
 		return nil, false, err
 	}
-	path, err := workspacePath(s.roots, req.GetPath())
-	if err != nil {
-		return nil, false, err
-	}
 	uids, err := idMap("uid_mappings", req.GetUidMappings())
 	if err != nil {
 		return nil, false, err
@@ -149,9 +144,15 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		Downloads: s.downloads, UIDMap: uids, GIDMap: gids,
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
 	}
+	// Last, once every other field is valid: the open is the check.
+	dir, err := workspaceDir(s.roots, req.GetPath(), true)
+	if err != nil {
+		return nil, false, err
+	}
+	path := dir.Name()
 	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
 	key := "restore/" + owner + "/" + workspace + "/" + path
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, req,
+	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, req, dir.Close,
 		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, owner, false)
 			if err != nil {
@@ -163,7 +164,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 			}
 			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
 			opts.Progress, opts.Warn = &op.progress, s.warner(op)
-			res, err := bsync.Restore(ctx, r, snap, path, opts)
+			res, err := bsync.RestoreDir(ctx, r, snap, dir, opts)
 			if err != nil {
 				return nil, err
 			}

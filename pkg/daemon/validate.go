@@ -3,8 +3,6 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -12,10 +10,12 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
+	"golang.org/x/sys/unix"
 )
 
 // Request validation. Every check returns a fieldError naming the field
@@ -197,66 +197,82 @@ func idMap(field string, ms []*pb.IdMapping) (bsync.IDMap, error) {
 	return out, nil
 }
 
-// workspacePath checks that p is a clean absolute path strictly inside
-// one of roots (resolved, symlinks followed, at startup) and returns it.
-// Symlinks in the part of p that exists are followed: a link out of the
-// roots is refused.
-func workspacePath(roots []string, p string) (string, error) {
-	if p == "" {
-		return "", invalidField("path", errors.New("required"))
-	}
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.ContainsRune(p, 0) {
-		return "", invalidField("path", fmt.Errorf("%q: want a clean absolute path", p))
-	}
-	resolved, err := resolveExisting(p)
-	if err != nil {
-		return "", invalidField("path", err)
-	}
-	for _, r := range roots {
-		if strings.HasPrefix(resolved, r+"/") {
-			return resolved, nil
-		}
-	}
-	return "", invalidField("path", fmt.Errorf("%q is not inside a workspace root (%s)", p, strings.Join(roots, ", ")))
+// workspaceRoot is a directory workspaces live in, open for the daemon's
+// whole life: every request's path is opened below it.
+type workspaceRoot struct {
+	path     string // as configured
+	resolved string // with the links in path resolved at startup
+	dir      *dirfd.Dir
 }
 
-// resolveExisting follows the symlinks of the longest existing prefix of
-// p and appends the rest.
-func resolveExisting(p string) (string, error) {
-	rest := ""
-	for cur := p; ; {
-		r, err := filepath.EvalSymlinks(cur)
-		if err == nil {
-			return filepath.Join(r, rest), nil
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return "", err
-		}
-		parent := filepath.Dir(cur)
-		if parent == cur {
-			return "", err
-		}
-		rest = filepath.Join(filepath.Base(cur), rest)
-		cur = parent
-	}
-}
-
-// resolveRoots resolves the configured workspace roots, which must exist.
-func resolveRoots(roots []string) ([]string, error) {
-	var out []string
+// openRoots opens the configured workspace roots, which must exist. They
+// are the operator's: links in their own paths are followed, once.
+func openRoots(roots []string) ([]workspaceRoot, error) {
+	var out []workspaceRoot
 	for _, r := range roots {
-		fi, err := os.Stat(r)
+		resolved, err := filepath.EvalSymlinks(r)
 		if err != nil {
+			closeRoots(out)
 			return nil, fmt.Errorf("workspace_roots: %w", err)
 		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("workspace_roots: %s is not a directory", r)
-		}
-		abs, err := filepath.EvalSymlinks(r)
+		d, err := dirfd.Open(resolved)
 		if err != nil {
+			closeRoots(out)
+			if errors.Is(err, unix.ENOTDIR) {
+				return nil, fmt.Errorf("workspace_roots: %s is not a directory", r)
+			}
 			return nil, fmt.Errorf("workspace_roots: %w", err)
 		}
-		out = append(out, abs)
+		out = append(out, workspaceRoot{path: r, resolved: resolved, dir: d})
 	}
 	return out, nil
+}
+
+func closeRoots(roots []workspaceRoot) {
+	for _, r := range roots {
+		r.dir.Close()
+	}
+}
+
+// workspaceDir checks that p is a clean absolute path strictly inside one
+// of roots and opens it below that root without following any link (a
+// workspace's owner controls everything below a root). The check and the
+// operation's use are this one open: the operation works in the directory
+// opened here, whatever is renamed or swapped later. With create, missing
+// directories on the way are created (mode 0700), for a restore.
+func workspaceDir(roots []workspaceRoot, p string, create bool) (*dirfd.Dir, error) {
+	if p == "" {
+		return nil, invalidField("path", errors.New("required"))
+	}
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.ContainsRune(p, 0) {
+		return nil, invalidField("path", fmt.Errorf("%s: want a clean absolute path", quote(p)))
+	}
+	var names []string
+	for _, r := range roots {
+		names = append(names, r.path)
+		for _, prefix := range []string{r.path, r.resolved} {
+			rel, ok := strings.CutPrefix(p, prefix+"/")
+			if !ok {
+				continue
+			}
+			var d *dirfd.Dir
+			var err error
+			if create {
+				d, err = r.dir.MkdirAll(rel, 0o700)
+			} else {
+				d, err = r.dir.OpenDir(rel)
+			}
+			switch {
+			case err == nil:
+				return d, nil
+			case errors.Is(err, dirfd.ErrLink):
+				return nil, invalidField("path", fmt.Errorf("%s runs through a symbolic link (links below a workspace root are never followed)", quote(p)))
+			case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+				return nil, invalidField("path", fmt.Errorf("%s is not an existing directory", quote(p)))
+			default:
+				return nil, invalidField("path", fmt.Errorf("%s: %w", quote(p), errors.Unwrap(err)))
+			}
+		}
+	}
+	return nil, invalidField("path", fmt.Errorf("%s is not inside a workspace root (%s)", quote(p), strings.Join(names, ", ")))
 }
