@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
 )
@@ -90,6 +92,26 @@ func (c *Cache) put(kind string, id chunk.ID, data []byte) {
 	if over {
 		c.prune()
 	}
+}
+
+// CleanCache removes temporary files of the node-local cache last written
+// before before: those of a process killed while it wrote an entry. A
+// cache write is a few milliseconds; one removed under a live writer
+// only makes that write fail, which costs a later download.
+func (r *Repository) CleanCache(before time.Time) {
+	c := r.cache
+	if c == nil {
+		return
+	}
+	filepath.WalkDir(c.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), ".tmp-") {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && fi.ModTime().Before(before) {
+			os.Remove(p)
+		}
+		return nil
+	})
 }
 
 // prune removes the oldest entries until the cache fits its bound.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -59,28 +60,31 @@ func Open(ctx context.Context, st storage.Storage) (*Repository, error) {
 }
 
 // Init creates a repository with cfg on st. It refuses to overwrite an
-// existing one.
+// existing one: the config object is written create-only, so of several
+// writers racing to create the repository exactly one succeeds
+// (ErrRepositoryExists for the others).
 func Init(ctx context.Context, st storage.Storage, cfg Config) (*Repository, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if _, err := st.Stat(ctx, configKey); err == nil {
-		return nil, errors.New("repository already exists")
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("check for existing repository: %w", err)
 	}
 	b, err := encodeConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := st.Put(ctx, configKey, bytes.NewReader(b), int64(len(b))); err != nil {
+	if err := st.PutIfAbsent(ctx, configKey, bytes.NewReader(b), int64(len(b))); errors.Is(err, storage.ErrExists) {
+		return nil, ErrRepositoryExists
+	} else if err != nil {
 		return nil, fmt.Errorf("write repository config: %w", err)
 	}
 	return newRepository(st, cfg)
 }
 
+// ErrRepositoryExists means Init found a repository already there.
+var ErrRepositoryExists = errors.New("repository already exists")
+
 // OpenOrInit opens the repository on st, creating it with default
-// parameters if it does not exist yet.
+// parameters if it does not exist yet. Concurrent first backups of an
+// owner all end up with the one config that was written first.
 func OpenOrInit(ctx context.Context, st storage.Storage) (*Repository, error) {
 	r, err := Open(ctx, st)
 	if !errors.Is(err, ErrNoRepository) {
@@ -91,11 +95,10 @@ func OpenOrInit(ctx context.Context, st storage.Storage) (*Repository, error) {
 		return nil, err
 	}
 	r, err = Init(ctx, st, cfg)
-	if err != nil {
-		// Another backup may have created it in the meantime.
-		if r2, err2 := Open(ctx, st); err2 == nil {
-			return r2, nil
-		}
+	if errors.Is(err, ErrRepositoryExists) {
+		// Another backup created it in the meantime (or a retry of ours
+		// did, after a lost reply): use what is stored.
+		return Open(ctx, st)
 	}
 	return r, err
 }
@@ -258,11 +261,27 @@ func (r *Repository) SaveSnapshot(ctx context.Context, s *Snapshot) (chunk.ID, e
 		return chunk.ID{}, err
 	}
 	id := chunk.Hash(b)
-	if err := r.st.Put(ctx, snapshotKey(s.Workspace, s.Time, id), bytes.NewReader(b), int64(len(b))); err != nil {
-		return id, fmt.Errorf("store snapshot: %w", err)
+	key := snapshotKey(s.Workspace, s.Time, id)
+	err = r.st.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
+	if err == nil {
+		return id, nil
 	}
-	return id, nil
+	// A failure after the object was stored (a lost reply, a directory
+	// fsync that failed after the rename) leaves the snapshot in place:
+	// say so, rather than that none was written.
+	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if got, verr := storage.ReadAll(vctx, r.st, key, 0, -1); verr == nil && bytes.Equal(got, b) {
+		return id, fmt.Errorf("%w: snapshot %s (storage reported: %v)", ErrSnapshotUnconfirmed, id.Short(), err)
+	}
+	return id, fmt.Errorf("store snapshot: %w", err)
 }
+
+// ErrSnapshotUnconfirmed means a snapshot object is stored and reads back
+// intact, though the write reported an error (a reply lost, a directory
+// sync failed after the object was in place): the backup has its
+// snapshot, and durability across a crash of the storage is not confirmed.
+var ErrSnapshotUnconfirmed = errors.New("snapshot stored, but its write reported an error")
 
 // ListSnapshots lists the snapshots of one workspace, or of all workspaces
 // when workspace is "", oldest first.
@@ -342,6 +361,40 @@ func (r *Repository) FindSnapshot(ctx context.Context, workspace, idOrLatest str
 	default:
 		return nil, SnapshotRef{}, fmt.Errorf("snapshot id prefix %q is ambiguous (%d matches)", idOrLatest, len(found))
 	}
+}
+
+// Damaged reports whether err, from reading one object, is about that
+// object (damaged, crafted, or of a format version this code does not
+// read) rather than about reaching the storage: such an object can be
+// passed over, named, and repaired, while a storage failure fails the
+// whole operation.
+func Damaged(err error) bool {
+	return errors.Is(err, ErrCorrupt)
+}
+
+// LatestSnapshot returns the newest snapshot of workspace that can be
+// read. Newer ones that are damaged are passed over, each reported to
+// skipped (which may be nil); a storage failure is an error. With no
+// readable snapshot it fails with ErrSnapshotNotFound.
+func (r *Repository) LatestSnapshot(ctx context.Context, workspace string, skipped func(SnapshotRef, error)) (*Snapshot, SnapshotRef, error) {
+	refs, err := r.ListSnapshots(ctx, workspace)
+	if err != nil {
+		return nil, SnapshotRef{}, err
+	}
+	for i := len(refs) - 1; i >= 0; i-- {
+		s, err := r.LoadSnapshot(ctx, refs[i])
+		switch {
+		case err == nil:
+			return s, refs[i], nil
+		case Damaged(err) || errors.Is(err, storage.ErrNotFound):
+			if skipped != nil {
+				skipped(refs[i], err)
+			}
+		default:
+			return nil, SnapshotRef{}, err
+		}
+	}
+	return nil, SnapshotRef{}, fmt.Errorf("%w: no readable snapshot of workspace %s", ErrSnapshotNotFound, workspace)
 }
 
 // ListOwners returns the owners that have a repository under root. It lists

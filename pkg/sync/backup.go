@@ -197,7 +197,18 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	var parentTree chunk.ID
 	var parentStart int64
 	{ // the parent is recorded even with Force, which only ignores its metadata
-		snap, ref, err := r.FindSnapshot(ctx, opts.Workspace, opts.Parent)
+		var snap *repo.Snapshot
+		var ref repo.SnapshotRef
+		var err error
+		if opts.Parent == "" || opts.Parent == "latest" {
+			// A damaged latest snapshot must not stop every later backup:
+			// the newest readable one serves as parent.
+			snap, ref, err = r.LatestSnapshot(ctx, opts.Workspace, func(bad repo.SnapshotRef, err error) {
+				opts.Warn(bad.Key, fmt.Errorf("snapshot unreadable, not used as parent: %w", err))
+			})
+		} else {
+			snap, ref, err = r.FindSnapshot(ctx, opts.Workspace, opts.Parent)
+		}
 		switch {
 		case err == nil:
 			parent, parentTree = ref.ID.String(), snap.Tree
@@ -310,9 +321,19 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		},
 	}
 	id, err := r.SaveSnapshot(ctx, snap)
-	if err != nil {
+	if errors.Is(err, repo.ErrSnapshotUnconfirmed) {
+		opts.Warn(abs, err) // the snapshot is there: the backup succeeded
+	} else if err != nil {
 		return nil, err
 	}
+	// What dead uploads before this backup left behind (a backup killed
+	// mid-way) goes now; only a warning if it cannot.
+	if n, err := r.Storage().CleanUploads(ctx, "", start); err != nil {
+		opts.Warn(abs, fmt.Errorf("cleaning up after interrupted uploads: %w", err))
+	} else if n > 0 {
+		opts.Warn(abs, fmt.Errorf("removed %d leftovers of interrupted uploads", n))
+	}
+	r.CleanCache(start)
 	return &BackupResult{SnapshotID: id, Snapshot: snap}, nil
 }
 
