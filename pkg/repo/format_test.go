@@ -3,11 +3,23 @@ package repo
 import (
 	"bytes"
 	"errors"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
 )
+
+// allocated returns how many bytes f allocates (TotalAlloc is cumulative:
+// a collection in between hides nothing).
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
 
 func sampleTree() *Tree {
 	return &Tree{Nodes: []Node{
@@ -95,10 +107,15 @@ func FuzzDecodeTree(f *testing.F) {
 func TestPackAndIndexRoundTrip(t *testing.T) {
 	pb := NewPackBuilder(1 << 10)
 	var ids []chunk.ID
-	for i, s := range []string{"one", "two", "three"} {
+	codec, err := chunk.NewCodec(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"one", "two", strings.Repeat("three", 100)} {
 		id := chunk.Hash([]byte(s))
 		ids = append(ids, id)
-		pb.Add(id, DataBlob, chunk.Raw, []byte(s), len(s)+i)
+		stored, comp := codec.Compress(nil, []byte(s))
+		pb.Add(id, DataBlob, comp, stored, len(s))
 	}
 	data, packID, entries := pb.Finish()
 	if packID != chunk.Hash(data) {
@@ -108,7 +125,7 @@ func TestPackAndIndexRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || got[2].Offset != 6 || got[2].StoredLen != 5 || got[2].RawLen != 7 || got[1].ID != ids[1] {
+	if len(got) != 3 || got[2].Offset != 6 || got[2].Compression != chunk.Zstd || got[2].StoredLen >= 500 || got[2].RawLen != 500 || got[1].ID != ids[1] {
 		t.Fatalf("trailer = %+v", got)
 	}
 	tail := data[len(data)-PackTrailerReadSize(3):]
