@@ -184,6 +184,9 @@ func newIndexDecoder() *zstd.Decoder {
 	return d
 }
 
+// zstdOverAlloc is the spare room zstd's fast decoder wants past its output.
+const zstdOverAlloc = 16
+
 // indexMaxWindow is the largest zstd window an index frame may ask for,
 // twice what EncodeIndex's encoder uses (a stream decoder allocates its
 // window); small frames may ask for less (decodeIndexWith).
@@ -199,10 +202,11 @@ func DecodeIndex(obj []byte) ([]PackIndex, error) {
 // are at most maxDataBlob bytes (Config.MaxBlobSize(DataBlob)). It
 // decompresses the body as a stream, at most MaxIndexSize bytes of it, and
 // parses entries as they come: memory is what the entries decoded so far
-// take (at most 1.3 times the body) plus the zstd window, never what a
-// count claims. Every entry is checked against the format: types,
-// compressions, lengths within the limits, blobs within 4 GiB of their
-// pack, minimal varints. Errors wrap ErrCorrupt.
+// take (48 bytes per blob, 56 per pack, room at most doubled as they come)
+// plus the zstd window, never what a count claims. Every entry is checked
+// against the format: types, compressions and lengths within the limits,
+// each pack's blobs in order without overlap and within 4 GiB, each pack
+// listed once, minimal varints. Errors wrap ErrCorrupt.
 func DecodeIndexMax(obj []byte, maxDataBlob uint32) ([]PackIndex, error) {
 	if len(obj) > MaxIndexObjectSize {
 		return nil, fmt.Errorf("%w: index object of %d bytes exceeds %d", ErrCorrupt, len(obj), MaxIndexObjectSize)
@@ -223,9 +227,10 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 		return nil, nil // no frame: an empty body, as zstd decoders read it
 	}
 	// A zstd block of 128 KiB takes 4 bytes at least, so no frame of this
-	// length holds more: a window claimed beyond that (which the stream
-	// decoder would allocate) is refused. Frames after the first, which
-	// EncodeIndex never writes, are bounded by indexMaxWindow.
+	// length holds more: a window claimed beyond that or indexMaxWindow
+	// (which the decoder would allocate) is refused, and so is a content
+	// size above MaxIndexSize. Frames after the first, which EncodeIndex
+	// never writes, are bounded by indexMaxWindow and MaxIndexSize.
 	var h zstd.Header
 	if err := h.Decode(frame); err != nil {
 		return nil, fmt.Errorf("%w: index: zstd frame header: %v", ErrCorrupt, err)
@@ -234,15 +239,29 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 	if h.SingleSegment {
 		window = h.FrameContentSize
 	}
-	if room := uint64(len(frame)/4+1) * 128 << 10; window > room || (h.HasFCS && h.FrameContentSize > room) {
+	if h.HasFCS && h.FrameContentSize > MaxIndexSize {
+		return nil, fmt.Errorf("%w: index body of %d bytes exceeds %d", ErrCorrupt, h.FrameContentSize, MaxIndexSize)
+	}
+	if room := min(uint64(len(frame)/4+1)*128<<10, indexMaxWindow); window > room {
 		return nil, fmt.Errorf("%w: index: zstd frame of %d bytes claims a window of %d bytes", ErrCorrupt, len(frame), window)
 	}
-	if err := d.Reset(bytes.NewReader(frame)); err != nil {
-		return nil, fmt.Errorf("%w: index: %v", ErrCorrupt, err)
+	var x indexReader
+	if h.SingleSegment {
+		// The window is the whole body, which the stream decoder would
+		// hold anyway: decode it in one go (fewer copies), then parse.
+		body, err := d.DecodeAll(frame, make([]byte, 0, h.FrameContentSize+zstdOverAlloc))
+		if err != nil {
+			return nil, fmt.Errorf("%w: index: %v", ErrCorrupt, err)
+		}
+		x = indexReader{buf: body, r: body, read: len(body), eof: true}
+	} else {
+		if err := d.Reset(bytes.NewReader(frame)); err != nil {
+			return nil, fmt.Errorf("%w: index: %v", ErrCorrupt, err)
+		}
+		buf := indexBufs.Get().(*[]byte)
+		defer indexBufs.Put(buf)
+		x = indexReader{src: d, buf: *buf}
 	}
-	buf := indexBufs.Get().(*[]byte)
-	defer indexBufs.Put(buf)
-	x := indexReader{src: d, buf: *buf}
 	var packs []PackIndex
 	for {
 		x.fill(chunk.IDSize + binary.MaxVarintLen64)
@@ -276,29 +295,29 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 		p.Blobs = make([]BlobEntry, 0, min(n, uint64(len(x.r)/minIndexBlob)+1))
 		end := uint64(0) // where the previous blob ended
 		for range n {
-			x.fill(maxIndexBlob)
-			if x.err != nil {
-				return nil, x.err
+			if len(x.r) < maxIndexBlob {
+				if x.fill(maxIndexBlob); x.err != nil {
+					return nil, x.err
+				}
 			}
-			if len(x.r) < minIndexBlob {
+			r := x.r
+			if len(r) < minIndexBlob {
 				return nil, fmt.Errorf("%w: index truncated", ErrCorrupt)
 			}
-			var b BlobEntry
-			copy(b.ID[:], x.r)
-			b.Type, b.Compression = BlobType(x.r[32]), chunk.Compression(x.r[33])
-			x.r = x.r[chunk.IDSize+2:]
-			var vals [3]uint32
-			for j := range vals {
-				v, err := x.uvarint()
-				if err != nil {
-					return nil, err
+			b := BlobEntry{ID: chunk.ID(r[:chunk.IDSize]), Type: BlobType(r[32]), Compression: chunk.Compression(r[33])}
+			k, m := chunk.IDSize+2, 0
+			if b.Offset, m = uvarint32(r[k:]); m > 0 {
+				k += m
+				if b.StoredLen, m = uvarint32(r[k:]); m > 0 {
+					k += m
+					b.RawLen, m = uvarint32(r[k:])
+					k += m
 				}
-				if v > math.MaxUint32 {
-					return nil, fmt.Errorf("%w: index: blob %s: value %d out of range", ErrCorrupt, b.ID.Short(), v)
-				}
-				vals[j] = uint32(v)
 			}
-			b.Offset, b.StoredLen, b.RawLen = vals[0], vals[1], vals[2]
+			if m <= 0 {
+				return nil, fmt.Errorf("%w: index: blob %s: varint truncated, overlong or above 32 bits", ErrCorrupt, b.ID.Short())
+			}
+			x.r = r[k:]
 			if err := checkBlobEntry(&b, maxDataBlob); err != nil {
 				return nil, fmt.Errorf("index: pack %s: %w", p.Pack.Short(), err)
 			}
@@ -396,6 +415,24 @@ func (x *indexReader) fill(k int) {
 
 // offset is how far into the body parsing is.
 func (x *indexReader) offset() int { return x.read - len(x.r) }
+
+// uvarint32 decodes a minimally encoded uvarint of at most 32 bits from the
+// start of r and returns it with its length, or a length <= 0 if r holds
+// none (truncated, overlong, or too large).
+func uvarint32(r []byte) (uint32, int) {
+	var v uint64
+	for i := 0; i < len(r) && i < binary.MaxVarintLen32; i++ {
+		c := r[i]
+		v |= uint64(c&0x7f) << (7 * i)
+		if c < 0x80 {
+			if (c == 0 && i > 0) || v > math.MaxUint32 {
+				return 0, -1
+			}
+			return uint32(v), i + 1
+		}
+	}
+	return 0, 0
+}
 
 // uvarint consumes a minimally encoded uvarint.
 func (x *indexReader) uvarint() (uint64, error) {

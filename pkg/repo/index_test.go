@@ -194,8 +194,14 @@ func TestDecodeIndexBombs(t *testing.T) {
 	zeros := zstdFrame(packBody(0, 1e8), 25000)
 	// A frame claiming a window beyond indexMaxWindow.
 	window := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x78, 1, 0, 0} // 1 GiB window
-	// A body above MaxIndexSize: valid entries (in distinct packs, so that
-	// no rule but the size limit stops them), then zeros.
+	// Single-segment frames claiming a content size (their window) of
+	// 4 GiB, and of 15 MiB from a frame too short to hold it.
+	single := func(fcs uint64, pad int) []byte {
+		b := binary.LittleEndian.AppendUint64([]byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0}, fcs)
+		return append(b, make([]byte, pad)...)
+	}
+	// Valid entries (in distinct packs), then 1 GiB of zeros: stopped at
+	// the first zero pack, whatever the frame would expand to.
 	var valid []byte
 	for i := range 1 << 10 {
 		valid = append(valid, packBody(byte(i), 1, blobBody(1, 0, 1, uv(0), uv(10), uv(100)))...)
@@ -206,7 +212,9 @@ func TestDecodeIndexBombs(t *testing.T) {
 		"zeros claiming 10^8 blobs": append([]byte(indexMagic), zeros...),
 		"zeros claiming 10^6 blobs": append([]byte(indexMagic), zstdFrame(packBody(0, 1e6), 25000)...),
 		"1 GiB window":              append([]byte(indexMagic), window...),
-		"body above MaxIndexSize":   append([]byte(indexMagic), long...),
+		"single segment of 4 GiB":   append([]byte(indexMagic), single(1<<32, 1<<20)...),
+		"single segment of 15 MiB":  append([]byte(indexMagic), single(15<<20, 400)...),
+		"valid packs, then zeros":   append([]byte(indexMagic), long...),
 	} {
 		var err error
 		DecodeIndex(obj) // the pool's decoder and buffers, allocated once
@@ -256,10 +264,29 @@ func TestDecodeIndexBodyLimit(t *testing.T) {
 	if _, err := DecodeIndex(indexObject(body)); err != nil {
 		t.Fatalf("body of %d bytes: %v", len(body), err)
 	}
-	// One pack more: refused, for a bounded cost.
+	// One pack more: refused from the frame's header when it gives the
+	// content size, as EncodeIndex's do.
 	body = counterBody(MaxIndexSize/70 + 1)
-	obj := indexObject(body)
-	var err error
+	if _, err := DecodeIndex(indexObject(body)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("body above MaxIndexSize: %v", err)
+	}
+	// A streamed frame does not: refused once decoded that far, for a
+	// bounded cost.
+	var streamed bytes.Buffer
+	streamed.WriteString(indexMagic)
+	enc, err := zstd.NewWriter(&streamed, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc.Write(body)
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	obj := streamed.Bytes()
+	var h zstd.Header
+	if err := h.Decode(obj[len(indexMagic):]); err != nil || h.HasFCS {
+		t.Fatalf("streamed frame header: %+v, %v", h, err)
+	}
 	n := allocated(func() { _, err = DecodeIndex(obj) })
 	t.Logf("%d-byte body in a %d-byte object: allocated %d bytes (%.1fx the object, %.2fx the body)", len(body), len(obj), n, float64(n)/float64(len(obj)), float64(n)/float64(len(body)))
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "exceeds") {
