@@ -38,6 +38,12 @@ const zstdOverAlloc = 16
 // location claims: a damaged or crafted frame, a length out of range.
 var ErrCorrupt = errors.New("corrupt blob")
 
+// ZstdMaxRawLen is the most that a zstd frame of stored bytes can
+// decompress to: a block yields at most 128 KiB and takes at least 4 bytes
+// (a run-length block), so a length above this is a lie, refused before
+// anything is allocated for it.
+func ZstdMaxRawLen(stored int) int { return (stored/4 + 1) << 17 }
+
 // Codec compresses and decompresses blobs. It is safe for concurrent use.
 type Codec struct {
 	enc    *zstd.Encoder
@@ -122,6 +128,9 @@ func (c *Codec) DecompressMax(dst, stored []byte, comp Compression, rawLen, maxR
 	case Zstd:
 	default:
 		return nil, fmt.Errorf("%w: unknown compression %d", ErrCorrupt, comp)
+	}
+	if rawLen > ZstdMaxRawLen(len(stored)) {
+		return nil, fmt.Errorf("%w: a zstd frame of %d bytes cannot hold %d", ErrCorrupt, len(stored), rawLen)
 	}
 	var h zstd.Header
 	if err := h.Decode(stored); err != nil {

@@ -205,3 +205,30 @@ func FuzzDecompress(f *testing.F) {
 		}
 	})
 }
+
+func TestZstdMaxRawLen(t *testing.T) {
+	c, err := NewCodec(int(DefaultLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The most compressible blobs the encoder makes stay within the bound.
+	for _, n := range []int{1, 1000, 128 << 10, 1 << 20, MaxBlobSize} {
+		for _, raw := range [][]byte{make([]byte, n), bytes.Repeat([]byte("ab"), n/2)} {
+			stored, comp := c.Compress(nil, raw)
+			if comp == Zstd && len(raw) > ZstdMaxRawLen(len(stored)) {
+				t.Fatalf("%d bytes compress to %d, above the bound %d", len(raw), len(stored), ZstdMaxRawLen(len(stored)))
+			}
+			if comp == Zstd {
+				if _, err := c.Decompress(nil, stored, comp, len(raw)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// A frame that cannot hold the claimed length costs nothing.
+	var err2 error
+	n := allocated(func() { _, err2 = c.Decompress(nil, rleBomb(2, -1), Zstd, MaxBlobSize) })
+	if !errors.Is(err2, ErrCorrupt) || n > 1024 {
+		t.Fatalf("14-byte frame claiming %d bytes: %v, allocated %d", MaxBlobSize, err2, n)
+	}
+}

@@ -32,8 +32,8 @@ func testPacks(seed uint64, packs, blobsPerPack int) []PackIndex {
 			}
 			b.RawLen = 1 + rng.Uint32N(chunk.DefaultMaxSize)
 			b.StoredLen, b.Compression = b.RawLen, chunk.Raw
-			if rng.IntN(4) > 0 && b.RawLen > 1 {
-				b.StoredLen, b.Compression = 1+rng.Uint32N(b.RawLen-1), chunk.Zstd
+			if rng.IntN(4) > 0 && b.RawLen > 8 {
+				b.StoredLen, b.Compression = b.RawLen/8+rng.Uint32N(b.RawLen-b.RawLen/8), chunk.Zstd
 			}
 			b.Offset = off
 			off += b.StoredLen
@@ -100,6 +100,7 @@ func hostileIndexBodies() map[string][]byte {
 		"raw stored != raw":     packBody(9, 1, blobBody(1, 0, 0, uv(0), uv(10), uv(11))),
 		"zstd not smaller":      packBody(9, 1, blobBody(1, 0, 1, uv(0), uv(10), uv(10))),
 		"zstd stored 0":         packBody(9, 1, blobBody(1, 0, 1, uv(0), uv(0), uv(10))),
+		"zstd cannot hold":      packBody(9, 1, blobBody(1, 0, 1, uv(0), uv(10), uv(3<<17+1))),
 		"beyond 4 GiB":          packBody(9, 1, blobBody(1, 0, 1, uv(1<<32-5), uv(10), uv(100))),
 		"offset above 32 bits":  packBody(9, 1, blobBody(1, 0, 1, uv(1<<32), uv(10), uv(100))),
 		"overlapping blobs":     packBody(9, 2, ok, blobBody(2, 0, 1, uv(5), uv(10), uv(100))),
@@ -124,6 +125,7 @@ func TestIndexRoundTrip(t *testing.T) {
 	packs[3].Blobs[7].Type = TreeBlob
 	packs[3].Blobs[7].RawLen = min(packs[3].Blobs[7].RawLen, MaxTreeSize)
 	packs[3].Blobs[7].StoredLen = min(packs[3].Blobs[7].StoredLen, packs[3].Blobs[7].RawLen-1)
+	packs[3].Blobs[7].Compression = chunk.Zstd
 	got, err := DecodeIndex(EncodeIndex(packs))
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ const PackFooterSize = packFooterSize
 // blob against the format: a known type and compression, a raw length of 1
 // byte to the limit for its type (maxData for data blobs), and a stored
 // length that a writer can have produced (a raw blob is stored as is; a
-// zstd one only when that made it smaller).
+// zstd one only when that made it smaller, and in a frame that can hold it).
 func checkBlobEntry(e *BlobEntry, maxData uint32) error {
 	var limit uint32
 	switch e.Type {
@@ -124,7 +124,7 @@ func checkBlobEntry(e *BlobEntry, maxData uint32) error {
 			return fmt.Errorf("%w: raw blob %s: stored length %d, raw length %d", ErrCorrupt, e.ID.Short(), e.StoredLen, e.RawLen)
 		}
 	case chunk.Zstd:
-		if e.StoredLen == 0 || e.StoredLen >= e.RawLen {
+		if e.StoredLen == 0 || e.StoredLen >= e.RawLen || int64(e.RawLen) > int64(chunk.ZstdMaxRawLen(int(e.StoredLen))) {
 			return fmt.Errorf("%w: zstd blob %s: stored length %d for raw length %d", ErrCorrupt, e.ID.Short(), e.StoredLen, e.RawLen)
 		}
 	default:

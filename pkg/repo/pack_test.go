@@ -116,6 +116,7 @@ func TestParsePackTrailerRefuses(t *testing.T) {
 		"raw length 0":      func() ([]byte, int64) { return withEntry(entry(0, 0, 0, 0), 0) },
 		"raw stored != raw": func() ([]byte, int64) { return withEntry(entry(0, 0, 10, 11), 10) },
 		"zstd not smaller":  func() ([]byte, int64) { return withEntry(entry(0, 1, 10, 10), 10) },
+		"zstd cannot hold":  func() ([]byte, int64) { return withEntry(entry(0, 1, 10, 3<<17+1), 10) },
 		"data above the cap": func() ([]byte, int64) {
 			return withEntry(entry(0, 0, MaxDataBlobSize+1, MaxDataBlobSize+1), MaxDataBlobSize+1)
 		},
