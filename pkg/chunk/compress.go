@@ -1,6 +1,7 @@
 package chunk
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
@@ -22,16 +23,47 @@ const (
 // half the speed, and zstd dominates the CPU cost of a first backup.
 const DefaultLevel = zstd.SpeedFastest
 
+// MaxBlobSize is the largest raw blob a codec from NewCodec decompresses:
+// the repository format's hard cap on any blob (docs/FORMAT.md, "Limits").
+// Chunkers never cut larger chunks than their Params.MaxSize; repositories
+// keep that at or below this.
+const MaxBlobSize = 16 << 20
+
+// zstdOverAlloc is the spare capacity zstd's fast sequence decoder wants
+// past the end of its output (klauspost/compress compressedBlockOverAlloc);
+// without it the decoder falls back to its bounds-exact copies.
+const zstdOverAlloc = 16
+
+// ErrCorrupt marks stored blobs that do not decompress to what their
+// location claims: a damaged or crafted frame, a length out of range.
+var ErrCorrupt = errors.New("corrupt blob")
+
+// ZstdMaxRawLen is the most that a zstd frame of stored bytes can
+// decompress to: a block yields at most 128 KiB and takes at least 4 bytes
+// (a run-length block), so a length above this is a lie, refused before
+// anything is allocated for it.
+func ZstdMaxRawLen(stored int) int { return (stored/4 + 1) << 17 }
+
 // Codec compresses and decompresses blobs. It is safe for concurrent use.
 type Codec struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	maxRaw int
 }
 
-// NewCodec returns a codec compressing at level (a zstd.EncoderLevel, 1..4).
-func NewCodec(level int) (*Codec, error) {
+// NewCodec returns a codec compressing at level (a zstd.EncoderLevel, 1..4)
+// that decompresses blobs of up to MaxBlobSize bytes.
+func NewCodec(level int) (*Codec, error) { return NewCodecMax(level, MaxBlobSize) }
+
+// NewCodecMax is NewCodec for blobs of at most maxRawLen bytes (1 byte to
+// 1 GiB): Decompress refuses a larger raw length before allocating, and the
+// zstd decoder's own memory is bounded to twice that.
+func NewCodecMax(level, maxRawLen int) (*Codec, error) {
 	if level < int(zstd.SpeedFastest) || level > int(zstd.SpeedBestCompression) {
 		return nil, fmt.Errorf("compression level %d out of range %d..%d", level, zstd.SpeedFastest, zstd.SpeedBestCompression)
+	}
+	if maxRawLen < 1 || maxRawLen > 1<<30 {
+		return nil, fmt.Errorf("largest blob %d out of range 1 B..1 GiB", maxRawLen)
 	}
 	enc, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.EncoderLevel(level)),
@@ -44,11 +76,18 @@ func NewCodec(level int) (*Codec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+	dec, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(0),
+		// Output goes into the caller's buffer, limited to its capacity
+		// (which Decompress sets to the raw length); this is the decoder's
+		// own bound on top of that.
+		zstd.WithDecoderMaxMemory(uint64(max(2*maxRawLen, 1<<20))),
+		zstd.WithDecodeAllCapLimit(true),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	return &Codec{enc: enc, dec: dec}, nil
+	return &Codec{enc: enc, dec: dec, maxRaw: maxRawLen}, nil
 }
 
 // Compress appends the stored form of src to dst and returns it with the
@@ -63,28 +102,64 @@ func (c *Codec) Compress(dst, src []byte) ([]byte, Compression) {
 }
 
 // Decompress appends the raw content of a stored blob to dst. rawLen is the
-// expected length; a different length is an error.
+// expected length, at most the codec's largest blob; a different length is
+// an error wrapping ErrCorrupt. It is DecompressMax with the codec's limit.
 func (c *Codec) Decompress(dst, stored []byte, comp Compression, rawLen int) ([]byte, error) {
+	return c.DecompressMax(dst, stored, comp, rawLen, c.maxRaw)
+}
+
+// DecompressMax appends the raw content of a stored blob to dst. rawLen is
+// the expected length; it is refused before anything is allocated when it
+// is negative or above maxRawLen or the codec's own limit. A zstd frame is
+// decoded into exactly rawLen bytes of room: a frame that declares or
+// produces a different length is refused without decoding past that room.
+// Every error wraps ErrCorrupt.
+func (c *Codec) DecompressMax(dst, stored []byte, comp Compression, rawLen, maxRawLen int) ([]byte, error) {
+	if rawLen < 0 || rawLen > maxRawLen || rawLen > c.maxRaw {
+		return nil, fmt.Errorf("%w: raw length %d out of range 0..%d", ErrCorrupt, rawLen, min(maxRawLen, c.maxRaw))
+	}
 	start := len(dst)
 	switch comp {
 	case Raw:
-		dst = append(dst, stored...)
+		if len(stored) != rawLen {
+			return nil, fmt.Errorf("%w: raw blob of %d bytes, want %d", ErrCorrupt, len(stored), rawLen)
+		}
+		return append(dst, stored...), nil
 	case Zstd:
-		if cap(dst)-start < rawLen {
-			nd := make([]byte, start, start+rawLen)
-			copy(nd, dst)
-			dst = nd
-		}
-		var err error
-		dst, err = c.dec.DecodeAll(stored, dst)
-		if err != nil {
-			return nil, fmt.Errorf("zstd: %w", err)
-		}
 	default:
-		return nil, fmt.Errorf("unknown compression %d", comp)
+		return nil, fmt.Errorf("%w: unknown compression %d", ErrCorrupt, comp)
 	}
-	if len(dst)-start != rawLen {
-		return nil, fmt.Errorf("decompressed length %d, want %d", len(dst)-start, rawLen)
+	if rawLen > ZstdMaxRawLen(len(stored)) {
+		return nil, fmt.Errorf("%w: a zstd frame of %d bytes cannot hold %d", ErrCorrupt, len(stored), rawLen)
+	}
+	var h zstd.Header
+	if err := h.Decode(stored); err != nil {
+		return nil, fmt.Errorf("%w: zstd frame header: %v", ErrCorrupt, err)
+	}
+	if h.HasFCS && h.FrameContentSize != uint64(rawLen) {
+		return nil, fmt.Errorf("%w: zstd frame of %d bytes, want %d", ErrCorrupt, h.FrameContentSize, rawLen)
+	}
+	var out []byte
+	switch room := cap(dst) - start; {
+	case room >= rawLen+zstdOverAlloc:
+		out = dst[start : start : start+rawLen+zstdOverAlloc]
+	case room >= rawLen:
+		out = dst[start : start : start+rawLen] // no allocation; slower exact copies
+	default:
+		nd := make([]byte, start, start+rawLen+zstdOverAlloc)
+		copy(nd, dst)
+		dst, out = nd, nd[start:start:start+rawLen+zstdOverAlloc]
+	}
+	got, err := c.dec.DecodeAll(stored, out)
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+	}
+	if len(got) != rawLen {
+		return nil, fmt.Errorf("%w: decompressed length %d, want %d", ErrCorrupt, len(got), rawLen)
+	}
+	dst = dst[:start+rawLen]
+	if rawLen > 0 && &got[0] != &dst[start] {
+		copy(dst[start:], got) // not expected: the decoder stays within out
 	}
 	return dst, nil
 }

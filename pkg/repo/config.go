@@ -8,9 +8,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
@@ -23,6 +25,86 @@ const FormatVersion = 1
 // DefaultPackSize is the target size of pack objects: large enough to keep
 // objects under 100 per GB, small enough to upload and retry cheaply.
 const DefaultPackSize = 16 << 20
+
+// Limits of the repository format (docs/FORMAT.md, "Limits"). Stored objects
+// may be damaged or crafted, and one daemon decodes many owners' objects, so
+// every decoder refuses an object beyond these before it allocates or works
+// for it, and every writer stays within them. Each bounds the memory and
+// work that one object can cost.
+const (
+	// MaxDataBlobSize is the format's hard cap on a data blob's raw length.
+	// A repository's own cap is its config's chunk_max_size (8 MiB by
+	// default), which may not exceed this; readers that have the config use
+	// Config.MaxBlobSize, others this.
+	MaxDataBlobSize = chunk.MaxBlobSize // 16 MiB
+
+	// MaxTreeSize is the largest tree blob (raw, encoded): about 80,000
+	// entries of typical size (a file with one content blob, times, inode,
+	// owner: ~100 bytes), or one file of about 250,000 content blobs. With
+	// MaxTreeNodes and MaxTreeXattrs it keeps a decoded tree under ~40 MiB.
+	MaxTreeSize = 8 << 20
+	// MaxTreeNodes is the most entries one tree (directory) may list; a
+	// decoded Node costs 176 bytes whatever its encoded size (6 bytes at
+	// least), so this, not MaxTreeSize, bounds a tree of tiny entries.
+	MaxTreeNodes = 1 << 17
+	// MaxTreeXattrs is the most extended attributes the entries of one tree
+	// may carry together (a decoded Xattr costs 40 bytes, 3 encoded at least).
+	MaxTreeXattrs = 1 << 17
+	// MaxFileBlobs is the most content blobs one file may list.
+	MaxFileBlobs = MaxTreeSize / chunk.IDSize
+	// MaxNameLen is the longest entry name in bytes (Linux NAME_MAX).
+	MaxNameLen = 255
+	// MaxTargetLen is the longest symlink target in bytes (Linux PATH_MAX
+	// less its NUL); an empty target is refused too.
+	MaxTargetLen = 4095
+	// MaxXattrNameLen is the longest extended attribute name in bytes (Linux
+	// XATTR_NAME_MAX).
+	MaxXattrNameLen = 255
+	// MaxXattrValueLen is the longest extended attribute value in bytes
+	// (Linux XATTR_SIZE_MAX).
+	MaxXattrValueLen = 64 << 10
+	// MaxXattrListLen bounds the names of one entry's extended attributes,
+	// each counted with a terminating NUL, as Linux's listxattr does
+	// (XATTR_LIST_MAX).
+	MaxXattrListLen = 64 << 10
+
+	// MaxIndexSize is the largest decompressed body of one index object.
+	MaxIndexSize = 64 << 20
+	// MaxIndexObjectSize is the largest index object as stored: the magic
+	// and a zstd frame of at most MaxIndexSize (stored raw blocks add 3
+	// bytes per 128 KiB).
+	MaxIndexObjectSize = MaxIndexSize + 1<<20
+	// MaxIndexBlobs and MaxIndexPacks are the most blob entries and pack
+	// entries a writer puts in one index object: at the largest encoding of
+	// each (49 and 35 bytes) they stay under MaxIndexSize. SplitIndex
+	// splits a longer list.
+	MaxIndexBlobs = 1 << 20
+	MaxIndexPacks = 1 << 18
+
+	// MaxPackBlobs is the most blobs one pack may hold, so that its trailer
+	// stays under MaxPackTrailerSize; writers close a pack on reaching it
+	// (or pack_size, whichever comes first).
+	MaxPackBlobs = 1 << 18
+	// MaxPackTrailerSize is the longest pack trailer (10.5 MiB).
+	MaxPackTrailerSize = MaxPackBlobs * trailerEntry
+
+	// MaxSnapshotSize is the largest snapshot object.
+	MaxSnapshotSize = 1 << 20
+	// MaxTags, MaxTagKeyLen and MaxTagValueLen bound a snapshot's tags (the
+	// daemon's request limits): keys are 1 to 128 bytes without '=' or NUL.
+	MaxTags        = 64
+	MaxTagKeyLen   = 128
+	MaxTagValueLen = 1024
+	// MaxHostLen and MaxPathLen bound a snapshot's host and path.
+	MaxHostLen = 255
+	MaxPathLen = 4096
+
+	// MaxConfigSize is the largest config object.
+	MaxConfigSize = 64 << 10
+)
+
+// ErrVersion marks objects of a format version this code does not read.
+var ErrVersion = errors.New("unsupported repository format version")
 
 // Config is the repository's config object.
 type Config struct {
@@ -84,13 +166,33 @@ func (c Config) ChunkParams() (chunk.Params, error) {
 	return p, nil
 }
 
-// Validate checks the config, naming the offending field.
+// MaxBlobSize returns the largest raw length a blob of type t may have in
+// this repository: chunk_max_size for data, MaxTreeSize for trees, 0 for
+// an unknown type.
+func (c Config) MaxBlobSize(t BlobType) uint32 {
+	switch t {
+	case DataBlob:
+		return uint32(min(c.ChunkMaxSize, MaxDataBlobSize))
+	case TreeBlob:
+		return MaxTreeSize
+	}
+	return 0
+}
+
+// Validate checks the config, naming the offending field. An unsupported
+// version is ErrVersion.
 func (c Config) Validate() error {
 	if c.Version != FormatVersion {
-		return fmt.Errorf("config: repository format version %d is not supported (this backupd reads version %d)", c.Version, FormatVersion)
+		return fmt.Errorf("config: %w %d (this backupd reads version %d)", ErrVersion, c.Version, FormatVersion)
+	}
+	if len(c.ID) != 32 || strings.Trim(c.ID, "0123456789abcdef") != "" {
+		return fmt.Errorf("config: id %q: want 32 lowercase hex digits", c.ID)
 	}
 	if _, err := c.ChunkParams(); err != nil {
 		return err
+	}
+	if c.ChunkMaxSize > MaxDataBlobSize {
+		return fmt.Errorf("config: chunk_max_size %d above the format's limit %d", c.ChunkMaxSize, MaxDataBlobSize)
 	}
 	if c.Compression != "zstd" {
 		return fmt.Errorf("config: compression %q is not supported", c.Compression)
@@ -106,12 +208,23 @@ func (c Config) Validate() error {
 
 func encodeConfig(c Config) ([]byte, error) { return json.MarshalIndent(c, "", "  ") }
 
+// decodeConfig parses and validates a config object. Errors wrap ErrCorrupt,
+// except an unsupported version (ErrVersion).
 func decodeConfig(b []byte) (Config, error) {
+	if len(b) > MaxConfigSize {
+		return Config{}, fmt.Errorf("%w: config object of %d bytes exceeds %d", ErrCorrupt, len(b), MaxConfigSize)
+	}
 	var c Config
 	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("config: %w", err)
+		return Config{}, fmt.Errorf("%w: config: %v", ErrCorrupt, err)
 	}
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		if errors.Is(err, ErrVersion) {
+			return Config{}, err
+		}
+		return Config{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return c, nil
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)

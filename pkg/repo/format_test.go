@@ -2,12 +2,25 @@ package repo
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
 )
+
+// allocated returns how many bytes f allocates (TotalAlloc is cumulative:
+// a collection in between hides nothing).
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
 
 func sampleTree() *Tree {
 	return &Tree{Nodes: []Node{
@@ -74,20 +87,252 @@ func TestDecodeTreeRefusesHostileTrees(t *testing.T) {
 	}
 }
 
+// treeOf returns the magic, a node count and the given node encodings:
+// trees that EncodeTree would not write.
+// nameOf returns the i-th of the names of width bytes, in sorted order,
+// none holding NUL or '/'.
+func nameOf(i, width int) string {
+	b := make([]byte, width)
+	for j := width - 1; j >= 0; j-- {
+		d := byte(i%254) + 1
+		if d >= '/' {
+			d++
+		}
+		b[j], i = d, i/254
+	}
+	return string(b)
+}
+
+func treeOf(count uint64, nodes ...[]byte) []byte {
+	b := binary.AppendUvarint([]byte(treeMagic), count)
+	for _, n := range nodes {
+		b = append(b, n...)
+	}
+	return b
+}
+
+// nonCanonicalTrees are encodings that the decoder before this one accepted
+// (or could be made to) although EncodeTree never writes them.
+func nonCanonicalTrees() map[string][]byte {
+	sub := make([]byte, 32)
+	return map[string][]byte{
+		"overlong count":          treeOf(0)[:len(treeMagic)],
+		"overlong count 0":        append([]byte(treeMagic), 0x80, 0x00),
+		"overlong type":           treeOf(1, []byte{1, 1, 'a', 2, 0x81, 0x00, 0}),
+		"type 257 truncated to 1": treeOf(1, []byte{1, 1, 'a', 2, 0x81, 0x02, 0}),
+		"overlong tag":            treeOf(1, []byte{0x81, 0x00, 1, 'a', 2, 1, 0}),
+		"overlong name length":    treeOf(1, []byte{1, 0x81, 0x00, 'a', 2, 1, 0}),
+		"overlong mtime":          treeOf(1, []byte{1, 1, 'a', 2, 1, 4, 0x82, 0x00, 0}),
+		"overlong end mark":       treeOf(1, []byte{1, 1, 'a', 2, 1, 0x80, 0x00}),
+		"mode 0":                  treeOf(1, []byte{1, 1, 'a', 2, 1, 3, 0, 0}),
+		"mtime 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 4, 0, 0}),
+		"size 0":                  treeOf(1, []byte{1, 1, 'a', 2, 1, 5, 0, 0}),
+		"empty content list":      treeOf(1, []byte{1, 1, 'a', 2, 1, 6, 0, 0}),
+		"size without content":    treeOf(1, []byte{1, 1, 'a', 2, 1, 5, 3, 0}),
+		"content without size":    treeOf(1, append(append([]byte{1, 1, 'a', 2, 1, 6, 1}, sub...), 0)),
+		"inode 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 9, 0, 0}),
+		"ctime 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 10, 0, 0}),
+		"uid 0":                   treeOf(1, []byte{1, 1, 'a', 2, 1, 11, 0, 0}),
+		"gid 0":                   treeOf(1, []byte{1, 1, 'a', 2, 1, 12, 0, 0}),
+		"no xattrs":               treeOf(1, []byte{1, 1, 'a', 2, 1, 13, 0, 0}),
+		"device 0":                treeOf(1, []byte{1, 1, 'a', 2, 1, 14, 0, 0}),
+		"nlink 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 15, 0, 0}),
+		"symlink size":            treeOf(1, []byte{1, 1, 'a', 2, 3, 5, 1, 8, 1, 'x', 0}),
+		"fifo device":             treeOf(1, []byte{1, 1, 'a', 2, 4, 14, 1, 0}),
+		"dir nlink":               treeOf(1, append(append([]byte{1, 1, 'a', 2, 2, 7}, sub...), 15, 2, 0)),
+		"empty symlink target":    treeOf(1, []byte{1, 1, 'a', 2, 3, 8, 0, 0}),
+		"no type":                 treeOf(1, []byte{1, 1, 'a', 0}),
+		"no name":                 treeOf(1, []byte{2, 1, 0}),
+		"empty node":              treeOf(1, []byte{0}),
+	}
+}
+
+func TestDecodeTreeRefusesNonCanonical(t *testing.T) {
+	for name, b := range nonCanonicalTrees() {
+		if _, err := DecodeTree(b); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: DecodeTree = %v, want ErrCorrupt", name, err)
+		}
+	}
+}
+
+func TestTreeLimits(t *testing.T) {
+	long := strings.Repeat("n", MaxNameLen)
+	ok := &Tree{Nodes: []Node{
+		{Name: long, Type: TypeSymlink, Target: strings.Repeat("t", MaxTargetLen)},
+		{Name: "x", Type: TypeFile, Xattrs: []Xattr{{Name: "user." + strings.Repeat("a", MaxXattrNameLen-5), Value: make([]byte, MaxXattrValueLen)}}},
+	}}
+	b, err := EncodeTreeChecked(ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeTree(b); err != nil {
+		t.Fatalf("tree at the limits refused: %v", err)
+	}
+	manyXattrs := make([]Xattr, 0, 330)
+	for i := range 330 {
+		manyXattrs = append(manyXattrs, Xattr{Name: "user." + strings.Repeat("x", 200) + nameOf(i, 2)})
+	}
+	bad := map[string]Node{
+		"long name":      {Name: long + "n", Type: TypeFile},
+		"long target":    {Name: "a", Type: TypeSymlink, Target: strings.Repeat("t", MaxTargetLen+1)},
+		"empty target":   {Name: "a", Type: TypeSymlink},
+		"long xattr":     {Name: "a", Type: TypeFile, Xattrs: []Xattr{{Name: strings.Repeat("a", MaxXattrNameLen+1)}}},
+		"big value":      {Name: "a", Type: TypeFile, Xattrs: []Xattr{{Name: "user.a", Value: make([]byte, MaxXattrValueLen+1)}}},
+		"xattr list":     {Name: "a", Type: TypeFile, Xattrs: manyXattrs},
+		"dir device":     {Name: "a", Type: TypeDir, Device: 1},
+		"bad mode":       {Name: "a", Type: TypeFile, Mode: 0o10644},
+		"size, no blobs": {Name: "a", Type: TypeFile, Size: 1},
+		"unknown type":   {Name: "a", Type: 5},
+	}
+	for name, n := range bad {
+		tr := &Tree{Nodes: []Node{n}}
+		if err := tr.Validate(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: Validate = %v", name, err)
+		}
+		if _, err := DecodeTree(EncodeTree(tr)); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: DecodeTree = %v", name, err)
+		}
+	}
+	// Too many entries, too many xattrs, too many bytes.
+	big := &Tree{Nodes: make([]Node, MaxTreeNodes+1)}
+	for i := range big.Nodes {
+		big.Nodes[i] = Node{Name: nameOf(i, 3), Type: TypeFIFO}
+	}
+	if _, err := EncodeTreeChecked(big); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%d entries: %v", len(big.Nodes), err)
+	}
+	if _, err := DecodeTree(EncodeTree(big)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%d entries decoded: %v", len(big.Nodes), err)
+	}
+	big.Nodes = big.Nodes[:MaxTreeNodes]
+	if b, err := EncodeTreeChecked(big); err != nil {
+		t.Errorf("%d entries: %v", len(big.Nodes), err)
+	} else if _, err := DecodeTree(b); err != nil {
+		t.Errorf("%d entries decoded: %v", len(big.Nodes), err)
+	}
+	for i := range big.Nodes {
+		big.Nodes[i].Xattrs = []Xattr{{Name: "user.a"}, {Name: "user.b"}}
+	}
+	if _, err := EncodeTreeChecked(big); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%d xattrs: %v", 2*len(big.Nodes), err)
+	}
+	if _, err := DecodeTree(EncodeTree(big)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("%d xattrs decoded: %v", 2*len(big.Nodes), err)
+	}
+	huge := &Tree{Nodes: []Node{{Name: "f", Type: TypeFile, Size: 1 << 40, Content: make([]chunk.ID, MaxFileBlobs)}}}
+	if _, err := EncodeTreeChecked(huge); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("tree above MaxTreeSize: %v", err)
+	}
+	if _, err := DecodeTree(EncodeTree(huge)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("tree above MaxTreeSize decoded: %v", err)
+	}
+}
+
+// worstTrees are trees at the limits that cost a decoder the most memory
+// per byte: the most entries of the smallest kind, the most xattrs, the
+// largest content list, long names.
+func worstTrees() map[string]*Tree {
+	tiny := &Tree{Nodes: make([]Node, MaxTreeNodes)}
+	xattrs := &Tree{Nodes: make([]Node, MaxTreeNodes/4)}
+	names := &Tree{}
+	for i := range tiny.Nodes {
+		name := nameOf(i, 3)
+		tiny.Nodes[i] = Node{Name: name, Type: TypeFIFO}
+		if i < len(xattrs.Nodes) {
+			xattrs.Nodes[i] = Node{Name: name, Type: TypeFIFO, Xattrs: []Xattr{{Name: "a"}, {Name: "b"}, {Name: "c"}, {Name: "d"}}}
+		}
+	}
+	for i := 0; len(names.Nodes) < MaxTreeSize/(MaxNameLen+8); i++ {
+		names.Nodes = append(names.Nodes, Node{Name: nameOf(i, 3) + strings.Repeat("n", MaxNameLen-3), Type: TypeFIFO})
+	}
+	content := &Tree{Nodes: []Node{{Name: "f", Type: TypeFile, Size: 1 << 40, Content: make([]chunk.ID, MaxFileBlobs-10)}}}
+	// All at once: the most entries, each with an xattr, and one file
+	// whose content list fills the rest of MaxTreeSize.
+	all := &Tree{Nodes: make([]Node, MaxTreeNodes)}
+	for i := range all.Nodes {
+		all.Nodes[i] = Node{Name: nameOf(i, 3), Type: TypeFIFO, Xattrs: []Xattr{{Name: "a"}}}
+	}
+	last := &all.Nodes[len(all.Nodes)-1]
+	last.Type, last.Size = TypeFile, 1<<40
+	last.Content = make([]chunk.ID, (MaxTreeSize-len(EncodeTree(all)))/chunk.IDSize-1)
+	return map[string]*Tree{"tiny entries": tiny, "xattrs": xattrs, "long names": names, "content list": content, "all at once": all}
+}
+
+func TestDecodeTreeMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds trees of MaxTreeNodes entries")
+	}
+	for name, tr := range worstTrees() {
+		b, err := EncodeTreeChecked(tr)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var got *Tree
+		n := allocated(func() { got, err = DecodeTree(b) })
+		if err != nil || !bytes.Equal(EncodeTree(got), b) {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s: %d entries, %d bytes encoded, %d bytes decoded", name, len(tr.Nodes), len(b), n)
+		if n > 48<<20 {
+			t.Errorf("%s: decoding %d bytes allocated %d", name, len(b), n)
+		}
+	}
+	// Counts that claim more than the bytes present allocate nothing.
+	for name, b := range map[string][]byte{
+		"count 10^8":   treeOf(1e8, []byte{1, 1, 'a', 2, 1, 0}),
+		"content 10^8": treeOf(1, []byte{1, 1, 'a', 2, 1, 5, 1, 6, 0x80, 0xc2, 0xd7, 0x2f}),
+		"xattrs 10^8":  treeOf(1, []byte{1, 1, 'a', 2, 1, 13, 0x80, 0xc2, 0xd7, 0x2f}),
+		"name 10^8":    treeOf(1, []byte{1, 0x80, 0xc2, 0xd7, 0x2f}),
+	} {
+		var err error
+		n := allocated(func() { _, err = DecodeTree(b) })
+		if !errors.Is(err, ErrCorrupt) || n > 4<<10 {
+			t.Errorf("%s: %v, allocated %d bytes", name, err, n)
+		}
+	}
+}
+
+func BenchmarkDecodeTree(b *testing.B) {
+	// A directory of 1000 typical files.
+	tr := &Tree{}
+	for i := range 1000 {
+		tr.Nodes = append(tr.Nodes, Node{Name: "file-" + nameOf(i, 3) + ".go", Type: TypeFile, Mode: 0o644,
+			MTime: 1700000000123456789 + int64(i), Size: 4321, Content: []chunk.ID{chunk.Hash([]byte{byte(i), byte(i >> 8)})},
+			Inode: 1234567 + uint64(i), CTime: 1700000000987654321, UID: 33333, GID: 33333})
+	}
+	enc := EncodeTree(tr)
+	b.SetBytes(int64(len(enc)))
+	b.ReportMetric(float64(len(enc))/float64(len(tr.Nodes)), "B/entry")
+	for b.Loop() {
+		if _, err := DecodeTree(enc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func FuzzDecodeTree(f *testing.F) {
 	f.Add(EncodeTree(sampleTree()))
+	f.Add(EncodeTree(&Tree{}))
+	f.Add(EncodeTree(sampleTree())[:40])
+	for _, b := range nonCanonicalTrees() {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tr, err := DecodeTree(b)
 		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+			}
 			return
 		}
-		for _, n := range tr.Nodes {
-			if ValidName(n.Name) != nil {
-				t.Fatalf("accepted forbidden name %q", n.Name)
-			}
+		if err := tr.Validate(); err != nil {
+			t.Fatalf("accepted a tree that Validate refuses: %v", err)
 		}
 		if !bytes.Equal(EncodeTree(tr), b) {
 			t.Fatal("accepted a non-canonical encoding")
+		}
+		if _, err := EncodeTreeChecked(tr); err != nil {
+			t.Fatalf("accepted a tree EncodeTreeChecked refuses: %v", err)
 		}
 	})
 }
@@ -95,10 +340,15 @@ func FuzzDecodeTree(f *testing.F) {
 func TestPackAndIndexRoundTrip(t *testing.T) {
 	pb := NewPackBuilder(1 << 10)
 	var ids []chunk.ID
-	for i, s := range []string{"one", "two", "three"} {
+	codec, err := chunk.NewCodec(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"one", "two", strings.Repeat("three", 100)} {
 		id := chunk.Hash([]byte(s))
 		ids = append(ids, id)
-		pb.Add(id, DataBlob, chunk.Raw, []byte(s), len(s)+i)
+		stored, comp := codec.Compress(nil, []byte(s))
+		pb.Add(id, DataBlob, comp, stored, len(s))
 	}
 	data, packID, entries := pb.Finish()
 	if packID != chunk.Hash(data) {
@@ -108,7 +358,7 @@ func TestPackAndIndexRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || got[2].Offset != 6 || got[2].StoredLen != 5 || got[2].RawLen != 7 || got[1].ID != ids[1] {
+	if len(got) != 3 || got[2].Offset != 6 || got[2].Compression != chunk.Zstd || got[2].StoredLen >= 500 || got[2].RawLen != 500 || got[1].ID != ids[1] {
 		t.Fatalf("trailer = %+v", got)
 	}
 	tail := data[len(data)-PackTrailerReadSize(3):]

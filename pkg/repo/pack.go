@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/backupd/backupd/pkg/chunk"
 )
@@ -30,7 +31,7 @@ func (t BlobType) String() string {
 const (
 	packMagic      = "BKPDPK01"
 	trailerEntry   = chunk.IDSize + 1 + 1 + 4 + 4
-	packFooterSize = 4 + len(packMagic)
+	packFooterSize = 4 + 8 // trailer_len and packMagic
 )
 
 // BlobEntry describes one blob inside a pack.
@@ -72,6 +73,12 @@ func (p *PackBuilder) Len() int { return len(p.buf) }
 // Count is the number of blobs added so far.
 func (p *PackBuilder) Count() int { return len(p.entries) }
 
+// Full reports whether the pack should be closed: it holds packSize bytes
+// of blobs or MaxPackBlobs blobs.
+func (p *PackBuilder) Full(packSize int) bool {
+	return len(p.buf) >= packSize || len(p.entries) >= MaxPackBlobs
+}
+
 // Finish appends the trailer and returns the complete pack, its id and its
 // entries. The builder must not be used afterwards.
 func (p *PackBuilder) Finish() ([]byte, chunk.ID, []BlobEntry) {
@@ -89,33 +96,105 @@ func (p *PackBuilder) Finish() ([]byte, chunk.ID, []BlobEntry) {
 // ErrCorrupt marks damaged repository objects.
 var ErrCorrupt = errors.New("corrupt object")
 
+// PackFooterSize is the length of a pack's footer (trailer_len and magic),
+// the first of the two reads that fetch a pack's trailer.
+const PackFooterSize = packFooterSize
+
+// checkBlobEntry checks what a pack trailer or index entry says about a
+// blob against the format: a known type and compression, a raw length of 1
+// byte to the limit for its type (maxData for data blobs), and a stored
+// length that a writer can have produced (a raw blob is stored as is; a
+// zstd one only when that made it smaller, and in a frame that can hold it).
+func checkBlobEntry(e *BlobEntry, maxData uint32) error {
+	var limit uint32
+	switch e.Type {
+	case DataBlob:
+		limit = min(maxData, MaxDataBlobSize)
+	case TreeBlob:
+		limit = MaxTreeSize
+	default:
+		return fmt.Errorf("%w: blob %s: unknown type %d", ErrCorrupt, e.ID.Short(), e.Type)
+	}
+	if e.RawLen == 0 || e.RawLen > limit {
+		return fmt.Errorf("%w: %v blob %s: raw length %d out of range 1..%d", ErrCorrupt, e.Type, e.ID.Short(), e.RawLen, limit)
+	}
+	switch e.Compression {
+	case chunk.Raw:
+		if e.StoredLen != e.RawLen {
+			return fmt.Errorf("%w: raw blob %s: stored length %d, raw length %d", ErrCorrupt, e.ID.Short(), e.StoredLen, e.RawLen)
+		}
+	case chunk.Zstd:
+		if e.StoredLen == 0 || e.StoredLen >= e.RawLen || int64(e.RawLen) > int64(chunk.ZstdMaxRawLen(int(e.StoredLen))) {
+			return fmt.Errorf("%w: zstd blob %s: stored length %d for raw length %d", ErrCorrupt, e.ID.Short(), e.StoredLen, e.RawLen)
+		}
+	default:
+		return fmt.Errorf("%w: blob %s: unknown compression %d", ErrCorrupt, e.ID.Short(), e.Compression)
+	}
+	return nil
+}
+
+// PackTrailerSize reads a pack's footer, its last PackFooterSize bytes, and
+// returns how many bytes at the pack's end hold the trailer and footer:
+// what to fetch next (a ranged read of the pack's last n bytes) for
+// ParsePackTrailer. packSize is the pack's total length. It refuses a
+// trailer that is not a whole number of entries, longer than the pack or
+// longer than MaxPackTrailerSize, so the second read is bounded.
+func PackTrailerSize(footer []byte, packSize int64) (int64, error) {
+	if len(footer) != packFooterSize || string(footer[4:]) != packMagic {
+		return 0, fmt.Errorf("%w: pack footer missing", ErrCorrupt)
+	}
+	tlen := int64(binary.LittleEndian.Uint32(footer))
+	if tlen%trailerEntry != 0 || tlen > MaxPackTrailerSize || tlen+packFooterSize > packSize {
+		return 0, fmt.Errorf("%w: pack trailer length %d (pack of %d bytes, at most %d)", ErrCorrupt, tlen, packSize, MaxPackTrailerSize)
+	}
+	return tlen + packFooterSize, nil
+}
+
 // ParsePackTrailer reads the blob list from the end of a pack. tail holds
-// the last bytes of the pack (at least the trailer and footer) and packSize
-// is the pack's total length.
+// the last bytes of the pack (at least the trailer and footer: the length
+// PackTrailerSize returns) and packSize is the pack's total length. It
+// allocates only for entries present in tail, checks each against the
+// format's limits (data blobs against MaxDataBlobSize) and the blobs'
+// lengths against the pack's size. Errors wrap ErrCorrupt.
 func ParsePackTrailer(tail []byte, packSize int64) ([]BlobEntry, error) {
-	if len(tail) < packFooterSize || string(tail[len(tail)-len(packMagic):]) != packMagic {
-		return nil, fmt.Errorf("%w: pack footer missing", ErrCorrupt)
+	return ParsePackTrailerMax(tail, packSize, MaxDataBlobSize)
+}
+
+// ParsePackTrailerMax is ParsePackTrailer for a repository whose data blobs
+// are at most maxDataBlob bytes (Config.MaxBlobSize(DataBlob)).
+func ParsePackTrailerMax(tail []byte, packSize int64, maxDataBlob uint32) ([]BlobEntry, error) {
+	if len(tail) < packFooterSize || int64(len(tail)) > packSize {
+		return nil, fmt.Errorf("%w: pack tail of %d bytes for a pack of %d", ErrCorrupt, len(tail), packSize)
 	}
-	tlen := int64(binary.LittleEndian.Uint32(tail[len(tail)-packFooterSize:]))
-	if tlen%trailerEntry != 0 || tlen+int64(packFooterSize) > int64(len(tail)) || tlen+int64(packFooterSize) > packSize {
-		return nil, fmt.Errorf("%w: pack trailer length %d", ErrCorrupt, tlen)
+	need, err := PackTrailerSize(tail[len(tail)-packFooterSize:], packSize)
+	if err != nil {
+		return nil, err
 	}
-	t := tail[int64(len(tail))-int64(packFooterSize)-tlen : len(tail)-packFooterSize]
-	n := int(tlen / trailerEntry)
-	entries := make([]BlobEntry, n)
+	if need > int64(len(tail)) {
+		return nil, fmt.Errorf("%w: pack trailer of %d bytes, only %d read", ErrCorrupt, need-packFooterSize, len(tail)-packFooterSize)
+	}
+	t := tail[int64(len(tail))-need : len(tail)-packFooterSize]
+	entries := make([]BlobEntry, len(t)/trailerEntry)
 	var off int64
 	for i := range entries {
 		e := t[i*trailerEntry:]
-		copy(entries[i].ID[:], e)
-		entries[i].Type = BlobType(e[32])
-		entries[i].Compression = chunk.Compression(e[33])
-		entries[i].StoredLen = binary.LittleEndian.Uint32(e[34:])
-		entries[i].RawLen = binary.LittleEndian.Uint32(e[38:])
-		entries[i].Offset = uint32(off)
-		off += int64(entries[i].StoredLen)
+		b := &entries[i]
+		copy(b.ID[:], e)
+		b.Type = BlobType(e[32])
+		b.Compression = chunk.Compression(e[33])
+		b.StoredLen = binary.LittleEndian.Uint32(e[34:])
+		b.RawLen = binary.LittleEndian.Uint32(e[38:])
+		if err := checkBlobEntry(b, maxDataBlob); err != nil {
+			return nil, fmt.Errorf("pack trailer entry %d: %w", i, err)
+		}
+		if off+int64(b.StoredLen) > math.MaxUint32 {
+			return nil, fmt.Errorf("%w: pack trailer entry %d ends beyond 4 GiB", ErrCorrupt, i)
+		}
+		b.Offset = uint32(off)
+		off += int64(b.StoredLen)
 	}
-	if off+tlen+int64(packFooterSize) != packSize {
-		return nil, fmt.Errorf("%w: pack trailer lists %d bytes of blobs, pack holds %d", ErrCorrupt, off, packSize-tlen-int64(packFooterSize))
+	if off+need != packSize {
+		return nil, fmt.Errorf("%w: pack trailer lists %d bytes of blobs, pack holds %d", ErrCorrupt, off, packSize-need)
 	}
 	return entries, nil
 }

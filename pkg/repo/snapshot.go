@@ -1,8 +1,11 @@
 package repo
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -78,15 +81,134 @@ func parseSnapshotKey(key string) (SnapshotRef, error) {
 	return SnapshotRef{ID: id, Workspace: ws, Time: time.Unix(0, ns).UTC(), Key: key}, nil
 }
 
-func encodeSnapshot(s *Snapshot) ([]byte, error) { return json.Marshal(s) }
+// encodeSnapshot returns the snapshot object for s, refusing a snapshot
+// that decodeSnapshot would refuse.
+func encodeSnapshot(s *Snapshot) ([]byte, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(s)
+	if err == nil && len(b) > MaxSnapshotSize {
+		err = fmt.Errorf("snapshot: object of %d bytes exceeds %d", len(b), MaxSnapshotSize)
+	}
+	return b, err
+}
 
+// Validate checks what a reader of the snapshot relies on: the format
+// version, owner and workspace names, a time after 1970 that fits Unix
+// nanoseconds, a root tree id, a parent that is empty or a snapshot id,
+// host, path and tags within MaxHostLen, MaxPathLen and the tag limits,
+// and a root mode of permission bits only. An unsupported version is
+// ErrVersion.
+func (s *Snapshot) Validate() error {
+	if s.Version != FormatVersion {
+		return fmt.Errorf("snapshot: %w %d", ErrVersion, s.Version)
+	}
+	if err := ValidateName("owner", s.Owner); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if err := ValidateName("workspace", s.Workspace); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if sec := s.Time.Unix(); sec < 0 || sec >= math.MaxInt64/int64(time.Second) || s.Time.UnixNano() <= 0 {
+		return fmt.Errorf("snapshot: time %v out of range", s.Time)
+	}
+	if s.Tree.IsZero() {
+		return errors.New("snapshot: no root tree")
+	}
+	if s.Parent != "" {
+		if _, err := chunk.ParseID(s.Parent); err != nil {
+			return fmt.Errorf("snapshot: parent: %w", err)
+		}
+	}
+	if len(s.Host) > MaxHostLen || len(s.Path) > MaxPathLen {
+		return fmt.Errorf("snapshot: host or path longer than %d or %d bytes", MaxHostLen, MaxPathLen)
+	}
+	if s.RootMode&^07777 != 0 {
+		return fmt.Errorf("snapshot: root mode %o", s.RootMode)
+	}
+	if len(s.Tags) > MaxTags {
+		return fmt.Errorf("snapshot: %d tags (at most %d)", len(s.Tags), MaxTags)
+	}
+	for k, v := range s.Tags {
+		if err := checkTag(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkTag(k, v string) error {
+	if k == "" || len(k) > MaxTagKeyLen || strings.ContainsAny(k, "=\x00") {
+		return fmt.Errorf("snapshot: tag key %q: want 1 to %d bytes without = or NUL", k, MaxTagKeyLen)
+	}
+	if len(v) > MaxTagValueLen {
+		return fmt.Errorf("snapshot: tag %q: value of %d bytes (at most %d)", k, len(v), MaxTagValueLen)
+	}
+	return nil
+}
+
+// boundedTags decodes a snapshot's tags, refusing more than MaxTags (or a
+// duplicate key) as soon as it reads them, so that a crafted object of many
+// tiny tags cannot build a large map.
+type boundedTags map[string]string
+
+func (t *boundedTags) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*t = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return errors.New("tags: not an object")
+	}
+	m := boundedTags{}
+	for dec.More() {
+		if len(m) == MaxTags {
+			return fmt.Errorf("more than %d tags", MaxTags)
+		}
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		k, _ := tok.(string)
+		var v string
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("tag %q: %w", k, err)
+		}
+		if _, dup := m[k]; dup {
+			return fmt.Errorf("duplicate tag %q", k)
+		}
+		if err := checkTag(k, v); err != nil {
+			return err
+		}
+		m[k] = v
+	}
+	*t = m
+	return nil
+}
+
+// decodeSnapshot parses and validates a snapshot object of at most
+// MaxSnapshotSize bytes. Errors wrap ErrCorrupt, except an unsupported
+// version (ErrVersion).
 func decodeSnapshot(b []byte) (*Snapshot, error) {
-	var s Snapshot
-	if err := json.Unmarshal(b, &s); err != nil {
+	if len(b) > MaxSnapshotSize {
+		return nil, fmt.Errorf("%w: snapshot object of %d bytes exceeds %d", ErrCorrupt, len(b), MaxSnapshotSize)
+	}
+	var raw struct {
+		Snapshot
+		Tags boundedTags `json:"tags,omitempty"` // shadows Snapshot.Tags
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: snapshot: %v", ErrCorrupt, err)
 	}
-	if s.Version != FormatVersion {
-		return nil, fmt.Errorf("snapshot version %d is not supported", s.Version)
+	s := raw.Snapshot
+	s.Tags = raw.Tags
+	if err := s.Validate(); err != nil {
+		if errors.Is(err, ErrVersion) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return &s, nil
 }
