@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,7 +94,7 @@ status 1.`,
 					switch {
 					case errors.Is(err, storage.ErrNotFound):
 						continue // deleted since the listing
-					case err != nil && damaged(ctx, err):
+					case err != nil && ctx.Err() == nil && repo.Damaged(err):
 						out = append(out, unreadable(ref.ID.String(), o, ref.Workspace, ref.Time, err.Error()))
 						continue
 					case err != nil:
@@ -116,15 +115,6 @@ status 1.`,
 	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "only this workspace's snapshots")
 	return cmd
-}
-
-// damaged reports whether err, from reading one snapshot object, is about
-// that object (damaged, or of a format this backupctl does not read)
-// rather than about reaching the storage, which stops the listing. (The
-// daemon's ListSnapshots draws the same line.)
-func damaged(ctx context.Context, err error) bool {
-	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
-		!storage.IsTransient(err) && !errors.Is(err, storage.ErrPermission) && !errors.Is(err, os.ErrPermission)
 }
 
 // unreadable is the listing's entry for a snapshot that could not be read.

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -332,7 +331,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 			switch {
 			case errors.Is(err, storage.ErrNotFound):
 				return nil // deleted since the listing
-			case err != nil && damaged(gctx, err):
+			case err != nil && gctx.Err() == nil && repo.Damaged(err):
 				unreadable[i] = &pb.UnreadableSnapshot{Id: ref.ID.String(), Owner: req.GetOwner(), Workspace: ref.Workspace,
 					Time: timestamppb.New(ref.Time), Error: truncate(err.Error())}
 				return nil
@@ -364,16 +363,6 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 		resp.NextPageToken = encodePageToken(page[len(page)-1])
 	}
 	return resp, nil
-}
-
-// damaged reports whether err, from reading one object, is about that
-// object (damaged, or of a format this daemon does not read) rather than
-// about reaching the storage: a transient failure, a refusal or the end of
-// ctx is a storage failure, which fails the call instead of being reported
-// against the object.
-func damaged(ctx context.Context, err error) bool {
-	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
-		!storage.IsTransient(err) && !errors.Is(err, storage.ErrPermission) && !errors.Is(err, os.ErrPermission)
 }
 
 // newer orders snapshots newest first, by time then key.
@@ -430,11 +419,6 @@ func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryR
 	}
 	// The stored objects are checked, not the node-local cache's copies.
 	r, err := sv.s.loadRepo(ctx, req.GetOwner(), false, "")
-	if errors.Is(err, repo.ErrCorrupt) && damaged(ctx, err) {
-		// A damaged index object is a problem found, not a failure to
-		// check; but the rest of the check needs the whole index.
-		return &pb.CheckRepositoryResponse{Problems: []string{truncate(err.Error()) + " (the check stopped there: the rest needs the whole index)"}}, nil
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -442,12 +426,15 @@ func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryR
 	if err != nil {
 		return nil, err
 	}
-	problems := make([]string, len(res.Problems))
+	problems, warnings := make([]string, len(res.Problems)), make([]string, len(res.Warnings))
 	for i, p := range res.Problems {
 		problems[i] = truncate(p)
 	}
+	for i, w := range res.Warnings {
+		warnings[i] = truncate(w)
+	}
 	return &pb.CheckRepositoryResponse{
-		Ok: len(problems) == 0, Problems: problems, Snapshots: res.Snapshots, Trees: res.Trees,
+		Ok: len(problems) == 0, Problems: problems, Warnings: warnings, Snapshots: res.Snapshots, Trees: res.Trees,
 		Blobs: res.Blobs, PacksRead: res.PacksRead,
 	}, nil
 }

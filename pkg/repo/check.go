@@ -2,8 +2,11 @@ package repo
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
-	"strings"
+	"io"
+	"sort"
 
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
@@ -21,8 +24,12 @@ func (r *Repository) DeleteSnapshot(ctx context.Context, ref SnapshotRef) error 
 // CheckResult is what Check found.
 type CheckResult struct {
 	// Problems holds one line per problem found, naming the object; at
-	// most maxProblems, the last saying how many more there were.
-	Problems                 []string
+	// most maxProblems, the last saying how many more there were. A
+	// repository with problems has lost or damaged data.
+	Problems []string
+	// Warnings are findings that lose nothing: packs no index object
+	// names yet (left by an interrupted backup, used all the same).
+	Warnings                 []string
 	Snapshots, Trees, Blobs  int64
 	PacksRead, PackBytesRead int64
 }
@@ -30,28 +37,52 @@ type CheckResult struct {
 const maxProblems = 100
 
 func (c *CheckResult) problem(format string, args ...any) {
-	switch {
-	case len(c.Problems) < maxProblems:
-		c.Problems = append(c.Problems, fmt.Sprintf(format, args...))
-	case len(c.Problems) == maxProblems:
-		c.Problems = append(c.Problems, "more problems not shown")
-	}
+	c.Problems = appendLimited(c.Problems, fmt.Sprintf(format, args...))
 }
 
-// Check checks the repository (its index must be loaded): every pack the
-// index names exists with a plausible size, every snapshot reads and
-// matches its id, and every tree and content blob its trees reach is in
-// the index. With readData it also reads every pack and verifies every
-// blob's hash and the pack's own. Problems are reported in the result; an
-// error means the check itself could not run (storage unreachable, ctx).
+func (c *CheckResult) warning(format string, args ...any) {
+	c.Warnings = appendLimited(c.Warnings, fmt.Sprintf(format, args...))
+}
+
+func appendLimited(lines []string, line string) []string {
+	switch {
+	case len(lines) < maxProblems:
+		return append(lines, line)
+	case len(lines) == maxProblems:
+		return append(lines, "more not shown")
+	}
+	return lines
+}
+
+// Check checks the repository (its index must be loaded): what loading
+// the index found (damaged index objects, packs whose trailer cannot be
+// read, packs no index object names), that every pack the index names
+// exists with a plausible size, that every snapshot reads and matches its
+// id, that every tree its snapshots reach reads, that the snapshot stays
+// within the limits of a restore (repo.MaxTreeDepth, MaxExpandedEntries),
+// and that every file's content is in the index and adds up to its size.
+// With readData it also reads every pack and verifies every blob's hash
+// and the pack's own. Problems are reported in the result; an error means
+// the check itself could not run (storage unreachable, ctx).
 func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, error) {
 	res := &CheckResult{}
+	rep := r.report
+	for _, d := range rep.Damaged {
+		res.problem("%s (its packs were indexed from their trailers; `backupctl repair index` replaces it)", d)
+	}
+	for _, b := range rep.BadPacks {
+		res.problem("%s (its blobs are unknown)", b)
+	}
+	for _, a := range rep.Adopted {
+		res.warning("pack %s is in no readable index object (an interrupted backup's, or a damaged index object's): used all the same; the next backup or `backupctl repair index` indexes it", PackKey(a.Pack))
+	}
 	packs := r.index.Packs()
 	sizes := map[chunk.ID]int64{}
 	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
-		name := oi.Key[strings.LastIndexByte(oi.Key, '/')+1:]
-		if id, err := chunk.ParseID(name); err == nil {
+		if id, ok := packID(oi.Key); ok {
 			sizes[id] = oi.Size
+		} else {
+			res.warning("%s is not a pack (a stray object under %s)", oi.Key, dataPrefix)
 		}
 		return nil
 	})
@@ -77,15 +108,24 @@ func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, er
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	seen := map[chunk.ID]bool{}
+	var walkErr error
 	var walk func(id chunk.ID, path string)
 	walk = func(id chunk.ID, path string) {
-		if seen[id] || ctx.Err() != nil {
+		if seen[id] || walkErr != nil {
+			return
+		}
+		if err := ctx.Err(); err != nil {
+			walkErr = err
 			return
 		}
 		seen[id] = true
 		res.Trees++
 		t, err := r.LoadTree(ctx, id)
 		if err != nil {
+			if !Damaged(err) {
+				walkErr = err // the storage, not the tree
+				return
+			}
 			res.problem("tree %s (%s): %v", id.Short(), path, err)
 			return
 		}
@@ -95,25 +135,43 @@ func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, er
 			case TypeDir:
 				walk(n.Subtree, p)
 			case TypeFile:
+				var total uint64
 				for _, b := range n.Content {
-					if loc, ok := r.index.Lookup(b); !ok || loc.Type != DataBlob {
+					loc, ok := r.index.Lookup(b)
+					if !ok || loc.Type != DataBlob {
 						res.problem("file %s: data blob %s is not in the index", p, b.Short())
+						total = n.Size // reported already
+						break
 					}
+					total += uint64(loc.RawLen)
+				}
+				if total != n.Size {
+					res.problem("file %s: content adds up to %d bytes, its size is %d", p, total, n.Size)
 				}
 			}
 		}
 	}
+	m := r.NewMeasurer()
 	for _, ref := range refs {
 		res.Snapshots++
 		s, err := r.LoadSnapshot(ctx, ref)
 		if err != nil {
+			if !Damaged(err) {
+				return nil, fmt.Errorf("check: %w", err)
+			}
 			res.problem("snapshot %s: %v", ref.Key, err)
 			continue
 		}
-		walk(s.Tree, ref.Workspace+"@"+ref.ID.Short())
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+		name := ref.Workspace + "@" + ref.ID.Short()
+		walk(s.Tree, name)
+		if walkErr != nil {
+			return nil, fmt.Errorf("check: %w", walkErr)
+		}
+		if _, err := m.Measure(ctx, s.Tree, 0); errors.Is(err, ErrTooLarge) {
+			res.problem("snapshot %s (%s): %v: a restore refuses it", ref.Key, name, err)
+		} else if err != nil && !Damaged(err) {
+			return nil, fmt.Errorf("check: %w", err)
+		} // a damaged tree was reported by the walk
 	}
 	for _, blobs := range packs {
 		res.Blobs += int64(len(blobs))
@@ -125,30 +183,64 @@ func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, er
 		if _, ok := sizes[id]; !ok {
 			continue // reported above
 		}
-		key := PackKey(id)
-		data, err := storage.ReadAll(ctx, r.st, key, 0, -1)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			res.problem("pack %s: %v", key, err)
-			continue
-		}
-		res.PacksRead++
-		res.PackBytesRead += int64(len(data))
-		if chunk.Hash(data) != id {
-			res.problem("pack %s: %v: content does not match its id", key, ErrCorrupt)
-		}
-		var buf []byte
-		for _, b := range blobs {
-			end := int64(b.Offset) + int64(b.StoredLen)
-			if end > int64(len(data)) {
-				continue // reported above
-			}
-			if buf, err = r.DecodeBlob(key, b, data[b.Offset:end], buf[:0]); err != nil {
-				res.problem("%v", err)
-			}
+		if err := r.checkPackData(ctx, id, blobs, res); err != nil {
+			return nil, err
 		}
 	}
 	return res, nil
+}
+
+// checkPackData reads one pack as a stream, checking its hash against its
+// name and every blob the index locates in it against the blob's own;
+// memory is one blob at a time, whatever the pack's size.
+func (r *Repository) checkPackData(ctx context.Context, id chunk.ID, blobs []BlobEntry, res *CheckResult) error {
+	key := PackKey(id)
+	rc, err := r.st.Get(ctx, key, 0, -1)
+	if err != nil {
+		if !Damaged(err) && !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("check: %w", err)
+		}
+		res.problem("pack %s: %v", key, err)
+		return nil
+	}
+	defer rc.Close()
+	h := sha256.New()
+	in := io.TeeReader(rc, h)
+	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Offset < blobs[j].Offset })
+	var pos int64
+	var stored, buf []byte
+	for _, b := range blobs {
+		if int64(b.Offset) < pos {
+			res.problem("pack %s: blob %s overlaps the one before it", key, b.ID.Short())
+			continue
+		}
+		if _, err := io.CopyN(io.Discard, in, int64(b.Offset)-pos); err != nil {
+			break // short pack: reported by the hash below
+		}
+		if cap(stored) < int(b.StoredLen) {
+			stored = make([]byte, b.StoredLen)
+		}
+		stored = stored[:b.StoredLen]
+		if _, err := io.ReadFull(in, stored); err != nil {
+			break
+		}
+		pos = int64(b.Offset) + int64(b.StoredLen)
+		if buf, err = r.DecodeBlob(key, b, stored, buf[:0]); err != nil {
+			res.problem("%v", err)
+		}
+	}
+	n, err := io.Copy(io.Discard, in)
+	if err != nil {
+		if ctx.Err() != nil || storage.IsTransient(err) {
+			return fmt.Errorf("check: read %s: %w", key, err)
+		}
+		res.problem("pack %s: %v", key, err)
+		return nil
+	}
+	res.PacksRead++
+	res.PackBytesRead += pos + n
+	if chunk.ID(h.Sum(nil)) != id {
+		res.problem("pack %s: %v: content does not match its id", key, ErrCorrupt)
+	}
+	return nil
 }

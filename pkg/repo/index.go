@@ -74,6 +74,14 @@ func (x *Index) Lookup(id chunk.ID) (Location, bool) {
 	return Location{Pack: x.packs[l.pack], BlobEntry: BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen}}, true
 }
 
+// HasPack reports whether the index knows a pack.
+func (x *Index) HasPack(id chunk.ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.packNo[id]
+	return ok
+}
+
 // Has reports whether the index knows a blob.
 func (x *Index) Has(id chunk.ID) bool {
 	x.mu.RLock()

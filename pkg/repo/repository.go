@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
+	gosync "sync"
 
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
@@ -36,6 +36,10 @@ type Repository struct {
 	index  *Index
 	trees  *treePackCache
 	cache  *Cache // node-local, may be nil
+
+	report  IndexReport // of the last LoadIndex
+	adoptMu gosync.Mutex
+	adopted []PackIndex // packs indexed from trailers, not yet in a new index object
 }
 
 // SetCache makes the repository keep index objects and tree packs in a
@@ -45,7 +49,7 @@ func (r *Repository) SetCache(c *Cache) { r.cache = c }
 // Open opens the repository on st (already scoped to the owner). It fails
 // with ErrNoRepository when there is none.
 func Open(ctx context.Context, st storage.Storage) (*Repository, error) {
-	b, err := storage.ReadAll(ctx, st, configKey, 0, -1)
+	b, err := readObject(ctx, st, configKey, MaxConfigSize)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, ErrNoRepository
 	}
@@ -136,48 +140,6 @@ func PackKey(id chunk.ID) string {
 	return dataPrefix + s[:2] + "/" + s
 }
 
-// LoadIndex reads every index object into the in-memory index, with up to
-// parallel concurrent reads.
-func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
-	var keys []string
-	err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
-		keys = append(keys, oi.Key)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list index: %w", err)
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(parallel, 1))
-	for _, key := range keys {
-		g.Go(func() error {
-			id, err := chunk.ParseID(strings.TrimPrefix(key, indexPrefix))
-			if err != nil {
-				return fmt.Errorf("index object %s: %w: %v", key, ErrCorrupt, err)
-			}
-			b, cached := r.cache.get("index", id)
-			if !cached {
-				if b, err = storage.ReadAll(ctx, r.st, key, 0, -1); err != nil {
-					return fmt.Errorf("read index: %w", err)
-				}
-				if chunk.Hash(b) != id {
-					return fmt.Errorf("index object %s: %w: content does not match its id", key, ErrCorrupt)
-				}
-				r.cache.put("index", id, b)
-			}
-			packs, err := DecodeIndex(b)
-			if err != nil {
-				return fmt.Errorf("index object %s: %w", key, err)
-			}
-			for _, p := range packs {
-				r.index.AddPack(p.Pack, p.Blobs)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
-}
-
 // SavePack stores a finished pack and records its blobs in the in-memory
 // index once it is durable.
 func (r *Repository) SavePack(ctx context.Context, data []byte, id chunk.ID, entries []BlobEntry) error {
@@ -192,15 +154,20 @@ func (r *Repository) SavePack(ctx context.Context, data []byte, id chunk.ID, ent
 	return nil
 }
 
-// SaveIndex stores an index object for packs and returns its id.
-func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) (chunk.ID, error) {
-	b := EncodeIndex(packs)
-	id := chunk.Hash(b)
-	if err := r.st.Put(ctx, indexPrefix+id.String(), bytes.NewReader(b), int64(len(b))); err != nil {
-		return id, fmt.Errorf("store index: %w", err)
+// SaveIndex stores index objects for packs, as many as the limits of one
+// index object need (SplitIndex), and returns their ids.
+func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) ([]chunk.ID, error) {
+	var ids []chunk.ID
+	for _, part := range SplitIndex(packs) {
+		b := EncodeIndex(part)
+		id := chunk.Hash(b)
+		if err := r.st.Put(ctx, indexPrefix+id.String(), bytes.NewReader(b), int64(len(b))); err != nil {
+			return ids, fmt.Errorf("store index: %w", err)
+		}
+		r.cache.put("index", id, b)
+		ids = append(ids, id)
 	}
-	r.cache.put("index", id, b)
-	return id, nil
+	return ids, nil
 }
 
 // DecodeBlob decompresses a stored blob read from the pack at key, checks
@@ -316,7 +283,7 @@ func (r *Repository) ListSnapshots(ctx context.Context, workspace string) ([]Sna
 
 // LoadSnapshot reads and verifies one snapshot object.
 func (r *Repository) LoadSnapshot(ctx context.Context, ref SnapshotRef) (*Snapshot, error) {
-	b, err := storage.ReadAll(ctx, r.st, ref.Key, 0, -1)
+	b, err := readObject(ctx, r.st, ref.Key, MaxSnapshotSize)
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot %s: %w", ref.ID.Short(), err)
 	}
@@ -369,7 +336,7 @@ func (r *Repository) FindSnapshot(ctx context.Context, workspace, idOrLatest str
 // passed over, named, and repaired, while a storage failure fails the
 // whole operation.
 func Damaged(err error) bool {
-	return errors.Is(err, ErrCorrupt)
+	return errors.Is(err, ErrCorrupt) || errors.Is(err, ErrVersion)
 }
 
 // LatestSnapshot returns the newest snapshot of workspace that can be

@@ -3,11 +3,11 @@ package repo
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/backupd/backupd/pkg/chunk"
-	"github.com/backupd/backupd/pkg/storage"
 )
 
 // treePackCacheSize bounds the tree packs kept in memory. Trees are packed
@@ -15,6 +15,10 @@ import (
 // a whole tree pack once, instead of one ranged read per directory, turns
 // thousands of round trips to an object store into a handful.
 const treePackCacheSize = 64 << 20
+
+// maxWholeTreePack is the largest tree pack read whole; from a larger one
+// only the tree blob needed is read.
+const maxWholeTreePack = 32<<20 + MaxPackTrailerSize
 
 // treePackCache holds whole tree packs, least recently used evicted first.
 type treePackCache struct {
@@ -72,7 +76,13 @@ func (r *Repository) loadTreeBlob(ctx context.Context, loc Location) ([]byte, er
 	if !ok {
 		key := PackKey(loc.Pack)
 		var err error
-		data, err = storage.ReadAll(ctx, r.st, key, 0, -1)
+		data, err = readObject(ctx, r.st, key, maxWholeTreePack)
+		if errors.Is(err, ErrCorrupt) {
+			// Too large to hold whole (a repository with huge packs, or a
+			// crafted index pointing a tree into a huge object): read the
+			// one blob; DecodeBlob verifies it by its hash.
+			return readRange(ctx, r.st, key, int64(loc.Offset), int64(loc.StoredLen))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("tree %s: %w", loc.ID.Short(), err)
 		}

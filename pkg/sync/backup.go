@@ -292,11 +292,15 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	}
 
 	opts.Progress.Finishing.Store(true)
-	if len(b.newPacks) > 0 {
-		if _, err := r.SaveIndex(ctx, b.newPacks); err != nil {
+	// The packs a killed backup left (indexed from their trailers when the
+	// index was loaded) go into this backup's index too: their blobs may
+	// be what this snapshot uses.
+	if packs := append(b.newPacks, r.TakeAdopted()...); len(packs) > 0 {
+		ids, err := r.SaveIndex(ctx, packs)
+		if err != nil {
 			return nil, err
 		}
-		b.stats.objects.Add(1)
+		b.stats.objects.Add(int64(len(ids)))
 	}
 	b.stats.objects.Add(1) // the snapshot object
 	st := &b.stats

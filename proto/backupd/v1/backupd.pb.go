@@ -1841,11 +1841,14 @@ type CheckRepositoryResponse struct {
 	// No problem found.
 	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
 	// One line per problem, naming the object.
-	Problems      []string `protobuf:"bytes,2,rep,name=problems,proto3" json:"problems,omitempty"`
-	Snapshots     int64    `protobuf:"varint,3,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
-	Trees         int64    `protobuf:"varint,4,opt,name=trees,proto3" json:"trees,omitempty"`
-	Blobs         int64    `protobuf:"varint,5,opt,name=blobs,proto3" json:"blobs,omitempty"`
-	PacksRead     int64    `protobuf:"varint,6,opt,name=packs_read,json=packsRead,proto3" json:"packs_read,omitempty"`
+	Problems  []string `protobuf:"bytes,2,rep,name=problems,proto3" json:"problems,omitempty"`
+	Snapshots int64    `protobuf:"varint,3,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Trees     int64    `protobuf:"varint,4,opt,name=trees,proto3" json:"trees,omitempty"`
+	Blobs     int64    `protobuf:"varint,5,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	PacksRead int64    `protobuf:"varint,6,opt,name=packs_read,json=packsRead,proto3" json:"packs_read,omitempty"`
+	// Findings that lose nothing (packs no index object names yet, left by
+	// an interrupted backup and used all the same); ok stays true.
+	Warnings      []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1920,6 +1923,13 @@ func (x *CheckRepositoryResponse) GetPacksRead() int64 {
 		return x.PacksRead
 	}
 	return 0
+}
+
+func (x *CheckRepositoryResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 var File_backupd_v1_backupd_proto protoreflect.FileDescriptor
@@ -2074,7 +2084,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x16DeleteSnapshotResponse\"K\n" +
 	"\x16CheckRepositoryRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1b\n" +
-	"\tread_data\x18\x02 \x01(\bR\breadData\"\xae\x01\n" +
+	"\tread_data\x18\x02 \x01(\bR\breadData\"\xca\x01\n" +
 	"\x17CheckRepositoryResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x1a\n" +
 	"\bproblems\x18\x02 \x03(\tR\bproblems\x12\x1c\n" +
@@ -2082,7 +2092,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05trees\x18\x04 \x01(\x03R\x05trees\x12\x14\n" +
 	"\x05blobs\x18\x05 \x01(\x03R\x05blobs\x12\x1d\n" +
 	"\n" +
-	"packs_read\x18\x06 \x01(\x03R\tpacksRead*f\n" +
+	"packs_read\x18\x06 \x01(\x03R\tpacksRead\x12\x1a\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings*f\n" +
 	"\rOperationKind\x12\x1e\n" +
 	"\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15OPERATION_KIND_BACKUP\x10\x01\x12\x1a\n" +

@@ -1,0 +1,381 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	gosync "sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// Recovery instead of blockage. Packs are the repository's truth: each
+// names its blobs in its trailer, and index objects only save reading the
+// trailers. So loading the index never stops at one damaged index object,
+// and never leaves a stored pack unused: an index object that cannot be
+// read is passed over, and every pack that no readable index object names
+// (the packs of a backup that was killed before it wrote its index, or
+// those of a damaged index object) is indexed from its trailer. The next
+// backup writes those packs into its own index object, so that the work
+// is done once; `backupctl repair index` does the same at once and removes
+// the damaged index objects.
+
+// IndexReport is what loading the index found and worked around.
+type IndexReport struct {
+	// Damaged lists the index objects that could not be used, each with
+	// the reason; the packs they named were indexed from their trailers.
+	Damaged []ObjectProblem
+	// Adopted lists the packs no readable index object names, indexed
+	// from their trailers: to be written into the next index object.
+	Adopted []PackIndex
+	// BadPacks lists the packs whose trailer could not be read and that
+	// no index object names: their blobs are unknown.
+	BadPacks []ObjectProblem
+	// IndexObjects and Packs count what was listed.
+	IndexObjects, Packs int
+}
+
+// ObjectProblem names a stored object and what is wrong with it.
+type ObjectProblem struct {
+	Key string
+	Err error
+}
+
+func (p ObjectProblem) String() string { return p.Err.Error() } // errors name their object
+
+// IndexReport returns what the last LoadIndex found.
+func (r *Repository) IndexReport() *IndexReport { return &r.report }
+
+// TakeAdopted returns the packs LoadIndex indexed from their trailers that
+// no index object written since names, and forgets them: the caller
+// writes them into its index object.
+func (r *Repository) TakeAdopted() []PackIndex {
+	r.adoptMu.Lock()
+	defer r.adoptMu.Unlock()
+	a := r.adopted
+	r.adopted = nil
+	return a
+}
+
+// LoadIndex reads every index object into the in-memory index, with up to
+// parallel concurrent reads, then indexes from their trailers the packs no
+// readable index object names. A damaged index object or pack is reported
+// (IndexReport), not an error; an error means the storage could not be
+// read (or ctx ended).
+func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
+	parallel = max(parallel, 1)
+	rep := IndexReport{}
+	var keys []storage.ObjectInfo
+	err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+		keys = append(keys, oi)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list index: %w", err)
+	}
+	rep.IndexObjects = len(keys)
+	var mu gosync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for _, oi := range keys {
+		g.Go(func() error {
+			err := r.loadIndexObject(gctx, oi)
+			if err != nil && Damaged(err) {
+				mu.Lock()
+				rep.Damaged = append(rep.Damaged, ObjectProblem{oi.Key, err})
+				mu.Unlock()
+				return nil
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := r.adoptPacks(ctx, parallel, &rep); err != nil {
+		return err
+	}
+	sortProblems(rep.Damaged)
+	sortProblems(rep.BadPacks)
+	r.report = rep
+	r.adoptMu.Lock()
+	r.adopted = append(r.adopted[:0], rep.Adopted...)
+	r.adoptMu.Unlock()
+	return nil
+}
+
+func sortProblems(ps []ObjectProblem) {
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Key < ps[j].Key })
+}
+
+// loadIndexObject reads one index object (from the cache if there) into
+// the in-memory index. Errors about the object wrap ErrCorrupt.
+func (r *Repository) loadIndexObject(ctx context.Context, oi storage.ObjectInfo) error {
+	id, err := chunk.ParseID(strings.TrimPrefix(oi.Key, indexPrefix))
+	if err != nil {
+		return fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
+	}
+	b, cached := r.cache.get("index", id)
+	if !cached {
+		if b, err = readObject(ctx, r.st, oi.Key, MaxIndexObjectSize); err != nil {
+			return fmt.Errorf("index object %s: %w", oi.Key, err)
+		}
+		if chunk.Hash(b) != id {
+			return fmt.Errorf("index object %s: %w: content does not match its id", oi.Key, ErrCorrupt)
+		}
+	}
+	packs, err := DecodeIndexMax(b, r.cfg.MaxBlobSize(DataBlob))
+	if err != nil {
+		return fmt.Errorf("index object %s: %w", oi.Key, err)
+	}
+	if !cached {
+		r.cache.put("index", id, b) // only objects that decode
+	}
+	for _, p := range packs {
+		r.index.AddPack(p.Pack, p.Blobs)
+	}
+	return nil
+}
+
+// adoptPacks indexes from their trailers the packs that no loaded index
+// object names.
+func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexReport) error {
+	var orphans []storage.ObjectInfo
+	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
+		id, ok := packID(oi.Key)
+		if !ok {
+			return nil // not a pack (check reports stray objects)
+		}
+		rep.Packs++
+		if !r.index.HasPack(id) {
+			orphans = append(orphans, oi)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list packs: %w", err)
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	var mu gosync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for _, oi := range orphans {
+		g.Go(func() error {
+			id, _ := packID(oi.Key)
+			entries, err := r.ReadPackTrailer(gctx, id, oi.Size)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				r.index.AddPack(id, entries)
+				rep.Adopted = append(rep.Adopted, PackIndex{Pack: id, Blobs: entries})
+			case Damaged(err):
+				rep.BadPacks = append(rep.BadPacks, ObjectProblem{oi.Key, err})
+			default:
+				return err
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	sort.Slice(rep.Adopted, func(i, j int) bool { return string(rep.Adopted[i].Pack[:]) < string(rep.Adopted[j].Pack[:]) })
+	return nil
+}
+
+// packID returns the pack id of a key under data/, if it is one.
+func packID(key string) (chunk.ID, bool) {
+	rest, ok := strings.CutPrefix(key, dataPrefix)
+	if !ok || len(rest) != 3+2*chunk.IDSize || rest[2] != '/' {
+		return chunk.ID{}, false
+	}
+	id, err := chunk.ParseID(rest[3:])
+	if err != nil || rest[:2] != rest[3:5] {
+		return chunk.ID{}, false
+	}
+	return id, true
+}
+
+// ReadPackTrailer reads the blob list of pack id, of size bytes, in two
+// bounded ranged reads: its footer, then its trailer. Errors about the
+// pack wrap ErrCorrupt.
+func (r *Repository) ReadPackTrailer(ctx context.Context, id chunk.ID, size int64) ([]BlobEntry, error) {
+	key := PackKey(id)
+	if size < PackFooterSize {
+		return nil, fmt.Errorf("pack %s: %w: %d bytes, too short for a pack", key, ErrCorrupt, size)
+	}
+	footer, err := readRange(ctx, r.st, key, size-PackFooterSize, PackFooterSize)
+	if err != nil {
+		return nil, err
+	}
+	n, err := PackTrailerSize(footer, size)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", key, err)
+	}
+	tail, err := readRange(ctx, r.st, key, size-n, n)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := ParsePackTrailerMax(tail, size, r.cfg.MaxBlobSize(DataBlob))
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", key, err)
+	}
+	if len(entries) == 0 {
+		return nil, fmt.Errorf("pack %s: %w: no blobs", key, ErrCorrupt)
+	}
+	return entries, nil
+}
+
+// readRange reads exactly n bytes at off of the object at key; an object
+// that ends sooner is ErrCorrupt (it changed, or lied about its size).
+func readRange(ctx context.Context, st storage.Storage, key string, off, n int64) ([]byte, error) {
+	rc, err := st.Get(ctx, key, off, n)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	defer rc.Close()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(rc, b); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: %w: shorter than listed", key, ErrCorrupt)
+		}
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// readObject reads the whole object at key, refusing one of more than
+// limit bytes (ErrCorrupt) without reading more than that.
+func readObject(ctx context.Context, st storage.Storage, key string, limit int64) ([]byte, error) {
+	rc, err := st.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes, more than any writer makes", key, ErrCorrupt, limit)
+	}
+	return b, nil
+}
+
+// RepairResult is what RepairIndex did.
+type RepairResult struct {
+	// PacksIndexed counts the packs written into new index objects.
+	PacksIndexed int
+	// IndexesWritten and IndexesDeleted count index objects.
+	IndexesWritten, IndexesDeleted int
+	// BadPacks lists packs whose trailers could not be read: their blobs
+	// are lost unless an index object still names them.
+	BadPacks []ObjectProblem
+}
+
+// RepairIndex makes the index whole again: the packs no readable index
+// object names are written into new index objects (from their trailers),
+// and then the damaged index objects are deleted. With all, every pack's
+// trailer is read and the whole index written anew, and then every index
+// object that was there is deleted (a pack whose trailer cannot be read
+// keeps the entries an old index object gave it). New index objects are
+// durable before anything is deleted, and an index object written by a
+// concurrent backup meanwhile is never deleted (only those listed before
+// are), so a crash at any point loses nothing. The repository must have
+// been opened, not necessarily loaded.
+func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, error) {
+	old := r.index
+	r.index = NewIndex()
+	if err := r.LoadIndex(ctx, 8); err != nil {
+		r.index = old
+		return nil, err
+	}
+	rep := r.report
+	res := &RepairResult{BadPacks: rep.BadPacks}
+	var write []PackIndex
+	var remove []string
+	if all {
+		var listed []string
+		err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+			listed = append(listed, oi.Key)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list index: %w", err)
+		}
+		loaded := r.index.Packs()
+		fresh := NewIndex()
+		var mu gosync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(8)
+		err = r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
+			id, ok := packID(oi.Key)
+			if !ok {
+				return nil
+			}
+			g.Go(func() error {
+				entries, err := r.ReadPackTrailer(gctx, id, oi.Size)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+				case !Damaged(err):
+					return err
+				case len(loaded[id]) > 0:
+					entries = loaded[id] // the old index's word is all there is
+				default:
+					return nil // reported by LoadIndex
+				}
+				fresh.AddPack(id, entries)
+				write = append(write, PackIndex{Pack: id, Blobs: entries})
+				return nil
+			})
+			return nil
+		})
+		if werr := g.Wait(); err == nil {
+			err = werr
+		}
+		if err != nil {
+			return nil, err
+		}
+		r.index = fresh
+		remove = listed
+	} else {
+		write = r.TakeAdopted()
+		for _, d := range rep.Damaged {
+			remove = append(remove, d.Key)
+		}
+	}
+	sort.Slice(write, func(i, j int) bool { return string(write[i].Pack[:]) < string(write[j].Pack[:]) })
+	written := map[string]bool{}
+	if len(write) > 0 {
+		ids, err := r.SaveIndex(ctx, write)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			written[indexPrefix+id.String()] = true
+		}
+		res.IndexesWritten = len(ids)
+		res.PacksIndexed = len(write)
+	}
+	for _, key := range remove {
+		if written[key] {
+			continue // the same content, written again: keep it
+		}
+		if err := r.st.Delete(ctx, key); err != nil {
+			return res, fmt.Errorf("delete index object %s: %w", key, err)
+		}
+		res.IndexesDeleted++
+	}
+	return res, nil
+}
