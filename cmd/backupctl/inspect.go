@@ -38,6 +38,12 @@ skipped without being read.`,
 					return err
 				}
 			}
+			m := r.NewMeasurer() // a crafted snapshot must not make the diff endless
+			for _, s := range trees {
+				if _, err := m.Measure(ctx, s.Tree, 0); err != nil {
+					return err
+				}
+			}
 			var changes []repo.Change
 			err = r.Diff(ctx, trees[0].Tree, trees[1].Tree, func(c repo.Change) error {
 				if f.json {

@@ -160,6 +160,7 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 		p.Close()
 		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
 	}
+	warnIndex(r)
 	return r, func() { p.Close() }, nil
 }
 

@@ -266,6 +266,11 @@ modification time.`,
 					id, prefix = n.Subtree, path.Join(prefix, part)
 				}
 			}
+			// A crafted snapshot can name one subtree over and over: refuse
+			// to print more than a restore would write.
+			if _, err := r.NewMeasurer().Measure(ctx, id, 0); err != nil {
+				return err
+			}
 			return walkTree(cmd, r, id, prefix)
 		},
 	}

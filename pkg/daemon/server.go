@@ -205,6 +205,18 @@ func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheD
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}
+	rep := r.IndexReport()
+	for _, d := range rep.Damaged {
+		s.log.Warn("damaged index object passed over; its packs were indexed from their trailers (backupctl repair index replaces it)",
+			zap.String("owner", owner), zap.String("object", d.Key), zap.String("error", truncate(d.Err.Error())))
+	}
+	for _, b := range rep.BadPacks {
+		s.log.Warn("pack with an unreadable trailer, in no index object: its blobs are unknown",
+			zap.String("owner", owner), zap.String("object", b.Key), zap.String("error", truncate(b.Err.Error())))
+	}
+	if len(rep.Adopted) > 0 {
+		s.log.Info("packs in no index object indexed from their trailers (an interrupted backup's)", zap.String("owner", owner), zap.Int("packs", len(rep.Adopted)))
+	}
 	return r, nil
 }
 
