@@ -249,9 +249,17 @@ func mapErr(err error) error {
 	return err
 }
 
+// ErrTooManyEntries means a directory holds more entries than asked for.
+var ErrTooManyEntries = errors.New("directory has too many entries")
+
 // ReadNames returns the names in the open directory fd, without "." and
 // "..". It reads from the start, whatever was read before.
-func ReadNames(fd int) ([]string, error) {
+func ReadNames(fd int) ([]string, error) { return ReadNamesMax(fd, 0) }
+
+// ReadNamesMax is ReadNames failing with ErrTooManyEntries once the
+// directory turns out to hold more than max names (0: no limit), so that a
+// directory of millions of entries costs bounded memory.
+func ReadNamesMax(fd int, max int) ([]string, error) {
 	if _, err := unix.Seek(fd, 0, 0); err != nil {
 		return nil, err
 	}
@@ -271,6 +279,9 @@ func ReadNames(fd int) ([]string, error) {
 			return names, nil
 		}
 		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+		if max > 0 && len(names) > max {
+			return nil, fmt.Errorf("%w: more than %d", ErrTooManyEntries, max)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	gosync "sync"
 	"sync/atomic"
@@ -388,5 +389,30 @@ func TestRestoreRefusesExpansionBombs(t *testing.T) {
 	must(t, err)
 	if res.Dirs != 1+2+4+8 {
 		t.Fatalf("restored %d directories, want 15", res.Dirs)
+	}
+}
+
+// TestBackupRefusesOversizedDirectories: a directory of more entries than
+// one tree may hold fails the backup with an error naming it (the format
+// has no way to keep it whole, and leaving entries out silently would lose
+// data), and no snapshot is written.
+func TestBackupRefusesOversizedDirectories(t *testing.T) {
+	base, err := os.MkdirTemp("/dev/shm", "backupd-test-") // 131k files: tmpfs, not this VM's disk
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(base) })
+	big := filepath.Join(base, "ws", "big")
+	must(t, os.MkdirAll(big, 0o755))
+	for i := range repo.MaxTreeNodes + 1 {
+		f, err := os.Create(filepath.Join(big, strconv.Itoa(i)))
+		must(t, err)
+		f.Close()
+	}
+	r, _ := newMemRepo(t)
+	_, err = Backup(context.Background(), r, filepath.Join(base, "ws"), BackupOptions{Owner: "owner1", Workspace: "ws1"})
+	if err == nil || !strings.Contains(err.Error(), big) || !strings.Contains(err.Error(), strconv.Itoa(repo.MaxTreeNodes)) {
+		t.Fatalf("backup of a directory of %d entries: %v", repo.MaxTreeNodes+1, err)
+	}
+	if refs, _ := r.ListSnapshots(context.Background(), "ws1"); len(refs) != 0 {
+		t.Fatal("a snapshot was written")
 	}
 }

@@ -378,7 +378,12 @@ func (d *openDir) join(name string) string { return d.path + "/" + name }
 // directory in the parent snapshot, or zero.
 func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel string, parentTree chunk.ID, depth int) (*dirFuture, error) {
 	defer d.release()
-	names, err := dirfd.ReadNames(d.fd)
+	// Excluded entries do not count against the format's limit of entries
+	// per tree, so more may be read; but not without bound.
+	names, err := dirfd.ReadNamesMax(d.fd, 4*repo.MaxTreeNodes)
+	if errors.Is(err, dirfd.ErrTooManyEntries) {
+		return nil, fmt.Errorf("%s: a directory of more than %d entries cannot be kept (format limit)", d.path, repo.MaxTreeNodes)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "getdents", Path: d.path, Err: err})
 	}
@@ -681,7 +686,12 @@ func (b *backup) unchanged(n, pn *repo.Node) bool {
 }
 
 func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
-	data := repo.EncodeTree(t)
+	data, err := repo.EncodeTreeChecked(t)
+	if err != nil {
+		// What the walk produced but the format cannot hold (a directory
+		// of too many entries, of too many extended attributes).
+		return chunk.ID{}, fmt.Errorf("this directory cannot be kept as one tree (at most %d entries, %d bytes encoded): %v", repo.MaxTreeNodes, repo.MaxTreeSize, err)
+	}
 	id := chunk.Hash(data)
 	if !b.claim(id, int64(len(data))) {
 		return id, nil
