@@ -176,7 +176,8 @@ func FuzzParsePackTrailer(f *testing.F) {
 		var entries []BlobEntry
 		var err error
 		n := allocated(func() { entries, err = ParsePackTrailer(tail, size) })
-		if n > 2*uint64(len(tail))+1024 {
+		// Slack for the fuzzing engine's own allocations meanwhile.
+		if n > 2*uint64(len(tail))+64<<10 {
 			t.Fatalf("parsing %d bytes allocated %d", len(tail), n)
 		}
 		if err != nil {
