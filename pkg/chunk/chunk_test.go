@@ -5,8 +5,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -160,7 +161,11 @@ func TestCodec(t *testing.T) {
 // content workspaces hold, so compression figures are realistic.
 func sourceSample(b *testing.B, n int) []byte {
 	var out []byte
-	root := filepath.Join(runtime.GOROOT(), "src")
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Fatalf("go env GOROOT: %v", err)
+	}
+	root := filepath.Join(strings.TrimSpace(string(goroot)), "src")
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || len(out) >= n {
 			return filepath.SkipDir

@@ -44,7 +44,7 @@ func newIncludeSet(ctx context.Context, r *repo.Repository, root chunk.ID, paths
 func CleanInclude(p string) (string, error) {
 	for _, c := range strings.Split(p, "/") {
 		if c == ".." {
-			return "", fmt.Errorf("include %q: a path in the snapshot cannot contain ..", p)
+			return "", fmt.Errorf("include %q: a path in the snapshot cannot contain \"..\"", p)
 		}
 	}
 	if strings.ContainsRune(p, 0) {
