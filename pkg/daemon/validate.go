@@ -32,10 +32,10 @@ const (
 	maxPageToken   = 1024 // a token is about 330 bytes at most
 	maxPattern     = 4096
 	maxInclude     = 4096
-	maxIDMappings  = 340 // the lines the kernel allows in uid_map and gid_map
-	maxTags        = 64
-	maxTagKey      = 128
-	maxTagValue    = 1024
+	maxIDMappings  = 340          // the lines the kernel allows in uid_map and gid_map
+	maxTags        = repo.MaxTags // what a snapshot object may hold
+	maxTagKey      = repo.MaxTagKeyLen
+	maxTagValue    = repo.MaxTagValueLen
 	maxPatterns    = 1024
 	maxIncludes    = 1024
 	maxPageSize    = 1000

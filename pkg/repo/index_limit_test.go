@@ -55,4 +55,3 @@ func TestDecodeIndexBodyLimit(t *testing.T) {
 		t.Fatalf("allocated %d bytes, more than 3x MaxIndexSize", n)
 	}
 }
-

@@ -112,7 +112,7 @@ func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	codec, err := chunk.NewCodec(cfg.CompressionLevel)
+	codec, err := chunk.NewCodecMax(cfg.CompressionLevel, int(max(cfg.MaxBlobSize(DataBlob), MaxTreeSize)))
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func (r *Repository) DecodeBlob(key string, e BlobEntry, stored, buf []byte) ([]
 		return nil, fmt.Errorf("pack %s: blob %s: %w: read %d bytes, want %d", key, e.ID.Short(), ErrCorrupt, len(stored), e.StoredLen)
 	}
 	start := len(buf)
-	out, err := r.codec.Decompress(buf, stored, e.Compression, int(e.RawLen))
+	out, err := r.codec.DecompressMax(buf, stored, e.Compression, int(e.RawLen), int(r.cfg.MaxBlobSize(e.Type)))
 	if err != nil {
 		return nil, fmt.Errorf("pack %s: blob %s: %w: %v", key, e.ID.Short(), ErrCorrupt, err)
 	}

@@ -127,10 +127,16 @@ func (s *Snapshot) Validate() error {
 	if s.RootMode&^07777 != 0 {
 		return fmt.Errorf("snapshot: root mode %o", s.RootMode)
 	}
-	if len(s.Tags) > MaxTags {
-		return fmt.Errorf("snapshot: %d tags (at most %d)", len(s.Tags), MaxTags)
+	return ValidateTags(s.Tags)
+}
+
+// ValidateTags checks tags against what a snapshot object may hold
+// (MaxTags, MaxTagKeyLen, MaxTagValueLen; keys without '=' or NUL).
+func ValidateTags(tags map[string]string) error {
+	if len(tags) > MaxTags {
+		return fmt.Errorf("snapshot: %d tags (at most %d)", len(tags), MaxTags)
 	}
-	for k, v := range s.Tags {
+	for k, v := range tags {
 		if err := checkTag(k, v); err != nil {
 			return err
 		}

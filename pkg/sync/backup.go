@@ -174,6 +174,9 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if err := repo.ValidateName("workspace", opts.Workspace); err != nil {
 		return nil, err
 	}
+	if err := repo.ValidateTags(opts.Tags); err != nil {
+		return nil, err // before anything is uploaded
+	}
 	start := time.Now()
 	abs := src.Name()
 	rootStat, err := src.Stat()

@@ -32,7 +32,7 @@ type packer struct {
 func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.ID, comp chunk.Compression, stored []byte, rawLen int, st *backupStats) error {
 	for {
 		p.mu.Lock()
-		if p.cur != nil && p.cur.Count() > 0 && p.cur.Len()+len(stored) > p.size {
+		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+len(stored) > p.size || p.cur.Full(p.size)) {
 			full := p.cur
 			p.cur = nil
 			p.mu.Unlock()
