@@ -18,11 +18,9 @@ build:
 
 ## test: everything CI runs: installs the pinned test servers (cached under
 ## the user's cache directory), then formatting, vet, staticcheck, buf lint,
-## all tests with -race, and the few tests too slow under the race detector
-## (files with //go:build !race) without it.
+## all tests with -race.
 test: test-servers tools fmt-check vet staticcheck proto-lint
 	$(GO) test $(TESTFLAGS) ./...
-	$(GO) test -count=1 -run '^TestDecodeIndexBodyLimit$$' ./pkg/repo/
 
 ## test-servers: MinIO + mc, fake-gcs-server and Azurite at pinned versions,
 ## into $${XDG_CACHE_HOME:-~/.cache}/backupd/test-servers (skipped when present).

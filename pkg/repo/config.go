@@ -69,7 +69,13 @@ const (
 	MaxXattrListLen = 64 << 10
 
 	// MaxIndexSize is the largest decompressed body of one index object.
-	MaxIndexSize = 64 << 20
+	// Decoded, a body costs up to ~2.6 times its size (48 bytes per blob
+	// entry of 37 to 49), and a crafted one of counter ids reaches the
+	// limit from a fraction of its size in zstd: 16 MiB keeps one object
+	// under ~45 MiB however it was made. A reader that meets a larger one
+	// (older writers made bodies of up to one backup's whole index) passes
+	// it over and indexes its packs from their trailers.
+	MaxIndexSize = 16 << 20
 	// MaxIndexObjectSize is the largest index object as stored: the magic
 	// and a zstd frame of at most MaxIndexSize (stored raw blocks add 3
 	// bytes per 128 KiB).
@@ -78,8 +84,8 @@ const (
 	// entries a writer puts in one index object: at the largest encoding of
 	// each (49 and 35 bytes) they stay under MaxIndexSize. SplitIndex
 	// splits a longer list.
-	MaxIndexBlobs = 1 << 20
-	MaxIndexPacks = 1 << 18
+	MaxIndexBlobs = 1 << 18
+	MaxIndexPacks = 1 << 16
 
 	// MaxPackBlobs is the most blobs one pack may hold, so that its trailer
 	// stays under MaxPackTrailerSize; writers close a pack on reaching it
