@@ -11,7 +11,7 @@ import (
 
 func TestDecodeIndexBodyLimit(t *testing.T) {
 	if testing.Short() {
-		t.Skip("decodes a 64 MiB index body")
+		t.Skip("decodes an index body at the limit")
 	}
 	// At the limit: accepted.
 	body := counterBody(MaxIndexSize / 70)
