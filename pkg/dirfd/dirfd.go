@@ -196,12 +196,8 @@ func openBeneath(dirfd int, parts []string, flags int) (int, error) {
 			}
 			if err == unix.ENOTDIR {
 				// A file, or a link (O_DIRECTORY meets it first): the
-				// walk below tells which.
-				if fd, err2 := walkBeneath(dirfd, parts, flags); err2 != nil {
-					return -1, err2
-				} else {
-					unix.Close(fd)
-				}
+				// walk one component at a time tells which.
+				return walkBeneath(dirfd, parts, flags)
 			}
 			return fd, err
 		}
