@@ -54,11 +54,42 @@ type Measurer struct {
 	r    *Repository
 	memo map[chunk.ID]measured
 	seen map[chunk.ID]int // how often each tree was reached in the last Measure
+
+	// keep holds decoded trees for the caller that reads them next (a
+	// restore), up to keepBudget bytes (roughly): it walks them in the
+	// order they were measured, so the first ones kept are its first.
+	keep       map[chunk.ID]*Tree
+	keepBudget int64
 }
 
 // NewMeasurer returns a Measurer reading trees from r.
 func (r *Repository) NewMeasurer() *Measurer {
 	return &Measurer{r: r, memo: map[chunk.ID]measured{}}
+}
+
+// Keep makes the Measurer hold on to the trees it decodes, up to about
+// budget bytes of them, for Take.
+func (m *Measurer) Keep(budget int64) {
+	m.keep, m.keepBudget = map[chunk.ID]*Tree{}, budget
+}
+
+// Take returns a tree the Measurer kept and forgets it; without one, it
+// loads the tree.
+func (m *Measurer) Take(ctx context.Context, id chunk.ID) (*Tree, error) {
+	if t, ok := m.keep[id]; ok {
+		delete(m.keep, id)
+		return t, nil
+	}
+	return m.r.LoadTree(ctx, id)
+}
+
+// treeCost estimates the memory a decoded tree holds.
+func treeCost(t *Tree) int64 {
+	n := int64(len(t.Nodes)) * 176
+	for i := range t.Nodes {
+		n += int64(len(t.Nodes[i].Name)+len(t.Nodes[i].Target)) + int64(len(t.Nodes[i].Content))*chunk.IDSize
+	}
+	return n
 }
 
 // Measure returns the expansion of the tree root. It fails with ErrTooLarge
@@ -108,6 +139,11 @@ func (m *Measurer) measure(ctx context.Context, id chunk.ID, depth int, limit in
 	t, err := m.r.LoadTree(ctx, id)
 	if err != nil {
 		return measured{}, err
+	}
+	if m.keep != nil {
+		if c := treeCost(t); c <= m.keepBudget {
+			m.keep[id], m.keepBudget = t, m.keepBudget-c
+		}
 	}
 	res := measured{entries: int64(len(t.Nodes))}
 	for i := range t.Nodes {

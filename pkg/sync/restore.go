@@ -79,6 +79,10 @@ type RestoreResult struct {
 
 // Limits of one restore batch: files are written batch by batch so that
 // the plan held in memory stays bounded whatever the snapshot's size.
+// measuredTrees bounds the decoded trees kept from measuring a snapshot
+// for its walk (a typical workspace's trees take a few MiB).
+const measuredTrees = 32 << 20
+
 // Each directory holding a file of a batch stays open until the file is
 // written, so batches are bounded in directories too.
 const (
@@ -145,6 +149,7 @@ type hardLink struct {
 
 type restorer struct {
 	r      *repo.Repository
+	trees  *repo.Measurer // measured the snapshot; hands its trees to the walk
 	opts   RestoreOptions
 	target *dirfd.Dir
 	res    RestoreResult
@@ -207,10 +212,15 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	if err := prepareTarget(target, opts.Overwrite); err != nil {
 		return nil, err
 	}
-	if _, err := r.NewMeasurer().Measure(ctx, snap.Tree, opts.MaxEntries); err != nil {
+	// The trees measured are kept (within a bound) for the walk, which
+	// reads them in the same order: measuring costs little more than one
+	// pass over the trees.
+	m := r.NewMeasurer()
+	m.Keep(measuredTrees)
+	if _, err := m.Measure(ctx, snap.Tree, opts.MaxEntries); err != nil {
 		return nil, fmt.Errorf("snapshot of %s at %s: %w", snap.Workspace, snap.Time.Format("2006-01-02T15:04:05Z"), err)
 	}
-	rs := &restorer{r: r, opts: opts, target: target, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0,
+	rs := &restorer{r: r, opts: opts, target: target, trees: m, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0,
 		linkFirst: map[[2]uint64]*restoreFile{}, batchDirs: map[*restoreDir]struct{}{}}
 	defer rs.closeAll()
 	var err error
@@ -349,7 +359,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	t, err := rs.r.LoadTree(ctx, id)
+	t, err := rs.trees.Take(ctx, id)
 	if err != nil {
 		return err
 	}
