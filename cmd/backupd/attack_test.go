@@ -1,0 +1,798 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/dirfd"
+	"github.com/backupd/backupd/pkg/placement"
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage/local"
+	pb "github.com/backupd/backupd/proto/backupd/v1"
+)
+
+// Attacks on the built daemon, running as root, by a workspace's owner
+// (the tenant), who controls everything below a workspace root and races
+// the daemon with renames, links and swaps. Each test sets up an arena: a
+// parent directory holding only the daemon's workspace root R and an
+// outside directory O on the same file system (so hard links between them
+// work), full of marker entries with secret content, owners, modes, times
+// and extended attributes. After every attack the arena's checks hold:
+// nothing of O is in any snapshot (content, names, attribute values),
+// nothing outside R was created, removed or changed, no file in R holds
+// O's content unless the test linked it there, and the daemon is alive
+// with no descriptor left open by an operation.
+
+// Owners and modes of the outside entries, and of the workspace's, so that
+// metadata written to the wrong inode shows.
+const (
+	outsideUID, outsideGID = 1111, 2222
+	insideUID, insideGID   = 4321, 4321
+)
+
+var (
+	outsideATime = time.Unix(1_000_000_000, 111) // before mtime: under relatime any read moves it
+	outsideMTime = time.Unix(1_100_000_000, 222)
+	insideMTime  = time.Unix(1_500_000_000, 333)
+)
+
+// arena is a workspace root R and an outside directory O side by side in
+// a parent directory of their own, and a daemon serving R.
+type arena struct {
+	t                        *testing.T
+	d                        *proc
+	parent, root, outside    string
+	secrets                  map[chunk.ID]string // content hashes of O's files
+	secretSizes              map[int64]bool
+	outsideInodes            map[uint64]string
+	outsideNames             map[string]bool // names found only in O ("secret-*")
+	outsideXattrs            map[string]bool // attribute values of O's entries
+	before                   map[string]fsEntry
+	rootBefore               fsEntry
+	baseFds                  int
+	sealed                   bool
+	volatileCtime            map[string]bool // O entries the test links into R: ctime and nlink move
+	snapshotsChecked         int
+	treesChecked, inRChecked int
+}
+
+// newArena starts a daemon on a fresh arena, with extra flags.
+func newArena(t *testing.T, extra ...string) *arena {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("these tests attack a daemon running as root: run them as root")
+	}
+	parent := t.TempDir()
+	a := &arena{t: t, parent: parent, root: filepath.Join(parent, "workspaces"), outside: filepath.Join(parent, "outside"),
+		secrets: map[chunk.ID]string{}, secretSizes: map[int64]bool{}, outsideInodes: map[uint64]string{},
+		outsideNames: map[string]bool{}, outsideXattrs: map[string]bool{}, volatileCtime: map[string]bool{}}
+	must(t, os.MkdirAll(a.outside, 0o755))
+	a.d = startIn(t, "30s", a.root, extra...)
+	a.baseFds = a.pathFds()
+	return a
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// in returns the path of rel below R; out the path of rel below O.
+func (a *arena) in(rel string) string  { return filepath.Join(a.root, rel) }
+func (a *arena) out(rel string) string { return filepath.Join(a.outside, rel) }
+
+// secretContent is the content of O's file rel: unique, recognisable.
+func secretContent(rel string) []byte {
+	return []byte("SECRET outside the workspace root: " + rel + strings.Repeat(".", len(rel)%7))
+}
+
+// outsideMeta gives an outside entry its owner, an extended attribute and
+// times, without following it.
+func (a *arena) outsideMeta(p string, xattrNS string) {
+	t := a.t
+	must(t, os.Lchown(p, outsideUID, outsideGID))
+	rel, _ := filepath.Rel(a.outside, p)
+	val := "XSECRET " + rel
+	must(t, unix.Lsetxattr(p, xattrNS+".secret", []byte(val), 0))
+	a.outsideXattrs[val] = true
+	ts := []unix.Timespec{unix.NsecToTimespec(outsideATime.UnixNano()), unix.NsecToTimespec(outsideMTime.UnixNano())}
+	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
+}
+
+// secretFile makes the file rel in O (and its directories) with secret
+// content, mode 0600, the outside owner, a user xattr and old times.
+func (a *arena) secretFile(rel string) string {
+	p := a.out(rel)
+	must(a.t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(a.t, os.WriteFile(p, secretContent(rel), 0o600))
+	a.outsideMeta(p, "user")
+	return p
+}
+
+// secretFIFO and secretSymlink make a FIFO and a symlink (to target) in O,
+// with the outside owner, a trusted xattr (user ones are for files and
+// directories only) and old times.
+func (a *arena) secretFIFO(rel string) string {
+	p := a.out(rel)
+	must(a.t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(a.t, unix.Mkfifo(p, 0o600))
+	a.outsideMeta(p, "trusted")
+	return p
+}
+
+func (a *arena) secretSymlink(rel, target string) string {
+	p := a.out(rel)
+	must(a.t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(a.t, os.Symlink(target, p))
+	a.outsideMeta(p, "trusted")
+	return p
+}
+
+// file makes a file in R with the workspace's owner and mtime.
+func (a *arena) file(rel string, content []byte) string {
+	p := a.in(rel)
+	must(a.t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(a.t, os.WriteFile(p, content, 0o644))
+	must(a.t, os.Chown(p, insideUID, insideGID))
+	must(a.t, os.Chtimes(p, insideMTime, insideMTime))
+	return p
+}
+
+// seal records the arena's state once the setup is done: every attack is
+// judged against it.
+func (a *arena) seal() {
+	t := a.t
+	t.Helper()
+	a.before = listTree(t, a.parent, "workspaces")
+	for rel, e := range a.before {
+		if !strings.HasPrefix(rel, "outside/") {
+			continue
+		}
+		if e.Type == "file" {
+			if e.Size >= 512<<10 {
+				t.Fatalf("%s: outside secrets must fit in one chunk", rel)
+			}
+			a.secrets[e.Hash] = rel
+			a.secretSizes[e.Size] = true
+			a.outsideInodes[e.Ino] = rel
+		}
+		if strings.HasPrefix(filepath.Base(rel), "secret-") {
+			a.outsideNames[filepath.Base(rel)] = true
+		}
+	}
+	if len(a.secrets) == 0 || len(a.outsideNames) == 0 {
+		t.Fatal("the arena has no outside secrets to steal")
+	}
+	a.rootBefore = statEntry(t, a.root)
+	a.sealed = true
+}
+
+// volatile marks O entries the test itself hard-links into R: the kernel
+// moves their ctime and link count with every link made or removed, so
+// those two are not compared (owner, mode, times, content and attributes
+// still are).
+func (a *arena) volatile(rels ...string) {
+	for _, r := range rels {
+		a.volatileCtime[filepath.Join("outside", r)] = true
+	}
+}
+
+// check asserts that nothing escaped R. Operations must have ended.
+func (a *arena) check() {
+	t := a.t
+	t.Helper()
+	if !a.sealed {
+		t.Fatal("arena not sealed")
+	}
+	// 1. Nothing outside R created, removed or changed.
+	after := listTree(t, a.parent, "workspaces")
+	var diffs []string
+	for rel, b := range a.before {
+		e, ok := after[rel]
+		if !ok {
+			diffs = append(diffs, "removed: "+rel)
+			continue
+		}
+		if a.volatileCtime[rel] {
+			e.CTime, e.Nlink = b.CTime, b.Nlink
+		}
+		if e != b {
+			diffs = append(diffs, fmt.Sprintf("changed: %s\n\tbefore %+v\n\tafter  %+v", rel, b, e))
+		}
+	}
+	for rel := range after {
+		if _, ok := a.before[rel]; !ok {
+			diffs = append(diffs, "created: "+rel)
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		t.Errorf("outside the workspace root:\n%s", strings.Join(diffs, "\n"))
+	}
+	if r := statEntry(t, a.root); r.Mode != a.rootBefore.Mode || r.UID != a.rootBefore.UID || r.GID != a.rootBefore.GID || r.Xattrs != a.rootBefore.Xattrs {
+		t.Errorf("the workspace root itself changed: %+v -> %+v", a.rootBefore, r)
+	}
+	// 2. Nothing of O in any snapshot.
+	a.checkSnapshots()
+	// 3. No file in R holds O's content, but the links the test made.
+	a.checkInside()
+	// 4. The daemon serves, and every operation closed what it opened.
+	if n := a.pathFds(); n != a.baseFds {
+		t.Errorf("backupd holds %d descriptors of files and directories, %d at start:\n%s", n, a.baseFds, a.fdList())
+	}
+	if err := a.d.cmd.Process.Signal(unix.Signal(0)); err != nil {
+		t.Errorf("backupd died: %v", err)
+	}
+	if _, err := a.d.client.ListSnapshots(context.Background(), &pb.ListSnapshotsRequest{Owner: "o"}); err != nil {
+		t.Errorf("backupd no longer answers: %v", err)
+	}
+	t.Logf("checked: %d outside entries unchanged, %d snapshots (%d trees) and %d files in the root free of outside content",
+		len(a.before), a.snapshotsChecked, a.treesChecked, a.inRChecked)
+}
+
+// checkSnapshots walks every tree of every snapshot of every owner in the
+// daemon's store.
+func (a *arena) checkSnapshots() {
+	t := a.t
+	t.Helper()
+	ctx := context.Background()
+	root, err := local.New(a.d.store)
+	must(t, err)
+	owners, err := repo.ListOwners(ctx, root)
+	must(t, err)
+	for _, owner := range owners {
+		st, err := placement.NewPrefixPerOwner(root).Owner(ctx, owner, false)
+		must(t, err)
+		r, err := repo.Load(ctx, st, false)
+		must(t, err)
+		refs, err := r.ListSnapshots(ctx, "")
+		must(t, err)
+		seen := map[chunk.ID]bool{}
+		var walk func(id chunk.ID, p string)
+		walk = func(id chunk.ID, p string) {
+			if seen[id] {
+				return
+			}
+			seen[id] = true
+			a.treesChecked++
+			tr, err := r.LoadTree(ctx, id)
+			must(t, err)
+			for _, n := range tr.Nodes {
+				np := p + "/" + n.Name
+				if a.outsideNames[n.Name] {
+					t.Errorf("snapshot of %s holds %s, a name from outside the workspace root", owner, np)
+				}
+				for _, x := range n.Xattrs {
+					if a.outsideXattrs[string(x.Value)] {
+						t.Errorf("snapshot of %s holds %s with attribute %s of an outside entry", owner, np, x.Name)
+					}
+				}
+				for _, b := range n.Content {
+					if rel, ok := a.secrets[b]; ok {
+						t.Errorf("snapshot of %s holds %s with the content of %s", owner, np, rel)
+					}
+				}
+				if n.Type == repo.TypeDir {
+					walk(n.Subtree, np)
+				}
+			}
+		}
+		for _, ref := range refs {
+			snap, err := r.LoadSnapshot(ctx, ref)
+			must(t, err)
+			a.snapshotsChecked++
+			if strings.HasPrefix(snap.Path, a.outside) {
+				t.Errorf("snapshot %s of %s/%s was taken of %s", ref.ID.Short(), owner, snap.Workspace, snap.Path)
+			}
+			walk(snap.Tree, snap.Workspace+"@"+ref.ID.Short())
+		}
+	}
+}
+
+// checkInside walks R without following links: no file there may hold a
+// secret's content unless it is the outside file itself (linked by the
+// test).
+func (a *arena) checkInside() {
+	t := a.t
+	t.Helper()
+	walkFd(t, a.root, func(rel string, dfd int, name string, st *unix.Stat_t) {
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || !a.secretSizes[st.Size] {
+			return
+		}
+		if _, linked := a.outsideInodes[st.Ino]; linked {
+			return
+		}
+		a.inRChecked++
+		if rel, ok := a.secrets[hashAt(t, dfd, name)]; ok {
+			t.Errorf("%s in the workspace root holds the content of %s", rel, filepath.Join("outside", rel))
+		}
+	})
+}
+
+// fsEntry is what a listing records of one entry.
+type fsEntry struct {
+	Type                string
+	Size                int64
+	Hash                chunk.ID
+	UID, GID, Mode      uint32
+	MTime, ATime, CTime int64
+	Nlink, Ino          uint64
+	Target, Xattrs      string
+}
+
+// listTree lists dir and everything below it but the entry skip of dir,
+// never following a link and never moving an access time.
+func listTree(t *testing.T, dir, skip string) map[string]fsEntry {
+	t.Helper()
+	out := map[string]fsEntry{}
+	top := statEntry(t, dir)
+	top.ATime = 0 // moved by the daemon's own lookups below it
+	out["."] = top
+	walkFd(t, dir, func(rel string, dfd int, name string, st *unix.Stat_t) {
+		if rel == skip || strings.HasPrefix(rel, skip+"/") {
+			return
+		}
+		out[rel] = entryAt(t, dfd, name, st)
+	}, skip)
+	return out
+}
+
+// walkFd calls fn for every entry below dir, reached from its directory's
+// descriptor without following links (so it goes deeper than PATH_MAX),
+// not descending into the top-level names in prune.
+func walkFd(t *testing.T, dir string, fn func(rel string, dfd int, name string, st *unix.Stat_t), prune ...string) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+	must(t, err)
+	var walk func(fd int, rel string)
+	walk = func(fd int, rel string) {
+		defer unix.Close(fd)
+		names, err := dirfd.ReadNames(fd)
+		must(t, err)
+		sort.Strings(names)
+		for _, name := range names {
+			r := name
+			if rel != "" {
+				r = rel + "/" + name
+			}
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				t.Fatalf("stat %s: %v", r, err)
+			}
+			fn(r, fd, name, &st)
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR && !(rel == "" && contains(prune, name)) {
+				sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+				must(t, err)
+				walk(sub, r)
+			}
+		}
+	}
+	walk(fd, "")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func statEntry(t *testing.T, p string) fsEntry {
+	t.Helper()
+	var st unix.Stat_t
+	must(t, unix.Lstat(p, &st))
+	return entryAt(t, unix.AT_FDCWD, p, &st)
+}
+
+// entryAt records the entry name of directory dfd, stat'ed as st.
+func entryAt(t *testing.T, dfd int, name string, st *unix.Stat_t) fsEntry {
+	t.Helper()
+	e := fsEntry{Size: st.Size, UID: st.Uid, GID: st.Gid, Mode: st.Mode, MTime: st.Mtim.Nano(), ATime: st.Atim.Nano(),
+		CTime: st.Ctim.Nano(), Nlink: uint64(st.Nlink), Ino: st.Ino}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		e.Type, e.Hash = "file", hashAt(t, dfd, name)
+	case unix.S_IFDIR:
+		e.Type, e.Size, e.ATime = "dir", 0, 0 // the atime of a directory moves with every lookup in it
+	case unix.S_IFLNK:
+		e.Type = "symlink"
+		buf := make([]byte, 4096)
+		n, err := unix.Readlinkat(dfd, name, buf)
+		must(t, err)
+		e.Target = string(buf[:n])
+	case unix.S_IFIFO:
+		e.Type = "fifo"
+	default:
+		e.Type = fmt.Sprintf("%o", st.Mode&unix.S_IFMT)
+	}
+	// Attributes through an O_PATH descriptor of the entry itself.
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	proc := dirfd.ProcPath(fd)
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(proc, buf)
+	if err != nil && err != unix.ENOTSUP {
+		t.Fatalf("listxattr %s: %v", name, err)
+	}
+	var xs []string
+	for _, x := range strings.Split(string(buf[:max(n, 0)]), "\x00") {
+		if x == "" {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		k, err := unix.Lgetxattr(proc, x, v)
+		must(t, err)
+		xs = append(xs, x+"="+string(v[:k]))
+	}
+	sort.Strings(xs)
+	e.Xattrs = strings.Join(xs, ";")
+	return e
+}
+
+// hashAt hashes the content of the regular file name in dfd, without
+// moving its access time.
+func hashAt(t *testing.T, dfd int, name string) chunk.ID {
+	t.Helper()
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOATIME|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	must(t, err)
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	must(t, err)
+	return chunk.Hash(b)
+}
+
+// pathFds counts the daemon's descriptors of files and directories (not
+// sockets, pipes or anonymous inodes).
+func (a *arena) pathFds() int {
+	return len(a.fds())
+}
+
+func (a *arena) fds() []string {
+	dir := fmt.Sprintf("/proc/%d/fd", a.d.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	must(a.t, err)
+	var out []string
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, "/") && !strings.HasPrefix(l, "/dev/") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (a *arena) fdList() string {
+	l := a.fds()
+	if len(l) > 20 {
+		l = append(l[:20], fmt.Sprintf("... %d in all", len(l)))
+	}
+	return strings.Join(l, "\n")
+}
+
+// Operations through the daemon's API.
+
+// backupReq and restoreReq are requests of owner "o".
+func backupReq(workspace, path string) *pb.BackupWorkspaceRequest {
+	return &pb.BackupWorkspaceRequest{Owner: "o", Workspace: workspace, Path: path}
+}
+
+func restoreReq(workspace, path string) *pb.RestoreWorkspaceRequest {
+	return &pb.RestoreWorkspaceRequest{Owner: "o", Workspace: workspace, Path: path}
+}
+
+// begin starts a backup or restore and returns the operation as started.
+func (d *proc) begin(req any) *pb.Operation {
+	d.t.Helper()
+	ctx := context.Background()
+	switch r := req.(type) {
+	case *pb.BackupWorkspaceRequest:
+		resp, err := d.client.BackupWorkspace(ctx, r)
+		if err != nil {
+			d.t.Fatalf("backup %s: %v", r.Path, err)
+		}
+		return resp.Operation
+	case *pb.RestoreWorkspaceRequest:
+		resp, err := d.client.RestoreWorkspace(ctx, r)
+		if err != nil {
+			d.t.Fatalf("restore into %s: %v", r.Path, err)
+		}
+		return resp.Operation
+	}
+	d.t.Fatalf("begin: %T", req)
+	return nil
+}
+
+func ended(op *pb.Operation) bool {
+	return op.Progress.GetPhase() == pb.OperationPhase_OPERATION_PHASE_DONE
+}
+
+// until follows operation id until cond holds and returns it then; the
+// operation ending first without cond is fatal.
+func (d *proc) until(id string, what string, cond func(*pb.Operation) bool) *pb.Operation {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stream, err := d.client.WatchOperation(ctx, &pb.WatchOperationRequest{OperationId: id, Interval: durationpb.New(100 * time.Millisecond)})
+	if err != nil {
+		d.t.Fatalf("watch %s: %v", id, err)
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			d.t.Fatalf("operation %s never %s: %v", id, what, err)
+		}
+		if cond(m.Operation) {
+			return m.Operation
+		}
+		if ended(m.Operation) {
+			d.t.Fatalf("operation %s ended %v (%s) before it was %s", id, m.Operation.State, m.Operation.ErrorMessage, what)
+		}
+	}
+}
+
+// run starts an operation and follows it to its end.
+func (d *proc) run(req any) *pb.Operation {
+	d.t.Helper()
+	op := d.begin(req)
+	return d.until(op.Id, "ended", ended)
+}
+
+// mustSucceed runs an operation that must succeed.
+func (d *proc) mustSucceed(req any) *pb.Operation {
+	d.t.Helper()
+	op := d.run(req)
+	if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		d.t.Fatalf("%v %s: %v %s", op.Kind, op.Path, op.State, op.ErrorMessage)
+	}
+	return op
+}
+
+func (d *proc) state(id string) pb.OperationState {
+	d.t.Helper()
+	resp, err := d.client.GetOperation(context.Background(), &pb.GetOperationRequest{OperationId: id})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return resp.Operation.State
+}
+
+func (d *proc) cancel(id string) {
+	d.t.Helper()
+	if _, err := d.client.CancelOperation(context.Background(), &pb.CancelOperationRequest{OperationId: id}); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func isRunning(op *pb.Operation) bool { return op.State == pb.OperationState_OPERATION_STATE_RUNNING }
+
+// snapshotTree loads snapshot id of owner "o" and returns its entries by
+// path: type, and for files the content blobs.
+func (a *arena) snapshotTree(id string) map[string]repo.Node {
+	t := a.t
+	t.Helper()
+	ctx := context.Background()
+	root, err := local.New(a.d.store)
+	must(t, err)
+	st, err := placement.NewPrefixPerOwner(root).Owner(ctx, "o", false)
+	must(t, err)
+	r, err := repo.Load(ctx, st, false)
+	must(t, err)
+	snap, _, err := r.FindSnapshot(ctx, "", id)
+	must(t, err)
+	out := map[string]repo.Node{}
+	var walk func(id chunk.ID, p string)
+	walk = func(id chunk.ID, p string) {
+		tr, err := r.LoadTree(ctx, id)
+		must(t, err)
+		for _, n := range tr.Nodes {
+			out[p+n.Name] = n
+			if n.Type == repo.TypeDir {
+				walk(n.Subtree, p+n.Name+"/")
+			}
+		}
+	}
+	walk(snap.Tree, "")
+	return out
+}
+
+// holds reports whether snapshot node n is a file of exactly content.
+func holds(n repo.Node, content []byte) bool {
+	return n.Type == repo.TypeFile && len(n.Content) == 1 && n.Content[0] == chunk.Hash(content)
+}
+
+// wantInvalid asserts that err is INVALID_ARGUMENT.
+func wantInvalid(t *testing.T, what string, err error) {
+	t.Helper()
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("%s: %v, want InvalidArgument", what, err)
+	}
+}
+
+// mirrorLayout fills O/dir with the names of a workspace (a, sub/b, old)
+// holding secrets, and a name of its own: a link to it stands in for the
+// workspace with the same shape.
+func (a *arena) mirrorLayout(dir string) {
+	for _, rel := range []string{"a", "sub/b", "old", "secret-" + filepath.Base(dir), "sub/secret-sub"} {
+		a.secretFile(filepath.Join(dir, rel))
+	}
+}
+
+// workspace makes a small workspace at rel in R: a, sub/b and, with old,
+// the file "old" (which snapshots of the workspace lack).
+func (a *arena) workspace(rel string, old bool) {
+	a.file(rel+"/a", []byte("inside: a of "+rel))
+	a.file(rel+"/sub/b", []byte("inside: b of "+rel))
+	if old {
+		a.file(rel+"/old", []byte("inside: old of "+rel))
+	}
+}
+
+// swapForLink renames the directory at rel away (to rel.orig, still in R)
+// and puts a symlink to target in its place.
+func (a *arena) swapForLink(rel, target string) string {
+	moved := a.in(rel + ".orig")
+	must(a.t, os.Rename(a.in(rel), moved))
+	must(a.t, os.Symlink(target, a.in(rel)))
+	return moved
+}
+
+// TestAttackQueuedBackupPathSwapped: a backup requested while another
+// holds the only slot waits in the queue; meanwhile the tenant renames the
+// workspace away and puts a symlink at its path, to O or to a copy of the
+// workspace's layout in O. Once the slot is free the backup must read the
+// directory it was asked for (now under its new name: it sees a file added
+// there after the swap) or fail, never O.
+func TestAttackQueuedBackupPathSwapped(t *testing.T) {
+	a := newArena(t, "--max-backups", "1")
+	d := a.d
+	a.mirrorLayout("layout")
+	a.secretFile("secret-top")
+	writeRandom(t, a.in("slow/big"), 8<<20, 11) // 8 s at the harness's 1 MiB/s
+	a.workspace("w1", false)
+	a.workspace("w2", false)
+	a.seal()
+
+	slow := d.begin(backupReq("slow", a.in("slow")))
+	d.until(slow.Id, "running", isRunning)
+	ops := map[string]*pb.Operation{}
+	for _, ws := range []string{"w1", "w2"} {
+		op := d.begin(backupReq(ws, a.in(ws)))
+		if op.State != pb.OperationState_OPERATION_STATE_QUEUED {
+			t.Fatalf("backup of %s is %v, want QUEUED behind the slow one", ws, op.State)
+		}
+		ops[ws] = op
+	}
+	a.swapForLink("w1", a.outside)
+	a.swapForLink("w2", a.out("layout"))
+	for _, ws := range []string{"w1", "w2"} {
+		a.file(ws+".orig/added", []byte("inside: added to "+ws+" after the request"))
+		if s := d.state(ops[ws].Id); s != pb.OperationState_OPERATION_STATE_QUEUED {
+			t.Fatalf("backup of %s is %v after the swap, want still QUEUED", ws, s)
+		}
+	}
+	d.cancel(slow.Id)
+	if op := d.until(slow.Id, "ended", ended); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
+		t.Fatalf("slow backup: %v %s", op.State, op.ErrorMessage)
+	}
+	for _, ws := range []string{"w1", "w2"} {
+		op := d.until(ops[ws].Id, "ended", ended)
+		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			t.Logf("backup of %s after the swap: %v %s (failing is allowed)", ws, op.State, op.ErrorMessage)
+			continue
+		}
+		tree := a.snapshotTree(op.Result.SnapshotId)
+		for rel, content := range map[string]string{"a": "inside: a of " + ws, "sub/b": "inside: b of " + ws, "added": "inside: added to " + ws + " after the request"} {
+			if !holds(tree[rel], []byte(content)) {
+				t.Errorf("backup of %s: %s is %+v, want the renamed workspace's file", ws, rel, tree[rel])
+			}
+		}
+		if len(tree) != 4 {
+			t.Errorf("backup of %s holds %d entries, want a, sub, sub/b, added", ws, len(tree))
+		}
+		t.Logf("backup of %s after the swap: the renamed directory, %d entries", ws, len(tree))
+	}
+	a.check()
+}
+
+// TestAttackQueuedRestorePathSwapped: restores requested while a slow one
+// holds the only slot wait in the queue; meanwhile the tenant swaps each
+// target for a symlink into O (which has the snapshot's names). Once they
+// run they must write into the directory they were asked for (now under
+// its new name) or fail: nothing may be written into O. Targets: an empty
+// one (no overwrite), one with --overwrite --delete, one with --overwrite
+// --verify, and one whose last directories the request created.
+func TestAttackQueuedRestorePathSwapped(t *testing.T) {
+	a := newArena(t, "--max-restores", "1", "--upload-limit", "1GiB", "--download-limit", "256KiB")
+	d := a.d
+	writeRandom(t, a.in("big/data"), 3<<20, 12) // 12 s to restore at 256 KiB/s
+	a.workspace("w", false)
+	must(t, unix.Mkfifo(a.in("w/fifo"), 0o644))
+	must(t, os.Symlink("a", a.in("w/link")))
+	d.mustSucceed(backupReq("big", a.in("big")))
+	d.mustSucceed(backupReq("w", a.in("w")))
+	a.mirrorLayout("layout")
+	a.secretFile("secret-top")
+	must(t, os.MkdirAll(a.in("t1"), 0o755))
+	a.workspace("t2", true)
+	a.workspace("t3", true)
+	must(t, os.WriteFile(a.in("t3/a"), []byte("changed, same size?"), 0o644))
+	must(t, os.MkdirAll(a.in("t4"), 0o755))
+	a.seal()
+
+	slow := d.begin(restoreReq("big", a.in("bigout")))
+	d.until(slow.Id, "running", isRunning)
+	reqs := map[string]*pb.RestoreWorkspaceRequest{
+		"t1": restoreReq("w", a.in("t1")),
+		"t2": {Owner: "o", Workspace: "w", Path: a.in("t2"), Overwrite: true, Delete: true},
+		"t3": {Owner: "o", Workspace: "w", Path: a.in("t3"), Overwrite: true, Verify: true},
+		"t4": restoreReq("w", a.in("t4/new/deep")),
+	}
+	targets := []string{"t1", "t2", "t3", "t4"}
+	ops := map[string]*pb.Operation{}
+	for _, tg := range targets {
+		op := d.begin(reqs[tg])
+		if op.State != pb.OperationState_OPERATION_STATE_QUEUED {
+			t.Fatalf("restore into %s is %v, want QUEUED behind the slow one", tg, op.State)
+		}
+		ops[tg] = op
+	}
+	a.swapForLink("t1", a.outside)
+	a.swapForLink("t2", a.out("layout"))
+	a.swapForLink("t3", a.out("layout"))
+	a.swapForLink("t4", a.out("layout"))
+	must(t, os.Symlink(a.out("layout"), a.in("t4.orig/new/deep.link"))) // a link beside the open target, too
+	for _, tg := range targets {
+		if s := d.state(ops[tg].Id); s != pb.OperationState_OPERATION_STATE_QUEUED {
+			t.Fatalf("restore into %s is %v after the swap, want still QUEUED", tg, s)
+		}
+	}
+	d.cancel(slow.Id)
+	if op := d.until(slow.Id, "ended", ended); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
+		t.Fatalf("slow restore: %v %s", op.State, op.ErrorMessage)
+	}
+	where := map[string]string{"t1": "t1.orig", "t2": "t2.orig", "t3": "t3.orig", "t4": "t4.orig/new/deep"}
+	for _, tg := range targets {
+		op := d.until(ops[tg].Id, "ended", ended)
+		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			t.Logf("restore into %s after the swap: %v %s (failing is allowed)", tg, op.State, op.ErrorMessage)
+			continue
+		}
+		dir := a.in(where[tg])
+		for rel, content := range map[string]string{"a": "inside: a of w", "sub/b": "inside: b of w"} {
+			if b, err := os.ReadFile(filepath.Join(dir, rel)); err != nil || string(b) != content {
+				t.Errorf("restore into %s: %s/%s is %q, %v", tg, where[tg], rel, b, err)
+			}
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, "fifo"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			t.Errorf("restore into %s: no FIFO in %s: %v", tg, where[tg], err)
+		}
+		_, err := os.Lstat(filepath.Join(dir, "old"))
+		if tg == "t2" && err == nil {
+			t.Errorf("restore --delete into t2 left %s/old", where[tg])
+		}
+		if tg == "t3" && err != nil {
+			t.Errorf("restore --overwrite into t3 removed %s/old: %v", where[tg], err)
+		}
+		t.Logf("restore into %s after the swap: written into %s", tg, where[tg])
+	}
+	a.check()
+}
