@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	binenc "encoding/binary"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,6 +67,7 @@ type arena struct {
 	baseFds                  int
 	sealed                   bool
 	volatileCtime            map[string]bool // O entries the test links into R: ctime and nlink move
+	public                   map[string]bool // O files whose content a snapshot may hold (the workspace's own too)
 	snapshotsChecked         int
 	treesChecked, inRChecked int
 }
@@ -78,7 +81,7 @@ func newArena(t *testing.T, extra ...string) *arena {
 	parent := t.TempDir()
 	a := &arena{t: t, parent: parent, root: filepath.Join(parent, "workspaces"), outside: filepath.Join(parent, "outside"),
 		secrets: map[chunk.ID]string{}, secretSizes: map[int64]bool{}, outsideInodes: map[uint64]string{},
-		outsideNames: map[string]bool{}, outsideXattrs: map[string]bool{}, volatileCtime: map[string]bool{}}
+		outsideNames: map[string]bool{}, outsideXattrs: map[string]bool{}, volatileCtime: map[string]bool{}, public: map[string]bool{}}
 	must(t, os.MkdirAll(a.outside, 0o755))
 	a.d = startIn(t, "30s", a.root, extra...)
 	a.baseFds = a.pathFds()
@@ -163,7 +166,7 @@ func (a *arena) seal() {
 		if !strings.HasPrefix(rel, "outside/") {
 			continue
 		}
-		if e.Type == "file" {
+		if e.Type == "file" && !a.public[rel] {
 			if e.Size >= 512<<10 {
 				t.Fatalf("%s: outside secrets must fit in one chunk", rel)
 			}
@@ -422,13 +425,14 @@ func entryAt(t *testing.T, dfd int, name string, st *unix.Stat_t) fsEntry {
 	default:
 		e.Type = fmt.Sprintf("%o", st.Mode&unix.S_IFMT)
 	}
-	// Attributes through an O_PATH descriptor of the entry itself.
+	// Attributes through an O_PATH descriptor of the entry itself: its
+	// /proc path leads to that inode, even a symlink's, and no further.
 	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	must(t, err)
 	defer unix.Close(fd)
 	proc := dirfd.ProcPath(fd)
 	buf := make([]byte, 64<<10)
-	n, err := unix.Llistxattr(proc, buf)
+	n, err := unix.Listxattr(proc, buf)
 	if err != nil && err != unix.ENOTSUP {
 		t.Fatalf("listxattr %s: %v", name, err)
 	}
@@ -438,7 +442,7 @@ func entryAt(t *testing.T, dfd int, name string, st *unix.Stat_t) fsEntry {
 			continue
 		}
 		v := make([]byte, 64<<10)
-		k, err := unix.Lgetxattr(proc, x, v)
+		k, err := unix.Getxattr(proc, x, v)
 		must(t, err)
 		xs = append(xs, x+"="+string(v[:k]))
 	}
@@ -793,6 +797,273 @@ func TestAttackQueuedRestorePathSwapped(t *testing.T) {
 			t.Errorf("restore --overwrite into t3 removed %s/old: %v", where[tg], err)
 		}
 		t.Logf("restore into %s after the swap: written into %s", tg, where[tg])
+	}
+	a.check()
+}
+
+// insideMeta gives a workspace entry (not followed) the workspace's owner,
+// a trusted xattr and its mtime.
+func (a *arena) insideMeta(p string) {
+	must(a.t, os.Lchown(p, insideUID, insideGID))
+	must(a.t, unix.Lsetxattr(p, "trusted.snap", []byte("inside"), 0))
+	ts := []unix.Timespec{unix.NsecToTimespec(insideMTime.UnixNano()), unix.NsecToTimespec(insideMTime.UnixNano())}
+	must(a.t, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
+}
+
+// link hard-links the outside entry rel (a symlink itself, not its
+// target) at the path p in R.
+func (a *arena) link(rel, p string) {
+	must(a.t, unix.Linkat(unix.AT_FDCWD, a.out(rel), unix.AT_FDCWD, p, 0))
+}
+
+// wantRestored asserts that p in R is a fresh entry of kind typ (one link,
+// not an outside inode) with the workspace's owner and, for a file,
+// content.
+func (a *arena) wantRestored(p string, typ uint32, content string) {
+	t := a.t
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		t.Errorf("%s: %v", p, err)
+		return
+	}
+	if rel, ok := a.outsideInodes[st.Ino]; ok {
+		t.Errorf("%s is still a link to outside/%s", p, rel)
+	}
+	if st.Mode&unix.S_IFMT != typ || st.Nlink != 1 || st.Uid != insideUID {
+		t.Errorf("%s: type %o, %d links, owner %d; want type %o, one link, owner %d", p, st.Mode&unix.S_IFMT, st.Nlink, st.Uid, typ, insideUID)
+	}
+	if typ == unix.S_IFREG {
+		if b, err := os.ReadFile(p); err != nil || string(b) != content {
+			t.Errorf("%s holds %q, %v; want %q", p, b, err, content)
+		}
+	}
+}
+
+// TestAttackOverwriteHardLinksOut: a restore --overwrite target holds hard
+// links to entries of O: a file with the size and mtime of the snapshot's
+// (it looks unchanged), one with the snapshot's very content, size and
+// mtime, one that differs, a FIFO and a symlink with the snapshot's target
+// where the snapshot has a FIFO and that symlink, one where the snapshot
+// has nothing (for --delete), and a symlink into O where the snapshot has
+// a file. With --overwrite, --overwrite --verify and --overwrite --delete
+// through the daemon, O's entries keep content, owner, mode, times and
+// attributes (their ctime and link count move when the restore removes
+// the target's link: the kernel's doing, so not compared for those), and
+// each target entry ends as a new one with one link and the snapshot's
+// content and owner.
+func TestAttackOverwriteHardLinksOut(t *testing.T) {
+	a := newArena(t)
+	d := a.d
+	contents := map[string]string{"f": "the snapshot's f, 32 bytes long.", "g": "the snapshot's g", "c": "the snapshot's c, as outside", "s": "the snapshot's s"}
+	for name, c := range contents {
+		a.file("w/"+name, []byte(c))
+		must(t, unix.Setxattr(a.in("w/"+name), "user.snap", []byte("inside"), 0))
+		must(t, os.Chtimes(a.in("w/"+name), insideMTime, insideMTime))
+	}
+	must(t, unix.Mkfifo(a.in("w/p"), 0o640))
+	a.insideMeta(a.in("w/p"))
+	must(t, os.Symlink("target-x", a.in("w/l")))
+	a.insideMeta(a.in("w/l"))
+	snap := d.mustSucceed(backupReq("w", a.in("w")))
+
+	// hf looks unchanged (size and mtime of f); hc is c exactly.
+	a.secretFile("hf")
+	must(t, os.WriteFile(a.out("hf"), []byte(strings.Repeat("S", len(contents["f"]))), 0o600))
+	must(t, os.Chtimes(a.out("hf"), outsideATime, insideMTime))
+	a.secretFile("hc")
+	must(t, os.WriteFile(a.out("hc"), []byte(contents["c"]), 0o600))
+	must(t, os.Chtimes(a.out("hc"), outsideATime, insideMTime))
+	a.public["outside/hc"] = true
+	a.secretFile("hg")
+	a.secretFile("secret-he")
+	a.secretFile("hs")
+	a.secretFIFO("hp")
+	a.secretSymlink("hl", "target-x")
+	a.volatile("hf", "hc", "hg", "secret-he", "hp", "hl")
+	variants := []struct {
+		name                  string
+		verify, delete, keeps bool
+	}{{"overwrite", false, false, true}, {"verify", true, false, true}, {"delete", false, true, false}}
+	for _, v := range variants {
+		tg := a.in("t-" + v.name)
+		must(t, os.MkdirAll(tg, 0o755))
+		for name, rel := range map[string]string{"f": "hf", "c": "hc", "g": "hg", "p": "hp", "l": "hl", "secret-he": "secret-he"} {
+			a.link(rel, filepath.Join(tg, name))
+		}
+		must(t, os.Symlink(a.out("hs"), filepath.Join(tg, "s")))
+	}
+	a.seal()
+
+	for _, v := range variants {
+		tg := a.in("t-" + v.name)
+		op := d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", SnapshotId: snap.Result.SnapshotId, Path: tg,
+			Overwrite: true, Verify: v.verify, Delete: v.delete})
+		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			t.Errorf("restore --%s: %v %s", v.name, op.State, op.ErrorMessage)
+			continue
+		}
+		for name, c := range contents {
+			a.wantRestored(filepath.Join(tg, name), unix.S_IFREG, c)
+		}
+		a.wantRestored(filepath.Join(tg, "p"), unix.S_IFIFO, "")
+		a.wantRestored(filepath.Join(tg, "l"), unix.S_IFLNK, "")
+		var st unix.Stat_t
+		err := unix.Lstat(filepath.Join(tg, "secret-he"), &st)
+		if v.keeps && (err != nil || a.outsideInodes[st.Ino] != "outside/secret-he") {
+			t.Errorf("restore --%s: the extra entry (a link to outside/secret-he) went: %v", v.name, err)
+		}
+		if !v.keeps && err == nil {
+			t.Errorf("restore --%s left the extra entry", v.name)
+		}
+		t.Logf("restore --%s: %d files, %d unchanged, %d deleted", v.name, op.Result.Files, op.Result.UnchangedFiles, op.Result.Deleted)
+	}
+	a.check()
+}
+
+// linkRacer replaces entries of a restore target by hard links to O's
+// entries of the same kind (a symlink with the snapshot's target, a FIFO),
+// as fast as it can: link at a temporary name, rename over the entry.
+type linkRacer struct {
+	a        *arena
+	replaced atomic.Int64
+	tmp      atomic.Int64
+}
+
+// victim is the outside entry that stands in for the restored entry name.
+func victim(name string) string {
+	if strings.HasPrefix(name, "s") {
+		return "vl"
+	}
+	return "vp"
+}
+
+// replace puts a link to name's victim at dir/name (only if something is
+// there: the race is with the restore's metadata, not with its creation).
+func (lr *linkRacer) replace(dir, name string) {
+	tmp := filepath.Join(dir, fmt.Sprintf(".race%d", lr.tmp.Add(1)))
+	if unix.Linkat(unix.AT_FDCWD, lr.a.out(victim(name)), unix.AT_FDCWD, tmp, 0) != nil {
+		return
+	}
+	if unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, filepath.Join(dir, name), 0) == nil {
+		lr.replaced.Add(1)
+	} else {
+		unix.Unlink(tmp)
+	}
+}
+
+// onCreate replaces each entry the moment inotify reports it created in
+// dir, until stop is called.
+func (lr *linkRacer) onCreate(dir string) (stop func()) {
+	t := lr.a.t
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	must(t, err)
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: Close ends a Read
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				return
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				l := int(binenc.LittleEndian.Uint32(buf[off+12:]))
+				name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+l]), "\x00")
+				off += unix.SizeofInotifyEvent + l
+				if name != "" && !strings.HasPrefix(name, ".") {
+					lr.replace(dir, name)
+				}
+			}
+		}
+	}()
+	return func() { f.Close(); <-done }
+}
+
+// loop replaces every entry of dir named in names, round after round,
+// until stop is called.
+func (lr *linkRacer) loop(dir string, names []string) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			for _, n := range names {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				lr.replace(dir, n)
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+// TestAttackRestoreMetadataRacingLinks: while restores write symlinks and
+// FIFOs (with owner, mode, mtime and an xattr to set), the tenant replaces
+// them in the target with hard links to O's symlink and FIFO: in fresh
+// targets the moment inotify reports each entry created, and over an
+// existing target (--overwrite) round after round. O's entries must keep
+// owner, mode, times and attributes (their ctime and link count are the
+// racer's). Failing restores are allowed.
+func TestAttackRestoreMetadataRacingLinks(t *testing.T) {
+	a := newArena(t, "--max-restores", "1")
+	d := a.d
+	const count = 150
+	var names []string
+	for i := range count {
+		s, p := fmt.Sprintf("s%03d", i), fmt.Sprintf("p%03d", i)
+		must(t, os.MkdirAll(a.in("w"), 0o755))
+		must(t, os.Symlink("t", a.in("w/"+s)))
+		must(t, unix.Mkfifo(a.in("w/"+p), 0o640))
+		a.insideMeta(a.in("w/" + s))
+		a.insideMeta(a.in("w/" + p))
+		names = append(names, s, p)
+	}
+	snap := d.mustSucceed(backupReq("w", a.in("w")))
+	a.secretSymlink("vl", "t")
+	a.secretFIFO("vp")
+	a.secretFile("secret-f")
+	a.volatile("vl", "vp")
+	d.mustSucceed(restoreReq("w", a.in("t")))
+	a.seal()
+
+	lr := &linkRacer{a: a}
+	var ok, failed, fresh int
+	for round := range 8 {
+		// A fresh target, raced on creation.
+		dir := a.in(fmt.Sprintf("fresh%d", round))
+		must(t, os.Mkdir(dir, 0o755))
+		stop := lr.onCreate(dir)
+		op := d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", SnapshotId: snap.Result.SnapshotId, Path: dir})
+		stop()
+		fresh++
+		if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			ok++
+		} else {
+			failed++
+			t.Logf("fresh restore %d: %s", round, op.ErrorMessage)
+		}
+		// Over the existing target, raced all along.
+		stop = lr.loop(a.in("t"), names)
+		op = d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", SnapshotId: snap.Result.SnapshotId, Path: a.in("t"), Overwrite: true, Delete: round%2 == 1})
+		stop()
+		if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			ok++
+		} else {
+			failed++
+			t.Logf("restore --overwrite %d: %s", round, op.ErrorMessage)
+		}
+	}
+	t.Logf("%d restores (%d of them fresh) of %d symlinks and FIFOs: %d succeeded, %d failed; %d entries replaced by links out",
+		fresh*2, fresh, 2*count, ok, failed, lr.replaced.Load())
+	if lr.replaced.Load() < 1000 {
+		t.Fatalf("only %d replacements: race not exercised", lr.replaced.Load())
 	}
 	a.check()
 }
