@@ -244,7 +244,7 @@ func (a *arena) check() {
 	if _, err := a.d.client.ListSnapshots(context.Background(), &pb.ListSnapshotsRequest{Owner: "o"}); err != nil {
 		t.Errorf("backupd no longer answers: %v", err)
 	}
-	t.Logf("checked: %d outside entries unchanged, %d snapshots (%d trees) and %d files in the root free of outside content",
+	t.Logf("checked: %d outside entries unchanged, %d snapshots (%d trees) and %d files of a secret's size in the root free of outside content",
 		len(a.before), a.snapshotsChecked, a.treesChecked, a.inRChecked)
 }
 
@@ -551,11 +551,33 @@ func (d *proc) until(id string, what string, cond func(*pb.Operation) bool) *pb.
 	}
 }
 
+// end follows operation id to the end of its watch stream, once the
+// operation has ended and released what it held, and returns it then.
+func (d *proc) end(id string) *pb.Operation {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stream, err := d.client.WatchOperation(ctx, &pb.WatchOperationRequest{OperationId: id})
+	if err != nil {
+		d.t.Fatalf("watch %s: %v", id, err)
+	}
+	var last *pb.Operation
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF && last != nil && ended(last) {
+			return last
+		}
+		if err != nil {
+			d.t.Fatalf("watch %s: %v", id, err)
+		}
+		last = m.Operation
+	}
+}
+
 // run starts an operation and follows it to its end.
 func (d *proc) run(req any) *pb.Operation {
 	d.t.Helper()
-	op := d.begin(req)
-	return d.until(op.Id, "ended", ended)
+	return d.end(d.begin(req).Id)
 }
 
 // mustSucceed runs an operation that must succeed.
@@ -692,11 +714,11 @@ func TestAttackQueuedBackupPathSwapped(t *testing.T) {
 		}
 	}
 	d.cancel(slow.Id)
-	if op := d.until(slow.Id, "ended", ended); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
+	if op := d.end(slow.Id); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
 		t.Fatalf("slow backup: %v %s", op.State, op.ErrorMessage)
 	}
 	for _, ws := range []string{"w1", "w2"} {
-		op := d.until(ops[ws].Id, "ended", ended)
+		op := d.end(ops[ws].Id)
 		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
 			t.Logf("backup of %s after the swap: %v %s (failing is allowed)", ws, op.State, op.ErrorMessage)
 			continue
@@ -768,12 +790,12 @@ func TestAttackQueuedRestorePathSwapped(t *testing.T) {
 		}
 	}
 	d.cancel(slow.Id)
-	if op := d.until(slow.Id, "ended", ended); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
+	if op := d.end(slow.Id); op.State != pb.OperationState_OPERATION_STATE_CANCELLED {
 		t.Fatalf("slow restore: %v %s", op.State, op.ErrorMessage)
 	}
 	where := map[string]string{"t1": "t1.orig", "t2": "t2.orig", "t3": "t3.orig", "t4": "t4.orig/new/deep"}
 	for _, tg := range targets {
-		op := d.until(ops[tg].Id, "ended", ended)
+		op := d.end(ops[tg].Id)
 		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
 			t.Logf("restore into %s after the swap: %v %s (failing is allowed)", tg, op.State, op.ErrorMessage)
 			continue
@@ -1063,6 +1085,115 @@ func TestAttackRestoreMetadataRacingLinks(t *testing.T) {
 		fresh*2, fresh, 2*count, ok, failed, lr.replaced.Load())
 	if lr.replaced.Load() < 1000 {
 		t.Fatalf("only %d replacements: race not exercised", lr.replaced.Load())
+	}
+	a.check()
+}
+
+// exchanger swaps pairs of entries atomically (renameat2 RENAME_EXCHANGE)
+// in a loop, counting the swaps made.
+type exchanger struct {
+	pairs [][2]string
+	swaps atomic.Int64
+	quit  chan struct{}
+	done  chan struct{}
+}
+
+func exchange(pairs [][2]string) *exchanger {
+	x := &exchanger{pairs: pairs, quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(x.done)
+		for {
+			for _, p := range x.pairs {
+				select {
+				case <-x.quit:
+					return
+				default:
+				}
+				if unix.Renameat2(unix.AT_FDCWD, p[0], unix.AT_FDCWD, p[1], unix.RENAME_EXCHANGE) == nil {
+					x.swaps.Add(1)
+				}
+			}
+		}
+	}()
+	return x
+}
+
+func (x *exchanger) stop() int64 { close(x.quit); <-x.done; return x.swaps.Load() }
+
+// TestAttackRacingSwaps: while the daemon runs backup after backup of W
+// and, at the same time, restore after restore of W's latest snapshot
+// over a target T (--overwrite, with --delete and --verify in turn), the
+// tenant swaps, atomically and thousands of times, in W and in T: a
+// directory with a symlink to O's copy of it, a file with a symlink to a
+// secret file of O, and a directory with a directory of the same name
+// elsewhere in the workspace. Operations may fail; none may read O into a
+// snapshot or write to O.
+func TestAttackRacingSwaps(t *testing.T) {
+	a := newArena(t, "--upload-limit", "1GiB")
+	d := a.d
+	for _, ws := range []string{"w"} {
+		for i := range 10 {
+			a.file(fmt.Sprintf("%s/d/f%02d", ws, i), []byte(fmt.Sprintf("inside: d/f%02d", i)))
+			a.secretFile(fmt.Sprintf("mirror/f%02d", i))
+		}
+		a.file(ws+"/d/deeper/g", []byte("inside: d/deeper/g"))
+		a.file(ws+"/f", []byte("inside: f"))
+		a.file(ws+"/e/x/x1", []byte("inside: e/x/x1"))
+		a.file(ws+"/other/x/y1", []byte("inside: other/x/y1"))
+	}
+	a.secretFile("mirror/deeper/g")
+	a.secretFile("mirror/secret-m")
+	a.secretFile("secret-f")
+	must(t, os.Symlink(a.out("mirror"), a.in("w/dlink")))
+	must(t, os.Symlink(a.out("secret-f"), a.in("w/flink")))
+	d.mustSucceed(backupReq("w", a.in("w")))
+	d.mustSucceed(restoreReq("w", a.in("t")))
+	a.seal()
+
+	var pairs [][2]string
+	for _, dir := range []string{"w", "t"} {
+		pairs = append(pairs, [2]string{a.in(dir + "/d"), a.in(dir + "/dlink")}, [2]string{a.in(dir + "/f"), a.in(dir + "/flink")},
+			[2]string{a.in(dir + "/e/x"), a.in(dir + "/other/x")})
+	}
+	x := exchange(pairs)
+	type lane struct {
+		ok, failed int
+		errs       []string
+	}
+	var backups, restores lane
+	record := func(l *lane, op *pb.Operation) {
+		if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			l.ok++
+			return
+		}
+		l.failed++
+		if len(l.errs) < 3 {
+			l.errs = append(l.errs, op.ErrorMessage)
+		}
+	}
+	const rounds = 50
+	deadline := time.Now().Add(15 * time.Second)
+	restoreDone := make(chan struct{})
+	go func() {
+		defer close(restoreDone)
+		for i := 0; i < rounds && time.Now().Before(deadline); i++ {
+			op := d.begin(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("t"), Overwrite: true, Delete: i%2 == 0, Verify: i%3 == 0})
+			record(&restores, d.end(op.Id))
+		}
+	}()
+	for i := 0; i < rounds && time.Now().Before(deadline); i++ {
+		op := d.begin(&pb.BackupWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("w"), Force: i%2 == 1})
+		record(&backups, d.end(op.Id))
+	}
+	<-restoreDone
+	swaps := x.stop()
+	t.Logf("%d swaps; backups: %d succeeded, %d failed %q; restores: %d succeeded, %d failed %q",
+		swaps, backups.ok, backups.failed, backups.errs, restores.ok, restores.failed, restores.errs)
+	if swaps < 2000 {
+		t.Errorf("only %d swaps: race not exercised", swaps)
+	}
+	if backups.ok+backups.failed < 5 || restores.ok+restores.failed < 5 {
+		t.Errorf("too few operations ran under the swaps")
 	}
 	a.check()
 }
