@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -1196,4 +1197,62 @@ func TestAttackRacingSwaps(t *testing.T) {
 		t.Errorf("too few operations ran under the swaps")
 	}
 	a.check()
+}
+
+// TestEndedOperationFreesItsWorkspace: once an operation shows that it
+// has ended (a watch message or GetOperation with a final state), a new
+// operation on the same workspace, with other parameters, is accepted, as
+// the workspace manager asks for the next one as soon as it sees the last
+// end. (Found while attacking: the final state was published before the
+// operation left the set of active ones, so the next request could be
+// refused as conflicting with an operation that had already ended.) The
+// operations here are queued behind a slow backup and cancelled, which
+// ends them the same way at the cost of three calls; clients polling the
+// daemon meanwhile, as dashboards do, take its locks.
+func TestEndedOperationFreesItsWorkspace(t *testing.T) {
+	d := startIn(t, "30s", "", "--max-backups", "1")
+	ws := filepath.Join(d.root, "ws")
+	writeRandom(t, filepath.Join(ws, "f"), 100, 21)
+	writeRandom(t, filepath.Join(d.root, "slow", "big"), 16<<20, 22) // 16 s at 1 MiB/s: outlasts the rounds
+	slow := d.begin(backupReq("slow", filepath.Join(d.root, "slow")))
+	d.until(slow.Id, "running", isRunning)
+	var current atomic.Value
+	current.Store(slow.Id)
+	quit := make(chan struct{})
+	var polling sync.WaitGroup
+	for range 4 {
+		polling.Add(1)
+		go func() {
+			defer polling.Done()
+			for {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				d.client.GetOperation(context.Background(), &pb.GetOperationRequest{OperationId: current.Load().(string)})
+			}
+		}()
+	}
+	defer func() { close(quit); polling.Wait() }()
+	op := d.begin(&pb.BackupWorkspaceRequest{Owner: "o", Workspace: "w", Path: ws})
+	const rounds = 1000
+	for i := range rounds {
+		current.Store(op.Id)
+		d.cancel(op.Id)
+		d.until(op.Id, "cancelled", func(o *pb.Operation) bool { return o.State == pb.OperationState_OPERATION_STATE_CANCELLED })
+		// At once, with other parameters (force).
+		resp, err := d.client.BackupWorkspace(context.Background(), &pb.BackupWorkspaceRequest{Owner: "o", Workspace: "w", Path: ws, Force: i%2 == 0})
+		if err != nil {
+			t.Fatalf("round %d of %d: backup right after the last one was cancelled: %v", i, rounds, err)
+		}
+		if resp.Joined {
+			t.Fatalf("round %d: joined the operation that had ended", i)
+		}
+		op = resp.Operation
+	}
+	d.cancel(op.Id)
+	d.cancel(slow.Id)
+	d.end(op.Id)
+	d.end(slow.Id)
 }
