@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	binenc "encoding/binary"
 	"fmt"
@@ -69,6 +70,7 @@ type arena struct {
 	sealed                   bool
 	volatileCtime            map[string]bool // O entries the test links into R: ctime and nlink move
 	public                   map[string]bool // O files whose content a snapshot may hold (the workspace's own too)
+	linkedAt                 map[string]bool // names in R where the test put hard links to O's files
 	snapshotsChecked         int
 	treesChecked, inRChecked int
 }
@@ -82,7 +84,7 @@ func newArena(t *testing.T, extra ...string) *arena {
 	parent := t.TempDir()
 	a := &arena{t: t, parent: parent, root: filepath.Join(parent, "workspaces"), outside: filepath.Join(parent, "outside"),
 		secrets: map[chunk.ID]string{}, secretSizes: map[int64]bool{}, outsideInodes: map[uint64]string{},
-		outsideNames: map[string]bool{}, outsideXattrs: map[string]bool{}, volatileCtime: map[string]bool{}, public: map[string]bool{}}
+		outsideNames: map[string]bool{}, outsideXattrs: map[string]bool{}, volatileCtime: map[string]bool{}, public: map[string]bool{}, linkedAt: map[string]bool{}}
 	must(t, os.MkdirAll(a.outside, 0o755))
 	a.d = startIn(t, "30s", a.root, extra...)
 	a.baseFds = a.pathFds()
@@ -167,13 +169,15 @@ func (a *arena) seal() {
 		if !strings.HasPrefix(rel, "outside/") {
 			continue
 		}
+		if e.Type != "dir" {
+			a.outsideInodes[e.Ino] = rel
+		}
 		if e.Type == "file" && !a.public[rel] {
 			if e.Size >= 512<<10 {
 				t.Fatalf("%s: outside secrets must fit in one chunk", rel)
 			}
 			a.secrets[e.Hash] = rel
 			a.secretSizes[e.Size] = true
-			a.outsideInodes[e.Ino] = rel
 		}
 		if strings.HasPrefix(filepath.Base(rel), "secret-") {
 			a.outsideNames[filepath.Base(rel)] = true
@@ -235,7 +239,11 @@ func (a *arena) check() {
 	a.checkSnapshots()
 	// 3. No file in R holds O's content, but the links the test made.
 	a.checkInside()
-	// 4. The daemon serves, and every operation closed what it opened.
+	// 4. Nothing of O in the daemon's log (errors and warnings included).
+	if logs := a.d.log(); strings.Contains(logs, "SECRET outside") || strings.Contains(logs, "XSECRET") {
+		t.Errorf("the daemon's log holds outside content or attributes")
+	}
+	// 5. The daemon serves, and every operation closed what it opened.
 	if n := a.pathFds(); n != a.baseFds {
 		t.Errorf("backupd holds %d descriptors of files and directories, %d at start:\n%s", n, a.baseFds, a.fdList())
 	}
@@ -309,16 +317,21 @@ func (a *arena) checkSnapshots() {
 }
 
 // checkInside walks R without following links: no file there may hold a
-// secret's content unless it is the outside file itself (linked by the
-// test).
+// secret's content, nor be an outside file, but where the test linked one.
 func (a *arena) checkInside() {
 	t := a.t
 	t.Helper()
 	walkFd(t, a.root, func(rel string, dfd int, name string, st *unix.Stat_t) {
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || !a.secretSizes[st.Size] {
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return
 		}
-		if _, linked := a.outsideInodes[st.Ino]; linked {
+		if out, ok := a.outsideInodes[st.Ino]; ok {
+			if !a.linkedAt[a.in(rel)] {
+				t.Errorf("%s in the workspace root is a hard link to %s, which the test did not make", rel, out)
+			}
+			return
+		}
+		if !a.secretSizes[st.Size] {
 			return
 		}
 		a.inRChecked++
@@ -836,6 +849,7 @@ func (a *arena) insideMeta(p string) {
 // target) at the path p in R.
 func (a *arena) link(rel, p string) {
 	must(a.t, unix.Linkat(unix.AT_FDCWD, a.out(rel), unix.AT_FDCWD, p, 0))
+	a.linkedAt[p] = true
 }
 
 // wantRestored asserts that p in R is a fresh entry of kind typ (one link,
@@ -1057,6 +1071,7 @@ func TestAttackRestoreMetadataRacingLinks(t *testing.T) {
 
 	lr := &linkRacer{a: a}
 	var ok, failed, fresh int
+	var firstErr [2]string
 	for round := range 8 {
 		// A fresh target, raced on creation.
 		dir := a.in(fmt.Sprintf("fresh%d", round))
@@ -1069,7 +1084,7 @@ func TestAttackRestoreMetadataRacingLinks(t *testing.T) {
 			ok++
 		} else {
 			failed++
-			t.Logf("fresh restore %d: %s", round, op.ErrorMessage)
+			firstErr[0] = cmp.Or(firstErr[0], op.ErrorMessage)
 		}
 		// Over the existing target, raced all along.
 		stop = lr.loop(a.in("t"), names)
@@ -1079,11 +1094,11 @@ func TestAttackRestoreMetadataRacingLinks(t *testing.T) {
 			ok++
 		} else {
 			failed++
-			t.Logf("restore --overwrite %d: %s", round, op.ErrorMessage)
+			firstErr[1] = cmp.Or(firstErr[1], op.ErrorMessage)
 		}
 	}
-	t.Logf("%d restores (%d of them fresh) of %d symlinks and FIFOs: %d succeeded, %d failed; %d entries replaced by links out",
-		fresh*2, fresh, 2*count, ok, failed, lr.replaced.Load())
+	t.Logf("%d restores (%d of them fresh) of %d symlinks and FIFOs: %d succeeded, %d failed (first in a fresh target: %q; over one: %q); %d entries replaced by links out",
+		fresh*2, fresh, 2*count, ok, failed, firstErr[0], firstErr[1], lr.replaced.Load())
 	if lr.replaced.Load() < 1000 {
 		t.Fatalf("only %d replacements: race not exercised", lr.replaced.Load())
 	}
@@ -1099,7 +1114,9 @@ type exchanger struct {
 	done  chan struct{}
 }
 
-func exchange(pairs [][2]string) *exchanger {
+// exchange swaps pairs until stopped; repair, if set, is called with the
+// second of a pair that could not be swapped because it was missing.
+func exchange(pairs [][2]string, repair func(missing string)) *exchanger {
 	x := &exchanger{pairs: pairs, quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(x.done)
@@ -1110,8 +1127,11 @@ func exchange(pairs [][2]string) *exchanger {
 					return
 				default:
 				}
-				if unix.Renameat2(unix.AT_FDCWD, p[0], unix.AT_FDCWD, p[1], unix.RENAME_EXCHANGE) == nil {
+				err := unix.Renameat2(unix.AT_FDCWD, p[0], unix.AT_FDCWD, p[1], unix.RENAME_EXCHANGE)
+				if err == nil {
 					x.swaps.Add(1)
+				} else if err == unix.ENOENT && repair != nil {
+					repair(p[1])
 				}
 			}
 		}
@@ -1147,8 +1167,16 @@ func TestAttackRacingSwaps(t *testing.T) {
 	a.secretFile("secret-f")
 	must(t, os.Symlink(a.out("mirror"), a.in("w/dlink")))
 	must(t, os.Symlink(a.out("secret-f"), a.in("w/flink")))
+	a.file("w/h1", []byte("inside: h1 and h2"))
+	must(t, os.Link(a.in("w/h1"), a.in("w/h2"))) // restored as a hard link
 	d.mustSucceed(backupReq("w", a.in("w")))
 	d.mustSucceed(restoreReq("w", a.in("t")))
+	// In the target, a hard link out to swap with the first name of the
+	// pair, made again whenever a restore has removed it.
+	a.secretFile("secret-h")
+	a.link("secret-h", a.in("t/hx"))
+	a.linkedAt[a.in("t/h1")] = true // where the swaps may leave it
+	a.volatile("secret-h")
 	a.seal()
 
 	var pairs [][2]string
@@ -1156,7 +1184,13 @@ func TestAttackRacingSwaps(t *testing.T) {
 		pairs = append(pairs, [2]string{a.in(dir + "/d"), a.in(dir + "/dlink")}, [2]string{a.in(dir + "/f"), a.in(dir + "/flink")},
 			[2]string{a.in(dir + "/e/x"), a.in(dir + "/other/x")})
 	}
-	x := exchange(pairs)
+	pairs = append(pairs, [2]string{a.in("t/h1"), a.in("t/hx")})
+	var relinked atomic.Int64
+	x := exchange(pairs, func(missing string) {
+		if missing == a.in("t/hx") && unix.Linkat(unix.AT_FDCWD, a.out("secret-h"), unix.AT_FDCWD, missing, 0) == nil {
+			relinked.Add(1)
+		}
+	})
 	type lane struct {
 		ok, failed int
 		errs       []string
@@ -1180,6 +1214,12 @@ func TestAttackRacingSwaps(t *testing.T) {
 		for i := 0; i < rounds && time.Now().Before(deadline); i++ {
 			op := d.begin(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("t"), Overwrite: true, Delete: i%2 == 0, Verify: i%3 == 0})
 			record(&restores, d.end(op.Id))
+			// The second name restore made (no swap touches it) is never
+			// a name of the outside file, which the swaps put at the first.
+			var st unix.Stat_t
+			if unix.Lstat(a.in("t/h2"), &st) == nil && a.outsideInodes[st.Ino] != "" {
+				t.Errorf("restore %d made t/h2 a hard link to %s", i, a.outsideInodes[st.Ino])
+			}
 		}
 	}()
 	for i := 0; i < rounds && time.Now().Before(deadline); i++ {
@@ -1188,8 +1228,8 @@ func TestAttackRacingSwaps(t *testing.T) {
 	}
 	<-restoreDone
 	swaps := x.stop()
-	t.Logf("%d swaps; backups: %d succeeded, %d failed %q; restores: %d succeeded, %d failed %q",
-		swaps, backups.ok, backups.failed, backups.errs, restores.ok, restores.failed, restores.errs)
+	t.Logf("%d swaps (the hard link out made again %d times); backups: %d succeeded, %d failed %q; restores: %d succeeded, %d failed %q",
+		swaps, relinked.Load(), backups.ok, backups.failed, backups.errs, restores.ok, restores.failed, restores.errs)
 	if swaps < 2000 {
 		t.Errorf("only %d swaps: race not exercised", swaps)
 	}
@@ -1255,4 +1295,177 @@ func TestEndedOperationFreesItsWorkspace(t *testing.T) {
 	d.cancel(slow.Id)
 	d.end(op.Id)
 	d.end(slow.Id)
+}
+
+// chain makes a chain of depth directories named d below dir (reached by
+// descriptors: it goes deeper than PATH_MAX), with a file "leaf" at each
+// depth in leaves.
+func chain(t *testing.T, dir string, depth int, leaves ...int) {
+	t.Helper()
+	must(t, os.MkdirAll(dir, 0o755))
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	leaf := map[int]bool{}
+	for _, l := range leaves {
+		leaf[l] = true
+	}
+	for i := 1; i <= depth; i++ {
+		must(t, unix.Mkdirat(fd, "d", 0o755))
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		must(t, err)
+		unix.Close(fd)
+		fd = next
+		if leaf[i] {
+			f, err := unix.Openat(fd, "leaf", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+			must(t, err)
+			unix.Write(f, []byte(fmt.Sprintf("leaf at depth %d", i)))
+			unix.Close(f)
+		}
+	}
+	unix.Close(fd)
+}
+
+// chainDepth follows the chain of directories d below dir and returns its
+// length and the depths at which a file "leaf" is.
+func chainDepth(t *testing.T, dir string) (int, []int) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	depth := 0
+	var leaves []int
+	for {
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(fd)
+			return depth, leaves
+		}
+		unix.Close(fd)
+		fd = next
+		depth++
+		var st unix.Stat_t
+		if unix.Fstatat(fd, "leaf", &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			leaves = append(leaves, depth)
+		}
+	}
+}
+
+// TestAttackPathsAndShapes: requests naming the workspace root itself,
+// unclean paths and paths through the tenant's links; includes with ..;
+// a partial restore whose way runs through a link in the target; an
+// exclude file that is a link out; a directory chain deeper than
+// repo.MaxTreeDepth (kept down to the limit with a warning, restorable,
+// without failing another backup running beside it); a target holding
+// such a chain; and a directory of 30,000 entries.
+func TestAttackPathsAndShapes(t *testing.T) {
+	a := newArena(t, "--upload-limit", "1GiB")
+	d := a.d
+	ctx := context.Background()
+	a.mirrorLayout("layout")
+	a.secretFile("secret-top")
+	a.workspace("w", false)
+	must(t, os.Symlink(a.outside, a.in("w/lnk")))   // the tenant's link out
+	must(t, os.Symlink(a.outside, a.in("toplink"))) // a "workspace" that is a link
+	a.file("ign/keep", []byte("inside: ign/keep"))
+	must(t, os.Symlink(a.out("secret-top"), a.in("ign/.backupdignore")))
+	chain(t, a.in("deep"), repo.MaxTreeDepth+76, 1000, repo.MaxTreeDepth, repo.MaxTreeDepth+1)
+	chain(t, a.in("deeptarget"), repo.MaxTreeDepth+76)
+	a.file("deeptarget/a", []byte("inside: a of deeptarget"))
+	const wide = 30_000 // several restore batches
+	must(t, os.MkdirAll(a.in("wide/many"), 0o755))
+	wfd, err := unix.Open(a.in("wide/many"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for i := range wide {
+		must(t, unix.Mknodat(wfd, fmt.Sprintf("%05d", i), unix.S_IFREG|0o644, 0))
+	}
+	unix.Close(wfd)
+	must(t, os.MkdirAll(a.in("part2"), 0o755))
+	must(t, os.Symlink(a.out("layout/sub"), a.in("part2/sub")))
+	must(t, os.MkdirAll(a.in("part3/a/deeper"), 0o755))
+	must(t, os.Symlink(a.out("layout"), a.in("part3/a/lnk")))
+	must(t, os.Symlink(a.out("layout/sub"), a.in("part3/a/deeper/lnk")))
+	a.link("secret-top", a.in("part3/a/deeper/hard"))
+	a.volatile("secret-top")
+	a.seal()
+
+	// The root itself, unclean paths, links on the way: refused, nothing
+	// created.
+	for _, p := range []string{a.root, a.root + "/", a.root + "/.", a.root + "/w/..", a.root + "/./w", "/", a.in("w/lnk"),
+		a.in("w/lnk/layout"), a.in("toplink"), a.in("toplink/layout"), "workspaces/w", filepath.Dir(a.root)} {
+		_, err := d.client.BackupWorkspace(ctx, backupReq("w", p))
+		wantInvalid(t, "backup of "+p, err)
+		_, err = d.client.RestoreWorkspace(ctx, &pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: p, Overwrite: true, Delete: true})
+		wantInvalid(t, "restore --overwrite --delete into "+p, err)
+	}
+	for _, p := range []string{a.in("w/lnk/new"), a.in("w/lnk/new/deeper"), a.in("toplink/new")} {
+		_, err := d.client.RestoreWorkspace(ctx, restoreReq("w", p))
+		wantInvalid(t, "restore into "+p, err)
+	}
+	// Includes with ..: refused.
+	snap := d.mustSucceed(backupReq("w", a.in("w")))
+	if tree := a.snapshotTree(snap.Result.SnapshotId); tree["lnk"].Type != repo.TypeSymlink || tree["lnk"].Target != a.outside {
+		t.Errorf("the tenant's link was not kept as a link: %+v", tree["lnk"])
+	}
+	for _, inc := range []string{"..", "../outside", "sub/../../outside", "/../outside", "lnk/.."} {
+		_, err := d.client.RestoreWorkspace(ctx, &pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("inc"), Includes: []string{inc}})
+		wantInvalid(t, "include "+inc, err)
+	}
+	// An include below the snapshot's link: the link is not a directory.
+	if op := d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("inc"), Includes: []string{"lnk/secret-top"}}); op.State != pb.OperationState_OPERATION_STATE_FAILED || !strings.Contains(op.ErrorMessage, "not a directory") {
+		t.Errorf("include below the snapshot's link: %v %s", op.State, op.ErrorMessage)
+	}
+	// A partial restore whose way (sub) is a link out in the target.
+	must(t, os.MkdirAll(a.in("part"), 0o755))
+	must(t, os.Symlink(a.out("layout"), a.in("part/sub")))
+	op := d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("part"), Overwrite: true, Includes: []string{"sub/b"}})
+	if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		a.wantRestored(a.in("part/sub/b"), unix.S_IFREG, "inside: b of w")
+	} else {
+		t.Logf("partial restore through a link: %v %s (failing is allowed)", op.State, op.ErrorMessage)
+	}
+	// A whole restore over a target whose sub is a link out (--delete:
+	// the link goes, nothing below it), and over one whose a, a file in
+	// the snapshot, is a directory of links out and a hard link out.
+	for _, tg := range []string{"part2", "part3"} {
+		op := d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in(tg), Overwrite: true, Delete: true})
+		if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+			t.Errorf("restore --overwrite --delete into %s: %v %s", tg, op.State, op.ErrorMessage)
+			continue
+		}
+		a.wantRestored(a.in(tg+"/a"), unix.S_IFREG, "inside: a of w")
+		a.wantRestored(a.in(tg+"/sub/b"), unix.S_IFREG, "inside: b of w")
+	}
+	// An exclude file that is a link out.
+	op = d.run(backupReq("ign", a.in("ign")))
+	t.Logf("backup with .backupdignore a link out: %v %s", op.State, op.ErrorMessage)
+
+	// The deep chain, with another backup beside it.
+	deep := d.begin(backupReq("deep", a.in("deep")))
+	other := d.begin(backupReq("w", a.in("w")))
+	if op := d.end(other.Id); op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		t.Errorf("backup beside the deep one: %v %s", op.State, op.ErrorMessage)
+	}
+	deepOp := d.end(deep.Id)
+	if deepOp.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		t.Fatalf("backup of a %d-level chain: %v %s", repo.MaxTreeDepth+76, deepOp.State, deepOp.ErrorMessage)
+	}
+	if deepOp.Result.Skipped != 1 || !strings.Contains(d.log(), "nested deeper than 1024 levels") {
+		t.Errorf("backup of the deep chain skipped %d entries, want 1 with a warning", deepOp.Result.Skipped)
+	}
+	restored := d.mustSucceed(restoreReq("deep", a.in("deep-restored")))
+	if depth, leaves := chainDepth(t, a.in("deep-restored")); depth != repo.MaxTreeDepth || fmt.Sprint(leaves) != fmt.Sprint([]int{1000, repo.MaxTreeDepth}) {
+		t.Errorf("restored chain: %d levels, leaves at %v; want %d, [1000 %d]", depth, leaves, repo.MaxTreeDepth, repo.MaxTreeDepth)
+	}
+	t.Logf("deep chain: backup %d dirs, %d skipped; restore %d dirs", deepOp.Result.Dirs, deepOp.Result.Skipped, restored.Result.Dirs)
+	// A target holding a chain deeper than the limit, which the snapshot
+	// lacks (--delete) and which is in the way of nothing.
+	op = d.run(&pb.RestoreWorkspaceRequest{Owner: "o", Workspace: "w", Path: a.in("deeptarget"), Overwrite: true, Delete: true})
+	t.Logf("restore --overwrite --delete over a %d-level chain: %v %s", repo.MaxTreeDepth+76, op.State, op.ErrorMessage)
+
+	// 30,000 entries in one directory.
+	wideOp := d.mustSucceed(backupReq("wide", a.in("wide")))
+	wideRestored := d.mustSucceed(restoreReq("wide", a.in("wide-restored")))
+	if n, _ := os.ReadDir(a.in("wide-restored/many")); len(n) != wide || wideOp.Result.Files != wide || wideRestored.Result.Files != wide {
+		t.Errorf("wide directory: backed up %d files, restored %d, %d on disk; want %d", wideOp.Result.Files, wideRestored.Result.Files, len(n), wide)
+	}
+	a.check()
 }
