@@ -66,15 +66,23 @@ type proc struct {
 
 // start runs backupd on a unix socket with a local store; uploads are
 // capped at 1 MiB/s so that a backup of 8 MiB surely runs for seconds.
-func start(t *testing.T, grace string) *proc {
+func start(t *testing.T, grace string) *proc { return startIn(t, grace, "") }
+
+// startIn is start with the workspace root at root (created if missing;
+// "" for one in the daemon's own temporary directory) and extra flags
+// after the harness's own (a flag given again wins).
+func startIn(t *testing.T, grace, root string, extra ...string) *proc {
 	t.Helper()
 	dir := t.TempDir()
-	d := &proc{t: t, root: filepath.Join(dir, "workspaces"), store: filepath.Join(dir, "store"), seen: map[string]chan struct{}{}}
+	if root == "" {
+		root = filepath.Join(dir, "workspaces")
+	}
+	d := &proc{t: t, root: root, store: filepath.Join(dir, "store"), seen: map[string]chan struct{}{}}
 	os.MkdirAll(d.root, 0o755)
 	sock := filepath.Join(dir, "backupd.sock")
 	d.sock = sock
-	d.cmd = exec.Command(binary, "--listen", "unix://"+sock, "--workspace-root", d.root, "--repo", "file://"+d.store,
-		"--upload-limit", "1MiB", "--shutdown-grace", grace, "--cache-dir", "none", "--metrics-listen", "127.0.0.1:0")
+	d.cmd = exec.Command(binary, append([]string{"--listen", "unix://" + sock, "--workspace-root", d.root, "--repo", "file://" + d.store,
+		"--upload-limit", "1MiB", "--shutdown-grace", grace, "--cache-dir", "none", "--metrics-listen", "127.0.0.1:0"}, extra...)...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -291,20 +291,24 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 	case err != nil:
 		state = pb.OperationState_OPERATION_STATE_FAILED
 	}
-	op.update(func() {
-		op.state, op.result, op.err = state, res, err
-		op.phase = pb.OperationPhase_OPERATION_PHASE_DONE
-		op.ended = time.Now()
-	})
 	op.cancel()
 	if op.release != nil {
 		op.release()
 	}
+	// The end is published as the operation leaves the active set, under
+	// the manager's lock: whoever sees it ended may at once ask for the
+	// next operation on the same workspace or path, and is not refused as
+	// conflicting with this one.
 	m.mu.Lock()
 	if m.active[op.joinKey] == op {
 		delete(m.active, op.joinKey)
 	}
 	op.request = nil
+	op.update(func() {
+		op.state, op.result, op.err = state, res, err
+		op.phase = pb.OperationPhase_OPERATION_PHASE_DONE
+		op.ended = time.Now()
+	})
 	m.mu.Unlock()
 	// Counted and logged before watchers learn of the end.
 	defer close(op.done)

@@ -17,13 +17,15 @@ import (
 //
 // Nothing existing is ever written through: an entry in the way is either
 // kept (a real directory where the snapshot has one, an unchanged regular
-// file with one link, the same symlink, a FIFO) or removed, and a file
-// whose content changed is replaced by a new file (created exclusively,
-// never through a link) into which the blobs the old version still has are
-// copied. Every entry is reached from its directory's descriptor, never
+// file, the same symlink, a FIFO; each of the last three with one link) or
+// removed, and a file whose content changed is replaced by a new file
+// (created exclusively, never through a link) into which the blobs the old
+// version still has are copied. Every entry is reached from its directory's descriptor, never
 // through a link, and a kept entry is changed only through a descriptor of
 // it that was checked to be the entry examined; a regular file with more
-// than one link (which might be a file outside the target) is never kept.
+// than one link (which might be a file outside the target) is never kept,
+// nor is a FIFO or symlink with more than one link (they can be hard-linked
+// too, and their metadata is set when kept).
 
 // clearFor makes way in d for node n. An existing entry that can serve is
 // kept and its stat returned; anything else is removed (a directory with
@@ -42,9 +44,9 @@ func (rs *restorer) clearFor(d *restoreDir, n *repo.Node) (*unix.Stat_t, error) 
 	case unix.S_IFREG:
 		keep = n.Type == repo.TypeFile
 	case unix.S_IFIFO:
-		keep = n.Type == repo.TypeFIFO
+		keep = n.Type == repo.TypeFIFO && st.Nlink == 1
 	case unix.S_IFLNK:
-		if n.Type == repo.TypeSymlink {
+		if n.Type == repo.TypeSymlink && st.Nlink == 1 {
 			target, err := readlinkat(d.fd, n.Name)
 			keep = err == nil && target == n.Target
 		}

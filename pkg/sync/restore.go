@@ -493,7 +493,8 @@ func (rs *restorer) openSubdir(d *restoreDir, n *repo.Node, rel string, old *uni
 // mtime. These have no call relative to a directory that leaves a link
 // alone, so the link itself is opened (O_PATH, not followed), checked to
 // be a link (and the one kept, when overwriting), and changed through that
-// descriptor: a link swapped for another file meanwhile is never touched.
+// descriptor: a link swapped for another file meanwhile is never touched,
+// nor one with a second name (a hard link to a symlink elsewhere).
 func (rs *restorer) symlinkMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) error {
 	p := d.join(n.Name)
 	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_PATH, 0)
@@ -505,7 +506,7 @@ func (rs *restorer) symlinkMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) e
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("restore: stat %s: %w", p, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFLNK || (old != nil && !dirfd.SameFile(&st, old)) {
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK || st.Nlink != 1 || (old != nil && !dirfd.SameFile(&st, old)) {
 		return fmt.Errorf("restore: %s: %w", p, errMoved)
 	}
 	if rs.chown {
@@ -526,7 +527,8 @@ func (rs *restorer) symlinkMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) e
 
 // fifoMeta gives the FIFO n in d its metadata through a descriptor of it
 // (opened for reading without blocking, which a FIFO allows), checked to
-// be a FIFO (and the one kept, when overwriting).
+// be a FIFO with no other name (a hard link to a FIFO elsewhere is never
+// touched) and the one kept, when overwriting.
 func (rs *restorer) fifoMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) error {
 	p := d.join(n.Name)
 	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
@@ -538,7 +540,7 @@ func (rs *restorer) fifoMeta(d *restoreDir, n *repo.Node, old *unix.Stat_t) erro
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("restore: stat %s: %w", p, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFIFO || (old != nil && !dirfd.SameFile(&st, old)) {
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Nlink != 1 || (old != nil && !dirfd.SameFile(&st, old)) {
 		return fmt.Errorf("restore: %s: %w", p, errMoved)
 	}
 	return rs.setMeta(fd, p, n.UID, n.GID, n.Xattrs, n.Mode, n.MTime)
