@@ -225,7 +225,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if opts.Force {
 		parentTree = chunk.ID{}
 	}
-	excl, err := loadExcludes(root, opts.Exclude)
+	excl, err := loadExcludes(root, opts.Exclude, opts.Warn)
 	if err != nil {
 		return nil, err
 	}
@@ -903,41 +903,56 @@ func (b *backup) uploader(ctx context.Context) error {
 }
 
 // loadExcludes compiles the Exclude patterns and those of the exclude file
-// in the backed-up directory d; nil means nothing is excluded.
-func loadExcludes(d *openDir, patterns []string) (*exclude.Matcher, error) {
+// in the backed-up directory d; nil means nothing is excluded. An exclude
+// file that is not a regular file (a link, a FIFO) is ignored with a
+// warning: the workspace's owner must not be able to stop its backups.
+func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exclude.Matcher, error) {
 	m, err := exclude.New("exclude", patterns)
 	if err != nil {
 		return nil, err
 	}
-	fd, err := dirfd.OpenAt(d.fd, exclude.ExcludeFile, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	path := d.join(exclude.ExcludeFile)
+	fd, err := dirfd.OpenAt(d.fd, exclude.ExcludeFile, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	var st unix.Stat_t
 	if err == nil {
-		f := os.NewFile(uintptr(fd), d.join(exclude.ExcludeFile))
-		var st unix.Stat_t
-		var data []byte
-		var rerr error
-		if rerr = unix.Fstat(fd, &st); rerr == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
-			rerr = errors.New("not a regular file")
+		if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			err = errChanged
 		}
-		if rerr == nil {
-			data, rerr = io.ReadAll(io.LimitReader(f, 1<<20+1))
-		}
-		f.Close()
-		switch {
-		case rerr != nil:
-			err = rerr
-		case len(data) > 1<<20:
-			err = errors.New("larger than 1 MiB")
-		default:
-			err = m.Add(exclude.ExcludeFile, strings.Split(string(data), "\n"))
+		if err != nil {
+			unix.Close(fd)
 		}
 	}
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return nil, fmt.Errorf("exclude file %s: %w", d.join(exclude.ExcludeFile), err)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return orNil(m), nil
+	case errors.Is(err, unix.ELOOP), errors.Is(err, errChanged):
+		warn(path, errors.New("not a regular file: ignored"))
+		return orNil(m), nil
+	case err != nil:
+		return nil, fmt.Errorf("exclude file %s: %w", path, err)
 	}
+	f := os.NewFile(uintptr(fd), path)
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
+	f.Close()
+	switch {
+	case err != nil:
+	case len(data) > 1<<20:
+		err = errors.New("larger than 1 MiB")
+	default:
+		err = m.Add(exclude.ExcludeFile, strings.Split(string(data), "\n"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("exclude file %s: %w", path, err)
+	}
+	return orNil(m), nil
+}
+
+// orNil returns m, or nil when it excludes nothing.
+func orNil(m *exclude.Matcher) *exclude.Matcher {
 	if m.Empty() {
-		return nil, nil
+		return nil
 	}
-	return m, nil
+	return m
 }
 
 // readlinkat reads the target of the symlink name in directory dirfd (or,

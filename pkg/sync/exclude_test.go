@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -55,6 +56,19 @@ func TestBackupExcludes(t *testing.T) {
 	}
 	if after := len(listSnapshots(t, r)); after != before {
 		t.Fatalf("a failed backup wrote a snapshot: %d -> %d", before, after)
+	}
+	// An exclude file that is a link (to a file outside, say) is not
+	// followed: ignored with a warning, the backup goes on.
+	outside := filepath.Join(t.TempDir(), "patterns")
+	writeFile(t, outside, []byte("*\n"), 0o644, mt)
+	must(t, os.Remove(filepath.Join(src, exclude.ExcludeFile)))
+	must(t, os.Symlink(outside, filepath.Join(src, exclude.ExcludeFile)))
+	var warned []string
+	res, err = Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1",
+		Warn: func(p string, err error) { warned = append(warned, p+": "+err.Error()) }})
+	must(t, err)
+	if len(warned) != 1 || !strings.Contains(warned[0], exclude.ExcludeFile) || res.Snapshot.Stats.Excluded != 0 {
+		t.Fatalf("exclude file as a link: warnings %q, stats %+v", warned, res.Snapshot.Stats)
 	}
 }
 
