@@ -127,7 +127,7 @@ type killRound struct {
 	plan                        killPlan
 	why                         string
 	at                          time.Duration
-	packFiles, dataPacks, trees int // pack files created, data and tree packs renamed into place
+	packFiles, dataPacks, trees int // pack files it created, data and tree packs it renamed into place
 	endPhase                    bool
 	state                       storeState
 	newTmps                     []tmpFile // left by this round
@@ -390,23 +390,26 @@ func runKillRound(t *testing.T, plan killPlan, owner, cacheDir string, args []st
 	decide := func(h *heldChild, c fsCall) (bool, string) {
 		switch {
 		case strings.HasPrefix(c.Path, dataDir) && c.Create:
-			kr.packFiles++
-			if plan.firstPack && kr.packFiles == 1 {
+			if plan.firstPack && kr.packFiles == 0 {
 				return true, "before creating its first pack file"
 			}
-			if plan.createN == kr.packFiles {
-				return true, fmt.Sprintf("before creating pack file %d", kr.packFiles)
+			if plan.createN == kr.packFiles+1 {
+				return true, fmt.Sprintf("before creating pack file %d", kr.packFiles+1)
 			}
+			kr.packFiles++
 		case strings.HasPrefix(c.Path, dataDir):
 			if packType(t, c.From) == repo.TreeBlob {
-				kr.trees++
 				kr.endPhase = true
-				return plan.at == "tree", "before renaming its tree pack into place"
+				if plan.at == "tree" {
+					return true, "before renaming its tree pack into place"
+				}
+				kr.trees++
+				return false, ""
+			}
+			if plan.renameN == kr.dataPacks+1 {
+				return true, fmt.Sprintf("before renaming data pack %d into place", kr.dataPacks+1)
 			}
 			kr.dataPacks++
-			if plan.renameN == kr.dataPacks {
-				return true, fmt.Sprintf("before renaming data pack %d into place", kr.dataPacks)
-			}
 			if plan.afterN == kr.dataPacks {
 				n := kr.dataPacks
 				cancels = append(cancels, h.KillAfter(h.Since()+plan.after, fmt.Sprintf("%v after data pack %d was renamed into place", plan.after.Round(time.Millisecond), n)))
