@@ -38,19 +38,19 @@ func TestKilledWhileFinishing(t *testing.T) {
 	genTree(t, src, 4<<20, 5)
 	owner := filepath.Join(store, "o1")
 	args := []string{"backup", "-r", "file://" + store, "--cache-dir", cacheDir, "--owner", "o1", "--workspace", "w1", "--json", src}
-	killAt := func(at func(fsCall) bool) {
+	killAt := func(where string, at func(fsCall) bool) {
 		t.Helper()
 		var seen []string
 		h := startHeld(t, nil, func(_ *heldChild, c fsCall) (bool, string) {
 			seen = append(seen, c.String())
-			return at(c), "there"
+			return at(c), where
 		}, args...)
 		if ws, killed, _, _ := h.Wait(t); !killed || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 			t.Fatalf("not killed (%v): %s\n%s\ncalls: %q", ws, h.stdout.String(), h.stderr.String(), seen)
 		}
 	}
 
-	killAt(func(c fsCall) bool {
+	killAt("before renaming the cache's copy of the index", func(c fsCall) bool {
 		return !c.Create && strings.HasPrefix(c.Path, cacheDir+"/") && filepath.Base(filepath.Dir(c.Path)) == "index"
 	})
 	idx, _ := filepath.Glob(filepath.Join(owner, "index", "*"))
@@ -62,7 +62,7 @@ func TestKilledWhileFinishing(t *testing.T) {
 		t.Fatalf("the cache's temporary file is not the whole index object")
 	}
 
-	killAt(func(c fsCall) bool {
+	killAt("before renaming the snapshot into place", func(c fsCall) bool {
 		return !c.Create && strings.HasPrefix(c.Path, filepath.Join(owner, "snapshots")+"/")
 	})
 	snapTmp, _ := filepath.Glob(filepath.Join(owner, "snapshots", "w1", ".tmp-*"))
@@ -112,7 +112,7 @@ func must1[T any](v T, err error) T {
 // object into place (or its snapshot, should it have no index to write),
 // so that no round ever completes.
 type killPlan struct {
-	name      string
+	name      string        // its kind, for the log
 	delay     time.Duration // after the start (0: none)
 	firstPack bool          // before creating its first pack file
 	createN   int           // before creating its n-th pack file
@@ -161,13 +161,17 @@ type tmpFile struct {
 // --read-data is clean and the snapshot restores byte for byte.
 //
 // The kill points are drawn from a seeded RNG ($BACKUPD_KILL_SEED repeats
-// a run) and land at states, not guesses (see killpoint_linux_amd64_test.go):
-// early (before the round's first pack file), mid-upload (before its n-th
-// pack file is created or renamed into place, or a random delay after its
-// n-th pack), and late (before the index object, the cache's copy of it,
-// or the snapshot is renamed into place, after all data is stored). The
-// data and the repository live on /dev/shm, the node cache under the
-// test's temporary directory.
+// them; the random delays among them land wherever the child is then) and
+// are states, not guesses (see killpoint_linux_amd64_test.go): early (a
+// random delay, at the latest before the round's first pack file),
+// mid-upload (before its n-th pack file is created or renamed into place,
+// or a random delay after its n-th data pack), and late, after all data
+// is stored (before its tree pack is renamed into place, before its index
+// object's file is created, before that is renamed into place). Kills at
+// the cache's copy of the index and at the snapshot are
+// TestKilledWhileFinishing's: after them no pack would be left for the
+// final backup to find. The data and the repository live on /dev/shm,
+// the node cache under the test's temporary directory.
 func TestKilledBackupsResume(t *testing.T) {
 	begin := time.Now()
 	ctx := context.Background()
@@ -181,15 +185,7 @@ func TestKilledBackupsResume(t *testing.T) {
 	t.Logf("seed %d (BACKUPD_KILL_SEED=%d repeats the kill points)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0x6b696c6c))
 
-	shm := "/dev/shm"
-	if fi, err := os.Stat(shm); err != nil || !fi.IsDir() {
-		shm = os.TempDir()
-	}
-	base, err := os.MkdirTemp(shm, "backupd-kill-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
+	base := shmDir(t)
 	src, storeDir := filepath.Join(base, "src"), filepath.Join(base, "store")
 	cacheDir := filepath.Join(t.TempDir(), "cache")
 	owner := filepath.Join(storeDir, "o1")
@@ -203,12 +199,9 @@ func TestKilledBackupsResume(t *testing.T) {
 	plans := killPlans(rng)
 	var rounds []killRound
 	prev := storeState{blobs: map[chunk.ID]repo.BlobEntry{}}
-	var lastAt time.Duration
+	var lostBytes, maxLost int64
 	roundsStart := time.Now()
 	for i, plan := range plans {
-		if plan.name == "delay" {
-			plan.delay = time.Duration(rng.Int64N(int64(lastAt) + 1))
-		}
 		kr := runKillRound(t, plan, owner, cacheDir, args)
 		kr.state = measureStore(t, ctx, owner, cacheDir)
 		before := map[string]bool{}
@@ -227,6 +220,19 @@ func TestKilledBackupsResume(t *testing.T) {
 		if st.dupBlobs != 0 {
 			t.Errorf("round %d (%s): %d blobs (%d bytes) of complete packs stored again", i+1, kr.why, st.dupBlobs, st.dupBytes)
 		}
+		// What a kill loses of what it uploaded: the packs it was writing,
+		// at most one per upload (2 at once to a local store).
+		var packTmps int
+		for _, f := range kr.newTmps {
+			if strings.HasPrefix(f.path, filepath.Join(owner, "data")+"/") {
+				packTmps++
+				lostBytes += f.size
+				maxLost = max(maxLost, f.size)
+			}
+		}
+		if packTmps > 2 {
+			t.Errorf("round %d (%s) was writing %d packs at once", i+1, kr.why, packTmps)
+		}
 		for id := range prev.blobs {
 			if _, ok := st.blobs[id]; !ok {
 				t.Fatalf("round %d: blob %s of a complete pack is gone", i+1, id.Short())
@@ -237,7 +243,6 @@ func TestKilledBackupsResume(t *testing.T) {
 			len(kr.newTmps), describeTmps(kr.newTmps, storeDir, cacheDir))
 		rounds = append(rounds, kr)
 		prev = st
-		lastAt = kr.at
 	}
 	roundsTook := time.Since(roundsStart)
 
@@ -265,6 +270,7 @@ func TestKilledBackupsResume(t *testing.T) {
 		}
 		packsBefore = kr.state.packs
 	}
+	t.Logf("uploaded and lost by the kills (their pack temporary files): %.1f MiB in all, at most %.1f MiB in one file", float64(lostBytes)/(1<<20), float64(maxLost)/(1<<20))
 	t.Logf("kill points: %d before the round's first pack file, %d with pack temporary files left, %d after packs existed, %d while writing trees or index, %d of them with all data stored",
 		early, withTmp, afterPacks, endPhase, late)
 	if early < 3 || withTmp < 3 || afterPacks < 3 || endPhase < 3 || late < 2 {
@@ -383,11 +389,31 @@ func killPlans(rng *rand.Rand) []killPlan {
 func runKillRound(t *testing.T, plan killPlan, owner, cacheDir string, args []string) killRound {
 	t.Helper()
 	kr := killRound{plan: plan}
+	var cancels []func()
+	h := startHeld(t, nil, killDecider(t, plan, owner, cacheDir, &kr, &cancels), args...)
+	if plan.delay > 0 {
+		cancels = append(cancels, h.KillAfter(plan.delay, fmt.Sprintf("at %v", plan.delay.Round(time.Millisecond))))
+	}
+	ws, killed, why, at := h.Wait(t)
+	for _, c := range cancels {
+		c()
+	}
+	if !killed || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("backup (%+v) not killed: %v\nstdout: %s\nstderr: %s", plan, ws, h.stdout.String(), h.stderr.String())
+	}
+	kr.why, kr.at = why, at
+	return kr
+}
+
+// killDecider returns the decide function of a child that writes the
+// repository at owner and the node cache at cacheDir, to be killed as
+// plan says; it counts into kr, and appends the timers it starts to
+// cancels.
+func killDecider(t *testing.T, plan killPlan, owner, cacheDir string, kr *killRound, cancels *[]func()) func(*heldChild, fsCall) (bool, string) {
 	dataDir := filepath.Join(owner, "data") + "/"
 	indexDir := filepath.Join(owner, "index") + "/"
 	snapDir := filepath.Join(owner, "snapshots") + "/"
-	var cancels []func()
-	decide := func(h *heldChild, c fsCall) (bool, string) {
+	return func(h *heldChild, c fsCall) (bool, string) {
 		switch {
 		case strings.HasPrefix(c.Path, dataDir) && c.Create:
 			if plan.firstPack && kr.packFiles == 0 {
@@ -412,7 +438,7 @@ func runKillRound(t *testing.T, plan killPlan, owner, cacheDir string, args []st
 			kr.dataPacks++
 			if plan.afterN == kr.dataPacks {
 				n := kr.dataPacks
-				cancels = append(cancels, h.KillAfter(h.Since()+plan.after, fmt.Sprintf("%v after data pack %d was renamed into place", plan.after.Round(time.Millisecond), n)))
+				*cancels = append(*cancels, h.KillAfter(h.Since()+plan.after, fmt.Sprintf("%v after data pack %d was renamed into place", plan.after.Round(time.Millisecond), n)))
 			}
 		case strings.HasPrefix(c.Path, indexDir):
 			kr.endPhase = true
@@ -428,19 +454,6 @@ func runKillRound(t *testing.T, plan killPlan, owner, cacheDir string, args []st
 		}
 		return false, ""
 	}
-	h := startHeld(t, nil, decide, args...)
-	if plan.delay > 0 {
-		cancels = append(cancels, h.KillAfter(plan.delay, fmt.Sprintf("at %v", plan.delay.Round(time.Millisecond))))
-	}
-	ws, killed, why, at := h.Wait(t)
-	for _, c := range cancels {
-		c()
-	}
-	if !killed || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("backup (%+v) not killed: %v\nstdout: %s\nstderr: %s", plan, ws, h.stdout.String(), h.stderr.String())
-	}
-	kr.why, kr.at = why, at
-	return kr
 }
 
 // packType reads the type of the first blob of the complete pack file p.
@@ -576,29 +589,43 @@ func describeTmps(fs []tmpFile, storeDir, cacheDir string) string {
 	return strings.Join(parts, ", ")
 }
 
+// shmDir returns a new directory on /dev/shm (tmpfs: this VM's disk is
+// slow and noisy), or in the temporary directory if there is none,
+// removed when the test ends.
+func shmDir(t *testing.T) string {
+	t.Helper()
+	shm := "/dev/shm"
+	if fi, err := os.Stat(shm); err != nil || !fi.IsDir() {
+		shm = os.TempDir()
+	}
+	base, err := os.MkdirTemp(shm, "backupd-kill-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	return base
+}
+
 // genKillSource writes 1 GiB of incompressible content: 48 files of 16
 // MiB, 24 of 4 MiB and 40 of 1 MiB in a few directories, 400 small source
 // files (1 byte to 64 KiB) in 20 packages, files that make up the rest
-// (about 100 MiB), an empty directory and a symlink. It returns the bytes written.
+// (about 100 MiB), an empty directory and a symlink. It returns the bytes
+// written.
 func genKillSource(t *testing.T, dir string, seed uint64) int64 {
 	t.Helper()
-	type file struct {
-		path string
-		size int
-	}
-	var files []file
+	var files []genFile
 	for i := range 48 {
-		files = append(files, file{fmt.Sprintf("assets/%c/blob-%02d.bin", 'a'+i%4, i), 16 << 20})
+		files = append(files, genFile{fmt.Sprintf("assets/%c/blob-%02d.bin", 'a'+i%4, i), 16 << 20})
 	}
 	for i := range 24 {
-		files = append(files, file{fmt.Sprintf("build/obj/o%02d.o", i), 4 << 20})
+		files = append(files, genFile{fmt.Sprintf("build/obj/o%02d.o", i), 4 << 20})
 	}
 	for i := range 40 {
-		files = append(files, file{fmt.Sprintf("node_modules/m%02d/index.js", i), 1 << 20})
+		files = append(files, genFile{fmt.Sprintf("node_modules/m%02d/index.js", i), 1 << 20})
 	}
 	r := rand.New(rand.NewPCG(seed, 1))
 	for i := range 400 {
-		files = append(files, file{fmt.Sprintf("src/pkg%02d/f%03d.go", i%20, i), 1 + r.IntN(64<<10)})
+		files = append(files, genFile{fmt.Sprintf("src/pkg%02d/f%03d.go", i%20, i), 1 + r.IntN(64<<10)})
 	}
 	var sum int64
 	for _, f := range files {
@@ -606,7 +633,7 @@ func genKillSource(t *testing.T, dir string, seed uint64) int64 {
 	}
 	for rest, i := 1<<30-sum, 0; rest > 0; i++ { // the rest in files of up to 16 MiB
 		n := min(rest, 16<<20)
-		files = append(files, file{fmt.Sprintf("assets/rest/r%d.bin", i), int(n)})
+		files = append(files, genFile{fmt.Sprintf("assets/rest/r%d.bin", i), int(n)})
 		rest -= n
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "empty"), 0o755); err != nil {
@@ -615,6 +642,21 @@ func genKillSource(t *testing.T, dir string, seed uint64) int64 {
 	if err := os.Symlink("assets/rest/r0.bin", filepath.Join(dir, "link")); err != nil {
 		t.Fatal(err)
 	}
+	return genFiles(t, dir, seed, files)
+}
+
+// genFile is a file genFiles writes: its path below the directory and
+// its size, at most 16 MiB.
+type genFile struct {
+	path string
+	size int
+}
+
+// genFiles writes files of pseudo-random (incompressible) content under
+// dir, each from its own ChaCha8 stream of seed, two at a time, and
+// returns the bytes written.
+func genFiles(t *testing.T, dir string, seed uint64, files []genFile) int64 {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for w := range 2 {

@@ -154,9 +154,11 @@ func (c fsCall) String() string {
 // heldChild is a backupctl child whose creations and renames wait for
 // decide.
 type heldChild struct {
-	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
-	start          time.Time
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr watchedBuffer
+	start  time.Time
+	exited chan struct{} // closed once the child is reaped
 
 	mu       sync.Mutex
 	decide   func(*heldChild, fsCall) (kill bool, why string)
@@ -173,9 +175,16 @@ type heldChild struct {
 }
 
 // startHeld starts backupctl with args, every creation and rename of it
-// held until decide (called for one call at a time, in the order the
-// child makes them) lets it through, or kills the child.
+// held until decide lets it through or kills the child. decide is called
+// for one call at a time, in the order the child makes them, with the
+// child's lock held: it may call KillAfter, not Kill.
 func startHeld(t *testing.T, env []string, decide func(*heldChild, fsCall) (bool, string), args ...string) *heldChild {
+	t.Helper()
+	return startHeldProgram(t, binary, env, decide, args...)
+}
+
+// startHeldProgram is startHeld for any program.
+func startHeldProgram(t *testing.T, program string, env []string, decide func(*heldChild, fsCall) (bool, string), args ...string) *heldChild {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -186,8 +195,8 @@ func startHeld(t *testing.T, env []string, decide func(*heldChild, fsCall) (bool
 		t.Fatal(err)
 	}
 	childEnd := os.NewFile(uintptr(sp[1]), "killpoint-socket")
-	h := &heldChild{decide: decide, retry: map[uint32]seccompData{}, done: make(chan struct{})}
-	h.cmd = exec.Command(self, append([]string{binary}, args...)...)
+	h := &heldChild{decide: decide, retry: map[uint32]seccompData{}, done: make(chan struct{}), exited: make(chan struct{})}
+	h.cmd = exec.Command(self, append([]string{program}, args...)...)
 	h.cmd.Env = append(append(os.Environ(), "XDG_CACHE_HOME="+childCache, killWrapperEnv+"=1"), env...)
 	h.cmd.Stdout, h.cmd.Stderr = &h.stdout, &h.stderr
 	h.cmd.ExtraFiles = []*os.File{childEnd}
@@ -203,12 +212,14 @@ func startHeld(t *testing.T, env []string, decide func(*heldChild, fsCall) (bool
 	if err != nil {
 		h.cmd.Process.Kill()
 		h.cmd.Wait()
+		close(h.exited)
 		t.Fatalf("no seccomp listener from the wrapper: %v; stderr: %s", err, h.stderr.String())
 	}
 	if err := unix.Pipe2(h.stop[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
 	go h.serve(listener)
+	go func() { h.cmd.Wait(); close(h.exited) }()
 	return h
 }
 
@@ -260,7 +271,7 @@ func (h *heldChild) KillAfter(d time.Duration, why string) func() {
 // wait status, whether this test killed it, and where.
 func (h *heldChild) Wait(t *testing.T) (ws syscall.WaitStatus, killed bool, why string, at time.Duration) {
 	t.Helper()
-	h.cmd.Wait()
+	<-h.exited
 	unix.Write(h.stop[1], []byte{0})
 	<-h.done
 	unix.Close(h.stop[0])
@@ -439,4 +450,52 @@ func (h *heldChild) readString(addr uint64) (string, error) {
 		addr += uint64(n)
 	}
 	return "", errors.New("path longer than PATH_MAX")
+}
+
+// watchedBuffer is a child's output, which a test can wait to contain a
+// string.
+type watchedBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	waiters []outputWaiter
+}
+
+type outputWaiter struct {
+	s  []byte
+	ch chan struct{}
+}
+
+func (w *watchedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	waiting := w.waiters[:0]
+	for _, o := range w.waiters {
+		if bytes.Contains(w.buf.Bytes(), o.s) {
+			close(o.ch)
+		} else {
+			waiting = append(waiting, o)
+		}
+	}
+	w.waiters = waiting
+	return len(p), nil
+}
+
+func (w *watchedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// Contains returns a channel closed once the output contains s.
+func (w *watchedBuffer) Contains(s string) <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ch := make(chan struct{})
+	if bytes.Contains(w.buf.Bytes(), []byte(s)) {
+		close(ch)
+		return ch
+	}
+	w.waiters = append(w.waiters, outputWaiter{[]byte(s), ch})
+	return ch
 }
