@@ -151,8 +151,8 @@ func (c fsCall) String() string {
 	return "rename " + c.From + " -> " + c.Path
 }
 
-// heldChild is a backupctl child whose creations and renames wait for
-// decide.
+// heldChild is a child process (backupctl, backupd) whose creations and
+// renames wait for decide.
 type heldChild struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
@@ -165,7 +165,6 @@ type heldChild struct {
 	killed   bool
 	killWhy  string
 	killTime time.Duration
-	calls    int
 	err      error // of the supervisor
 
 	mem   *os.File
@@ -363,7 +362,6 @@ func (h *heldChild) answer(listener int, n *seccompNotif, fail func(error)) {
 			h.killLocked("supervisor failed: " + err.Error())
 			return
 		}
-		h.calls++
 		if kill, why := h.decide(h, call); kill {
 			h.killLocked(why)
 			return
