@@ -32,8 +32,12 @@ type Attack struct {
 	// Name identifies the attack in test tables.
 	Name string
 	// Doc says what is planted.
-	Doc   string
-	plant func(p *planter) (Object, error)
+	Doc string
+	// Costly marks an attack that by the format's own bounds costs a
+	// reader more than 100 MiB (an index object's entries: FORMAT.md,
+	// Limits), for tests that order attacks by cost.
+	Costly bool
+	plant  func(p *planter) (Object, error)
 }
 
 // Object is what an attack planted. An error or problem about it names it
@@ -73,25 +77,26 @@ func (a Attack) Plant(ctx context.Context, st storage.Storage, owner, workspace 
 
 // Attacks lists every attack.
 var Attacks = []Attack{
-	{"index-bomb", "an index object of ~100 KB whose zstd body, one pack entry repeated, decompresses to 400 MiB (MaxIndexSize is 64 MiB)", indexBomb},
-	{"index-count", "an index object whose pack claims 10^8 blobs in a body of one", indexCount},
-	{"index-at-limits", "a valid index object at the writer's limits: 1,048,576 blobs in 262,144 packs, at the largest encodings (~58 MiB of body); it must load", indexAtLimits},
-	{"index-rawlen-4GiB", "an index entry with raw_len and stored_len of 4 GiB - 1", indexRawLen},
-	{"index-truncated", "the backup's index object cut in half", truncate(theIndexObject)},
-	{"pack-trailer-4GiB", "a pack no index names whose footer claims a trailer of 4 GiB (102,261,126 entries)", packTrailer4GiB},
-	{"pack-truncated", "the backup's data pack cut in half", truncate(packOf(repo.DataBlob))},
-	{"treepack-truncated", "the backup's tree pack cut in half", truncate(packOf(repo.TreeBlob))},
-	{"snapshot-truncated", "the backup's snapshot object cut in half", truncate(latestSnapshot)},
-	{"expansion-bomb", "a snapshot whose tree names the same subtree twice at each of 40 levels (2^41 entries from 41 trees)", expansionBomb},
-	{"depth-bomb", "a snapshot of MaxTreeDepth+1 nested directories", depthBomb},
-	{"tree-nodes", "a snapshot whose root tree lists MaxTreeNodes+1 entries", treeNodes},
-	{"tree-count", "a snapshot whose root tree claims 2^60 entries in 3 bytes", treeCount},
-	{"blob-1000x", "a file whose data blob is a zstd frame of 4 MiB for a raw_len of 4 KiB", blob1000x},
-	{"file-size", "a file of 1 TiB whose content is one blob of 4 KiB", fileSize},
-	{"snapshot-100MB", "a snapshot object of 100 MB (MaxSnapshotSize is 1 MiB)", snapshot100MB},
-	{"snapshot-1e6-tags", "a snapshot object with 10^6 tags (11 MB)", snapshotTags(1_000_000)},
-	{"snapshot-65-tags", "a snapshot object of 1 KiB with 65 tags (MaxTags is 64)", snapshotTags(65)},
-	{"config-10MB", "a config object of 10 MB (MaxConfigSize is 64 KiB)", config10MB},
+	{"index-bomb", "an index object of ~100 KB whose zstd body, one pack entry repeated, decompresses to 400 MiB (MaxIndexSize is 64 MiB)", true, indexBomb},
+	{"index-bombs-4", "four index objects of ~20 KB, each a body of distinct pack entries decompressing to 72 MiB (the index is loaded 8 objects at a time)", true, indexBombs},
+	{"index-count", "an index object whose pack claims 10^8 blobs in a body of one", false, indexCount},
+	{"index-at-limits", "a valid index object at the writer's limits: 1,048,576 blobs in 262,144 packs, at the largest encodings (~58 MiB of body); it must load", true, indexAtLimits},
+	{"index-rawlen-4GiB", "an index entry with raw_len and stored_len of 4 GiB - 1", false, indexRawLen},
+	{"index-truncated", "the backup's index object cut in half", false, truncate(theIndexObject)},
+	{"pack-trailer-4GiB", "a pack no index names whose footer claims a trailer of 4 GiB (102,261,126 entries)", false, packTrailer4GiB},
+	{"pack-truncated", "the backup's data pack cut in half", false, truncate(packOf(repo.DataBlob))},
+	{"treepack-truncated", "the backup's tree pack cut in half", false, truncate(packOf(repo.TreeBlob))},
+	{"snapshot-truncated", "the backup's snapshot object cut in half", false, truncate(latestSnapshot)},
+	{"expansion-bomb", "a snapshot whose tree names the same subtree twice at each of 40 levels (2^41 entries from 41 trees)", false, expansionBomb},
+	{"depth-bomb", "a snapshot of MaxTreeDepth+1 nested directories", false, depthBomb},
+	{"tree-nodes", "a snapshot whose root tree lists MaxTreeNodes+1 entries", false, treeNodes},
+	{"tree-count", "a snapshot whose root tree claims 2^60 entries in 3 bytes", false, treeCount},
+	{"blob-1000x", "a file whose data blob is a zstd frame of 4 MiB for a raw_len of 4 KiB", false, blob1000x},
+	{"file-size", "a file of 1 TiB whose content is one blob of 4 KiB", false, fileSize},
+	{"snapshot-100MB", "a snapshot object of 100 MB (MaxSnapshotSize is 1 MiB)", false, snapshot100MB},
+	{"snapshot-1e6-tags", "a snapshot object with 10^6 tags (11 MB)", false, snapshotTags(1_000_000)},
+	{"snapshot-65-tags", "a snapshot object of 1 KiB with 65 tags (MaxTags is 64)", false, snapshotTags(65)},
+	{"config-10MB", "a config object of 10 MB (MaxConfigSize is 64 KiB)", false, config10MB},
 }
 
 // planter plants objects in one owner's repository.
@@ -140,22 +145,62 @@ func indexBomb(p *planter) (Object, error) {
 	pack := id("bomb pack")
 	entry := append(pack[:], 1)
 	entry = blobEntry(entry, repo.BlobEntry{ID: id("bomb blob"), Type: repo.DataBlob, StoredLen: 1, RawLen: 1})
-	unit := bytes.Repeat(entry, (1<<20)/len(entry))
+	obj, err := streamIndex(400, func(int) []byte { return entry })
+	if err != nil {
+		return Object{}, err
+	}
+	return p.putIndex(obj)
+}
+
+func indexBombs(p *planter) (Object, error) {
+	// Distinct pack ids (a counter in the id's first bytes): nothing but
+	// MaxIndexSize stops the decoder, as FORMAT.md's Limits reckon.
+	var o Object
+	for k := range 4 {
+		entry := make([]byte, 0, 70)
+		obj, err := streamIndex(72, func(i int) []byte {
+			pack := id(fmt.Sprintf("bombs pack %d", k))
+			binary.BigEndian.PutUint32(pack[:], uint32(i))
+			entry = append(append(entry[:0], pack[:]...), 1)
+			return blobEntry(entry, repo.BlobEntry{ID: id("bombs blob"), Type: repo.DataBlob, StoredLen: 1, RawLen: 1})
+		})
+		if err != nil {
+			return Object{}, err
+		}
+		ok, err := p.putIndex(obj)
+		if err != nil {
+			return Object{}, err
+		}
+		o.Names = append(o.Names, ok.Names...)
+	}
+	return o, nil
+}
+
+// streamIndex returns an index object whose body is about mib MiB of the
+// entries entry(0), entry(1), ..., in one streamed zstd frame (the header
+// gives no content size, so the decoder finds out only as it goes).
+func streamIndex(mib int, entry func(i int) []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.WriteString("BKPDIX01")
 	w, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
-		return Object{}, err
+		return nil, err
 	}
-	for range 400 {
+	unit := make([]byte, 0, 1<<20+100)
+	for i, n := 0, 0; n < mib; n++ {
+		unit = unit[:0]
+		for len(unit) < 1<<20 {
+			unit = append(unit, entry(i)...)
+			i++
+		}
 		if _, err := w.Write(unit); err != nil {
-			return Object{}, err
+			return nil, err
 		}
 	}
 	if err := w.Close(); err != nil {
-		return Object{}, err
+		return nil, err
 	}
-	return p.putIndex(buf.Bytes())
+	return buf.Bytes(), nil
 }
 
 func indexCount(p *planter) (Object, error) {
