@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,9 +108,15 @@ func (d *proc) ownerStorage(owner string) storage.Storage {
 	return st
 }
 
+// opTimeout bounds one operation of these tests: a hang fails, it does
+// not stall the test.
+const opTimeout = 2 * time.Minute
+
 // follow watches an operation to its end.
 func (d *proc) follow(op *pb.Operation) (*pb.Operation, error) {
-	stream, err := d.client.WatchOperation(context.Background(), &pb.WatchOperationRequest{OperationId: op.Id})
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	stream, err := d.client.WatchOperation(ctx, &pb.WatchOperationRequest{OperationId: op.Id})
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +134,9 @@ func (d *proc) follow(op *pb.Operation) (*pb.Operation, error) {
 
 // backupOf runs a backup of path for owner's workspace w to its end.
 func (d *proc) backupOf(owner, path string) (*pb.Operation, error) {
-	resp, err := d.client.BackupWorkspace(context.Background(), &pb.BackupWorkspaceRequest{Owner: owner, Workspace: "w", Path: path})
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	resp, err := d.client.BackupWorkspace(ctx, &pb.BackupWorkspaceRequest{Owner: owner, Workspace: "w", Path: path})
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +146,9 @@ func (d *proc) backupOf(owner, path string) (*pb.Operation, error) {
 // restoreOf runs a restore of owner's workspace w (latest, or snapshot)
 // into path to its end.
 func (d *proc) restoreOf(owner, snapshot, path string) (*pb.Operation, error) {
-	resp, err := d.client.RestoreWorkspace(context.Background(), &pb.RestoreWorkspaceRequest{Owner: owner, Workspace: "w", SnapshotId: snapshot, Path: path})
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	resp, err := d.client.RestoreWorkspace(ctx, &pb.RestoreWorkspaceRequest{Owner: owner, Workspace: "w", SnapshotId: snapshot, Path: path})
 	if err != nil {
 		return nil, err
 	}
@@ -200,39 +212,107 @@ func cmpBool(a, b bool) int {
 // logSince returns the daemon's log lines from offset on.
 func (d *proc) logSince(offset int) string { return d.log()[offset:] }
 
-// goodOwner backs up and restores owner "good" in a loop until stop is
-// closed, checking every restore, and sends each cycle's start time once
-// it succeeded; failures are test errors.
-func (d *proc) goodOwner(t *testing.T, stop chan struct{}, done chan<- time.Time) {
+// goodLoop is owner "good" backing up and restoring in a loop, every
+// restore checked, until the first failure or stop.
+type goodLoop struct {
+	stop, done chan struct{}
+	stopOnce   sync.Once
+	changed    chan struct{} // a cycle succeeded (buffered: never blocks the loop)
+
+	mu     sync.Mutex
+	last   time.Time // when the newest successful cycle began
+	cycles int
+	err    error // the first failure; the loop ends there
+}
+
+// goodOwner starts owner "good"'s loop.
+func (d *proc) goodOwner() *goodLoop {
+	g := &goodLoop{stop: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{}, 1)}
 	src := filepath.Join(d.root, "good-src")
-	writeWorkspace(t, src)
-	for n := 0; ; n++ {
-		select {
-		case <-stop:
-			close(done)
-			return
-		default:
+	writeWorkspace(d.t, src)
+	go func() {
+		defer close(g.done)
+		for n := 0; ; n++ {
+			select {
+			case <-g.stop:
+				return
+			default:
+			}
+			start := time.Now()
+			err := d.goodCycle(src, n)
+			g.mu.Lock()
+			if err != nil {
+				g.err = err
+			} else {
+				g.last, g.cycles = start, g.cycles+1
+			}
+			g.mu.Unlock()
+			if err != nil {
+				return
+			}
+			select {
+			case g.changed <- struct{}{}:
+			default:
+			}
 		}
-		start := time.Now()
-		content := fmt.Sprintf("cycle %d\n", n)
-		os.WriteFile(filepath.Join(src, "sub", "cycle.txt"), []byte(content), 0o644)
-		op, err := d.backupOf("good", src)
-		if err := succeeded(op, err); err != nil {
-			t.Errorf("good owner's backup %d: %v", n, err)
-			continue
-		}
-		dst := filepath.Join(d.root, fmt.Sprintf("good-dst-%d", n))
-		rop, err := d.restoreOf("good", op.Result.SnapshotId, dst)
-		if err := succeeded(rop, err); err != nil {
-			t.Errorf("good owner's restore %d: %v", n, err)
-			continue
-		}
-		if b, _ := os.ReadFile(filepath.Join(dst, "sub", "cycle.txt")); string(b) != content {
-			t.Errorf("good owner's restore %d: cycle.txt = %q, want %q", n, b, content)
-		}
-		os.RemoveAll(dst)
-		done <- start
+	}()
+	return g
+}
+
+// goodCycle backs up the good owner's workspace with a new file content
+// and restores that snapshot, checking the file.
+func (d *proc) goodCycle(src string, n int) error {
+	content := fmt.Sprintf("cycle %d\n", n)
+	os.WriteFile(filepath.Join(src, "sub", "cycle.txt"), []byte(content), 0o644)
+	op, err := d.backupOf("good", src)
+	if err := succeeded(op, err); err != nil {
+		return fmt.Errorf("good owner's backup %d: %w", n, err)
 	}
+	dst := filepath.Join(d.root, fmt.Sprintf("good-dst-%d", n))
+	defer os.RemoveAll(dst)
+	if err := succeeded(d.restoreOf("good", op.Result.SnapshotId, dst)); err != nil {
+		return fmt.Errorf("good owner's restore %d: %w", n, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "sub", "cycle.txt")); string(b) != content {
+		return fmt.Errorf("good owner's restore %d: cycle.txt = %q, want %q", n, b, content)
+	}
+	return nil
+}
+
+// succeededAfter waits until a cycle that began after t has succeeded, and
+// fails with the loop's failure if it fails first.
+func (g *goodLoop) succeededAfter(t time.Time) error {
+	for {
+		g.mu.Lock()
+		last, err := g.last, g.err
+		g.mu.Unlock()
+		switch {
+		case err != nil:
+			return err
+		case last.After(t):
+			return nil
+		}
+		select {
+		case <-g.changed:
+		case <-g.done:
+			g.mu.Lock()
+			err := g.err
+			g.mu.Unlock()
+			if err == nil {
+				err = errors.New("the good owner's loop stopped")
+			}
+			return err
+		}
+	}
+}
+
+// end stops the loop and returns how many cycles succeeded and its failure.
+func (g *goodLoop) end() (int, error) {
+	g.stopOnce.Do(func() { close(g.stop) })
+	<-g.done
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cycles, g.err
 }
 
 // TestCraftedObjectsAgainstDaemon plants every crafted object in a
@@ -263,14 +343,11 @@ func TestCraftedObjectsAgainstDaemon(t *testing.T) {
 		objects[a.Name] = obj
 	}
 
-	stop, cycles := make(chan struct{}), make(chan time.Time)
-	go d.goodOwner(t, stop, cycles)
-	defer func() {
-		close(stop)
-		for range cycles {
-		}
-	}()
-	<-cycles
+	good := d.goodOwner()
+	defer good.end()
+	if err := good.succeededAfter(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	peak := d.peakRSS(true)
 	// The costly attacks last: the runtime keeps what a peak took for a
 	// while, which would blur the others' peaks.
@@ -294,11 +371,10 @@ func TestCraftedObjectsAgainstDaemon(t *testing.T) {
 			}
 		}
 		end := time.Now()
-		// The good owner's next cycle, begun after the attack, succeeds.
-		for c := range cycles {
-			if c.After(end) {
-				break
-			}
+		// The good owner's cycles, running all along, succeed, and one
+		// begun after the attack too.
+		if err := good.succeededAfter(end); err != nil {
+			t.Fatalf("after %s: %v", a.Name, err)
 		}
 		rss := d.peakRSS(true)
 		peak = max(peak, rss)
@@ -307,6 +383,10 @@ func TestCraftedObjectsAgainstDaemon(t *testing.T) {
 			t.Errorf("%s: daemon peak RSS %d MiB, over 256 MiB", a.Name, rss>>10)
 		}
 	}
+	cycles, err := good.end()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d.cmd.ProcessState != nil {
 		t.Fatalf("backupd exited: %v", d.cmd.ProcessState)
 	}
@@ -314,7 +394,7 @@ func TestCraftedObjectsAgainstDaemon(t *testing.T) {
 	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health at the end: %v %v", h, err)
 	}
-	t.Logf("daemon peak RSS over the whole run: %d MiB", peak>>10)
+	t.Logf("daemon peak RSS over the whole run: %d MiB; the good owner's %d backup and restore cycles all succeeded", peak>>10, cycles)
 }
 
 // evilCall makes one call for an evil owner and judges it: the line that
@@ -337,7 +417,9 @@ func (d *proc) evilCall(call, owner string, obj crafted.Object, want outcome) (l
 	case "backup":
 		op, err = d.backupOf(owner, filepath.Join(d.root, "evil-src"))
 	case "list":
-		resp, err := d.client.ListSnapshots(context.Background(), &pb.ListSnapshotsRequest{Owner: owner, Workspace: "w"})
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		resp, err := d.client.ListSnapshots(ctx, &pb.ListSnapshotsRequest{Owner: owner, Workspace: "w"})
 		switch {
 		case want.kind == "failed":
 			return judgeRPC(err, obj, want)
@@ -358,7 +440,9 @@ func (d *proc) evilCall(call, owner string, obj crafted.Object, want outcome) (l
 		}
 		return line, ""
 	case "check":
-		resp, err := d.client.CheckRepository(context.Background(), &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		resp, err := d.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
 		switch {
 		case want.kind == "failed":
 			return judgeRPC(err, obj, want)
@@ -480,7 +564,9 @@ func TestDamagedIndexObjectAgainstDaemon(t *testing.T) {
 			}
 			check := func() *pb.CheckRepositoryResponse {
 				t.Helper()
-				resp, err := d.client.CheckRepository(context.Background(), &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				resp, err := d.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
 				if err != nil {
 					t.Fatal(err)
 				}
