@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/backupd/backupd/internal/testservers"
@@ -15,6 +18,9 @@ import (
 var binary, childCache string
 
 func TestMain(m *testing.M) {
+	if out := os.Getenv(rssWrapperEnv); out != "" {
+		os.Exit(rssWrapper(out, os.Args[1:]))
+	}
 	dir, err := os.MkdirTemp("", "backupctl-test")
 	if err != nil {
 		panic(err)
@@ -34,12 +40,16 @@ func TestMain(m *testing.M) {
 type result struct {
 	stdout, stderr string
 	code           int
+	maxRSS         int64 // the child's peak resident set, in KiB
 }
 
+// run runs backupctl with args, through the test binary as rssWrapper to
+// measure its peak RSS.
 func run(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(append(os.Environ(), "XDG_CACHE_HOME="+childCache), env...)
+	rssFile := filepath.Join(t.TempDir(), "maxrss")
+	cmd := exec.Command(os.Args[0], append([]string{binary}, args...)...)
+	cmd.Env = append(append(os.Environ(), "XDG_CACHE_HOME="+childCache, rssWrapperEnv+"="+rssFile), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -49,7 +59,43 @@ func run(t *testing.T, env []string, args ...string) result {
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	return result{out.String(), errb.String(), code}
+	b, err := os.ReadFile(rssFile)
+	if err != nil {
+		t.Fatalf("backupctl %v: no peak RSS: %v\nstderr: %s", args, err, errb.String())
+	}
+	rss, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code, rss}
+}
+
+// rssWrapperEnv names the file where the test binary, run as rssWrapper,
+// writes its child's peak RSS.
+const rssWrapperEnv = "BACKUPCTL_TEST_RSS_FILE"
+
+// rssWrapper runs args[0] with args[1:] as its child, with stdio passed
+// on, writes the child's peak RSS (KiB) to out and returns its exit code.
+// A child started by a large process records that process's peak as its
+// own (Go starts children with vfork: at exec the kernel takes the peak
+// of the memory shared until then), so the test binary, large after
+// crafting objects, starts backupctl through a fresh small copy of itself.
+func rssWrapper(out string, args []string) int {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		fmt.Fprintln(os.Stderr, "rss wrapper:", err)
+		return 125
+	}
+	if err := os.WriteFile(out, []byte(strconv.FormatInt(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss, 10)), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "rss wrapper:", err)
+		return 125
+	}
+	return code
 }
 
 func ok(t *testing.T, r result) result {

@@ -32,7 +32,9 @@ import (
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
-var binary string
+// binary is the daemon under test; backupctl the operator's CLI, for what
+// an operator does beside a running daemon (repair index).
+var binary, backupctl string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "backupd-test")
@@ -42,6 +44,10 @@ func TestMain(m *testing.M) {
 	binary = filepath.Join(dir, "backupd")
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
 		panic("build backupd: " + err.Error() + "\n" + string(out))
+	}
+	backupctl = filepath.Join(dir, "backupctl")
+	if out, err := exec.Command("go", "build", "-o", backupctl, "../backupctl").CombinedOutput(); err != nil {
+		panic("build backupctl: " + err.Error() + "\n" + string(out))
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -73,6 +79,14 @@ func start(t *testing.T, grace string) *proc { return startIn(t, grace, "") }
 // after the harness's own (a flag given again wins).
 func startIn(t *testing.T, grace, root string, extra ...string) *proc {
 	t.Helper()
+	return startWith(t, root, append([]string{"--upload-limit", "1MiB", "--shutdown-grace", grace}, extra...)...)
+}
+
+// startWith runs backupd on a unix socket with a local store, one
+// workspace root (root, or one in its temporary directory when ""), no
+// node-local cache, and the extra flags.
+func startWith(t *testing.T, root string, extra ...string) *proc {
+	t.Helper()
 	dir := t.TempDir()
 	if root == "" {
 		root = filepath.Join(dir, "workspaces")
@@ -82,7 +96,7 @@ func startIn(t *testing.T, grace, root string, extra ...string) *proc {
 	sock := filepath.Join(dir, "backupd.sock")
 	d.sock = sock
 	d.cmd = exec.Command(binary, append([]string{"--listen", "unix://" + sock, "--workspace-root", d.root, "--repo", "file://" + d.store,
-		"--upload-limit", "1MiB", "--shutdown-grace", grace, "--cache-dir", "none", "--metrics-listen", "127.0.0.1:0"}, extra...)...)
+		"--cache-dir", "none", "--metrics-listen", "127.0.0.1:0"}, extra...)...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -56,6 +56,10 @@ func grpcCode(err error) codes.Code {
 		return codes.ResourceExhausted
 	case errors.As(err, &ce), errors.Is(err, bsync.ErrTargetNotEmpty):
 		return codes.FailedPrecondition
+	case errors.Is(err, repo.ErrTooLarge):
+		// A snapshot beyond the limits of a restore (an expansion or depth
+		// bomb): no retry helps until it is deleted.
+		return codes.FailedPrecondition
 	case errors.Is(err, errDraining), storage.IsTransient(err):
 		return codes.Unavailable
 	case errors.Is(err, repo.ErrCorrupt):

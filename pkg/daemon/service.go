@@ -165,7 +165,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 			opts.Progress, opts.Warn = &op.progress, s.warner(op)
 			res, err := bsync.RestoreDir(ctx, r, snap, dir, opts)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("restore of snapshot %s: %w", ref.ID.Short(), err)
 			}
 			return &pb.OperationResult{
 				SnapshotId: ref.ID.String(), Files: res.Files, Dirs: res.Dirs, Symlinks: res.Symlinks, Bytes: res.Bytes,

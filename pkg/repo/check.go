@@ -159,7 +159,7 @@ func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, er
 			if !Damaged(err) {
 				return nil, fmt.Errorf("check: %w", err)
 			}
-			res.problem("snapshot %s: %v", ref.Key, err)
+			res.problem("%v", err) // names the snapshot object
 			continue
 		}
 		name := ref.Workspace + "@" + ref.ID.Short()

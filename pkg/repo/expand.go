@@ -102,6 +102,9 @@ func (m *Measurer) Measure(ctx context.Context, root chunk.ID, maxEntries int64)
 	}
 	m.seen = map[chunk.ID]int{}
 	res, err := m.measure(ctx, root, 0, maxEntries)
+	if errors.Is(err, ErrTooLarge) {
+		return Expansion{}, fmt.Errorf("tree %s: %w", root.Short(), err)
+	}
 	if err != nil {
 		return Expansion{}, err
 	}

@@ -290,7 +290,11 @@ func (r *Repository) LoadSnapshot(ctx context.Context, ref SnapshotRef) (*Snapsh
 	if chunk.Hash(b) != ref.ID {
 		return nil, fmt.Errorf("snapshot %s: %w: content does not match its id", ref.Key, ErrCorrupt)
 	}
-	return decodeSnapshot(b)
+	s, err := decodeSnapshot(b)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", ref.Key, err)
+	}
+	return s, nil
 }
 
 // FindSnapshot resolves "latest", a full id or a unique id prefix (at least

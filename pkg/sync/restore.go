@@ -21,6 +21,7 @@ import (
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 )
 
 // RestoreOptions configures one restore.
@@ -889,7 +890,7 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 	end := int64(last.Offset) + int64(last.StoredLen)
 	rc, err := rs.r.Storage().Get(ctx, key, first, end-first)
 	if err != nil {
-		return fmt.Errorf("read pack %s: %w", key, err)
+		return rs.packReadErr(ctx, key, end, err)
 	}
 	defer rc.Close()
 	rs.packBytes.Add(end - first)
@@ -897,7 +898,7 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 	for _, loc := range blobs {
 		if gap := int64(loc.Offset) - pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
-				return fmt.Errorf("read pack %s: %w", key, err)
+				return rs.packReadErr(ctx, key, end, err)
 			}
 		}
 		if cap(stored) < int(loc.StoredLen) {
@@ -905,7 +906,7 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		}
 		stored = stored[:loc.StoredLen]
 		if _, err := io.ReadFull(rc, stored); err != nil {
-			return fmt.Errorf("read pack %s: %w", key, err)
+			return rs.packReadErr(ctx, key, end, err)
 		}
 		pos = int64(loc.Offset) + int64(loc.StoredLen)
 		raw, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, raw[:0])
@@ -922,6 +923,19 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
 	return nil
+}
+
+// packReadErr is the error of a read of the pack at key, up to end, that
+// failed with err: a pack shorter than the index says (the read ended
+// early, or started past the end) is damaged, ErrCorrupt, as its size
+// confirms; any other failure is the storage's.
+func (rs *restorer) packReadErr(ctx context.Context, key string, end int64, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, storage.ErrInvalidRange) {
+		if oi, serr := rs.r.Storage().Stat(ctx, key); serr == nil && oi.Size < end {
+			return fmt.Errorf("pack %s: %w: %d bytes, the index places blobs up to %d", key, repo.ErrCorrupt, oi.Size, end)
+		}
+	}
+	return fmt.Errorf("read pack %s: %w", key, err)
 }
 
 var zeros [64 << 10]byte
