@@ -41,7 +41,6 @@ var (
 	warned   = outcome{kind: "warned"}   // succeeds; the daemon logs a warning naming the object
 	unlisted = outcome{kind: "unlisted"} // ListSnapshots lists the snapshot as unreadable, naming it
 	problem  = outcome{kind: "problem"}  // CheckRepository: ok false, a problem naming the object
-	missing  = outcome{kind: "missing"}  // CheckRepository: ok false, the problems are packs storage lacks
 	notRun   = outcome{kind: "-"}        // not made: the index is loaded as by the restore, at seconds each
 	dataLoss = outcome{"failed", codes.DataLoss}
 	refused  = outcome{"failed", codes.FailedPrecondition} // beyond the limits of a restore

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ type flags struct {
 	backups, restores            int
 	queueTimeout, grace          time.Duration
 	uploadLimit, downloadLimit   string
+	softMemory                   string
 	cacheDir                     string
 	logFormat, logLevel          string
 }
@@ -102,6 +104,7 @@ partial snapshot) and exits.`,
 	fl.DurationVar(&f.queueTimeout, "queue-timeout", 0, fmt.Sprintf("how long an operation may wait in the queue (default %v)", daemon.DefaultQueueTimeout))
 	fl.StringVar(&f.uploadLimit, "upload-limit", "", "cap uploads to storage, all operations together, in `BYTES` per second (e.g. 100MiB)")
 	fl.StringVar(&f.downloadLimit, "download-limit", "", "cap downloads from storage in `BYTES` per second")
+	fl.StringVar(&f.softMemory, "soft-memory-limit", "", "the Go runtime's soft memory limit in `BYTES` (default 192MiB; -1 for none; $GOMEMLIMIT wins)")
 	fl.DurationVar(&f.grace, "shutdown-grace", 0, fmt.Sprintf("on SIGTERM, how long running operations may go on before they are cancelled (default %v)", daemon.DefaultShutdownGrace))
 	fl.StringVar(&f.cacheDir, "cache-dir", "", `node-local cache of index and trees (default: backupd/cache under the user's cache directory; "none" for no cache)`)
 	fl.StringVar(&f.logFormat, "log-format", "", "json (default) or console")
@@ -170,8 +173,13 @@ func (f *flags) load(cmd *cobra.Command) (daemon.Config, error) {
 	for _, l := range []struct {
 		name, v string
 		dst     *int64
-	}{{"upload-limit", f.uploadLimit, &cfg.Limits.UploadBytesPerSecond}, {"download-limit", f.downloadLimit, &cfg.Limits.DownloadBytesPerSecond}} {
+	}{{"upload-limit", f.uploadLimit, &cfg.Limits.UploadBytesPerSecond}, {"download-limit", f.downloadLimit, &cfg.Limits.DownloadBytesPerSecond},
+		{"soft-memory-limit", f.softMemory, &cfg.Limits.SoftMemoryBytes}} {
 		if set(l.name) {
+			if l.v == "-1" {
+				*l.dst = -1
+				continue
+			}
 			n, err := parseBytes(l.v)
 			if err != nil {
 				return cfg, fmt.Errorf("--%s: %w", l.name, err)
@@ -229,6 +237,9 @@ func run(ctx context.Context, cfg daemon.Config) error {
 		return err
 	}
 	defer log.Sync()
+	if os.Getenv("GOMEMLIMIT") == "" && cfg.Limits.SoftMemoryBytes > 0 {
+		debug.SetMemoryLimit(cfg.Limits.SoftMemoryBytes)
+	}
 	srv, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -80,6 +80,12 @@ type Limits struct {
 	// no cap.
 	UploadBytesPerSecond   int64 `yaml:"upload_bytes_per_second"`
 	DownloadBytesPerSecond int64 `yaml:"download_bytes_per_second"`
+	// SoftMemoryBytes is the Go runtime's soft memory limit for the
+	// daemon (debug.SetMemoryLimit): the garbage collector works harder as
+	// the heap nears it, so that what one owner's operation briefly needs
+	// is given back before others need it. 0 means the default (192 MiB);
+	// -1 means none. $GOMEMLIMIT, when set, wins.
+	SoftMemoryBytes int64 `yaml:"soft_memory_bytes"`
 }
 
 // Log configures logging.
@@ -98,6 +104,7 @@ const (
 	DefaultQueueTimeout       = 10 * time.Minute
 	DefaultShutdownGrace      = 30 * time.Second
 	DefaultOperationRetention = time.Hour
+	DefaultSoftMemoryBytes    = 192 << 20
 )
 
 // SetDefaults fills in what is unset.
@@ -113,6 +120,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.QueueTimeout == 0 {
 		c.Limits.QueueTimeout = DefaultQueueTimeout
+	}
+	if c.Limits.SoftMemoryBytes == 0 {
+		c.Limits.SoftMemoryBytes = DefaultSoftMemoryBytes
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
@@ -176,6 +186,9 @@ func (c *Config) Validate() error {
 	}
 	if l.UploadBytesPerSecond < 0 || l.DownloadBytesPerSecond < 0 {
 		bad("limits: bandwidth must not be negative")
+	}
+	if l.SoftMemoryBytes < -1 || (l.SoftMemoryBytes > 0 && l.SoftMemoryBytes < 32<<20) {
+		bad("limits.soft_memory_bytes: %d: want at least 32 MiB, or -1 for none", l.SoftMemoryBytes)
 	}
 	if c.ShutdownGrace < 0 || c.OperationRetention < 0 {
 		bad("shutdown_grace and operation_retention must not be negative")

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/backupd/backupd/internal/panics"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -268,7 +269,7 @@ func (m *manager) run(op *operation, run runFunc) {
 		m.log.Info("operation started", zap.String("operation", op.id), zap.String("kind", kind),
 			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.String("path", op.path),
 			zap.String("request_id", op.requestID), zap.Duration("queue_wait", wait))
-		res, err = run(op.ctx, op)
+		res, err = runRecovered(run, op)
 		m.metrics.running.WithLabelValues(kind).Dec()
 		// The slot is freed only once the end is recorded, so that the
 		// next operation's start never precedes this one's end.
@@ -277,6 +278,14 @@ func (m *manager) run(op *operation, run runFunc) {
 		return
 	}
 	m.finish(op, res, err)
+}
+
+// runRecovered runs an operation's work, turning a panic (a bug that one
+// owner's crafted object reached, say) into that operation's failure
+// instead of the end of every owner's operations.
+func runRecovered(run runFunc, op *operation) (res *pb.OperationResult, err error) {
+	defer panics.Recover(&err)
+	return run(op.ctx, op)
 }
 
 // finish records an operation's end.
@@ -324,6 +333,10 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 		m.metrics.bytes.WithLabelValues(kind).Add(float64(res.Bytes))
 		fields = append(fields, zap.String("snapshot", res.SnapshotId), zap.Int64("files", res.Files),
 			zap.Int64("bytes", res.Bytes), zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
+	}
+	if pe := (*panics.Error)(nil); errors.As(err, &pe) {
+		m.log.Error("operation ended by a panic", append(fields, zap.Any("panic", pe.Value), zap.ByteString("stack", pe.Stack))...)
+		return
 	}
 	if err != nil {
 		m.log.Warn("operation ended", append(fields, zap.String("error", truncate(err.Error())))...)

@@ -9,17 +9,20 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
@@ -86,6 +89,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(s.recoverUnary), grpc.ChainStreamInterceptor(s.recoverStream),
 	}
 	if cfg.TLS.Enabled() {
 		tc, err := tlsreload.Server(tlsreload.ServerFiles{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, ClientCA: cfg.TLS.ClientCA},
@@ -186,6 +190,28 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.place.Close()
 	closeRoots(s.roots)
 	s.log.Info("shut down")
+}
+
+// recoverUnary and recoverStream turn a panic in a handler into an
+// INTERNAL error of that call, logged with its stack, so that a bug one
+// request reaches never stops the daemon for every owner.
+func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer s.recovered(info.FullMethod, &err)
+	return h(ctx, req)
+}
+
+func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer s.recovered(info.FullMethod, &err)
+	return h(srv, ss)
+}
+
+func (s *Server) recovered(method string, err *error) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	s.log.Error("request ended by a panic", zap.String("method", method), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+	*err = status.Error(codes.Internal, fmt.Sprintf("internal error: panic: %v", p))
 }
 
 // openRepo opens owner's repository with the node-local cache; create

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	bsync "github.com/backupd/backupd/pkg/sync"
@@ -326,7 +327,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i, ref := range page {
-		g.Go(func() error {
+		g.Go(panics.Safe(func() error {
 			snap, err := r.LoadSnapshot(gctx, ref)
 			switch {
 			case errors.Is(err, storage.ErrNotFound):
@@ -345,7 +346,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 				NewBytes: snap.Stats.NewBytes, StoredBytes: snap.Stats.StoredBytes,
 			}
 			return nil
-		})
+		}))
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -84,7 +86,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
 	for _, oi := range keys {
-		g.Go(func() error {
+		g.Go(panics.Safe(func() error {
 			err := r.loadIndexObject(gctx, oi)
 			if err != nil && Damaged(err) {
 				mu.Lock()
@@ -93,7 +95,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 				return nil
 			}
 			return err
-		})
+		}))
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -123,14 +125,23 @@ func (r *Repository) loadIndexObject(ctx context.Context, oi storage.ObjectInfo)
 	}
 	b, cached := r.cache.get("index", id)
 	if !cached {
-		if b, err = readObject(ctx, r.st, oi.Key, MaxIndexObjectSize); err != nil {
+		if b, err = readObjectSized(ctx, r.st, oi.Key, oi.Size, MaxIndexObjectSize); err != nil {
 			return fmt.Errorf("index object %s: %w", oi.Key, err)
 		}
 		if chunk.Hash(b) != id {
 			return fmt.Errorf("index object %s: %w: content does not match its id", oi.Key, ErrCorrupt)
 		}
 	}
+	// Decoding one object may take ~45 MiB however small it is stored
+	// (MaxIndexSize): only so many at once in the whole process, whatever
+	// the number of owners loading their index.
+	select {
+	case indexDecodes <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	packs, err := DecodeIndexMax(b, r.cfg.MaxBlobSize(DataBlob))
+	<-indexDecodes
 	if err != nil {
 		return fmt.Errorf("index object %s: %w", oi.Key, err)
 	}
@@ -142,6 +153,11 @@ func (r *Repository) loadIndexObject(ctx context.Context, oi storage.ObjectInfo)
 	}
 	return nil
 }
+
+// indexDecodes bounds the index objects decoded at once in the process:
+// the memory one decode may take is bounded per object, and this bounds
+// their number, for the daemon serving many owners.
+var indexDecodes = make(chan struct{}, 2)
 
 // adoptPacks indexes from their trailers the packs that no loaded index
 // object names.
@@ -168,7 +184,7 @@ func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexRep
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
 	for _, oi := range orphans {
-		g.Go(func() error {
+		g.Go(panics.Safe(func() error {
 			id, _ := packID(oi.Key)
 			entries, err := r.ReadPackTrailer(gctx, id, oi.Size)
 			mu.Lock()
@@ -183,7 +199,7 @@ func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexRep
 				return err
 			}
 			return nil
-		})
+		}))
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -256,19 +272,33 @@ func readRange(ctx context.Context, st storage.Storage, key string, off, n int64
 // readObject reads the whole object at key, refusing one of more than
 // limit bytes (ErrCorrupt) without reading more than that.
 func readObject(ctx context.Context, st storage.Storage, key string, limit int64) ([]byte, error) {
+	return readObjectSized(ctx, st, key, -1, limit)
+}
+
+// readObjectSized is readObject for an object a listing said is size
+// bytes (-1: unknown): it reads into one buffer of that size (within
+// limit) instead of a growing one, and still never trusts it.
+func readObjectSized(ctx context.Context, st storage.Storage, key string, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, fmt.Errorf("%s: %w: %d bytes, larger than %d, more than any writer makes", key, ErrCorrupt, size, limit)
+	}
 	rc, err := st.Get(ctx, key, 0, -1)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
-	if err != nil {
+	var b []byte
+	if size >= 0 {
+		b = make([]byte, 0, size+1) // +1: room to see it is longer than listed
+	}
+	w := bytes.NewBuffer(b)
+	if _, err := io.Copy(w, io.LimitReader(rc, limit+1)); err != nil {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	if int64(len(b)) > limit {
+	if int64(w.Len()) > limit {
 		return nil, fmt.Errorf("%s: %w: larger than %d bytes, more than any writer makes", key, ErrCorrupt, limit)
 	}
-	return b, nil
+	return w.Bytes(), nil
 }
 
 // RepairResult is what RepairIndex did.
@@ -322,7 +352,7 @@ func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, 
 			if !ok {
 				return nil
 			}
-			g.Go(func() error {
+			g.Go(panics.Safe(func() error {
 				entries, err := r.ReadPackTrailer(gctx, id, oi.Size)
 				mu.Lock()
 				defer mu.Unlock()
@@ -338,7 +368,7 @@ func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, 
 				fresh.AddPack(id, entries)
 				write = append(write, PackIndex{Pack: id, Blobs: entries})
 				return nil
-			})
+			}))
 			return nil
 		})
 		if werr := g.Wait(); err == nil {

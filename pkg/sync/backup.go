@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/exclude"
@@ -257,19 +258,19 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	g, gctx := errgroup.WithContext(ctx)
 	var readers, compressors gosync.WaitGroup
 	for range opts.Uploads {
-		g.Go(func() error { return b.uploader(gctx) })
+		g.Go(panics.Safe(func() error { return b.uploader(gctx) }))
 	}
 	for range opts.Compressors {
 		compressors.Add(1)
-		g.Go(func() error { defer compressors.Done(); return b.compressor(gctx) })
+		g.Go(panics.Safe(func() error { defer compressors.Done(); return b.compressor(gctx) }))
 	}
 	for range opts.Readers {
 		readers.Add(1)
-		g.Go(func() error { defer readers.Done(); return b.reader(gctx) })
+		g.Go(panics.Safe(func() error { defer readers.Done(); return b.reader(gctx) }))
 	}
 	var rootID chunk.ID
 	released = true // the walk releases it
-	g.Go(func() error {
+	g.Go(panics.Safe(func() error {
 		fut, err := b.walkDir(gctx, g, root, "", parentTree, 0)
 		if err != nil {
 			return err
@@ -289,7 +290,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		}
 		close(b.uploads)
 		return nil
-	})
+	}))
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
@@ -511,7 +512,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		waits = append(waits, job.done)
 	}
 	fut := &dirFuture{done: make(chan struct{})}
-	g.Go(func() error {
+	g.Go(panics.Safe(func() error {
 		for _, w := range waits {
 			if err := wait(ctx, w); err != nil {
 				return err
@@ -535,7 +536,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		b.opts.Progress.Dirs.Add(1)
 		close(fut.done)
 		return nil
-	})
+	}))
 	return fut, nil
 }
 
@@ -644,7 +645,7 @@ func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, 
 		return b.walkDir(ctx, g, d, rel, parentTree, depth)
 	}
 	fut := &dirFuture{done: make(chan struct{})}
-	g.Go(func() error {
+	g.Go(panics.Safe(func() error {
 		inner, err := b.walkDir(ctx, g, d, rel, parentTree, depth)
 		<-b.walkers // the slot is for walking, not for waiting
 		if err != nil {
@@ -656,7 +657,7 @@ func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, 
 		fut.id = inner.id
 		close(fut.done)
 		return nil
-	})
+	}))
 	return fut, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
@@ -249,21 +250,21 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
+	g.Go(panics.Safe(func() error {
 		for b := range rs.batches {
 			if err := rs.writeBatch(gctx, b); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
-	g.Go(func() error {
+	}))
+	g.Go(panics.Safe(func() error {
 		defer close(rs.batches)
 		if err := rs.restoreTree(gctx, snap.Tree, root, rs.include == nil, 0); err != nil {
 			return err
 		}
 		return rs.flush(gctx)
-	})
+	}))
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
@@ -836,9 +837,9 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 	for _, pl := range plans {
 		sort.Slice(pl.blobs, func(i, j int) bool { return pl.blobs[i].Offset < pl.blobs[j].Offset })
 		for _, span := range spans(pl.blobs) {
-			g.Go(func() error {
+			g.Go(panics.Safe(func() error {
 				return rs.restoreSpan(gctx, pl, span)
-			})
+			}))
 		}
 	}
 	if err := g.Wait(); err != nil {
