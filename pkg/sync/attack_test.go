@@ -420,3 +420,29 @@ func TestBackupRefusesOversizedDirectories(t *testing.T) {
 		t.Fatal("a snapshot was written")
 	}
 }
+
+// TestBackupLeavesOutHardLinkedSymlinks: anyone may hard-link a symlink
+// (its mode is 0777), so a workspace can hold a second name of a symlink
+// outside it; backup neither reads nor keeps it.
+func TestBackupLeavesOutHardLinkedSymlinks(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "ws")
+	writeFile(t, filepath.Join(src, "f"), []byte("x"), 0o644, time.Unix(1e9, 0))
+	must(t, os.Symlink("/outside/target", filepath.Join(base, "outside-link")))
+	must(t, os.Link(filepath.Join(base, "outside-link"), filepath.Join(src, "linked"))) // links the symlink itself
+	must(t, os.Symlink("f", filepath.Join(src, "own")))
+	r, _ := newMemRepo(t)
+	var warned []string
+	res, err := Backup(context.Background(), r, src, BackupOptions{Owner: "owner1", Workspace: "ws1",
+		Warn: func(p string, err error) { warned = append(warned, p+": "+err.Error()) }})
+	must(t, err)
+	tr, err := r.LoadTree(context.Background(), res.Snapshot.Tree)
+	must(t, err)
+	var names []string
+	for _, n := range tr.Nodes {
+		names = append(names, n.Name)
+	}
+	if strings.Join(names, ",") != "f,own" || len(warned) != 1 || !strings.Contains(warned[0], "linked") || res.Snapshot.Stats.Skipped != 1 {
+		t.Fatalf("entries %v, warnings %q, skipped %d", names, warned, res.Snapshot.Stats.Skipped)
+	}
+}

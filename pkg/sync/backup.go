@@ -564,23 +564,17 @@ func (b *backup) nodeFromStat(name string, st *unix.Stat_t) repo.Node {
 	return n
 }
 
-// pinnedNode fills in a symlink's or FIFO's node. Backing up as root, it
-// reads the entry's extended attributes, which have no call relative to a
-// directory: it opens the entry itself (O_PATH, never following it),
-// checks it is still of the kind stat'ed, and reads through that
-// descriptor, so a swapped entry can never lend another file's attributes.
-// Otherwise a symlink's target is read relative to d.
+// pinnedNode fills in a symlink's or FIFO's node from the entry itself:
+// it opens it (O_PATH, never following it), checks it is still of the kind
+// stat'ed and has no second name (a hard link to a symlink or FIFO, which
+// may be one outside the workspace, is left out: the format keeps hard
+// links of regular files only), and reads its target and, backing up as
+// root, its extended attributes through that descriptor, so that a swapped
+// entry can never lend another file's target or attributes.
 func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 	name := n.Name
-	if !b.allXattrs {
-		if n.Type == repo.TypeSymlink {
-			t, err := readlinkat(d.fd, name)
-			if err != nil {
-				return fmt.Errorf("read symlink %s: %w", d.join(name), err)
-			}
-			n.Target = t
-		}
-		return nil
+	if n.Type == repo.TypeFIFO && !b.allXattrs && st.Nlink == 1 {
+		return nil // nothing to read: the stat says it all
 	}
 	fd, err := dirfd.OpenAt(d.fd, name, unix.O_PATH, 0)
 	if err != nil {
@@ -591,8 +585,11 @@ func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 	if err := unix.Fstat(fd, &now); err != nil {
 		return fmt.Errorf("stat %s: %w", d.join(name), err)
 	}
-	if now.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
+	switch {
+	case now.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT:
 		return fmt.Errorf("stat %s: %w", d.join(name), errChanged)
+	case now.Nlink != 1:
+		return fmt.Errorf("stat %s: %w", d.join(name), errLinked)
 	}
 	*n = b.nodeFromStat(name, &now)
 	if n.Type == repo.TypeSymlink {
@@ -600,11 +597,16 @@ func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 			return fmt.Errorf("read symlink %s: %w", d.join(name), err)
 		}
 	}
-	if n.Xattrs, err = readXattrs(-1, dirfd.ProcPath(fd), true); err != nil {
-		b.opts.Warn(d.join(name), fmt.Errorf("extended attributes not kept: %w", err))
+	if b.allXattrs {
+		if n.Xattrs, err = readXattrs(-1, dirfd.ProcPath(fd), true); err != nil {
+			b.opts.Warn(d.join(name), fmt.Errorf("extended attributes not kept: %w", err))
+		}
 	}
 	return nil
 }
+
+// errLinked means a symlink or FIFO has a second name.
+var errLinked = errors.New("a symlink or FIFO with more than one name (hard link)")
 
 // errChanged means an entry changed its kind between two looks at it.
 var errChanged = errors.New("changed during the backup")
@@ -618,6 +620,8 @@ func (b *backup) vanished(path string, err error) bool {
 		b.skip(path, errors.New("skipped: deleted during backup"))
 	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR), errors.Is(err, errChanged), errors.Is(err, unix.EINVAL):
 		b.skip(path, errors.New("skipped: replaced by another kind of entry during backup"))
+	case errors.Is(err, errLinked):
+		b.skip(path, fmt.Errorf("skipped: %w is not kept", errLinked))
 	default:
 		return false
 	}

@@ -47,8 +47,7 @@ func (rs *restorer) clearFor(d *restoreDir, n *repo.Node) (*unix.Stat_t, error) 
 		keep = n.Type == repo.TypeFIFO && st.Nlink == 1
 	case unix.S_IFLNK:
 		if n.Type == repo.TypeSymlink && st.Nlink == 1 {
-			target, err := readlinkat(d.fd, n.Name)
-			keep = err == nil && target == n.Target
+			keep = sameLink(d, n, &st)
 		}
 	}
 	if keep {
@@ -58,6 +57,24 @@ func (rs *restorer) clearFor(d *restoreDir, n *repo.Node) (*unix.Stat_t, error) 
 		return nil, err
 	}
 	return nil, nil
+}
+
+// sameLink reports whether the symlink of d that st describes (one name)
+// points where n does. It reads the target through a descriptor of that
+// very link (O_PATH), checked to be it, never by name: a link swapped in
+// meanwhile (a second name of a link outside) is not even read.
+func sameLink(d *restoreDir, n *repo.Node, st *unix.Stat_t) bool {
+	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_PATH, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var now unix.Stat_t
+	if unix.Fstat(fd, &now) != nil || !dirfd.SameFile(&now, st) || now.Nlink != 1 {
+		return false
+	}
+	target, err := readlinkat(fd, "")
+	return err == nil && target == n.Target
 }
 
 // remove removes the entry name of d, a directory with everything in it.
