@@ -754,6 +754,25 @@ const skippedNode repo.NodeType = 0
 // before each file or directory is opened, with its display path.
 var testHookBeforeOpen, testHookBeforeOpenDir func(path string)
 
+// openRegular opens the entry name of directory dir with flags (never
+// following a link) and returns it with its stat data, if it is a regular
+// file: anything else is errChanged, and is closed.
+func openRegular(dir int, name string, flags int) (int, unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, err := dirfd.OpenAt(dir, name, flags, 0)
+	if err != nil {
+		return -1, st, err
+	}
+	if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+		err = errChanged
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, st, err
+	}
+	return fd, st, nil
+}
+
 // openFlags open files for reading: never through a link, never blocking
 // on a FIFO swapped in, without updating access times when allowed.
 func openFlags(root bool) int {
@@ -769,16 +788,7 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	if testHookBeforeOpen != nil {
 		testHookBeforeOpen(job.path())
 	}
-	fd, err := dirfd.OpenAt(job.dir.fd, n.Name, openFlags(b.allXattrs), 0)
-	var st unix.Stat_t
-	if err == nil {
-		if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
-			err = errChanged
-		}
-		if err != nil {
-			unix.Close(fd)
-		}
-	}
+	fd, st, err := openRegular(job.dir.fd, n.Name, openFlags(b.allXattrs))
 	path := job.path()
 	job.dir.release()
 	if err != nil {
@@ -917,16 +927,7 @@ func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exc
 		return nil, err
 	}
 	path := d.join(exclude.ExcludeFile)
-	fd, err := dirfd.OpenAt(d.fd, exclude.ExcludeFile, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
-	var st unix.Stat_t
-	if err == nil {
-		if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
-			err = errChanged
-		}
-		if err != nil {
-			unix.Close(fd)
-		}
-	}
+	fd, _, err := openRegular(d.fd, exclude.ExcludeFile, openFlags(false))
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return orNil(m), nil

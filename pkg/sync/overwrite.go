@@ -109,13 +109,9 @@ func (rs *restorer) deleteExtra(d *restoreDir, t *repo.Tree) error {
 // kept only if the file opened is the one examined, has one link, and is
 // regular; otherwise it is replaced like any entry in the way.
 func (rs *restorer) addExistingFile(ctx context.Context, d *restoreDir, n *repo.Node, old *unix.Stat_t) (*restoreFile, error) {
-	fd, err := dirfd.OpenAt(d.fd, n.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
-	var st unix.Stat_t
-	if err == nil {
-		err = unix.Fstat(fd, &st)
-	}
-	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || !dirfd.SameFile(&st, old) {
-		if fd >= 0 {
+	fd, st, err := openRegular(d.fd, n.Name, openFlags(false))
+	if err != nil || st.Nlink != 1 || !dirfd.SameFile(&st, old) {
+		if err == nil {
 			unix.Close(fd)
 		}
 		if err := rs.remove(d, n.Name); err != nil {
