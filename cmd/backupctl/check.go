@@ -77,7 +77,7 @@ indexed by the next backup or by 'backupctl repair index'.`,
 				for _, w := range res.Warnings {
 					fmt.Printf("warning: %s\n", w)
 				}
-				what := fmt.Sprintf("%s, %d trees, %d blobs", plural(res.Snapshots, "snapshot"), res.Trees, res.Blobs)
+				what := fmt.Sprintf("%s, %s, %s", plural(res.Snapshots, "snapshot"), plural(res.Trees, "tree"), plural(res.Blobs, "blob"))
 				if readData {
 					what += fmt.Sprintf(", %s read", plural(res.PacksRead, "pack"))
 				}
@@ -102,9 +102,15 @@ indexed by the next backup or by 'backupctl repair index'.`,
 
 func newRepairCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "repair",
+		Use:   "repair index ...",
 		Short: "Repair an owner's repository",
 		Long:  `Repair what check reports, without losing anything stored.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for \"repair\"", args[0])}
+			}
+			return usageError{errors.New("repair: name what to repair: index")}
+		},
 	}
 	var (
 		f   repoFlags
