@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage/location"
 )
 
@@ -46,6 +47,10 @@ type Config struct {
 	// CacheSize bounds the cache in bytes; 0 means the default (2 GiB).
 	CacheSize int64  `yaml:"cache_size"`
 	Limits    Limits `yaml:"limits"`
+	// Retention is the default retention policy, applied to a workspace
+	// right after each of its backups succeeds (a BackupWorkspace request
+	// may give its own); no rule keeps every snapshot.
+	Retention retention.Policy `yaml:"retention"`
 	// ShutdownGrace is how long running operations may go on after
 	// SIGTERM before they are cancelled (default 30s).
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
@@ -176,6 +181,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CacheSize < 0 {
 		bad("cache_size: %d is negative", c.CacheSize)
+	}
+	if err := c.Retention.Validate(); err != nil {
+		bad("retention: %w", err)
 	}
 	l := c.Limits
 	if l.Backups < 1 || l.Restores < 1 {

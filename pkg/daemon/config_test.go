@@ -17,7 +17,8 @@ func TestDeployExampleConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.TLS.ClientCA == "" || c.Limits.Backups != 2 || c.Storage.URL == "" || len(c.WorkspaceRoots) != 1 {
+	if c.TLS.ClientCA == "" || c.Limits.Backups != 2 || c.Storage.URL == "" || len(c.WorkspaceRoots) != 1 ||
+		c.Retention.KeepLast != 10 || c.Retention.KeepWithin.String() != "7d" || len(c.Retention.KeepTags) != 1 {
 		t.Fatalf("example config read as %+v", c)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
@@ -67,6 +68,10 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	if err != nil {
 		return nil, false, err
 	}
+	policy, err := retentionPolicy(req.GetRetention(), s.cfg.Retention)
+	if err != nil {
+		return nil, false, err
+	}
 	opts := bsync.BackupOptions{
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
 		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
@@ -95,6 +100,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
 				UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
 				Skipped: st.Skipped, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
+				ForgottenSnapshots: s.applyRetention(ctx, op, r, policy),
 			}, nil
 		})
 }
@@ -173,6 +179,28 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 				UnchangedFiles: res.Unchanged, NewBytes: res.PackBytes, ReusedBytes: res.ReusedBytes, Deleted: res.Deleted,
 			}, nil
 		})
+}
+
+// applyRetention forgets, after a successful backup, the snapshots of its
+// workspace that policy does not keep, and returns how many. The backup has
+// succeeded whatever happens here: a failure is logged, not returned.
+func (s *Server) applyRetention(ctx context.Context, op *operation, r *repo.Repository, policy retention.Policy) int64 {
+	if policy.Empty() {
+		return 0
+	}
+	results, err := r.Forget(ctx, op.workspace, policy, false)
+	var n int64
+	for _, res := range results {
+		n += int64(len(res.Forget))
+	}
+	if err != nil {
+		s.log.Warn("retention after the backup failed; the snapshots are kept until the next backup's", zap.String("operation", op.id),
+			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.Int64("forgotten", n), zap.String("error", truncate(err.Error())))
+	} else if n > 0 {
+		s.log.Info("retention forgot snapshots", zap.String("operation", op.id), zap.String("owner", op.owner),
+			zap.String("workspace", op.workspace), zap.Int64("forgotten", n))
+	}
+	return n
 }
 
 // warner logs the first warnings of an operation (skipped entries,

@@ -13,6 +13,7 @@ import (
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/retention"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 	"golang.org/x/sys/unix"
@@ -38,6 +39,7 @@ const (
 	maxTagValue    = repo.MaxTagValueLen
 	maxPatterns    = 1024
 	maxIncludes    = 1024
+	maxKeepTags    = repo.MaxTags // a rule per tag a snapshot may hold
 	maxPageSize    = 1000
 	defaultPage    = 100
 	minInterval    = 100 * time.Millisecond
@@ -180,6 +182,38 @@ func checkIncludes(paths []string) error {
 		}
 	}
 	return nil
+}
+
+// retentionPolicy returns the policy a request asks for, or def when it
+// gives none.
+func retentionPolicy(p *pb.RetentionPolicy, def retention.Policy) (retention.Policy, error) {
+	if p == nil {
+		return def, nil
+	}
+	var out retention.Policy
+	if p.GetKeepLast() < 0 {
+		return out, invalidField("retention.keep_last", fmt.Errorf("%d: want 0 (no such rule) or more", p.GetKeepLast()))
+	}
+	out.KeepLast = int(p.GetKeepLast())
+	if d := p.GetKeepWithin(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return out, invalidField("retention.keep_within", fmt.Errorf("want a duration of 0 (no such rule) or more"))
+		}
+		out.KeepWithin = retention.Duration(d.AsDuration())
+	}
+	if len(p.GetKeepTags()) > maxKeepTags {
+		return out, invalidField("retention.keep_tags", fmt.Errorf("%d rules, at most %d", len(p.GetKeepTags()), maxKeepTags))
+	}
+	for _, t := range p.GetKeepTags() {
+		if err := checkLen("retention.keep_tags", "rule ", t, maxTagKey+1+maxTagValue); err != nil {
+			return out, err
+		}
+		out.KeepTags = append(out.KeepTags, t)
+	}
+	if err := out.Validate(); err != nil {
+		return out, invalidField("retention", err)
+	}
+	return out, nil
 }
 
 func idMap(field string, ms []*pb.IdMapping) (bsync.IDMap, error) {

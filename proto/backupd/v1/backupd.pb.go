@@ -295,8 +295,12 @@ type BackupWorkspaceRequest struct {
 	// Read every file, ignoring the parent's metadata.
 	Force bool `protobuf:"varint,8,opt,name=force,proto3" json:"force,omitempty"`
 	// Host ids on disk are recorded as container ids.
-	UidMappings   []*IdMapping `protobuf:"bytes,9,rep,name=uid_mappings,json=uidMappings,proto3" json:"uid_mappings,omitempty"`
-	GidMappings   []*IdMapping `protobuf:"bytes,10,rep,name=gid_mappings,json=gidMappings,proto3" json:"gid_mappings,omitempty"`
+	UidMappings []*IdMapping `protobuf:"bytes,9,rep,name=uid_mappings,json=uidMappings,proto3" json:"uid_mappings,omitempty"`
+	GidMappings []*IdMapping `protobuf:"bytes,10,rep,name=gid_mappings,json=gidMappings,proto3" json:"gid_mappings,omitempty"`
+	// The retention policy applied to the workspace right after the backup
+	// succeeds, instead of the daemon's default (retention in its config).
+	// Unset: the default. Set with no rule: keep everything.
+	Retention     *RetentionPolicy `protobuf:"bytes,11,opt,name=retention,proto3" json:"retention,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +405,80 @@ func (x *BackupWorkspaceRequest) GetGidMappings() []*IdMapping {
 	return nil
 }
 
+func (x *BackupWorkspaceRequest) GetRetention() *RetentionPolicy {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+// RetentionPolicy says which snapshots of a workspace to keep (a snapshot
+// any rule keeps is kept; the newest is always kept). Forgetting a snapshot
+// deletes its snapshot object; its data goes at the next prune.
+type RetentionPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keep the newest keep_last snapshots; 0: no such rule.
+	KeepLast int32 `protobuf:"varint,1,opt,name=keep_last,json=keepLast,proto3" json:"keep_last,omitempty"`
+	// Keep the snapshots taken within this long before the workspace's
+	// newest snapshot (not before now); unset or 0: no such rule.
+	KeepWithin *durationpb.Duration `protobuf:"bytes,2,opt,name=keep_within,json=keepWithin,proto3" json:"keep_within,omitempty"`
+	// Keep the snapshots with one of these tags: "key" or "key=value".
+	KeepTags      []string `protobuf:"bytes,3,rep,name=keep_tags,json=keepTags,proto3" json:"keep_tags,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetentionPolicy) Reset() {
+	*x = RetentionPolicy{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetentionPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetentionPolicy) ProtoMessage() {}
+
+func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
+func (*RetentionPolicy) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetentionPolicy) GetKeepLast() int32 {
+	if x != nil {
+		return x.KeepLast
+	}
+	return 0
+}
+
+func (x *RetentionPolicy) GetKeepWithin() *durationpb.Duration {
+	if x != nil {
+		return x.KeepWithin
+	}
+	return nil
+}
+
+func (x *RetentionPolicy) GetKeepTags() []string {
+	if x != nil {
+		return x.KeepTags
+	}
+	return nil
+}
+
 type BackupWorkspaceResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Operation *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
@@ -413,7 +491,7 @@ type BackupWorkspaceResponse struct {
 
 func (x *BackupWorkspaceResponse) Reset() {
 	*x = BackupWorkspaceResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +503,7 @@ func (x *BackupWorkspaceResponse) String() string {
 func (*BackupWorkspaceResponse) ProtoMessage() {}
 
 func (x *BackupWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +516,7 @@ func (x *BackupWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*BackupWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{2}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BackupWorkspaceResponse) GetOperation() *Operation {
@@ -484,7 +562,7 @@ type RestoreWorkspaceRequest struct {
 
 func (x *RestoreWorkspaceRequest) Reset() {
 	*x = RestoreWorkspaceRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +574,7 @@ func (x *RestoreWorkspaceRequest) String() string {
 func (*RestoreWorkspaceRequest) ProtoMessage() {}
 
 func (x *RestoreWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +587,7 @@ func (x *RestoreWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*RestoreWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{3}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RestoreWorkspaceRequest) GetRequestId() string {
@@ -599,7 +677,7 @@ type RestoreWorkspaceResponse struct {
 
 func (x *RestoreWorkspaceResponse) Reset() {
 	*x = RestoreWorkspaceResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +689,7 @@ func (x *RestoreWorkspaceResponse) String() string {
 func (*RestoreWorkspaceResponse) ProtoMessage() {}
 
 func (x *RestoreWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +702,7 @@ func (x *RestoreWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*RestoreWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{4}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RestoreWorkspaceResponse) GetOperation() *Operation {
@@ -653,7 +731,7 @@ type WatchOperationRequest struct {
 
 func (x *WatchOperationRequest) Reset() {
 	*x = WatchOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +743,7 @@ func (x *WatchOperationRequest) String() string {
 func (*WatchOperationRequest) ProtoMessage() {}
 
 func (x *WatchOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +756,7 @@ func (x *WatchOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchOperationRequest.ProtoReflect.Descriptor instead.
 func (*WatchOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{5}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WatchOperationRequest) GetOperationId() string {
@@ -704,7 +782,7 @@ type WatchOperationResponse struct {
 
 func (x *WatchOperationResponse) Reset() {
 	*x = WatchOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +794,7 @@ func (x *WatchOperationResponse) String() string {
 func (*WatchOperationResponse) ProtoMessage() {}
 
 func (x *WatchOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +807,7 @@ func (x *WatchOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchOperationResponse.ProtoReflect.Descriptor instead.
 func (*WatchOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{6}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchOperationResponse) GetOperation() *Operation {
@@ -748,7 +826,7 @@ type GetOperationRequest struct {
 
 func (x *GetOperationRequest) Reset() {
 	*x = GetOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +838,7 @@ func (x *GetOperationRequest) String() string {
 func (*GetOperationRequest) ProtoMessage() {}
 
 func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +851,7 @@ func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
 func (*GetOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{7}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetOperationRequest) GetOperationId() string {
@@ -792,7 +870,7 @@ type GetOperationResponse struct {
 
 func (x *GetOperationResponse) Reset() {
 	*x = GetOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +882,7 @@ func (x *GetOperationResponse) String() string {
 func (*GetOperationResponse) ProtoMessage() {}
 
 func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +895,7 @@ func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
 func (*GetOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{8}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetOperationResponse) GetOperation() *Operation {
@@ -836,7 +914,7 @@ type CancelOperationRequest struct {
 
 func (x *CancelOperationRequest) Reset() {
 	*x = CancelOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +926,7 @@ func (x *CancelOperationRequest) String() string {
 func (*CancelOperationRequest) ProtoMessage() {}
 
 func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +939,7 @@ func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationRequest.ProtoReflect.Descriptor instead.
 func (*CancelOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{9}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelOperationRequest) GetOperationId() string {
@@ -880,7 +958,7 @@ type CancelOperationResponse struct {
 
 func (x *CancelOperationResponse) Reset() {
 	*x = CancelOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +970,7 @@ func (x *CancelOperationResponse) String() string {
 func (*CancelOperationResponse) ProtoMessage() {}
 
 func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +983,7 @@ func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationResponse.ProtoReflect.Descriptor instead.
 func (*CancelOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{10}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelOperationResponse) GetOperation() *Operation {
@@ -933,7 +1011,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1023,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1036,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{11}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Progress) GetPhase() OperationPhase {
@@ -1036,13 +1114,16 @@ type OperationResult struct {
 	Blobs          int64 `protobuf:"varint,13,opt,name=blobs,proto3" json:"blobs,omitempty"`
 	NewBlobs       int64 `protobuf:"varint,14,opt,name=new_blobs,json=newBlobs,proto3" json:"new_blobs,omitempty"`
 	ObjectsWritten int64 `protobuf:"varint,15,opt,name=objects_written,json=objectsWritten,proto3" json:"objects_written,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Backup: snapshots of the workspace the retention policy forgot after
+	// it (their data goes at the next prune).
+	ForgottenSnapshots int64 `protobuf:"varint,16,opt,name=forgotten_snapshots,json=forgottenSnapshots,proto3" json:"forgotten_snapshots,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *OperationResult) Reset() {
 	*x = OperationResult{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1135,7 @@ func (x *OperationResult) String() string {
 func (*OperationResult) ProtoMessage() {}
 
 func (x *OperationResult) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1148,7 @@ func (x *OperationResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationResult.ProtoReflect.Descriptor instead.
 func (*OperationResult) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{12}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OperationResult) GetSnapshotId() string {
@@ -1175,6 +1256,13 @@ func (x *OperationResult) GetObjectsWritten() int64 {
 	return 0
 }
 
+func (x *OperationResult) GetForgottenSnapshots() int64 {
+	if x != nil {
+		return x.ForgottenSnapshots
+	}
+	return 0
+}
+
 type Operation struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1200,7 +1288,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1300,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1313,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{13}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Operation) GetId() string {
@@ -1341,7 +1429,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1441,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1454,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSnapshotsRequest) GetOwner() string {
@@ -1418,7 +1506,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1518,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1531,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Snapshot) GetId() string {
@@ -1557,7 +1645,7 @@ type UnreadableSnapshot struct {
 
 func (x *UnreadableSnapshot) Reset() {
 	*x = UnreadableSnapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1657,7 @@ func (x *UnreadableSnapshot) String() string {
 func (*UnreadableSnapshot) ProtoMessage() {}
 
 func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1670,7 @@ func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadableSnapshot.ProtoReflect.Descriptor instead.
 func (*UnreadableSnapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UnreadableSnapshot) GetId() string {
@@ -1635,7 +1723,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1735,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1748,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1697,7 +1785,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1797,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1810,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteSnapshotRequest) GetOwner() string {
@@ -1754,7 +1842,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1854,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1867,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
 }
 
 type CheckRepositoryRequest struct {
@@ -1794,7 +1882,7 @@ type CheckRepositoryRequest struct {
 
 func (x *CheckRepositoryRequest) Reset() {
 	*x = CheckRepositoryRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1894,7 @@ func (x *CheckRepositoryRequest) String() string {
 func (*CheckRepositoryRequest) ProtoMessage() {}
 
 func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1907,7 @@ func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckRepositoryRequest) GetOwner() string {
@@ -1855,7 +1943,7 @@ type CheckRepositoryResponse struct {
 
 func (x *CheckRepositoryResponse) Reset() {
 	*x = CheckRepositoryResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1955,7 @@ func (x *CheckRepositoryResponse) String() string {
 func (*CheckRepositoryResponse) ProtoMessage() {}
 
 func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1968,7 @@ func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryResponse.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CheckRepositoryResponse) GetOk() bool {
@@ -1941,7 +2029,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tIdMapping\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\rR\vcontainerId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\rR\x06hostId\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\rR\x05count\"\xce\x03\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"\x89\x04\n" +
 	"\x16BackupWorkspaceRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1954,10 +2042,16 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05force\x18\b \x01(\bR\x05force\x128\n" +
 	"\fuid_mappings\x18\t \x03(\v2\x15.backupd.v1.IdMappingR\vuidMappings\x128\n" +
 	"\fgid_mappings\x18\n" +
-	" \x03(\v2\x15.backupd.v1.IdMappingR\vgidMappings\x1a7\n" +
+	" \x03(\v2\x15.backupd.v1.IdMappingR\vgidMappings\x129\n" +
+	"\tretention\x18\v \x01(\v2\x1b.backupd.v1.RetentionPolicyR\tretention\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
+	"\x0fRetentionPolicy\x12\x1b\n" +
+	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12:\n" +
+	"\vkeep_within\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"keepWithin\x12\x1b\n" +
+	"\tkeep_tags\x18\x03 \x03(\tR\bkeepTags\"f\n" +
 	"\x17BackupWorkspaceResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
 	"\x06joined\x18\x02 \x01(\bR\x06joined\"\xff\x02\n" +
@@ -2003,7 +2097,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12(\n" +
 	"\x10bytes_per_second\x18\x06 \x01(\x01R\x0ebytesPerSecond\x12I\n" +
-	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xc6\x03\n" +
+	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xf7\x03\n" +
 	"\x0fOperationResult\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x14\n" +
@@ -2021,7 +2115,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\adeleted\x18\f \x01(\x03R\adeleted\x12\x14\n" +
 	"\x05blobs\x18\r \x01(\x03R\x05blobs\x12\x1b\n" +
 	"\tnew_blobs\x18\x0e \x01(\x03R\bnewBlobs\x12'\n" +
-	"\x0fobjects_written\x18\x0f \x01(\x03R\x0eobjectsWritten\"\xbd\x04\n" +
+	"\x0fobjects_written\x18\x0f \x01(\x03R\x0eobjectsWritten\x12/\n" +
+	"\x13forgotten_snapshots\x18\x10 \x01(\x03R\x12forgottenSnapshots\"\xbd\x04\n" +
 	"\tOperation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.backupd.v1.OperationKindR\x04kind\x120\n" +
@@ -2135,85 +2230,88 @@ func file_backupd_v1_backupd_proto_rawDescGZIP() []byte {
 }
 
 var file_backupd_v1_backupd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_backupd_v1_backupd_proto_goTypes = []any{
 	(OperationKind)(0),               // 0: backupd.v1.OperationKind
 	(OperationState)(0),              // 1: backupd.v1.OperationState
 	(OperationPhase)(0),              // 2: backupd.v1.OperationPhase
 	(*IdMapping)(nil),                // 3: backupd.v1.IdMapping
 	(*BackupWorkspaceRequest)(nil),   // 4: backupd.v1.BackupWorkspaceRequest
-	(*BackupWorkspaceResponse)(nil),  // 5: backupd.v1.BackupWorkspaceResponse
-	(*RestoreWorkspaceRequest)(nil),  // 6: backupd.v1.RestoreWorkspaceRequest
-	(*RestoreWorkspaceResponse)(nil), // 7: backupd.v1.RestoreWorkspaceResponse
-	(*WatchOperationRequest)(nil),    // 8: backupd.v1.WatchOperationRequest
-	(*WatchOperationResponse)(nil),   // 9: backupd.v1.WatchOperationResponse
-	(*GetOperationRequest)(nil),      // 10: backupd.v1.GetOperationRequest
-	(*GetOperationResponse)(nil),     // 11: backupd.v1.GetOperationResponse
-	(*CancelOperationRequest)(nil),   // 12: backupd.v1.CancelOperationRequest
-	(*CancelOperationResponse)(nil),  // 13: backupd.v1.CancelOperationResponse
-	(*Progress)(nil),                 // 14: backupd.v1.Progress
-	(*OperationResult)(nil),          // 15: backupd.v1.OperationResult
-	(*Operation)(nil),                // 16: backupd.v1.Operation
-	(*ListSnapshotsRequest)(nil),     // 17: backupd.v1.ListSnapshotsRequest
-	(*Snapshot)(nil),                 // 18: backupd.v1.Snapshot
-	(*UnreadableSnapshot)(nil),       // 19: backupd.v1.UnreadableSnapshot
-	(*ListSnapshotsResponse)(nil),    // 20: backupd.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),    // 21: backupd.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),   // 22: backupd.v1.DeleteSnapshotResponse
-	(*CheckRepositoryRequest)(nil),   // 23: backupd.v1.CheckRepositoryRequest
-	(*CheckRepositoryResponse)(nil),  // 24: backupd.v1.CheckRepositoryResponse
-	nil,                              // 25: backupd.v1.BackupWorkspaceRequest.TagsEntry
-	nil,                              // 26: backupd.v1.Snapshot.TagsEntry
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(*RetentionPolicy)(nil),          // 5: backupd.v1.RetentionPolicy
+	(*BackupWorkspaceResponse)(nil),  // 6: backupd.v1.BackupWorkspaceResponse
+	(*RestoreWorkspaceRequest)(nil),  // 7: backupd.v1.RestoreWorkspaceRequest
+	(*RestoreWorkspaceResponse)(nil), // 8: backupd.v1.RestoreWorkspaceResponse
+	(*WatchOperationRequest)(nil),    // 9: backupd.v1.WatchOperationRequest
+	(*WatchOperationResponse)(nil),   // 10: backupd.v1.WatchOperationResponse
+	(*GetOperationRequest)(nil),      // 11: backupd.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),     // 12: backupd.v1.GetOperationResponse
+	(*CancelOperationRequest)(nil),   // 13: backupd.v1.CancelOperationRequest
+	(*CancelOperationResponse)(nil),  // 14: backupd.v1.CancelOperationResponse
+	(*Progress)(nil),                 // 15: backupd.v1.Progress
+	(*OperationResult)(nil),          // 16: backupd.v1.OperationResult
+	(*Operation)(nil),                // 17: backupd.v1.Operation
+	(*ListSnapshotsRequest)(nil),     // 18: backupd.v1.ListSnapshotsRequest
+	(*Snapshot)(nil),                 // 19: backupd.v1.Snapshot
+	(*UnreadableSnapshot)(nil),       // 20: backupd.v1.UnreadableSnapshot
+	(*ListSnapshotsResponse)(nil),    // 21: backupd.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),    // 22: backupd.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),   // 23: backupd.v1.DeleteSnapshotResponse
+	(*CheckRepositoryRequest)(nil),   // 24: backupd.v1.CheckRepositoryRequest
+	(*CheckRepositoryResponse)(nil),  // 25: backupd.v1.CheckRepositoryResponse
+	nil,                              // 26: backupd.v1.BackupWorkspaceRequest.TagsEntry
+	nil,                              // 27: backupd.v1.Snapshot.TagsEntry
+	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
 }
 var file_backupd_v1_backupd_proto_depIdxs = []int32{
-	25, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
+	26, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
 	3,  // 1: backupd.v1.BackupWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 2: backupd.v1.BackupWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
-	16, // 3: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	3,  // 4: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
-	3,  // 5: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
-	16, // 6: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	27, // 7: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
-	16, // 8: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
-	16, // 9: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
-	16, // 10: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
-	2,  // 11: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
-	27, // 12: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
-	0,  // 13: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
-	1,  // 14: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
-	28, // 15: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	28, // 16: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	28, // 17: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	14, // 18: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
-	15, // 19: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
-	28, // 20: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	26, // 21: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
-	28, // 22: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
-	18, // 23: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
-	19, // 24: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
-	4,  // 25: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
-	6,  // 26: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
-	8,  // 27: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
-	10, // 28: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
-	12, // 29: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
-	17, // 30: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
-	21, // 31: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
-	23, // 32: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
-	5,  // 33: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
-	7,  // 34: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
-	9,  // 35: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
-	11, // 36: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
-	13, // 37: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
-	20, // 38: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
-	22, // 39: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
-	24, // 40: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	5,  // 3: backupd.v1.BackupWorkspaceRequest.retention:type_name -> backupd.v1.RetentionPolicy
+	28, // 4: backupd.v1.RetentionPolicy.keep_within:type_name -> google.protobuf.Duration
+	17, // 5: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	3,  // 6: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
+	3,  // 7: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
+	17, // 8: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	28, // 9: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
+	17, // 10: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
+	17, // 11: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
+	17, // 12: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
+	2,  // 13: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
+	28, // 14: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
+	0,  // 15: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
+	1,  // 16: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
+	29, // 17: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	29, // 18: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	29, // 19: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	15, // 20: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
+	16, // 21: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
+	29, // 22: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	27, // 23: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
+	29, // 24: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
+	19, // 25: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
+	20, // 26: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
+	4,  // 27: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
+	7,  // 28: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
+	9,  // 29: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
+	11, // 30: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
+	13, // 31: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
+	18, // 32: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
+	22, // 33: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
+	24, // 34: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
+	6,  // 35: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
+	8,  // 36: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
+	10, // 37: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
+	12, // 38: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
+	14, // 39: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
+	21, // 40: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
+	23, // 41: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
+	25, // 42: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
+	35, // [35:43] is the sub-list for method output_type
+	27, // [27:35] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_backupd_v1_backupd_proto_init() }
@@ -2227,7 +2325,7 @@ func file_backupd_v1_backupd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backupd_v1_backupd_proto_rawDesc), len(file_backupd_v1_backupd_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,88 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/backupd/backupd/pkg/retention"
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// ForgetResult is what Forget decided for one workspace.
+type ForgetResult struct {
+	Workspace string
+	// Keep and Forget are the snapshots kept (with why) and forgotten,
+	// newest first; with a dry run, those that would be.
+	Keep   []retention.Kept
+	Forget []SnapshotRef
+}
+
+// Forget applies policy p to the snapshots of workspace ("" for every
+// workspace of the repository, each on its own) and deletes the snapshot
+// objects it does not keep (with dryRun, none). Only snapshot objects go:
+// the data they alone reference is freed by the next prune. Snapshot tags
+// are read only when p has a tag rule; a snapshot whose object cannot be
+// read is then kept.
+func (r *Repository) Forget(ctx context.Context, workspace string, p retention.Policy, dryRun bool) ([]ForgetResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("retention: %w", err)
+	}
+	refs, err := r.ListSnapshots(ctx, workspace)
+	if err != nil {
+		return nil, err
+	}
+	var order []string
+	byWorkspace := map[string][]SnapshotRef{}
+	for _, ref := range refs {
+		if _, ok := byWorkspace[ref.Workspace]; !ok {
+			order = append(order, ref.Workspace)
+		}
+		byWorkspace[ref.Workspace] = append(byWorkspace[ref.Workspace], ref)
+	}
+	var out []ForgetResult
+	for _, ws := range order {
+		res, err := r.forgetWorkspace(ctx, ws, byWorkspace[ws], p, dryRun)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func (r *Repository) forgetWorkspace(ctx context.Context, ws string, refs []SnapshotRef, p retention.Policy, dryRun bool) (ForgetResult, error) {
+	res := ForgetResult{Workspace: ws}
+	byID := map[string]SnapshotRef{}
+	snaps := make([]retention.Snapshot, 0, len(refs))
+	for _, ref := range refs {
+		s := retention.Snapshot{ID: ref.ID.String(), Time: ref.Time}
+		if len(p.KeepTags) > 0 {
+			snap, err := r.LoadSnapshot(ctx, ref)
+			switch {
+			case err == nil:
+				s.Tags, s.TagsKnown = snap.Tags, true
+			case errors.Is(err, storage.ErrNotFound):
+				continue // forgotten meanwhile
+			case !Damaged(err):
+				return res, err
+			}
+		} else {
+			s.TagsKnown = true // no tag rule: tags do not matter
+		}
+		byID[s.ID] = ref
+		snaps = append(snaps, s)
+	}
+	d := p.Apply(snaps)
+	res.Keep = d.Keep
+	for _, s := range d.Forget {
+		ref := byID[s.ID]
+		if !dryRun {
+			if err := r.DeleteSnapshot(ctx, ref); err != nil {
+				return res, err
+			}
+		}
+		res.Forget = append(res.Forget, ref)
+	}
+	return res, nil
+}
