@@ -114,3 +114,41 @@ always kept. At least one rule is required.
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "show what would be forgotten; forget nothing")
 	return cmd
 }
+
+func newDeleteCmd() *cobra.Command {
+	var (
+		f         repoFlags
+		workspace string
+	)
+	cmd := &cobra.Command{
+		Use:   "delete -r REPO --owner O --workspace W [--json]",
+		Short: "Delete a workspace: all its snapshots",
+		Long: `Delete every snapshot of workspace W of owner O. Their data stays in the
+repository until a prune, which frees what no other snapshot uses.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, closeRepo, err := f.openOwner(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo()
+			rec, err := r.DeleteWorkspace(ctx, workspace)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return json.NewEncoder(os.Stdout).Encode(map[string]any{"workspace": workspace, "snapshots_deleted": rec.Objects,
+					"bytes": rec.Bytes, "duration_ms": rec.Duration.Milliseconds()})
+			}
+			fmt.Printf("deleted workspace %s: %s in %.1fs; its data is freed by the next prune\n", workspace,
+				plural(int64(rec.Objects), "snapshot"), rec.Duration.Seconds())
+			return nil
+		},
+	}
+	f.register(cmd, true)
+	f.registerJSON(cmd)
+	cmd.Flags().StringVar(&workspace, "workspace", "", "workspace `ID` to delete")
+	_ = cmd.MarkFlagRequired("workspace")
+	return cmd
+}

@@ -57,3 +57,26 @@ func TestForget(t *testing.T) {
 		t.Fatalf("restored %q", b)
 	}
 }
+
+func TestDeleteWorkspace(t *testing.T) {
+	repoURL := "file://" + t.TempDir()
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644)
+	for _, ws := range []string{"w1", "w1", "w2"} {
+		ok(t, run(t, nil, "backup", "-r", repoURL, "--owner", "o1", "--workspace", ws, src))
+	}
+	if r := run(t, nil, "delete", "-r", repoURL, "--owner", "o1"); r.code != 2 {
+		t.Fatalf("delete without --workspace: exit %d", r.code)
+	}
+	r := ok(t, run(t, nil, "delete", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--json"))
+	var rec struct {
+		Deleted int `json:"snapshots_deleted"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rec); err != nil || rec.Deleted != 2 {
+		t.Fatalf("receipt %q: %v", r.stdout, err)
+	}
+	r = ok(t, run(t, nil, "snapshots", "-r", repoURL, "--owner", "o1"))
+	if strings.Contains(r.stdout, "w1") || !strings.Contains(r.stdout, "w2") {
+		t.Fatalf("after deleting w1: %q", r.stdout)
+	}
+}

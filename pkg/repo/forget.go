@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
@@ -85,4 +86,38 @@ func (r *Repository) forgetWorkspace(ctx context.Context, ws string, refs []Snap
 		res.Forget = append(res.Forget, ref)
 	}
 	return res, nil
+}
+
+// Receipt says what a deletion removed.
+type Receipt struct {
+	Objects  int
+	Bytes    int64
+	Duration time.Duration
+}
+
+// DeleteWorkspace deletes every snapshot of workspace: its snapshot
+// objects (the data they alone reference goes at the next prune). A
+// workspace with no snapshot is not an error.
+func (r *Repository) DeleteWorkspace(ctx context.Context, workspace string) (Receipt, error) {
+	start := time.Now()
+	var rec Receipt
+	if err := ValidateName("workspace", workspace); err != nil {
+		return rec, err
+	}
+	var keys []storage.ObjectInfo
+	if err := r.st.List(ctx, snapshotsPrefix+workspace+"/", func(oi storage.ObjectInfo) error {
+		keys = append(keys, oi)
+		return nil
+	}); err != nil {
+		return rec, fmt.Errorf("list snapshots: %w", err)
+	}
+	for _, oi := range keys {
+		if err := r.st.Delete(ctx, oi.Key); err != nil {
+			return rec, fmt.Errorf("delete %s: %w", oi.Key, err)
+		}
+		rec.Objects++
+		rec.Bytes += oi.Size
+	}
+	rec.Duration = time.Since(start)
+	return rec, nil
 }

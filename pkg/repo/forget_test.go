@@ -61,3 +61,32 @@ func TestForget(t *testing.T) {
 		t.Fatal("an invalid policy was applied")
 	}
 }
+
+func TestDeleteWorkspace(t *testing.T) {
+	ctx := context.Background()
+	r, err := OpenOrInit(ctx, mem.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ws := range []string{"a", "a", "a", "ab", "b"} {
+		s := &Snapshot{Time: time.Unix(1e9+int64(i), 0), Tree: chunk.Hash([]byte("t")), Owner: "o", Workspace: ws}
+		if _, err := r.SaveSnapshot(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, err := r.DeleteWorkspace(ctx, "a")
+	if err != nil || rec.Objects != 3 || rec.Bytes == 0 {
+		t.Fatalf("receipt %+v, %v", rec, err)
+	}
+	for ws, want := range map[string]int{"a": 0, "ab": 1, "b": 1} {
+		if refs, _ := r.ListSnapshots(ctx, ws); len(refs) != want {
+			t.Errorf("%s: %d snapshots left, want %d", ws, len(refs), want)
+		}
+	}
+	if rec, err := r.DeleteWorkspace(ctx, "a"); err != nil || rec.Objects != 0 {
+		t.Fatalf("again: %+v, %v", rec, err)
+	}
+	if _, err := r.DeleteWorkspace(ctx, "../x"); err == nil {
+		t.Fatal("an invalid workspace name was accepted")
+	}
+}
