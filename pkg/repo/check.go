@@ -66,7 +66,7 @@ func appendLimited(lines []string, line string) []string {
 // the check itself could not run (storage unreachable, ctx).
 func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, error) {
 	res := &CheckResult{}
-	rep := r.report
+	rep := r.IndexReport()
 	for _, d := range rep.Damaged {
 		res.problem("%s (its packs were indexed from their trailers; `backupctl repair index` replaces it)", d)
 	}

@@ -74,6 +74,13 @@ func (x *Index) Lookup(id chunk.ID) (Location, bool) {
 	return Location{Pack: x.packs[l.pack], BlobEntry: BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen}}, true
 }
 
+// replace makes x hold what y holds (y must no longer be used).
+func (x *Index) replace(y *Index) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.packs, x.packNo, x.blobs = y.packs, y.packNo, y.blobs
+}
+
 // HasPack reports whether the index knows a pack.
 func (x *Index) HasPack(id chunk.ID) bool {
 	x.mu.RLock()

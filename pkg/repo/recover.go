@@ -52,7 +52,12 @@ type ObjectProblem struct {
 func (p ObjectProblem) String() string { return p.Err.Error() } // errors name their object
 
 // IndexReport returns what the last LoadIndex found.
-func (r *Repository) IndexReport() *IndexReport { return &r.report }
+func (r *Repository) IndexReport() *IndexReport {
+	r.adoptMu.Lock()
+	defer r.adoptMu.Unlock()
+	rep := r.report
+	return &rep
+}
 
 // TakeAdopted returns the packs LoadIndex indexed from their trailers that
 // no index object written since names, and forgets them: the caller
@@ -71,6 +76,39 @@ func (r *Repository) TakeAdopted() []PackIndex {
 // (IndexReport), not an error; an error means the storage could not be
 // read (or ctx ended).
 func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
+	rep, err := r.loadIndexInto(ctx, r.index, parallel)
+	if err != nil {
+		return err
+	}
+	r.setReport(rep)
+	return nil
+}
+
+// ReloadIndex loads the index again from storage and puts it in place of
+// the in-memory one at once, for readers that found a pack gone (a prune
+// rewrote it since they loaded the index): concurrent lookups see the old
+// index or the new, never a mix. It is safe for concurrent use.
+func (r *Repository) ReloadIndex(ctx context.Context) error {
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	fresh := NewIndex()
+	rep, err := r.loadIndexInto(ctx, fresh, 8)
+	if err != nil {
+		return err
+	}
+	r.index.replace(fresh)
+	r.setReport(rep)
+	return nil
+}
+
+func (r *Repository) setReport(rep IndexReport) {
+	r.adoptMu.Lock()
+	defer r.adoptMu.Unlock()
+	r.report = rep
+	r.adopted = append(r.adopted[:0], rep.Adopted...)
+}
+
+func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int) (IndexReport, error) {
 	parallel = max(parallel, 1)
 	rep := IndexReport{}
 	var keys []storage.ObjectInfo
@@ -79,7 +117,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("list index: %w", err)
+		return rep, fmt.Errorf("list index: %w", err)
 	}
 	rep.IndexObjects = len(keys)
 	var mu gosync.Mutex
@@ -87,7 +125,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 	g.SetLimit(parallel)
 	for _, oi := range keys {
 		g.Go(panics.Safe(func() error {
-			err := r.loadIndexObject(gctx, oi)
+			err := r.loadIndexObject(gctx, idx, oi)
 			if err != nil && Damaged(err) {
 				mu.Lock()
 				rep.Damaged = append(rep.Damaged, ObjectProblem{oi.Key, err})
@@ -98,18 +136,14 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 		}))
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return rep, err
 	}
-	if err := r.adoptPacks(ctx, parallel, &rep); err != nil {
-		return err
+	if err := r.adoptPacks(ctx, idx, parallel, &rep); err != nil {
+		return rep, err
 	}
 	sortProblems(rep.Damaged)
 	sortProblems(rep.BadPacks)
-	r.report = rep
-	r.adoptMu.Lock()
-	r.adopted = append(r.adopted[:0], rep.Adopted...)
-	r.adoptMu.Unlock()
-	return nil
+	return rep, nil
 }
 
 func sortProblems(ps []ObjectProblem) {
@@ -118,7 +152,7 @@ func sortProblems(ps []ObjectProblem) {
 
 // loadIndexObject reads one index object (from the cache if there) into
 // the in-memory index. Errors about the object wrap ErrCorrupt.
-func (r *Repository) loadIndexObject(ctx context.Context, oi storage.ObjectInfo) error {
+func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage.ObjectInfo) error {
 	id, err := chunk.ParseID(strings.TrimPrefix(oi.Key, indexPrefix))
 	if err != nil {
 		return fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
@@ -149,7 +183,7 @@ func (r *Repository) loadIndexObject(ctx context.Context, oi storage.ObjectInfo)
 		r.cache.put("index", id, b) // only objects that decode
 	}
 	for _, p := range packs {
-		r.index.AddPack(p.Pack, p.Blobs)
+		idx.AddPack(p.Pack, p.Blobs)
 	}
 	return nil
 }
@@ -161,7 +195,7 @@ var indexDecodes = make(chan struct{}, 2)
 
 // adoptPacks indexes from their trailers the packs that no loaded index
 // object names.
-func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexReport) error {
+func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, rep *IndexReport) error {
 	var orphans []storage.ObjectInfo
 	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
 		id, ok := packID(oi.Key)
@@ -169,7 +203,7 @@ func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexRep
 			return nil // not a pack (check reports stray objects)
 		}
 		rep.Packs++
-		if !r.index.HasPack(id) {
+		if !idx.HasPack(id) {
 			orphans = append(orphans, oi)
 		}
 		return nil
@@ -191,7 +225,7 @@ func (r *Repository) adoptPacks(ctx context.Context, parallel int, rep *IndexRep
 			defer mu.Unlock()
 			switch {
 			case err == nil:
-				r.index.AddPack(id, entries)
+				idx.AddPack(id, entries)
 				rep.Adopted = append(rep.Adopted, PackIndex{Pack: id, Blobs: entries})
 			case Damaged(err):
 				rep.BadPacks = append(rep.BadPacks, ObjectProblem{oi.Key, err})
@@ -329,7 +363,7 @@ func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, 
 		r.index = old
 		return nil, err
 	}
-	rep := r.report
+	rep := r.IndexReport()
 	res := &RepairResult{BadPacks: rep.BadPacks}
 	var write []PackIndex
 	var remove []string

@@ -37,9 +37,10 @@ type Repository struct {
 	trees  *treePackCache
 	cache  *Cache // node-local, may be nil
 
-	report  IndexReport // of the last LoadIndex
-	adoptMu gosync.Mutex
-	adopted []PackIndex // packs indexed from trailers, not yet in a new index object
+	adoptMu  gosync.Mutex
+	report   IndexReport // of the last LoadIndex
+	adopted  []PackIndex // packs indexed from trailers, not yet in a new index object
+	reloadMu gosync.Mutex
 }
 
 // SetCache makes the repository keep index objects and tree packs in a
@@ -196,6 +197,17 @@ func (r *Repository) LoadTree(ctx context.Context, id chunk.ID) (*Tree, error) {
 		return nil, fmt.Errorf("load tree %s: %w: not in the index as a tree", id.Short(), ErrCorrupt)
 	}
 	stored, err := r.loadTreeBlob(ctx, loc)
+	if errors.Is(err, storage.ErrNotFound) {
+		// The pack is gone: a prune rewrote it since the index was
+		// loaded. The index names where the tree is now.
+		if rerr := r.ReloadIndex(ctx); rerr != nil {
+			return nil, fmt.Errorf("load tree: %w (loading the index again: %v)", err, rerr)
+		}
+		if loc, ok = r.index.Lookup(id); !ok || loc.Type != TreeBlob {
+			return nil, fmt.Errorf("load tree %s: %w: its pack is gone and no other holds it", id.Short(), ErrCorrupt)
+		}
+		stored, err = r.loadTreeBlob(ctx, loc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}

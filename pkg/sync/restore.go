@@ -172,6 +172,9 @@ type restorer struct {
 	include    *includeSet
 	scanBuf    []byte // for reading existing files (Overwrite)
 	scanner    *chunk.Chunker
+
+	reloadMu gosync.Mutex
+	reloaded map[chunk.ID]bool // packs found gone, after which the index was loaded again
 }
 
 // Restore writes snapshot snap into target, which is created (with its
@@ -890,8 +893,49 @@ func spans(blobs []repo.Location) [][]repo.Location {
 }
 
 // restoreSpan reads one span of a pack in a single ranged read, verifies
-// each blob and writes it wherever it is used.
+// each blob and writes it wherever it is used. A pack that is gone (a
+// prune rewrote it since the index was loaded) makes it load the index
+// again and fetch the span's remaining blobs from where they are now.
 func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.Location) error {
+	done, err := rs.readSpan(ctx, pl, blobs)
+	if err == nil || !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	if err := rs.reloadIndex(ctx, pl.pack); err != nil {
+		return err
+	}
+	for _, old := range blobs[done:] {
+		loc, ok := rs.r.Index().Lookup(old.ID)
+		if !ok || loc.Pack == pl.pack {
+			return fmt.Errorf("restore: pack %s is gone and no other pack holds blob %s: %w", repo.PackKey(pl.pack), old.ID.Short(), err)
+		}
+		if _, err := rs.readSpan(ctx, &packPlan{pack: loc.Pack, uses: pl.uses}, []repo.Location{loc}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reloadIndex loads the index again, once per pack found gone.
+func (rs *restorer) reloadIndex(ctx context.Context, gone chunk.ID) error {
+	rs.reloadMu.Lock()
+	defer rs.reloadMu.Unlock()
+	if rs.reloaded[gone] {
+		return nil
+	}
+	if err := rs.r.ReloadIndex(ctx); err != nil {
+		return fmt.Errorf("restore: pack %s is gone: loading the index again: %w", repo.PackKey(gone), err)
+	}
+	if rs.reloaded == nil {
+		rs.reloaded = map[chunk.ID]bool{}
+	}
+	rs.reloaded[gone] = true
+	return nil
+}
+
+// readSpan reads blobs (a span of pack pl.pack) and writes each where it
+// is used; it returns how many it wrote.
+func (rs *restorer) readSpan(ctx context.Context, pl *packPlan, blobs []repo.Location) (int, error) {
 	var stored, raw []byte
 	key := repo.PackKey(pl.pack)
 	first := int64(blobs[0].Offset)
@@ -899,15 +943,15 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 	end := int64(last.Offset) + int64(last.StoredLen)
 	rc, err := rs.r.Storage().Get(ctx, key, first, end-first)
 	if err != nil {
-		return rs.packReadErr(ctx, key, end, err)
+		return 0, rs.packReadErr(ctx, key, end, err)
 	}
 	defer rc.Close()
 	rs.packBytes.Add(end - first)
 	pos := first
-	for _, loc := range blobs {
+	for i, loc := range blobs {
 		if gap := int64(loc.Offset) - pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
-				return rs.packReadErr(ctx, key, end, err)
+				return i, rs.packReadErr(ctx, key, end, err)
 			}
 		}
 		if cap(stored) < int(loc.StoredLen) {
@@ -915,23 +959,23 @@ func (rs *restorer) restoreSpan(ctx context.Context, pl *packPlan, blobs []repo.
 		}
 		stored = stored[:loc.StoredLen]
 		if _, err := io.ReadFull(rc, stored); err != nil {
-			return rs.packReadErr(ctx, key, end, err)
+			return i, rs.packReadErr(ctx, key, end, err)
 		}
 		pos = int64(loc.Offset) + int64(loc.StoredLen)
 		raw, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, raw[:0])
 		if err != nil {
-			return err
+			return i, err
 		}
 		uses := pl.uses[loc.ID]
 		zero := allZero(raw)
 		for _, u := range uses {
 			if err := u.file.writeBlob(raw, zero, u.offset, rs.opts.Progress); err != nil {
-				return err
+				return i, err
 			}
 		}
 		rs.opts.Progress.Bytes.Add(int64(len(raw)) * int64(len(uses)))
 	}
-	return nil
+	return len(blobs), nil
 }
 
 // packReadErr is the error of a read of the pack at key, up to end, that
