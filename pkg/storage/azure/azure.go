@@ -293,6 +293,16 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	etagAny := azcore.ETagAny
 	cond := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: &etagAny}}
 	err = s.put(ctx, name, body, size, cond)
+	if size <= s.blockSize && ctx.Err() == nil && bloberror.HasCode(err, bloberror.BlobAlreadyExists) {
+		// Azurite (unlike Azure) refuses a create-only Put Blob when the
+		// name holds only uncommitted blocks, such as those an interrupted
+		// upload leaves; its Put Block List judges by the committed blob
+		// alone, as Azure does. When nothing is committed, commit the body
+		// as one block instead.
+		if _, perr := s.c.NewBlobClient(name).GetProperties(ctx, nil); errors.Is(mapErr(perr), storage.ErrNotFound) {
+			err = s.putBlocks(ctx, s.c.NewBlockBlobClient(name), body, size, cond)
+		}
+	}
 	if ctx.Err() == nil && (bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) ||
 		isStatus(err, http.StatusPreconditionFailed)) {
 		err = fmt.Errorf("%w: %w", storage.ErrExists, err)

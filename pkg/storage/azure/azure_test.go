@@ -22,6 +22,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
@@ -763,6 +764,48 @@ func TestPutIfAbsentAzurite(t *testing.T) {
 		if won != 1 {
 			t.Errorf("%d of %d racing PutIfAbsent(%s) calls succeeded, want 1", won, writers, key)
 		}
+	}
+}
+
+// A name that holds only the uncommitted blocks of an interrupted upload
+// is free: a create-only Put of any size takes it. (Azurite refuses a
+// create-only Put Blob there, unlike Azure; the backend commits a block
+// list instead, which both judge by the committed blob alone.)
+func TestPutIfAbsentOverUncommittedBlocks(t *testing.T) {
+	srv := testservers.Azurite(t)
+	ctx := t.Context()
+	name := srv.NewContainer(t)
+	cfg := azuriteConfig(srv, name)
+	cfg.BlockSize = MinBlockSize
+	s := open(t, cfg)
+	admin := adminClient(t, srv, name)
+	for _, n := range []int{0, 10, 3<<20 + 5} {
+		key := fmt.Sprintf("unc/%d", n)
+		// An ID as long as the backend's own, as Azure requires of all
+		// the blocks of a name.
+		id := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%032x-%06d", n, 0))
+		block := bytes.Repeat([]byte("x"), 1000)
+		if _, err := admin.NewBlockBlobClient(key).StageBlock(ctx, id, streaming.NopCloser(bytes.NewReader(block)), nil); err != nil {
+			t.Fatalf("StageBlock(%s): %v", key, err)
+		}
+		data := bytes.Repeat([]byte("d"), n)
+		if err := s.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(n)); err != nil {
+			t.Errorf("PutIfAbsent(%s) over uncommitted blocks: %v", key, err)
+			continue
+		}
+		checkData(t, s, key, data)
+		err := s.PutIfAbsent(ctx, key, bytes.NewReader([]byte("again")), 5)
+		if !errors.Is(err, storage.ErrExists) || storage.IsTransient(err) {
+			t.Errorf("second PutIfAbsent(%s): %v, want ErrExists", key, err)
+		}
+		checkData(t, s, key, data)
+	}
+}
+
+func checkData(t *testing.T, s *Storage, key string, want []byte) {
+	t.Helper()
+	if got, err := storage.ReadAll(t.Context(), s, key, 0, -1); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("%s: %d bytes, %v; want %d bytes", key, len(got), err, len(want))
 	}
 }
 
