@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		running: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_running",
 			Help: "Operations running."}, []string{"kind"})).(*prometheus.GaugeVec),
 		storageCalls: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_calls_total",
-			Help: "Storage calls (each attempt) by op (put, put_if_absent, get, stat, list, delete, clean_uploads) and result (ok, not_found, error)."}, []string{"op", "result"})).(*prometheus.CounterVec),
+			Help: "Storage calls (each attempt) by op (put, put_if_absent, put_if_match, get, get_with_info, stat, list, delete, clean_uploads) and result (ok, not_found, error)."}, []string{"op", "result"})).(*prometheus.CounterVec),
 		storageErrors: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_errors_total",
 			Help: "Storage calls that failed (not found excluded)."}, []string{"op"})).(*prometheus.CounterVec),
 		storageBytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_bytes_total",
@@ -62,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.duration.WithLabelValues(k, r)
 		}
 	}
-	for _, op := range []string{"put", "put_if_absent", "get", "stat", "list", "delete", "clean_uploads"} {
+	for _, op := range []string{"put", "put_if_absent", "put_if_match", "get", "get_with_info", "stat", "list", "delete", "clean_uploads"} {
 		m.storageErrors.WithLabelValues(op)
 		m.storageBytes.WithLabelValues(op)
 		m.storageDuration.WithLabelValues(op)

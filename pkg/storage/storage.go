@@ -35,6 +35,11 @@ var (
 	// ErrExists means a PutIfAbsent found an object at its key and stored
 	// nothing. It is permanent: retrying will not help.
 	ErrExists = errors.New("object already exists")
+	// ErrVersionMismatch means a PutIfMatch found the object at another
+	// version than the one it was given, or no object at all (then the
+	// error wraps ErrNotFound too), and stored nothing. It is permanent:
+	// retrying will not help; the caller reads the object again.
+	ErrVersionMismatch = errors.New("object version does not match")
 )
 
 // UploadGrace is how old an upload must be before a backend that cannot
@@ -74,6 +79,17 @@ type ObjectInfo struct {
 	// ModTime is when the object was last written, as the backend reports
 	// it; it may be zero where a backend does not know.
 	ModTime time.Time
+	// Version identifies the object's content, for PutIfMatch. It is
+	// opaque, meaningful only to the Storage that gave it, never empty
+	// for an object, and the same from Stat, List and GetWithInfo. It
+	// changes whenever the content changes: within one key's life (also
+	// across deletes and re-creations) a Version is never that of two
+	// different contents. Replacing an object with identical bytes may
+	// keep it: where it is derived from the content (S3 and MinIO: the
+	// ETag, the MD5 of what a single request stored) the same bytes give
+	// the same Version; everywhere else every replacement makes a new one.
+	// Each backend documents what it is.
+	Version string
 }
 
 // Storage stores immutable-by-convention objects under string keys.
@@ -123,6 +139,32 @@ type ObjectInfo struct {
 //     reset connection) the write may have happened, so a retry may see
 //     ErrExists for its own write; a caller that needs to know who won
 //     reads the object back and compares.
+//   - PutIfMatch is a compare-and-swap: it replaces the object with Put's
+//     rules for the body, atomicity and durability only if the object's
+//     Version is still the version given, and returns the new Version.
+//     Atomically with respect to every other write of the key (Put,
+//     PutIfAbsent, PutIfMatch, Delete): of any number of concurrent
+//     PutIfMatch calls with one version exactly one succeeds (on a backend
+//     whose Versions come from the content, a winner that stores the very
+//     bytes already there changes nothing, so a second one may succeed
+//     too: write bytes that never repeat, such as a counter, where that
+//     matters); the others fail with an error wrapping ErrVersionMismatch
+//     and store nothing. A missing object fails likewise, the error then
+//     wrapping ErrNotFound too (where the service does not say which, the
+//     backend asks it after the refusal). A version the storage cannot
+//     have given (empty, or malformed for the backend) matches nothing:
+//     the call fails with ErrVersionMismatch without sending anything. It
+//     is never carried out as a plain Put, and has PutIfAbsent's limits:
+//     for small objects, a backend may refuse sizes above its
+//     single-request limit (an error neither ErrVersionMismatch nor
+//     transient; nothing stored). After an ambiguous failure (a lost
+//     reply) the write may have happened, so a retry may see
+//     ErrVersionMismatch for its own write: a caller that must know reads
+//     the object back (ReadVersioned) and compares its bytes.
+//   - GetWithInfo opens a whole object and describes the bytes its reader
+//     returns: their size and Version are those of the content read,
+//     whatever concurrent writers do, from the one request that reads
+//     them. It has Get's rules for the reader and ctx.
 //   - CleanUploads removes what dead uploads under prefix left behind
 //     (temporary files, incomplete multipart uploads) that were started
 //     (or, where that is all a backend knows, last written) before before,
@@ -164,6 +206,26 @@ type Storage interface {
 	// After an ambiguous failure, a retry may see ErrExists for its own
 	// write: a caller that needs to know reads the object back.
 	PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error
+	// PutIfMatch stores size bytes read from body under key only if the
+	// object there has Version version, and returns the Version of what
+	// it stored: atomically, exactly one of concurrent PutIfMatch calls
+	// with one version succeeds; the others fail with an error wrapping
+	// ErrVersionMismatch (and ErrNotFound if there is no object). Same
+	// body rules, atomicity and durability as Put, and PutIfAbsent's size
+	// limits; never degrades to a Put. After an ambiguous failure, a
+	// retry may see ErrVersionMismatch for its own write: a caller that
+	// needs to know reads the object back.
+	//
+	// The new Version is returned because asking for it afterwards is a
+	// trap: a Stat after the write may describe a later writer's object
+	// (a fence), and taking that for one's own would let the next
+	// PutIfMatch overwrite it. It may be "" only from a service that does
+	// not report it (then the next PutIfMatch fails safely).
+	PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error)
+	// GetWithInfo opens the whole object at key and returns, with the
+	// reader, the ObjectInfo of the bytes it reads (from the same request),
+	// so that a reader knows the Version of what it read.
+	GetWithInfo(ctx context.Context, key string) (io.ReadCloser, ObjectInfo, error)
 	// CleanUploads removes what uploads under prefix that are no longer in
 	// progress left behind (temporary files, incomplete multipart uploads),
 	// considering only those started before before; it never disturbs an
@@ -218,6 +280,44 @@ func ReadAll(ctx context.Context, s Storage, key string, offset, length int64) (
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	return w.buf, nil
+}
+
+// ReadVersioned reads the whole object at key, of at most maxSize bytes,
+// and returns it with its ObjectInfo, whose Version is that of the bytes
+// returned: the one round trip of GetWithInfo. It is how a caller reads a
+// small state object that it may then replace with PutIfMatch.
+//
+// Why not Stat, then Get: that is safe only in that order (a Version
+// older than the bytes makes the next PutIfMatch fail; Get, then Stat,
+// would pair old bytes with a newer Version, and a PutIfMatch built on
+// them would silently undo the write in between), it costs two round
+// trips, and under contention it fails writes that need not fail.
+// GetWithInfo takes the bytes and their Version from one reply.
+//
+// An object larger than maxSize is refused unread; one whose reader ends
+// before the size its info gives fails with io.ErrUnexpectedEOF.
+func ReadVersioned(ctx context.Context, s Storage, key string, maxSize int64) ([]byte, ObjectInfo, error) {
+	rc, oi, err := s.GetWithInfo(ctx, key)
+	if err != nil {
+		return nil, ObjectInfo{}, err
+	}
+	defer rc.Close()
+	if oi.Size < 0 || oi.Size > maxSize {
+		return nil, ObjectInfo{}, fmt.Errorf("read %s: %d bytes, more than the %d allowed", key, oi.Size, maxSize)
+	}
+	buf := make([]byte, oi.Size+1) // one more, to see a longer reader
+	n, err := io.ReadFull(rc, buf)
+	ended := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+	switch {
+	case err == nil:
+		return nil, ObjectInfo{}, fmt.Errorf("read %s: the object is longer than the %d bytes its info gives", key, oi.Size)
+	case ended && int64(n) == oi.Size:
+	case ended:
+		return nil, ObjectInfo{}, fmt.Errorf("read %s: %d of %d bytes: %w", key, n, oi.Size, io.ErrUnexpectedEOF)
+	default:
+		return nil, ObjectInfo{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	return buf[:n], oi, nil
 }
 
 type bytesWriter struct{ buf []byte }

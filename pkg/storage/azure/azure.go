@@ -15,6 +15,17 @@
 // refuses it with 409 BlobAlreadyExists (or 412) if a committed blob has
 // the name, which is storage.ErrExists. Its size is not limited.
 //
+// An object's Version is its ETag, without quotes (Get Blob Properties and
+// Get Blob quote it, the listing does not): the service makes a new one
+// on every commit, also of identical bytes. PutIfMatch is Put with
+// If-Match: "ETag" on the request that commits the blob; 412
+// ConditionNotMet is storage.ErrVersionMismatch (and storage.ErrNotFound
+// if the blob is then found missing: Azurite answers 412 either way, a
+// 404 says so itself). Its size is not limited, as PutIfAbsent's is not;
+// should a concurrent upload of the key discard its staged blocks, that
+// upload changed the ETag, which makes it a mismatch. It needs the rights
+// Put needs.
+//
 // CleanUploads deletes the blobs that have only uncommitted blocks (a Put
 // of blocks whose writer died before the commit): it lists the container
 // with uncommitted blobs included, takes those of no length whose last
@@ -72,6 +83,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/internal/etag"
 )
 
 // Azure's limits on blob names.
@@ -270,7 +282,10 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("azure: put %s: %w", key, err)
 	}
-	if err := s.put(ctx, name, body, size, nil); err != nil {
+	if _, err := s.put(ctx, name, body, size, nil); err != nil {
+		if errors.Is(err, errBlocksDiscarded) {
+			err = storage.Transient(err)
+		}
 		return fmt.Errorf("azure: put %s: %w", key, err)
 	}
 	return nil
@@ -292,7 +307,7 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	}
 	etagAny := azcore.ETagAny
 	cond := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: &etagAny}}
-	err = s.put(ctx, name, body, size, cond)
+	_, err = s.put(ctx, name, body, size, cond)
 	if size <= s.blockSize && ctx.Err() == nil && bloberror.HasCode(err, bloberror.BlobAlreadyExists) {
 		// Azurite (unlike Azure) refuses a create-only Put Blob when the
 		// name holds only uncommitted blocks, such as those an interrupted
@@ -300,11 +315,20 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 		// alone, as Azure does. When nothing is committed, commit the body
 		// as one block instead.
 		if _, perr := s.c.NewBlobClient(name).GetProperties(ctx, nil); errors.Is(mapErr(perr), storage.ErrNotFound) {
-			err = s.putBlocks(ctx, s.c.NewBlockBlobClient(name), body, size, cond)
+			_, err = s.putBlocks(ctx, s.c.NewBlockBlobClient(name), body, size, cond)
 		}
 	}
-	if ctx.Err() == nil && (bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) ||
-		isStatus(err, http.StatusPreconditionFailed)) {
+	switch {
+	case errors.Is(err, errBlocksDiscarded):
+		// Another upload of the key committed first; it took the key if
+		// the blob is still there.
+		if _, perr := s.c.NewBlobClient(name).GetProperties(ctx, nil); perr == nil {
+			err = fmt.Errorf("%w: %w", storage.ErrExists, err)
+		} else {
+			err = storage.Transient(err)
+		}
+	case ctx.Err() == nil && (bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) ||
+		isStatus(err, http.StatusPreconditionFailed)):
 		err = fmt.Errorf("%w: %w", storage.ErrExists, err)
 	}
 	if err != nil {
@@ -313,15 +337,71 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return nil
 }
 
+// PutIfMatch stores size bytes of body under key if the blob has Version
+// version (its ETag), committing it with If-Match, and returns the new
+// Version.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	name, err := s.blobName(key)
+	if err != nil {
+		return "", fmt.Errorf("azure: put-if-match: %w", err)
+	}
+	if size < 0 {
+		return "", fmt.Errorf("azure: put-if-match %s: negative size %d", key, size)
+	}
+	if !etag.Valid(version) {
+		return "", fmt.Errorf("azure: put-if-match %s: %w: %q is no ETag", key, storage.ErrVersionMismatch, version)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("azure: put-if-match %s: %w", key, err)
+	}
+	ifMatch := azcore.ETag(etag.Header(version))
+	cond := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: &ifMatch}}
+	newTag, err := s.put(ctx, name, body, size, cond)
+	if err == nil {
+		return etagVersion(&newTag), nil
+	}
+	switch {
+	case ctx.Err() != nil:
+	case errors.Is(err, errBlocksDiscarded), bloberror.HasCode(err, bloberror.ConditionNotMet), isStatus(err, http.StatusPreconditionFailed):
+		// Refused, or the blocks were discarded by another upload that
+		// committed first: the blob is at another version, if any.
+		props, perr := s.c.NewBlobClient(name).GetProperties(ctx, nil)
+		switch {
+		case isStatus(perr, http.StatusNotFound):
+			err = fmt.Errorf("%w: %w: %w", storage.ErrVersionMismatch, storage.ErrNotFound, err)
+		case perr == nil && etagVersion(props.ETag) == version && errors.Is(err, errBlocksDiscarded):
+			err = storage.Transient(err) // still ours to replace: a retry decides
+		default:
+			err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+		}
+	case errors.Is(err, storage.ErrNotFound):
+		err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+	}
+	return "", fmt.Errorf("azure: put-if-match %s: %w", key, err)
+}
+
+// etagVersion returns the Version of an ETag of the SDK ("" for none).
+func etagVersion(tag *azcore.ETag) string {
+	if tag == nil {
+		return ""
+	}
+	return etag.Version(string(*tag))
+}
+
 // isStatus reports whether err is a service answer of that HTTP status.
 func isStatus(err error, status int) bool {
 	var re *azcore.ResponseError
 	return errors.As(err, &re) && re.StatusCode == status
 }
 
+// errBlocksDiscarded is put's error when another upload of the same key
+// committed while it staged blocks, which discards them: the caller
+// decides what that means for its write.
+var errBlocksDiscarded = errors.New("blocks discarded by a concurrent upload of the same key")
+
 // put uploads the blob name, committing it under the conditions cond
-// (nil for none).
-func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
+// (nil for none), and returns the ETag of what it committed.
+func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, cond *blob.AccessConditions) (azcore.ETag, error) {
 	bb := s.c.NewBlockBlobClient(name)
 	if size <= s.blockSize {
 		return s.putSingle(ctx, bb, body, size, cond)
@@ -330,27 +410,30 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 }
 
 // putSingle uploads the object in one Put Blob request.
-func (s *Storage) putSingle(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
+func (s *Storage) putSingle(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) (azcore.ETag, error) {
 	b := newExactBody(body, size)
-	_, err := bb.Upload(ctx, b, &blockblob.UploadOptions{AccessConditions: cond})
+	resp, err := bb.Upload(ctx, b, &blockblob.UploadOptions{AccessConditions: cond})
 	if berr := b.finish(); berr != nil && err != nil {
-		return berr
+		return "", berr
 	}
-	return mapErr(err)
+	if err != nil {
+		return "", mapErr(err)
+	}
+	return deref(resp.ETag), nil
 }
 
 // putBlocks stages the object in blocks, Concurrency at a time, and
 // commits them. A body of a type whose ReadAt is known to agree with its
 // Read after Seek(0) (see readerAt) is read in place by the uploads; any
 // other is read in order into at most Concurrency+1 buffers of BlockSize.
-func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) error {
+func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.ReadSeeker, size int64, cond *blob.AccessConditions) (azcore.ETag, error) {
 	n := (size + s.blockSize - 1) / s.blockSize
 	if n > blockblob.MaxBlocks {
-		return fmt.Errorf("%d bytes need %d blocks of blocksize %d; Azure allows %d", size, n, s.blockSize, blockblob.MaxBlocks)
+		return "", fmt.Errorf("%d bytes need %d blocks of blocksize %d; Azure allows %d", size, n, s.blockSize, blockblob.MaxBlocks)
 	}
 	var rnd [16]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return err
+		return "", err
 	}
 	idPrefix := hex.EncodeToString(rnd[:])
 	ids := make([]string, n)
@@ -365,7 +448,7 @@ func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.R
 	if ra == nil {
 		free = make(chan []byte, s.concurrency+1)
 		if _, err := body.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("body: %w", err)
+			return "", fmt.Errorf("body: %w", err)
 		}
 	}
 	var bodyErr error
@@ -426,26 +509,22 @@ func (s *Storage) putBlocks(ctx context.Context, bb *blockblob.Client, body io.R
 	err := g.Wait()
 	switch {
 	case bodyErr != nil:
-		return bodyErr
+		return "", bodyErr
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return "", ctx.Err()
 	case err != nil:
-		return err
+		return "", err
 	}
-	_, err = bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{AccessConditions: cond})
+	resp, err := bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{AccessConditions: cond})
 	if bloberror.HasCode(err, bloberror.InvalidBlockList) {
 		// Another Put of the same key committed meanwhile, which discards
-		// the blocks we staged; a new try succeeds. For a create-only
-		// Put, that commit took the key (if it is still there).
-		if cond != nil {
-			if _, perr := bb.GetProperties(ctx, nil); perr == nil {
-				return fmt.Errorf("%w: blocks discarded by a concurrent upload of the same key, which committed first: %w",
-					storage.ErrExists, mapErr(err))
-			}
-		}
-		return storage.Transient(fmt.Errorf("blocks discarded by a concurrent upload of the same key: %w", mapErr(err)))
+		// the blocks we staged: a plain Put succeeds on a new try.
+		return "", fmt.Errorf("%w: %w", errBlocksDiscarded, mapErr(err))
 	}
-	return mapErr(err)
+	if err != nil {
+		return "", mapErr(err)
+	}
+	return deref(resp.ETag), nil
 }
 
 // readerAt returns body as an io.ReaderAt if it is of a type whose ReadAt
@@ -601,6 +680,28 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	return resp.Body, nil
 }
 
+// GetWithInfo opens the whole object at key with one Get Blob, whose reply
+// describes the bytes it carries.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	name, err := s.blobName(key)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("azure: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("azure: get %s: %w", key, err)
+	}
+	resp, err := s.c.NewBlobClient(name).DownloadStream(ctx, nil)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("azure: get %s: %w", key, mapErr(err))
+	}
+	oi := storage.ObjectInfo{Key: key, Size: deref(resp.ContentLength), ModTime: deref(resp.LastModified), Version: etagVersion(resp.ETag)}
+	if resp.ContentLength == nil || oi.Size < 0 || oi.Version == "" {
+		resp.Body.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("azure: get %s: the reply gives no length or ETag", key)
+	}
+	return resp.Body, oi, nil
+}
+
 // checkOffset checks that the object exists and offset is not past its end.
 func (s *Storage) checkOffset(ctx context.Context, bc *blob.Client, key string, offset int64) error {
 	props, err := bc.GetProperties(ctx, nil)
@@ -626,7 +727,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if err != nil {
 		return storage.ObjectInfo{}, fmt.Errorf("azure: stat %s: %w", key, mapErr(err))
 	}
-	return storage.ObjectInfo{Key: key, Size: deref(props.ContentLength), ModTime: deref(props.LastModified)}, nil
+	return storage.ObjectInfo{Key: key, Size: deref(props.ContentLength), ModTime: deref(props.LastModified), Version: etagVersion(props.ETag)}, nil
 }
 
 // List calls fn for every object whose key starts with prefix, a page of
@@ -661,6 +762,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 			if item.Properties != nil {
 				oi.Size = deref(item.Properties.ContentLength)
 				oi.ModTime = deref(item.Properties.LastModified)
+				oi.Version = etagVersion(item.Properties.ETag)
 			}
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("azure: list %q: %w", prefix, err)

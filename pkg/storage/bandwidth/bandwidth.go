@@ -1,7 +1,8 @@
 // Package bandwidth wraps storage.Storage values to cap the bytes per
 // second they transfer: one Limiter is a node-wide budget, with separate
-// rates for uploads (Put and PutIfAbsent bodies) and downloads (Get
-// readers), shared by every transfer of every Storage it wraps. Metadata
+// rates for uploads (Put, PutIfAbsent and PutIfMatch bodies) and
+// downloads (Get and GetWithInfo readers), shared by every transfer of
+// every Storage it wraps. Metadata
 // calls (Stat, List, Delete, CleanUploads) are not throttled.
 //
 // Bytes are paid for as they flow, in chunks of at most 256 KiB, so a
@@ -138,6 +139,15 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return s.s.PutIfAbsent(ctx, key, s.throttledBody(ctx, body), size)
 }
 
+// PutIfMatch implements storage.Storage, throttling the reads of body as
+// Put does.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	if s.l.up == nil {
+		return s.s.PutIfMatch(ctx, key, body, size, version)
+	}
+	return s.s.PutIfMatch(ctx, key, s.throttledBody(ctx, body), size, version)
+}
+
 // throttledBody returns body paid for from the upload budget: it still
 // seeks and, if body is an io.ReaderAt, reads at offsets too.
 func (s *Storage) throttledBody(ctx context.Context, body io.ReadSeeker) io.ReadSeeker {
@@ -156,6 +166,16 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 		return rc, err
 	}
 	return &throttledReadCloser{throttled: throttled{ctx: ctx, r: rc, b: s.l.down}, closer: rc}, nil
+}
+
+// GetWithInfo implements storage.Storage, throttling the reads of the
+// returned reader as Get does.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	rc, oi, err := s.s.GetWithInfo(ctx, key)
+	if err != nil || s.l.down == nil {
+		return rc, oi, err
+	}
+	return &throttledReadCloser{throttled: throttled{ctx: ctx, r: rc, b: s.l.down}, closer: rc}, oi, nil
 }
 
 // throttled reads at most a chunk at a time from r and pays for what it

@@ -74,12 +74,34 @@ func TestThrottlesTransfers(t *testing.T) {
 		t.Fatalf("PutIfAbsent stored %d bytes, %v", len(got), err)
 	}
 
+	// So does a conditional one.
+	oi, err := m.Stat(ctx, "k2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if _, err := s.PutIfMatch(ctx, "k2", bytes.NewReader(data[1:]), n-1, oi.Version); err != nil {
+		t.Fatal(err)
+	}
+	atLeast(t, "PutIfMatch", time.Since(start), n-1, rate)
+	if got, err := storage.ReadAll(ctx, m, "k2", 0, -1); err != nil || len(got) != n-1 {
+		t.Fatalf("PutIfMatch stored %d bytes, %v", len(got), err)
+	}
+
 	start = time.Now()
 	got, err := storage.ReadAll(ctx, s, "k", 0, -1)
 	if err != nil || len(got) != n {
 		t.Fatalf("read %d bytes, %v", len(got), err)
 	}
 	atLeast(t, "Get", time.Since(start), n, rate)
+
+	// A versioned read pays like a Get.
+	start = time.Now()
+	got, _, err = storage.ReadVersioned(ctx, s, "k", n)
+	if err != nil || len(got) != n {
+		t.Fatalf("ReadVersioned read %d bytes, %v", len(got), err)
+	}
+	atLeast(t, "GetWithInfo", time.Since(start), n, rate)
 
 	// Metadata calls do not pay.
 	if _, err := s.Stat(ctx, "k"); err != nil {

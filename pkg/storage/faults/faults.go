@@ -33,6 +33,8 @@ const (
 	List         Op = "list"
 	Delete       Op = "delete"
 	PutIfAbsent  Op = "put_if_absent"
+	PutIfMatch   Op = "put_if_match"
+	GetWithInfo  Op = "get_with_info"
 	CleanUploads Op = "clean_uploads"
 )
 
@@ -44,10 +46,11 @@ type Options struct {
 	Ops []Op
 	// Seed makes the sequence of faults repeatable.
 	Seed uint64
-	// AfterRate is the fraction of failing Puts, PutIfAbsents and Deletes
-	// that fail after the backend carried them out (a lost reply: a
-	// retried PutIfAbsent then finds its own object and fails with
-	// storage.ErrExists).
+	// AfterRate is the fraction of failing Puts, PutIfAbsents, PutIfMatches
+	// and Deletes that fail after the backend carried them out (a lost
+	// reply: a retried PutIfAbsent then finds its own object and fails
+	// with storage.ErrExists, a retried PutIfMatch with
+	// storage.ErrVersionMismatch).
 	AfterRate float64
 }
 
@@ -112,7 +115,7 @@ func (f *Storage) decide(op Op) (fail, after bool) {
 		return false, false
 	}
 	f.injected.Add(1)
-	return true, (op == Put || op == PutIfAbsent || op == Delete) && f.rng.Float64() < f.opts.AfterRate
+	return true, (op == Put || op == PutIfAbsent || op == PutIfMatch || op == Delete) && f.rng.Float64() < f.opts.AfterRate
 }
 
 func injected(op Op, key string, after bool) error {
@@ -151,6 +154,30 @@ func (f *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 		return injected(PutIfAbsent, key, true)
 	}
 	return nil
+}
+
+// PutIfMatch implements storage.Storage; it fails like Put.
+func (f *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	fail, after := f.decide(PutIfMatch)
+	if fail && !after {
+		return "", injected(PutIfMatch, key, false)
+	}
+	v, err := f.s.PutIfMatch(ctx, key, body, size, version)
+	if err != nil {
+		return "", err
+	}
+	if fail {
+		return "", injected(PutIfMatch, key, true)
+	}
+	return v, nil
+}
+
+// GetWithInfo implements storage.Storage; it fails like Get.
+func (f *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	if fail, _ := f.decide(GetWithInfo); fail {
+		return nil, storage.ObjectInfo{}, injected(GetWithInfo, key, false)
+	}
+	return f.s.GetWithInfo(ctx, key)
 }
 
 // CleanUploads implements storage.Storage; an injected fault strikes

@@ -92,3 +92,46 @@ func TestPutIfAbsentAndCleanUploadsFaults(t *testing.T) {
 		t.Errorf("counted %d PutIfAbsent, %d CleanUploads; want 2, 1", f.Calls(PutIfAbsent), f.Calls(CleanUploads))
 	}
 }
+
+// PutIfMatch fails like Put, before or after the call (a lost reply);
+// GetWithInfo before it. Both are counted.
+func TestPutIfMatchAndGetWithInfoFaults(t *testing.T) {
+	ctx := context.Background()
+	m := mem.New()
+	if err := m.Put(ctx, "k", bytes.NewReader([]byte("old")), 3); err != nil {
+		t.Fatal(err)
+	}
+	oi, err := m.Stat(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(m, Options{Rate: 1, AfterRate: 1, Ops: []Op{PutIfMatch, GetWithInfo}})
+	if _, err := f.PutIfMatch(ctx, "k", bytes.NewReader([]byte("new")), 3, oi.Version); !errors.Is(err, ErrInjected) || !storage.IsTransient(err) {
+		t.Fatalf("PutIfMatch: %v, want an injected transient fault", err)
+	}
+	if got, err := storage.ReadAll(ctx, m, "k", 0, -1); err != nil || string(got) != "new" {
+		t.Fatalf("object after a lost reply: %q, %v", got, err)
+	}
+	if _, _, err := f.GetWithInfo(ctx, "k"); !errors.Is(err, ErrInjected) {
+		t.Fatalf("GetWithInfo: %v, want an injected fault", err)
+	}
+	f.SetOptions(Options{Rate: 1, Ops: []Op{PutIfMatch}})
+	cur, err := m.Stat(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.PutIfMatch(ctx, "k", bytes.NewReader([]byte("newer")), 5, cur.Version); !errors.Is(err, ErrInjected) {
+		t.Fatalf("PutIfMatch: %v", err)
+	}
+	if got, err := storage.ReadAll(ctx, m, "k", 0, -1); err != nil || string(got) != "new" {
+		t.Errorf("a fault before the call stored the object: %q, %v", got, err)
+	}
+	if rc, _, err := f.GetWithInfo(ctx, "k"); err != nil {
+		t.Errorf("GetWithInfo is not in Ops and must not fail: %v", err)
+	} else {
+		rc.Close()
+	}
+	if f.Calls(PutIfMatch) != 2 || f.Calls(GetWithInfo) != 2 {
+		t.Errorf("counted %d PutIfMatch, %d GetWithInfo; want 2, 2", f.Calls(PutIfMatch), f.Calls(GetWithInfo))
+	}
+}

@@ -16,6 +16,19 @@
 // storage.ErrExists. It holds for a resumable upload too (the condition
 // is checked when the upload is finalized), so its size is not limited.
 //
+// An object's Version is its generation, in decimal: the service gives
+// every write a new one (also of identical bytes) and never reuses it for
+// the name. Stat, List and the reader of GetWithInfo report it.
+// PutIfMatch is Put with the precondition ifGenerationMatch=N
+// (gs.Conditions{GenerationMatch: N}); a 412 is storage.ErrVersionMismatch
+// (and storage.ErrNotFound if the object is then found missing:
+// fake-gcs-server answers 412 either way). Like PutIfAbsent it holds for
+// resumable uploads, so its size is not limited. It needs what a Put that
+// replaces an object needs (storage.objects.create and .delete), and
+// storage.objects.get to tell a missing object. There is no
+// DeleteIfMatch: fake-gcs-server, the emulator tests run against, ignores
+// ifGenerationMatch on delete, and MinIO If-Match on DeleteObject.
+//
 // CleanUploads removes nothing and returns 0: an interrupted upload leaves
 // only a resumable upload session, which is not an object, cannot be
 // listed, and expires by itself after a week; Put writes no temporary
@@ -230,8 +243,8 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if size < 0 {
 		return fmt.Errorf("gcs: put %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, name, body, size, false); err != nil {
-		return fmt.Errorf("gcs: put %s: %w", key, err)
+	if _, err := s.put(ctx, name, body, size, nil); err != nil {
+		return fmt.Errorf("gcs: put %s: %w", key, mapErr(ctx, err))
 	}
 	return nil
 }
@@ -248,24 +261,67 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	if size < 0 {
 		return fmt.Errorf("gcs: put-if-absent %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, name, body, size, true); err != nil {
-		return fmt.Errorf("gcs: put-if-absent %s: %w", key, err)
+	_, err = s.put(ctx, name, body, size, &gs.Conditions{DoesNotExist: true})
+	if failedPrecondition(ctx, err) {
+		return fmt.Errorf("gcs: put-if-absent %s: %w: %w", key, storage.ErrExists, err)
+	}
+	if err != nil {
+		return fmt.Errorf("gcs: put-if-absent %s: %w", key, mapErr(ctx, err))
 	}
 	return nil
 }
 
-// put uploads the object; if exclusive, only if the name is free.
-func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, exclusive bool) error {
+// PutIfMatch stores size bytes read from body under key if the object has
+// Version version (its generation), as Put does but with the precondition
+// ifGenerationMatch, and returns the new generation.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	name, err := s.objectName(key)
+	if err != nil {
+		return "", fmt.Errorf("gcs: put-if-match: %w", err)
+	}
+	if size < 0 {
+		return "", fmt.Errorf("gcs: put-if-match %s: negative size %d", key, size)
+	}
+	// Generation 0 would mean "no condition" to the client library.
+	gen, perr := strconv.ParseInt(version, 10, 64)
+	if perr != nil || gen <= 0 {
+		return "", fmt.Errorf("gcs: put-if-match %s: %w: %q is no generation", key, storage.ErrVersionMismatch, version)
+	}
+	attrs, err := s.put(ctx, name, body, size, &gs.Conditions{GenerationMatch: gen})
+	if failedPrecondition(ctx, err) {
+		err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+		// The service does not say whether the object is missing.
+		if _, serr := s.bucket.Object(name).Attrs(ctx); errors.Is(serr, gs.ErrObjectNotExist) {
+			err = fmt.Errorf("%w: %w", err, storage.ErrNotFound)
+		}
+		return "", fmt.Errorf("gcs: put-if-match %s: %w", key, err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("gcs: put-if-match %s: %w", key, mapErr(ctx, err))
+	}
+	return strconv.FormatInt(attrs.Generation, 10), nil
+}
+
+// failedPrecondition reports whether err is the service's 412 to a write
+// under a precondition (and ctx is not done).
+func failedPrecondition(ctx context.Context, err error) bool {
+	var gerr *googleapi.Error
+	return err != nil && ctx.Err() == nil && errors.As(err, &gerr) && gerr.Code == http.StatusPreconditionFailed
+}
+
+// put uploads the object, under the preconditions cond if not nil, and
+// returns its attributes. Its errors are the client library's, unmapped.
+func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size int64, cond *gs.Conditions) (*gs.ObjectAttrs, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	buf := make([]byte, min(copyBufferSize, max(size, 1)))
 	h := crc32.New(castagnoli)
 	if err := copyBody(ctx, h, body, size, buf); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := body.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("rewind body: %w", err)
+		return nil, fmt.Errorf("rewind body: %w", err)
 	}
 
 	// Cancelling wctx aborts the upload: its request never completes, so
@@ -273,8 +329,8 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	obj := s.bucket.Object(name)
-	if exclusive {
-		obj = obj.If(gs.Conditions{DoesNotExist: true})
+	if cond != nil {
+		obj = obj.If(*cond)
 	}
 	w := obj.NewWriter(wctx)
 	w.ContentType = contentType
@@ -295,29 +351,20 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 		if !errors.As(err, &bodyErr) && ctx.Err() == nil && werr != nil {
 			err = werr // a failed upload fails Write: Close has its cause
 		}
-		return mapPutErr(ctx, err, exclusive)
+		return nil, err
 	}
 	if err := w.Close(); err != nil {
-		return mapPutErr(ctx, err, exclusive)
+		return nil, err
 	}
 	// The declared checksum makes the service refuse other bytes; should
 	// one not check it (an emulator), never report success, and let a
 	// retry put the object again.
-	if attrs := w.Attrs(); attrs.Size != size || attrs.CRC32C != w.CRC32C {
-		return storage.Transient(fmt.Errorf("service stored %d bytes with CRC32C %08x, not the %d bytes with CRC32C %08x read",
+	attrs := w.Attrs()
+	if attrs.Size != size || attrs.CRC32C != w.CRC32C {
+		return nil, storage.Transient(fmt.Errorf("service stored %d bytes with CRC32C %08x, not the %d bytes with CRC32C %08x read",
 			attrs.Size, attrs.CRC32C, size, w.CRC32C))
 	}
-	return nil
-}
-
-// mapPutErr maps the error of an upload: as mapErr does, and, for an
-// exclusive one, a failed precondition (412) to storage.ErrExists.
-func mapPutErr(ctx context.Context, err error, exclusive bool) error {
-	var gerr *googleapi.Error
-	if exclusive && ctx.Err() == nil && errors.As(err, &gerr) && gerr.Code == http.StatusPreconditionFailed {
-		return fmt.Errorf("%w: %w", storage.ErrExists, err)
-	}
-	return mapErr(ctx, err)
+	return attrs, nil
 }
 
 // CleanUploads removes nothing: what an interrupted upload leaves (a
@@ -487,6 +534,28 @@ func (r *reader) Read(p []byte) (int, error) {
 
 func (r *reader) Close() error { return r.r.Close() }
 
+// GetWithInfo opens the whole object at key; the reply that carries the
+// bytes gives their generation.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	name, err := s.objectName(key)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("gcs: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("gcs: get %s: %w", key, err)
+	}
+	r, err := s.bucket.Object(name).NewReader(ctx)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("gcs: get %s: %w", key, mapErr(ctx, err))
+	}
+	if r.Attrs.Generation <= 0 || r.Attrs.Size < 0 {
+		r.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("gcs: get %s: the reply gives no generation or size", key)
+	}
+	oi := storage.ObjectInfo{Key: key, Size: r.Attrs.Size, ModTime: r.Attrs.LastModified, Version: strconv.FormatInt(r.Attrs.Generation, 10)}
+	return &reader{r: r, ctx: ctx, name: name}, oi, nil
+}
+
 // Stat describes the object at key.
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	name, err := s.objectName(key)
@@ -500,7 +569,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if err != nil {
 		return storage.ObjectInfo{}, fmt.Errorf("gcs: stat %s: %w", key, mapErr(ctx, err))
 	}
-	return storage.ObjectInfo{Key: key, Size: attrs.Size, ModTime: attrs.Updated}, nil
+	return objectInfo(key, attrs), nil
 }
 
 // List calls fn for every object whose key starts with prefix, listing the
@@ -516,7 +585,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 		return nil // no valid key starts with prefix
 	}
 	q := &gs.Query{Prefix: s.prefix + prefix}
-	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated"}); err != nil {
+	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated", "Generation"}); err != nil {
 		return fmt.Errorf("gcs: list %s: %w", prefix, err)
 	}
 	it := s.bucket.Objects(ctx, q)
@@ -538,10 +607,15 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 		if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
 			continue
 		}
-		if err := fn(storage.ObjectInfo{Key: key, Size: attrs.Size, ModTime: attrs.Updated}); err != nil {
+		if err := fn(objectInfo(key, attrs)); err != nil {
 			return err
 		}
 	}
+}
+
+// objectInfo describes the object of key whose attributes are attrs.
+func objectInfo(key string, attrs *gs.ObjectAttrs) storage.ObjectInfo {
+	return storage.ObjectInfo{Key: key, Size: attrs.Size, ModTime: attrs.Updated, Version: strconv.FormatInt(attrs.Generation, 10)}
 }
 
 // Delete removes the object at key; a missing object is not an error.

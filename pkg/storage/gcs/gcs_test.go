@@ -13,11 +13,15 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	gs "cloud.google.com/go/storage"
+	"google.golang.org/api/option"
 
 	"github.com/backupd/backupd/internal/testservers"
 	"github.com/backupd/backupd/pkg/storage"
@@ -709,4 +713,98 @@ func TestPutIfAbsent(t *testing.T) {
 	if err := s.PutIfAbsent(ctx, "pia/10", bytes.NewReader([]byte("x")), 1); !errors.Is(err, storage.ErrExists) {
 		t.Errorf("PutIfAbsent over a Put object: %v, want ErrExists", err)
 	}
+}
+
+// TestPutIfMatch checks fake-gcs-server's handling of ifGenerationMatch
+// on uploads in one request and resumable ones: a stale generation is
+// refused (412, ErrVersionMismatch), the current one replaces the object
+// with a new generation, one of racing writers wins.
+func TestPutIfMatch(t *testing.T) {
+	srv := testservers.FakeGCS(t)
+	t.Parallel()
+	bucket := srv.NewBucket(t)
+	p, ts := newProxy(t, srv, func(*http.Request) int { return 0 })
+	const chunk = 256 << 10
+	s := open(t, gcs.Config{Bucket: bucket, Endpoint: ts.URL, ChunkSize: chunk})
+	defer s.Close()
+	ctx := t.Context()
+	for _, n := range []int{10, 3*chunk + 17} { // one request; resumable
+		key := fmt.Sprintf("pim/%d", n)
+		put(t, s, key, pattern(n))
+		oi, err := s.Stat(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second := bytes.Repeat([]byte("s"), n)
+		v2, err := s.PutIfMatch(ctx, key, bytes.NewReader(second), int64(n), oi.Version)
+		if err != nil {
+			t.Fatalf("PutIfMatch(%s) of %d bytes with the current generation: %v", key, n, err)
+		}
+		if p.requests("ifGenerationMatch="+oi.Version) == 0 {
+			t.Errorf("no request carried ifGenerationMatch=%s", oi.Version)
+		}
+		_, err = s.PutIfMatch(ctx, key, bytes.NewReader(pattern(n)), int64(n), oi.Version)
+		if !errors.Is(err, storage.ErrVersionMismatch) || errors.Is(err, storage.ErrNotFound) || storage.IsTransient(err) {
+			t.Errorf("PutIfMatch(%s) of %d bytes with a stale generation: %v, want ErrVersionMismatch", key, n, err)
+		}
+		if got := get(t, s, key); !bytes.Equal(got, second) {
+			t.Errorf("Get(%s) after the stale PutIfMatch: %d bytes that differ from the second's", key, len(got))
+		}
+
+		const writers = 8
+		errs := make(chan error, writers)
+		start := make(chan struct{})
+		for w := range writers {
+			go func() {
+				<-start
+				body := bytes.Repeat([]byte{'a' + byte(w)}, n+w)
+				_, err := s.PutIfMatch(ctx, key, bytes.NewReader(body), int64(len(body)), v2)
+				errs <- err
+			}()
+		}
+		close(start)
+		won := 0
+		for range writers {
+			switch err := <-errs; {
+			case err == nil:
+				won++
+			case !errors.Is(err, storage.ErrVersionMismatch) || storage.IsTransient(err):
+				t.Errorf("racing PutIfMatch(%s): %v, want nil or ErrVersionMismatch", key, err)
+			}
+		}
+		if won != 1 {
+			t.Errorf("%d of %d racing PutIfMatch(%s) calls of %d bytes succeeded, want 1", won, writers, key, n)
+		}
+	}
+}
+
+// TestNoDeleteIfMatchOnFakeGCS records why the storage has no
+// DeleteIfMatch that the tests could prove: fake-gcs-server ignores
+// ifGenerationMatch on delete (Google Cloud Storage honours it), and
+// deletes an object whose generation is not the one given. It honours the
+// precondition on uploads, which the conformance suite checks.
+func TestNoDeleteIfMatchOnFakeGCS(t *testing.T) {
+	srv := testservers.FakeGCS(t)
+	bucket := srv.NewBucket(t)
+	s := open(t, gcs.Config{Bucket: bucket, Endpoint: srv.Endpoint})
+	ctx := t.Context()
+	put(t, s, "k", []byte("one"))
+	stale, err := s.Stat(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "k", []byte("two"))
+	gen, err := strconv.ParseInt(stale.Version, 10, 64)
+	if err != nil {
+		t.Fatalf("version %q is no generation: %v", stale.Version, err)
+	}
+	c, err := gs.NewClient(ctx, option.WithEndpoint(srv.Endpoint), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bucket(bucket).Object("k").If(gs.Conditions{GenerationMatch: gen}).Delete(ctx); err != nil {
+		t.Fatalf("delete with a stale ifGenerationMatch: %v", err)
+	}
+	checkAbsent(t, s, "k")
 }

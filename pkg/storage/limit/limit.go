@@ -1,7 +1,7 @@
 // Package limit wraps a storage.Storage to bound how many transfers run at
-// once: uploads (Put, PutIfAbsent) and downloads (Get, until its reader is
-// closed) have separate limits; metadata calls (Stat, List, Delete,
-// CleanUploads) share a third.
+// once: uploads (Put, PutIfAbsent, PutIfMatch) and downloads (Get and
+// GetWithInfo, until the reader is closed) have separate limits; metadata
+// calls (Stat, List, Delete, CleanUploads) share a third.
 package limit
 
 import (
@@ -66,6 +66,29 @@ func (l *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	}
 	defer func() { <-l.up }()
 	return l.s.PutIfAbsent(ctx, key, body, size)
+}
+
+// PutIfMatch implements storage.Storage; it takes an upload slot.
+func (l *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	if err := acquire(ctx, l.up); err != nil {
+		return "", fmt.Errorf("put-if-match %s: %w", key, err)
+	}
+	defer func() { <-l.up }()
+	return l.s.PutIfMatch(ctx, key, body, size, version)
+}
+
+// GetWithInfo implements storage.Storage; it takes a download slot, held
+// until the reader is closed.
+func (l *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	if err := acquire(ctx, l.down); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("get %s: %w", key, err)
+	}
+	rc, oi, err := l.s.GetWithInfo(ctx, key)
+	if err != nil {
+		<-l.down
+		return nil, storage.ObjectInfo{}, err
+	}
+	return &slotReader{ReadCloser: rc, release: func() { <-l.down }}, oi, nil
 }
 
 // CleanUploads implements storage.Storage; it takes a metadata slot.

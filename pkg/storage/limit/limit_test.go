@@ -147,3 +147,49 @@ func TestPutIfAbsentAndCleanUploadsSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// PutIfMatch needs an upload slot; GetWithInfo a download slot, held
+// until its reader is closed.
+func TestPutIfMatchAndGetWithInfoSlots(t *testing.T) {
+	m := mem.New()
+	b := &blocking{Storage: m, entered: make(chan struct{}), release: make(chan struct{})}
+	l := New(b, Options{Uploads: 1, Downloads: 1, Metadata: 1})
+	ctx := context.Background()
+	if err := m.Put(ctx, "b", bytes.NewReader([]byte("b")), 1); err != nil {
+		t.Fatal(err)
+	}
+	oi, err := m.Stat(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	done := make(chan error)
+
+	go func() { done <- l.Put(ctx, "a", bytes.NewReader(nil), 0) }()
+	<-b.entered // the upload slot is taken
+	if _, err := l.PutIfMatch(cancelled, "b", bytes.NewReader(nil), 0, oi.Version); !errors.Is(err, context.Canceled) {
+		t.Errorf("PutIfMatch while the upload slot is taken: %v, want to wait (and give up when cancelled)", err)
+	}
+	rc, _, err := l.GetWithInfo(ctx, "b")
+	if err != nil {
+		t.Fatalf("GetWithInfo while uploads are full: %v", err)
+	}
+	b.release <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.PutIfMatch(ctx, "b", bytes.NewReader([]byte("c")), 1, oi.Version); err != nil {
+		t.Errorf("PutIfMatch with the upload slot free: %v", err)
+	}
+	// The download slot is held until the reader is closed.
+	if _, _, err := l.GetWithInfo(cancelled, "b"); !errors.Is(err, context.Canceled) {
+		t.Errorf("GetWithInfo while a reader holds the download slot: %v, want to wait", err)
+	}
+	rc.Close()
+	rc, _, err = l.GetWithInfo(ctx, "b")
+	if err != nil {
+		t.Fatalf("GetWithInfo after the reader was closed: %v", err)
+	}
+	rc.Close()
+}

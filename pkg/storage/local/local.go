@@ -22,6 +22,40 @@
 // which also work between clients). Writers older than this scheme took no
 // lock: give CleanUploads a before older than any such writer may run.
 //
+// An object's Version is its file's inode number, modification time (in
+// nanoseconds) and size. Every write puts a new file in place, whose
+// modification time it sets from its own nanosecond clock (the kernel's
+// timestamps are coarser), so a Version changes with every replacement,
+// also by identical bytes. It cannot repeat within a key's life in
+// practice: a later file of the key can have an earlier one's inode
+// number only once that file is gone (ext4 and xfs reuse numbers, tmpfs
+// and btrfs count up), and would then also need the same size and a
+// modification time equal to the nanosecond. On a file system that keeps
+// coarser times (FAT, ext3, some NFS servers: a second or two), two
+// replacements within one tick, the later reusing the earlier's inode,
+// could share a Version: keep a repository that several writers update
+// on one with nanosecond times (ext4, xfs, btrfs, tmpfs, zfs).
+//
+// PutIfMatch compares and renames under an exclusive flock(2) of the lock
+// file .backupd-lock at the storage's root (created on first use; the key
+// ".backupd-lock" is refused, and List does not show it); Put and Delete
+// take the same lock shared around their rename or unlink, so they never
+// interleave with a PutIfMatch, and do not wait for each other.
+// PutIfAbsent needs no lock: link(2) creates only a free name. Readers
+// never lock. The lock works across processes on one host, and dies with
+// its holder; do not remove the file while writers run. It is the root's:
+// processes that open one repository at different roots (one at a
+// subdirectory of the other's) do not exclude each other. Before the
+// locked comparison PutIfMatch compares once without the lock, so that a
+// stale version fails before the body is written. On NFS, flock is
+// emulated with byte-range locks, which hold between clients, if the
+// mount locks at all (not with nolock, local_lock=flock or
+// local_lock=all); PutIfMatch opens the object to compare, so that the
+// client revalidates its name and attributes (close-to-open consistency:
+// not with nocto), and the server's times decide how fine Versions are
+// (see above). Stat and List on NFS may give a cached, older Version,
+// which makes a PutIfMatch fail, never succeed wrongly.
+//
 // A file system cannot hold both a file "a" and a file "a/b", so unlike an
 // object store this backend cannot store an object at a key that is a
 // directory prefix of another object's key, or the reverse; such a Put
@@ -38,6 +72,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +85,8 @@ import (
 const (
 	// tempPrefix starts the name of every temporary file Put writes.
 	tempPrefix = ".tmp-"
+	// lockName is the lock file at the root (see the package comment).
+	lockName = ".backupd-lock"
 	// pieceSize is how much Put copies between two checks of its context.
 	pieceSize = 1 << 20
 	dirMode   = 0o700
@@ -59,6 +96,9 @@ const (
 // concurrent use, also by several processes sharing the directory.
 type Storage struct {
 	root string // absolute and clean
+	// lockWait, if set, is called when a writer finds the lock taken and
+	// begins to wait for it (tests synchronise on it).
+	lockWait func()
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -111,7 +151,7 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if size < 0 {
 		return fmt.Errorf("local: put %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, key, body, size, false); err != nil {
+	if _, err := s.put(ctx, key, body, size, replace, ""); err != nil {
 		return fmt.Errorf("local: put %s: %w", key, mapPutErr(err))
 	}
 	return nil
@@ -129,26 +169,62 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	if size < 0 {
 		return fmt.Errorf("local: put-if-absent %s: negative size %d", key, size)
 	}
-	if err := s.put(ctx, key, body, size, true); err != nil {
+	if _, err := s.put(ctx, key, body, size, create, ""); err != nil {
 		return fmt.Errorf("local: put-if-absent %s: %w", key, mapPutErr(err))
 	}
 	return nil
 }
 
-// put writes the object through a locked temporary file, which it then
-// renames over the target, or, if exclusive, links to the target.
-func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size int64, exclusive bool) (err error) {
+// PutIfMatch stores size bytes read from body under key if the object
+// there has the version given, and returns the new version: it compares
+// once without the lock (a stale version fails before the body is
+// written), writes and fsyncs a temporary file, then, holding the
+// storage's lock exclusively, compares again and renames the file over the
+// target; last it fsyncs the directory. On failure or cancellation the
+// temporary file is removed and the object stays as it was.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	if err := checkKey(key); err != nil {
+		return "", fmt.Errorf("local: put-if-match: %w", err)
+	}
+	if size < 0 {
+		return "", fmt.Errorf("local: put-if-match %s: negative size %d", key, size)
+	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return "", fmt.Errorf("local: put-if-match %s: %w", key, err)
+	}
+	if err := checkVersion(s.filePath(key), version); err != nil {
+		return "", fmt.Errorf("local: put-if-match %s: %w", key, err)
+	}
+	v, err := s.put(ctx, key, body, size, replaceIfMatch, version)
+	if err != nil {
+		return "", fmt.Errorf("local: put-if-match %s: %w", key, mapPutErr(err))
+	}
+	return v, nil
+}
+
+// putMode says how put commits its temporary file.
+type putMode int
+
+const (
+	replace        putMode = iota // rename over the target
+	create                        // link to the target, which must be free
+	replaceIfMatch                // rename over the target if it has a version
+)
+
+// put writes the object through a locked temporary file, which it then
+// commits as mode says, and returns the version of what it stored.
+func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size int64, mode putMode, version string) (_ string, err error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
 	}
 	target := s.filePath(key)
 	dir := filepath.Dir(target)
 	if err := s.mkdirs(dir); err != nil {
-		return err
+		return "", err
 	}
 	f, err := createLocked(dir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	tmp := f.Name()
 	committed := false
@@ -163,44 +239,176 @@ func (s *Storage) put(ctx context.Context, key string, body io.ReadSeeker, size 
 
 	for written := int64(0); written < size; {
 		if err := ctx.Err(); err != nil {
-			return err
+			return "", err
 		}
 		n, err := io.CopyN(f, body, min(size-written, pieceSize))
 		written += n
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("body ended after %d of %d bytes: %w", written, size, io.ErrUnexpectedEOF)
+			return "", fmt.Errorf("body ended after %d of %d bytes: %w", written, size, io.ErrUnexpectedEOF)
 		}
 		if err != nil {
-			return err
+			return "", err
 		}
 	}
+	// The writer's nanosecond clock, not the kernel's coarser one, so that
+	// the file's version is new (see the package comment).
+	if err := setModTime(tmp, time.Now()); err != nil {
+		return "", err
+	}
 	if err := f.Sync(); err != nil {
-		return err
+		return "", err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return "", err
 	}
-	if exclusive {
+	switch mode {
+	case create:
 		if err := os.Link(tmp, target); err != nil {
-			return linkErr(err, target)
+			return "", linkErr(err, target)
 		}
 		committed = true
 		// The object is in place. The temporary name is only a second
 		// link to it now; should removing it fail, it is garbage that
 		// CleanUploads can remove.
 		_ = os.Remove(tmp)
-	} else {
-		if err := os.Rename(tmp, target); err != nil {
-			return err
+	default:
+		how := unix.LOCK_SH
+		if mode == replaceIfMatch {
+			how = unix.LOCK_EX
+		}
+		unlock, err := s.lock(ctx, how)
+		if err != nil {
+			return "", err
+		}
+		if mode == replaceIfMatch {
+			err = checkVersion(target, version)
+		}
+		if err == nil {
+			err = os.Rename(tmp, target)
+		}
+		unlock()
+		if err != nil {
+			return "", err
 		}
 		committed = true
 	}
 	cerr := f.Close() // releases the lock; the data is synced already
 	// Make the new directory entry (and the removal) durable.
 	if err := syncDir(dir); err != nil {
+		return "", err
+	}
+	return fileVersion(fi), cerr
+}
+
+// setModTime sets the modification time of the file p, which is not a
+// symbolic link.
+func setModTime(p string, t time.Time) error {
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(t.UnixNano())}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "utimensat", Path: p, Err: err}
+	}
+	return nil
+}
+
+// fileVersion returns the Version of the object file that fi describes:
+// its inode number, modification time in nanoseconds and size.
+func fileVersion(fi fs.FileInfo) string {
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = uint64(st.Ino)
+	}
+	b := strconv.AppendUint(make([]byte, 0, 40), ino, 16)
+	b = append(b, '.')
+	b = strconv.AppendInt(b, fi.ModTime().UnixNano(), 16)
+	b = append(b, '.')
+	b = strconv.AppendInt(b, fi.Size(), 16)
+	return string(b)
+}
+
+// info describes the object file of key that fi describes.
+func info(key string, fi fs.FileInfo) storage.ObjectInfo {
+	return storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime(), Version: fileVersion(fi)}
+}
+
+// checkVersion compares the version of the object file p with version:
+// nil if it has it, else an error wrapping storage.ErrVersionMismatch,
+// and storage.ErrNotFound too if there is no object. It opens the file
+// (never blocking, should it be a FIFO), so that an NFS client revalidates
+// the name and the attributes instead of trusting its cache.
+func checkVersion(p, version string) error {
+	if version == "" {
+		return fmt.Errorf("%w: an empty version matches no object", storage.ErrVersionMismatch)
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if isNotExist(err) {
+		return fmt.Errorf("%w: %w", storage.ErrVersionMismatch, storage.ErrNotFound)
+	}
+	if err != nil {
+		return mapPermErr(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
 		return err
 	}
-	return cerr
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: %w", storage.ErrVersionMismatch, storage.ErrNotFound)
+	}
+	if v := fileVersion(fi); v != version {
+		return fmt.Errorf("%w: the object is at version %s, not %q", storage.ErrVersionMismatch, v, version)
+	}
+	return nil
+}
+
+// lock takes the storage's lock (see the package comment): shared
+// (unix.LOCK_SH) around a rename or unlink that replaces or removes an
+// object, exclusive (unix.LOCK_EX) around PutIfMatch's comparison and
+// rename. It waits as long as ctx allows; the function it returns
+// releases the lock.
+func (s *Storage) lock(ctx context.Context, how int) (func(), error) {
+	p := filepath.Join(s.root, lockName)
+	f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Never creates the root: O_CREAT fails if it has gone.
+		f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open the lock file: %w", err)
+	}
+	release := func() { _ = f.Close() } // which drops the lock
+	err = flock(f, how|unix.LOCK_NB)
+	if err == nil {
+		return release, nil
+	}
+	if !errors.Is(err, unix.EWOULDBLOCK) {
+		_ = f.Close()
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	// Held by another writer (for as long as a rename takes): wait, in a
+	// goroutine that ctx can give up on.
+	if s.lockWait != nil {
+		s.lockWait()
+	}
+	locked := make(chan error, 1)
+	go func() { locked <- flock(f, how) }()
+	select {
+	case err := <-locked:
+		if err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", p, err)
+		}
+		return release, nil
+	case <-ctx.Done():
+		go func() {
+			<-locked
+			_ = f.Close() // the lock, if it came, goes with it
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // linkErr explains why linking the temporary file to target failed: an
@@ -382,6 +590,32 @@ func (r *fileReader) Read(p []byte) (int, error) {
 
 func (r *fileReader) Close() error { return r.f.Close() }
 
+// GetWithInfo opens the whole object at key and describes the file
+// opened: objects are replaced by renaming a new file over them, never
+// changed in place, so what the reader returns is that file's content.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	if err := checkKey(key); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("local: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("local: get %s: %w", key, err)
+	}
+	f, err := os.Open(s.filePath(key))
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("local: get %s: %w", key, mapReadErr(err))
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("local: get %s: %w", key, mapReadErr(err))
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("local: get %s: %w", key, storage.ErrNotFound)
+	}
+	return &fileReader{ctx: ctx, r: io.NewSectionReader(f, 0, fi.Size()), f: f}, info(key, fi), nil
+}
+
 // Stat describes the object at key.
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	if err := checkKey(key); err != nil {
@@ -397,7 +631,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if !fi.Mode().IsRegular() {
 		return storage.ObjectInfo{}, fmt.Errorf("local: stat %s: %w", key, storage.ErrNotFound)
 	}
-	return storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+	return info(key, fi), nil
 }
 
 // Delete removes the object at key and fsyncs its directory; a missing
@@ -420,7 +654,13 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 	if fi.IsDir() {
 		return nil // a prefix of other keys, not an object
 	}
-	if err := os.Remove(p); err != nil && !isNotExist(err) {
+	unlock, err := s.lock(ctx, unix.LOCK_SH)
+	if err != nil {
+		return fmt.Errorf("local: delete %s: %w", key, mapPermErr(err))
+	}
+	err = os.Remove(p)
+	unlock()
+	if err != nil && !isNotExist(err) {
 		return fmt.Errorf("local: delete %s: %w", key, mapPermErr(err))
 	}
 	if err := syncDir(filepath.Dir(p)); err != nil {
@@ -509,10 +749,10 @@ func (s *Storage) walk(ctx context.Context, dir, dirKey, base string, fn func(st
 					return err
 				}
 			case mode.IsRegular():
-				if strings.HasPrefix(name, tempPrefix) || storage.ValidateKey(key) != nil {
+				if strings.HasPrefix(name, tempPrefix) || key == lockName || storage.ValidateKey(key) != nil {
 					continue
 				}
-				if err := fn(storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+				if err := fn(info(key, fi)); err != nil {
 					return err
 				}
 			}
@@ -686,6 +926,9 @@ func checkKey(key string) error {
 	if strings.HasPrefix(path.Base(key), tempPrefix) {
 		return fmt.Errorf("%w: %q: names starting with %q are reserved for temporary files",
 			storage.ErrInvalidKey, key, tempPrefix)
+	}
+	if key == lockName {
+		return fmt.Errorf("%w: %q is the storage's lock file", storage.ErrInvalidKey, key)
 	}
 	return nil
 }

@@ -682,3 +682,115 @@ func TestPutIfAbsentOverDirectory(t *testing.T) {
 		t.Errorf("object made by PutIfAbsent: %d links, mode %v; want 1, 0600", nlink, fi.Mode())
 	}
 }
+
+// The helper process of TestPutIfMatchAcrossProcesses: once it has
+// opened the storage at $BACKUPD_TEST_PIM_DIR it writes "ready" to stdout
+// and waits for stdin to close; then it replaces key "lease", if at
+// version $BACKUPD_TEST_PIM_VERSION, with $BACKUPD_TEST_PIM_VALUE, and
+// writes "won VERSION", "lost" or the error.
+func TestHelperPutIfMatchProcess(t *testing.T) {
+	dir := os.Getenv("BACKUPD_TEST_PIM_DIR")
+	if dir == "" {
+		return // not the helper: nothing to do
+	}
+	s, err := local.New(dir)
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(2)
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	value := os.Getenv("BACKUPD_TEST_PIM_VALUE")
+	v, err := s.PutIfMatch(context.Background(), "lease", strings.NewReader(value), int64(len(value)), os.Getenv("BACKUPD_TEST_PIM_VERSION"))
+	switch {
+	case err == nil:
+		fmt.Println("won", v)
+	case errors.Is(err, storage.ErrVersionMismatch) && !errors.Is(err, storage.ErrNotFound):
+		fmt.Println("lost")
+	default:
+		fmt.Println(err)
+	}
+	os.Exit(0)
+}
+
+// TestPutIfMatchAcrossProcesses races PutIfMatch calls with one version
+// in several processes, released at once: exactly one wins, round after
+// round, and the object is its value at the version it reported.
+func TestPutIfMatchAcrossProcesses(t *testing.T) {
+	const procs, rounds = 4, 3
+	dir := t.TempDir()
+	s := newStorage(t, dir)
+	ctx := t.Context()
+	put(t, s, "lease", []byte("initial"))
+	oi, err := s.Stat(ctx, "lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := oi.Version
+	for round := range rounds {
+		type helper struct {
+			cmd   *exec.Cmd
+			stdin io.WriteCloser
+			out   *bufio.Reader
+		}
+		var helpers []helper
+		for p := range procs {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPutIfMatchProcess$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "BACKUPD_TEST_PIM_DIR="+dir, "BACKUPD_TEST_PIM_VERSION="+version,
+				fmt.Sprintf("BACKUPD_TEST_PIM_VALUE=round %d, process %d", round, p))
+			cmd.Stderr = os.Stderr
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			h := helper{cmd, stdin, bufio.NewReader(stdout)}
+			helpers = append(helpers, h)
+			defer func() {
+				_ = h.cmd.Process.Kill()
+				_ = h.cmd.Wait()
+			}()
+		}
+		for p, h := range helpers {
+			if line, err := h.out.ReadString('\n'); err != nil || line != "ready\n" {
+				t.Fatalf("helper %d: %q, %v; want ready", p, line, err)
+			}
+		}
+		for _, h := range helpers {
+			h.stdin.Close() // go
+		}
+		winner, won := -1, ""
+		for p, h := range helpers {
+			line, err := h.out.ReadString('\n')
+			line = strings.TrimSuffix(line, "\n")
+			switch v, ok := strings.CutPrefix(line, "won "); {
+			case err != nil:
+				t.Fatalf("round %d, helper %d: %v", round, p, err)
+			case ok && winner >= 0:
+				t.Errorf("round %d: helpers %d and %d both won", round, winner, p)
+			case ok:
+				winner, won = p, v
+			case line != "lost":
+				t.Errorf("round %d, helper %d: %s", round, p, line)
+			}
+			if err := h.cmd.Wait(); err != nil {
+				t.Errorf("round %d, helper %d: %v", round, p, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: no helper won", round)
+		}
+		b, oi, err := storage.ReadVersioned(ctx, s, "lease", 100)
+		if want := fmt.Sprintf("round %d, process %d", round, winner); err != nil || string(b) != want || oi.Version != won {
+			t.Fatalf("round %d: lease = %q at version %q, %v; want %q at the winner's version %q", round, b, oi.Version, err, want, won)
+		}
+		version = won
+	}
+}

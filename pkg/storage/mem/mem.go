@@ -1,6 +1,10 @@
 // Package mem is an in-memory storage.Storage for tests and experiments.
 // It keeps copies of the bytes it is given and hands out copies, so no
 // caller can change a stored object behind its back.
+//
+// An object's Version is the number of the write that stored it, counted
+// per Storage: every write (also of identical bytes) makes a new one, and
+// none repeats. PutIfMatch compares and stores under the one lock.
 package mem
 
 import (
@@ -9,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,11 +29,25 @@ const pieceSize = 1 << 20
 type Storage struct {
 	mu      sync.RWMutex
 	objects map[string]object
+	writes  uint64 // how many objects were stored; the last one's version
 }
 
 type object struct {
 	data    []byte // never changed once stored
 	modTime time.Time
+	version uint64
+}
+
+func (o object) info(key string) storage.ObjectInfo {
+	return storage.ObjectInfo{Key: key, Size: int64(len(o.data)), ModTime: o.modTime, Version: strconv.FormatUint(o.version, 10)}
+}
+
+// store stores data under key; s.mu must be held.
+func (s *Storage) store(key string, data []byte) object {
+	s.writes++
+	obj := object{data: data, modTime: time.Now(), version: s.writes}
+	s.objects[key] = obj
+	return obj
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -47,7 +66,7 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.objects[key] = object{data: data, modTime: time.Now()}
+	s.store(key, data)
 	return nil
 }
 
@@ -64,8 +83,29 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	if _, ok := s.objects[key]; ok {
 		return fmt.Errorf("mem: put-if-absent %s: %w", key, storage.ErrExists)
 	}
-	s.objects[key] = object{data: data, modTime: time.Now()}
+	s.store(key, data)
 	return nil
+}
+
+// PutIfMatch stores a copy of size bytes read from body under key if the
+// object there has the version given, and returns the new version. The
+// comparison and the store happen under one lock, after the whole body
+// has been read.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	data, err := readBody(ctx, "put-if-match", key, body, size)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	obj, ok := s.objects[key]
+	switch {
+	case !ok:
+		return "", fmt.Errorf("mem: put-if-match %s: %w: %w", key, storage.ErrVersionMismatch, storage.ErrNotFound)
+	case version == "" || strconv.FormatUint(obj.version, 10) != version:
+		return "", fmt.Errorf("mem: put-if-match %s: %w: the object is at version %d, not %q", key, storage.ErrVersionMismatch, obj.version, version)
+	}
+	return s.store(key, data).info(key).Version, nil
 }
 
 // readBody validates key and size and reads a copy of size bytes of body,
@@ -123,6 +163,24 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	return &reader{ctx: ctx, r: bytes.NewReader(bytes.Clone(obj.data[offset:end]))}, nil
 }
 
+// GetWithInfo returns a reader over a copy of the whole object, and its
+// info.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("mem: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("mem: get %s: %w", key, err)
+	}
+	s.mu.RLock()
+	obj, ok := s.objects[key]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("mem: get %s: %w", key, storage.ErrNotFound)
+	}
+	return &reader{ctx: ctx, r: bytes.NewReader(bytes.Clone(obj.data))}, obj.info(key), nil
+}
+
 // Stat describes the object at key.
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	if err := storage.ValidateKey(key); err != nil {
@@ -137,7 +195,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if !ok {
 		return storage.ObjectInfo{}, fmt.Errorf("mem: stat %s: %w", key, storage.ErrNotFound)
 	}
-	return storage.ObjectInfo{Key: key, Size: int64(len(obj.data)), ModTime: obj.modTime}, nil
+	return obj.info(key), nil
 }
 
 // List calls fn for every object whose key starts with prefix. It takes a
@@ -150,7 +208,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 	s.mu.RLock()
 	for key, obj := range s.objects {
 		if strings.HasPrefix(key, prefix) {
-			infos = append(infos, storage.ObjectInfo{Key: key, Size: int64(len(obj.data)), ModTime: obj.modTime})
+			infos = append(infos, obj.info(key))
 		}
 	}
 	s.mu.RUnlock()

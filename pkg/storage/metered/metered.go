@@ -22,6 +22,8 @@ const (
 	OpList         = "list"
 	OpDelete       = "delete"
 	OpPutIfAbsent  = "put_if_absent"
+	OpPutIfMatch   = "put_if_match"
+	OpGetWithInfo  = "get_with_info"
 	OpCleanUploads = "clean_uploads"
 )
 
@@ -34,14 +36,16 @@ const (
 // wrapping context.Canceled; the Observer decides (with errors.Is) how to
 // count them.
 //
-// bytes is the payload moved: for a Put or PutIfAbsent the size stored (0
-// when it failed, as how much of it was sent is unknown, and when a
-// PutIfAbsent found the key taken); for a Get what the caller read from
-// the reader; 0 for the other operations (a CleanUploads' count of
-// removed uploads is not bytes).
+// bytes is the payload moved: for a Put, PutIfAbsent or PutIfMatch the
+// size stored (0 when it failed, as how much of it was sent is unknown,
+// and when a PutIfAbsent found the key taken or a PutIfMatch another
+// version); for a Get or GetWithInfo what the caller read from the
+// reader; 0 for the other operations (a CleanUploads' count of removed
+// uploads is not bytes).
 //
-// d is how long the call took; for a Get, from the call until its reader
-// was closed; for a List, without the time spent in the caller's fn.
+// d is how long the call took; for a Get or GetWithInfo, from the call
+// until its reader was closed; for a List, without the time spent in the
+// caller's fn.
 type Observer interface {
 	ObserveCall(op string, err error, bytes int64, d time.Duration)
 }
@@ -99,6 +103,33 @@ func (m *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return err
 }
 
+// PutIfMatch implements storage.Storage; it is reported as its own
+// operation, OpPutIfMatch, when it returns, with size as its bytes if it
+// succeeded. A PutIfMatch that found another version is reported with its
+// error, which wraps storage.ErrVersionMismatch.
+func (m *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	start := time.Now()
+	v, err := m.s.PutIfMatch(ctx, key, body, size, version)
+	var n int64
+	if err == nil {
+		n = size
+	}
+	m.o.ObserveCall(OpPutIfMatch, err, n, time.Since(start))
+	return v, err
+}
+
+// GetWithInfo implements storage.Storage; it is reported as OpGetWithInfo,
+// as Get is: at once if it fails, else when its reader is closed.
+func (m *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	start := time.Now()
+	rc, oi, err := m.s.GetWithInfo(ctx, key)
+	if err != nil {
+		m.o.ObserveCall(OpGetWithInfo, err, 0, time.Since(start))
+		return nil, storage.ObjectInfo{}, err
+	}
+	return &reader{rc: rc, o: m.o, op: OpGetWithInfo, start: start}, oi, nil
+}
+
 // CleanUploads implements storage.Storage; it is reported as
 // OpCleanUploads.
 func (m *Storage) CleanUploads(ctx context.Context, prefix string, before time.Time) (int, error) {
@@ -119,7 +150,7 @@ func (m *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 		m.o.ObserveCall(OpGet, err, 0, time.Since(start))
 		return nil, err
 	}
-	return &reader{rc: rc, o: m.o, start: start}, nil
+	return &reader{rc: rc, o: m.o, op: OpGet, start: start}, nil
 }
 
 // reader counts what is read from a Get's reader and reports the call
@@ -127,6 +158,7 @@ func (m *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 type reader struct {
 	rc    io.ReadCloser
 	o     Observer
+	op    string // OpGet or OpGetWithInfo
 	start time.Time
 
 	mu     sync.Mutex // guards the fields below: Close may race a Read
@@ -157,7 +189,7 @@ func (r *reader) Close() error {
 		if err == nil {
 			err = cerr
 		}
-		r.o.ObserveCall(OpGet, err, n, time.Since(r.start))
+		r.o.ObserveCall(r.op, err, n, time.Since(r.start))
 	}
 	return cerr
 }

@@ -230,3 +230,39 @@ func TestReportsCreateOnlyAndCleaning(t *testing.T) {
 		t.Errorf("operation names %q, %q; the daemon's metrics label them so", OpPutIfAbsent, OpCleanUploads)
 	}
 }
+
+// PutIfMatch and GetWithInfo are operations of their own too: the
+// traffic of leases and state objects shows apart from packs'.
+func TestReportsConditionalAndVersioned(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{}
+	inner := mem.New()
+	m := New(inner, rec)
+	if err := inner.Put(ctx, "lease", strings.NewReader("v1"), 2); err != nil {
+		t.Fatal(err)
+	}
+	data, oi, err := storage.ReadVersioned(ctx, m, "lease", 10)
+	if err != nil || string(data) != "v1" {
+		t.Fatalf("ReadVersioned = %q, %v", data, err)
+	}
+	rec.expect(t, OpGetWithInfo, 2, nil)
+	v2, err := m.PutIfMatch(ctx, "lease", strings.NewReader("v2!"), 3, oi.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.expect(t, OpPutIfMatch, 3, nil)
+	if _, err := m.PutIfMatch(ctx, "lease", strings.NewReader("v3"), 2, oi.Version); !errors.Is(err, storage.ErrVersionMismatch) {
+		t.Fatalf("PutIfMatch with a stale version: %v", err)
+	}
+	rec.expect(t, OpPutIfMatch, 0, storage.ErrVersionMismatch)
+	if v2 == oi.Version || v2 == "" {
+		t.Errorf("PutIfMatch through the wrapper returned version %q after %q", v2, oi.Version)
+	}
+	if _, _, err := m.GetWithInfo(ctx, "missing"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("GetWithInfo(missing): %v", err)
+	}
+	rec.expect(t, OpGetWithInfo, 0, storage.ErrNotFound)
+	if OpPutIfMatch != "put_if_match" || OpGetWithInfo != "get_with_info" {
+		t.Errorf("operation names %q, %q; the daemon's metrics label them so", OpPutIfMatch, OpGetWithInfo)
+	}
+}

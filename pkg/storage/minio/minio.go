@@ -15,6 +15,15 @@
 // bytes. 409 ConditionalRequestConflict (a conflicting write in flight)
 // is transient: a retry decides.
 //
+// An object's Version is its ETag without the quotes, as for the s3
+// backend (of the same bucket, both give the same Version): the MD5 of a
+// single PUT's bytes, so identical bytes keep it. PutIfMatch is one
+// PutObject with If-Match: "ETag" (SetMatchETag), limited to partsize
+// bytes like PutIfAbsent: 412 PreconditionFailed is
+// storage.ErrVersionMismatch, 404 NoSuchKey that and storage.ErrNotFound.
+// There is no DeleteIfMatch: minio-go's RemoveObject sends no If-Match,
+// and MinIO ignores it on DeleteObject anyway.
+//
 // CleanUploads lists the incomplete multipart uploads (minio-go's core
 // ListMultipartUploads, page by page) and aborts those under the prefix
 // initiated before the given time. MinIO lists by prefix only the uploads
@@ -49,6 +58,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/etag"
 	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
 
@@ -237,6 +247,48 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return s.opError(ctx, "put-if-absent", key, err)
 }
 
+// PutIfMatch stores size bytes read from body under key if the object
+// there has Version version (its ETag), in one PutObject with If-Match,
+// and returns the new Version. More than partsize bytes are refused.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return "", fmt.Errorf("minio: put-if-match: %w", err)
+	}
+	if size < 0 {
+		return "", fmt.Errorf("minio: put-if-match %s: negative size %d", key, size)
+	}
+	if size > s.partSize {
+		return "", fmt.Errorf("minio: put-if-match %s: %d bytes: a conditional write goes up in one request, of at most partsize (%d bytes)",
+			key, size, s.partSize)
+	}
+	// "*" would match any object: SetMatchETag sends it unquoted.
+	if !etag.Valid(version) {
+		return "", fmt.Errorf("minio: put-if-match %s: %w: %q is no ETag", key, storage.ErrVersionMismatch, version)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", s.opError(ctx, "put-if-match", key, err)
+	}
+	opts := miniogo.PutObjectOptions{DisableMultipart: true}
+	opts.SetMatchETag(version)
+	br := putbody.NewReader(ctx, body, size)
+	info, err := s.client.PutObject(ctx, s.bucket, k, br, size, opts)
+	if err == nil {
+		return etag.Version(info.ETag), nil
+	}
+	if berr := br.Err(); berr != nil {
+		err = berr // minio-go rewrites errors that mention EOF
+	} else if resp := miniogo.ToErrorResponse(err); ctx.Err() == nil &&
+		(resp.StatusCode == http.StatusPreconditionFailed || resp.Code == "PreconditionFailed") {
+		return "", s.scrub(fmt.Errorf("minio: put-if-match %s: %w: %s (HTTP %d): %w", key, storage.ErrVersionMismatch, resp.Code, resp.StatusCode, err))
+	}
+	err = s.opError(ctx, "put-if-match", key, err)
+	if errors.Is(err, storage.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+	}
+	return "", err
+}
+
 // CleanUploads aborts the incomplete multipart uploads under prefix
 // initiated (by the service's clock) before before, and returns how many
 // it aborted. The service cannot tell a live upload from a dead one: see
@@ -359,6 +411,28 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	return &httprange.Reader{R: r, C: body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, nil
 }
 
+// GetWithInfo opens the whole object at key with one GetObject, whose
+// reply describes the bytes it carries.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("minio: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, s.opError(ctx, "get", key, err)
+	}
+	body, info, _, err := s.core.GetObject(ctx, s.bucket, k, miniogo.GetObjectOptions{})
+	if err != nil {
+		return nil, storage.ObjectInfo{}, s.opError(ctx, "get", key, err)
+	}
+	if info.Size < 0 {
+		body.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("minio: get %s: the reply gives no length", key)
+	}
+	oi := storage.ObjectInfo{Key: key, Size: info.Size, ModTime: info.LastModified, Version: etag.Version(info.ETag)}
+	return &httprange.Reader{R: body, C: body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, oi, nil
+}
+
 // Stat describes the object at key (HeadObject).
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	k, err := s.objectKey(key)
@@ -372,7 +446,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if err != nil {
 		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
 	}
-	return storage.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
+	return storage.ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified, Version: etag.Version(oi.ETag)}, nil
 }
 
 // List calls fn for every object whose key starts with prefix, listing
@@ -405,7 +479,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 		if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
 			continue
 		}
-		if err := fn(storage.ObjectInfo{Key: key, Size: obj.Size, ModTime: obj.LastModified}); err != nil {
+		if err := fn(storage.ObjectInfo{Key: key, Size: obj.Size, ModTime: obj.LastModified, Version: etag.Version(obj.ETag)}); err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {

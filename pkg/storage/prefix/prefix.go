@@ -62,6 +62,31 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return s.inner.PutIfAbsent(ctx, k, body, size)
 }
 
+// PutIfMatch stores size bytes read from body under key if the object
+// there has the version given, and returns the new version.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	k, err := s.full(key)
+	if err != nil {
+		return "", err
+	}
+	return s.inner.PutIfMatch(ctx, k, body, size, version)
+}
+
+// GetWithInfo opens the whole object at key; the key it reports is
+// without the prefix.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	k, err := s.full(key)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, err
+	}
+	rc, oi, err := s.inner.GetWithInfo(ctx, k)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, err
+	}
+	oi.Key = key
+	return rc, oi, nil
+}
+
 // CleanUploads removes what dead uploads under the prefix and prefix left
 // behind: it cleans the wrapped storage under the prefix plus prefix, so
 // it never touches another prefix's uploads.

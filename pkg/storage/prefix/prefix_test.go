@@ -203,3 +203,47 @@ func TestPutIfAbsentAndCleanUploadsStayInside(t *testing.T) {
 		t.Errorf("CleanUploads of the whole storage = %d, %v; want 1 (.tmp-4)", n, err)
 	}
 }
+
+// A view's conditional writes and versioned reads stay inside its prefix,
+// and report keys without it.
+func TestPutIfMatchAndGetWithInfoStayInside(t *testing.T) {
+	root := mem.New()
+	a := mustNew(t, root, "owner1")
+	b := mustNew(t, root, "owner10")
+	ctx := t.Context()
+	for _, s := range []storage.Storage{a, b} {
+		if err := s.Put(ctx, "lease", strings.NewReader("first"), 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, oi, err := storage.ReadVersioned(ctx, a, "lease", 100)
+	if err != nil || string(data) != "first" || oi.Key != "lease" {
+		t.Fatalf("ReadVersioned(lease) under owner1 = %q, %+v, %v", data, oi, err)
+	}
+	if ri, err := root.Stat(ctx, "owner1/lease"); err != nil || ri.Version != oi.Version {
+		t.Errorf("version under owner1 %q, of owner1/lease %q (%v)", oi.Version, ri.Version, err)
+	}
+	bi, err := b.Stat(ctx, "lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// owner10's version is not owner1's, and the other way round.
+	if _, err := a.PutIfMatch(ctx, "lease", strings.NewReader("x"), 1, bi.Version); !errors.Is(err, storage.ErrVersionMismatch) {
+		t.Errorf("PutIfMatch under owner1 with owner10's version: %v", err)
+	}
+	if _, err := a.PutIfMatch(ctx, "lease", strings.NewReader("second"), 6, oi.Version); err != nil {
+		t.Errorf("PutIfMatch under owner1: %v", err)
+	}
+	if got, _ := read(t, root, "owner1/lease"); got != "second" {
+		t.Errorf("owner1/lease = %q, want second", got)
+	}
+	if got, _ := read(t, root, "owner10/lease"); got != "first" {
+		t.Errorf("owner10/lease = %q, want first", got)
+	}
+	if _, err := a.PutIfMatch(ctx, "missing", strings.NewReader("x"), 1, oi.Version); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("PutIfMatch(missing) under owner1: %v, want ErrNotFound", err)
+	}
+	if _, _, err := a.GetWithInfo(ctx, "../owner10/lease"); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Errorf("GetWithInfo out of the prefix: %v, want ErrInvalidKey", err)
+	}
+}

@@ -10,8 +10,13 @@
 // what it reports: when a try failed after the backend stored the object
 // (the reply was lost), the next try finds the object and fails with
 // storage.ErrExists, although it is the caller's own; a caller that must
-// know reads the object back. CleanUploads is retried too, and reports
-// the uploads removed by all its tries.
+// know reads the object back. PutIfMatch likewise: after a lost reply the
+// next try fails with storage.ErrVersionMismatch, the object having moved
+// on to the caller's own write (storage.ReadVersioned tells). GetWithInfo
+// is retried until it opens, but its reader is not resumed: a resumed
+// read could return another version's bytes than the info describes
+// (its objects are small). CleanUploads is retried too, and reports the
+// uploads removed by all its tries.
 package retry
 
 import (
@@ -79,7 +84,7 @@ func Retryable(err error) bool {
 		return false
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrPermission),
 		errors.Is(err, storage.ErrInvalidKey), errors.Is(err, storage.ErrInvalidRange),
-		errors.Is(err, storage.ErrExists):
+		errors.Is(err, storage.ErrExists), errors.Is(err, storage.ErrVersionMismatch):
 		return false
 	case storage.IsTransient(err):
 		return true
@@ -152,6 +157,41 @@ func (r *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 		first = false
 		return r.s.PutIfAbsent(ctx, key, body, size)
 	})
+}
+
+// PutIfMatch implements storage.Storage, rewinding the body before each
+// retry. After a try whose reply was lost, a retry may fail with
+// storage.ErrVersionMismatch although the object is what that try stored
+// (see the package comment).
+func (r *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	first := true
+	var v string
+	err := r.do(ctx, "put-if-match", key, func() (err error) {
+		if !first {
+			if _, err := body.Seek(0, io.SeekStart); err != nil {
+				return fmt.Errorf("put-if-match %s: rewind body for retry: %w", key, err)
+			}
+		}
+		first = false
+		v, err = r.s.PutIfMatch(ctx, key, body, size, version)
+		return err
+	})
+	return v, err
+}
+
+// GetWithInfo implements storage.Storage. Opening is retried; the reader
+// is the wrapped storage's own, never resumed (see the package comment).
+func (r *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	var rc io.ReadCloser
+	var oi storage.ObjectInfo
+	err := r.do(ctx, "get", key, func() (err error) {
+		rc, oi, err = r.s.GetWithInfo(ctx, key)
+		return err
+	})
+	if err != nil {
+		return nil, storage.ObjectInfo{}, err
+	}
+	return rc, oi, nil
 }
 
 // CleanUploads implements storage.Storage; the count is that of every

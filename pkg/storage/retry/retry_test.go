@@ -230,3 +230,58 @@ func (c *cleaning) CleanUploads(context.Context, string, time.Time) (int, error)
 	c.calls++
 	return c.removals[i], c.errs[i]
 }
+
+// A PutIfMatch whose first try stored the object but lost the reply is
+// retried, and the retry finds the object at another version (its own):
+// ErrVersionMismatch, which is not retried further. ReadVersioned tells
+// the caller that the object is its own.
+func TestPutIfMatchLostReply(t *testing.T) {
+	m := mem.New()
+	ctx := context.Background()
+	if err := m.Put(ctx, "lease", strings.NewReader("old"), 3); err != nil {
+		t.Fatal(err)
+	}
+	oi, err := m.Stat(ctx, "lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := faults.New(m, faults.Options{Rate: 1, AfterRate: 1, Ops: []faults.Op{faults.PutIfMatch}})
+	r := New(f, fast())
+	_, err = r.PutIfMatch(ctx, "lease", strings.NewReader("mine"), 4, oi.Version)
+	if !errors.Is(err, storage.ErrVersionMismatch) {
+		t.Fatalf("PutIfMatch after a lost reply: %v, want ErrVersionMismatch", err)
+	}
+	if f.Calls(faults.PutIfMatch) != 2 {
+		t.Errorf("%d tries, want 2: the lost reply, then ErrVersionMismatch (not retried)", f.Calls(faults.PutIfMatch))
+	}
+	if b, _, err := storage.ReadVersioned(ctx, r, "lease", 100); err != nil || string(b) != "mine" {
+		t.Errorf("lease = %q, %v; want the caller's own bytes", b, err)
+	}
+	if Retryable(fmt.Errorf("x: %w", storage.ErrVersionMismatch)) {
+		t.Error("ErrVersionMismatch classified retryable")
+	}
+}
+
+// GetWithInfo is retried until it opens; its reader is the wrapped
+// storage's, not one that resumes (which could mix two versions' bytes).
+func TestGetWithInfoRetriedNotResumed(t *testing.T) {
+	m := mem.New()
+	ctx := context.Background()
+	if err := m.Put(ctx, "state", strings.NewReader("state"), 5); err != nil {
+		t.Fatal(err)
+	}
+	f := faults.New(m, faults.Options{Rate: 1, Ops: []faults.Op{faults.GetWithInfo}})
+	r := New(f, Options{Attempts: 3, Initial: time.Millisecond, Max: time.Millisecond})
+	if _, _, err := r.GetWithInfo(ctx, "state"); !errors.Is(err, faults.ErrInjected) || f.Calls(faults.GetWithInfo) != 3 {
+		t.Fatalf("GetWithInfo failing every time: %v after %d tries; want the fault after 3", err, f.Calls(faults.GetWithInfo))
+	}
+	f.SetOptions(faults.Options{})
+	rc, oi, err := r.GetWithInfo(ctx, "state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, resumes := rc.(*resumingReader); resumes || oi.Version == "" || oi.Size != 5 {
+		t.Errorf("GetWithInfo = %T, %+v; want the wrapped reader and the object's info", rc, oi)
+	}
+}

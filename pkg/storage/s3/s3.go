@@ -19,6 +19,19 @@
 // flight; that is marked transient: whether the key ends up taken is not
 // known yet, so a retry decides (ErrExists or success).
 //
+// An object's Version is its ETag, without the quotes: for an object of
+// one PutObject the MD5 of its bytes (so replacing it with identical bytes
+// keeps it), for one of a multipart upload a digest of its parts' MD5s
+// and their count, with SSE-KMS an opaque value; any other content gives
+// another. HeadObject, ListObjectsV2 and GetObject all report it.
+// PutIfMatch is one PutObject with If-Match: "ETag" (Amazon S3 since
+// November 2024, and MinIO): 412 PreconditionFailed is
+// storage.ErrVersionMismatch, 404 NoSuchKey that and storage.ErrNotFound;
+// it is limited to chunksize bytes as PutIfAbsent is, and 409
+// ConditionalRequestConflict is transient likewise. Like If-None-Match it
+// needs only s3:PutObject. There is no DeleteIfMatch: MinIO ignores
+// If-Match on DeleteObject (a stale ETag deletes the object).
+//
 // CleanUploads lists the incomplete multipart uploads of the bucket
 // (ListMultipartUploads, page by page) and aborts those under the root
 // directory and prefix initiated before the given time. Against AWS
@@ -67,6 +80,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/etag"
 	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
 
@@ -323,6 +337,52 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	return s.opError(ctx, "put-if-absent", key, err)
 }
 
+// PutIfMatch stores size bytes read from body under key if the object
+// there has Version version (its ETag), in one PutObject with If-Match,
+// and returns the new Version. More than chunksize bytes are refused.
+func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return "", fmt.Errorf("s3: put-if-match: %w", err)
+	}
+	if size < 0 {
+		return "", fmt.Errorf("s3: put-if-match %s: negative size %d", key, size)
+	}
+	if size > s.chunkSize {
+		return "", fmt.Errorf("s3: put-if-match %s: %d bytes: a conditional write goes up in one request, of at most chunksize (%d bytes)",
+			key, size, s.chunkSize)
+	}
+	if !etag.Valid(version) {
+		return "", fmt.Errorf("s3: put-if-match %s: %w: %q is no ETag", key, storage.ErrVersionMismatch, version)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", s.opError(ctx, "put-if-match", key, err)
+	}
+	br := putbody.NewReader(ctx, body, size)
+	in := s.putInput(k, br, size)
+	in.IfMatch = aws.String(etag.Header(version))
+	out, err := s.client.PutObject(ctx, in)
+	if err == nil {
+		return etagVersion(out.ETag), nil
+	}
+	if berr := br.Err(); berr != nil && !errors.Is(err, berr) {
+		err = fmt.Errorf("%w (%v)", berr, err)
+	}
+	var apiErr smithy.APIError
+	if ctx.Err() == nil && (httpStatus(err) == http.StatusPreconditionFailed ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode() == "PreconditionFailed") {
+		return "", s.scrub(fmt.Errorf("s3: put-if-match %s: %w: %w", key, storage.ErrVersionMismatch, err))
+	}
+	err = s.opError(ctx, "put-if-match", key, err)
+	if errors.Is(err, storage.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+	}
+	return "", err
+}
+
+// etagVersion returns the Version of an ETag of the SDK.
+func etagVersion(tag *string) string { return etag.Version(aws.ToString(tag)) }
+
 // abort aborts a multipart upload, even when ctx is cancelled. An upload
 // that is already gone is not an error.
 func (s *Storage) abort(ctx context.Context, objectKey, uploadID string) error {
@@ -467,6 +527,28 @@ func (s *Storage) Get(ctx context.Context, key string, offset, length int64) (io
 	return &httprange.Reader{R: body, C: out.Body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, nil
 }
 
+// GetWithInfo opens the whole object at key with one GetObject, whose
+// reply describes the bytes it carries.
+func (s *Storage) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	k, err := s.objectKey(key)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("s3: get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, storage.ObjectInfo{}, s.opError(ctx, "get", key, err)
+	}
+	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil {
+		return nil, storage.ObjectInfo{}, s.opError(ctx, "get", key, err)
+	}
+	oi := storage.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified), Version: etagVersion(out.ETag)}
+	if out.ContentLength == nil || oi.Size < 0 {
+		out.Body.Close()
+		return nil, storage.ObjectInfo{}, fmt.Errorf("s3: get %s: the reply gives no length", key)
+	}
+	return &httprange.Reader{R: out.Body, C: out.Body, Err: func(err error) error { return s.opError(ctx, "read", key, err) }}, oi, nil
+}
+
 // Stat describes the object at key (HeadObject).
 func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	k, err := s.objectKey(key)
@@ -480,7 +562,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (storage.ObjectInfo, err
 	if err != nil {
 		return storage.ObjectInfo{}, s.opError(ctx, "stat", key, err)
 	}
-	return storage.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
+	return storage.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified), Version: etagVersion(out.ETag)}, nil
 }
 
 // List calls fn for every object whose key starts with prefix, listing
@@ -515,7 +597,7 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 			if !ok || !strings.HasPrefix(key, prefix) || storage.ValidateKey(key) != nil {
 				continue
 			}
-			if err := fn(storage.ObjectInfo{Key: key, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)}); err != nil {
+			if err := fn(storage.ObjectInfo{Key: key, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified), Version: etagVersion(obj.ETag)}); err != nil {
 				return err
 			}
 			if err := ctx.Err(); err != nil {

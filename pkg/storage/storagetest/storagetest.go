@@ -56,8 +56,14 @@ type Options struct {
 	// over a faulty one). A PutIfAbsent may then fail with
 	// storage.ErrExists although the object there is the one it stored,
 	// as the storage.Storage documentation allows; the suite accepts that
-	// when the object holds exactly the bytes of that PutIfAbsent.
+	// when the object holds exactly the bytes of that PutIfAbsent; and
+	// likewise a PutIfMatch that fails with storage.ErrVersionMismatch.
 	LostReplies bool
+	// ContentVersions says that the storage derives an object's Version
+	// from its content (S3 and MinIO ETags), so that replacing an object
+	// with identical bytes may keep its Version. Without it the suite
+	// requires a new Version on every replacement.
+	ContentVersions bool
 }
 
 func (o Options) withDefaults() Options {
@@ -120,6 +126,15 @@ func RunWithOptions(t *testing.T, opts Options, newStorage func(t *testing.T) st
 		{"PutIfAbsentRace", s.testPutIfAbsentRace},
 		{"PutIfAbsentBody", s.testPutIfAbsentBody},
 		{"PutIfAbsentLarge", s.testPutIfAbsentLarge},
+		{"PutIfMatch", s.testPutIfMatch},
+		{"PutIfMatchMissing", s.testPutIfMatchMissing},
+		{"Versions", s.testVersions},
+		{"VersionsOfIdenticalBytes", s.testVersionsOfIdenticalBytes},
+		{"PutIfMatchRace", s.testPutIfMatchRace},
+		{"PutIfMatchRaceOthers", s.testPutIfMatchRaceOthers},
+		{"PutIfMatchBody", s.testPutIfMatchBody},
+		{"PutIfMatchLarge", s.testPutIfMatchLarge},
+		{"GetWithInfo", s.testGetWithInfo},
 		{"CleanUploadsEmpty", s.testCleanUploadsEmpty},
 		{"CleanUploadsKeepsObjects", s.testCleanUploadsKeepsObjects},
 	}
@@ -618,6 +633,16 @@ func (s *suite) testInvalidKeys(t *testing.T) {
 		if err := st.PutIfAbsent(ctx, key, bytes.NewReader([]byte("x")), 1); !errors.Is(err, storage.ErrInvalidKey) {
 			t.Errorf("PutIfAbsent(%q): got %v, want ErrInvalidKey", key, err)
 		}
+		if _, err := st.PutIfMatch(ctx, key, bytes.NewReader([]byte("x")), 1, "1"); !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("PutIfMatch(%q): got %v, want ErrInvalidKey", key, err)
+		}
+		rc, _, err = st.GetWithInfo(ctx, key)
+		if err == nil {
+			rc.Close()
+		}
+		if !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("GetWithInfo(%q): got %v, want ErrInvalidKey", key, err)
+		}
 	}
 	checkListed(t, st, "", map[string]int64{})
 }
@@ -875,7 +900,19 @@ func (s *suite) testCancelledCalls(t *testing.T) {
 	if n != 0 {
 		t.Errorf("CleanUploads with a cancelled context removed %d uploads", n)
 	}
+	version := statVersion(t, st, "cc/obj")
+	_, err = st.PutIfMatch(ctx, "cc/obj", bytes.NewReader([]byte("x")), 1, version)
+	checkCancelErr(t, "PutIfMatch with a cancelled context", err)
+	rc, _, err = st.GetWithInfo(ctx, "cc/obj")
+	if err == nil {
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	checkCancelErr(t, "GetWithInfo with a cancelled context", err)
 	checkObject(t, st, "cc/obj", []byte("content"))
+	if v := statVersion(t, st, "cc/obj"); v != version {
+		t.Errorf("cc/obj changed version from %q to %q under calls with a cancelled context", version, v)
+	}
 	checkAbsent(t, st, "cc/new")
 }
 
@@ -947,6 +984,9 @@ func checkObject(t *testing.T, st storage.Storage, key string, want []byte) {
 	if oi.Size != int64(len(want)) || oi.Key != key {
 		t.Errorf("Stat(%s) = key %q size %d; want key %q size %d", key, oi.Key, oi.Size, key, len(want))
 	}
+	if oi.Version == "" {
+		t.Errorf("Stat(%s) gives no Version", key)
+	}
 }
 
 // checkAbsent checks that key holds no object, through Get, Stat and List.
@@ -1004,6 +1044,9 @@ func listKeys(t *testing.T, st storage.Storage, prefix string) map[string]int64 
 		}
 		if !strings.HasPrefix(oi.Key, prefix) {
 			return fmt.Errorf("key %q listed does not start with the prefix", oi.Key)
+		}
+		if oi.Version == "" {
+			return fmt.Errorf("key %q listed without a Version", oi.Key)
 		}
 		got[oi.Key] = oi.Size
 		return nil
