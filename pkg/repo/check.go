@@ -76,6 +76,9 @@ func (r *Repository) Check(ctx context.Context, readData bool) (*CheckResult, er
 	for _, a := range rep.Adopted {
 		res.warning("pack %s is in no readable index object (an interrupted backup's, or a damaged index object's): used all the same; the next backup or `backupctl repair index` indexes it", PackKey(a.Pack))
 	}
+	for _, k := range rep.MissingPacks {
+		res.warning("pack %s: named by an index object but missing from storage (ignored: a prune deleted it after that index object was written, or it was lost; a file that needed it is reported)", k)
+	}
 	packs := r.index.Packs()
 	sizes := map[chunk.ID]int64{}
 	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {

@@ -81,6 +81,19 @@ func (x *Index) replace(y *Index) {
 	x.packs, x.packNo, x.blobs = y.packs, y.packNo, y.blobs
 }
 
+// packsNotIn returns the packs the index knows that are not in set.
+func (x *Index) packsNotIn(set map[chunk.ID]bool) map[chunk.ID]bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := map[chunk.ID]bool{}
+	for _, p := range x.packs {
+		if !set[p] {
+			out[p] = true
+		}
+	}
+	return out
+}
+
 // HasPack reports whether the index knows a pack.
 func (x *Index) HasPack(id chunk.ID) bool {
 	x.mu.RLock()

@@ -39,6 +39,13 @@ type IndexReport struct {
 	// BadPacks lists the packs whose trailer could not be read and that
 	// no index object names: their blobs are unknown.
 	BadPacks []ObjectProblem
+	// MissingPacks counts the packs that index objects name but the
+	// storage no longer holds (deleted by a prune after an index object
+	// naming them was written: a fenced backup's, or one that indexed a
+	// dead backup's packs). Their entries are ignored, so that no one
+	// deduplicates against a blob that is gone; another pack holding such
+	// a blob is used instead.
+	MissingPacks []string
 	// IndexObjects and Packs count what was listed.
 	IndexObjects, Packs int
 }
@@ -120,26 +127,49 @@ func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int
 		return rep, fmt.Errorf("list index: %w", err)
 	}
 	rep.IndexObjects = len(keys)
-	var mu gosync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(parallel)
-	for _, oi := range keys {
-		g.Go(panics.Safe(func() error {
-			err := r.loadIndexObject(gctx, idx, oi)
-			if err != nil && Damaged(err) {
-				mu.Lock()
-				rep.Damaged = append(rep.Damaged, ObjectProblem{oi.Key, err})
-				mu.Unlock()
-				return nil
-			}
-			return err
-		}))
+	load := func(skip map[chunk.ID]bool) error {
+		var mu gosync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(parallel)
+		for _, oi := range keys {
+			g.Go(panics.Safe(func() error {
+				err := r.loadIndexObject(gctx, idx, oi, skip)
+				if err != nil && Damaged(err) {
+					mu.Lock()
+					rep.Damaged = append(rep.Damaged, ObjectProblem{oi.Key, err})
+					mu.Unlock()
+					return nil
+				}
+				return err
+			}))
+		}
+		return g.Wait()
 	}
-	if err := g.Wait(); err != nil {
+	if err := load(nil); err != nil {
 		return rep, err
 	}
-	if err := r.adoptPacks(ctx, idx, parallel, &rep); err != nil {
+	// The packs are listed after the index objects: a pack an index object
+	// names that is not listed is gone for good (packs are durable before
+	// any index object names them).
+	listed, err := r.adoptPacks(ctx, idx, parallel, &rep)
+	if err != nil {
 		return rep, err
+	}
+	if missing := idx.packsNotIn(listed); len(missing) > 0 {
+		// Rare (see IndexReport.MissingPacks): load again without them,
+		// so that a blob they held is located in another pack if any.
+		rep.Damaged, rep.Adopted, rep.BadPacks = nil, nil, nil
+		for id := range missing {
+			rep.MissingPacks = append(rep.MissingPacks, PackKey(id))
+		}
+		sort.Strings(rep.MissingPacks)
+		idx.replace(NewIndex())
+		if err := load(missing); err != nil {
+			return rep, err
+		}
+		if _, err := r.adoptPacks(ctx, idx, parallel, &rep); err != nil {
+			return rep, err
+		}
 	}
 	sortProblems(rep.Damaged)
 	sortProblems(rep.BadPacks)
@@ -152,7 +182,7 @@ func sortProblems(ps []ObjectProblem) {
 
 // loadIndexObject reads one index object (from the cache if there) into
 // the in-memory index. Errors about the object wrap ErrCorrupt.
-func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage.ObjectInfo) error {
+func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage.ObjectInfo, skip map[chunk.ID]bool) error {
 	id, err := chunk.ParseID(strings.TrimPrefix(oi.Key, indexPrefix))
 	if err != nil {
 		return fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
@@ -183,7 +213,9 @@ func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage
 		r.cache.put("index", id, b) // only objects that decode
 	}
 	for _, p := range packs {
-		idx.AddPack(p.Pack, p.Blobs)
+		if !skip[p.Pack] {
+			idx.AddPack(p.Pack, p.Blobs)
+		}
 	}
 	return nil
 }
@@ -195,24 +227,28 @@ var indexDecodes = make(chan struct{}, 2)
 
 // adoptPacks indexes from their trailers the packs that no loaded index
 // object names.
-func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, rep *IndexReport) error {
+// It returns the packs listed.
+func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, rep *IndexReport) (map[chunk.ID]bool, error) {
 	var orphans []storage.ObjectInfo
+	listed := map[chunk.ID]bool{}
+	rep.Packs = 0
 	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
 		id, ok := packID(oi.Key)
 		if !ok {
 			return nil // not a pack (check reports stray objects)
 		}
 		rep.Packs++
+		listed[id] = true
 		if !idx.HasPack(id) {
 			orphans = append(orphans, oi)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("list packs: %w", err)
+		return nil, fmt.Errorf("list packs: %w", err)
 	}
 	if len(orphans) == 0 {
-		return nil
+		return listed, nil
 	}
 	var mu gosync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
@@ -236,10 +272,10 @@ func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, r
 		}))
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 	sort.Slice(rep.Adopted, func(i, j int) bool { return string(rep.Adopted[i].Pack[:]) < string(rep.Adopted[j].Pack[:]) })
-	return nil
+	return listed, nil
 }
 
 // packID returns the pack id of a key under data/, if it is one.

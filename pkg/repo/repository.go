@@ -41,6 +41,8 @@ type Repository struct {
 	report   IndexReport // of the last LoadIndex
 	adopted  []PackIndex // packs indexed from trailers, not yet in a new index object
 	reloadMu gosync.Mutex
+
+	condemned condemnedSet // blobs a standing prune condemned (see Usable)
 }
 
 // SetCache makes the repository keep index objects and tree packs in a
@@ -225,25 +227,39 @@ func (r *Repository) LoadTree(ctx context.Context, id chunk.ID) (*Tree, error) {
 // SaveSnapshot stores a snapshot object (the last write of a backup) and
 // returns its id.
 func (r *Repository) SaveSnapshot(ctx context.Context, s *Snapshot) (chunk.ID, error) {
-	s.Version = FormatVersion
-	if err := ValidateName("owner", s.Owner); err != nil {
-		return chunk.ID{}, err
-	}
-	if err := ValidateName("workspace", s.Workspace); err != nil {
-		return chunk.ID{}, err
-	}
-	if s.Time.UnixNano() <= 0 {
-		return chunk.ID{}, fmt.Errorf("snapshot time %v is before 1970", s.Time)
-	}
-	b, err := encodeSnapshot(s)
+	b, key, id, err := prepareSnapshot(s)
 	if err != nil {
 		return chunk.ID{}, err
 	}
+	return id, r.putSnapshot(ctx, key, id, b)
+}
+
+// prepareSnapshot checks and encodes a snapshot, and returns its bytes,
+// key and id.
+func prepareSnapshot(s *Snapshot) ([]byte, string, chunk.ID, error) {
+	s.Version = FormatVersion
+	if err := ValidateName("owner", s.Owner); err != nil {
+		return nil, "", chunk.ID{}, err
+	}
+	if err := ValidateName("workspace", s.Workspace); err != nil {
+		return nil, "", chunk.ID{}, err
+	}
+	if s.Time.UnixNano() <= 0 {
+		return nil, "", chunk.ID{}, fmt.Errorf("snapshot time %v is before 1970", s.Time)
+	}
+	b, err := encodeSnapshot(s)
+	if err != nil {
+		return nil, "", chunk.ID{}, err
+	}
 	id := chunk.Hash(b)
-	key := snapshotKey(s.Workspace, s.Time, id)
-	err = r.st.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
+	return b, snapshotKey(s.Workspace, s.Time, id), id, nil
+}
+
+// putSnapshot stores the encoded snapshot b under key.
+func (r *Repository) putSnapshot(ctx context.Context, key string, id chunk.ID, b []byte) error {
+	err := r.st.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
 	if err == nil {
-		return id, nil
+		return nil
 	}
 	// A failure after the object was stored (a lost reply, a directory
 	// fsync that failed after the rename) leaves the snapshot in place:
@@ -251,9 +267,9 @@ func (r *Repository) SaveSnapshot(ctx context.Context, s *Snapshot) (chunk.ID, e
 	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if got, verr := storage.ReadAll(vctx, r.st, key, 0, -1); verr == nil && bytes.Equal(got, b) {
-		return id, fmt.Errorf("%w: snapshot %s (storage reported: %v)", ErrSnapshotUnconfirmed, id.Short(), err)
+		return fmt.Errorf("%w: snapshot %s (storage reported: %v)", ErrSnapshotUnconfirmed, id.Short(), err)
 	}
-	return id, fmt.Errorf("store snapshot: %w", err)
+	return fmt.Errorf("store snapshot: %w", err)
 }
 
 // ErrSnapshotUnconfirmed means a snapshot object is stored and reads back

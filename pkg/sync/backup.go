@@ -35,6 +35,13 @@ type BackupOptions struct {
 	// "" means the latest snapshot of the workspace. A file whose size,
 	// mtime, ctime and inode equal the parent's is not read again.
 	Parent string
+	// SessionLease is the lease of the backup's session (repo.DefaultLease
+	// if 0): a prune fences a session not renewed for that long.
+	SessionLease time.Duration
+	// BeforeCommit, if set, is called after everything but the snapshot
+	// is stored, just before the backup commits (tests pause a backup
+	// there); an error fails the backup.
+	BeforeCommit func() error
 	// Force reads every file, ignoring the parent.
 	Force bool
 	// Exclude holds patterns in gitignore syntax (package exclude) of
@@ -59,6 +66,13 @@ type BackupOptions struct {
 	// files this format version does not keep, files deleted while the
 	// backup ran). It may be called from several goroutines at once.
 	Warn func(path string, err error)
+}
+
+func (o *BackupOptions) beforeCommit() error {
+	if o.BeforeCommit != nil {
+		return o.BeforeCommit()
+	}
+	return nil
 }
 
 func (o *BackupOptions) defaults() {
@@ -184,6 +198,16 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if err != nil {
 		return nil, fmt.Errorf("backup source: %w", err)
 	}
+	// The session first (FORMAT.md, "Lifecycle"): a prune waits for it,
+	// and what a standing prune condemned is absent to this backup.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sess, err := r.BeginSession(ctx, repo.SessionOptions{Workspace: opts.Workspace, Host: opts.Host, Lease: opts.SessionLease,
+		OnFenced: func(err error) { cancel(err) }})
+	if err != nil {
+		return nil, err
+	}
+	defer sess.End(ctx)
 	rootFd, err := unix.Dup(src.Fd())
 	if err != nil {
 		return nil, fmt.Errorf("backup source: %w", err)
@@ -292,6 +316,9 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		return nil
 	}))
 	if err := g.Wait(); err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, repo.ErrSessionFenced) {
+			return nil, cause
+		}
 		return nil, err
 	}
 
@@ -328,7 +355,10 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 			DurationMS: time.Since(start).Milliseconds(),
 		},
 	}
-	id, err := r.SaveSnapshot(ctx, snap)
+	if err := opts.beforeCommit(); err != nil {
+		return nil, err
+	}
+	id, err := sess.Commit(ctx, snap)
 	if errors.Is(err, repo.ErrSnapshotUnconfirmed) {
 		opts.Warn(abs, err) // the snapshot is there: the backup succeeded
 	} else if err != nil {
@@ -686,7 +716,7 @@ func (b *backup) unchanged(n, pn *repo.Node) bool {
 		return false // "racy": changed too close to when the parent read it
 	}
 	for _, id := range pn.Content {
-		if !b.r.Index().Has(id) {
+		if !b.r.Usable(id) {
 			return false
 		}
 	}
@@ -711,7 +741,7 @@ func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
 // claim reports whether blob id must be stored, marking it as being stored.
 func (b *backup) claim(id chunk.ID, size int64) bool {
 	b.stats.blobs.Add(1)
-	if b.r.Index().Has(id) {
+	if b.r.Usable(id) {
 		return false
 	}
 	b.inflightMu.Lock()

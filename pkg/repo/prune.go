@@ -1,0 +1,1070 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	gosync "sync"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// ErrPruneRunning means another prune holds the repository's current
+// generation and its lease stands.
+var ErrPruneRunning = errors.New("another prune is running on this repository")
+
+// ErrPruneFenced means this prune's lease lapsed and another prune took
+// the generation over; this one stopped.
+var ErrPruneFenced = errors.New("prune fenced: its lease lapsed and another prune took over")
+
+// ErrNoConditionalWrites means the storage accepted a compare-and-swap
+// that had to fail: it does not honour conditional writes, and prune
+// cannot run safely on it.
+var ErrNoConditionalWrites = errors.New("the storage does not honour conditional writes (If-Match): prune refuses to run on it")
+
+// DefaultMaxUnused is the unused share of a pack above which prune
+// repacks it (restic's default too).
+const DefaultMaxUnused = 0.10
+
+// PruneOptions configure a prune.
+type PruneOptions struct {
+	// DryRun computes what a prune would free and changes nothing (no
+	// state is taken, no backup waits).
+	DryRun bool
+	// MaxUnused is the unused share of a pack (0..1) above which its used
+	// blobs are copied into new packs and it is deleted; negative means
+	// the default, DefaultMaxUnused; 1 never repacks.
+	MaxUnused float64
+	// Lease is the prune's own lease on the state (DefaultLease if 0).
+	Lease time.Duration
+	// Poll is how often running sessions are looked at while the prune
+	// waits for them (one second if 0).
+	Poll time.Duration
+	// Host names this prune in the state, for whoever finds it running.
+	Host string
+	// Log, if set, receives a line per step.
+	Log func(string)
+	// Hook, if set, is called at each step with its name ("marked",
+	// "waited", "rewritten", "deleting", "deleted-index",
+	// "deleted-packs"); an error stops the prune there as a crash would
+	// (tests inject crashes and races with it).
+	Hook func(step string) error
+}
+
+// PruneResult is what a prune did, or with DryRun would do.
+type PruneResult struct {
+	DryRun     bool   `json:"dry_run"`
+	Generation uint64 `json:"generation"`
+	// Resumed is set when this prune finished the deletions of an earlier
+	// prune that stopped in phase deleting.
+	Resumed bool `json:"resumed,omitempty"`
+
+	Snapshots      int `json:"snapshots"`
+	ReachableBlobs int `json:"reachable_blobs"`
+	CondemnedBlobs int `json:"condemned_blobs"`
+	// Resurrected counts condemned blobs that snapshots committed while
+	// the prune waited turned out to use.
+	Resurrected int `json:"resurrected_blobs"`
+
+	SessionsWaited int `json:"sessions_waited"`
+	SessionsFenced int `json:"sessions_fenced"`
+
+	PacksBefore         int   `json:"packs_before"`
+	BytesBefore         int64 `json:"bytes_before"`
+	PacksDeleted        int   `json:"packs_deleted"`
+	PacksRepacked       int   `json:"packs_repacked"`
+	PacksWritten        int   `json:"packs_written"`
+	PacksKeptDamaged    int   `json:"packs_kept_damaged,omitempty"`
+	IndexObjectsBefore  int   `json:"index_objects_before"`
+	IndexObjectsWritten int   `json:"index_objects_written"`
+	IndexObjectsDeleted int   `json:"index_objects_deleted"`
+	// BytesFreed is what the deleted packs held less what the new packs
+	// hold; BytesAfter what the packs the prune knew of hold after it.
+	BytesFreed int64 `json:"bytes_freed"`
+	BytesAfter int64 `json:"bytes_after"`
+	// ObjectsDeleted counts every object deleted (packs, index objects,
+	// the prune's own lists, ended sessions).
+	ObjectsDeleted int `json:"objects_deleted"`
+
+	Warnings []string `json:"warnings,omitempty"`
+	Duration time.Duration
+}
+
+// Prune frees what no snapshot reaches, without a lock that stops backups
+// (FORMAT.md, "Lifecycle"). It needs the index loaded (LoadIndex).
+func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult, error) {
+	start := time.Now()
+	if opts.MaxUnused < 0 || opts.MaxUnused > 1 {
+		opts.MaxUnused = DefaultMaxUnused
+	}
+	if opts.Lease <= 0 {
+		opts.Lease = DefaultLease
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = time.Second
+	}
+	p := &pruner{r: r, st: r.st, opts: opts, res: &PruneResult{DryRun: opts.DryRun}}
+	err := p.run(ctx)
+	p.res.Duration = time.Since(start)
+	return p.res, err
+}
+
+type pruner struct {
+	r    *Repository
+	st   storage.Storage
+	opts PruneOptions
+	res  *PruneResult
+	me   string
+
+	stateMu gosync.Mutex // guards state, version, fenced
+	state   pruneState
+	version string
+	fenced  error
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func (p *pruner) log(format string, args ...any) {
+	if p.opts.Log != nil {
+		p.opts.Log(fmt.Sprintf(format, args...))
+	}
+}
+
+func (p *pruner) hook(step string) error {
+	if p.opts.Hook != nil {
+		if err := p.opts.Hook(step); err != nil {
+			return fmt.Errorf("prune stopped at %s: %w", step, err)
+		}
+	}
+	return nil
+}
+
+func (p *pruner) warn(format string, args ...any) {
+	if len(p.res.Warnings) < maxProblems {
+		p.res.Warnings = append(p.res.Warnings, fmt.Sprintf(format, args...))
+	}
+}
+
+func (p *pruner) run(ctx context.Context) (err error) {
+	if !p.opts.DryRun {
+		if err := probeConditional(ctx, p.st); err != nil {
+			return err
+		}
+		if err := p.take(ctx); err != nil {
+			return err
+		}
+		defer p.stopRenewing()
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go p.renew(cancel)
+		defer func() {
+			if err != nil {
+				if f := p.fencedErr(); f != nil {
+					err = f
+				}
+			}
+		}()
+		if p.state.Phase == phaseDeleting {
+			// An earlier prune stopped while deleting: finish its list.
+			p.res.Resumed = true
+			p.log("resuming the deletions of generation %d", p.state.Generation)
+			if err := p.deleteListed(ctx, p.state.Delete); err != nil {
+				return err
+			}
+			if err := p.finish(ctx); err != nil {
+				return err
+			}
+			if err := p.next(ctx); err != nil {
+				return err
+			}
+		}
+		return p.generation(ctx)
+	}
+	return p.generation(ctx)
+}
+
+// probeConditional checks that the storage refuses a compare-and-swap
+// with a version that cannot match: a store that ignored If-Match would
+// let two writers think they both won.
+func probeConditional(ctx context.Context, st storage.Storage) error {
+	const key = "prune/probe"
+	b := []byte("probe " + randomHex(8))
+	if err := st.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("prune: probe conditional writes: %w", err)
+	}
+	oi, err := st.Stat(ctx, key)
+	if err != nil {
+		return fmt.Errorf("prune: probe conditional writes: %w", err)
+	}
+	wrong := "0" + oi.Version + "0"
+	if oi.Version == "" {
+		wrong = "0"
+	}
+	_, err = st.PutIfMatch(ctx, key, bytes.NewReader([]byte("must not be stored")), 18, wrong)
+	if err == nil {
+		return ErrNoConditionalWrites
+	}
+	if !errors.Is(err, storage.ErrVersionMismatch) {
+		return fmt.Errorf("prune: probe conditional writes: %w", err)
+	}
+	return nil
+}
+
+// take takes the state for a new generation (or, if an earlier prune
+// stopped while deleting, to finish that one's list).
+func (p *pruner) take(ctx context.Context) error {
+	p.me = fmt.Sprintf("%s pid %d %s", p.opts.Host, os.Getpid(), randomHex(4))
+	ps, oi, err := readPruneState(ctx, p.st)
+	if err != nil {
+		return err
+	}
+	if ps.active() {
+		now, err := storageNow(ctx, p.st)
+		if err != nil {
+			return err
+		}
+		lease := DefaultLease
+		if ps.LeaseMS > 0 {
+			lease = time.Duration(ps.LeaseMS) * time.Millisecond
+		}
+		if oi.ModTime.Add(lease).After(now) {
+			return fmt.Errorf("%w: %s holds generation %d (phase %s), renewed %s ago; its lease is %s",
+				ErrPruneRunning, ps.Prune, ps.Generation, ps.Phase, now.Sub(oi.ModTime).Round(time.Second), lease)
+		}
+		p.log("the prune of generation %d (%s) stopped in phase %s; taking over", ps.Generation, ps.Prune, ps.Phase)
+	}
+	next := pruneState{Generation: ps.Generation + 1, Phase: phaseMarking, Prune: p.me, LeaseMS: p.opts.Lease.Milliseconds()}
+	if ps.Phase == phaseDeleting {
+		next = *ps
+		next.Prune, next.LeaseMS, next.Renewals = p.me, p.opts.Lease.Milliseconds(), 0
+	}
+	p.version = oi.Version
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	if err := p.writeState(ctx, next); err != nil {
+		if errors.Is(err, ErrPruneFenced) {
+			return fmt.Errorf("%w: another prune took the state first", ErrPruneRunning)
+		}
+		return err
+	}
+	return nil
+}
+
+// next moves from a finished generation to a new one.
+func (p *pruner) next(ctx context.Context) error {
+	p.stateMu.Lock()
+	s := p.state
+	p.stateMu.Unlock()
+	return p.writeState(ctx, pruneState{Generation: s.Generation + 1, Phase: phaseMarking, Prune: p.me, LeaseMS: p.opts.Lease.Milliseconds()})
+}
+
+// writeState replaces the state by compare-and-swap with the version last
+// read or written; a mismatch means another prune took over.
+func (p *pruner) writeState(ctx context.Context, s pruneState) error {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	if p.fenced != nil {
+		return p.fenced
+	}
+	b, err := json.Marshal(&s)
+	if err != nil {
+		return err
+	}
+	var v string
+	if p.version == "" {
+		err = p.st.PutIfAbsent(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)))
+		if errors.Is(err, storage.ErrExists) {
+			err = fmt.Errorf("%w", storage.ErrVersionMismatch)
+		}
+		if err == nil {
+			_, oi, rerr := storage.ReadVersioned(ctx, p.st, pruneStateKey, MaxPruneStateSize)
+			err, v = rerr, oi.Version
+		}
+	} else {
+		v, err = p.st.PutIfMatch(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)), p.version)
+	}
+	if errors.Is(err, storage.ErrVersionMismatch) {
+		got, oi, rerr := storage.ReadVersioned(ctx, p.st, pruneStateKey, MaxPruneStateSize)
+		if rerr == nil && bytes.Equal(got, b) {
+			v, err = oi.Version, nil // our own write, whose reply was lost
+		} else {
+			p.fenced = ErrPruneFenced
+			return p.fenced
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write prune state: %w", err)
+	}
+	p.state, p.version = s, v
+	return nil
+}
+
+func (p *pruner) fencedErr() error {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	return p.fenced
+}
+
+// renew rewrites the state every fifth of the lease; if it finds the
+// state taken over, it cancels the prune.
+func (p *pruner) renew(cancel context.CancelCauseFunc) {
+	defer close(p.done)
+	t := time.NewTicker(p.opts.Lease / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.stateMu.Lock()
+		s := p.state
+		p.stateMu.Unlock()
+		s.Renewals++
+		ctx, c := context.WithTimeout(context.Background(), p.opts.Lease/2)
+		err := p.writeState(ctx, s)
+		c()
+		if errors.Is(err, ErrPruneFenced) {
+			cancel(err)
+			return
+		}
+	}
+}
+
+func (p *pruner) stopRenewing() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	<-p.done
+}
+
+// view is what the mark saw: the packs (with the blobs located in each),
+// their sizes and the index objects.
+type view struct {
+	packs   map[chunk.ID][]BlobEntry
+	sizes   map[chunk.ID]int64
+	indexes []string
+}
+
+func (p *pruner) generation(ctx context.Context) error {
+	r := p.r
+	p.stateMu.Lock()
+	p.res.Generation = p.state.Generation
+	p.stateMu.Unlock()
+
+	// Mark. The index objects are listed before the index is loaded, so
+	// that every listed one is covered by what is loaded.
+	var v view
+	err := p.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+		v.indexes = append(v.indexes, oi.Key)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prune: list index: %w", err)
+	}
+	if err := r.ReloadIndex(ctx); err != nil {
+		return fmt.Errorf("prune: load index: %w", err)
+	}
+	rep := r.IndexReport()
+	if len(rep.Damaged) > 0 || len(rep.BadPacks) > 0 {
+		// A damaged index object's packs are indexed from their trailers,
+		// so marking is sound; a pack with an unreadable trailer holds
+		// blobs no one knows, which prune leaves alone.
+		for _, b := range rep.BadPacks {
+			p.warn("%s: left alone (its blobs are unknown)", b)
+		}
+	}
+	v.packs = r.index.Packs()
+	v.sizes = map[chunk.ID]int64{}
+	err = p.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
+		if id, ok := packID(oi.Key); ok {
+			v.sizes[id] = oi.Size
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prune: list packs: %w", err)
+	}
+	for id := range v.packs {
+		if _, ok := v.sizes[id]; !ok {
+			delete(v.packs, id) // gone since the index was loaded
+			continue
+		}
+		p.res.PacksBefore++
+		p.res.BytesBefore += v.sizes[id]
+	}
+	p.res.IndexObjectsBefore = len(v.indexes)
+
+	marked, err := p.r.ListSnapshots(ctx, "")
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	reach := newReacher(r)
+	for _, ref := range marked {
+		if err := reach.snapshot(ctx, ref); err != nil {
+			return err
+		}
+	}
+	committed, err := p.committedSessions(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range committed {
+		if err := reach.tree(ctx, s.Tree, s.Workspace); err != nil {
+			return err
+		}
+	}
+	p.res.Snapshots = len(marked) + len(committed)
+	p.res.ReachableBlobs = len(reach.seen)
+	var condemned []chunk.ID
+	for _, entries := range v.packs {
+		for _, e := range entries {
+			if !reach.seen[e.ID] {
+				condemned = append(condemned, e.ID)
+			}
+		}
+	}
+	slices.SortFunc(condemned, compareIDs)
+	condemned = slices.Compact(condemned)
+	if len(condemned) > MaxCondemned {
+		p.warn("%d blobs unused; this prune condemns %d of them, the next one the rest", len(condemned), MaxCondemned)
+		condemned = condemned[:MaxCondemned]
+	}
+	p.res.CondemnedBlobs = len(condemned)
+	p.log("marked: %d snapshots reach %d blobs; %d blobs unused", p.res.Snapshots, p.res.ReachableBlobs, len(condemned))
+
+	if p.opts.DryRun {
+		dead := map[chunk.ID]bool{}
+		for _, id := range condemned {
+			dead[id] = true
+		}
+		plan := p.plan(&v, dead)
+		p.res.PacksDeleted, p.res.PacksRepacked = len(plan.deletes), len(plan.repacks)
+		for _, id := range plan.deletes {
+			p.res.BytesFreed += v.sizes[id]
+		}
+		for _, id := range plan.repacks {
+			p.res.BytesFreed += v.sizes[id] - plan.usedBytes[id]
+		}
+		p.res.BytesAfter = p.res.BytesBefore - p.res.BytesFreed
+		p.res.IndexObjectsDeleted = len(v.indexes)
+		return nil
+	}
+
+	var condemnedKey string
+	if len(condemned) > 0 {
+		p.stateMu.Lock()
+		gen := p.state.Generation
+		p.stateMu.Unlock()
+		if condemnedKey, err = saveIDList(ctx, p.st, gen, "condemned", condemnedMagic, condemned); err != nil {
+			return err
+		}
+	}
+	if err := p.setPhase(ctx, phaseMarked, condemnedKey, ""); err != nil {
+		return err
+	}
+	if err := p.hook("marked"); err != nil {
+		return err
+	}
+
+	// Wait for every session that may have loaded the index before the
+	// mark, fencing those whose lease lapsed.
+	if err := p.wait(ctx); err != nil {
+		return p.abandon(ctx, err)
+	}
+	if err := p.hook("waited"); err != nil {
+		return err
+	}
+
+	// Resurrect what snapshots written since the mark reach.
+	dead := map[chunk.ID]bool{}
+	for _, id := range condemned {
+		dead[id] = true
+	}
+	if len(dead) > 0 {
+		if err := r.ReloadIndex(ctx); err != nil {
+			return p.abandon(ctx, fmt.Errorf("prune: load index: %w", err))
+		}
+		known := map[string]bool{}
+		for _, ref := range marked {
+			known[ref.Key] = true
+		}
+		now, err := p.r.ListSnapshots(ctx, "")
+		if err != nil {
+			return p.abandon(ctx, fmt.Errorf("prune: %w", err))
+		}
+		for _, ref := range now {
+			if known[ref.Key] {
+				continue
+			}
+			if err := reach.snapshot(ctx, ref); err != nil {
+				return p.abandon(ctx, err)
+			}
+		}
+		for id := range dead {
+			if reach.seen[id] {
+				delete(dead, id)
+				p.res.Resurrected++
+			}
+		}
+	}
+	p.log("waited for %d sessions (%d fenced); %d blobs resurrected", p.res.SessionsWaited, p.res.SessionsFenced, p.res.Resurrected)
+
+	// Rewrite: new packs and a consolidated index, durable before any
+	// deletion.
+	plan := p.plan(&v, dead)
+	newPacks, kept, err := p.repack(ctx, &v, plan, dead)
+	if err != nil {
+		return p.abandon(ctx, err)
+	}
+	var consolidated []PackIndex
+	for id, entries := range v.packs {
+		if !plan.gone[id] || kept[id] {
+			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
+		}
+	}
+	consolidated = append(consolidated, newPacks...)
+	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
+	newIndex, err := r.SaveIndex(ctx, consolidated)
+	if err != nil {
+		return p.abandon(ctx, fmt.Errorf("prune: %w", err))
+	}
+	p.res.IndexObjectsWritten = len(newIndex)
+	fresh := map[string]bool{}
+	for _, id := range newIndex {
+		fresh[indexPrefix+id.String()] = true
+	}
+	if err := p.hook("rewritten"); err != nil {
+		return err
+	}
+
+	// The delete list: old index objects first, then packs.
+	var del []chunk.ID
+	for _, k := range v.indexes {
+		if !fresh[k] {
+			if id, err := chunk.ParseID(strings.TrimPrefix(k, indexPrefix)); err == nil {
+				del = append(del, id)
+			}
+		}
+	}
+	nIndex := len(del)
+	for id := range plan.gone {
+		if !kept[id] {
+			del = append(del, id)
+		}
+	}
+	p.stateMu.Lock()
+	gen := p.state.Generation
+	p.stateMu.Unlock()
+	delKey, err := saveDeleteList(ctx, p.st, gen, del[:nIndex], del[nIndex:])
+	if err != nil {
+		return p.abandon(ctx, err)
+	}
+	if err := p.setPhase(ctx, phaseDeleting, condemnedKey, delKey); err != nil {
+		return err
+	}
+	if err := p.hook("deleting"); err != nil {
+		return err
+	}
+	for id := range plan.gone {
+		if kept[id] {
+			continue
+		}
+		if plan.repack[id] {
+			p.res.PacksRepacked++
+		} else {
+			p.res.PacksDeleted++
+		}
+		p.res.BytesFreed += v.sizes[id]
+	}
+	for _, np := range newPacks {
+		p.res.BytesFreed -= packBytes(np.Blobs)
+	}
+	p.res.PacksWritten = len(newPacks)
+	p.res.BytesAfter = p.res.BytesBefore - p.res.BytesFreed
+	if err := p.deleteListed(ctx, delKey); err != nil {
+		return err
+	}
+	return p.finish(ctx)
+}
+
+// setPhase writes the state in a new phase of the same generation.
+func (p *pruner) setPhase(ctx context.Context, phase, condemned, del string) error {
+	p.stateMu.Lock()
+	s := p.state
+	p.stateMu.Unlock()
+	s.Phase, s.Condemned, s.Delete = phase, condemned, del
+	return p.writeState(ctx, s)
+}
+
+// abandon ends a generation that cannot go on, before anything was
+// deleted: the state returns to idle (so backups stop avoiding its
+// condemned blobs) and err is returned.
+func (p *pruner) abandon(ctx context.Context, err error) error {
+	if errors.Is(err, ErrPruneFenced) || ctx.Err() != nil {
+		return err
+	}
+	if serr := p.setPhase(context.WithoutCancel(ctx), phaseIdle, "", ""); serr != nil {
+		return fmt.Errorf("%w (and returning the prune state to idle: %v)", err, serr)
+	}
+	return err
+}
+
+// finish deletes the generation's lists and older prune leftovers and
+// returns the state to idle.
+func (p *pruner) finish(ctx context.Context) error {
+	p.stateMu.Lock()
+	s := p.state
+	p.stateMu.Unlock()
+	if err := p.setPhase(ctx, phaseIdle, "", ""); err != nil {
+		return err
+	}
+	var stale []string
+	err := p.st.List(ctx, prunePrefix, func(oi storage.ObjectInfo) error {
+		if validPruneListKey(oi.Key) {
+			stale = append(stale, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		p.warn("listing old prune lists: %v", err)
+		return nil
+	}
+	for _, k := range stale {
+		if err := p.st.Delete(ctx, k); err != nil {
+			p.warn("deleting %s: %v", k, err)
+			continue
+		}
+		p.res.ObjectsDeleted++
+	}
+	p.log("generation %d done", s.Generation)
+	return nil
+}
+
+// committedSessions returns the snapshots of committed sessions (backups
+// that committed but had not yet written their snapshot object).
+func (p *pruner) committedSessions(ctx context.Context) ([]*Snapshot, error) {
+	var keys []string
+	err := p.st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
+		if sessionKey(oi.Key) {
+			keys = append(keys, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prune: list sessions: %w", err)
+	}
+	var out []*Snapshot
+	for _, k := range keys {
+		b, _, err := storage.ReadVersioned(ctx, p.st, k, MaxSessionSize)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("prune: read %s: %w", k, err)
+		}
+		rec, err := decodeSession(b)
+		if err != nil {
+			return nil, fmt.Errorf("prune: session %s: %w (delete it if no backup runs)", k, err)
+		}
+		if rec.State != sessionCommitted {
+			continue
+		}
+		s, err := decodeSnapshot(rec.Snapshot)
+		if err != nil {
+			return nil, fmt.Errorf("prune: session %s: %w", k, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// wait lists the sessions (after the marked state is written) and waits
+// until each has ended, committed or lapsed (then fences it). A committed
+// session's snapshot object is written out if it is not there yet.
+func (p *pruner) wait(ctx context.Context) error {
+	var keys []string
+	err := p.st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
+		if sessionKey(oi.Key) {
+			keys = append(keys, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prune: list sessions: %w", err)
+	}
+	pending := keys
+	for round := 0; len(pending) > 0; round++ {
+		if round > 0 {
+			t := time.NewTimer(p.opts.Poll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return context.Cause(ctx)
+			case <-t.C:
+			}
+		}
+		now, err := storageNow(ctx, p.st)
+		if err != nil {
+			return err
+		}
+		var still []string
+		for _, k := range pending {
+			done, err := p.settle(ctx, k, now)
+			if err != nil {
+				return err
+			}
+			if !done {
+				still = append(still, k)
+			}
+		}
+		if round == 0 {
+			p.res.SessionsWaited = len(still)
+			if len(still) > 0 {
+				p.log("waiting for %d running backups", len(still))
+			}
+		}
+		pending = still
+	}
+	return nil
+}
+
+// settle looks at one session: done if it has ended, committed (its
+// snapshot written out and the session removed), or was fenced now.
+func (p *pruner) settle(ctx context.Context, key string, now time.Time) (bool, error) {
+	b, oi, err := storage.ReadVersioned(ctx, p.st, key, MaxSessionSize)
+	if errors.Is(err, storage.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("prune: read %s: %w", key, err)
+	}
+	rec, err := decodeSession(b)
+	if err != nil {
+		// Not a session any backup wrote: it cannot commit, so it is no
+		// reason to wait; it is left for an operator.
+		p.warn("%s: %v (left alone)", key, err)
+		return true, nil
+	}
+	switch rec.State {
+	case sessionCommitted:
+		s, err := decodeSnapshot(rec.Snapshot)
+		if err != nil {
+			return false, fmt.Errorf("prune: session %s: %w", key, err)
+		}
+		// The snapshot object, if its backup did not get to write it.
+		key2 := snapshotKey(s.Workspace, s.Time, chunk.Hash(rec.Snapshot))
+		if _, err := p.st.Stat(ctx, key2); errors.Is(err, storage.ErrNotFound) {
+			if err := p.r.putSnapshot(ctx, key2, chunk.Hash(rec.Snapshot), rec.Snapshot); err != nil && !errors.Is(err, ErrSnapshotUnconfirmed) {
+				return false, err
+			}
+		} else if err != nil {
+			return false, fmt.Errorf("prune: %w", err)
+		}
+		// The snapshot is in place: the session has served (its backup,
+		// if still alive, deletes it too).
+		if err := p.st.Delete(ctx, key); err == nil {
+			p.res.ObjectsDeleted++
+		}
+		return true, nil
+	case sessionFenced:
+		if err := p.st.Delete(ctx, key); err == nil {
+			p.res.ObjectsDeleted++
+		}
+		return true, nil
+	}
+	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()).After(now) {
+		return false, nil // renewed within its lease: wait
+	}
+	fence := []byte(`{"state":"fenced"}`)
+	_, err = p.st.PutIfMatch(ctx, key, bytes.NewReader(fence), int64(len(fence)), oi.Version)
+	if errors.Is(err, storage.ErrVersionMismatch) {
+		return false, nil // renewed or committed meanwhile: look again
+	}
+	if err != nil {
+		return false, fmt.Errorf("prune: fence %s: %w", key, err)
+	}
+	p.res.SessionsFenced++
+	p.log("fenced %s (workspace %s, host %s): not renewed for %s", key, rec.Workspace, rec.Host, now.Sub(oi.ModTime).Round(time.Second))
+	if err := p.st.Delete(ctx, key); err == nil {
+		p.res.ObjectsDeleted++
+	}
+	return true, nil
+}
+
+// plan is what to do with each pack the mark saw.
+type plan struct {
+	deletes   []chunk.ID // no blob used
+	repacks   []chunk.ID // used blobs to copy, then delete
+	gone      map[chunk.ID]bool
+	repack    map[chunk.ID]bool
+	usedBytes map[chunk.ID]int64
+}
+
+func (p *pruner) plan(v *view, dead map[chunk.ID]bool) *plan {
+	pl := &plan{gone: map[chunk.ID]bool{}, repack: map[chunk.ID]bool{}, usedBytes: map[chunk.ID]int64{}}
+	for id, entries := range v.packs {
+		var used int64
+		anyDead := false
+		for _, e := range entries {
+			if dead[e.ID] {
+				anyDead = true
+			} else {
+				used += int64(e.StoredLen)
+			}
+		}
+		size := v.sizes[id]
+		pl.usedBytes[id] = used
+		switch {
+		case used == 0 && anyDead:
+			pl.deletes = append(pl.deletes, id)
+			pl.gone[id] = true
+		case anyDead && size > 0 && float64(size-used)/float64(size) > p.opts.MaxUnused:
+			pl.repacks = append(pl.repacks, id)
+			pl.gone[id] = true
+			pl.repack[id] = true
+		}
+	}
+	slices.SortFunc(pl.repacks, compareIDs)
+	return pl
+}
+
+// repack copies the used blobs of the packs to repack into new packs of
+// their type, each blob verified against its hash on the way. A pack
+// that cannot be read whole and intact is kept (kept[id]), with a
+// warning: nothing is lost, it is only not freed.
+func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead map[chunk.ID]bool) ([]PackIndex, map[chunk.ID]bool, error) {
+	kept := map[chunk.ID]bool{}
+	var out []PackIndex
+	size := p.r.cfg.PackSize
+	builders := map[BlobType]*PackBuilder{}
+	flush := func(t BlobType) error {
+		pb := builders[t]
+		if pb == nil || pb.Count() == 0 {
+			return nil
+		}
+		data, id, entries := pb.Finish()
+		if err := p.r.SavePack(ctx, data, id, entries); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+		out = append(out, PackIndex{Pack: id, Blobs: entries})
+		builders[t] = nil
+		return nil
+	}
+	for _, id := range pl.repacks {
+		key := PackKey(id)
+		data, err := readObjectSized(ctx, p.st, key, v.sizes[id], int64(size)*4+MaxPackTrailerSize+MaxDataBlobSize)
+		if err != nil && !Damaged(err) && !errors.Is(err, storage.ErrNotFound) {
+			return nil, nil, fmt.Errorf("prune: read %s: %w", key, err)
+		}
+		var blobs []struct {
+			e      BlobEntry
+			stored []byte
+		}
+		if err == nil {
+			for _, e := range v.packs[id] {
+				if dead[e.ID] {
+					continue
+				}
+				end := int64(e.Offset) + int64(e.StoredLen)
+				if end > int64(len(data)) {
+					err = fmt.Errorf("pack %s: blob %s: %w: beyond the pack's end", key, e.ID.Short(), ErrCorrupt)
+					break
+				}
+				stored := data[e.Offset:end]
+				if _, derr := p.r.DecodeBlob(key, e, stored, nil); derr != nil {
+					err = derr
+					break
+				}
+				blobs = append(blobs, struct {
+					e      BlobEntry
+					stored []byte
+				}{e, stored})
+			}
+		}
+		if err != nil {
+			kept[id] = true
+			p.res.PacksKeptDamaged++
+			p.warn("%s not repacked, kept as it is: %v", key, err)
+			continue
+		}
+		for _, b := range blobs {
+			pb := builders[b.e.Type]
+			if pb == nil {
+				pb = NewPackBuilder(size)
+				builders[b.e.Type] = pb
+			}
+			pb.Add(b.e.ID, b.e.Type, b.e.Compression, b.stored, int(b.e.RawLen))
+			if pb.Full(size) {
+				if err := flush(b.e.Type); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+	}
+	for _, t := range []BlobType{DataBlob, TreeBlob} {
+		if err := flush(t); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, kept, nil
+}
+
+func packBytes(entries []BlobEntry) int64 {
+	var n int64
+	for _, e := range entries {
+		n += int64(e.StoredLen)
+	}
+	return n + int64(PackTrailerReadSize(len(entries)))
+}
+
+// saveDeleteList stores what a generation deletes: index objects first,
+// then packs, as one list of ids preceded by how many are index objects.
+func saveDeleteList(ctx context.Context, st storage.Storage, gen uint64, indexes, packs []chunk.ID) (string, error) {
+	slices.SortFunc(indexes, compareIDs)
+	slices.SortFunc(packs, compareIDs)
+	// Two sorted runs, with an all-zero id between them (no object has it).
+	ids := append(append(append([]chunk.ID{}, indexes...), chunk.ID{}), packs...)
+	b := []byte(deleteMagic)
+	for _, id := range ids {
+		b = append(b, id[:]...)
+	}
+	key := fmt.Sprintf("%s%d-delete-%s", prunePrefix, gen, chunk.Hash(b))
+	err := st.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
+	if errors.Is(err, storage.ErrExists) {
+		err = nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("store delete list: %w", err)
+	}
+	return key, nil
+}
+
+func loadDeleteList(ctx context.Context, st storage.Storage, key string) (indexes, packs []chunk.ID, err error) {
+	if !validPruneListKey(key) {
+		return nil, nil, fmt.Errorf("delete list %q: %w: bad key", key, ErrCorrupt)
+	}
+	b, err := readObject(ctx, st, key, int64(len(deleteMagic)+(MaxDeleteList+1)*chunk.IDSize))
+	if err != nil {
+		return nil, nil, fmt.Errorf("delete list %s: %w", key, err)
+	}
+	if chunk.Hash(b).String() != key[strings.LastIndexByte(key, '-')+1:] {
+		return nil, nil, fmt.Errorf("delete list %s: %w: content does not match its name", key, ErrCorrupt)
+	}
+	if len(b) < len(deleteMagic) || string(b[:len(deleteMagic)]) != deleteMagic || (len(b)-len(deleteMagic))%chunk.IDSize != 0 {
+		return nil, nil, fmt.Errorf("delete list %s: %w", key, ErrCorrupt)
+	}
+	b = b[len(deleteMagic):]
+	sep := -1
+	var ids []chunk.ID
+	for i := 0; i < len(b); i += chunk.IDSize {
+		var id chunk.ID
+		copy(id[:], b[i:])
+		if id == (chunk.ID{}) && sep < 0 {
+			sep = len(ids)
+			continue
+		}
+		ids = append(ids, id)
+	}
+	if sep < 0 {
+		return nil, nil, fmt.Errorf("delete list %s: %w: no separator", key, ErrCorrupt)
+	}
+	return ids[:sep], ids[sep:], nil
+}
+
+// deleteListed deletes what a delete list names: the index objects, then
+// the packs. Deleting what is gone already is no error, so whoever
+// resumes a stopped prune does it again safely.
+func (p *pruner) deleteListed(ctx context.Context, key string) error {
+	indexes, packs, err := loadDeleteList(ctx, p.st, key)
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	for _, id := range indexes {
+		if err := p.st.Delete(ctx, indexPrefix+id.String()); err != nil {
+			return fmt.Errorf("prune: delete index object: %w", err)
+		}
+		p.res.IndexObjectsDeleted++
+		p.res.ObjectsDeleted++
+	}
+	if err := p.hook("deleted-index"); err != nil {
+		return err
+	}
+	for _, id := range packs {
+		if err := p.st.Delete(ctx, PackKey(id)); err != nil {
+			return fmt.Errorf("prune: delete pack: %w", err)
+		}
+		p.res.ObjectsDeleted++
+	}
+	if p.res.Resumed && p.res.PacksDeleted == 0 {
+		p.res.PacksDeleted = len(packs)
+	}
+	return p.hook("deleted-packs")
+}
+
+// reacher walks snapshots and collects every blob they reach.
+type reacher struct {
+	r    *Repository
+	seen map[chunk.ID]bool
+}
+
+func newReacher(r *Repository) *reacher {
+	return &reacher{r: r, seen: map[chunk.ID]bool{}}
+}
+
+// snapshot adds what one snapshot reaches. A snapshot or tree that cannot
+// be read stops the prune: it cannot know what that snapshot uses.
+func (x *reacher) snapshot(ctx context.Context, ref SnapshotRef) error {
+	s, err := x.r.LoadSnapshot(ctx, ref)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil // forgotten meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("prune: %w: prune cannot know what it uses, and stops before deleting anything (forget or delete the snapshot, or repair it)", err)
+	}
+	return x.tree(ctx, s.Tree, ref.Workspace+"@"+ref.ID.Short())
+}
+
+func (x *reacher) tree(ctx context.Context, id chunk.ID, name string) error {
+	return x.walk(ctx, id, name, 0)
+}
+
+func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int) error {
+	if x.seen[id] {
+		return nil
+	}
+	if depth > MaxTreeDepth {
+		return fmt.Errorf("prune: snapshot %s: trees nested deeper than %d: %w", name, MaxTreeDepth, ErrTooLarge)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t, err := x.r.LoadTree(ctx, id)
+	if err != nil {
+		return fmt.Errorf("prune: snapshot %s: %w: prune cannot know what it uses, and stops before deleting anything", name, err)
+	}
+	x.seen[id] = true
+	for _, n := range t.Nodes {
+		switch n.Type {
+		case TypeDir:
+			if err := x.walk(ctx, n.Subtree, name, depth+1); err != nil {
+				return err
+			}
+		case TypeFile:
+			for _, b := range n.Content {
+				x.seen[b] = true
+			}
+		}
+	}
+	return nil
+}
+
