@@ -1067,4 +1067,3 @@ func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int)
 	}
 	return nil
 }
-
