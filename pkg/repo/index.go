@@ -38,6 +38,12 @@ type Index struct {
 	packs  []chunk.ID
 	packNo map[chunk.ID]uint32
 	blobs  map[chunk.ID]packedLocation
+
+	// For prune: treesOnly records the tree blobs alone (what walking
+	// snapshots needs), and sink, if set, receives every pack added with
+	// all its entries. Both stay with the Index through replace.
+	treesOnly bool
+	sink      func(pack chunk.ID, entries []BlobEntry)
 }
 
 // NewIndex returns an empty index.
@@ -47,6 +53,9 @@ func NewIndex() *Index {
 
 // AddPack records the blobs of one pack.
 func (x *Index) AddPack(pack chunk.ID, entries []BlobEntry) {
+	if x.sink != nil {
+		x.sink(pack, entries)
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	no, ok := x.packNo[pack]
@@ -56,6 +65,9 @@ func (x *Index) AddPack(pack chunk.ID, entries []BlobEntry) {
 		x.packNo[pack] = no
 	}
 	for _, e := range entries {
+		if x.treesOnly && e.Type != TreeBlob {
+			continue
+		}
 		if _, dup := x.blobs[e.ID]; dup {
 			continue
 		}

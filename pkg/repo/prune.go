@@ -30,6 +30,9 @@ var ErrPruneFenced = errors.New("prune fenced: its lease lapsed and another prun
 // cannot run safely on it.
 var ErrNoConditionalWrites = errors.New("the storage does not honour conditional writes (If-Match): prune refuses to run on it")
 
+// pruneTreePackCacheSize is the tree pack cache of a prune.
+const pruneTreePackCacheSize = 8 << 20
+
 // DefaultMaxUnused is the unused share of a pack above which prune
 // repacks it (restic's default too).
 const DefaultMaxUnused = 0.10
@@ -111,6 +114,11 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneResult
 	if opts.Poll <= 0 {
 		opts.Poll = time.Second
 	}
+	// Each tree is read once: a small tree pack cache does, and leaves
+	// the memory to the mark.
+	trees := r.trees
+	r.trees = newTreePackCache(pruneTreePackCacheSize)
+	defer func() { r.trees = trees }()
 	p := &pruner{r: r, st: r.st, opts: opts, res: &PruneResult{DryRun: opts.DryRun}}
 	err := p.run(ctx)
 	p.res.Duration = time.Since(start)
@@ -371,7 +379,14 @@ func (p *pruner) generation(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("prune: list index: %w", err)
 	}
-	if err := r.ReloadIndex(ctx); err != nil {
+	var sinkMu gosync.Mutex
+	all := map[chunk.ID][]BlobEntry{}
+	if err := r.reloadTreeIndex(ctx, func(pack chunk.ID, entries []BlobEntry) {
+		entries = slices.Clone(entries) // not the decoder's grown capacity
+		sinkMu.Lock()
+		all[pack] = entries
+		sinkMu.Unlock()
+	}); err != nil {
 		return fmt.Errorf("prune: load index: %w", err)
 	}
 	rep := r.IndexReport()
@@ -383,7 +398,7 @@ func (p *pruner) generation(ctx context.Context) error {
 			p.warn("%s: left alone (its blobs are unknown)", b)
 		}
 	}
-	v.packs = r.index.Packs()
+	v.packs = all
 	v.sizes = map[chunk.ID]int64{}
 	err = p.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
 		if id, ok := packID(oi.Key); ok {
@@ -428,7 +443,7 @@ func (p *pruner) generation(ctx context.Context) error {
 	var condemned []chunk.ID
 	for _, entries := range v.packs {
 		for _, e := range entries {
-			if !reach.seen[e.ID] {
+			if !reach.has(e.ID) {
 				condemned = append(condemned, e.ID)
 			}
 		}
@@ -443,11 +458,7 @@ func (p *pruner) generation(ctx context.Context) error {
 	p.log("marked: %d snapshots reach %d blobs; %d blobs unused", p.res.Snapshots, p.res.ReachableBlobs, len(condemned))
 
 	if p.opts.DryRun {
-		dead := map[chunk.ID]bool{}
-		for _, id := range condemned {
-			dead[id] = true
-		}
-		plan := p.plan(&v, dead)
+		plan := p.plan(&v, idSet(condemned))
 		p.res.PacksDeleted, p.res.PacksRepacked = len(plan.deletes), len(plan.repacks)
 		for _, id := range plan.deletes {
 			p.res.BytesFreed += v.sizes[id]
@@ -486,12 +497,11 @@ func (p *pruner) generation(ctx context.Context) error {
 	}
 
 	// Resurrect what snapshots written since the mark reach.
-	dead := map[chunk.ID]bool{}
-	for _, id := range condemned {
-		dead[id] = true
-	}
+	dead := idSet(condemned)
 	if len(dead) > 0 {
-		if err := r.ReloadIndex(ctx); err != nil {
+		// The trees of snapshots written since the mark are in index
+		// objects written since: load those alone.
+		if err := r.loadNewIndexObjects(ctx, v.indexes); err != nil {
 			return p.abandon(ctx, fmt.Errorf("prune: load index: %w", err))
 		}
 		known := map[string]bool{}
@@ -510,13 +520,17 @@ func (p *pruner) generation(ctx context.Context) error {
 				return p.abandon(ctx, err)
 			}
 		}
-		for id := range dead {
-			if reach.seen[id] {
-				delete(dead, id)
+		kept := dead[:0:0]
+		for _, id := range dead {
+			if reach.has(id) {
 				p.res.Resurrected++
+			} else {
+				kept = append(kept, id)
 			}
 		}
+		dead = kept
 	}
+	reach = nil // the memory, for the rewrite
 	p.log("waited for %d sessions (%d fenced); %d blobs resurrected", p.res.SessionsWaited, p.res.SessionsFenced, p.res.Resurrected)
 
 	// Rewrite: new packs and a consolidated index, durable before any
@@ -801,6 +815,14 @@ func (p *pruner) settle(ctx context.Context, key string, now time.Time) (bool, e
 	return true, nil
 }
 
+// idSet is a sorted list of distinct ids.
+type idSet []chunk.ID
+
+func (s idSet) has(id chunk.ID) bool {
+	_, ok := slices.BinarySearchFunc(s, id, compareIDs)
+	return ok
+}
+
 // plan is what to do with each pack the mark saw.
 type plan struct {
 	deletes   []chunk.ID // no blob used
@@ -810,13 +832,13 @@ type plan struct {
 	usedBytes map[chunk.ID]int64
 }
 
-func (p *pruner) plan(v *view, dead map[chunk.ID]bool) *plan {
+func (p *pruner) plan(v *view, dead idSet) *plan {
 	pl := &plan{gone: map[chunk.ID]bool{}, repack: map[chunk.ID]bool{}, usedBytes: map[chunk.ID]int64{}}
 	for id, entries := range v.packs {
 		var used int64
 		anyDead := false
 		for _, e := range entries {
-			if dead[e.ID] {
+			if dead.has(e.ID) {
 				anyDead = true
 			} else {
 				used += int64(e.StoredLen)
@@ -842,7 +864,7 @@ func (p *pruner) plan(v *view, dead map[chunk.ID]bool) *plan {
 // their type, each blob verified against its hash on the way. A pack
 // that cannot be read whole and intact is kept (kept[id]), with a
 // warning: nothing is lost, it is only not freed.
-func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead map[chunk.ID]bool) ([]PackIndex, map[chunk.ID]bool, error) {
+func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]PackIndex, map[chunk.ID]bool, error) {
 	kept := map[chunk.ID]bool{}
 	var out []PackIndex
 	size := p.r.cfg.PackSize
@@ -872,7 +894,7 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead map[chunk.I
 		}
 		if err == nil {
 			for _, e := range v.packs[id] {
-				if dead[e.ID] {
+				if dead.has(e.ID) {
 					continue
 				}
 				end := int64(e.Offset) + int64(e.StoredLen)
@@ -1011,14 +1033,65 @@ func (p *pruner) deleteListed(ctx context.Context, key string) error {
 	return p.hook("deleted-packs")
 }
 
+// reloadTreeIndex loads the index as prune needs it: the in-memory index
+// with tree blobs only (to walk snapshots), and every pack with all its
+// entries given to sink (nil for none). Memory is then about the sink's
+// 48 bytes a blob, not the full index's and a copy of it.
+func (r *Repository) reloadTreeIndex(ctx context.Context, sink func(chunk.ID, []BlobEntry)) error {
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	fresh := NewIndex()
+	fresh.treesOnly, fresh.sink = true, sink
+	rep, err := r.loadIndexInto(ctx, fresh, 8)
+	if err != nil {
+		return err
+	}
+	fresh.sink = nil
+	r.index.replace(fresh)
+	r.setReport(rep)
+	return nil
+}
+
+// loadNewIndexObjects adds to the in-memory index (trees only, after
+// reloadTreeIndex) the index objects not among those listed before.
+func (r *Repository) loadNewIndexObjects(ctx context.Context, before []string) error {
+	old := make(map[string]bool, len(before))
+	for _, k := range before {
+		old[k] = true
+	}
+	var fresh []storage.ObjectInfo
+	if err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+		if !old[oi.Key] {
+			fresh = append(fresh, oi)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list index: %w", err)
+	}
+	for _, oi := range fresh {
+		if err := r.loadIndexObject(ctx, r.index, oi, nil); err != nil {
+			if Damaged(err) {
+				continue // its packs are adopted by the next full load
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 // reacher walks snapshots and collects every blob they reach.
 type reacher struct {
 	r    *Repository
-	seen map[chunk.ID]bool
+	seen map[chunk.ID]struct{}
 }
 
 func newReacher(r *Repository) *reacher {
-	return &reacher{r: r, seen: map[chunk.ID]bool{}}
+	return &reacher{r: r, seen: map[chunk.ID]struct{}{}}
+}
+
+func (x *reacher) has(id chunk.ID) bool {
+	_, ok := x.seen[id]
+	return ok
 }
 
 // snapshot adds what one snapshot reaches. A snapshot or tree that cannot
@@ -1039,7 +1112,7 @@ func (x *reacher) tree(ctx context.Context, id chunk.ID, name string) error {
 }
 
 func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int) error {
-	if x.seen[id] {
+	if x.has(id) {
 		return nil
 	}
 	if depth > MaxTreeDepth {
@@ -1052,7 +1125,7 @@ func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int)
 	if err != nil {
 		return fmt.Errorf("prune: snapshot %s: %w: prune cannot know what it uses, and stops before deleting anything", name, err)
 	}
-	x.seen[id] = true
+	x.seen[id] = struct{}{}
 	for _, n := range t.Nodes {
 		switch n.Type {
 		case TypeDir:
@@ -1061,7 +1134,7 @@ func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int)
 			}
 		case TypeFile:
 			for _, b := range n.Content {
-				x.seen[b] = true
+				x.seen[b] = struct{}{}
 			}
 		}
 	}
