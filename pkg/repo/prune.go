@@ -149,11 +149,21 @@ func (p *pruner) log(format string, args ...any) {
 func (p *pruner) hook(step string) error {
 	if p.opts.Hook != nil {
 		if err := p.opts.Hook(step); err != nil {
-			return fmt.Errorf("prune stopped at %s: %w", step, err)
+			return &hookError{step, err}
 		}
 	}
 	return nil
 }
+
+// hookError is a stop a Hook asked for: it acts as a crash would, leaving
+// the state as it is.
+type hookError struct {
+	step string
+	err  error
+}
+
+func (e *hookError) Error() string { return fmt.Sprintf("prune stopped at %s: %v", e.step, e.err) }
+func (e *hookError) Unwrap() error { return e.err }
 
 func (p *pruner) warn(format string, args ...any) {
 	if len(p.res.Warnings) < maxProblems {
@@ -194,7 +204,10 @@ func (p *pruner) run(ctx context.Context) (err error) {
 				return err
 			}
 		}
-		return p.generation(ctx)
+		if err := p.generation(ctx); err != nil {
+			return p.abandon(ctx, err)
+		}
+		return nil
 	}
 	return p.generation(ctx)
 }
@@ -424,6 +437,12 @@ func (p *pruner) generation(ctx context.Context) error {
 		return fmt.Errorf("prune: %w", err)
 	}
 	reach := newReacher(r)
+	loaded := slices.Clone(v.indexes)
+	reach.refresh = func(ctx context.Context) error {
+		keys, err := r.loadNewIndexObjects(ctx, loaded)
+		loaded = append(loaded, keys...)
+		return err
+	}
 	for _, ref := range marked {
 		if err := reach.snapshot(ctx, ref); err != nil {
 			return err
@@ -501,7 +520,7 @@ func (p *pruner) generation(ctx context.Context) error {
 	if len(dead) > 0 {
 		// The trees of snapshots written since the mark are in index
 		// objects written since: load those alone.
-		if err := r.loadNewIndexObjects(ctx, v.indexes); err != nil {
+		if err := reach.refresh(ctx); err != nil {
 			return p.abandon(ctx, fmt.Errorf("prune: load index: %w", err))
 		}
 		known := map[string]bool{}
@@ -624,8 +643,15 @@ func (p *pruner) setPhase(ctx context.Context, phase, condemned, del string) err
 // deleted: the state returns to idle (so backups stop avoiding its
 // condemned blobs) and err is returned.
 func (p *pruner) abandon(ctx context.Context, err error) error {
-	if errors.Is(err, ErrPruneFenced) || ctx.Err() != nil {
+	var he *hookError
+	if errors.Is(err, ErrPruneFenced) || errors.As(err, &he) {
 		return err
+	}
+	p.stateMu.Lock()
+	phase := p.state.Phase
+	p.stateMu.Unlock()
+	if phase != phaseMarking && phase != phaseMarked {
+		return err // idle already, or deleting: the next prune resumes that
 	}
 	if serr := p.setPhase(context.WithoutCancel(ctx), phaseIdle, "", ""); serr != nil {
 		return fmt.Errorf("%w (and returning the prune state to idle: %v)", err, serr)
@@ -1054,7 +1080,7 @@ func (r *Repository) reloadTreeIndex(ctx context.Context, sink func(chunk.ID, []
 
 // loadNewIndexObjects adds to the in-memory index (trees only, after
 // reloadTreeIndex) the index objects not among those listed before.
-func (r *Repository) loadNewIndexObjects(ctx context.Context, before []string) error {
+func (r *Repository) loadNewIndexObjects(ctx context.Context, before []string) ([]string, error) {
 	old := make(map[string]bool, len(before))
 	for _, k := range before {
 		old[k] = true
@@ -1066,23 +1092,25 @@ func (r *Repository) loadNewIndexObjects(ctx context.Context, before []string) e
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("list index: %w", err)
+		return nil, fmt.Errorf("list index: %w", err)
 	}
+	var keys []string
 	for _, oi := range fresh {
-		if err := r.loadIndexObject(ctx, r.index, oi, nil); err != nil {
-			if Damaged(err) {
-				continue // its packs are adopted by the next full load
-			}
-			return err
-		}
+		if err := r.loadIndexObject(ctx, r.index, oi, nil); err != nil && !Damaged(err) {
+			return keys, err
+		} // a damaged one's packs are adopted by the next full load
+		keys = append(keys, oi.Key)
 	}
-	return nil
+	return keys, nil
 }
 
 // reacher walks snapshots and collects every blob they reach.
 type reacher struct {
 	r    *Repository
 	seen map[chunk.ID]struct{}
+	// refresh, if set, loads index objects written since the index was
+	// loaded, when a tree is not found.
+	refresh func(context.Context) error
 }
 
 func newReacher(r *Repository) *reacher {
@@ -1122,6 +1150,14 @@ func (x *reacher) walk(ctx context.Context, id chunk.ID, name string, depth int)
 		return err
 	}
 	t, err := x.r.LoadTree(ctx, id)
+	if err != nil && Damaged(err) && x.refresh != nil {
+		// A snapshot written since the index was loaded: its trees are
+		// in index objects written since.
+		if rerr := x.refresh(ctx); rerr != nil {
+			return rerr
+		}
+		t, err = x.r.LoadTree(ctx, id)
+	}
 	if err != nil {
 		return fmt.Errorf("prune: snapshot %s: %w: prune cannot know what it uses, and stops before deleting anything", name, err)
 	}

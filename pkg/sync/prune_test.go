@@ -2,9 +2,10 @@ package sync
 
 import (
 	"context"
+	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,5 +112,45 @@ func TestPruneFreesForgottenData(t *testing.T) {
 		t.Errorf("backup after prune stored %d new blobs, want 0", res3.Snapshot.Stats.NewBlobs)
 	}
 	restoreEqual(t, root, src)
-	_ = os.Remove
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// TestPruneStopsOnAnUnreadableSnapshot: prune cannot know what a damaged
+// snapshot uses, so it stops before deleting anything, says which, and
+// leaves the state idle: the next prune does not wait for a lease.
+func TestPruneStopsOnAnUnreadableSnapshot(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	for i := range 8 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("f%d", i)), genData(uint64(i), 30000), 0o644, time.Unix(1e9, 0))
+	}
+	root := mem.New()
+	doBackup(t, ownerRepo(t, root), src)
+	churn(t, src, 1)
+	doBackup(t, ownerRepo(t, root), src)
+	r := ownerRepo(t, root)
+	refs, err := r.ListSnapshots(ctx, "")
+	must(t, err)
+	must(t, r.DeleteSnapshot(ctx, refs[0])) // something to free
+	bad := "owner1/" + refs[1].Key
+	good, err := storage.ReadAll(ctx, root, bad, 0, -1)
+	must(t, err)
+	must(t, root.Put(ctx, bad, bytesReader([]byte("{not json")), 9))
+	before, nBefore := storedBytes(t, root, "owner1/data/")
+	_, err = ownerRepo(t, root).Prune(ctx, repo.PruneOptions{})
+	if err == nil || !strings.Contains(err.Error(), refs[1].ID.Short()) || !strings.Contains(err.Error(), "stops before deleting anything") {
+		t.Fatalf("prune over a damaged snapshot: %v, want an error naming it", err)
+	}
+	if after, n := storedBytes(t, root, "owner1/data/"); after != before || n != nBefore {
+		t.Fatalf("a failed prune changed the packs: %d objects, %d bytes -> %d, %d", nBefore, before, n, after)
+	}
+	must(t, root.Put(ctx, bad, bytesReader(good), int64(len(good))))
+	res, err := ownerRepo(t, root).Prune(ctx, repo.PruneOptions{})
+	must(t, err)
+	if res.CondemnedBlobs == 0 {
+		t.Errorf("prune after the repair freed nothing: %+v", *res)
+	}
+	restoreEqual(t, root, src)
+	checkClean(t, root)
 }
