@@ -1,8 +1,8 @@
 package sync
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
