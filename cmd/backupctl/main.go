@@ -92,7 +92,7 @@ Credentials come from each SDK's usual environment variables or from
 		}
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newBackupCmd(), newRestoreCmd(), newSnapshotsCmd(), newLsCmd(), newDiffCmd(), newStatsCmd(), newInitCmd(), newCheckCmd(), newRepairCmd(), newForgetCmd(), newDeleteCmd(), newPruneCmd())
+	root.AddCommand(newBackupCmd(), newRestoreCmd(), newSnapshotsCmd(), newLsCmd(), newDiffCmd(), newStatsCmd(), newInitCmd(), newCheckCmd(), newRepairCmd(), newForgetCmd(), newDeleteCmd(), newPruneCmd(), newPurgeCmd())
 	for _, c := range root.Commands() {
 		c.Args = wrapArgs(c.Args)
 	}
