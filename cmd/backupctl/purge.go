@@ -13,6 +13,8 @@ import (
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/location"
+	"github.com/backupd/backupd/pkg/storage/minio"
+	"github.com/backupd/backupd/pkg/storage/s3"
 )
 
 func newPurgeCmd() *cobra.Command {
@@ -45,7 +47,7 @@ nothing stored, or purging again, is not an error.`,
 				return err
 			}
 			bucket := ""
-			where := fmt.Sprintf("every object under %s/%s/", location.Redact(cfg.URL), f.owner)
+			where := fmt.Sprintf("every object under %s/ in %s", f.owner, location.Redact(cfg.URL))
 			if cfg.Placement == location.BucketPerOwner {
 				p, err := placement.NewBucketPerOwner(cfg.BucketTemplate, nil)
 				if err != nil {
@@ -69,10 +71,9 @@ nothing stored, or purging again, is not an error.`,
 				}
 			}
 			st, err := p.Owner(ctx, f.owner, false)
-			if errors.Is(err, repo.ErrNoRepository) && bucket != "" {
+			if bucket != "" && noBucket(err) {
 				// No bucket: nothing of the owner is stored.
-				logf("bucket %s does not exist", bucket)
-				return printPurge(&f, bucket, repo.Receipt{}, "", 0)
+				return printPurge(&f, purgeReceipt{bucket: bucket, noBucket: true})
 			}
 			if err != nil {
 				return err
@@ -107,7 +108,7 @@ nothing stored, or purging again, is not an error.`,
 					cacheDir = ""
 				}
 			}
-			if err := printPurge(&f, bucket, rec, cacheDir, left); err != nil {
+			if err := printPurge(&f, purgeReceipt{rec: rec, bucket: bucket, cacheDir: cacheDir, left: left}); err != nil {
 				return err
 			}
 			if left > 0 {
@@ -122,23 +123,49 @@ nothing stored, or purging again, is not an error.`,
 	return cmd
 }
 
+// noBucket reports whether opening an owner's bucket failed because the
+// bucket does not exist. The backends say so differently: placement maps
+// storage.ErrNotFound to repo.ErrNoRepository; s3 and minio have their
+// own ErrNoBucket.
+func noBucket(err error) bool {
+	return errors.Is(err, repo.ErrNoRepository) || errors.Is(err, storage.ErrNotFound) ||
+		errors.Is(err, s3.ErrNoBucket) || errors.Is(err, minio.ErrNoBucket)
+}
+
+// purgeReceipt is what a purge did: rec, and the node-local cache
+// directory it removed (cacheDir), the objects left after it (none, unless
+// a backup started meanwhile); under bucket-per-owner the owner's bucket
+// and whether it was missing (nothing to purge).
+type purgeReceipt struct {
+	rec      repo.Receipt
+	cacheDir string
+	left     int
+	bucket   string
+	noBucket bool
+}
+
 // printPurge prints a purge's receipt.
-func printPurge(f *repoFlags, bucket string, rec repo.Receipt, cacheDir string, left int) error {
+func printPurge(f *repoFlags, p purgeReceipt) error {
 	if f.json {
-		out := map[string]any{"owner": f.owner, "objects_deleted": rec.Objects, "bytes_deleted": rec.Bytes,
-			"duration_ms": rec.Duration.Milliseconds(), "objects_left": left, "cache_removed": cacheDir}
-		if bucket != "" {
-			out["bucket"] = bucket
-			out["bucket_empty"] = left == 0
+		out := map[string]any{"owner": f.owner, "objects_deleted": p.rec.Objects, "bytes_deleted": p.rec.Bytes,
+			"duration_ms": p.rec.Duration.Milliseconds(), "objects_left": p.left, "cache_removed": p.cacheDir}
+		if p.bucket != "" {
+			out["bucket"] = p.bucket
+			out["bucket_exists"] = !p.noBucket
+			out["bucket_empty"] = !p.noBucket && p.left == 0
 		}
 		return json.NewEncoder(os.Stdout).Encode(out)
 	}
-	fmt.Printf("purged owner %s: deleted %s (%s) in %.1fs\n", f.owner, plural(int64(rec.Objects), "object"), fmtBytes(rec.Bytes), rec.Duration.Seconds())
-	if cacheDir != "" {
-		fmt.Printf("removed the node-local cache %s\n", cacheDir)
+	if p.noBucket {
+		fmt.Printf("owner %s has nothing to purge: bucket %s does not exist\n", f.owner, p.bucket)
+		return nil
 	}
-	if bucket != "" && left == 0 {
-		fmt.Printf("bucket %s is now empty; removing the bucket is for the operator (backupd's policy has no s3:DeleteBucket)\n", bucket)
+	fmt.Printf("purged owner %s: deleted %s (%s) in %.1fs\n", f.owner, plural(int64(p.rec.Objects), "object"), fmtBytes(p.rec.Bytes), p.rec.Duration.Seconds())
+	if p.cacheDir != "" {
+		fmt.Printf("removed the node-local cache %s\n", p.cacheDir)
+	}
+	if p.bucket != "" && p.left == 0 {
+		fmt.Printf("bucket %s is now empty; removing the bucket is for the operator (backupd's policy has no s3:DeleteBucket)\n", p.bucket)
 	}
 	return nil
 }
