@@ -190,3 +190,34 @@ func TestPurgeBucketPerOwner(t *testing.T) {
 		t.Fatal("purge created carol's bucket")
 	}
 }
+
+// TestPurgeLocal: on a local root no file of the owner is left; usage
+// errors exit 2, an invalid owner 1.
+func TestPurgeLocal(t *testing.T) {
+	store := t.TempDir()
+	repoURL := "file://" + store
+	src := t.TempDir()
+	genTree(t, src, 1<<20, 23)
+	for _, owner := range []string{"o1", "o2"} {
+		ok(t, run(t, nil, "backup", "-r", repoURL, "--owner", owner, "--workspace", "w1", src))
+	}
+	o2 := storedFiles(t, filepath.Join(store, "o2"))
+	if r := run(t, nil, "purge", "-r", repoURL, "--yes"); r.code != 2 {
+		t.Fatalf("purge without --owner: exit %d, %q", r.code, r.stderr)
+	}
+	if r := run(t, nil, "purge", "-r", repoURL, "--owner", "../o2", "--yes"); r.code != 1 || !strings.Contains(r.stderr, "invalid owner") {
+		t.Fatalf("purge of an invalid owner: exit %d, %q", r.code, r.stderr)
+	}
+	r := ok(t, run(t, nil, "purge", "-r", repoURL, "--owner", "o1", "--yes"))
+	if !strings.Contains(r.stdout, "purged owner o1") || !strings.Contains(r.stdout, "removed the node-local cache") {
+		t.Fatalf("purge: %q", r.stdout)
+	}
+	if left := storedFiles(t, filepath.Join(store, "o1")); len(left) != 0 {
+		t.Fatalf("files left of o1: %v", left)
+	}
+	sameFiles(t, "o2 after purging o1", o2, storedFiles(t, filepath.Join(store, "o2")))
+	r = ok(t, run(t, nil, "purge", "--help"))
+	if !strings.Contains(r.stdout, "--yes") || !strings.Contains(r.stdout, "bucket-per-owner") {
+		t.Fatalf("purge --help: %s", r.stdout)
+	}
+}
