@@ -1,5 +1,6 @@
 // Command backupctl is the operator's CLI for backupd repositories: back up
-// and restore workspaces, list and inspect snapshots.
+// and restore workspaces, list and inspect snapshots, check, forget, prune
+// and purge.
 package main
 
 import (
