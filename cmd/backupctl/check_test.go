@@ -59,3 +59,32 @@ func TestCheckAndRepairIndex(t *testing.T) {
 	ok(t, run(t, nil, "repair", "index", "-r", repoURL, "--owner", "o1", "--read-all-packs"))
 	ok(t, run(t, nil, "check", "-r", repoURL, "--owner", "o1", "--read-data"))
 }
+
+// TestCheckJSON: a healthy repository gives exit 0 and its counts; with
+// --read-data every pack is read.
+func TestCheckJSON(t *testing.T) {
+	repoURL := "file://" + t.TempDir()
+	src := t.TempDir()
+	genTree(t, src, 1<<20, 31)
+	ok(t, run(t, nil, "backup", "-r", repoURL, "--owner", "o1", "--workspace", "w1", src))
+	var res struct {
+		OK        bool     `json:"ok"`
+		Problems  []string `json:"problems"`
+		Warnings  []string `json:"warnings"`
+		Snapshots int      `json:"snapshots"`
+		Trees     int      `json:"trees"`
+		Blobs     int      `json:"blobs"`
+		PacksRead int      `json:"packs_read"`
+	}
+	for _, readData := range []bool{false, true} {
+		args := []string{"check", "-r", repoURL, "--owner", "o1", "--json"}
+		if readData {
+			args = append(args, "--read-data")
+		}
+		r := ok(t, run(t, nil, args...))
+		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || !res.OK || res.Problems == nil || len(res.Problems) != 0 ||
+			res.Warnings == nil || res.Snapshots != 1 || res.Trees < 7 || res.Blobs < 40 || (res.PacksRead > 0) != readData {
+			t.Fatalf("check --json (read data %v): %q %v", readData, r.stdout, err)
+		}
+	}
+}

@@ -1,5 +1,6 @@
 // Command backupctl is the operator's CLI for backupd repositories: back up
-// and restore workspaces, list and inspect snapshots.
+// and restore workspaces, list and inspect snapshots, check, forget, prune
+// and purge.
 package main
 
 import (
@@ -92,7 +93,7 @@ Credentials come from each SDK's usual environment variables or from
 		}
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newBackupCmd(), newRestoreCmd(), newSnapshotsCmd(), newLsCmd(), newDiffCmd(), newStatsCmd(), newInitCmd(), newCheckCmd(), newRepairCmd(), newForgetCmd(), newDeleteCmd())
+	root.AddCommand(newBackupCmd(), newRestoreCmd(), newSnapshotsCmd(), newLsCmd(), newDiffCmd(), newStatsCmd(), newInitCmd(), newCheckCmd(), newRepairCmd(), newForgetCmd(), newDeleteCmd(), newPruneCmd(), newPurgeCmd())
 	for _, c := range root.Commands() {
 		c.Args = wrapArgs(c.Args)
 	}

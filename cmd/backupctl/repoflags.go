@@ -13,6 +13,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/location"
 	bsync "github.com/backupd/backupd/pkg/sync"
 )
@@ -28,6 +29,10 @@ type repoFlags struct {
 	noCache       bool
 
 	uploads, downloads int // set by openOwner
+
+	// wrap, if set, wraps the owner's storage before the repository is
+	// opened on it (prune counts its requests so).
+	wrap func(storage.Storage) storage.Storage
 }
 
 func (f *repoFlags) register(cmd *cobra.Command, ownerRequired bool) {
@@ -146,22 +151,35 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 		p.Close()
 		return nil, nil, err
 	}
-	cacheDir := f.cacheDir
-	if cacheDir == "" && !f.noCache {
-		if d, err := os.UserCacheDir(); err == nil {
-			cacheDir = filepath.Join(d, "backupd", "cache")
-		}
+	if f.wrap != nil {
+		st = f.wrap(st)
 	}
-	if f.noCache {
-		cacheDir = ""
-	}
-	r, err := repo.LoadCached(ctx, st, create, cacheDir, 0)
+	// The owner's storage is closed too: a bucket of its own under
+	// bucket-per-owner (closing a prefix of the root is a no-op).
+	closeAll := func() { st.Close(); p.Close() }
+	r, err := repo.LoadCached(ctx, st, create, f.cacheDirectory(), 0)
 	if err != nil {
-		p.Close()
+		closeAll()
 		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
 	}
 	warnIndex(r)
-	return r, func() { p.Close() }, nil
+	return r, closeAll, nil
+}
+
+// cacheDirectory is the node-local cache directory the flags select: ""
+// with --no-cache, else --cache-dir, else backupd/cache under the user's
+// cache directory.
+func (f *repoFlags) cacheDirectory() string {
+	if f.noCache {
+		return ""
+	}
+	if f.cacheDir != "" {
+		return f.cacheDir
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "backupd", "cache")
+	}
+	return ""
 }
 
 // showProgress says whether to draw a progress bar: only for humans, that
