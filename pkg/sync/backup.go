@@ -316,6 +316,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		return nil
 	}))
 	if err := g.Wait(); err != nil {
+		b.dropQueuedFiles()
 		if cause := context.Cause(ctx); errors.Is(cause, repo.ErrSessionFenced) {
 			return nil, cause
 		}
@@ -774,6 +775,24 @@ func (b *backup) reader(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", job.path(), err)
 		}
 		close(job.done)
+	}
+}
+
+// dropQueuedFiles releases the directories of the files still queued when
+// the readers stopped early (a failure, a cancellation): each holds its
+// directory open until a reader takes it. Only once every goroutine of
+// the backup has returned.
+func (b *backup) dropQueuedFiles() {
+	for {
+		select {
+		case j, ok := <-b.fileJobs:
+			if !ok {
+				return
+			}
+			j.dir.release()
+		default:
+			return
+		}
 	}
 }
 
