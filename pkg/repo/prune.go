@@ -209,6 +209,11 @@ func (p *pruner) run(ctx context.Context) (err error) {
 		}
 		return nil
 	}
+	ps, _, err := readPruneState(ctx, p.st)
+	if err != nil {
+		return err
+	}
+	p.state.Generation = ps.Generation + 1 // the one a prune would take
 	return p.generation(ctx)
 }
 
@@ -477,17 +482,49 @@ func (p *pruner) generation(ctx context.Context) error {
 	p.log("marked: %d snapshots reach %d blobs; %d blobs unused", p.res.Snapshots, p.res.ReachableBlobs, len(condemned))
 
 	if p.opts.DryRun {
-		plan := p.plan(&v, idSet(condemned))
+		// What the rewrite would do were no backup to commit meanwhile.
+		dead := idSet(condemned)
+		plan := p.plan(&v, dead)
 		p.res.PacksDeleted, p.res.PacksRepacked = len(plan.deletes), len(plan.repacks)
 		for _, id := range plan.deletes {
 			p.res.BytesFreed += v.sizes[id]
 		}
-		for _, id := range plan.repacks {
-			p.res.BytesFreed += v.sizes[id] - plan.usedBytes[id]
+		var consolidated []PackIndex
+		used := map[BlobType]int64{}
+		for id, entries := range v.packs {
+			if !plan.gone[id] {
+				consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
+				continue
+			}
+			if !plan.repack[id] {
+				continue
+			}
+			p.res.BytesFreed += v.sizes[id]
+			var live []BlobEntry
+			for _, e := range entries {
+				if !dead.has(e.ID) {
+					live = append(live, e)
+					used[e.Type] += int64(e.StoredLen)
+				}
+			}
+			p.res.BytesFreed -= packBytes(live)
+			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: live}) // as the new packs will hold them
+		}
+		for _, n := range used {
+			p.res.PacksWritten += int((n + int64(p.r.cfg.PackSize) - 1) / int64(p.r.cfg.PackSize))
 		}
 		p.res.BytesAfter = p.res.BytesBefore - p.res.BytesFreed
-		p.res.IndexObjectsDeleted = len(v.indexes)
+		if len(condemned) > 0 || len(v.indexes) > len(SplitIndex(consolidated)) {
+			p.res.IndexObjectsWritten = len(SplitIndex(consolidated))
+			p.res.IndexObjectsDeleted = len(v.indexes)
+		}
 		return nil
+	}
+
+	if len(condemned) == 0 && len(v.indexes) <= len(SplitIndex(packIndexes(v.packs))) {
+		// Nothing to free and the index is consolidated already: done.
+		p.log("nothing to free; the index is consolidated already")
+		return p.finish(ctx)
 	}
 
 	var condemnedKey string
@@ -653,7 +690,10 @@ func (p *pruner) abandon(ctx context.Context, err error) error {
 	if phase != phaseMarking && phase != phaseMarked {
 		return err // idle already, or deleting: the next prune resumes that
 	}
-	if serr := p.setPhase(context.WithoutCancel(ctx), phaseIdle, "", ""); serr != nil {
+	// Also when ctx ended (a cancelled prune): briefly, without it.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if serr := p.setPhase(ictx, phaseIdle, "", ""); serr != nil {
 		return fmt.Errorf("%w (and returning the prune state to idle: %v)", err, serr)
 	}
 	return err
@@ -965,6 +1005,14 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 		}
 	}
 	return out, kept, nil
+}
+
+func packIndexes(packs map[chunk.ID][]BlobEntry) []PackIndex {
+	out := make([]PackIndex, 0, len(packs))
+	for id, entries := range packs {
+		out = append(out, PackIndex{Pack: id, Blobs: entries})
+	}
+	return out
 }
 
 func packBytes(entries []BlobEntry) int64 {

@@ -60,8 +60,21 @@ func PurgeOwner(ctx context.Context, st storage.Storage, opts PurgeOptions) (Rec
 	if err := deleteAll(ctx, st, opts.Parallel, &rec); err != nil {
 		return rec, err
 	}
-	if fenced > 0 {
-		log("waiting %s for fenced backups to stop", opts.Settle)
+	// What appeared meanwhile: backups the fence caught, which stop at
+	// their next renewal, and backups that began after the sessions were
+	// listed. Until a listing is empty, a few rounds.
+	for round := 0; ; round++ {
+		left := 0
+		if err := st.List(ctx, "", func(storage.ObjectInfo) error { left++; return nil }); err != nil {
+			return rec, fmt.Errorf("purge: list: %w", err)
+		}
+		if left == 0 && (fenced == 0 || round > 0) {
+			break
+		}
+		if round == 3 {
+			return rec, fmt.Errorf("purge: %d objects of the owner keep appearing (backups still running for it): stop them and purge again", left)
+		}
+		log("waiting %s for fenced or new backups to stop (%d objects appeared)", opts.Settle, left)
 		t := time.NewTimer(opts.Settle)
 		select {
 		case <-ctx.Done():
@@ -69,9 +82,11 @@ func PurgeOwner(ctx context.Context, st storage.Storage, opts PurgeOptions) (Rec
 			return rec, ctx.Err()
 		case <-t.C:
 		}
-		if _, err := fenceSessions(ctx, st); err != nil {
+		n, err := fenceSessions(ctx, st)
+		if err != nil {
 			return rec, err
 		}
+		fenced += n
 		if err := deleteAll(ctx, st, opts.Parallel, &rec); err != nil {
 			return rec, err
 		}
