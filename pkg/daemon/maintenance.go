@@ -154,8 +154,9 @@ func (m *maintainer) pass(ctx context.Context) maintenancePass {
 		if ctx.Err() != nil {
 			break
 		}
-		pct := int32(m.cfg.MaxUnused)
-		op, _, err := m.s.startPrune(&pb.PruneRepositoryRequest{Owner: owner, MaxUnusedPercent: &pct})
+		// The request an operator would send (max_unused is the daemon's
+		// default), so that the pass joins an identical prune under way.
+		op, _, err := m.s.startPrune(&pb.PruneRepositoryRequest{Owner: owner})
 		if errors.Is(err, errDraining) {
 			break
 		}
