@@ -57,8 +57,29 @@ type Config struct {
 	// OperationRetention is how long finished operations stay visible to
 	// GetOperation and WatchOperation (default 1h).
 	OperationRetention time.Duration `yaml:"operation_retention"`
+	Maintenance        Maintenance   `yaml:"maintenance"`
 	Log                Log           `yaml:"log"`
 }
+
+// Maintenance configures the daemon's periodic prunes: every Interval
+// (plus a random delay of up to Jitter, so that nodes started together
+// spread out), the daemon prunes, one owner after another and under the
+// node's limits, each owner whose snapshots this node forgot (retention
+// after a backup, ForgetSnapshots) or whose workspaces it deleted since
+// its last successful prune here. Off when Interval is 0.
+type Maintenance struct {
+	Interval time.Duration `yaml:"interval"`
+	// Jitter is the most a pass is delayed beyond Interval (default a
+	// tenth of Interval; at most Interval).
+	Jitter time.Duration `yaml:"jitter"`
+	// MaxUnused is the unused share of a pack, in percent (1 to 100),
+	// above which prune repacks it (default 10; 100 never repacks). It is
+	// also the default of PruneRepository requests.
+	MaxUnused int `yaml:"max_unused"`
+}
+
+// Enabled reports whether periodic maintenance is configured.
+func (m Maintenance) Enabled() bool { return m.Interval > 0 }
 
 // TLS names PEM files; they are read again whenever they change. With
 // ClientCA set, clients must present a certificate it signed (mutual TLS).
@@ -77,6 +98,9 @@ type Limits struct {
 	// and 4); more wait in a queue.
 	Backups  int `yaml:"backups"`
 	Restores int `yaml:"restores"`
+	// Maintenance is how many forget, prune, delete and check operations
+	// run at once, all kinds together (default 2); more wait in a queue.
+	Maintenance int `yaml:"maintenance"`
 	// QueueTimeout is how long an operation may wait for its turn before
 	// it fails with RESOURCE_EXHAUSTED (default 10m).
 	QueueTimeout time.Duration `yaml:"queue_timeout"`
@@ -110,6 +134,8 @@ const (
 	DefaultShutdownGrace      = 30 * time.Second
 	DefaultOperationRetention = time.Hour
 	DefaultSoftMemoryBytes    = 192 << 20
+	DefaultMaintenance        = 2
+	DefaultMaxUnused          = 10
 )
 
 // SetDefaults fills in what is unset.
@@ -122,6 +148,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.Restores == 0 {
 		c.Limits.Restores = DefaultRestores
+	}
+	if c.Limits.Maintenance == 0 {
+		c.Limits.Maintenance = DefaultMaintenance
+	}
+	if c.Maintenance.MaxUnused == 0 {
+		c.Maintenance.MaxUnused = DefaultMaxUnused
+	}
+	if c.Maintenance.Interval > 0 && c.Maintenance.Jitter == 0 {
+		c.Maintenance.Jitter = c.Maintenance.Interval / 10
 	}
 	if c.Limits.QueueTimeout == 0 {
 		c.Limits.QueueTimeout = DefaultQueueTimeout
@@ -186,8 +221,14 @@ func (c *Config) Validate() error {
 		bad("retention: %w", err)
 	}
 	l := c.Limits
-	if l.Backups < 1 || l.Restores < 1 {
-		bad("limits: backups (%d) and restores (%d) must be at least 1", l.Backups, l.Restores)
+	if l.Backups < 1 || l.Restores < 1 || l.Maintenance < 1 {
+		bad("limits: backups (%d), restores (%d) and maintenance (%d) must be at least 1", l.Backups, l.Restores, l.Maintenance)
+	}
+	if m := c.Maintenance; m.Interval < 0 || m.Jitter < 0 || m.Jitter > m.Interval {
+		bad("maintenance: interval (%v) and jitter (%v) must not be negative, nor jitter above interval", m.Interval, m.Jitter)
+	}
+	if m := c.Maintenance; m.MaxUnused < 1 || m.MaxUnused > 100 {
+		bad("maintenance.max_unused: %d: want a percentage of 1 to 100", m.MaxUnused)
 	}
 	if l.QueueTimeout <= 0 {
 		bad("limits.queue_timeout: %v must be positive", l.QueueTimeout)

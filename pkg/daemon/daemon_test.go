@@ -50,6 +50,12 @@ var logger = testLogger
 
 func newEnv(t *testing.T, mutate func(*Config)) *env {
 	t.Helper()
+	return newEnvHooks(t, mutate, hooks{})
+}
+
+// newEnvHooks is newEnv with the server's test hooks.
+func newEnvHooks(t *testing.T, mutate func(*Config), h hooks) *env {
+	t.Helper()
 	e := &env{t: t, root: t.TempDir(), store: t.TempDir()}
 	cfg := Config{
 		Listen:         "127.0.0.1:0",
@@ -60,7 +66,7 @@ func newEnv(t *testing.T, mutate func(*Config)) *env {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := New(context.Background(), cfg, logger(t))
+	srv, err := newServer(context.Background(), cfg, logger(t), h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,12 @@ func grpcCode(err error) codes.Code {
 		return codes.ResourceExhausted
 	case errors.As(err, &ce), errors.Is(err, bsync.ErrTargetNotEmpty):
 		return codes.FailedPrecondition
+	case errors.Is(err, repo.ErrPruneRunning), errors.Is(err, repo.ErrPruneFenced), errors.Is(err, repo.ErrSessionFenced):
+		// Another node's prune holds the repository, or took it over, or
+		// fenced this backup: a retry later may succeed.
+		return codes.Aborted
+	case errors.Is(err, repo.ErrNoConditionalWrites):
+		return codes.FailedPrecondition
 	case errors.Is(err, repo.ErrTooLarge):
 		// A snapshot beyond the limits of a restore (an expansion or depth
 		// bomb): no retry helps until it is deleted.

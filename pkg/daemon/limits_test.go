@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -101,6 +102,15 @@ func TestFieldLimits(t *testing.T) {
 		return base64.RawURLEncoding.EncodeToString([]byte("1/" + strings.Repeat("k", n)))[:n]
 	}
 	opID := func(n int) string { return "op-" + strings.Repeat("0", n-3) }
+	// lifecycle sends a request that starts an operation (accepted at the
+	// limit, whatever the operation then finds).
+	lifecycle := func(call func(n int) (*pb.Operation, error)) func(int) (string, error) {
+		return func(n int) (string, error) {
+			op, err := call(n)
+			return op.GetId(), err
+		}
+	}
+	keep1 := &pb.RetentionPolicy{KeepLast: 1}
 
 	cases := []struct {
 		name, field string
@@ -175,6 +185,61 @@ func TestFieldLimits(t *testing.T) {
 			_, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: str("o")(n)})
 			return err
 		})},
+		{"check request_id", "request_id", maxName, false, noOp(func(n int) error {
+			_, err := e.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: "o", RequestId: str("c")(n)})
+			return err
+		})},
+
+		{"forget request_id", "request_id", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.ForgetSnapshots(ctx, &pb.ForgetSnapshotsRequest{Owner: "o", RequestId: str("f")(n), Retention: keep1, DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"forget owner", "owner", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.ForgetSnapshots(ctx, &pb.ForgetSnapshotsRequest{Owner: str("o")(n), Retention: keep1, DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"forget workspace", "workspace", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.ForgetSnapshots(ctx, &pb.ForgetSnapshotsRequest{Owner: "o", Workspace: str("w")(n), Retention: keep1, DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"forget keep_tags rule", "retention.keep_tags", maxTagKey + 1 + maxTagValue, false, lifecycle(func(n int) (*pb.Operation, error) {
+			tag := str("k")(maxTagKey) + "=" + str("v")(n-maxTagKey-1)
+			resp, err := e.client.ForgetSnapshots(ctx, &pb.ForgetSnapshotsRequest{Owner: "o", Retention: &pb.RetentionPolicy{KeepTags: []string{tag}}, DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"forget keep_tags count", "retention.keep_tags", maxKeepTags, true, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.ForgetSnapshots(ctx, &pb.ForgetSnapshotsRequest{Owner: "o", Retention: &pb.RetentionPolicy{KeepTags: repeated("t", n)}, DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"prune request_id", "request_id", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.PruneRepository(ctx, &pb.PruneRepositoryRequest{Owner: "o", RequestId: str("p")(n), DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"prune owner", "owner", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.PruneRepository(ctx, &pb.PruneRepositoryRequest{Owner: str("o")(n), DryRun: true})
+			return resp.GetOperation(), err
+		})},
+		{"delete-workspace request_id", "request_id", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.DeleteWorkspace(ctx, &pb.DeleteWorkspaceRequest{Owner: "o", Workspace: "none", RequestId: str("d")(n)})
+			return resp.GetOperation(), err
+		})},
+		{"delete-workspace owner", "owner", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.DeleteWorkspace(ctx, &pb.DeleteWorkspaceRequest{Owner: str("o")(n), Workspace: "none"})
+			return resp.GetOperation(), err
+		})},
+		{"delete-workspace workspace", "workspace", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.DeleteWorkspace(ctx, &pb.DeleteWorkspaceRequest{Owner: "o", Workspace: str("w")(n)})
+			return resp.GetOperation(), err
+		})},
+		// Owners of their own: these delete everything of the owner.
+		{"delete-owner request_id", "request_id", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.DeleteOwner(ctx, &pb.DeleteOwnerRequest{Owner: "gone", RequestId: str("x")(n)})
+			return resp.GetOperation(), err
+		})},
+		{"delete-owner owner", "owner", maxName, false, lifecycle(func(n int) (*pb.Operation, error) {
+			resp, err := e.client.DeleteOwner(ctx, &pb.DeleteOwnerRequest{Owner: str("g")(n)})
+			return resp.GetOperation(), err
+		})},
 	}
 	// A short refusal naming the field.
 	refused := func(name string, n int, err error, field string) {
@@ -202,7 +267,7 @@ func TestFieldLimits(t *testing.T) {
 		if id != "" {
 			e.watch(id, nil) // one at a time: the next may ask for the same workspace
 		}
-		if strings.HasPrefix(c.name, "backup") || strings.HasPrefix(c.name, "restore") {
+		if kind, _, _ := strings.Cut(c.name, " "); slices.Contains([]string{"backup", "restore", "forget", "prune", "delete-workspace", "delete-owner"}, kind) {
 			if err != nil || id == "" {
 				t.Errorf("%s at its limit (%d): no operation: %v", c.name, c.limit, err)
 			}

@@ -19,6 +19,15 @@ type metrics struct {
 	queued     *prometheus.GaugeVec     // kind
 	running    *prometheus.GaugeVec     // kind
 
+	pruneFreedBytes   prometheus.Counter
+	pruneFreedObjects prometheus.Counter
+	pruneDuration     *prometheus.HistogramVec // result
+	forgotten         *prometheus.CounterVec   // trigger (backup, request)
+	purges            *prometheus.CounterVec   // result
+	purgedObjects     prometheus.Counter
+	purgedBytes       prometheus.Counter
+	pendingPrunes     prometheus.Gauge
+
 	storageCalls    *prometheus.CounterVec   // op, result
 	storageErrors   *prometheus.CounterVec   // op
 	storageBytes    *prometheus.CounterVec   // op
@@ -30,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	durations := []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
 	m := &metrics{
 		operations: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operations_total",
-			Help: "Finished operations by kind (backup, restore) and result (succeeded, failed, cancelled)."}, []string{"kind", "result"})).(*prometheus.CounterVec),
+			Help: "Finished operations by kind (backup, restore, forget, prune, delete_workspace, delete_owner, check) and result (succeeded, failed, cancelled)."}, []string{"kind", "result"})).(*prometheus.CounterVec),
 		duration: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_operation_duration_seconds",
 			Help: "Duration of finished operations, queue wait included.", Buckets: durations}, []string{"kind", "result"})).(*prometheus.HistogramVec),
 		bytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operation_bytes_total",
@@ -41,6 +50,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Operations waiting for a slot."}, []string{"kind"})).(*prometheus.GaugeVec),
 		running: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_running",
 			Help: "Operations running."}, []string{"kind"})).(*prometheus.GaugeVec),
+		pruneFreedBytes: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_prune_freed_bytes_total",
+			Help: "Bytes prunes freed (deleted packs less the packs they wrote)."})).(prometheus.Counter),
+		pruneFreedObjects: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_prune_deleted_objects_total",
+			Help: "Objects prunes deleted (packs, index objects, their own lists, ended sessions)."})).(prometheus.Counter),
+		pruneDuration: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_prune_duration_seconds",
+			Help: "Duration of prunes that ran (dry runs excluded), queue wait excluded, by result.", Buckets: durations}, []string{"result"})).(*prometheus.HistogramVec),
+		forgotten: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_forgotten_snapshots_total",
+			Help: "Snapshots forgotten, by trigger: backup (retention after a backup) or request (ForgetSnapshots)."}, []string{"trigger"})).(*prometheus.CounterVec),
+		purges: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_owner_purges_total",
+			Help: "Owner deletions (DeleteOwner) by result."}, []string{"result"})).(*prometheus.CounterVec),
+		purgedObjects: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_owner_purged_objects_total",
+			Help: "Objects deleted by owner deletions."})).(prometheus.Counter),
+		purgedBytes: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_owner_purged_bytes_total",
+			Help: "Bytes deleted by owner deletions."})).(prometheus.Counter),
+		pendingPrunes: f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "backupd_maintenance_pending_owners",
+			Help: "Owners the periodic maintenance is to prune (snapshots forgotten or workspaces deleted on this node since their last prune here)."})).(prometheus.Gauge),
 		storageCalls: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_calls_total",
 			Help: "Storage calls (each attempt) by op (put, put_if_absent, put_if_match, get, get_with_info, stat, list, delete, clean_uploads) and result (ok, not_found, error)."}, []string{"op", "result"})).(*prometheus.CounterVec),
 		storageErrors: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_errors_total",
@@ -52,7 +77,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	// Series exist from the start, so a scrape shows them before the
 	// first operation.
-	for _, k := range []string{"backup", "restore"} {
+	for _, r := range []string{"succeeded", "failed", "cancelled"} {
+		m.pruneDuration.WithLabelValues(r)
+		m.purges.WithLabelValues(r)
+	}
+	for _, t := range []string{"backup", "request"} {
+		m.forgotten.WithLabelValues(t)
+	}
+	for _, k := range kindNames {
 		m.queued.WithLabelValues(k)
 		m.running.WithLabelValues(k)
 		m.bytes.WithLabelValues(k)

@@ -36,8 +36,11 @@ type operation struct {
 	fingerprint [sha256.Size]byte
 	request     proto.Message
 	// release frees what the request opened for the operation (its
-	// directory), once the operation has ended, run or not.
+	// directory), once the operation has ended, run or not; may be nil.
 	release func() error
+	// waitFor are the operations a delete cancelled when it was accepted;
+	// it waits for their end before it deletes.
+	waitFor []*operation
 
 	progress bsync.Progress
 	ctx      context.Context
@@ -160,11 +163,18 @@ type manager struct {
 
 func newManager(log *zap.Logger, m *metrics, limits Limits, keep time.Duration) *manager {
 	base, cancel := context.WithCancel(context.Background())
+	// Forget, prune, delete and check share one pool of slots.
+	maintenance := make(chan struct{}, limits.Maintenance)
 	return &manager{
 		log: log, metrics: m, limits: limits, keep: keep, base: base, cancelBase: cancel,
 		slots: map[pb.OperationKind]chan struct{}{
-			pb.OperationKind_OPERATION_KIND_BACKUP:  make(chan struct{}, limits.Backups),
-			pb.OperationKind_OPERATION_KIND_RESTORE: make(chan struct{}, limits.Restores),
+			pb.OperationKind_OPERATION_KIND_BACKUP:           make(chan struct{}, limits.Backups),
+			pb.OperationKind_OPERATION_KIND_RESTORE:          make(chan struct{}, limits.Restores),
+			pb.OperationKind_OPERATION_KIND_FORGET:           maintenance,
+			pb.OperationKind_OPERATION_KIND_PRUNE:            maintenance,
+			pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE: maintenance,
+			pb.OperationKind_OPERATION_KIND_DELETE_OWNER:     maintenance,
+			pb.OperationKind_OPERATION_KIND_CHECK:            maintenance,
 		},
 		ops: map[string]*operation{}, active: map[string]*operation{}, byRequest: map[string]*operation{},
 	}
@@ -173,21 +183,38 @@ func newManager(log *zap.Logger, m *metrics, limits Limits, keep time.Duration) 
 // errDraining refuses new operations during shutdown.
 var errDraining = errors.New("backupd is shutting down: no new operations")
 
-// start starts an operation for req, or returns the one it joins: the
-// operation an earlier request with the same request id started or
+// opSpec is what an operation is asked for: its kind, owner, workspace
+// and path (as the API shows them), the request and its id, the key under
+// which requests join it, what the request opened for it, and its work.
+type opSpec struct {
+	kind                                       pb.OperationKind
+	owner, workspace, path, requestID, joinKey string
+	req                                        proto.Message
+	release                                    func() error
+	run                                        runFunc
+}
+
+// start starts an operation for spec.req, or returns the one it joins:
+// the operation an earlier request with the same request id started or
 // joined, or one queued or running with the same join key. Either must
 // have been asked for with the same parameters (apart from request_id):
 // a request id reused for something else is INVALID_ARGUMENT, a join key
 // in use by an operation with other parameters FAILED_PRECONDITION.
-func (m *manager) start(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, release func() error, run runFunc) (*operation, bool, error) {
-	op, joined, err := m.startLocked(kind, owner, workspace, path, requestID, joinKey, req, release, run)
-	if err != nil || joined {
-		release() // not this request's operation: what it opened is not needed
+//
+// A delete-owner operation (a delete-workspace one) cancels the queued
+// and running operations of its owner (of its workspace) when it is
+// accepted, and holds their list in waitFor; while it is active, requests
+// for that owner (workspace) are refused.
+func (m *manager) start(spec opSpec) (*operation, bool, error) {
+	op, joined, err := m.startLocked(spec)
+	if (err != nil || joined) && spec.release != nil {
+		spec.release() // not this request's operation: what it opened is not needed
 	}
 	return op, joined, err
 }
 
-func (m *manager) startLocked(kind pb.OperationKind, owner, workspace, path, requestID, joinKey string, req proto.Message, release func() error, run runFunc) (*operation, bool, error) {
+func (m *manager) startLocked(spec opSpec) (*operation, bool, error) {
+	kind, owner, workspace, path, requestID, joinKey, req := spec.kind, spec.owner, spec.workspace, spec.path, spec.requestID, spec.joinKey, spec.req
 	fp := fingerprint(req)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -204,29 +231,51 @@ func (m *manager) startLocked(kind pb.OperationKind, owner, workspace, path, req
 	if m.draining {
 		return nil, false, errDraining
 	}
+	for _, other := range m.active {
+		// A delete of the owner may follow anything, even a delete of one
+		// of its workspaces: it cancels it.
+		if other.joinKey == joinKey || other.owner != owner || kind == pb.OperationKind_OPERATION_KIND_DELETE_OWNER {
+			continue
+		}
+		if other.kind == pb.OperationKind_OPERATION_KIND_DELETE_OWNER ||
+			(other.kind == pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE && other.workspace == workspace) {
+			what := "owner " + owner
+			if other.kind == pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE {
+				what = "workspace " + owner + "/" + workspace
+			}
+			return nil, false, &conflictError{fmt.Sprintf("%s is being deleted by operation %s", what, other.id)}
+		}
+	}
 	if op, ok := m.active[joinKey]; ok {
 		if op.fingerprint != fp {
-			what := fmt.Sprintf("workspace %s/%s is being backed up", owner, workspace)
-			if kind == pb.OperationKind_OPERATION_KIND_RESTORE {
-				what = fmt.Sprintf("%s is being restored from workspace %s/%s", path, owner, workspace)
-			}
 			return nil, false, &conflictError{fmt.Sprintf("%s by operation %s with different parameters%s; wait for it or cancel it",
-				what, op.id, differences(op, req))}
+				activeWhat(kind, owner, workspace, path), op.id, differences(op, req))}
 		}
 		if requestID != "" {
 			m.byRequest[requestID] = op
 		}
 		return op, true, nil
 	}
-	for _, other := range m.active {
-		if other.path == path {
-			return nil, false, &conflictError{fmt.Sprintf("%s is in use by %s operation %s", path, kindName(other.kind), other.id)}
+	if path != "" {
+		for _, other := range m.active {
+			if other.path == path {
+				return nil, false, &conflictError{fmt.Sprintf("%s is in use by %s operation %s", path, kindName(other.kind), other.id)}
+			}
 		}
 	}
 	op := &operation{
 		id: newOperationID(), kind: kind, owner: owner, workspace: workspace, path: path, requestID: requestID,
-		joinKey: joinKey, fingerprint: fp, request: req, release: release, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
+		joinKey: joinKey, fingerprint: fp, request: req, release: spec.release, created: time.Now(), done: make(chan struct{}), changed: make(chan struct{}),
 		state: pb.OperationState_OPERATION_STATE_QUEUED, phase: pb.OperationPhase_OPERATION_PHASE_QUEUED,
+	}
+	switch kind {
+	case pb.OperationKind_OPERATION_KIND_DELETE_OWNER, pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE:
+		for _, other := range m.active {
+			if other.owner == owner && (kind == pb.OperationKind_OPERATION_KIND_DELETE_OWNER || other.workspace == workspace) {
+				other.cancel()
+				op.waitFor = append(op.waitFor, other)
+			}
+		}
 	}
 	op.ctx, op.cancel = context.WithCancel(m.base)
 	m.ops[op.id] = op
@@ -236,8 +285,27 @@ func (m *manager) startLocked(kind pb.OperationKind, owner, workspace, path, req
 	}
 	m.wg.Add(1)
 	m.metrics.queued.WithLabelValues(kindName(kind)).Inc()
-	go m.run(op, run)
+	go m.run(op, spec.run)
 	return op, false, nil
+}
+
+// activeWhat says what an active operation of kind is doing, for a
+// conflict's message.
+func activeWhat(kind pb.OperationKind, owner, workspace, path string) string {
+	switch kind {
+	case pb.OperationKind_OPERATION_KIND_RESTORE:
+		return fmt.Sprintf("%s is being restored from workspace %s/%s", path, owner, workspace)
+	case pb.OperationKind_OPERATION_KIND_FORGET:
+		if workspace == "" {
+			return fmt.Sprintf("snapshots of owner %s are being forgotten", owner)
+		}
+		return fmt.Sprintf("snapshots of workspace %s/%s are being forgotten", owner, workspace)
+	case pb.OperationKind_OPERATION_KIND_PRUNE:
+		return fmt.Sprintf("the repository of owner %s is being pruned", owner)
+	case pb.OperationKind_OPERATION_KIND_CHECK:
+		return fmt.Sprintf("the repository of owner %s is being checked", owner)
+	}
+	return fmt.Sprintf("workspace %s/%s is being backed up", owner, workspace)
 }
 
 // run waits for a slot, runs the operation and records its end.
@@ -462,9 +530,22 @@ func kindName(k pb.OperationKind) string {
 		return "backup"
 	case pb.OperationKind_OPERATION_KIND_RESTORE:
 		return "restore"
+	case pb.OperationKind_OPERATION_KIND_FORGET:
+		return "forget"
+	case pb.OperationKind_OPERATION_KIND_PRUNE:
+		return "prune"
+	case pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE:
+		return "delete_workspace"
+	case pb.OperationKind_OPERATION_KIND_DELETE_OWNER:
+		return "delete_owner"
+	case pb.OperationKind_OPERATION_KIND_CHECK:
+		return "check"
 	}
 	return "unknown"
 }
+
+// kindNames are the names of every kind of operation, for metrics.
+var kindNames = []string{"backup", "restore", "forget", "prune", "delete_workspace", "delete_owner", "check"}
 
 func resultName(s pb.OperationState) string {
 	switch s {

@@ -16,12 +16,12 @@ import (
 // crafted object reached) fails with an internal error, and the manager
 // goes on running the next one.
 func TestPanicFailsOnlyItsOperation(t *testing.T) {
-	m := newManager(zaptest.NewLogger(t), newMetrics(prometheus.NewRegistry()), Limits{Backups: 1, Restores: 1, QueueTimeout: time.Minute}, time.Hour)
+	m := newManager(zaptest.NewLogger(t), newMetrics(prometheus.NewRegistry()), Limits{Backups: 1, Restores: 1, Maintenance: 1, QueueTimeout: time.Minute}, time.Hour)
 	released := 0
 	release := func() error { released++; return nil }
 	start := func(ws string, run runFunc) *operation {
-		op, _, err := m.start(pb.OperationKind_OPERATION_KIND_BACKUP, "o", ws, "/w/"+ws, "", "backup/o/"+ws,
-			&pb.BackupWorkspaceRequest{Owner: "o", Workspace: ws}, release, run)
+		op, _, err := m.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_BACKUP, owner: "o", workspace: ws, path: "/w/" + ws,
+			joinKey: "backup/o/" + ws, req: &pb.BackupWorkspaceRequest{Owner: "o", Workspace: ws}, release: release, run: run})
 		if err != nil {
 			t.Fatal(err)
 		}

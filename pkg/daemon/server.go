@@ -47,13 +47,32 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	cacheDir string
+	maint    *maintainer
+	hooks    hooks
+	host     string // names this node's prunes in a repository's prune state
 
 	uploads, downloads int
+}
+
+// hooks are what tests inject; the zero value is production's.
+type hooks struct {
+	// maintenanceWait replaces time.After as the maintenance's clock;
+	// maintenancePassed receives each pass's report.
+	maintenanceWait   func(time.Duration) <-chan time.Time
+	maintenancePassed func(maintenancePass)
+	// prune is every prune's PruneOptions.Hook.
+	prune func(step string) error
+	// purgeSettle is DeleteOwner's PurgeOptions.Settle (0: the default).
+	purgeSettle time.Duration
 }
 
 // New builds a server from cfg (defaults filled in, then validated). It
 // opens the storage but listens nowhere yet: see Listen and Serve.
 func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
+	return newServer(ctx, cfg, log, hooks{})
+}
+
+func newServer(ctx context.Context, cfg Config, log *zap.Logger, h hooks) (*Server, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -62,9 +81,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, roots: roots, registry: prometheus.NewRegistry()}
+	s := &Server{cfg: cfg, log: log, roots: roots, registry: prometheus.NewRegistry(), hooks: h}
 	s.metrics = newMetrics(s.registry)
 	s.ops = newManager(log, s.metrics, cfg.Limits, cfg.OperationRetention)
+	s.maint = newMaintainer(s, cfg.Maintenance, &h)
+	if s.host, err = os.Hostname(); err != nil {
+		s.host = "backupd"
+	}
 
 	// Every backend opened (one per bucket with bucket-per-owner) is
 	// metered and shares the node's bandwidth limits.
@@ -107,6 +130,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus(pb.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	reflection.Register(s.grpc)
+	s.maint.start()
+	if cfg.Maintenance.Enabled() {
+		log.Info("periodic maintenance on", zap.Duration("interval", cfg.Maintenance.Interval),
+			zap.Duration("jitter", cfg.Maintenance.Jitter), zap.Int("max_unused_percent", cfg.Maintenance.MaxUnused))
+	}
 	return s, nil
 }
 
@@ -167,6 +195,7 @@ func (s *Server) MetricsHandler() http.Handler {
 // their final state. ctx bounds the whole shutdown.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
+	s.maint.close()
 	s.ops.drain()
 	s.log.Info("shutting down: no new operations", zap.Duration("grace", s.cfg.ShutdownGrace))
 	grace, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)

@@ -83,8 +83,9 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	}
 	path := dir.Name()
 	key := "backup/" + req.GetOwner() + "/" + req.GetWorkspace()
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_BACKUP, req.GetOwner(), req.GetWorkspace(), path, req.GetRequestId(), key, req, dir.Close,
-		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_BACKUP, owner: req.GetOwner(), workspace: req.GetWorkspace(), path: path,
+		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
+		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, opts.Owner, true)
 			if err != nil {
 				return nil, err
@@ -102,7 +103,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 				Skipped: st.Skipped, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
 				ForgottenSnapshots: s.applyRetention(ctx, op, r, policy),
 			}, nil
-		})
+		}})
 }
 
 func (sv *service) RestoreWorkspace(ctx context.Context, req *pb.RestoreWorkspaceRequest) (*pb.RestoreWorkspaceResponse, error) {
@@ -158,8 +159,9 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	path := dir.Name()
 	owner, workspace, snapshot := req.GetOwner(), req.GetWorkspace(), req.GetSnapshotId()
 	key := "restore/" + owner + "/" + workspace + "/" + path
-	return s.ops.start(pb.OperationKind_OPERATION_KIND_RESTORE, owner, workspace, path, req.GetRequestId(), key, req, dir.Close,
-		func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_RESTORE, owner: owner, workspace: workspace, path: path,
+		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
+		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			r, err := s.openRepo(ctx, owner, false)
 			if err != nil {
 				return nil, err
@@ -178,7 +180,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 				SnapshotId: ref.ID.String(), Files: res.Files, Dirs: res.Dirs, Symlinks: res.Symlinks, Bytes: res.Bytes,
 				UnchangedFiles: res.Unchanged, NewBytes: res.PackBytes, ReusedBytes: res.ReusedBytes, Deleted: res.Deleted,
 			}, nil
-		})
+		}})
 }
 
 // applyRetention forgets, after a successful backup, the snapshots of its
@@ -193,6 +195,7 @@ func (s *Server) applyRetention(ctx context.Context, op *operation, r *repo.Repo
 	for _, res := range results {
 		n += int64(len(res.Forget))
 	}
+	s.forgotten(op.owner, "backup", n)
 	if err != nil {
 		s.log.Warn("retention after the backup failed; the snapshots are kept until the next backup's", zap.String("operation", op.id),
 			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.Int64("forgotten", n), zap.String("error", truncate(err.Error())))
@@ -435,35 +438,4 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 		}
 	}
 	return &notFoundError{fmt.Sprintf("snapshot %s not found in workspace %s", req.GetSnapshotId(), req.GetWorkspace())}
-}
-
-func (sv *service) CheckRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
-	resp, err := sv.checkRepository(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryRequest) (*pb.CheckRepositoryResponse, error) {
-	if err := checkID("owner", req.GetOwner(), true); err != nil {
-		return nil, err
-	}
-	// The stored objects are checked, not the node-local cache's copies.
-	r, err := sv.s.loadRepo(ctx, req.GetOwner(), false, "")
-	if err != nil {
-		return nil, err
-	}
-	res, err := r.Check(ctx, req.GetReadData())
-	if err != nil {
-		return nil, err
-	}
-	problems, warnings := make([]string, len(res.Problems)), make([]string, len(res.Warnings))
-	for i, p := range res.Problems {
-		problems[i] = truncate(p)
-	}
-	for i, w := range res.Warnings {
-		warnings[i] = truncate(w)
-	}
-	return &pb.CheckRepositoryResponse{
-		Ok: len(problems) == 0, Problems: problems, Warnings: warnings, Snapshots: res.Snapshots, Trees: res.Trees,
-		Blobs: res.Blobs, PacksRead: res.PacksRead,
-	}, nil
 }

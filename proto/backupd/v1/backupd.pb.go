@@ -43,9 +43,14 @@ const (
 type OperationKind int32
 
 const (
-	OperationKind_OPERATION_KIND_UNSPECIFIED OperationKind = 0
-	OperationKind_OPERATION_KIND_BACKUP      OperationKind = 1
-	OperationKind_OPERATION_KIND_RESTORE     OperationKind = 2
+	OperationKind_OPERATION_KIND_UNSPECIFIED      OperationKind = 0
+	OperationKind_OPERATION_KIND_BACKUP           OperationKind = 1
+	OperationKind_OPERATION_KIND_RESTORE          OperationKind = 2
+	OperationKind_OPERATION_KIND_FORGET           OperationKind = 3
+	OperationKind_OPERATION_KIND_PRUNE            OperationKind = 4
+	OperationKind_OPERATION_KIND_DELETE_WORKSPACE OperationKind = 5
+	OperationKind_OPERATION_KIND_DELETE_OWNER     OperationKind = 6
+	OperationKind_OPERATION_KIND_CHECK            OperationKind = 7
 )
 
 // Enum value maps for OperationKind.
@@ -54,11 +59,21 @@ var (
 		0: "OPERATION_KIND_UNSPECIFIED",
 		1: "OPERATION_KIND_BACKUP",
 		2: "OPERATION_KIND_RESTORE",
+		3: "OPERATION_KIND_FORGET",
+		4: "OPERATION_KIND_PRUNE",
+		5: "OPERATION_KIND_DELETE_WORKSPACE",
+		6: "OPERATION_KIND_DELETE_OWNER",
+		7: "OPERATION_KIND_CHECK",
 	}
 	OperationKind_value = map[string]int32{
-		"OPERATION_KIND_UNSPECIFIED": 0,
-		"OPERATION_KIND_BACKUP":      1,
-		"OPERATION_KIND_RESTORE":     2,
+		"OPERATION_KIND_UNSPECIFIED":      0,
+		"OPERATION_KIND_BACKUP":           1,
+		"OPERATION_KIND_RESTORE":          2,
+		"OPERATION_KIND_FORGET":           3,
+		"OPERATION_KIND_PRUNE":            4,
+		"OPERATION_KIND_DELETE_WORKSPACE": 5,
+		"OPERATION_KIND_DELETE_OWNER":     6,
+		"OPERATION_KIND_CHECK":            7,
 	}
 )
 
@@ -155,9 +170,11 @@ type OperationPhase int32
 const (
 	OperationPhase_OPERATION_PHASE_UNSPECIFIED OperationPhase = 0
 	OperationPhase_OPERATION_PHASE_QUEUED      OperationPhase = 1
-	// Opening the repository and loading its index.
+	// Opening the repository and loading its index; for a delete-owner
+	// operation, waiting for the owner's other operations to end.
 	OperationPhase_OPERATION_PHASE_PREPARING OperationPhase = 2
-	// Reading and uploading (backup) or downloading and writing (restore).
+	// Reading and uploading (backup), downloading and writing (restore), or
+	// the work itself (forget, prune, delete, check).
 	OperationPhase_OPERATION_PHASE_TRANSFERRING OperationPhase = 3
 	// Writing the snapshot (backup) or directory metadata (restore).
 	OperationPhase_OPERATION_PHASE_FINISHING OperationPhase = 4
@@ -1117,8 +1134,16 @@ type OperationResult struct {
 	// Backup: snapshots of the workspace the retention policy forgot after
 	// it (their data goes at the next prune).
 	ForgottenSnapshots int64 `protobuf:"varint,16,opt,name=forgotten_snapshots,json=forgottenSnapshots,proto3" json:"forgotten_snapshots,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Forget: what the policy kept and forgot.
+	Forget *ForgetResult `protobuf:"bytes,17,opt,name=forget,proto3" json:"forget,omitempty"`
+	// Prune: what it freed.
+	Prune *PruneResult `protobuf:"bytes,18,opt,name=prune,proto3" json:"prune,omitempty"`
+	// Delete workspace, delete owner: what was deleted.
+	Receipt *DeleteReceipt `protobuf:"bytes,19,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	// Check: the findings, as CheckRepositoryResponse holds them.
+	Check         *CheckResult `protobuf:"bytes,20,opt,name=check,proto3" json:"check,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OperationResult) Reset() {
@@ -1263,6 +1288,558 @@ func (x *OperationResult) GetForgottenSnapshots() int64 {
 	return 0
 }
 
+func (x *OperationResult) GetForget() *ForgetResult {
+	if x != nil {
+		return x.Forget
+	}
+	return nil
+}
+
+func (x *OperationResult) GetPrune() *PruneResult {
+	if x != nil {
+		return x.Prune
+	}
+	return nil
+}
+
+func (x *OperationResult) GetReceipt() *DeleteReceipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+func (x *OperationResult) GetCheck() *CheckResult {
+	if x != nil {
+		return x.Check
+	}
+	return nil
+}
+
+// ForgetResult is what a forget operation kept and forgot, per workspace,
+// in the order the repository lists them.
+type ForgetResult struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	DryRun     bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Workspaces []*WorkspaceForget     `protobuf:"bytes,2,rep,name=workspaces,proto3" json:"workspaces,omitempty"`
+	// Snapshot ids are listed up to 10000 in all (the counts are always
+	// exact); set when some were left out.
+	IdsTruncated  bool `protobuf:"varint,3,opt,name=ids_truncated,json=idsTruncated,proto3" json:"ids_truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetResult) Reset() {
+	*x = ForgetResult{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetResult) ProtoMessage() {}
+
+func (x *ForgetResult) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetResult.ProtoReflect.Descriptor instead.
+func (*ForgetResult) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ForgetResult) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *ForgetResult) GetWorkspaces() []*WorkspaceForget {
+	if x != nil {
+		return x.Workspaces
+	}
+	return nil
+}
+
+func (x *ForgetResult) GetIdsTruncated() bool {
+	if x != nil {
+		return x.IdsTruncated
+	}
+	return false
+}
+
+type WorkspaceForget struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Newest first; with dry_run, what would be.
+	KeptSnapshotIds      []string `protobuf:"bytes,2,rep,name=kept_snapshot_ids,json=keptSnapshotIds,proto3" json:"kept_snapshot_ids,omitempty"`
+	ForgottenSnapshotIds []string `protobuf:"bytes,3,rep,name=forgotten_snapshot_ids,json=forgottenSnapshotIds,proto3" json:"forgotten_snapshot_ids,omitempty"`
+	Kept                 int64    `protobuf:"varint,4,opt,name=kept,proto3" json:"kept,omitempty"`
+	Forgotten            int64    `protobuf:"varint,5,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *WorkspaceForget) Reset() {
+	*x = WorkspaceForget{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkspaceForget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkspaceForget) ProtoMessage() {}
+
+func (x *WorkspaceForget) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkspaceForget.ProtoReflect.Descriptor instead.
+func (*WorkspaceForget) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WorkspaceForget) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *WorkspaceForget) GetKeptSnapshotIds() []string {
+	if x != nil {
+		return x.KeptSnapshotIds
+	}
+	return nil
+}
+
+func (x *WorkspaceForget) GetForgottenSnapshotIds() []string {
+	if x != nil {
+		return x.ForgottenSnapshotIds
+	}
+	return nil
+}
+
+func (x *WorkspaceForget) GetKept() int64 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *WorkspaceForget) GetForgotten() int64 {
+	if x != nil {
+		return x.Forgotten
+	}
+	return 0
+}
+
+// PruneResult is what a prune did (with dry_run, would do).
+type PruneResult struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	DryRun bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The prune generation of the repository this prune ran as.
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// This prune finished the deletions of an earlier one that stopped.
+	Resumed        bool  `protobuf:"varint,3,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	Snapshots      int64 `protobuf:"varint,4,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	ReachableBlobs int64 `protobuf:"varint,5,opt,name=reachable_blobs,json=reachableBlobs,proto3" json:"reachable_blobs,omitempty"`
+	CondemnedBlobs int64 `protobuf:"varint,6,opt,name=condemned_blobs,json=condemnedBlobs,proto3" json:"condemned_blobs,omitempty"`
+	// Condemned blobs that backups committed while the prune waited use.
+	ResurrectedBlobs int64 `protobuf:"varint,7,opt,name=resurrected_blobs,json=resurrectedBlobs,proto3" json:"resurrected_blobs,omitempty"`
+	// Running backups the prune waited for, and those it fenced (their
+	// lease had lapsed: they fail and write no snapshot).
+	SessionsWaited      int64 `protobuf:"varint,8,opt,name=sessions_waited,json=sessionsWaited,proto3" json:"sessions_waited,omitempty"`
+	SessionsFenced      int64 `protobuf:"varint,9,opt,name=sessions_fenced,json=sessionsFenced,proto3" json:"sessions_fenced,omitempty"`
+	PacksBefore         int64 `protobuf:"varint,10,opt,name=packs_before,json=packsBefore,proto3" json:"packs_before,omitempty"`
+	BytesBefore         int64 `protobuf:"varint,11,opt,name=bytes_before,json=bytesBefore,proto3" json:"bytes_before,omitempty"`
+	PacksDeleted        int64 `protobuf:"varint,12,opt,name=packs_deleted,json=packsDeleted,proto3" json:"packs_deleted,omitempty"`
+	PacksRepacked       int64 `protobuf:"varint,13,opt,name=packs_repacked,json=packsRepacked,proto3" json:"packs_repacked,omitempty"`
+	PacksWritten        int64 `protobuf:"varint,14,opt,name=packs_written,json=packsWritten,proto3" json:"packs_written,omitempty"`
+	IndexObjectsBefore  int64 `protobuf:"varint,15,opt,name=index_objects_before,json=indexObjectsBefore,proto3" json:"index_objects_before,omitempty"`
+	IndexObjectsWritten int64 `protobuf:"varint,16,opt,name=index_objects_written,json=indexObjectsWritten,proto3" json:"index_objects_written,omitempty"`
+	IndexObjectsDeleted int64 `protobuf:"varint,17,opt,name=index_objects_deleted,json=indexObjectsDeleted,proto3" json:"index_objects_deleted,omitempty"`
+	// What the deleted packs held less what the new packs hold.
+	BytesFreed int64 `protobuf:"varint,18,opt,name=bytes_freed,json=bytesFreed,proto3" json:"bytes_freed,omitempty"`
+	BytesAfter int64 `protobuf:"varint,19,opt,name=bytes_after,json=bytesAfter,proto3" json:"bytes_after,omitempty"`
+	// Every object deleted (packs, index objects, the prune's own).
+	ObjectsDeleted int64                `protobuf:"varint,20,opt,name=objects_deleted,json=objectsDeleted,proto3" json:"objects_deleted,omitempty"`
+	Warnings       []string             `protobuf:"bytes,21,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Duration       *durationpb.Duration `protobuf:"bytes,22,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PruneResult) Reset() {
+	*x = PruneResult{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneResult) ProtoMessage() {}
+
+func (x *PruneResult) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneResult.ProtoReflect.Descriptor instead.
+func (*PruneResult) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PruneResult) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *PruneResult) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *PruneResult) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
+func (x *PruneResult) GetSnapshots() int64 {
+	if x != nil {
+		return x.Snapshots
+	}
+	return 0
+}
+
+func (x *PruneResult) GetReachableBlobs() int64 {
+	if x != nil {
+		return x.ReachableBlobs
+	}
+	return 0
+}
+
+func (x *PruneResult) GetCondemnedBlobs() int64 {
+	if x != nil {
+		return x.CondemnedBlobs
+	}
+	return 0
+}
+
+func (x *PruneResult) GetResurrectedBlobs() int64 {
+	if x != nil {
+		return x.ResurrectedBlobs
+	}
+	return 0
+}
+
+func (x *PruneResult) GetSessionsWaited() int64 {
+	if x != nil {
+		return x.SessionsWaited
+	}
+	return 0
+}
+
+func (x *PruneResult) GetSessionsFenced() int64 {
+	if x != nil {
+		return x.SessionsFenced
+	}
+	return 0
+}
+
+func (x *PruneResult) GetPacksBefore() int64 {
+	if x != nil {
+		return x.PacksBefore
+	}
+	return 0
+}
+
+func (x *PruneResult) GetBytesBefore() int64 {
+	if x != nil {
+		return x.BytesBefore
+	}
+	return 0
+}
+
+func (x *PruneResult) GetPacksDeleted() int64 {
+	if x != nil {
+		return x.PacksDeleted
+	}
+	return 0
+}
+
+func (x *PruneResult) GetPacksRepacked() int64 {
+	if x != nil {
+		return x.PacksRepacked
+	}
+	return 0
+}
+
+func (x *PruneResult) GetPacksWritten() int64 {
+	if x != nil {
+		return x.PacksWritten
+	}
+	return 0
+}
+
+func (x *PruneResult) GetIndexObjectsBefore() int64 {
+	if x != nil {
+		return x.IndexObjectsBefore
+	}
+	return 0
+}
+
+func (x *PruneResult) GetIndexObjectsWritten() int64 {
+	if x != nil {
+		return x.IndexObjectsWritten
+	}
+	return 0
+}
+
+func (x *PruneResult) GetIndexObjectsDeleted() int64 {
+	if x != nil {
+		return x.IndexObjectsDeleted
+	}
+	return 0
+}
+
+func (x *PruneResult) GetBytesFreed() int64 {
+	if x != nil {
+		return x.BytesFreed
+	}
+	return 0
+}
+
+func (x *PruneResult) GetBytesAfter() int64 {
+	if x != nil {
+		return x.BytesAfter
+	}
+	return 0
+}
+
+func (x *PruneResult) GetObjectsDeleted() int64 {
+	if x != nil {
+		return x.ObjectsDeleted
+	}
+	return 0
+}
+
+func (x *PruneResult) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *PruneResult) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+// DeleteReceipt is what a delete operation removed from storage.
+type DeleteReceipt struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Objects  int64                  `protobuf:"varint,1,opt,name=objects,proto3" json:"objects,omitempty"`
+	Bytes    int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Duration *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Delete owner: this node's operations of the owner it cancelled.
+	CancelledOperations int64 `protobuf:"varint,4,opt,name=cancelled_operations,json=cancelledOperations,proto3" json:"cancelled_operations,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *DeleteReceipt) Reset() {
+	*x = DeleteReceipt{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteReceipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteReceipt) ProtoMessage() {}
+
+func (x *DeleteReceipt) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteReceipt.ProtoReflect.Descriptor instead.
+func (*DeleteReceipt) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteReceipt) GetObjects() int64 {
+	if x != nil {
+		return x.Objects
+	}
+	return 0
+}
+
+func (x *DeleteReceipt) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *DeleteReceipt) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *DeleteReceipt) GetCancelledOperations() int64 {
+	if x != nil {
+		return x.CancelledOperations
+	}
+	return 0
+}
+
+// CheckResult is what a check found (see CheckRepositoryResponse).
+type CheckResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Problems      []string               `protobuf:"bytes,2,rep,name=problems,proto3" json:"problems,omitempty"`
+	Warnings      []string               `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Snapshots     int64                  `protobuf:"varint,4,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Trees         int64                  `protobuf:"varint,5,opt,name=trees,proto3" json:"trees,omitempty"`
+	Blobs         int64                  `protobuf:"varint,6,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	PacksRead     int64                  `protobuf:"varint,7,opt,name=packs_read,json=packsRead,proto3" json:"packs_read,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckResult) Reset() {
+	*x = CheckResult{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckResult) ProtoMessage() {}
+
+func (x *CheckResult) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
+func (*CheckResult) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CheckResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CheckResult) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *CheckResult) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *CheckResult) GetSnapshots() int64 {
+	if x != nil {
+		return x.Snapshots
+	}
+	return 0
+}
+
+func (x *CheckResult) GetTrees() int64 {
+	if x != nil {
+		return x.Trees
+	}
+	return 0
+}
+
+func (x *CheckResult) GetBlobs() int64 {
+	if x != nil {
+		return x.Blobs
+	}
+	return 0
+}
+
+func (x *CheckResult) GetPacksRead() int64 {
+	if x != nil {
+		return x.PacksRead
+	}
+	return 0
+}
+
 type Operation struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1288,7 +1865,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1877,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1890,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Operation) GetId() string {
@@ -1429,7 +2006,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +2018,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +2031,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListSnapshotsRequest) GetOwner() string {
@@ -1506,7 +2083,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +2095,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +2108,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Snapshot) GetId() string {
@@ -1645,7 +2222,7 @@ type UnreadableSnapshot struct {
 
 func (x *UnreadableSnapshot) Reset() {
 	*x = UnreadableSnapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +2234,7 @@ func (x *UnreadableSnapshot) String() string {
 func (*UnreadableSnapshot) ProtoMessage() {}
 
 func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +2247,7 @@ func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadableSnapshot.ProtoReflect.Descriptor instead.
 func (*UnreadableSnapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UnreadableSnapshot) GetId() string {
@@ -1723,7 +2300,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +2312,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +2325,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1785,7 +2362,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +2374,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2387,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteSnapshotRequest) GetOwner() string {
@@ -1842,7 +2419,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2431,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2444,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{25}
 }
 
 type CheckRepositoryRequest struct {
@@ -1875,14 +2452,18 @@ type CheckRepositoryRequest struct {
 	Owner string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Also read every pack and verify every blob's hash (slow: reads all
 	// the owner's data).
-	ReadData      bool `protobuf:"varint,2,opt,name=read_data,json=readData,proto3" json:"read_data,omitempty"`
+	ReadData bool `protobuf:"varint,2,opt,name=read_data,json=readData,proto3" json:"read_data,omitempty"`
+	// See BackupWorkspaceRequest.request_id.
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Return at once with the operation rather than wait for its end.
+	NoWait        bool `protobuf:"varint,4,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckRepositoryRequest) Reset() {
 	*x = CheckRepositoryRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2475,7 @@ func (x *CheckRepositoryRequest) String() string {
 func (*CheckRepositoryRequest) ProtoMessage() {}
 
 func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2488,7 @@ func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CheckRepositoryRequest) GetOwner() string {
@@ -1924,6 +2505,20 @@ func (x *CheckRepositoryRequest) GetReadData() bool {
 	return false
 }
 
+func (x *CheckRepositoryRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CheckRepositoryRequest) GetNoWait() bool {
+	if x != nil {
+		return x.NoWait
+	}
+	return false
+}
+
 type CheckRepositoryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// No problem found.
@@ -1936,14 +2531,17 @@ type CheckRepositoryResponse struct {
 	PacksRead int64    `protobuf:"varint,6,opt,name=packs_read,json=packsRead,proto3" json:"packs_read,omitempty"`
 	// Findings that lose nothing (packs no index object names yet, left by
 	// an interrupted backup and used all the same); ok stays true.
-	Warnings      []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The check's operation (ended, unless no_wait was set).
+	Operation     *Operation `protobuf:"bytes,8,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool       `protobuf:"varint,9,opt,name=joined,proto3" json:"joined,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckRepositoryResponse) Reset() {
 	*x = CheckRepositoryResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2553,7 @@ func (x *CheckRepositoryResponse) String() string {
 func (*CheckRepositoryResponse) ProtoMessage() {}
 
 func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2566,7 @@ func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryResponse.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{22}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CheckRepositoryResponse) GetOk() bool {
@@ -2018,6 +2616,498 @@ func (x *CheckRepositoryResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *CheckRepositoryResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *CheckRepositoryResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+type ForgetSnapshotsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// See BackupWorkspaceRequest.request_id.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Owner     string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Empty: each workspace of the owner.
+	Workspace string `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Unset: the daemon's default (retention in its config), which must
+	// have a rule. Set, it must have one: a policy without a rule would
+	// keep everything.
+	Retention *RetentionPolicy `protobuf:"bytes,4,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Only say what would be forgotten.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetSnapshotsRequest) Reset() {
+	*x = ForgetSnapshotsRequest{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetSnapshotsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetSnapshotsRequest) ProtoMessage() {}
+
+func (x *ForgetSnapshotsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetSnapshotsRequest.ProtoReflect.Descriptor instead.
+func (*ForgetSnapshotsRequest) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ForgetSnapshotsRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ForgetSnapshotsRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ForgetSnapshotsRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ForgetSnapshotsRequest) GetRetention() *RetentionPolicy {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+func (x *ForgetSnapshotsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ForgetSnapshotsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool                   `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetSnapshotsResponse) Reset() {
+	*x = ForgetSnapshotsResponse{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetSnapshotsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetSnapshotsResponse) ProtoMessage() {}
+
+func (x *ForgetSnapshotsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetSnapshotsResponse.ProtoReflect.Descriptor instead.
+func (*ForgetSnapshotsResponse) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ForgetSnapshotsResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *ForgetSnapshotsResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+type PruneRepositoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// See BackupWorkspaceRequest.request_id.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Owner     string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Only compute what a prune would free: nothing changes, no backup
+	// waits.
+	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The unused share of a pack, in percent (0 to 100), above which its
+	// used blobs are copied into new packs and it is deleted; 100 never
+	// repacks. Unset: the daemon's maintenance.max_unused (default 10).
+	MaxUnusedPercent *int32 `protobuf:"varint,4,opt,name=max_unused_percent,json=maxUnusedPercent,proto3,oneof" json:"max_unused_percent,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PruneRepositoryRequest) Reset() {
+	*x = PruneRepositoryRequest{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneRepositoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneRepositoryRequest) ProtoMessage() {}
+
+func (x *PruneRepositoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneRepositoryRequest.ProtoReflect.Descriptor instead.
+func (*PruneRepositoryRequest) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PruneRepositoryRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *PruneRepositoryRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *PruneRepositoryRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *PruneRepositoryRequest) GetMaxUnusedPercent() int32 {
+	if x != nil && x.MaxUnusedPercent != nil {
+		return *x.MaxUnusedPercent
+	}
+	return 0
+}
+
+type PruneRepositoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool                   `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneRepositoryResponse) Reset() {
+	*x = PruneRepositoryResponse{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneRepositoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneRepositoryResponse) ProtoMessage() {}
+
+func (x *PruneRepositoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneRepositoryResponse.ProtoReflect.Descriptor instead.
+func (*PruneRepositoryResponse) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PruneRepositoryResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *PruneRepositoryResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+type DeleteWorkspaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// See BackupWorkspaceRequest.request_id.
+	RequestId     string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Workspace     string `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWorkspaceRequest) Reset() {
+	*x = DeleteWorkspaceRequest{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWorkspaceRequest) ProtoMessage() {}
+
+func (x *DeleteWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteWorkspaceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DeleteWorkspaceRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *DeleteWorkspaceRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DeleteWorkspaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool                   `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWorkspaceResponse) Reset() {
+	*x = DeleteWorkspaceResponse{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWorkspaceResponse) ProtoMessage() {}
+
+func (x *DeleteWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DeleteWorkspaceResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *DeleteWorkspaceResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+type DeleteOwnerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// See BackupWorkspaceRequest.request_id.
+	RequestId     string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteOwnerRequest) Reset() {
+	*x = DeleteOwnerRequest{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteOwnerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteOwnerRequest) ProtoMessage() {}
+
+func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteOwnerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteOwnerRequest) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeleteOwnerRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DeleteOwnerRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+type DeleteOwnerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool                   `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteOwnerResponse) Reset() {
+	*x = DeleteOwnerResponse{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteOwnerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteOwnerResponse) ProtoMessage() {}
+
+func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteOwnerResponse.ProtoReflect.Descriptor instead.
+func (*DeleteOwnerResponse) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DeleteOwnerResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *DeleteOwnerResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
 }
 
 var File_backupd_v1_backupd_proto protoreflect.FileDescriptor
@@ -2097,7 +3187,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12(\n" +
 	"\x10bytes_per_second\x18\x06 \x01(\x01R\x0ebytesPerSecond\x12I\n" +
-	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xf7\x03\n" +
+	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xbc\x05\n" +
 	"\x0fOperationResult\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x14\n" +
@@ -2116,7 +3206,65 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05blobs\x18\r \x01(\x03R\x05blobs\x12\x1b\n" +
 	"\tnew_blobs\x18\x0e \x01(\x03R\bnewBlobs\x12'\n" +
 	"\x0fobjects_written\x18\x0f \x01(\x03R\x0eobjectsWritten\x12/\n" +
-	"\x13forgotten_snapshots\x18\x10 \x01(\x03R\x12forgottenSnapshots\"\xbd\x04\n" +
+	"\x13forgotten_snapshots\x18\x10 \x01(\x03R\x12forgottenSnapshots\x120\n" +
+	"\x06forget\x18\x11 \x01(\v2\x18.backupd.v1.ForgetResultR\x06forget\x12-\n" +
+	"\x05prune\x18\x12 \x01(\v2\x17.backupd.v1.PruneResultR\x05prune\x123\n" +
+	"\areceipt\x18\x13 \x01(\v2\x19.backupd.v1.DeleteReceiptR\areceipt\x12-\n" +
+	"\x05check\x18\x14 \x01(\v2\x17.backupd.v1.CheckResultR\x05check\"\x89\x01\n" +
+	"\fForgetResult\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12;\n" +
+	"\n" +
+	"workspaces\x18\x02 \x03(\v2\x1b.backupd.v1.WorkspaceForgetR\n" +
+	"workspaces\x12#\n" +
+	"\rids_truncated\x18\x03 \x01(\bR\fidsTruncated\"\xc3\x01\n" +
+	"\x0fWorkspaceForget\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12*\n" +
+	"\x11kept_snapshot_ids\x18\x02 \x03(\tR\x0fkeptSnapshotIds\x124\n" +
+	"\x16forgotten_snapshot_ids\x18\x03 \x03(\tR\x14forgottenSnapshotIds\x12\x12\n" +
+	"\x04kept\x18\x04 \x01(\x03R\x04kept\x12\x1c\n" +
+	"\tforgotten\x18\x05 \x01(\x03R\tforgotten\"\xde\x06\n" +
+	"\vPruneResult\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x18\n" +
+	"\aresumed\x18\x03 \x01(\bR\aresumed\x12\x1c\n" +
+	"\tsnapshots\x18\x04 \x01(\x03R\tsnapshots\x12'\n" +
+	"\x0freachable_blobs\x18\x05 \x01(\x03R\x0ereachableBlobs\x12'\n" +
+	"\x0fcondemned_blobs\x18\x06 \x01(\x03R\x0econdemnedBlobs\x12+\n" +
+	"\x11resurrected_blobs\x18\a \x01(\x03R\x10resurrectedBlobs\x12'\n" +
+	"\x0fsessions_waited\x18\b \x01(\x03R\x0esessionsWaited\x12'\n" +
+	"\x0fsessions_fenced\x18\t \x01(\x03R\x0esessionsFenced\x12!\n" +
+	"\fpacks_before\x18\n" +
+	" \x01(\x03R\vpacksBefore\x12!\n" +
+	"\fbytes_before\x18\v \x01(\x03R\vbytesBefore\x12#\n" +
+	"\rpacks_deleted\x18\f \x01(\x03R\fpacksDeleted\x12%\n" +
+	"\x0epacks_repacked\x18\r \x01(\x03R\rpacksRepacked\x12#\n" +
+	"\rpacks_written\x18\x0e \x01(\x03R\fpacksWritten\x120\n" +
+	"\x14index_objects_before\x18\x0f \x01(\x03R\x12indexObjectsBefore\x122\n" +
+	"\x15index_objects_written\x18\x10 \x01(\x03R\x13indexObjectsWritten\x122\n" +
+	"\x15index_objects_deleted\x18\x11 \x01(\x03R\x13indexObjectsDeleted\x12\x1f\n" +
+	"\vbytes_freed\x18\x12 \x01(\x03R\n" +
+	"bytesFreed\x12\x1f\n" +
+	"\vbytes_after\x18\x13 \x01(\x03R\n" +
+	"bytesAfter\x12'\n" +
+	"\x0fobjects_deleted\x18\x14 \x01(\x03R\x0eobjectsDeleted\x12\x1a\n" +
+	"\bwarnings\x18\x15 \x03(\tR\bwarnings\x125\n" +
+	"\bduration\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xa9\x01\n" +
+	"\rDeleteReceipt\x12\x18\n" +
+	"\aobjects\x18\x01 \x01(\x03R\aobjects\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x125\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x121\n" +
+	"\x14cancelled_operations\x18\x04 \x01(\x03R\x13cancelledOperations\"\xbe\x01\n" +
+	"\vCheckResult\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x1a\n" +
+	"\bproblems\x18\x02 \x03(\tR\bproblems\x12\x1a\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\x12\x1c\n" +
+	"\tsnapshots\x18\x04 \x01(\x03R\tsnapshots\x12\x14\n" +
+	"\x05trees\x18\x05 \x01(\x03R\x05trees\x12\x14\n" +
+	"\x05blobs\x18\x06 \x01(\x03R\x05blobs\x12\x1d\n" +
+	"\n" +
+	"packs_read\x18\a \x01(\x03R\tpacksRead\"\xbd\x04\n" +
 	"\tOperation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.backupd.v1.OperationKindR\x04kind\x120\n" +
@@ -2176,10 +3324,13 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x1f\n" +
 	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
 	"snapshotId\"\x18\n" +
-	"\x16DeleteSnapshotResponse\"K\n" +
+	"\x16DeleteSnapshotResponse\"\x83\x01\n" +
 	"\x16CheckRepositoryRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1b\n" +
-	"\tread_data\x18\x02 \x01(\bR\breadData\"\xca\x01\n" +
+	"\tread_data\x18\x02 \x01(\bR\breadData\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12\x17\n" +
+	"\ano_wait\x18\x04 \x01(\bR\x06noWait\"\x97\x02\n" +
 	"\x17CheckRepositoryResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x1a\n" +
 	"\bproblems\x18\x02 \x03(\tR\bproblems\x12\x1c\n" +
@@ -2188,11 +3339,53 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05blobs\x18\x05 \x01(\x03R\x05blobs\x12\x1d\n" +
 	"\n" +
 	"packs_read\x18\x06 \x01(\x03R\tpacksRead\x12\x1a\n" +
-	"\bwarnings\x18\a \x03(\tR\bwarnings*f\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\x123\n" +
+	"\toperation\x18\b \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\t \x01(\bR\x06joined\"\xbf\x01\n" +
+	"\x16ForgetSnapshotsRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x129\n" +
+	"\tretention\x18\x04 \x01(\v2\x1b.backupd.v1.RetentionPolicyR\tretention\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"f\n" +
+	"\x17ForgetSnapshotsResponse\x123\n" +
+	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"\xb0\x01\n" +
+	"\x16PruneRepositoryRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x121\n" +
+	"\x12max_unused_percent\x18\x04 \x01(\x05H\x00R\x10maxUnusedPercent\x88\x01\x01B\x15\n" +
+	"\x13_max_unused_percent\"f\n" +
+	"\x17PruneRepositoryResponse\x123\n" +
+	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"k\n" +
+	"\x16DeleteWorkspaceRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"f\n" +
+	"\x17DeleteWorkspaceResponse\x123\n" +
+	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"I\n" +
+	"\x12DeleteOwnerRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"b\n" +
+	"\x13DeleteOwnerResponse\x123\n" +
+	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined*\xfb\x01\n" +
 	"\rOperationKind\x12\x1e\n" +
 	"\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15OPERATION_KIND_BACKUP\x10\x01\x12\x1a\n" +
-	"\x16OPERATION_KIND_RESTORE\x10\x02*\xc4\x01\n" +
+	"\x16OPERATION_KIND_RESTORE\x10\x02\x12\x19\n" +
+	"\x15OPERATION_KIND_FORGET\x10\x03\x12\x18\n" +
+	"\x14OPERATION_KIND_PRUNE\x10\x04\x12#\n" +
+	"\x1fOPERATION_KIND_DELETE_WORKSPACE\x10\x05\x12\x1f\n" +
+	"\x1bOPERATION_KIND_DELETE_OWNER\x10\x06\x12\x18\n" +
+	"\x14OPERATION_KIND_CHECK\x10\a*\xc4\x01\n" +
 	"\x0eOperationState\x12\x1f\n" +
 	"\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n" +
@@ -2206,7 +3399,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x19OPERATION_PHASE_PREPARING\x10\x02\x12 \n" +
 	"\x1cOPERATION_PHASE_TRANSFERRING\x10\x03\x12\x1d\n" +
 	"\x19OPERATION_PHASE_FINISHING\x10\x04\x12\x18\n" +
-	"\x14OPERATION_PHASE_DONE\x10\x052\xdf\x05\n" +
+	"\x14OPERATION_PHASE_DONE\x10\x052\xc3\b\n" +
 	"\rBackupService\x12Z\n" +
 	"\x0fBackupWorkspace\x12\".backupd.v1.BackupWorkspaceRequest\x1a#.backupd.v1.BackupWorkspaceResponse\x12]\n" +
 	"\x10RestoreWorkspace\x12#.backupd.v1.RestoreWorkspaceRequest\x1a$.backupd.v1.RestoreWorkspaceResponse\x12Y\n" +
@@ -2215,7 +3408,11 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x0fCancelOperation\x12\".backupd.v1.CancelOperationRequest\x1a#.backupd.v1.CancelOperationResponse\x12T\n" +
 	"\rListSnapshots\x12 .backupd.v1.ListSnapshotsRequest\x1a!.backupd.v1.ListSnapshotsResponse\x12W\n" +
 	"\x0eDeleteSnapshot\x12!.backupd.v1.DeleteSnapshotRequest\x1a\".backupd.v1.DeleteSnapshotResponse\x12Z\n" +
-	"\x0fCheckRepository\x12\".backupd.v1.CheckRepositoryRequest\x1a#.backupd.v1.CheckRepositoryResponseB7Z5github.com/backupd/backupd/proto/backupd/v1;backupdv1b\x06proto3"
+	"\x0fCheckRepository\x12\".backupd.v1.CheckRepositoryRequest\x1a#.backupd.v1.CheckRepositoryResponse\x12Z\n" +
+	"\x0fForgetSnapshots\x12\".backupd.v1.ForgetSnapshotsRequest\x1a#.backupd.v1.ForgetSnapshotsResponse\x12Z\n" +
+	"\x0fPruneRepository\x12\".backupd.v1.PruneRepositoryRequest\x1a#.backupd.v1.PruneRepositoryResponse\x12Z\n" +
+	"\x0fDeleteWorkspace\x12\".backupd.v1.DeleteWorkspaceRequest\x1a#.backupd.v1.DeleteWorkspaceResponse\x12N\n" +
+	"\vDeleteOwner\x12\x1e.backupd.v1.DeleteOwnerRequest\x1a\x1f.backupd.v1.DeleteOwnerResponseB7Z5github.com/backupd/backupd/proto/backupd/v1;backupdv1b\x06proto3"
 
 var (
 	file_backupd_v1_backupd_proto_rawDescOnce sync.Once
@@ -2230,7 +3427,7 @@ func file_backupd_v1_backupd_proto_rawDescGZIP() []byte {
 }
 
 var file_backupd_v1_backupd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_backupd_v1_backupd_proto_goTypes = []any{
 	(OperationKind)(0),               // 0: backupd.v1.OperationKind
 	(OperationState)(0),              // 1: backupd.v1.OperationState
@@ -2249,69 +3446,103 @@ var file_backupd_v1_backupd_proto_goTypes = []any{
 	(*CancelOperationResponse)(nil),  // 14: backupd.v1.CancelOperationResponse
 	(*Progress)(nil),                 // 15: backupd.v1.Progress
 	(*OperationResult)(nil),          // 16: backupd.v1.OperationResult
-	(*Operation)(nil),                // 17: backupd.v1.Operation
-	(*ListSnapshotsRequest)(nil),     // 18: backupd.v1.ListSnapshotsRequest
-	(*Snapshot)(nil),                 // 19: backupd.v1.Snapshot
-	(*UnreadableSnapshot)(nil),       // 20: backupd.v1.UnreadableSnapshot
-	(*ListSnapshotsResponse)(nil),    // 21: backupd.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),    // 22: backupd.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),   // 23: backupd.v1.DeleteSnapshotResponse
-	(*CheckRepositoryRequest)(nil),   // 24: backupd.v1.CheckRepositoryRequest
-	(*CheckRepositoryResponse)(nil),  // 25: backupd.v1.CheckRepositoryResponse
-	nil,                              // 26: backupd.v1.BackupWorkspaceRequest.TagsEntry
-	nil,                              // 27: backupd.v1.Snapshot.TagsEntry
-	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*ForgetResult)(nil),             // 17: backupd.v1.ForgetResult
+	(*WorkspaceForget)(nil),          // 18: backupd.v1.WorkspaceForget
+	(*PruneResult)(nil),              // 19: backupd.v1.PruneResult
+	(*DeleteReceipt)(nil),            // 20: backupd.v1.DeleteReceipt
+	(*CheckResult)(nil),              // 21: backupd.v1.CheckResult
+	(*Operation)(nil),                // 22: backupd.v1.Operation
+	(*ListSnapshotsRequest)(nil),     // 23: backupd.v1.ListSnapshotsRequest
+	(*Snapshot)(nil),                 // 24: backupd.v1.Snapshot
+	(*UnreadableSnapshot)(nil),       // 25: backupd.v1.UnreadableSnapshot
+	(*ListSnapshotsResponse)(nil),    // 26: backupd.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),    // 27: backupd.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),   // 28: backupd.v1.DeleteSnapshotResponse
+	(*CheckRepositoryRequest)(nil),   // 29: backupd.v1.CheckRepositoryRequest
+	(*CheckRepositoryResponse)(nil),  // 30: backupd.v1.CheckRepositoryResponse
+	(*ForgetSnapshotsRequest)(nil),   // 31: backupd.v1.ForgetSnapshotsRequest
+	(*ForgetSnapshotsResponse)(nil),  // 32: backupd.v1.ForgetSnapshotsResponse
+	(*PruneRepositoryRequest)(nil),   // 33: backupd.v1.PruneRepositoryRequest
+	(*PruneRepositoryResponse)(nil),  // 34: backupd.v1.PruneRepositoryResponse
+	(*DeleteWorkspaceRequest)(nil),   // 35: backupd.v1.DeleteWorkspaceRequest
+	(*DeleteWorkspaceResponse)(nil),  // 36: backupd.v1.DeleteWorkspaceResponse
+	(*DeleteOwnerRequest)(nil),       // 37: backupd.v1.DeleteOwnerRequest
+	(*DeleteOwnerResponse)(nil),      // 38: backupd.v1.DeleteOwnerResponse
+	nil,                              // 39: backupd.v1.BackupWorkspaceRequest.TagsEntry
+	nil,                              // 40: backupd.v1.Snapshot.TagsEntry
+	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
 }
 var file_backupd_v1_backupd_proto_depIdxs = []int32{
-	26, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
+	39, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
 	3,  // 1: backupd.v1.BackupWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 2: backupd.v1.BackupWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
 	5,  // 3: backupd.v1.BackupWorkspaceRequest.retention:type_name -> backupd.v1.RetentionPolicy
-	28, // 4: backupd.v1.RetentionPolicy.keep_within:type_name -> google.protobuf.Duration
-	17, // 5: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	41, // 4: backupd.v1.RetentionPolicy.keep_within:type_name -> google.protobuf.Duration
+	22, // 5: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
 	3,  // 6: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 7: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
-	17, // 8: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	28, // 9: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
-	17, // 10: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
-	17, // 11: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
-	17, // 12: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
+	22, // 8: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	41, // 9: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
+	22, // 10: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
+	22, // 11: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
+	22, // 12: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
 	2,  // 13: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
-	28, // 14: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
-	0,  // 15: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
-	1,  // 16: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
-	29, // 17: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	29, // 18: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	29, // 19: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	15, // 20: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
-	16, // 21: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
-	29, // 22: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	27, // 23: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
-	29, // 24: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
-	19, // 25: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
-	20, // 26: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
-	4,  // 27: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
-	7,  // 28: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
-	9,  // 29: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
-	11, // 30: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
-	13, // 31: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
-	18, // 32: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
-	22, // 33: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
-	24, // 34: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
-	6,  // 35: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
-	8,  // 36: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
-	10, // 37: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
-	12, // 38: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
-	14, // 39: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
-	21, // 40: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
-	23, // 41: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
-	25, // 42: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
-	35, // [35:43] is the sub-list for method output_type
-	27, // [27:35] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	41, // 14: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
+	17, // 15: backupd.v1.OperationResult.forget:type_name -> backupd.v1.ForgetResult
+	19, // 16: backupd.v1.OperationResult.prune:type_name -> backupd.v1.PruneResult
+	20, // 17: backupd.v1.OperationResult.receipt:type_name -> backupd.v1.DeleteReceipt
+	21, // 18: backupd.v1.OperationResult.check:type_name -> backupd.v1.CheckResult
+	18, // 19: backupd.v1.ForgetResult.workspaces:type_name -> backupd.v1.WorkspaceForget
+	41, // 20: backupd.v1.PruneResult.duration:type_name -> google.protobuf.Duration
+	41, // 21: backupd.v1.DeleteReceipt.duration:type_name -> google.protobuf.Duration
+	0,  // 22: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
+	1,  // 23: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
+	42, // 24: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	42, // 25: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	42, // 26: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	15, // 27: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
+	16, // 28: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
+	42, // 29: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	40, // 30: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
+	42, // 31: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
+	24, // 32: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
+	25, // 33: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
+	22, // 34: backupd.v1.CheckRepositoryResponse.operation:type_name -> backupd.v1.Operation
+	5,  // 35: backupd.v1.ForgetSnapshotsRequest.retention:type_name -> backupd.v1.RetentionPolicy
+	22, // 36: backupd.v1.ForgetSnapshotsResponse.operation:type_name -> backupd.v1.Operation
+	22, // 37: backupd.v1.PruneRepositoryResponse.operation:type_name -> backupd.v1.Operation
+	22, // 38: backupd.v1.DeleteWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	22, // 39: backupd.v1.DeleteOwnerResponse.operation:type_name -> backupd.v1.Operation
+	4,  // 40: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
+	7,  // 41: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
+	9,  // 42: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
+	11, // 43: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
+	13, // 44: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
+	23, // 45: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
+	27, // 46: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
+	29, // 47: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
+	31, // 48: backupd.v1.BackupService.ForgetSnapshots:input_type -> backupd.v1.ForgetSnapshotsRequest
+	33, // 49: backupd.v1.BackupService.PruneRepository:input_type -> backupd.v1.PruneRepositoryRequest
+	35, // 50: backupd.v1.BackupService.DeleteWorkspace:input_type -> backupd.v1.DeleteWorkspaceRequest
+	37, // 51: backupd.v1.BackupService.DeleteOwner:input_type -> backupd.v1.DeleteOwnerRequest
+	6,  // 52: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
+	8,  // 53: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
+	10, // 54: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
+	12, // 55: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
+	14, // 56: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
+	26, // 57: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
+	28, // 58: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
+	30, // 59: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
+	32, // 60: backupd.v1.BackupService.ForgetSnapshots:output_type -> backupd.v1.ForgetSnapshotsResponse
+	34, // 61: backupd.v1.BackupService.PruneRepository:output_type -> backupd.v1.PruneRepositoryResponse
+	36, // 62: backupd.v1.BackupService.DeleteWorkspace:output_type -> backupd.v1.DeleteWorkspaceResponse
+	38, // 63: backupd.v1.BackupService.DeleteOwner:output_type -> backupd.v1.DeleteOwnerResponse
+	52, // [52:64] is the sub-list for method output_type
+	40, // [40:52] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_backupd_v1_backupd_proto_init() }
@@ -2319,13 +3550,14 @@ func file_backupd_v1_backupd_proto_init() {
 	if File_backupd_v1_backupd_proto != nil {
 		return
 	}
+	file_backupd_v1_backupd_proto_msgTypes[30].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backupd_v1_backupd_proto_rawDesc), len(file_backupd_v1_backupd_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,10 @@ const (
 	BackupService_ListSnapshots_FullMethodName    = "/backupd.v1.BackupService/ListSnapshots"
 	BackupService_DeleteSnapshot_FullMethodName   = "/backupd.v1.BackupService/DeleteSnapshot"
 	BackupService_CheckRepository_FullMethodName  = "/backupd.v1.BackupService/CheckRepository"
+	BackupService_ForgetSnapshots_FullMethodName  = "/backupd.v1.BackupService/ForgetSnapshots"
+	BackupService_PruneRepository_FullMethodName  = "/backupd.v1.BackupService/PruneRepository"
+	BackupService_DeleteWorkspace_FullMethodName  = "/backupd.v1.BackupService/DeleteWorkspace"
+	BackupService_DeleteOwner_FullMethodName      = "/backupd.v1.BackupService/DeleteOwner"
 )
 
 // BackupServiceClient is the client API for BackupService service.
@@ -93,7 +97,41 @@ type BackupServiceClient interface {
 	// reported in problems (a damaged index object too, which ends the check
 	// there: the rest needs the whole index); an error means the check could
 	// not run (storage unavailable, no repository).
+	//
+	// The check runs as an operation (OPERATION_KIND_CHECK, under the node's
+	// maintenance limit, visible to WatchOperation and CancelOperation):
+	// the call waits for it and returns its findings, with the operation;
+	// with no_wait it returns at once with the operation alone, whose result
+	// holds the findings (OperationResult.check). A waiting call whose
+	// client goes away cancels the check unless another request joined it.
 	CheckRepository(ctx context.Context, in *CheckRepositoryRequest, opts ...grpc.CallOption) (*CheckRepositoryResponse, error)
+	// ForgetSnapshots starts an operation applying a retention policy to one
+	// workspace of an owner, or to each of its workspaces: the snapshot
+	// objects the policy does not keep are deleted (with dry_run, none); the
+	// data only they used goes at the next prune. The result lists, per
+	// workspace, the snapshots kept and forgotten. Requests join as for
+	// backups (same owner and workspace).
+	ForgetSnapshots(ctx context.Context, in *ForgetSnapshotsRequest, opts ...grpc.CallOption) (*ForgetSnapshotsResponse, error)
+	// PruneRepository starts a prune of an owner's repository: what no
+	// snapshot reaches is deleted, partly used packs are repacked, without a
+	// lock that blocks backups (docs/FORMAT.md, "Lifecycle"). A prune
+	// another node runs on the same repository fails this one with ABORTED.
+	// Cancelling a prune stops it before its next step; nothing a snapshot
+	// needs is lost either way.
+	PruneRepository(ctx context.Context, in *PruneRepositoryRequest, opts ...grpc.CallOption) (*PruneRepositoryResponse, error)
+	// DeleteWorkspace starts an operation deleting every snapshot of a
+	// workspace; its data goes at the next prune (on this node, the periodic
+	// maintenance's, when configured). The result holds a receipt.
+	DeleteWorkspace(ctx context.Context, in *DeleteWorkspaceRequest, opts ...grpc.CallOption) (*DeleteWorkspaceResponse, error)
+	// DeleteOwner starts an operation deleting everything stored of an
+	// owner: it cancels this node's queued and running operations of the
+	// owner and waits for them to end, fences the owner's backups running on
+	// other nodes, deletes every object of the owner's repository and the
+	// node-local cache of it. While it is queued or running, every other
+	// request for the owner fails with FAILED_PRECONDITION. Deleting an
+	// owner with nothing stored succeeds with an empty receipt. A
+	// bucket-per-owner bucket is emptied, not deleted.
+	DeleteOwner(ctx context.Context, in *DeleteOwnerRequest, opts ...grpc.CallOption) (*DeleteOwnerResponse, error)
 }
 
 type backupServiceClient struct {
@@ -193,6 +231,46 @@ func (c *backupServiceClient) CheckRepository(ctx context.Context, in *CheckRepo
 	return out, nil
 }
 
+func (c *backupServiceClient) ForgetSnapshots(ctx context.Context, in *ForgetSnapshotsRequest, opts ...grpc.CallOption) (*ForgetSnapshotsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForgetSnapshotsResponse)
+	err := c.cc.Invoke(ctx, BackupService_ForgetSnapshots_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backupServiceClient) PruneRepository(ctx context.Context, in *PruneRepositoryRequest, opts ...grpc.CallOption) (*PruneRepositoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PruneRepositoryResponse)
+	err := c.cc.Invoke(ctx, BackupService_PruneRepository_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backupServiceClient) DeleteWorkspace(ctx context.Context, in *DeleteWorkspaceRequest, opts ...grpc.CallOption) (*DeleteWorkspaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteWorkspaceResponse)
+	err := c.cc.Invoke(ctx, BackupService_DeleteWorkspace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backupServiceClient) DeleteOwner(ctx context.Context, in *DeleteOwnerRequest, opts ...grpc.CallOption) (*DeleteOwnerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteOwnerResponse)
+	err := c.cc.Invoke(ctx, BackupService_DeleteOwner_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BackupServiceServer is the server API for BackupService service.
 // All implementations must embed UnimplementedBackupServiceServer
 // for forward compatibility.
@@ -241,7 +319,41 @@ type BackupServiceServer interface {
 	// reported in problems (a damaged index object too, which ends the check
 	// there: the rest needs the whole index); an error means the check could
 	// not run (storage unavailable, no repository).
+	//
+	// The check runs as an operation (OPERATION_KIND_CHECK, under the node's
+	// maintenance limit, visible to WatchOperation and CancelOperation):
+	// the call waits for it and returns its findings, with the operation;
+	// with no_wait it returns at once with the operation alone, whose result
+	// holds the findings (OperationResult.check). A waiting call whose
+	// client goes away cancels the check unless another request joined it.
 	CheckRepository(context.Context, *CheckRepositoryRequest) (*CheckRepositoryResponse, error)
+	// ForgetSnapshots starts an operation applying a retention policy to one
+	// workspace of an owner, or to each of its workspaces: the snapshot
+	// objects the policy does not keep are deleted (with dry_run, none); the
+	// data only they used goes at the next prune. The result lists, per
+	// workspace, the snapshots kept and forgotten. Requests join as for
+	// backups (same owner and workspace).
+	ForgetSnapshots(context.Context, *ForgetSnapshotsRequest) (*ForgetSnapshotsResponse, error)
+	// PruneRepository starts a prune of an owner's repository: what no
+	// snapshot reaches is deleted, partly used packs are repacked, without a
+	// lock that blocks backups (docs/FORMAT.md, "Lifecycle"). A prune
+	// another node runs on the same repository fails this one with ABORTED.
+	// Cancelling a prune stops it before its next step; nothing a snapshot
+	// needs is lost either way.
+	PruneRepository(context.Context, *PruneRepositoryRequest) (*PruneRepositoryResponse, error)
+	// DeleteWorkspace starts an operation deleting every snapshot of a
+	// workspace; its data goes at the next prune (on this node, the periodic
+	// maintenance's, when configured). The result holds a receipt.
+	DeleteWorkspace(context.Context, *DeleteWorkspaceRequest) (*DeleteWorkspaceResponse, error)
+	// DeleteOwner starts an operation deleting everything stored of an
+	// owner: it cancels this node's queued and running operations of the
+	// owner and waits for them to end, fences the owner's backups running on
+	// other nodes, deletes every object of the owner's repository and the
+	// node-local cache of it. While it is queued or running, every other
+	// request for the owner fails with FAILED_PRECONDITION. Deleting an
+	// owner with nothing stored succeeds with an empty receipt. A
+	// bucket-per-owner bucket is emptied, not deleted.
+	DeleteOwner(context.Context, *DeleteOwnerRequest) (*DeleteOwnerResponse, error)
 	mustEmbedUnimplementedBackupServiceServer()
 }
 
@@ -275,6 +387,18 @@ func (UnimplementedBackupServiceServer) DeleteSnapshot(context.Context, *DeleteS
 }
 func (UnimplementedBackupServiceServer) CheckRepository(context.Context, *CheckRepositoryRequest) (*CheckRepositoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CheckRepository not implemented")
+}
+func (UnimplementedBackupServiceServer) ForgetSnapshots(context.Context, *ForgetSnapshotsRequest) (*ForgetSnapshotsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ForgetSnapshots not implemented")
+}
+func (UnimplementedBackupServiceServer) PruneRepository(context.Context, *PruneRepositoryRequest) (*PruneRepositoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PruneRepository not implemented")
+}
+func (UnimplementedBackupServiceServer) DeleteWorkspace(context.Context, *DeleteWorkspaceRequest) (*DeleteWorkspaceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteWorkspace not implemented")
+}
+func (UnimplementedBackupServiceServer) DeleteOwner(context.Context, *DeleteOwnerRequest) (*DeleteOwnerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteOwner not implemented")
 }
 func (UnimplementedBackupServiceServer) mustEmbedUnimplementedBackupServiceServer() {}
 func (UnimplementedBackupServiceServer) testEmbeddedByValue()                       {}
@@ -434,6 +558,78 @@ func _BackupService_CheckRepository_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BackupService_ForgetSnapshots_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetSnapshotsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).ForgetSnapshots(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_ForgetSnapshots_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).ForgetSnapshots(ctx, req.(*ForgetSnapshotsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackupService_PruneRepository_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PruneRepositoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).PruneRepository(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_PruneRepository_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).PruneRepository(ctx, req.(*PruneRepositoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackupService_DeleteWorkspace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteWorkspaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).DeleteWorkspace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_DeleteWorkspace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).DeleteWorkspace(ctx, req.(*DeleteWorkspaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackupService_DeleteOwner_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteOwnerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).DeleteOwner(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_DeleteOwner_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).DeleteOwner(ctx, req.(*DeleteOwnerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BackupService_ServiceDesc is the grpc.ServiceDesc for BackupService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -468,6 +664,22 @@ var BackupService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckRepository",
 			Handler:    _BackupService_CheckRepository_Handler,
+		},
+		{
+			MethodName: "ForgetSnapshots",
+			Handler:    _BackupService_ForgetSnapshots_Handler,
+		},
+		{
+			MethodName: "PruneRepository",
+			Handler:    _BackupService_PruneRepository_Handler,
+		},
+		{
+			MethodName: "DeleteWorkspace",
+			Handler:    _BackupService_DeleteWorkspace_Handler,
+		},
+		{
+			MethodName: "DeleteOwner",
+			Handler:    _BackupService_DeleteOwner_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
