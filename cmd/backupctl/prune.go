@@ -59,6 +59,7 @@ are then only freed once all their blobs are unused).
 			ctx := cmd.Context()
 			reqs := newRequestCounter()
 			f.wrap = func(st storage.Storage) storage.Storage { return metered.New(st, reqs) }
+			f.skipIndex = true
 			r, closeRepo, err := f.openOwner(ctx, false)
 			if err != nil {
 				return err

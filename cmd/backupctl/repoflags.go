@@ -30,6 +30,10 @@ type repoFlags struct {
 
 	uploads, downloads int // set by openOwner
 
+	// skipIndex makes openOwner leave the index unloaded (prune loads it
+	// its own way, in less memory).
+	skipIndex bool
+
 	// wrap, if set, wraps the owner's storage before the repository is
 	// opened on it (prune counts its requests so).
 	wrap func(storage.Storage) storage.Storage
@@ -157,12 +161,18 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 	// The owner's storage is closed too: a bucket of its own under
 	// bucket-per-owner (closing a prefix of the root is a no-op).
 	closeAll := func() { st.Close(); p.Close() }
-	r, err := repo.LoadCached(ctx, st, create, f.cacheDirectory(), 0)
+	load := repo.LoadCached
+	if f.skipIndex {
+		load = repo.OpenCached
+	}
+	r, err := load(ctx, st, create, f.cacheDirectory(), 0)
 	if err != nil {
 		closeAll()
 		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
 	}
-	warnIndex(r)
+	if !f.skipIndex {
+		warnIndex(r)
+	}
 	return r, closeAll, nil
 }
 

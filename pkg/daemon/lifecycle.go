@@ -131,7 +131,7 @@ func (s *Server) startPrune(req *pb.PruneRepositoryRequest) (*operation, bool, e
 		requestID: req.GetRequestId(), joinKey: "prune/" + owner, req: req,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
 			seen := s.maint.seen()
-			r, err := s.openRepo(ctx, owner, false)
+			r, err := s.openRepoForPrune(ctx, owner)
 			if errors.Is(err, repo.ErrNoRepository) {
 				s.maint.drop(owner)
 			}

@@ -249,6 +249,20 @@ func (s *Server) openRepo(ctx context.Context, owner string, create bool) (*repo
 	return s.loadRepo(ctx, owner, create, s.cacheDir)
 }
 
+// openRepoForPrune opens owner's repository without loading its index:
+// Prune loads it its own way, in less memory.
+func (s *Server) openRepoForPrune(ctx context.Context, owner string) (*repo.Repository, error) {
+	st, err := s.place.Owner(ctx, owner, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.OpenCached(ctx, st, false, s.cacheDir, s.cfg.CacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}
+
 // loadRepo opens owner's repository and loads its index, with the cache
 // under cacheDir ("" for none).
 func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheDir string) (*repo.Repository, error) {

@@ -399,6 +399,7 @@ func (p *pruner) generation(ctx context.Context) error {
 	}
 	var sinkMu gosync.Mutex
 	all := map[chunk.ID][]BlobEntry{}
+	r.index.replace(NewIndex()) // a full index loaded before is not needed
 	if err := r.reloadTreeIndex(ctx, func(pack chunk.ID, entries []BlobEntry) {
 		entries = slices.Clone(entries) // not the decoder's grown capacity
 		sinkMu.Lock()

@@ -421,6 +421,19 @@ func Load(ctx context.Context, st storage.Storage, create bool) (*Repository, er
 // packs under cacheDir ("" for none), bounded to cacheSize bytes (0 for
 // DefaultCacheSize).
 func LoadCached(ctx context.Context, st storage.Storage, create bool, cacheDir string, cacheSize int64) (*Repository, error) {
+	r, err := OpenCached(ctx, st, create, cacheDir, cacheSize)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.LoadIndex(ctx, 8); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// OpenCached is LoadCached without loading the index, for what loads the
+// index its own way (Prune).
+func OpenCached(ctx context.Context, st storage.Storage, create bool, cacheDir string, cacheSize int64) (*Repository, error) {
 	var r *Repository
 	var err error
 	if create {
@@ -443,9 +456,6 @@ func LoadCached(ctx context.Context, st storage.Storage, create bool, cacheDir s
 			return nil, err
 		}
 		r.SetCache(c)
-	}
-	if err := r.LoadIndex(ctx, 8); err != nil {
-		return nil, err
 	}
 	return r, nil
 }
