@@ -313,11 +313,16 @@ func (b *bench) setupTools(root string) error {
 		if b.hasScenario("restore-over") && !b.backupdOverwrite {
 			b.warn("backupctl restore has no --overwrite/--delete yet: restore-over skipped for backupd")
 		}
-		b.backupdVer = "backupctl built from " + root
-		if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
-			b.backupdVer += " @ " + strings.TrimSpace(string(out))
+		if b.opts.backupctl != "" {
+			// Given by --backupctl: say so, not this checkout's commit.
+			b.backupdVer = "backupctl " + b.opts.backupctl + " (given by --backupctl)"
 		} else {
-			b.backupdVer += " (no commit)"
+			b.backupdVer = "backupctl built from " + root
+			if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
+				b.backupdVer += " @ " + strings.TrimSpace(string(out))
+			} else {
+				b.backupdVer += " (no commit)"
+			}
 		}
 	}
 	if b.has("restic") {
