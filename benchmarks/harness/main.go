@@ -46,6 +46,9 @@ type options struct {
 	warmups     int
 	restoreDir  string
 	verifyAll   bool
+
+	pruneSnapshots int     // the prune scenario: snapshots before the forget
+	pruneChange    float64 // the prune scenario: percent of files rewritten between them
 }
 
 func main() {
@@ -75,6 +78,8 @@ func run() error {
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
+	flag.IntVar(&o.pruneSnapshots, "prune-snapshots", 20, "the prune scenario: `N` snapshots, then forget all but the newest and prune")
+	flag.Float64Var(&o.pruneChange, "prune-change", 10, "the prune scenario: `PERCENT` of the files rewritten with new content between snapshots")
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
 	var generateOnly string
@@ -95,7 +100,7 @@ func run() error {
 	}
 	if tools == "" {
 		tools = "backupd,restic"
-		if o.genWS != nil {
+		if o.genWS != nil && scenarios != "prune" {
 			tools += ",tarzstd"
 		}
 	}
@@ -113,8 +118,20 @@ func run() error {
 		}
 	}
 	for _, s := range o.scenarios {
-		if !slices.Contains(allScenarios, s) {
-			return fmt.Errorf("unknown scenario %q (want %s)", s, strings.Join(allScenarios, ", "))
+		if !slices.Contains(allScenarios, s) && s != "prune" {
+			return fmt.Errorf("unknown scenario %q (want %s, or prune alone)", s, strings.Join(allScenarios, ", "))
+		}
+	}
+	if slices.Contains(o.scenarios, "prune") {
+		switch {
+		case len(o.scenarios) > 1:
+			return fmt.Errorf("the prune scenario runs alone (--scenarios prune)")
+		case genWS == "":
+			return fmt.Errorf("the prune scenario rewrites files of a generated workspace: use it with --gen-workspace")
+		case slices.Contains(o.tools, "tarzstd"):
+			return fmt.Errorf("tarzstd has no prune: --tools backupd,restic")
+		case o.pruneSnapshots < 2 || o.pruneChange <= 0 || o.pruneChange > 100:
+			return fmt.Errorf("--prune-snapshots must be at least 2 and --prune-change in (0, 100]")
 		}
 	}
 	if len(o.tools) == 0 || len(o.scenarios) == 0 {
@@ -193,6 +210,13 @@ func run() error {
 			return err
 		}
 		defer b.minio.stop()
+		if b.hasScenario("prune") {
+			// The prune scenario counts both tools' requests here.
+			if b.proxy, err = startCountingProxy(b.minio.url); err != nil {
+				return err
+			}
+			defer b.proxy.close()
+		}
 	}
 	if err := b.runAll(); err != nil {
 		return err
@@ -259,6 +283,8 @@ type bench struct {
 	rereads               map[string][]int64 // scenario/tool: files read again by each re-backup (-1: all)
 	change, overChange    *treeChange        // the rebackup-1pct and restore-over changes (the same every run)
 	verified              map[string]bool    // scenario/tool verified against the source
+	proxy                 *countingProxy     // --minio with the prune scenario: the tools talk to MinIO through it
+	pruneRuns             map[string][]pruneRun
 }
 
 // measurement is one timed child process.
@@ -287,11 +313,16 @@ func (b *bench) setupTools(root string) error {
 		if b.hasScenario("restore-over") && !b.backupdOverwrite {
 			b.warn("backupctl restore has no --overwrite/--delete yet: restore-over skipped for backupd")
 		}
-		b.backupdVer = "backupctl built from " + root
-		if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
-			b.backupdVer += " @ " + strings.TrimSpace(string(out))
+		if b.opts.backupctl != "" {
+			// Given by --backupctl: say so, not this checkout's commit.
+			b.backupdVer = "backupctl " + b.opts.backupctl + " (given by --backupctl)"
 		} else {
-			b.backupdVer += " (no commit)"
+			b.backupdVer = "backupctl built from " + root
+			if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
+				b.backupdVer += " @ " + strings.TrimSpace(string(out))
+			} else {
+				b.backupdVer += " (no commit)"
+			}
 		}
 	}
 	if b.has("restic") {
@@ -419,6 +450,9 @@ func (b *bench) runAll() error {
 	b.results = map[string][]measurement{}
 	b.rereads = map[string][]int64{}
 	b.verified = map[string]bool{}
+	if b.hasScenario("prune") {
+		return b.runPrune()
+	}
 	// Untimed warm-up cycles: on VMs the first writes into never-touched
 	// memory (page cache growth) cost far more kernel time than later ones,
 	// which would penalise whichever tool runs first.
@@ -617,6 +651,16 @@ func (b *bench) settle() {
 
 // newRun prepares a fresh repository (or archive path) for tool in dir.
 func (b *bench) newRun(tool, dir string) (*toolRun, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	endpoint := ""
+	if b.minio != nil {
+		endpoint = b.minio.url
+		if b.proxy != nil {
+			endpoint = b.proxy.url
+		}
+	}
 	r := &toolRun{tool: tool, dir: dir, repo: filepath.Join(dir, "repo"), cache: filepath.Join(dir, "cache")}
 	switch tool {
 	case "backupd":
@@ -626,7 +670,7 @@ func (b *bench) newRun(tool, dir string) (*toolRun, error) {
 			if err != nil {
 				return nil, err
 			}
-			r.arg = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, b.minio.url)
+			r.arg = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, endpoint)
 			r.repo = filepath.Join(b.minio.dataDir, bucket)
 			r.env = b.minio.env()
 		}
@@ -638,7 +682,7 @@ func (b *bench) newRun(tool, dir string) (*toolRun, error) {
 			if err != nil {
 				return nil, err
 			}
-			r.arg = fmt.Sprintf("s3:%s/%s/restic", b.minio.url, bucket)
+			r.arg = fmt.Sprintf("s3:%s/%s/restic", endpoint, bucket)
 			r.repo = filepath.Join(b.minio.dataDir, bucket)
 			r.env = append(r.env, b.minio.env()...)
 		}

@@ -51,6 +51,14 @@ func (b *bench) header() string {
 	}
 	fmt.Fprintf(&s, "- page cache: not dropped; one untimed warm-up read of the whole dataset (%.1fs) "+
 		"so every tool starts with the dataset in cache; `sync` (untimed) before every timed command\n", b.warmup.Seconds())
+	if b.hasScenario("prune") {
+		fmt.Fprintf(&s, "- runs: %d per tool, interleaved between tools; each run on its own `cp -a` copy of the dataset, a fresh repository, %d backups with %.0f%% of the files rewritten between them, then the timed forget and prune; no warm-up cycle\n",
+			b.opts.runs, b.opts.pruneSnapshots, b.opts.pruneChange)
+		if b.proxy != nil {
+			fmt.Fprintf(&s, "- requests: both tools reach MinIO through the harness's counting reverse proxy (%s), which forwards requests unchanged (Host header included)\n", b.proxy.url)
+		}
+		return s.String()
+	}
 	fmt.Fprintf(&s, "- runs: %d per tool and scenario, interleaved between tools, fresh repository and target each run; scenarios of a run share its repository, in the order %s\n",
 		b.opts.runs, strings.Join(slices.DeleteFunc(slices.Clone(allScenarios), func(sc string) bool { return !b.hasScenario(sc) }), ", "))
 	return s.String()
@@ -59,6 +67,9 @@ func (b *bench) header() string {
 // report is the results as Markdown tables.
 func (b *bench) report() string {
 	var s strings.Builder
+	if b.hasScenario("prune") {
+		return b.pruneReport()
+	}
 	fmt.Fprintf(&s, "## Results\n\n")
 	fmt.Fprintf(&s, "Dataset: %s in %d files. Times in seconds; MB/s = dataset bytes / 10^6 / wall time; "+
 		"CPU = user+sys of the child (sys = its system part); RSS = peak resident set size of the child.\n\n", mib(b.src.bytes), b.src.files)

@@ -4,6 +4,7 @@
 //
 //	prunescale gen -dir DIR [-snapshots 1000] [-blobs 2000] [-stride 1100] [-forget 500]
 //	prunescale run -- COMMAND ARGS...
+//	prunescale prune -dir DIR [-dry-run] [-load-index [-cache-dir D]] [-memlimit-mib N] [-heapprofile F] [-memprofile F]
 //
 // gen writes, into a local repository at DIR for owner "bench", the
 // given number of snapshots of workspace "ws"; snapshot i is one tree of
@@ -13,7 +14,11 @@
 // with its own index object, as each backup writes one. Then it deletes
 // the oldest -forget snapshot objects, as a forget does. run executes a
 // command and prints its wall time and peak RSS (a separate process, so
-// that the generator's memory is not inherited into the figure).
+// that the generator's memory is not inherited into the figure). prune
+// calls repo.Prune in-process: on a repository opened without its index
+// (repo.Open), or with -load-index as backupctl opens it (repo.LoadCached,
+// which loads the whole index first), optionally under backupctl's soft
+// memory limit (-memlimit-mib 160), to tell apart what costs memory.
 package main
 
 import (
@@ -26,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -193,6 +199,9 @@ func prune(args []string) error {
 	dry := fs.Bool("dry-run", false, "dry run")
 	memprofile := fs.String("memprofile", "", "write an allocation profile to `FILE`")
 	heapprofile := fs.String("heapprofile", "", "write the heap in use after the mark to `FILE`")
+	loadIndex := fs.Bool("load-index", false, "open the repository as backupctl's commands do (repo.LoadCached: the whole index loaded before the prune)")
+	cacheDir := fs.String("cache-dir", "", "with -load-index: the node-local cache directory (empty: none)")
+	memLimit := fs.Int64("memlimit-mib", 0, "a soft memory limit in MiB, as backupctl sets 160 (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -205,7 +214,15 @@ func prune(args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := repo.Open(ctx, st) // Prune loads the index it needs
+	if *memLimit > 0 {
+		debug.SetMemoryLimit(*memLimit << 20)
+	}
+	var r *repo.Repository
+	if *loadIndex {
+		r, err = repo.LoadCached(ctx, st, false, *cacheDir, 0)
+	} else {
+		r, err = repo.Open(ctx, st) // Prune loads the index it needs
+	}
 	if err != nil {
 		return err
 	}
