@@ -48,6 +48,10 @@ type PruneOptions struct {
 	// Poll is how often running sessions are looked at while the prune
 	// waits for them (one second if 0).
 	Poll time.Duration
+	// WaitRunning makes a prune that finds another one holding the state
+	// wait (looking every Poll) until that one ends or its lease lapses,
+	// instead of failing with ErrPruneRunning.
+	WaitRunning bool
 	// Host names this prune in the state, for whoever finds it running.
 	Host string
 	// Log, if set, receives a line per step.
@@ -236,6 +240,16 @@ func (p *pruner) take(ctx context.Context) error {
 			lease = time.Duration(ps.LeaseMS) * time.Millisecond
 		}
 		if oi.ModTime.Add(lease).After(now) {
+			if p.opts.WaitRunning {
+				t := time.NewTimer(p.opts.Poll)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+				return p.take(ctx)
+			}
 			return fmt.Errorf("%w: %s holds generation %d (phase %s), renewed %s ago; its lease is %s",
 				ErrPruneRunning, ps.Prune, ps.Generation, ps.Phase, now.Sub(oi.ModTime).Round(time.Second), lease)
 		}

@@ -42,6 +42,10 @@ type BackupOptions struct {
 	// is stored, just before the backup commits (tests pause a backup
 	// there); an error fails the backup.
 	BeforeCommit func() error
+	// AfterStart, if set, is called once the backup's session has begun
+	// and its parent is loaded, before any file is read (tests pause a
+	// backup there); an error fails the backup.
+	AfterStart func() error
 	// Force reads every file, ignoring the parent.
 	Force bool
 	// Exclude holds patterns in gitignore syntax (package exclude) of
@@ -249,6 +253,11 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	}
 	if opts.Force {
 		parentTree = chunk.ID{}
+	}
+	if opts.AfterStart != nil {
+		if err := opts.AfterStart(); err != nil {
+			return nil, err
+		}
 	}
 	excl, err := loadExcludes(root, opts.Exclude, opts.Warn)
 	if err != nil {
