@@ -287,6 +287,13 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// only when a snapshot has that many changed directories.
 	b.packers[repo.DataBlob] = &packer{typ: repo.DataBlob, size: cfg.PackSize, pool: newBufferPool(1+opts.Uploads+1, packCap)}
 	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20)}
+	if r.Condemned() > 0 {
+		// A prune stands: its condemned blobs this backup needs are stored
+		// again, in packs that must not be the ones it deletes (saltBlob).
+		for _, p := range b.packers {
+			p.salted = true
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	var readers, compressors gosync.WaitGroup
