@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	gosync "sync"
@@ -342,7 +343,16 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// The packs a killed backup left (indexed from their trailers when the
 	// index was loaded) go into this backup's index too: their blobs may
 	// be what this snapshot uses.
-	if packs := append(b.newPacks, r.TakeAdopted()...); len(packs) > 0 {
+	packs := b.newPacks
+	for _, pi := range r.TakeAdopted() {
+		// A pack holding a blob a standing prune condemned is one it
+		// deletes or rewrites: indexing it here would leave an index entry
+		// for a pack that is gone.
+		if !slices.ContainsFunc(pi.Blobs, func(e repo.BlobEntry) bool { return !r.Usable(e.ID) }) {
+			packs = append(packs, pi)
+		}
+	}
+	if len(packs) > 0 {
 		ids, err := r.SaveIndex(ctx, packs)
 		if err != nil {
 			return nil, err
