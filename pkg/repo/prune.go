@@ -398,6 +398,16 @@ func (p *pruner) generation(ctx context.Context) error {
 		}
 	}
 	v.packs = r.index.Packs()
+	located := make(map[chunk.ID]bool, len(v.packs))
+	for id := range v.packs {
+		located[id] = true
+	}
+	for id := range r.index.packsNotIn(located) {
+		// Every blob of it is located in another pack (stored twice: by
+		// backups racing, or again by one that ran during a prune): no
+		// index would name it again, nothing reads it; it goes (plan).
+		v.packs[id] = nil
+	}
 	v.sizes = map[chunk.ID]int64{}
 	err = p.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
 		if id, ok := packID(oi.Key); ok {
@@ -839,7 +849,7 @@ func (p *pruner) plan(v *view, dead map[chunk.ID]bool) *plan {
 		size := v.sizes[id]
 		pl.usedBytes[id] = used
 		switch {
-		case used == 0 && anyDead:
+		case used == 0 && (anyDead || len(entries) == 0):
 			pl.deletes = append(pl.deletes, id)
 			pl.gone[id] = true
 		case anyDead && size > 0 && float64(size-used)/float64(size) > p.opts.MaxUnused:
