@@ -556,7 +556,15 @@ func (p *pruner) generation(ctx context.Context) error {
 			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
 		}
 	}
-	consolidated = append(consolidated, newPacks...)
+	for _, np := range newPacks {
+		// A repacked pack can come out byte for byte a pack that is kept
+		// (the same blobs, e.g. what a backup stored again in a salted
+		// pack): it is that pack, and an index naming it twice is refused.
+		if _, ok := v.packs[np.Pack]; ok && (!plan.gone[np.Pack] || kept[np.Pack]) {
+			continue
+		}
+		consolidated = append(consolidated, np)
+	}
 	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
 	newIndex, err := r.SaveIndex(ctx, consolidated)
 	if err != nil {
