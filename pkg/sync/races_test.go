@@ -1,0 +1,321 @@
+package sync
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+)
+
+// hookAt returns a prune hook pausing at step.
+func hookAt(step string, p *pause) func(string) error {
+	return func(s string) error {
+		if s == step {
+			return p.wait()
+		}
+		return nil
+	}
+}
+
+// serial makes a backup's packs the same bytes every time for the same
+// tree (one reader, one compressor): the adversarial case, where storing
+// a blob again makes the very pack a prune is about to delete.
+var serial = BackupOptions{Readers: 1, Compressors: 1, Uploads: 1}
+
+// R2: a backup that starts after the prune marked, at every later step,
+// and would deduplicate against condemned blobs, stores them again; the
+// prune then deletes what it condemned and the new snapshot is whole.
+func TestRaceR2BackupAfterMark(t *testing.T) {
+	for _, step := range []string{"marked", "waited", "rewritten", "deleting", "deleted-index"} {
+		t.Run(step, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				w := newWorld(t, root)
+				other := t.TempDir()
+				makeSource(t, other, 1, 6)
+				w.mustBackup(other, "ws2", serial)
+				src := t.TempDir()
+				makeSource(t, src, 2, 6)
+				w.mustBackup(src, "ws1", serial)
+				w.forget("ws1")
+
+				p := newPause()
+				pruned := async(func() (*repo.PruneResult, error) {
+					return prune(t, root, nil, repo.PruneOptions{Hook: hookAt(step, p)})
+				})
+				p.await(t)
+				res, err := w.backup(nil, src, "ws1", serial)
+				must(t, err)
+				if res.Snapshot.Stats.NewBlobs == 0 {
+					t.Errorf("the backup stored no blob again: it deduplicated against condemned ones")
+				}
+				p.go_(nil)
+				pr, err := pruned()
+				must(t, err)
+				switch {
+				case pr.CondemnedBlobs == 0:
+					t.Errorf("prune condemned nothing: nothing raced")
+				case step == "marked" || step == "waited":
+					// The backup committed before the prune looked at the
+					// snapshots written since the mark: it cannot tell this
+					// one from one of a backup that began before the mark,
+					// and keeps what it reaches (the old copies too).
+					if pr.Resurrected == 0 {
+						t.Errorf("prune resurrected nothing the new snapshot reaches: %+v", *pr)
+					}
+				case pr.PacksDeleted == 0:
+					t.Errorf("prune deleted no pack: %+v", *pr)
+				}
+				w.verify()
+			})
+		})
+	}
+}
+
+// waitingAfterMark returns a gate function closing waiting once the
+// prune, after *marked is set, has looked at the sessions it waits for
+// once and begins a second round (its second reading of the storage's
+// clock): the running backup was seen running.
+func waitingAfterMark(marked *atomic.Bool, waiting chan struct{}) func(op, key string) error {
+	var n atomic.Int32
+	return func(op, key string) error {
+		if op == "put" && strings.HasSuffix(key, "/prune/clock") && marked.Load() && n.Add(1) == 2 {
+			close(waiting)
+		}
+		return nil
+	}
+}
+
+func awaitChan(t testing.TB, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("never: %s", what)
+	}
+}
+
+// R1: a backup that began (session and index loaded) before the prune
+// marked reuses blobs the prune condemned: through the index (the
+// content of a forgotten workspace), or through its parent's content
+// lists and trees (its parent forgotten meanwhile). It is paused before
+// it reads anything, or just before it commits; it commits while the
+// prune is paused after the mark, or while the prune waits for it. The
+// prune must resurrect what it reused.
+func TestRaceR1BackupLoadedBeforeMark(t *testing.T) {
+	for _, via := range []string{"index", "parent"} {
+		for _, at := range []string{"start", "commit"} {
+			for _, order := range []string{"commit-before-wait", "commit-during-wait"} {
+				t.Run(via+"/"+at+"/"+order, func(t *testing.T) {
+					raceBackends(t, func(t *testing.T, root storage.Storage) {
+						testR1(t, root, via, at, order)
+					})
+				})
+			}
+		}
+	}
+}
+
+func testR1(t *testing.T, root storage.Storage, via, at, order string) {
+	trustMetadata(t)
+	w := newWorld(t, root)
+	src := t.TempDir()
+	makeSource(t, src, 1, 8)
+	w.mustBackup(src, "ws1", serial)
+	var reusedBytes int64
+	if via == "index" {
+		x := t.TempDir()
+		makeSource(t, x, 2, 4)
+		w.mustBackup(x, "ws2", serial)
+		w.forget("ws2")
+		makeSource(t, filepath.Join(src, "x"), 2, 4) // the same contents
+		for _, e := range snapshotDir(t, x) {
+			reusedBytes += e.size
+		}
+	}
+	bp := newPause()
+	opts := serial
+	if at == "start" {
+		opts.AfterStart = bp.wait
+	} else {
+		opts.BeforeCommit = bp.wait
+	}
+	backed := async(func() (*BackupResult, error) { return w.backup(nil, src, "ws1", opts) })
+	bp.await(t)
+	if via == "parent" {
+		w.forget("ws1") // the parent's blobs are now referenced by nothing
+	}
+
+	pp := newPause()
+	var marked atomic.Bool
+	listed := make(chan struct{})
+	g := newGate(root)
+	g.on(waitingAfterMark(&marked, listed))
+	pruned := async(func() (*repo.PruneResult, error) {
+		return prune(t, root, g, repo.PruneOptions{Hook: func(s string) error {
+			if s == "marked" {
+				marked.Store(true)
+				if order == "commit-before-wait" {
+					return pp.wait()
+				}
+			}
+			return nil
+		}})
+	})
+	if order == "commit-before-wait" {
+		pp.await(t)
+	} else {
+		awaitChan(t, listed, "the prune waits for the backup")
+	}
+	bp.go_(nil)
+	res, err := backed()
+	must(t, err)
+	if order == "commit-before-wait" {
+		pp.go_(nil)
+	}
+	pr, err := pruned()
+	must(t, err)
+	t.Logf("backup: %+v; prune: %+v", res.Snapshot.Stats, *pr)
+	if pr.CondemnedBlobs == 0 || pr.Resurrected == 0 {
+		t.Errorf("prune condemned %d blobs and resurrected %d: the backup reused nothing condemned", pr.CondemnedBlobs, pr.Resurrected)
+	}
+	if order == "commit-during-wait" && pr.SessionsWaited != 1 {
+		t.Errorf("prune waited for %d sessions, want 1", pr.SessionsWaited)
+	}
+	switch via {
+	case "parent":
+		if res.Snapshot.Stats.UnchangedFiles == 0 {
+			t.Errorf("the backup read every file again: it took nothing from its parent")
+		}
+	case "index":
+		if res.Snapshot.Stats.NewBytes >= reusedBytes {
+			t.Errorf("the backup stored %d new bytes: it did not deduplicate the %d bytes of the forgotten workspace", res.Snapshot.Stats.NewBytes, reusedBytes)
+		}
+	}
+	w.verify()
+}
+
+// R3: the packs of a running backup that no index object names yet (the
+// backup is paused at the upload of its index object) survive a prune:
+// adopted and condemned at the mark, resurrected by its commit, whether
+// it commits before the prune waits or while it waits.
+func TestRaceR3PacksInNoIndex(t *testing.T) {
+	for _, order := range []string{"commit-before-wait", "commit-during-wait"} {
+		t.Run(order, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				w := newWorld(t, root)
+				old := t.TempDir()
+				makeSource(t, old, 1, 6)
+				w.mustBackup(old, "ws1", serial)
+				src := t.TempDir()
+				makeSource(t, src, 3, 10)
+				bp := newPause()
+				gb := newGate(root)
+				gb.on(func(op, key string) error {
+					if op == "put" && strings.Contains(key, "/index/") {
+						return bp.wait()
+					}
+					return nil
+				})
+				backed := async(func() (*BackupResult, error) { return w.backup(gb, src, "ws2", serial) })
+				bp.await(t)
+				_, packs := storedBytes(t, root, "owner1/data/")
+				if packs <= 2 {
+					t.Fatalf("%d packs stored: the paused backup stored none", packs)
+				}
+
+				pp := newPause()
+				var marked atomic.Bool
+				listed := make(chan struct{})
+				g := newGate(root)
+				g.on(waitingAfterMark(&marked, listed))
+				pruned := async(func() (*repo.PruneResult, error) {
+					return prune(t, root, g, repo.PruneOptions{Hook: func(s string) error {
+						if s == "marked" {
+							marked.Store(true)
+							if order == "commit-before-wait" {
+								return pp.wait()
+							}
+						}
+						return nil
+					}})
+				})
+				if order == "commit-before-wait" {
+					pp.await(t)
+				} else {
+					awaitChan(t, listed, "the prune waits for the backup")
+				}
+				bp.go_(nil)
+				_, err := backed()
+				must(t, err)
+				if order == "commit-before-wait" {
+					pp.go_(nil)
+				}
+				pr, err := pruned()
+				must(t, err)
+				t.Logf("prune: %+v", *pr)
+				if pr.CondemnedBlobs == 0 || pr.Resurrected != pr.CondemnedBlobs {
+					t.Errorf("prune condemned %d blobs and resurrected %d: want the running backup's blobs condemned, then all resurrected", pr.CondemnedBlobs, pr.Resurrected)
+				}
+				w.verify()
+			})
+		})
+	}
+}
+
+// R4: a backup paused past its session's lease (cut off from its session
+// object, so it cannot renew) is fenced by a prune, which then deletes
+// what only it used; resumed, the backup fails with ErrSessionFenced and
+// writes no snapshot; the earlier snapshots restore.
+func TestRaceR4LapsedSessionFenced(t *testing.T) {
+	for _, at := range []string{"start", "commit"} {
+		t.Run(at, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				trustMetadata(t)
+				w := newWorld(t, root)
+				keep := t.TempDir()
+				makeSource(t, keep, 4, 5)
+				w.mustBackup(keep, "ws2", serial)
+				src := t.TempDir()
+				makeSource(t, src, 1, 8)
+				w.mustBackup(src, "ws1", serial)
+				makeSource(t, filepath.Join(src, "more"), 5, 3)
+
+				bp := newPause()
+				gb := newGate(root)
+				pauseCut := func() error {
+					gb.on(cutWrites("/sessions/"))
+					return bp.wait()
+				}
+				opts := serial
+				opts.SessionLease = 300 * time.Millisecond
+				if at == "start" {
+					opts.AfterStart = pauseCut
+				} else {
+					opts.BeforeCommit = pauseCut
+				}
+				backed := async(func() (*BackupResult, error) { return w.backup(gb, src, "ws1", opts) })
+				bp.await(t)
+				w.forget("ws1") // what the paused backup reuses is referenced by nothing else
+
+				pr, err := prune(t, root, nil, repo.PruneOptions{})
+				must(t, err)
+				t.Logf("prune: %+v", *pr)
+				if pr.SessionsFenced != 1 || pr.PacksDeleted == 0 {
+					t.Errorf("prune fenced %d sessions and deleted %d packs, want 1 and some", pr.SessionsFenced, pr.PacksDeleted)
+				}
+				gb.on(nil)
+				bp.go_(nil)
+				res, err := backed()
+				if !errors.Is(err, repo.ErrSessionFenced) {
+					t.Fatalf("the fenced backup: %v, %+v; want ErrSessionFenced", err, res)
+				}
+				w.verify()
+			})
+		})
+	}
+}
