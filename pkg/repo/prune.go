@@ -550,19 +550,30 @@ func (p *pruner) generation(ctx context.Context) error {
 	if err != nil {
 		return p.abandon(ctx, err)
 	}
+	for _, np := range newPacks {
+		if plan.gone[np.Pack] {
+			// Repacked into the very bytes of a pack that was to go (one
+			// whose every blob is located elsewhere, e.g. the one these
+			// blobs were stored again from): SavePack just rewrote it, and
+			// deleting it now would delete the new pack.
+			kept[np.Pack] = true
+		}
+	}
 	var consolidated []PackIndex
+	rewritten := map[chunk.ID]bool{}
+	for _, np := range newPacks {
+		rewritten[np.Pack] = true
+	}
 	for id, entries := range v.packs {
-		if !plan.gone[id] || kept[id] {
+		if (!plan.gone[id] || kept[id]) && !rewritten[id] {
 			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
 		}
 	}
 	for _, np := range newPacks {
-		// A repacked pack can come out byte for byte a pack that is kept
+		// A repacked pack can come out byte for byte a pack the mark saw
 		// (the same blobs, e.g. what a backup stored again in a salted
-		// pack): it is that pack, and an index naming it twice is refused.
-		if _, ok := v.packs[np.Pack]; ok && (!plan.gone[np.Pack] || kept[np.Pack]) {
-			continue
-		}
+		// pack): it is that pack, named once (an index naming a pack twice
+		// is refused), with the blobs the repack put in it.
 		consolidated = append(consolidated, np)
 	}
 	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
