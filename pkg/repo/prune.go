@@ -128,10 +128,13 @@ type pruner struct {
 	res  *PruneResult
 	me   string
 
-	stateMu gosync.Mutex // guards state, version, fenced
+	stateMu gosync.Mutex // guards state, version, fenced, renewedAt
 	state   pruneState
 	version string
 	fenced  error
+	// renewedAt is when the last write of the state that succeeded was
+	// sent: the lease stands at most a lease from then (alive).
+	renewedAt time.Time
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -143,12 +146,15 @@ func (p *pruner) log(format string, args ...any) {
 }
 
 func (p *pruner) hook(step string) error {
+	if err := p.alive(); err != nil {
+		return err
+	}
 	if p.opts.Hook != nil {
 		if err := p.opts.Hook(step); err != nil {
 			return fmt.Errorf("prune stopped at %s: %w", step, err)
 		}
 	}
-	return nil
+	return p.alive()
 }
 
 func (p *pruner) warn(format string, args ...any) {
@@ -291,6 +297,7 @@ func (p *pruner) writeState(ctx context.Context, s pruneState) error {
 	if err != nil {
 		return err
 	}
+	sent := time.Now()
 	var v string
 	if p.version == "" {
 		err = p.st.PutIfAbsent(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)))
@@ -316,8 +323,27 @@ func (p *pruner) writeState(ctx context.Context, s pruneState) error {
 	if err != nil {
 		return fmt.Errorf("write prune state: %w", err)
 	}
-	p.state, p.version = s, v
+	p.state, p.version, p.renewedAt = s, v, sent
 	return nil
+}
+
+// alive fails with ErrPruneFenced once the prune's lease may have lapsed:
+// its last renewal was sent more than four fifths of a lease ago (by this
+// node's clock), so another prune may take the state over any moment. A
+// prune checks it before each deletion and each object it writes: a
+// prune paused (or cut off from the state) past its lease must not delete
+// what a later one keeps, and a pack's name is its content, so a pack it
+// listed may have been deleted and stored again since.
+func (p *pruner) alive() error {
+	if p.opts.DryRun {
+		return nil
+	}
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	if p.fenced == nil && time.Since(p.renewedAt) > p.opts.Lease-p.opts.Lease/5 {
+		p.fenced = fmt.Errorf("%w (not renewed for %s)", ErrPruneFenced, time.Since(p.renewedAt).Round(time.Millisecond))
+	}
+	return p.fenced
 }
 
 func (p *pruner) fencedErr() error {
@@ -546,6 +572,9 @@ func (p *pruner) generation(ctx context.Context) error {
 	// Rewrite: new packs and a consolidated index, durable before any
 	// deletion.
 	plan := p.plan(&v, dead)
+	if err := p.alive(); err != nil {
+		return err
+	}
 	newPacks, kept, err := p.repack(ctx, &v, plan, dead)
 	if err != nil {
 		return p.abandon(ctx, err)
@@ -577,6 +606,9 @@ func (p *pruner) generation(ctx context.Context) error {
 		consolidated = append(consolidated, np)
 	}
 	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
+	if err := p.alive(); err != nil {
+		return err
+	}
 	newIndex, err := r.SaveIndex(ctx, consolidated)
 	if err != nil {
 		return p.abandon(ctx, fmt.Errorf("prune: %w", err))
@@ -755,6 +787,9 @@ func (p *pruner) wait(ctx context.Context) error {
 				return context.Cause(ctx)
 			case <-t.C:
 			}
+		}
+		if err := p.alive(); err != nil {
+			return err
 		}
 		now, err := storageNow(ctx, p.st)
 		if err != nil {
@@ -1028,11 +1063,17 @@ func loadDeleteList(ctx context.Context, st storage.Storage, key string) (indexe
 // the packs. Deleting what is gone already is no error, so whoever
 // resumes a stopped prune does it again safely.
 func (p *pruner) deleteListed(ctx context.Context, key string) error {
+	if err := p.alive(); err != nil {
+		return err
+	}
 	indexes, packs, err := loadDeleteList(ctx, p.st, key)
 	if err != nil {
 		return fmt.Errorf("prune: %w", err)
 	}
 	for _, id := range indexes {
+		if err := p.alive(); err != nil {
+			return err
+		}
 		if err := p.st.Delete(ctx, indexPrefix+id.String()); err != nil {
 			return fmt.Errorf("prune: delete index object: %w", err)
 		}
@@ -1043,6 +1084,9 @@ func (p *pruner) deleteListed(ctx context.Context, key string) error {
 		return err
 	}
 	for _, id := range packs {
+		if err := p.alive(); err != nil {
+			return err
+		}
 		if err := p.st.Delete(ctx, PackKey(id)); err != nil {
 			return fmt.Errorf("prune: delete pack: %w", err)
 		}
