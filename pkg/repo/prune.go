@@ -135,8 +135,8 @@ type pruner struct {
 	// renewedAt is when the last write of the state that succeeded was
 	// sent: the lease stands at most a lease from then (alive).
 	renewedAt time.Time
-	stop    chan struct{}
-	done    chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 func (p *pruner) log(format string, args ...any) {
@@ -598,13 +598,11 @@ func (p *pruner) generation(ctx context.Context) error {
 			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
 		}
 	}
-	for _, np := range newPacks {
-		// A repacked pack can come out byte for byte a pack the mark saw
-		// (the same blobs, e.g. what a backup stored again in a salted
-		// pack): it is that pack, named once (an index naming a pack twice
-		// is refused), with the blobs the repack put in it.
-		consolidated = append(consolidated, np)
-	}
+	// A repacked pack can come out byte for byte a pack the mark saw (the
+	// same blobs, e.g. what a backup stored again in a salted pack): it is
+	// that pack, named once (an index naming a pack twice is refused),
+	// with the blobs the repack put in it.
+	consolidated = append(consolidated, newPacks...)
 	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
 	if err := p.alive(); err != nil {
 		return err
