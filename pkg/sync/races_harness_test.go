@@ -196,6 +196,9 @@ type world struct {
 	root storage.Storage
 	mu   gosync.Mutex
 	want map[chunk.ID]map[string]entry
+	// leftovers: a backup failed after storing packs, which are in no
+	// index object until the next prune (check warns of them).
+	leftovers bool
 }
 
 func newWorld(t *testing.T, root storage.Storage) *world {
@@ -268,7 +271,11 @@ func (w *world) verify() {
 	t := w.t
 	t.Helper()
 	w.restoreAll()
-	checkClean(t, w.root)
+	if w.leftovers {
+		checkLeftovers(t, w.root)
+	} else {
+		checkClean(t, w.root)
+	}
 	res, err := prune(t, w.root, nil, repo.PruneOptions{})
 	must(t, err)
 	t.Logf("final prune: condemned %d, packs deleted %d, repacked %d", res.CondemnedBlobs, res.PacksDeleted, res.PacksRepacked)
@@ -379,4 +386,20 @@ func trustMetadata(t *testing.T) {
 	old := racyWindow
 	racyWindow = 0
 	t.Cleanup(func() { racyWindow = old })
+}
+
+// checkLeftovers is checkClean allowing warnings of packs in no index
+// object (what a failed backup stored).
+func checkLeftovers(t *testing.T, root storage.Storage) {
+	t.Helper()
+	res, err := ownerRepo(t, root).Check(context.Background(), true)
+	must(t, err)
+	for _, w := range res.Warnings {
+		if !strings.Contains(w, "is in no readable index object") {
+			t.Errorf("check --read-data: warning %q", w)
+		}
+	}
+	if len(res.Problems) != 0 {
+		t.Fatalf("check --read-data: problems %q", res.Problems)
+	}
 }

@@ -314,6 +314,124 @@ func TestRaceR4LapsedSessionFenced(t *testing.T) {
 				if !errors.Is(err, repo.ErrSessionFenced) {
 					t.Fatalf("the fenced backup: %v, %+v; want ErrSessionFenced", err, res)
 				}
+				w.leftovers = true // what it stored until it noticed
+				w.verify()
+			})
+		})
+	}
+}
+
+// R5a: a second prune while the first holds a valid lease fails with
+// ErrPruneRunning and changes nothing; the first finishes.
+func TestRaceR5SecondPruneRefused(t *testing.T) {
+	raceBackends(t, func(t *testing.T, root storage.Storage) {
+		w := newWorld(t, root)
+		src := t.TempDir()
+		makeSource(t, src, 1, 6)
+		w.mustBackup(src, "ws1", serial)
+		w.forget("ws1")
+		w.mustBackup(src, "ws2", BackupOptions{})
+		for _, step := range []string{"marked", "deleting"} {
+			p := newPause()
+			pruned := async(func() (*repo.PruneResult, error) {
+				return prune(t, root, nil, repo.PruneOptions{Hook: hookAt(step, p)})
+			})
+			p.await(t)
+			if res, err := prune(t, root, nil, repo.PruneOptions{}); !errors.Is(err, repo.ErrPruneRunning) {
+				t.Errorf("at %s, a second prune: %v, %+v; want ErrPruneRunning", step, err, res)
+			}
+			p.go_(nil)
+			_, err := pruned()
+			must(t, err)
+		}
+		w.verify()
+	})
+}
+
+// R5b: a prune whose lease lapsed while it was paused at a step (cut off
+// from the prune state, so it cannot renew) is taken over by another
+// prune, which finishes its generation; then a backup stores again,
+// in the very packs the first one deleted or was to delete (no prune
+// stands: nothing is salted), what the first prune's generation
+// condemned. Resumed, the stale prune fails with ErrPruneFenced and
+// deletes nothing.
+func TestRaceR5StalePruneTakenOver(t *testing.T) {
+	for _, step := range []string{"marked", "waited", "rewritten", "deleting", "deleted-index"} {
+		t.Run(step, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				w := newWorld(t, root)
+				keep := t.TempDir()
+				makeSource(t, keep, 4, 5)
+				w.mustBackup(keep, "ws2", serial)
+				src := t.TempDir()
+				makeSource(t, src, 1, 6)
+				w.mustBackup(src, "ws1", serial)
+				w.forget("ws1")
+
+				p := newPause()
+				g1 := newGate(root)
+				pruned := async(func() (*repo.PruneResult, error) {
+					return prune(t, root, g1, repo.PruneOptions{Lease: 300 * time.Millisecond, Hook: func(s string) error {
+						if s == step {
+							g1.on(cutWrites("/prune/state"))
+						}
+						return hookAt(step, p)(s)
+					}})
+				})
+				p.await(t)
+				pr2, err := prune(t, root, nil, repo.PruneOptions{WaitRunning: true})
+				must(t, err)
+				if pr2.PacksDeleted == 0 {
+					t.Errorf("the prune that took over deleted nothing: %+v", *pr2)
+				}
+				w.mustBackup(src, "ws1", serial)
+
+				g1.on(nil)
+				p.go_(nil)
+				pr1, err := pruned()
+				if !errors.Is(err, repo.ErrPruneFenced) {
+					t.Errorf("the stale prune: %v, %+v; want ErrPruneFenced", err, pr1)
+				}
+				w.verify()
+			})
+		})
+	}
+}
+
+// R6: a prune that crashes at each step; a backup runs in the state it
+// left (storing again what it condemned); the next prune takes over once
+// its lease lapsed, resumes or starts over; the repository stays whole
+// and everything unreferenced is freed.
+func TestRaceR6PruneCrashes(t *testing.T) {
+	for _, step := range []string{"marked", "waited", "rewritten", "deleting", "deleted-index", "deleted-packs"} {
+		t.Run(step, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				w := newWorld(t, root)
+				keep := t.TempDir()
+				makeSource(t, keep, 4, 5)
+				w.mustBackup(keep, "ws2", serial)
+				src := t.TempDir()
+				makeSource(t, src, 1, 6)
+				w.mustBackup(src, "ws1", serial)
+				w.forget("ws1")
+				crash := errors.New("crash")
+				_, err := prune(t, root, nil, repo.PruneOptions{Lease: 300 * time.Millisecond, Hook: func(s string) error {
+					if s == step {
+						return crash
+					}
+					return nil
+				}})
+				if !errors.Is(err, crash) {
+					t.Fatalf("the crashing prune: %v", err)
+				}
+				w.mustBackup(src, "ws1", serial)
+				restoreEqual(t, root, src)
+				pr, err := prune(t, root, nil, repo.PruneOptions{WaitRunning: true})
+				must(t, err)
+				t.Logf("the next prune: %+v", *pr)
+				if resumed := step == "deleting" || step == "deleted-index" || step == "deleted-packs"; pr.Resumed != resumed {
+					t.Errorf("the next prune resumed: %v, want %v", pr.Resumed, resumed)
+				}
 				w.verify()
 			})
 		})
