@@ -401,10 +401,22 @@ func (p *pruner) generation(ctx context.Context) error {
 	p.res.Generation = p.state.Generation
 	p.stateMu.Unlock()
 
-	// Mark. The index objects are listed before the index is loaded, so
-	// that every listed one is covered by what is loaded.
+	// Mark. The snapshots (and committed sessions) are listed first, then
+	// the index objects, then the index is loaded: each listed snapshot's
+	// index objects were written before it, so what is loaded covers it
+	// (listed after the load, a snapshot committed meanwhile had trees in
+	// no loaded index, and the prune stopped), and every listed index
+	// object is covered too.
+	marked, err := p.r.ListSnapshots(ctx, "")
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	committed, err := p.committedSessions(ctx)
+	if err != nil {
+		return err
+	}
 	var v view
-	err := p.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+	err = p.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
 		v.indexes = append(v.indexes, oi.Key)
 		return nil
 	})
@@ -454,19 +466,11 @@ func (p *pruner) generation(ctx context.Context) error {
 	}
 	p.res.IndexObjectsBefore = len(v.indexes)
 
-	marked, err := p.r.ListSnapshots(ctx, "")
-	if err != nil {
-		return fmt.Errorf("prune: %w", err)
-	}
 	reach := newReacher(r)
 	for _, ref := range marked {
 		if err := reach.snapshot(ctx, ref); err != nil {
 			return err
 		}
-	}
-	committed, err := p.committedSessions(ctx)
-	if err != nil {
-		return err
 	}
 	for _, s := range committed {
 		if err := reach.tree(ctx, s.Tree, s.Workspace); err != nil {
@@ -541,16 +545,17 @@ func (p *pruner) generation(ctx context.Context) error {
 		dead[id] = true
 	}
 	if len(dead) > 0 {
+		// Listed before the index is loaded, as at the mark.
+		now, err := p.r.ListSnapshots(ctx, "")
+		if err != nil {
+			return p.abandon(ctx, fmt.Errorf("prune: %w", err))
+		}
 		if err := r.ReloadIndex(ctx); err != nil {
 			return p.abandon(ctx, fmt.Errorf("prune: load index: %w", err))
 		}
 		known := map[string]bool{}
 		for _, ref := range marked {
 			known[ref.Key] = true
-		}
-		now, err := p.r.ListSnapshots(ctx, "")
-		if err != nil {
-			return p.abandon(ctx, fmt.Errorf("prune: %w", err))
 		}
 		for _, ref := range now {
 			if known[ref.Key] {
