@@ -106,16 +106,38 @@ func TestSoak(t *testing.T) {
 		stdout bytes.Buffer
 		stderr bytes.Buffer
 	}
-	var procs []*proc
-	for _, c := range cfgs {
+	start := func(c soakConfig) *proc {
 		b, err := json.Marshal(c)
 		must(t, err)
 		p := &proc{cfg: c, cmd: exec.Command(os.Args[0], "-test.run=^$")}
 		p.cmd.Env = append(os.Environ(), soakEnv+"="+string(b))
 		p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 		must(t, p.cmd.Start())
-		procs = append(procs, p)
+		return p
 	}
+	var procs []*proc
+	for _, c := range cfgs {
+		procs = append(procs, start(c))
+	}
+	// Crashes: every second or so a backup or prune process is killed
+	// (SIGKILL, mid-way through whatever it does) and started again.
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
+	kills := 0
+	for time.Until(base.Deadline) > 3*time.Second {
+		<-time.After(time.Duration(700+rng.IntN(800)) * time.Millisecond) // when to crash one: fault injection, not synchronisation
+		i := rng.IntN(len(procs))
+		if procs[i].cfg.Role == "forget" {
+			continue
+		}
+		p := procs[i]
+		must(t, p.cmd.Process.Kill())
+		_ = p.cmd.Wait()
+		c := p.cfg
+		c.Seed += 100
+		procs[i] = start(c)
+		kills++
+	}
+	t.Logf("%d helper processes killed and started again", kills)
 	sums := map[string]soakSummary{}
 	var injected int64
 	for _, p := range procs {
