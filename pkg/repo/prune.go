@@ -245,7 +245,7 @@ func (p *pruner) take(ctx context.Context) error {
 		if ps.LeaseMS > 0 {
 			lease = time.Duration(ps.LeaseMS) * time.Millisecond
 		}
-		if oi.ModTime.Add(lease).After(now) {
+		if oi.ModTime.Add(lease + clockSlack(oi.ModTime)).After(now) {
 			if p.opts.WaitRunning {
 				t := time.NewTimer(p.opts.Poll)
 				select {
@@ -863,7 +863,7 @@ func (p *pruner) settle(ctx context.Context, key string, now time.Time) (bool, e
 		}
 		return true, nil
 	}
-	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()).After(now) {
+	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()+clockSlack(oi.ModTime)).After(now) {
 		return false, nil // renewed within its lease: wait
 	}
 	fence := []byte(`{"state":"fenced"}`)
