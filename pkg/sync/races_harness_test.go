@@ -403,3 +403,68 @@ func checkLeftovers(t *testing.T, root storage.Storage) {
 		t.Fatalf("check --read-data: problems %q", res.Problems)
 	}
 }
+
+// coarseClock wraps a storage to give every object written through it
+// the modification time of a test-controlled clock, truncated to whole
+// seconds as S3's Last-Modified is.
+type coarseClock struct {
+	storage.Storage
+	mu   gosync.Mutex
+	now  time.Time
+	mods map[string]time.Time
+}
+
+func newCoarseClock(st storage.Storage, now time.Time) *coarseClock {
+	return &coarseClock{Storage: st, now: now, mods: map[string]time.Time{}}
+}
+
+func (c *coarseClock) set(now time.Time) {
+	c.mu.Lock()
+	c.now = now
+	c.mu.Unlock()
+}
+
+func (c *coarseClock) wrote(key string, err error) error {
+	if err == nil {
+		c.mu.Lock()
+		c.mods[key] = c.now.Truncate(time.Second)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+func (c *coarseClock) info(oi storage.ObjectInfo) storage.ObjectInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.mods[oi.Key]; ok {
+		oi.ModTime = t
+	}
+	return oi
+}
+
+func (c *coarseClock) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	return c.wrote(key, c.Storage.Put(ctx, key, body, size))
+}
+
+func (c *coarseClock) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	return c.wrote(key, c.Storage.PutIfAbsent(ctx, key, body, size))
+}
+
+func (c *coarseClock) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker, size int64, version string) (string, error) {
+	v, err := c.Storage.PutIfMatch(ctx, key, body, size, version)
+	return v, c.wrote(key, err)
+}
+
+func (c *coarseClock) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	oi, err := c.Storage.Stat(ctx, key)
+	return c.info(oi), err
+}
+
+func (c *coarseClock) GetWithInfo(ctx context.Context, key string) (io.ReadCloser, storage.ObjectInfo, error) {
+	rc, oi, err := c.Storage.GetWithInfo(ctx, key)
+	return rc, c.info(oi), err
+}
+
+func (c *coarseClock) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	return c.Storage.List(ctx, prefix, func(oi storage.ObjectInfo) error { return fn(c.info(oi)) })
+}

@@ -437,3 +437,43 @@ func TestRaceR6PruneCrashes(t *testing.T) {
 		})
 	}
 }
+
+// R5c: on a storage whose clock has whole seconds (S3's Last-Modified),
+// a prune renewed a tenth of a second ago must not be taken over: its
+// state's time reads up to a second early. The first prune renewed at
+// 1000.95 (read as 1000), the second looks at 1001.0, with a lease of
+// 0.9 s; the first is cut off from its state meanwhile (so no renewal
+// hides the race), and goes on afterwards.
+func TestRaceR5CoarseStorageClock(t *testing.T) {
+	raceBackends(t, func(t *testing.T, root storage.Storage) {
+		w := newWorld(t, root)
+		src := t.TempDir()
+		makeSource(t, src, 1, 6)
+		w.mustBackup(src, "ws1", serial)
+		w.forget("ws1")
+		w.mustBackup(t.TempDir(), "ws2", serial)
+
+		clock := newCoarseClock(root, time.Unix(1000, 950e6))
+		g1 := newGate(clock)
+		p := newPause()
+		pruned := async(func() (*repo.PruneResult, error) {
+			return prune(t, g1, nil, repo.PruneOptions{Lease: 900 * time.Millisecond, Hook: func(s string) error {
+				if s == "marked" {
+					g1.on(cutWrites("/prune/state"))
+					return p.wait()
+				}
+				return nil
+			}})
+		})
+		p.await(t)
+		clock.set(time.Unix(1001, 0))
+		if res, err := prune(t, clock, nil, repo.PruneOptions{}); !errors.Is(err, repo.ErrPruneRunning) {
+			t.Errorf("a prune 0.05 s after the first one's renewal: %v, %+v; want ErrPruneRunning", err, res)
+		}
+		g1.on(nil)
+		p.go_(nil)
+		_, err := pruned()
+		must(t, err)
+		w.verify()
+	})
+}
