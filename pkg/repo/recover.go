@@ -84,12 +84,24 @@ func (r *Repository) TakeAdopted() []PackIndex {
 // (IndexReport), not an error; an error means the storage could not be
 // read (or ctx ended).
 func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
+	ps := r.pruneStateBefore(ctx)
 	rep, err := r.loadIndexInto(ctx, r.index, parallel)
 	if err != nil {
 		return err
 	}
 	r.setReport(rep)
+	r.indexPrune.Store(ps)
 	return nil
+}
+
+// pruneStateBefore reads the prune state before the index is loaded (nil
+// if it cannot be read: then BeginSession loads the index again).
+func (r *Repository) pruneStateBefore(ctx context.Context) *pruneState {
+	ps, _, err := readPruneState(ctx, r.st)
+	if err != nil {
+		return nil
+	}
+	return ps
 }
 
 // ReloadIndex loads the index again from storage and puts it in place of
@@ -99,6 +111,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 func (r *Repository) ReloadIndex(ctx context.Context) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
+	ps := r.pruneStateBefore(ctx)
 	fresh := NewIndex()
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {
@@ -106,6 +119,7 @@ func (r *Repository) ReloadIndex(ctx context.Context) error {
 	}
 	r.index.replace(fresh)
 	r.setReport(rep)
+	r.indexPrune.Store(ps)
 	return nil
 }
 

@@ -129,9 +129,20 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 		return nil, fmt.Errorf("begin backup session: %s holds something else", s.key)
 	}
 	s.version = oi.Version
-	if err := r.loadCondemned(ctx); err != nil {
+	ps, err := r.loadCondemned(ctx)
+	if err != nil {
 		s.deleteSession(ctx)
 		return nil, fmt.Errorf("begin backup session: %w", err)
+	}
+	if prev := r.indexPrune.Load(); prev == nil || prev.Generation != ps.Generation || prev.Phase != ps.Phase {
+		// The index was loaded before a prune state other than this one:
+		// a prune may have ended in between, never seeing this session,
+		// and deleted what the index still names. Loaded now, after the
+		// session exists, the index is what any later prune waits for.
+		if err := r.ReloadIndex(ctx); err != nil {
+			s.deleteSession(ctx)
+			return nil, fmt.Errorf("begin backup session: %w", err)
+		}
 	}
 	go s.renew()
 	return s, nil
@@ -139,21 +150,21 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 
 // loadCondemned reads the prune state and, if a prune has condemned
 // blobs, the list of them.
-func (r *Repository) loadCondemned(ctx context.Context) error {
+func (r *Repository) loadCondemned(ctx context.Context) (*pruneState, error) {
 	ps, _, err := readPruneState(ctx, r.st)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ps.condemning() {
 		r.condemned.set(nil)
-		return nil
+		return ps, nil
 	}
 	ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	r.condemned.set(ids)
-	return nil
+	return ps, nil
 }
 
 // Key returns the session's object key.
