@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -476,4 +477,52 @@ func TestRaceR5CoarseStorageClock(t *testing.T) {
 		must(t, err)
 		w.verify()
 	})
+}
+
+// R1b: a backup whose repository loaded the index before a prune (or
+// while it was deleting), whose session begins only after that prune
+// ended: the prune never saw the session, and no prune condemns anything
+// any more, yet the index it loaded names what the prune deleted. The
+// backup must not deduplicate against it.
+func TestRaceR1IndexOlderThanSession(t *testing.T) {
+	for _, loadAt := range []string{"before-prune", "deleting"} {
+		t.Run(loadAt, func(t *testing.T) {
+			raceBackends(t, func(t *testing.T, root storage.Storage) {
+				ctx := context.Background()
+				w := newWorld(t, root)
+				keep := t.TempDir()
+				makeSource(t, keep, 4, 5)
+				w.mustBackup(keep, "ws2", serial)
+				src := t.TempDir()
+				makeSource(t, src, 1, 6)
+				w.mustBackup(src, "ws1", serial)
+				w.forget("ws1")
+
+				var r *repo.Repository
+				if loadAt == "before-prune" {
+					r = ownerRepo(t, root)
+					_, err := prune(t, root, nil, repo.PruneOptions{})
+					must(t, err)
+				} else {
+					p := newPause()
+					pruned := async(func() (*repo.PruneResult, error) {
+						return prune(t, root, nil, repo.PruneOptions{Hook: hookAt("deleting", p)})
+					})
+					p.await(t)
+					r = ownerRepo(t, root)
+					p.go_(nil)
+					_, err := pruned()
+					must(t, err)
+				}
+				contents := snapshotDir(t, src)
+				res, err := Backup(ctx, r, src, BackupOptions{Owner: "owner1", Workspace: "ws1", Readers: 1, Compressors: 1})
+				must(t, err)
+				w.want[res.SnapshotID] = contents
+				if res.Snapshot.Stats.NewBlobs == 0 {
+					t.Errorf("the backup stored nothing: it deduplicated against what the prune deleted")
+				}
+				w.verify()
+			})
+		})
+	}
 }
