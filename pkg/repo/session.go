@@ -129,7 +129,7 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 		return nil, fmt.Errorf("begin backup session: %s holds something else", s.key)
 	}
 	s.version = oi.Version
-	ps, err := r.loadCondemned(ctx)
+	ps, condemned, err := r.loadCondemned(ctx)
 	if err != nil {
 		s.deleteSession(ctx)
 		return nil, fmt.Errorf("begin backup session: %w", err)
@@ -144,27 +144,28 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 			return nil, fmt.Errorf("begin backup session: %w", err)
 		}
 	}
+	// Only now, with the index fresh: another backup of this repository
+	// that began under the old state still avoids what it condemned.
+	r.condemned.set(condemned)
 	go s.renew()
 	return s, nil
 }
 
 // loadCondemned reads the prune state and, if a prune has condemned
-// blobs, the list of them.
-func (r *Repository) loadCondemned(ctx context.Context) (*pruneState, error) {
+// blobs, the list of them (BeginSession puts it in place).
+func (r *Repository) loadCondemned(ctx context.Context) (*pruneState, []chunk.ID, error) {
 	ps, _, err := readPruneState(ctx, r.st)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !ps.condemning() {
-		r.condemned.set(nil)
-		return ps, nil
+		return ps, nil, nil
 	}
 	ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	r.condemned.set(ids)
-	return ps, nil
+	return ps, ids, nil
 }
 
 // Key returns the session's object key.
