@@ -526,3 +526,72 @@ func TestRaceR1IndexOlderThanSession(t *testing.T) {
 		})
 	}
 }
+
+// R2b: two backups through one Repository (as a process serving several
+// workspaces of an owner might): the first began while a prune stood and
+// avoids what it condemned; the prune ends and deletes it; the second
+// begins, finds the state changed and loads the index again; while it
+// does, the first goes on. It must still avoid the condemned blobs (the
+// index it sees is the old one until the reload is done).
+func TestRaceR2SharedRepository(t *testing.T) {
+	raceBackends(t, func(t *testing.T, root storage.Storage) {
+		ctx := context.Background()
+		w := newWorld(t, root)
+		keep := t.TempDir()
+		makeSource(t, keep, 4, 5)
+		w.mustBackup(keep, "ws2", serial)
+		src := t.TempDir()
+		makeSource(t, src, 1, 6)
+		w.mustBackup(src, "ws1", serial)
+		w.forget("ws1")
+
+		pp := newPause()
+		pruned := async(func() (*repo.PruneResult, error) {
+			return prune(t, root, nil, repo.PruneOptions{Hook: hookAt("waited", pp)})
+		})
+		pp.await(t)
+		g := newGate(root)
+		r := ownerRepo(t, g)
+		p2 := newPause()
+		backup := func(dir, ws string, opts BackupOptions) func() (*BackupResult, error) {
+			contents := snapshotDir(t, dir)
+			return async(func() (*BackupResult, error) {
+				opts.Owner, opts.Workspace, opts.Readers, opts.Compressors = "owner1", ws, 1, 1
+				res, err := Backup(ctx, r, dir, opts)
+				if err == nil {
+					w.mu.Lock()
+					w.want[res.SnapshotID] = contents
+					w.mu.Unlock()
+				}
+				return res, err
+			})
+		}
+		b2 := backup(src, "ws1", BackupOptions{AfterStart: p2.wait})
+		p2.await(t)
+		pp.go_(nil)
+		_, err := pruned()
+		must(t, err)
+
+		p3 := newPause()
+		g.on(func(op, key string) error {
+			if op == "list" && strings.HasSuffix(key, "/index/") {
+				return p3.wait()
+			}
+			return nil
+		})
+		other := t.TempDir()
+		makeSource(t, other, 6, 3)
+		b3 := backup(other, "ws3", BackupOptions{})
+		p3.await(t)
+		p2.go_(nil)
+		res2, err := b2()
+		must(t, err)
+		if res2.Snapshot.Stats.NewBlobs == 0 {
+			t.Errorf("the first backup stored nothing: it deduplicated against what the prune deleted")
+		}
+		p3.go_(nil)
+		_, err = b3()
+		must(t, err)
+		w.verify()
+	})
+}
