@@ -154,18 +154,25 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 // loadCondemned reads the prune state and, if a prune has condemned
 // blobs, the list of them (BeginSession puts it in place).
 func (r *Repository) loadCondemned(ctx context.Context) (*pruneState, []chunk.ID, error) {
-	ps, _, err := readPruneState(ctx, r.st)
-	if err != nil {
-		return nil, nil, err
+	for attempt := 1; ; attempt++ {
+		ps, _, err := readPruneState(ctx, r.st)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ps.condemning() {
+			return ps, nil, nil
+		}
+		ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
+		if errors.Is(err, storage.ErrNotFound) && attempt < 5 {
+			// The prune ended between the two reads and deleted its list:
+			// the state has changed too.
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return ps, ids, nil
 	}
-	if !ps.condemning() {
-		return ps, nil, nil
-	}
-	ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ps, ids, nil
 }
 
 // Key returns the session's object key.
