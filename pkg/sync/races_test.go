@@ -595,3 +595,38 @@ func TestRaceR2SharedRepository(t *testing.T) {
 		w.verify()
 	})
 }
+
+// R2c: a backup reads the prune state (deleting, with a condemned list),
+// then the prune ends and deletes the list before the backup reads it:
+// the backup reads the state again, it does not fail.
+func TestRaceR2CondemnedListGone(t *testing.T) {
+	raceBackends(t, func(t *testing.T, root storage.Storage) {
+		w := newWorld(t, root)
+		src := t.TempDir()
+		makeSource(t, src, 1, 6)
+		w.mustBackup(src, "ws1", serial)
+		w.forget("ws1")
+		pp := newPause()
+		pruned := async(func() (*repo.PruneResult, error) {
+			return prune(t, root, nil, repo.PruneOptions{Hook: hookAt("deleting", pp)})
+		})
+		pp.await(t)
+		g := newGate(root)
+		pb := newPause()
+		g.on(func(op, key string) error {
+			if op == "get" && strings.Contains(key, "-condemned-") {
+				return pb.wait()
+			}
+			return nil
+		})
+		backed := async(func() (*BackupResult, error) { return w.backup(g, src, "ws1", serial) })
+		pb.await(t)
+		pp.go_(nil)
+		_, err := pruned()
+		must(t, err)
+		pb.go_(nil)
+		_, err = backed()
+		must(t, err)
+		w.verify()
+	})
+}
