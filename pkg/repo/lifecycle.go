@@ -254,6 +254,17 @@ func storageNow(ctx context.Context, st storage.Storage) (time.Time, error) {
 	return oi.ModTime, nil
 }
 
+// clockSlack is how much later than t an object that reads as written at
+// t may have been written: a storage that gives whole seconds (S3's
+// Last-Modified, an HTTP date) truncates, so its times read up to a
+// second early, and a lease judged by them must stand a second longer.
+func clockSlack(t time.Time) time.Duration {
+	if t.Nanosecond() == 0 {
+		return time.Second
+	}
+	return 0
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {

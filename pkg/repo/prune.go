@@ -51,6 +51,10 @@ type PruneOptions struct {
 	// Poll is how often running sessions are looked at while the prune
 	// waits for them (one second if 0).
 	Poll time.Duration
+	// WaitRunning makes a prune that finds another one holding the state
+	// wait (looking every Poll) until that one ends or its lease lapses,
+	// instead of failing with ErrPruneRunning.
+	WaitRunning bool
 	// Host names this prune in the state, for whoever finds it running.
 	Host string
 	// Log, if set, receives a line per step.
@@ -132,12 +136,15 @@ type pruner struct {
 	res  *PruneResult
 	me   string
 
-	stateMu gosync.Mutex // guards state, version, fenced
+	stateMu gosync.Mutex // guards state, version, fenced, renewedAt
 	state   pruneState
 	version string
 	fenced  error
-	stop    chan struct{}
-	done    chan struct{}
+	// renewedAt is when the last write of the state that succeeded was
+	// sent: the lease stands at most a lease from then (alive).
+	renewedAt time.Time
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 func (p *pruner) log(format string, args ...any) {
@@ -147,12 +154,15 @@ func (p *pruner) log(format string, args ...any) {
 }
 
 func (p *pruner) hook(step string) error {
+	if err := p.alive(); err != nil {
+		return err
+	}
 	if p.opts.Hook != nil {
 		if err := p.opts.Hook(step); err != nil {
 			return &hookError{step, err}
 		}
 	}
-	return nil
+	return p.alive()
 }
 
 // hookError is a stop a Hook asked for: it acts as a crash would, leaving
@@ -261,7 +271,17 @@ func (p *pruner) take(ctx context.Context) error {
 		if ps.LeaseMS > 0 {
 			lease = time.Duration(ps.LeaseMS) * time.Millisecond
 		}
-		if oi.ModTime.Add(lease).After(now) {
+		if oi.ModTime.Add(lease + clockSlack(oi.ModTime)).After(now) {
+			if p.opts.WaitRunning {
+				t := time.NewTimer(p.opts.Poll)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+				return p.take(ctx)
+			}
 			return fmt.Errorf("%w: %s holds generation %d (phase %s), renewed %s ago; its lease is %s",
 				ErrPruneRunning, ps.Prune, ps.Generation, ps.Phase, now.Sub(oi.ModTime).Round(time.Second), lease)
 		}
@@ -303,6 +323,7 @@ func (p *pruner) writeState(ctx context.Context, s pruneState) error {
 	if err != nil {
 		return err
 	}
+	sent := time.Now()
 	var v string
 	if p.version == "" {
 		err = p.st.PutIfAbsent(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)))
@@ -328,8 +349,27 @@ func (p *pruner) writeState(ctx context.Context, s pruneState) error {
 	if err != nil {
 		return fmt.Errorf("write prune state: %w", err)
 	}
-	p.state, p.version = s, v
+	p.state, p.version, p.renewedAt = s, v, sent
 	return nil
+}
+
+// alive fails with ErrPruneFenced once the prune's lease may have lapsed:
+// its last renewal was sent more than four fifths of a lease ago (by this
+// node's clock), so another prune may take the state over any moment. A
+// prune checks it before each deletion and each object it writes: a
+// prune paused (or cut off from the state) past its lease must not delete
+// what a later one keeps, and a pack's name is its content, so a pack it
+// listed may have been deleted and stored again since.
+func (p *pruner) alive() error {
+	if p.opts.DryRun {
+		return nil
+	}
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	if p.fenced == nil && time.Since(p.renewedAt) > p.opts.Lease-p.opts.Lease/5 {
+		p.fenced = fmt.Errorf("%w (not renewed for %s)", ErrPruneFenced, time.Since(p.renewedAt).Round(time.Millisecond))
+	}
+	return p.fenced
 }
 
 func (p *pruner) fencedErr() error {
@@ -379,6 +419,59 @@ type view struct {
 	packs   map[chunk.ID][]BlobEntry
 	sizes   map[chunk.ID]int64
 	indexes []string
+	// dups lists, for a pack, the blobs it holds that are kept in another
+	// pack (stored twice: by backups racing, or again by one that ran
+	// during a prune): unused here, as far as this pack goes.
+	dups map[chunk.ID]idSet
+}
+
+// unused reports whether blob e of pack is unused there: dead, or kept in
+// another pack.
+func (v *view) unused(pack chunk.ID, e *BlobEntry, dead idSet) bool {
+	return dead.has(e.ID) || v.dups[pack].has(e.ID)
+}
+
+// duplicates finds the blobs that more than one pack holds and keeps each
+// in one pack (the lowest id): for every other pack that holds it, the
+// blob is listed in the result. Memory: 32 bytes a blob, for the moment.
+func duplicates(packs map[chunk.ID][]BlobEntry) map[chunk.ID]idSet {
+	var ids []chunk.ID
+	for _, entries := range packs {
+		for _, e := range entries {
+			ids = append(ids, e.ID)
+		}
+	}
+	slices.SortFunc(ids, compareIDs)
+	var twice idSet
+	for i := 1; i < len(ids); i++ {
+		if ids[i] == ids[i-1] && (len(twice) == 0 || twice[len(twice)-1] != ids[i]) {
+			twice = append(twice, ids[i])
+		}
+	}
+	ids = nil
+	if len(twice) == 0 {
+		return nil
+	}
+	holders := map[chunk.ID][]chunk.ID{}
+	for pack, entries := range packs {
+		for _, e := range entries {
+			if twice.has(e.ID) {
+				holders[e.ID] = append(holders[e.ID], pack)
+			}
+		}
+	}
+	out := map[chunk.ID]idSet{}
+	for id, ps := range holders {
+		slices.SortFunc(ps, compareIDs)
+		for _, p := range slices.Compact(ps)[1:] {
+			out[p] = append(out[p], id)
+		}
+	}
+	for p := range out {
+		slices.SortFunc(out[p], compareIDs)
+		out[p] = slices.Compact(out[p])
+	}
+	return out
 }
 
 func (p *pruner) generation(ctx context.Context) error {
@@ -387,10 +480,22 @@ func (p *pruner) generation(ctx context.Context) error {
 	p.res.Generation = p.state.Generation
 	p.stateMu.Unlock()
 
-	// Mark. The index objects are listed before the index is loaded, so
-	// that every listed one is covered by what is loaded.
+	// Mark. The snapshots (and committed sessions) are listed first, then
+	// the index objects, then the index is loaded: each listed snapshot's
+	// index objects were written before it, so what is loaded covers it
+	// (listed after the load, a snapshot committed meanwhile had trees in
+	// no loaded index, and the prune stopped), and every listed index
+	// object is covered too.
+	marked, err := p.r.ListSnapshots(ctx, "")
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	committed, err := p.committedSessions(ctx)
+	if err != nil {
+		return err
+	}
 	var v view
-	err := p.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+	err = p.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
 		v.indexes = append(v.indexes, oi.Key)
 		return nil
 	})
@@ -436,12 +541,11 @@ func (p *pruner) generation(ctx context.Context) error {
 		p.res.PacksBefore++
 		p.res.BytesBefore += v.sizes[id]
 	}
+	// Only among packs that are there: a blob must never be thought kept
+	// in a pack that is gone.
+	v.dups = duplicates(v.packs)
 	p.res.IndexObjectsBefore = len(v.indexes)
 
-	marked, err := p.r.ListSnapshots(ctx, "")
-	if err != nil {
-		return fmt.Errorf("prune: %w", err)
-	}
 	reach := newReacher(r)
 	loaded := slices.Clone(v.indexes)
 	reach.refresh = func(ctx context.Context) error {
@@ -453,10 +557,6 @@ func (p *pruner) generation(ctx context.Context) error {
 		if err := reach.snapshot(ctx, ref); err != nil {
 			return err
 		}
-	}
-	committed, err := p.committedSessions(ctx)
-	if err != nil {
-		return err
 	}
 	for _, s := range committed {
 		if err := reach.tree(ctx, s.Tree, s.Workspace); err != nil {
@@ -503,7 +603,7 @@ func (p *pruner) generation(ctx context.Context) error {
 			p.res.BytesFreed += v.sizes[id]
 			var live []BlobEntry
 			for _, e := range entries {
-				if !dead.has(e.ID) {
+				if !v.unused(id, &e, dead) {
 					live = append(live, e)
 					used[e.Type] += int64(e.StoredLen)
 				}
@@ -556,18 +656,18 @@ func (p *pruner) generation(ctx context.Context) error {
 	// Resurrect what snapshots written since the mark reach.
 	dead := idSet(condemned)
 	if len(dead) > 0 {
-		// The trees of snapshots written since the mark are in index
-		// objects written since: load those alone.
+		// Listed before the index objects written since the mark (which
+		// hold their trees) are loaded, as at the mark.
+		now, err := p.r.ListSnapshots(ctx, "")
+		if err != nil {
+			return p.abandon(ctx, fmt.Errorf("prune: %w", err))
+		}
 		if err := reach.refresh(ctx); err != nil {
 			return p.abandon(ctx, fmt.Errorf("prune: load index: %w", err))
 		}
 		known := map[string]bool{}
 		for _, ref := range marked {
 			known[ref.Key] = true
-		}
-		now, err := p.r.ListSnapshots(ctx, "")
-		if err != nil {
-			return p.abandon(ctx, fmt.Errorf("prune: %w", err))
 		}
 		for _, ref := range now {
 			if known[ref.Key] {
@@ -593,18 +693,41 @@ func (p *pruner) generation(ctx context.Context) error {
 	// Rewrite: new packs and a consolidated index, durable before any
 	// deletion.
 	plan := p.plan(&v, dead)
+	if err := p.alive(); err != nil {
+		return err
+	}
 	newPacks, kept, err := p.repack(ctx, &v, plan, dead)
 	if err != nil {
 		return p.abandon(ctx, err)
 	}
+	for _, np := range newPacks {
+		if plan.gone[np.Pack] {
+			// Repacked into the very bytes of a pack that was to go (one
+			// whose every blob is located elsewhere, e.g. the one these
+			// blobs were stored again from): SavePack just rewrote it, and
+			// deleting it now would delete the new pack.
+			kept[np.Pack] = true
+		}
+	}
 	var consolidated []PackIndex
+	rewritten := map[chunk.ID]bool{}
+	for _, np := range newPacks {
+		rewritten[np.Pack] = true
+	}
 	for id, entries := range v.packs {
-		if !plan.gone[id] || kept[id] {
+		if (!plan.gone[id] || kept[id]) && !rewritten[id] {
 			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: entries})
 		}
 	}
+	// A repacked pack can come out byte for byte a pack the mark saw (the
+	// same blobs, e.g. what a backup stored again in a salted pack): it is
+	// that pack, named once (an index naming a pack twice is refused),
+	// with the blobs the repack put in it.
 	consolidated = append(consolidated, newPacks...)
 	slices.SortFunc(consolidated, func(a, b PackIndex) int { return compareIDs(a.Pack, b.Pack) })
+	if err := p.alive(); err != nil {
+		return err
+	}
 	newIndex, err := r.SaveIndex(ctx, consolidated)
 	if err != nil {
 		return p.abandon(ctx, fmt.Errorf("prune: %w", err))
@@ -794,6 +917,9 @@ func (p *pruner) wait(ctx context.Context) error {
 			case <-t.C:
 			}
 		}
+		if err := p.alive(); err != nil {
+			return err
+		}
 		now, err := storageNow(ctx, p.st)
 		if err != nil {
 			return err
@@ -863,7 +989,7 @@ func (p *pruner) settle(ctx context.Context, key string, now time.Time) (bool, e
 		}
 		return true, nil
 	}
-	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()).After(now) {
+	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()+clockSlack(oi.ModTime)).After(now) {
 		return false, nil // renewed within its lease: wait
 	}
 	fence := []byte(`{"state":"fenced"}`)
@@ -904,17 +1030,17 @@ func (p *pruner) plan(v *view, dead idSet) *plan {
 	for id, entries := range v.packs {
 		var used int64
 		anyDead := false
-		for _, e := range entries {
-			if dead.has(e.ID) {
+		for i := range entries {
+			if v.unused(id, &entries[i], dead) {
 				anyDead = true
 			} else {
-				used += int64(e.StoredLen)
+				used += int64(entries[i].StoredLen)
 			}
 		}
 		size := v.sizes[id]
 		pl.usedBytes[id] = used
 		switch {
-		case used == 0 && anyDead:
+		case used == 0 && (anyDead || len(entries) == 0):
 			pl.deletes = append(pl.deletes, id)
 			pl.gone[id] = true
 		case anyDead && size > 0 && float64(size-used)/float64(size) > p.opts.MaxUnused:
@@ -961,7 +1087,7 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 		}
 		if err == nil {
 			for _, e := range v.packs[id] {
-				if dead.has(e.ID) {
+				if v.unused(id, &e, dead) {
 					continue
 				}
 				end := int64(e.Offset) + int64(e.StoredLen)
@@ -1082,11 +1208,17 @@ func loadDeleteList(ctx context.Context, st storage.Storage, key string) (indexe
 // the packs. Deleting what is gone already is no error, so whoever
 // resumes a stopped prune does it again safely.
 func (p *pruner) deleteListed(ctx context.Context, key string) error {
+	if err := p.alive(); err != nil {
+		return err
+	}
 	indexes, packs, err := loadDeleteList(ctx, p.st, key)
 	if err != nil {
 		return fmt.Errorf("prune: %w", err)
 	}
 	for _, id := range indexes {
+		if err := p.alive(); err != nil {
+			return err
+		}
 		if err := p.st.Delete(ctx, indexPrefix+id.String()); err != nil {
 			return fmt.Errorf("prune: delete index object: %w", err)
 		}
@@ -1097,6 +1229,9 @@ func (p *pruner) deleteListed(ctx context.Context, key string) error {
 		return err
 	}
 	for _, id := range packs {
+		if err := p.alive(); err != nil {
+			return err
+		}
 		if err := p.st.Delete(ctx, PackKey(id)); err != nil {
 			return fmt.Errorf("prune: delete pack: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	gosync "sync"
@@ -83,12 +84,24 @@ func (r *Repository) TakeAdopted() []PackIndex {
 // (IndexReport), not an error; an error means the storage could not be
 // read (or ctx ended).
 func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
+	ps := r.pruneStateBefore(ctx)
 	rep, err := r.loadIndexInto(ctx, r.index, parallel)
 	if err != nil {
 		return err
 	}
 	r.setReport(rep)
+	r.indexPrune.Store(ps)
 	return nil
+}
+
+// pruneStateBefore reads the prune state before the index is loaded (nil
+// if it cannot be read: then BeginSession loads the index again).
+func (r *Repository) pruneStateBefore(ctx context.Context) *pruneState {
+	ps, _, err := readPruneState(ctx, r.st)
+	if err != nil {
+		return nil
+	}
+	return ps
 }
 
 // ReloadIndex loads the index again from storage and puts it in place of
@@ -98,6 +111,7 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 func (r *Repository) ReloadIndex(ctx context.Context) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
+	ps := r.pruneStateBefore(ctx)
 	fresh := NewIndex()
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {
@@ -105,6 +119,7 @@ func (r *Repository) ReloadIndex(ctx context.Context) error {
 	}
 	r.index.replace(fresh)
 	r.setReport(rep)
+	r.indexPrune.Store(ps)
 	return nil
 }
 
@@ -119,35 +134,78 @@ func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int
 	parallel = max(parallel, 1)
 	rep := IndexReport{}
 	var keys []storage.ObjectInfo
-	err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
-		keys = append(keys, oi)
-		return nil
-	})
-	if err != nil {
-		return rep, fmt.Errorf("list index: %w", err)
+	seenKeys := map[string]bool{}
+	listNew := func() ([]storage.ObjectInfo, error) {
+		var fresh []storage.ObjectInfo
+		err := r.st.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
+			if !seenKeys[oi.Key] {
+				seenKeys[oi.Key] = true
+				fresh = append(fresh, oi)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list index: %w", err)
+		}
+		return fresh, nil
 	}
-	rep.IndexObjects = len(keys)
-	load := func(skip map[chunk.ID]bool) error {
+	// load loads objs; those deleted since they were listed are left out
+	// of keys and counted in vanished.
+	var vanished int
+	load := func(objs []storage.ObjectInfo, skip map[chunk.ID]bool) error {
 		var mu gosync.Mutex
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(parallel)
-		for _, oi := range keys {
+		gone := map[string]bool{}
+		for _, oi := range objs {
 			g.Go(panics.Safe(func() error {
 				err := r.loadIndexObject(gctx, idx, oi, skip)
-				if err != nil && Damaged(err) {
-					mu.Lock()
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err != nil && Damaged(err):
 					rep.Damaged = append(rep.Damaged, ObjectProblem{oi.Key, err})
-					mu.Unlock()
+					return nil
+				case errors.Is(err, storage.ErrNotFound):
+					gone[oi.Key] = true
 					return nil
 				}
 				return err
 			}))
 		}
-		return g.Wait()
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		vanished = len(gone)
+		if len(gone) > 0 {
+			keys = slices.DeleteFunc(keys, func(oi storage.ObjectInfo) bool { return gone[oi.Key] })
+		}
+		return nil
 	}
-	if err := load(nil); err != nil {
+	fresh, err := listNew()
+	if err != nil {
 		return rep, err
 	}
+	keys = fresh
+	if err := load(fresh, nil); err != nil {
+		return rep, err
+	}
+	for round := 1; vanished > 0; round++ {
+		// An index object listed, then deleted before it was read: a prune
+		// replaced it by a consolidated one, written before it deleted
+		// any, perhaps after the listing. Listing again finds that one.
+		if round > 10 {
+			return rep, fmt.Errorf("load index: index objects keep vanishing as they are read")
+		}
+		if fresh, err = listNew(); err != nil {
+			return rep, err
+		}
+		keys = append(keys, fresh...)
+		if err := load(fresh, nil); err != nil {
+			return rep, err
+		}
+	}
+	rep.IndexObjects = len(keys)
 	// The packs are listed after the index objects: a pack an index object
 	// names that is not listed is gone for good (packs are durable before
 	// any index object names them).
@@ -164,7 +222,7 @@ func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int
 		}
 		sort.Strings(rep.MissingPacks)
 		idx.replace(NewIndex())
-		if err := load(missing); err != nil {
+		if err := load(keys, missing); err != nil {
 			return rep, err
 		}
 		if _, err := r.adoptPacks(ctx, idx, parallel, &rep); err != nil {
@@ -263,6 +321,10 @@ func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, r
 			case err == nil:
 				idx.AddPack(id, entries)
 				rep.Adopted = append(rep.Adopted, PackIndex{Pack: id, Blobs: entries})
+			case errors.Is(err, storage.ErrNotFound):
+				// Deleted since it was listed (by a prune, whose new index
+				// covers what it kept): nothing to adopt.
+				delete(listed, id)
 			case Damaged(err):
 				rep.BadPacks = append(rep.BadPacks, ObjectProblem{oi.Key, err})
 			default:

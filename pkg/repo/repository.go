@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	gosync "sync"
@@ -43,6 +44,10 @@ type Repository struct {
 	reloadMu gosync.Mutex
 
 	condemned condemnedSet // blobs a standing prune condemned (see Usable)
+	// indexPrune is the prune state read just before the index was
+	// loaded (nil: unknown); BeginSession loads the index again if it
+	// finds another.
+	indexPrune atomic.Pointer[pruneState]
 }
 
 // SetCache makes the repository keep index objects and tree packs in a

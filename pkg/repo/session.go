@@ -129,31 +129,50 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 		return nil, fmt.Errorf("begin backup session: %s holds something else", s.key)
 	}
 	s.version = oi.Version
-	if err := r.loadCondemned(ctx); err != nil {
+	ps, condemned, err := r.loadCondemned(ctx)
+	if err != nil {
 		s.deleteSession(ctx)
 		return nil, fmt.Errorf("begin backup session: %w", err)
 	}
+	if prev := r.indexPrune.Load(); prev == nil || prev.Generation != ps.Generation || prev.Phase != ps.Phase {
+		// The index was loaded before a prune state other than this one:
+		// a prune may have ended in between, never seeing this session,
+		// and deleted what the index still names. Loaded now, after the
+		// session exists, the index is what any later prune waits for.
+		if err := r.ReloadIndex(ctx); err != nil {
+			s.deleteSession(ctx)
+			return nil, fmt.Errorf("begin backup session: %w", err)
+		}
+	}
+	// Only now, with the index fresh: another backup of this repository
+	// that began under the old state still avoids what it condemned.
+	r.condemned.set(condemned)
 	go s.renew()
 	return s, nil
 }
 
 // loadCondemned reads the prune state and, if a prune has condemned
-// blobs, the list of them.
-func (r *Repository) loadCondemned(ctx context.Context) error {
-	ps, _, err := readPruneState(ctx, r.st)
-	if err != nil {
-		return err
+// blobs, the list of them (BeginSession puts it in place).
+func (r *Repository) loadCondemned(ctx context.Context) (*pruneState, []chunk.ID, error) {
+	for attempt := 1; ; attempt++ {
+		ps, _, err := readPruneState(ctx, r.st)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ps.condemning() {
+			return ps, nil, nil
+		}
+		ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
+		if errors.Is(err, storage.ErrNotFound) && attempt < 5 {
+			// The prune ended between the two reads and deleted its list:
+			// the state has changed too.
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return ps, ids, nil
 	}
-	if !ps.condemning() {
-		r.condemned.set(nil)
-		return nil
-	}
-	ids, err := loadIDList(ctx, r.st, ps.Condemned, condemnedMagic, MaxCondemned)
-	if err != nil {
-		return err
-	}
-	r.condemned.set(ids)
-	return nil
 }
 
 // Key returns the session's object key.

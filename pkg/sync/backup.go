@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	gosync "sync"
@@ -42,6 +43,10 @@ type BackupOptions struct {
 	// is stored, just before the backup commits (tests pause a backup
 	// there); an error fails the backup.
 	BeforeCommit func() error
+	// AfterStart, if set, is called once the backup's session has begun
+	// and its parent is loaded, before any file is read (tests pause a
+	// backup there); an error fails the backup.
+	AfterStart func() error
 	// Force reads every file, ignoring the parent.
 	Force bool
 	// Exclude holds patterns in gitignore syntax (package exclude) of
@@ -250,6 +255,11 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if opts.Force {
 		parentTree = chunk.ID{}
 	}
+	if opts.AfterStart != nil {
+		if err := opts.AfterStart(); err != nil {
+			return nil, err
+		}
+	}
 	excl, err := loadExcludes(root, opts.Exclude, opts.Warn)
 	if err != nil {
 		return nil, err
@@ -278,6 +288,13 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// only when a snapshot has that many changed directories.
 	b.packers[repo.DataBlob] = &packer{typ: repo.DataBlob, size: cfg.PackSize, pool: newBufferPool(1+opts.Uploads+1, packCap)}
 	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20)}
+	if r.Condemned() > 0 {
+		// A prune stands: its condemned blobs this backup needs are stored
+		// again, in packs that must not be the ones it deletes (saltBlob).
+		for _, p := range b.packers {
+			p.salted = true
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	var readers, compressors gosync.WaitGroup
@@ -327,7 +344,16 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// The packs a killed backup left (indexed from their trailers when the
 	// index was loaded) go into this backup's index too: their blobs may
 	// be what this snapshot uses.
-	if packs := append(b.newPacks, r.TakeAdopted()...); len(packs) > 0 {
+	packs := b.newPacks
+	for _, pi := range r.TakeAdopted() {
+		// A pack holding a blob a standing prune condemned is one it
+		// deletes or rewrites: indexing it here would leave an index entry
+		// for a pack that is gone.
+		if !slices.ContainsFunc(pi.Blobs, func(e repo.BlobEntry) bool { return !r.Usable(e.ID) }) {
+			packs = append(packs, pi)
+		}
+	}
+	if len(packs) > 0 {
 		ids, err := r.SaveIndex(ctx, packs)
 		if err != nil {
 			return nil, err

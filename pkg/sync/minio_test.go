@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -11,7 +12,12 @@ import (
 	"github.com/backupd/backupd/pkg/storage/s3"
 )
 
-func TestMain(m *testing.M) { testservers.Main(m) }
+func TestMain(m *testing.M) {
+	if c := os.Getenv(soakEnv); c != "" {
+		os.Exit(soakHelper(c)) // a helper process of TestSoak
+	}
+	testservers.Main(m)
+}
 
 // The same as TestBackupAndRestoreThroughFaults, against a real MinIO
 // through the s3 backend as the restricted user.
