@@ -352,7 +352,9 @@ func TestDeleteRefusesOperationsMeanwhile(t *testing.T) {
 	release := make(chan struct{})
 	// A backup that ends only once released, whatever its context says
 	// (a slow storage call that does not notice the cancel at once).
+	running := make(chan struct{}, 2)
 	stubborn := func(ctx context.Context, _ *operation) (*pb.OperationResult, error) {
+		running <- struct{}{}
 		<-release
 		return nil, ctx.Err()
 	}
@@ -372,6 +374,8 @@ func TestDeleteRefusesOperationsMeanwhile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-running // both run (one cancelled while queued would end at once)
+	<-running
 	deleted := make(chan []*operation, 1)
 	dw, _, err := m.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE, owner: "o", workspace: "a", joinKey: "delete-workspace/o/a",
 		req: &pb.DeleteWorkspaceRequest{Owner: "o", Workspace: "a"},
@@ -398,8 +402,16 @@ func TestDeleteRefusesOperationsMeanwhile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := <-deleted; len(w) != 3 || b.ctx.Err() == nil || dw.ctx.Err() == nil {
-		t.Fatalf("delete of the owner waits for %d operations; b cancelled: %v", len(w), b.ctx.Err())
+	// It waits for those of a, b and the workspace's delete not ended yet
+	// (one cancelled while queued ends at once), and cancelled them all.
+	w := <-deleted
+	if b.ctx.Err() == nil || dw.ctx.Err() == nil {
+		t.Fatalf("delete of the owner: b cancelled: %v, the workspace's delete cancelled: %v", b.ctx.Err(), dw.ctx.Err())
+	}
+	for _, op := range w {
+		if op != a && op != b && op != dw {
+			t.Fatalf("delete of the owner waits for %s, not an operation of the owner", op.id)
+		}
 	}
 	if _, err := backup("o", "c", idle); !errors.As(err, &ce) || !strings.Contains(err.Error(), "owner o is being deleted by operation "+do.id) {
 		t.Fatalf("a backup of the owner being deleted: %v", err)
@@ -421,9 +433,11 @@ func TestDeleteRefusesOperationsMeanwhile(t *testing.T) {
 			t.Fatalf("%s: %v", kindName(op.kind), p.State)
 		}
 	}
-	if _, err := backup("o", "c", idle); err != nil {
+	c, err := backup("o", "c", idle)
+	if err != nil {
 		t.Fatalf("a backup once the delete ended: %v", err)
 	}
+	<-c.done // not to log after the test
 }
 
 // TestLifecycleIdempotency: a request id names its operation, running or

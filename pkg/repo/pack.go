@@ -1,7 +1,9 @@
 package repo
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -65,6 +67,26 @@ func NewPackBuilderBuffer(buf []byte) *PackBuilder {
 func (p *PackBuilder) Add(id chunk.ID, t BlobType, comp chunk.Compression, stored []byte, rawLen int) {
 	p.entries = append(p.entries, BlobEntry{ID: id, Type: t, Compression: comp, Offset: uint32(len(p.buf)), StoredLen: uint32(len(stored)), RawLen: uint32(rawLen)})
 	p.buf = append(p.buf, stored...)
+}
+
+
+// AddSalt adds a blob of type t that no one stored before (random bytes;
+// for a tree, a tree of one empty file with a random name), referenced by
+// nothing. A backup that runs while a prune has condemned blobs begins
+// every pack with one: it stores again the condemned blobs it needs, and a
+// pack's name is the hash of its bytes, so without salt it could write
+// exactly a pack the prune deletes next (the same blobs in the same
+// order). It costs a few bytes a pack.
+func (p *PackBuilder) AddSalt(t BlobType) {
+	var r [16]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	raw := r[:]
+	if t == TreeBlob {
+		raw = EncodeTree(&Tree{Nodes: []Node{{Name: "salt-" + hex.EncodeToString(r[:]), Type: TypeFile}}})
+	}
+	p.Add(chunk.Hash(raw), t, chunk.Raw, raw, len(raw))
 }
 
 // Len is the number of bytes of blobs added so far.

@@ -30,6 +30,10 @@ var ErrPruneFenced = errors.New("prune fenced: its lease lapsed and another prun
 // cannot run safely on it.
 var ErrNoConditionalWrites = errors.New("the storage does not honour conditional writes (If-Match): prune refuses to run on it")
 
+// minRepackUnused is the fewest unused bytes worth a repack: not worth it
+// below, and a salt blob (AddSalt) never makes one.
+const minRepackUnused = 4 << 10
+
 // pruneTreePackCacheSize is the tree pack cache of a prune.
 const pruneTreePackCacheSize = 8 << 20
 
@@ -622,8 +626,14 @@ func (p *pruner) generation(ctx context.Context) error {
 		return nil
 	}
 
-	if len(condemned) == 0 && len(v.indexes) <= len(SplitIndex(packIndexes(v.packs))) {
-		// Nothing to free and the index is consolidated already: done.
+	if pl := p.plan(&v, idSet(condemned)); len(pl.deletes)+len(pl.repacks) == 0 && len(v.indexes) <= len(SplitIndex(packIndexes(v.packs))) {
+		// Nothing to free (resurrection only frees less: no pack would go)
+		// and the index is consolidated already: done. Unused blobs left
+		// in packs not worth rewriting are not condemned.
+		if len(condemned) > 0 {
+			p.log("%d unused blobs stay, in packs under the repack threshold", len(condemned))
+		}
+		p.res.CondemnedBlobs, p.res.BytesAfter = 0, p.res.BytesBefore
 		p.log("nothing to free; the index is consolidated already")
 		return p.finish(ctx)
 	}
@@ -1043,7 +1053,7 @@ func (p *pruner) plan(v *view, dead idSet) *plan {
 		case used == 0 && (anyDead || len(entries) == 0):
 			pl.deletes = append(pl.deletes, id)
 			pl.gone[id] = true
-		case anyDead && size > 0 && float64(size-used)/float64(size) > p.opts.MaxUnused:
+		case anyDead && size > 0 && size-used > minRepackUnused && float64(size-used)/float64(size) > p.opts.MaxUnused:
 			pl.repacks = append(pl.repacks, id)
 			pl.gone[id] = true
 			pl.repack[id] = true

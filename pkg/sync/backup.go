@@ -290,7 +290,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20)}
 	if r.Condemned() > 0 {
 		// A prune stands: its condemned blobs this backup needs are stored
-		// again, in packs that must not be the ones it deletes (saltBlob).
+		// again, in packs that must not be the ones it deletes (AddSalt).
 		for _, p := range b.packers {
 			p.salted = true
 		}

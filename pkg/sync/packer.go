@@ -2,8 +2,6 @@ package sync
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	gosync "sync"
 
 	"github.com/backupd/backupd/pkg/chunk"
@@ -23,9 +21,9 @@ type packer struct {
 	typ  repo.BlobType
 	size int
 	pool *bufferPool
-	// salted: every pack begins with a blob of random content, so that no
-	// pack is byte for byte one a standing prune is about to delete
-	// (saltBlob).
+	// salted: every pack begins with a salt blob (repo.PackBuilder.AddSalt),
+	// so that no pack is byte for byte one a standing prune is about to
+	// delete.
 	salted bool
 
 	mu  gosync.Mutex
@@ -57,8 +55,7 @@ func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.
 			if p.cur == nil {
 				p.cur = repo.NewPackBuilderBuffer(buf)
 				if p.salted {
-					id, raw := saltBlob(p.typ)
-					p.cur.Add(id, p.typ, chunk.Raw, raw, len(raw))
+					p.cur.AddSalt(p.typ)
 				}
 			} else {
 				p.pool.put(buf)
@@ -71,25 +68,6 @@ func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.
 		st.storedBytes.Add(int64(len(stored)))
 		return nil
 	}
-}
-
-// saltBlob returns a blob of type t no one stored before: random bytes,
-// or for trees a tree of one empty file with a random name. A pack's name
-// is the hash of its bytes; a backup that runs while a prune has
-// condemned blobs stores again each condemned blob it needs, and without
-// salt could write exactly a pack the prune deletes next (the same blobs
-// in the same order), which would take the new snapshot's data with it.
-// The salt blob is referenced by nothing; it costs a few bytes a pack.
-func saltBlob(t repo.BlobType) (chunk.ID, []byte) {
-	var r [16]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	raw := r[:]
-	if t == repo.TreeBlob {
-		raw = repo.EncodeTree(&repo.Tree{Nodes: []repo.Node{{Name: "salt-" + hex.EncodeToString(r[:]), Type: repo.TypeFile}}})
-	}
-	return chunk.Hash(raw), raw
 }
 
 func (p *packer) flush(ctx context.Context, uploads chan<- finishedPack) error {
