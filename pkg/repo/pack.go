@@ -69,7 +69,6 @@ func (p *PackBuilder) Add(id chunk.ID, t BlobType, comp chunk.Compression, store
 	p.buf = append(p.buf, stored...)
 }
 
-
 // AddSalt adds a blob of type t that no one stored before (random bytes;
 // for a tree, a tree of one empty file with a random name), referenced by
 // nothing. A backup that runs while a prune has condemned blobs begins
