@@ -166,10 +166,10 @@ func decodeIDList(magic string, b []byte, maxIDs int) ([]chunk.ID, error) {
 
 func compareIDs(a, b chunk.ID) int { return bytes.Compare(a[:], b[:]) }
 
-// saveIDList stores a list under prune/<generation>-<kind>-<hash>,
-// create-only (the same content is the same key), and returns its key.
-func saveIDList(ctx context.Context, st storage.Storage, gen uint64, kind, magic string, ids []chunk.ID) (string, error) {
-	b := encodeIDList(magic, ids)
+// saveList stores the body of a prune list under
+// prune/<generation>-<kind>-<hash>, create-only (the same content is the
+// same key), and returns its key.
+func saveList(ctx context.Context, st storage.Storage, gen uint64, kind string, b []byte) (string, error) {
 	key := fmt.Sprintf("%s%d-%s-%s", prunePrefix, gen, kind, chunk.Hash(b))
 	err := st.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
 	if errors.Is(err, storage.ErrExists) {
@@ -181,23 +181,62 @@ func saveIDList(ctx context.Context, st storage.Storage, gen uint64, kind, magic
 	return key, nil
 }
 
-// loadIDList reads and verifies a list saved by saveIDList.
-func loadIDList(ctx context.Context, st storage.Storage, key, magic string, maxIDs int) ([]chunk.ID, error) {
+// loadList reads a list saved by saveList, of at most limit bytes, and
+// checks it against its name.
+func loadList(ctx context.Context, st storage.Storage, key string, limit int64) ([]byte, error) {
 	if !validPruneListKey(key) {
 		return nil, fmt.Errorf("prune list %q: %w: bad key", key, ErrCorrupt)
 	}
-	b, err := readObject(ctx, st, key, int64(len(magic)+maxIDs*chunk.IDSize))
+	b, err := readObject(ctx, st, key, limit)
 	if err != nil {
 		return nil, fmt.Errorf("prune list %s: %w", key, err)
 	}
 	if chunk.Hash(b).String() != key[strings.LastIndexByte(key, '-')+1:] {
 		return nil, fmt.Errorf("prune list %s: %w: content does not match its name", key, ErrCorrupt)
 	}
+	return b, nil
+}
+
+// saveIDList stores a sorted list of ids (saveList).
+func saveIDList(ctx context.Context, st storage.Storage, gen uint64, kind, magic string, ids []chunk.ID) (string, error) {
+	return saveList(ctx, st, gen, kind, encodeIDList(magic, ids))
+}
+
+// loadIDList reads and verifies a list saved by saveIDList.
+func loadIDList(ctx context.Context, st storage.Storage, key, magic string, maxIDs int) ([]chunk.ID, error) {
+	b, err := loadList(ctx, st, key, int64(len(magic)+maxIDs*chunk.IDSize))
+	if err != nil {
+		return nil, err
+	}
 	ids, err := decodeIDList(magic, b, maxIDs)
 	if err != nil {
 		return nil, fmt.Errorf("prune list %s: %w", key, err)
 	}
 	return ids, nil
+}
+
+// listSessions lists the session objects under st.
+func listSessions(ctx context.Context, st storage.Storage) ([]string, error) {
+	var keys []string
+	err := st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
+		if sessionKey(oi.Key) {
+			keys = append(keys, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	return keys, nil
+}
+
+// fenceSession replaces the session at key, if it is still at version, by
+// a fenced one, so that its backup can neither renew nor commit it; a
+// mismatch (renewed or committed meanwhile) is ErrVersionMismatch.
+func fenceSession(ctx context.Context, st storage.Storage, key, version string) error {
+	fence := []byte(`{"state":"fenced"}`)
+	_, err := st.PutIfMatch(ctx, key, bytes.NewReader(fence), int64(len(fence)), version)
+	return err
 }
 
 // condemnedSet is a sorted list of blob ids a backup must treat as absent.

@@ -867,15 +867,9 @@ func (p *pruner) finish(ctx context.Context) error {
 // committedSessions returns the snapshots of committed sessions (backups
 // that committed but had not yet written their snapshot object).
 func (p *pruner) committedSessions(ctx context.Context) ([]*Snapshot, error) {
-	var keys []string
-	err := p.st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
-		if sessionKey(oi.Key) {
-			keys = append(keys, oi.Key)
-		}
-		return nil
-	})
+	keys, err := listSessions(ctx, p.st)
 	if err != nil {
-		return nil, fmt.Errorf("prune: list sessions: %w", err)
+		return nil, fmt.Errorf("prune: %w", err)
 	}
 	var out []*Snapshot
 	for _, k := range keys {
@@ -906,15 +900,9 @@ func (p *pruner) committedSessions(ctx context.Context) ([]*Snapshot, error) {
 // until each has ended, committed or lapsed (then fences it). A committed
 // session's snapshot object is written out if it is not there yet.
 func (p *pruner) wait(ctx context.Context) error {
-	var keys []string
-	err := p.st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
-		if sessionKey(oi.Key) {
-			keys = append(keys, oi.Key)
-		}
-		return nil
-	})
+	keys, err := listSessions(ctx, p.st)
 	if err != nil {
-		return fmt.Errorf("prune: list sessions: %w", err)
+		return fmt.Errorf("prune: %w", err)
 	}
 	pending := keys
 	for round := 0; len(pending) > 0; round++ {
@@ -1002,8 +990,7 @@ func (p *pruner) settle(ctx context.Context, key string, now time.Time) (bool, e
 	if oi.ModTime.IsZero() || oi.ModTime.Add(rec.lease()+clockSlack(oi.ModTime)).After(now) {
 		return false, nil // renewed within its lease: wait
 	}
-	fence := []byte(`{"state":"fenced"}`)
-	_, err = p.st.PutIfMatch(ctx, key, bytes.NewReader(fence), int64(len(fence)), oi.Version)
+	err = fenceSession(ctx, p.st, key, oi.Version)
 	if errors.Is(err, storage.ErrVersionMismatch) {
 		return false, nil // renewed or committed meanwhile: look again
 	}
@@ -1171,27 +1158,13 @@ func saveDeleteList(ctx context.Context, st storage.Storage, gen uint64, indexes
 	for _, id := range ids {
 		b = append(b, id[:]...)
 	}
-	key := fmt.Sprintf("%s%d-delete-%s", prunePrefix, gen, chunk.Hash(b))
-	err := st.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b)))
-	if errors.Is(err, storage.ErrExists) {
-		err = nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("store delete list: %w", err)
-	}
-	return key, nil
+	return saveList(ctx, st, gen, "delete", b)
 }
 
 func loadDeleteList(ctx context.Context, st storage.Storage, key string) (indexes, packs []chunk.ID, err error) {
-	if !validPruneListKey(key) {
-		return nil, nil, fmt.Errorf("delete list %q: %w: bad key", key, ErrCorrupt)
-	}
-	b, err := readObject(ctx, st, key, int64(len(deleteMagic)+(MaxDeleteList+1)*chunk.IDSize))
+	b, err := loadList(ctx, st, key, int64(len(deleteMagic)+(MaxDeleteList+1)*chunk.IDSize))
 	if err != nil {
-		return nil, nil, fmt.Errorf("delete list %s: %w", key, err)
-	}
-	if chunk.Hash(b).String() != key[strings.LastIndexByte(key, '-')+1:] {
-		return nil, nil, fmt.Errorf("delete list %s: %w: content does not match its name", key, ErrCorrupt)
+		return nil, nil, err
 	}
 	if len(b) < len(deleteMagic) || string(b[:len(deleteMagic)]) != deleteMagic || (len(b)-len(deleteMagic))%chunk.IDSize != 0 {
 		return nil, nil, fmt.Errorf("delete list %s: %w", key, ErrCorrupt)

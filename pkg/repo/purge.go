@@ -1,7 +1,6 @@
 package repo
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -98,15 +97,11 @@ func PurgeOwner(ctx context.Context, st storage.Storage, opts PurgeOptions) (Rec
 // fenceSessions fences every running session under st and returns how
 // many it fenced.
 func fenceSessions(ctx context.Context, st storage.Storage) (int, error) {
-	var keys []string
-	if err := st.List(ctx, sessionsPrefix, func(oi storage.ObjectInfo) error {
-		keys = append(keys, oi.Key)
-		return nil
-	}); err != nil {
-		return 0, fmt.Errorf("purge: list sessions: %w", err)
+	keys, err := listSessions(ctx, st)
+	if err != nil {
+		return 0, fmt.Errorf("purge: %w", err)
 	}
 	n := 0
-	fence := []byte(`{"state":"fenced"}`)
 	for _, k := range keys {
 		for try := 0; ; try++ {
 			b, oi, err := storage.ReadVersioned(ctx, st, k, MaxSessionSize)
@@ -119,7 +114,7 @@ func fenceSessions(ctx context.Context, st storage.Storage) (int, error) {
 			if rec, err := decodeSession(b); err == nil && rec.State == sessionFenced {
 				break
 			}
-			_, err = st.PutIfMatch(ctx, k, bytes.NewReader(fence), int64(len(fence)), oi.Version)
+			err = fenceSession(ctx, st, k, oi.Version)
 			if err == nil {
 				n++
 				break
