@@ -12,7 +12,6 @@ import (
 
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
-	"github.com/backupd/backupd/pkg/storage/mem"
 )
 
 // rewriteOnRead rewrites every pack (data and tree) the first time a
@@ -62,14 +61,17 @@ func (s *rewriteOnRead) rewrite(ctx context.Context) {
 
 // TestRestoreWithAStaleIndex (R7): packs rewritten and deleted while a
 // restore reads them with the index it loaded before: it loads the index
-// again and restores everything.
+// again and restores everything. On mem and MinIO.
 func TestRestoreWithAStaleIndex(t *testing.T) {
+	raceBackends(t, testRestoreWithAStaleIndex)
+}
+
+func testRestoreWithAStaleIndex(t *testing.T, root storage.Storage) {
 	src := t.TempDir()
 	for i := range 30 {
 		writeFile(t, filepath.Join(src, "d"+string(rune('a'+i%3)), "f"+string(rune('a'+i))), genData(uint64(i), 50000+i), 0o644, time.Unix(1e9, 0))
 	}
 	writeFile(t, filepath.Join(src, "big"), genData(99, 3<<20), 0o644, time.Unix(1e9, 0))
-	root := mem.New()
 	doBackup(t, ownerRepo(t, root), src)
 	s := &rewriteOnRead{Storage: root, t: t}
 	r := ownerRepo(t, s)
