@@ -230,6 +230,41 @@ func listSessions(ctx context.Context, st storage.Storage) ([]string, error) {
 	return keys, nil
 }
 
+// casPut writes b at key by compare-and-swap: create-only when version is
+// "", else only over version. It returns the new Version, taken from a
+// read that returned exactly b whenever the write does not give it: after
+// a create (PutIfAbsent reports none), and after a mismatch, which is our
+// own write when its reply was lost (the object then holds exactly b).
+// Any other mismatch, or a created object that holds something else by
+// the time it is read, is an error wrapping storage.ErrVersionMismatch.
+func casPut(ctx context.Context, st storage.Storage, key string, b []byte, version string, maxSize int64) (string, error) {
+	var v string
+	var err error
+	if version == "" {
+		if err = st.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); errors.Is(err, storage.ErrExists) {
+			err = fmt.Errorf("%w: %w", storage.ErrVersionMismatch, err)
+		}
+	} else {
+		v, err = st.PutIfMatch(ctx, key, bytes.NewReader(b), int64(len(b)), version)
+	}
+	if err == nil && v != "" {
+		return v, nil
+	}
+	if err != nil && !errors.Is(err, storage.ErrVersionMismatch) {
+		return "", err
+	}
+	got, oi, rerr := storage.ReadVersioned(ctx, st, key, maxSize)
+	switch {
+	case rerr == nil && bytes.Equal(got, b):
+		return oi.Version, nil
+	case err != nil:
+		return "", err
+	case rerr != nil:
+		return "", rerr
+	}
+	return "", fmt.Errorf("%w: %s holds something else right after it was written", storage.ErrVersionMismatch, key)
+}
+
 // fenceSession replaces the session at key, if it is still at version, by
 // a fenced one, so that its backup can neither renew nor commit it; a
 // mismatch (renewed or committed meanwhile) is ErrVersionMismatch.

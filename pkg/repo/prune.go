@@ -328,27 +328,10 @@ func (p *pruner) writeState(ctx context.Context, s pruneState) error {
 		return err
 	}
 	sent := time.Now()
-	var v string
-	if p.version == "" {
-		err = p.st.PutIfAbsent(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)))
-		if errors.Is(err, storage.ErrExists) {
-			err = fmt.Errorf("%w", storage.ErrVersionMismatch)
-		}
-		if err == nil {
-			_, oi, rerr := storage.ReadVersioned(ctx, p.st, pruneStateKey, MaxPruneStateSize)
-			err, v = rerr, oi.Version
-		}
-	} else {
-		v, err = p.st.PutIfMatch(ctx, pruneStateKey, bytes.NewReader(b), int64(len(b)), p.version)
-	}
+	v, err := casPut(ctx, p.st, pruneStateKey, b, p.version, MaxPruneStateSize)
 	if errors.Is(err, storage.ErrVersionMismatch) {
-		got, oi, rerr := storage.ReadVersioned(ctx, p.st, pruneStateKey, MaxPruneStateSize)
-		if rerr == nil && bytes.Equal(got, b) {
-			v, err = oi.Version, nil // our own write, whose reply was lost
-		} else {
-			p.fenced = ErrPruneFenced
-			return p.fenced
-		}
+		p.fenced = ErrPruneFenced
+		return p.fenced
 	}
 	if err != nil {
 		return fmt.Errorf("write prune state: %w", err)

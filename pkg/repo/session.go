@@ -115,20 +115,11 @@ func (r *Repository) BeginSession(ctx context.Context, opts SessionOptions) (*Se
 	if err != nil {
 		return nil, err
 	}
-	if err := r.st.PutIfAbsent(ctx, s.key, bytes.NewReader(b), int64(len(b))); err != nil && !errors.Is(err, storage.ErrExists) {
+	// The name is random: a mismatch can only be our own write after a
+	// lost reply, which casPut tells by reading it back.
+	if s.version, err = casPut(ctx, r.st, s.key, b, "", MaxSessionSize); err != nil {
 		return nil, fmt.Errorf("begin backup session: %w", err)
 	}
-	// Its version, from the bytes themselves: an ErrExists above can only
-	// be our own write after a lost reply (the name is random), and what
-	// is read must be what we wrote.
-	got, oi, err := storage.ReadVersioned(ctx, r.st, s.key, MaxSessionSize)
-	if err != nil {
-		return nil, fmt.Errorf("begin backup session: %w", err)
-	}
-	if !bytes.Equal(got, b) {
-		return nil, fmt.Errorf("begin backup session: %s holds something else", s.key)
-	}
-	s.version = oi.Version
 	ps, condemned, err := r.loadCondemned(ctx)
 	if err != nil {
 		s.deleteSession(ctx)
@@ -220,14 +211,10 @@ func (s *Session) write(ctx context.Context, change func(*sessionRecord)) error 
 	if err != nil {
 		return err
 	}
-	v, err := s.r.st.PutIfMatch(ctx, s.key, bytes.NewReader(b), int64(len(b)), s.version)
+	v, err := casPut(ctx, s.r.st, s.key, b, s.version, MaxSessionSize)
 	if errors.Is(err, storage.ErrVersionMismatch) {
-		if got, oi, rerr := storage.ReadVersioned(ctx, s.r.st, s.key, MaxSessionSize); rerr == nil && bytes.Equal(got, b) {
-			v, err = oi.Version, nil // our own write, whose reply was lost
-		} else {
-			s.fenced = fmt.Errorf("%w (session %s)", ErrSessionFenced, s.key)
-			return s.fenced
-		}
+		s.fenced = fmt.Errorf("%w (session %s)", ErrSessionFenced, s.key)
+		return s.fenced
 	}
 	if err != nil {
 		return fmt.Errorf("write backup session %s: %w", s.key, err)
@@ -296,7 +283,7 @@ func (s *Session) deleteSession(ctx context.Context) {
 	_ = s.r.st.Delete(dctx, s.key) // a leftover lapses, and the next prune removes it
 }
 
-// sessionID returns whether key names a session object.
+// sessionKey reports whether key names a session object.
 func sessionKey(key string) bool {
 	rest, ok := strings.CutPrefix(key, sessionsPrefix)
 	return ok && len(rest) == 32 && strings.Trim(rest, "0123456789abcdef") == ""

@@ -114,8 +114,6 @@ func TestPruneFreesForgottenData(t *testing.T) {
 	restoreEqual(t, root, src)
 }
 
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
-
 // TestPruneStopsOnAnUnreadableSnapshot: prune cannot know what a damaged
 // snapshot uses, so it stops before deleting anything, says which, and
 // leaves the state idle: the next prune does not wait for a lease.
@@ -136,7 +134,7 @@ func TestPruneStopsOnAnUnreadableSnapshot(t *testing.T) {
 	bad := "owner1/" + refs[1].Key
 	good, err := storage.ReadAll(ctx, root, bad, 0, -1)
 	must(t, err)
-	must(t, root.Put(ctx, bad, bytesReader([]byte("{not json")), 9))
+	must(t, root.Put(ctx, bad, bytes.NewReader([]byte("{not json")), 9))
 	before, nBefore := storedBytes(t, root, "owner1/data/")
 	_, err = ownerRepo(t, root).Prune(ctx, repo.PruneOptions{})
 	if err == nil || !strings.Contains(err.Error(), refs[1].ID.Short()) || !strings.Contains(err.Error(), "stops before deleting anything") {
@@ -145,7 +143,7 @@ func TestPruneStopsOnAnUnreadableSnapshot(t *testing.T) {
 	if after, n := storedBytes(t, root, "owner1/data/"); after != before || n != nBefore {
 		t.Fatalf("a failed prune changed the packs: %d objects, %d bytes -> %d, %d", nBefore, before, n, after)
 	}
-	must(t, root.Put(ctx, bad, bytesReader(good), int64(len(good))))
+	must(t, root.Put(ctx, bad, bytes.NewReader(good), int64(len(good))))
 	res, err := ownerRepo(t, root).Prune(ctx, repo.PruneOptions{})
 	must(t, err)
 	if res.CondemnedBlobs == 0 {
