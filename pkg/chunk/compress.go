@@ -15,6 +15,9 @@ type Compression uint8
 const (
 	Raw  Compression = 0
 	Zstd Compression = 1
+	// ZstdGroup marks a blob stored with others of its pack in one zstd
+	// frame (repo.BlobEntry.RawOffset says where in it).
+	ZstdGroup Compression = 2
 )
 
 // DefaultLevel is the zstd level used unless configured otherwise. Measured

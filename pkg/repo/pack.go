@@ -36,7 +36,11 @@ const (
 	packFooterSize = 4 + 8 // trailer_len and packMagic
 )
 
-// BlobEntry describes one blob inside a pack.
+// BlobEntry describes one blob inside a pack. Offset and StoredLen give
+// the stored bytes that hold it: the blob itself, or, for a blob of a
+// group (Compression chunk.ZstdGroup), the one zstd frame that holds the
+// whole group, of which the blob is the RawLen bytes at RawOffset in the
+// decompressed content (FORMAT.md, "Groups"). RawOffset is 0 otherwise.
 type BlobEntry struct {
 	ID          chunk.ID
 	Type        BlobType
@@ -44,6 +48,7 @@ type BlobEntry struct {
 	Offset      uint32
 	StoredLen   uint32
 	RawLen      uint32
+	RawOffset   uint32
 }
 
 // PackBuilder assembles one pack in memory. It is not safe for concurrent
