@@ -49,6 +49,22 @@ func (c *treePackCache) get(id chunk.ID) ([]byte, bool) {
 	return p.data, true
 }
 
+// bytes returns the size of the packs held.
+func (c *treePackCache) bytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size
+}
+
+// clear drops every pack held.
+func (c *treePackCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.order.Init()
+	clear(c.packs)
+	c.size = 0
+}
+
 func (c *treePackCache) put(id chunk.ID, data []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
