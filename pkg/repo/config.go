@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
@@ -161,6 +162,30 @@ func NewConfig(level, packSize int) (Config, error) {
 
 // ChunkParams returns the chunker parameters the config fixes.
 func (c Config) ChunkParams() (chunk.Params, error) {
+	k := chunkParamsKey{c.Polynomial, c.ChunkMinSize, c.ChunkMaxSize, c.ChunkAverageBits}
+	if p, ok := validChunkParams.Load(k); ok {
+		return p.(chunk.Params), nil
+	}
+	p, err := c.chunkParams()
+	if err == nil {
+		validChunkParams.Store(k, p)
+	}
+	return p, err
+}
+
+// chunkParamsKey is what of a config makes its chunker parameters.
+type chunkParamsKey struct {
+	polynomial       string
+	minSize, maxSize uint
+	averageBits      int
+}
+
+// validChunkParams remembers the chunker parameters of the configs
+// checked: telling that a polynomial is irreducible takes milliseconds of
+// CPU, and the daemon reads and checks a config for every ListSnapshots.
+var validChunkParams sync.Map // chunkParamsKey -> chunk.Params
+
+func (c Config) chunkParams() (chunk.Params, error) {
 	pol, err := strconv.ParseUint(c.Polynomial, 16, 64)
 	if err != nil {
 		return chunk.Params{}, fmt.Errorf("config: chunker_polynomial %q: %w", c.Polynomial, err)

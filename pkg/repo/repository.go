@@ -136,7 +136,7 @@ func OpenOrInit(ctx context.Context, st storage.Storage) (*Repository, error) {
 }
 
 func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
-	params, err := chunkParams(cfg)
+	params, err := cfg.ChunkParams()
 	if err != nil {
 		return nil, err
 	}
@@ -164,31 +164,6 @@ func (r *Repository) MemBytes() int64 {
 func (r *Repository) Trim() {
 	r.trees.clear()
 	r.condemned.set(nil)
-}
-
-// chunkParamsKey is what of a config makes its chunker parameters.
-type chunkParamsKey struct {
-	polynomial       string
-	minSize, maxSize uint
-	averageBits      int
-}
-
-// validChunkParams remembers the chunker parameters of configs already
-// checked: telling that a polynomial is irreducible takes milliseconds of
-// CPU, and the daemon opens a repository for every ListSnapshots.
-var validChunkParams sync.Map // chunkParamsKey -> chunk.Params
-
-// chunkParams is cfg.ChunkParams, remembered.
-func chunkParams(cfg Config) (chunk.Params, error) {
-	k := chunkParamsKey{cfg.Polynomial, cfg.ChunkMinSize, cfg.ChunkMaxSize, cfg.ChunkAverageBits}
-	if p, ok := validChunkParams.Load(k); ok {
-		return p.(chunk.Params), nil
-	}
-	p, err := cfg.ChunkParams()
-	if err == nil {
-		validChunkParams.Store(k, p)
-	}
-	return p, err
 }
 
 // Config returns the repository's config.
