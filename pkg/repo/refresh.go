@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	gosync "sync"
 
 	"golang.org/x/sync/errgroup"
@@ -80,8 +81,9 @@ type RefreshResult struct {
 	// IndexObjects counts the index objects read (listed, when Full).
 	IndexObjects int
 	// Report is what the refresh found: the whole load's report when
-	// Full, else the new index objects that were damaged and, with Packs,
-	// the packs adopted and those whose trailer could not be read.
+	// Full; else the damaged index objects (every one still listed, not
+	// only the new) and, with Packs, the packs adopted and those whose
+	// trailer could not be read.
 	Report IndexReport
 }
 
@@ -224,10 +226,14 @@ func (r *Repository) Refresh(ctx context.Context, opts RefreshOptions) (*Refresh
 		r.seen[oi.Key] = true // damaged ones too: their packs are orphans to a refresh with Packs
 	}
 	r.seenMu.Unlock()
-	if len(rep.Adopted) > 0 {
-		r.adoptMu.Lock()
-		r.adopted = append(r.adopted, rep.Adopted...)
-		r.adoptMu.Unlock()
-	}
+	// The damaged index objects still listed are reported at every
+	// refresh, as every whole load reports them, until a repair removes
+	// them (then the index loads again whole).
+	r.adoptMu.Lock()
+	r.adopted = append(r.adopted, rep.Adopted...)
+	r.report.Damaged = append(r.report.Damaged, rep.Damaged...)
+	sortProblems(r.report.Damaged)
+	rep.Damaged = slices.Clone(r.report.Damaged)
+	r.adoptMu.Unlock()
 	return res, nil
 }

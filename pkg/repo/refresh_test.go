@@ -142,6 +142,24 @@ func TestRefreshReadsOnlyNewIndexObjects(t *testing.T) {
 		t.Fatalf("TakeAdopted again = %v", a)
 	}
 
+	// A damaged index object is named at every refresh while it is there.
+	junk := []byte("not an index object")
+	junkKey := indexPrefix + chunk.Hash(junk).String()
+	if err := st.Put(ctx, junkKey, bytes.NewReader(junk), int64(len(junk))); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if res := mustRefresh(t, warm, false); res.Full || len(res.Report.Damaged) != 1 || res.Report.Damaged[0].Key != junkKey {
+			t.Fatalf("refresh with a damaged index object: %+v", res)
+		}
+	}
+	if err := st.Delete(ctx, junkKey); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustRefresh(t, warm, false); !res.Full || len(res.Report.Damaged) != 0 {
+		t.Fatalf("refresh once the damaged object is gone: %+v", res)
+	}
+
 	// An index object naming a pack that is gone (a fenced backup's,
 	// written after a prune deleted its pack): with Packs, the index
 	// loads again whole and leaves the pack out.
