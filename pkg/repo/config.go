@@ -163,12 +163,20 @@ func NewConfig(level, packSize int) (Config, error) {
 // ChunkParams returns the chunker parameters the config fixes.
 func (c Config) ChunkParams() (chunk.Params, error) {
 	k := chunkParamsKey{c.Polynomial, c.ChunkMinSize, c.ChunkMaxSize, c.ChunkAverageBits}
-	if p, ok := validChunkParams.Load(k); ok {
-		return p.(chunk.Params), nil
+	validChunkParams.mu.Lock()
+	p, ok := validChunkParams.m[k]
+	validChunkParams.mu.Unlock()
+	if ok {
+		return p, nil
 	}
 	p, err := c.chunkParams()
 	if err == nil {
-		validChunkParams.Store(k, p)
+		validChunkParams.mu.Lock()
+		if len(validChunkParams.m) >= maxChunkParams {
+			clear(validChunkParams.m) // a node serving that many owners checks again
+		}
+		validChunkParams.m[k] = p
+		validChunkParams.mu.Unlock()
 	}
 	return p, err
 }
@@ -183,7 +191,14 @@ type chunkParamsKey struct {
 // validChunkParams remembers the chunker parameters of the configs
 // checked: telling that a polynomial is irreducible takes milliseconds of
 // CPU, and the daemon reads and checks a config for every ListSnapshots.
-var validChunkParams sync.Map // chunkParamsKey -> chunk.Params
+// One entry per repository (each config has a random polynomial), at
+// most maxChunkParams.
+var validChunkParams = struct {
+	mu sync.Mutex
+	m  map[chunkParamsKey]chunk.Params
+}{m: map[chunkParamsKey]chunk.Params{}}
+
+const maxChunkParams = 1 << 14
 
 func (c Config) chunkParams() (chunk.Params, error) {
 	pol, err := strconv.ParseUint(c.Polynomial, 16, 64)
