@@ -231,8 +231,12 @@ func (r *Repository) Refresh(ctx context.Context, opts RefreshOptions) (*Refresh
 	// them (then the index loads again whole).
 	r.adoptMu.Lock()
 	r.adopted = append(r.adopted, rep.Adopted...)
-	r.report.Damaged = append(r.report.Damaged, rep.Damaged...)
-	sortProblems(r.report.Damaged)
+	if len(rep.Damaged) > 0 {
+		// A new slice: IndexReport's copies share the old one.
+		all := append(slices.Clone(r.report.Damaged), rep.Damaged...)
+		sortProblems(all)
+		r.report.Damaged = all
+	}
 	rep.Damaged = slices.Clone(r.report.Damaged)
 	r.adoptMu.Unlock()
 	return res, nil
