@@ -115,7 +115,7 @@ func (c *repoCache) release(e *openRepo, drop bool) {
 	if drop {
 		c.removeLocked(e)
 	}
-	if e.refs == 0 && e.err == nil {
+	if e.refs == 0 && e.r != nil {
 		e.r.Trim()
 		e.mem = e.r.MemBytes()
 	}

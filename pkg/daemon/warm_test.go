@@ -252,3 +252,30 @@ func TestWarmRepositoryEvictedUnderTinyBudget(t *testing.T) {
 		t.Fatalf("entries after both ended: %v", c.entries)
 	}
 }
+
+// TestFailedBackupDropsTheRepository: after a failed backup the owner's
+// repository is loaded anew (the backup may have stored packs that are in
+// the open index but in no index object: a new load adopts them); after
+// a failed restore, or a successful backup, it stays open.
+func TestFailedBackupDropsTheRepository(t *testing.T) {
+	e := newEnv(t, nil)
+	src := e.workspace("ws", 1, 10)
+	e.backup(src, "alice", "ws")
+	ctx := context.Background()
+	use := func(backup, failed bool) *repo.Repository {
+		t.Helper()
+		r, done, err := e.srv.useRepo(ctx, "alice", backup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(failed)
+		return r
+	}
+	r := use(true, false)
+	if use(false, true) != r || use(true, false) != r {
+		t.Fatal("the repository was not kept open")
+	}
+	if use(true, true) != r || use(false, false) == r {
+		t.Fatal("the repository was kept open after a failed backup")
+	}
+}
