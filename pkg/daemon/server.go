@@ -256,9 +256,8 @@ func (s *Server) recovered(method string, err *error) {
 // useRepo returns owner's repository, open with its index loaded and up
 // to date, for one operation: the one kept open (repoCache), refreshed,
 // or one loaded now with the node-local cache. With backup, a missing
-// repository is created (a first backup) and the refresh lists the packs
-// too (repo.RefreshOptions.Packs). The operation calls done once it has
-// ended, saying whether it failed.
+// repository is created (a first backup). The operation calls done once
+// it has ended, saying whether it failed.
 func (s *Server) useRepo(ctx context.Context, owner string, backup bool) (r *repo.Repository, done func(failed bool), err error) {
 	key := repoKey{location: s.cfg.Storage.URL, owner: owner}
 	load := func(ctx context.Context) (*repo.Repository, error) { return s.loadRepo(ctx, owner, backup, s.cacheDir) }
@@ -273,7 +272,10 @@ func (s *Server) useRepo(ctx context.Context, owner string, backup bool) (r *rep
 		if loaded {
 			return e.r, done, nil
 		}
-		res, err := e.r.Refresh(ctx, repo.RefreshOptions{Packs: backup})
+		// The packs are listed for restores too (as a whole load lists
+		// them): a pack an index object names that is gone then costs no
+		// restore a reload, and an unreadable one is named to the operator.
+		res, err := e.r.Refresh(ctx, repo.RefreshOptions{Packs: true})
 		if (errors.Is(err, repo.ErrNoRepository) || errors.Is(err, repo.ErrRepositoryReplaced)) && attempt == 0 {
 			// Purged since it was opened (by another node), and maybe
 			// created again: open what is there now.

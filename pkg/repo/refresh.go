@@ -41,18 +41,20 @@ import (
 //     a whole load is right for both. (Entries of a pack a prune rewrote
 //     are never kept past that prune: its state changes; readers that find
 //     a pack gone meanwhile load the index again, R7.)
-//   - With RefreshOptions.Packs (a backup), the listing of data/ after
-//     that of index/, as a whole load does: packs no index object names
-//     (a backup killed before its index object, on any node) are indexed
-//     from their trailers and held for TakeAdopted, so that a backup
-//     retried elsewhere uploads none of them again; and a pack the index
-//     names that the listing does not show (a fenced backup's index
-//     object naming a pack the prune deleted) makes the index load again
-//     whole, so that no backup deduplicates against a blob that is gone.
-//     It costs one listing request per 1,000 packs (~16 GB). Restores and
-//     checks need no orphans (a snapshot's blobs are in indexed packs) and
-//     read a pack that is gone by loading the index again (R7): they skip
-//     it, and the next backup's refresh checks what they added.
+//   - With RefreshOptions.Packs (the daemon asks for it for backups and
+//     restores), the listing of data/ after that of index/, as a whole
+//     load does: packs no index object names (a backup killed before its
+//     index object, on any node) are indexed from their trailers and held
+//     for TakeAdopted, so that a backup retried elsewhere uploads none of
+//     them again; a pack whose trailer cannot be read is named at every
+//     refresh (read once); and a pack the index names that the listing
+//     does not show (a fenced backup's index object naming a pack the
+//     prune deleted) makes the index load again whole, so that no backup
+//     deduplicates against a blob that is gone. It costs one listing
+//     request per 1,000 packs (~16 GB). Without it, new index objects are
+//     read and their packs not checked: a reader finds a pack that is gone
+//     by loading the index again (R7), and the next refresh with Packs
+//     checks what it added.
 //
 // A pack is adopted once: it is then in the index (HasPack), and no later
 // refresh takes it for an orphan. Adopted packs wait for TakeAdopted as
@@ -67,9 +69,9 @@ var ErrRepositoryReplaced = errors.New("repository replaced since it was opened 
 
 // RefreshOptions configure Refresh.
 type RefreshOptions struct {
-	// Packs lists data/ too, for a backup: packs no index object names
-	// are adopted, and a pack the index names that is gone makes the
-	// index load again whole.
+	// Packs lists data/ too: packs no index object names are adopted,
+	// and a pack the index names that is gone makes the index load again
+	// whole.
 	Packs bool
 }
 
@@ -82,8 +84,8 @@ type RefreshResult struct {
 	IndexObjects int
 	// Report is what the refresh found: the whole load's report when
 	// Full; else the damaged index objects (every one still listed, not
-	// only the new) and, with Packs, the packs adopted and those whose
-	// trailer could not be read.
+	// only the new), the packs whose trailer could not be read (as of the
+	// last listing of data/) and, with Packs, the packs adopted.
 	Report IndexReport
 }
 
@@ -207,11 +209,27 @@ func (r *Repository) Refresh(ctx context.Context, opts RefreshOptions) (*Refresh
 			}
 		}
 	}
+	// A pack whose trailer could not be read stays an orphan: named again
+	// (as a whole load names it), not read again.
+	r.adoptMu.Lock()
+	knownBad := make(map[string]ObjectProblem, len(r.report.BadPacks))
+	for _, p := range r.report.BadPacks {
+		knownBad[p.Key] = p
+	}
+	r.adoptMu.Unlock()
+	orphans = slices.DeleteFunc(orphans, func(oi storage.ObjectInfo) bool {
+		p, ok := knownBad[oi.Key]
+		if ok {
+			rep.BadPacks = append(rep.BadPacks, p)
+		}
+		return ok
+	})
 	// The orphans' trailers are read before anything changes: on error the
 	// index is as it was.
 	if err := r.readOrphans(ctx, NewIndex(), orphans, 8, rep, listedPacks); err != nil {
 		return nil, err
 	}
+	sortProblems(rep.BadPacks)
 	for _, p := range packs {
 		r.index.AddPack(p.Pack, p.Blobs)
 	}
@@ -238,6 +256,11 @@ func (r *Repository) Refresh(ctx context.Context, opts RefreshOptions) (*Refresh
 		r.report.Damaged = all
 	}
 	rep.Damaged = slices.Clone(r.report.Damaged)
+	if opts.Packs {
+		r.report.BadPacks = slices.Clone(rep.BadPacks)
+	} else {
+		rep.BadPacks = slices.Clone(r.report.BadPacks) // as of the last listing
+	}
 	r.adoptMu.Unlock()
 	return res, nil
 }

@@ -160,6 +160,32 @@ func TestRefreshReadsOnlyNewIndexObjects(t *testing.T) {
 		t.Fatalf("refresh once the damaged object is gone: %+v", res)
 	}
 
+	// A pack whose trailer cannot be read is named at every refresh, and
+	// read once.
+	bad := []byte("no pack at all, too short")
+	badKey := PackKey(chunk.Hash(bad))
+	if err := st.Put(ctx, badKey, bytes.NewReader(bad), int64(len(bad))); err != nil {
+		t.Fatal(err)
+	}
+	rec.take("")
+	for range 2 {
+		if res := mustRefresh(t, warm, true); res.Full || len(res.Report.BadPacks) != 1 || res.Report.BadPacks[0].Key != badKey {
+			t.Fatalf("refresh with a bad pack: %+v", res)
+		}
+	}
+	if res := mustRefresh(t, warm, false); len(res.Report.BadPacks) != 1 {
+		t.Fatalf("refresh without Packs: %+v, want the bad pack named as of the last listing", res)
+	}
+	if got := rec.take(badKey); len(got) > 1 {
+		t.Fatalf("the bad pack was read %d times", len(got))
+	}
+	if err := st.Delete(ctx, badKey); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustRefresh(t, warm, true); len(res.Report.BadPacks) != 0 {
+		t.Fatalf("refresh once the bad pack is gone: %+v", res)
+	}
+
 	// An index object naming a pack that is gone (a fenced backup's,
 	// written after a prune deleted its pack): with Packs, the index
 	// loads again whole and leaves the pack out.
