@@ -53,8 +53,8 @@ func newRepoCache(budget int64, m *metrics) *repoCache {
 
 // acquire returns the open repository of key, loading it with load if
 // none is open; loaded reports that this call loaded it, so that it
-// needs no refresh. Every acquire
-// that succeeds is followed by one release.
+// needs no refresh. Every acquire that succeeds is followed by one
+// release.
 func (c *repoCache) acquire(ctx context.Context, key repoKey, load func(context.Context) (*repo.Repository, error)) (e *openRepo, loaded bool, err error) {
 	for attempt := 0; ; attempt++ {
 		c.mu.Lock()
