@@ -101,7 +101,7 @@ func encodeSnapshot(s *Snapshot) ([]byte, error) {
 // and a root mode of permission bits only. An unsupported version is
 // ErrVersion.
 func (s *Snapshot) Validate() error {
-	if s.Version != FormatVersion {
+	if s.Version != SnapshotVersion {
 		return fmt.Errorf("snapshot: %w %d", ErrVersion, s.Version)
 	}
 	if err := ValidateName("owner", s.Owner); err != nil {

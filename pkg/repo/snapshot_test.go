@@ -14,7 +14,7 @@ import (
 
 func sampleSnapshot() *Snapshot {
 	return &Snapshot{
-		Version: FormatVersion, Time: time.Date(2026, 11, 23, 11, 30, 0, 123456789, time.UTC),
+		Version: SnapshotVersion, Time: time.Date(2026, 11, 23, 11, 30, 0, 123456789, time.UTC),
 		Tree: chunk.Hash([]byte("root")), Owner: "o-123", Workspace: "amber-dog-42", Host: "node-7", Path: "/workspace",
 		Parent: chunk.Hash([]byte("parent")).String(), Tags: map[string]string{"reason": "stop", "k": ""},
 		RootMode: 0o755, RootMTime: 1763897400123456789, RootUID: 33333, RootGID: 33333,

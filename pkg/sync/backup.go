@@ -159,6 +159,9 @@ type backup struct {
 	packers [2]*packer // by repo.BlobType
 	uploads chan finishedPack
 
+	treeMu    gosync.Mutex
+	treeGroup group // trees waiting to be stored as a group
+
 	newPacksMu gosync.Mutex
 	newPacks   []repo.PackIndex
 }
@@ -324,6 +327,10 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		readers.Wait()
 		close(b.blobJobs)
 		compressors.Wait()
+		var out []byte
+		if err := b.flushGroup(gctx, repo.TreeBlob, &b.treeGroup, &out); err != nil {
+			return err
+		}
 		for _, p := range b.packers {
 			if err := p.flush(gctx, b.uploads); err != nil {
 				return err
@@ -356,6 +363,9 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if len(packs) > 0 {
 		ids, err := r.SaveIndex(ctx, packs)
 		if err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, repo.ErrSessionFenced) {
+				return nil, cause // a prune fenced the session meanwhile
+			}
 			return nil, err
 		}
 		b.stats.objects.Add(int64(len(ids)))
@@ -761,9 +771,31 @@ func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
 	if !b.claim(id, int64(len(data))) {
 		return id, nil
 	}
+	if b.r.Config().Groups() && len(data) <= repo.GroupMaxBlob {
+		// Trees are small (a directory of one file is ~150 bytes): they
+		// are grouped too, in groups of treeGroupTarget bytes.
+		b.treeMu.Lock()
+		b.treeGroup.raw = append(b.treeGroup.raw, data...)
+		b.treeGroup.members = append(b.treeGroup.members, repo.GroupMember{ID: id, RawLen: uint32(len(data))})
+		if len(b.treeGroup.raw) < treeGroupTarget && len(b.treeGroup.members) < repo.GroupMaxMembers {
+			b.treeMu.Unlock()
+			return id, nil
+		}
+		full := b.treeGroup
+		b.treeGroup = group{}
+		b.treeMu.Unlock()
+		var out []byte
+		return id, b.flushGroup(ctx, repo.TreeBlob, &full, &out)
+	}
 	stored, comp := b.r.Codec().Compress(nil, data)
 	return id, b.packers[repo.TreeBlob].add(ctx, b.uploads, id, comp, stored, len(data), &b.stats)
 }
+
+// treeGroupTarget is the size of tree groups: smaller than data groups,
+// since a tree is read alone (the walk of a parent snapshot, ls, diff),
+// which decompresses its whole group; 256 KiB compresses trees as well as
+// larger groups do (their content ids do not compress at all).
+const treeGroupTarget = 256 << 10
 
 // claim reports whether blob id must be stored, marking it as being stored.
 func (b *backup) claim(id chunk.ID, size int64) bool {
@@ -943,19 +975,37 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}
 }
 
-// compressor compresses new blobs and adds them to the data packer.
+// compressor compresses new blobs and adds them to the data packer. In a
+// repository with groups, blobs of at most repo.GroupMaxBlob bytes are
+// gathered into groups of about repo.GroupTarget bytes, each compressed as
+// one frame: small files then compress as if they were one stream.
 func (b *backup) compressor(ctx context.Context) error {
 	var out []byte
+	var g *group
+	if b.r.Config().Groups() {
+		g = &group{}
+	}
 	for {
 		var job blobJob
 		select {
 		case j, ok := <-b.blobJobs:
 			if !ok {
-				return nil
+				return b.flushGroup(ctx, repo.DataBlob, g, &out)
 			}
 			job = j
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if g != nil && len(job.data) <= repo.GroupMaxBlob {
+			g.raw = append(g.raw, job.data...)
+			g.members = append(g.members, repo.GroupMember{ID: job.id, RawLen: uint32(len(job.data))})
+			b.bufs.put(job.buf)
+			if len(g.raw) >= repo.GroupTarget || len(g.members) >= repo.GroupMaxMembers {
+				if err := b.flushGroup(ctx, repo.DataBlob, g, &out); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		var comp chunk.Compression
 		out, comp = b.r.Codec().Compress(out[:0], job.data)
@@ -965,6 +1015,40 @@ func (b *backup) compressor(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// group is the group a compressor is filling: its members' raw bytes,
+// one after another.
+type group struct {
+	raw     []byte
+	members []repo.GroupMember
+}
+
+// flushGroup stores the blobs of type t gathered in g (nil: none) and empties it: as
+// one group frame, or, when they are one blob or do not compress, each as
+// a blob of its own.
+func (b *backup) flushGroup(ctx context.Context, t repo.BlobType, g *group, out *[]byte) error {
+	if g == nil || len(g.members) == 0 {
+		return nil
+	}
+	defer func() { g.raw, g.members = g.raw[:0], g.members[:0] }()
+	data := b.packers[t]
+	if len(g.members) > 1 {
+		*out = b.r.Codec().CompressFrame((*out)[:0], g.raw)
+		if len(*out) < len(g.raw) {
+			return data.addGroup(ctx, b.uploads, *out, g.members, &b.stats)
+		}
+	}
+	raw := g.raw
+	for _, m := range g.members {
+		var comp chunk.Compression
+		*out, comp = b.r.Codec().Compress((*out)[:0], raw[:m.RawLen])
+		if err := data.add(ctx, b.uploads, m.ID, comp, *out, int(m.RawLen), &b.stats); err != nil {
+			return err
+		}
+		raw = raw[m.RawLen:]
+	}
+	return nil
 }
 
 // uploader stores finished packs.
