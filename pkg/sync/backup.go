@@ -277,7 +277,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 			return nil, err
 		}
 	}
-	excl, err := loadExcludes(root, opts.Exclude, opts.Warn)
+	excl, err := loadExcludes(root, opts.Exclude, opts.Warn, opts.Strict)
 	if err != nil {
 		return nil, err
 	}
@@ -1149,7 +1149,9 @@ func (b *backup) uploader(ctx context.Context) error {
 // in the backed-up directory d; nil means nothing is excluded. An exclude
 // file that is not a regular file (a link, a FIFO) is ignored with a
 // warning: the workspace's owner must not be able to stop its backups.
-func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exclude.Matcher, error) {
+// So is one that cannot be read, unless strict (the walk then lists it
+// as unreadable).
+func loadExcludes(d *openDir, patterns []string, warn func(string, error), strict bool) (*exclude.Matcher, error) {
 	m, err := exclude.New("exclude", patterns)
 	if err != nil {
 		return nil, err
@@ -1162,6 +1164,9 @@ func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exc
 	case errors.Is(err, unix.ELOOP), errors.Is(err, errChanged):
 		warn(path, errors.New("not a regular file: ignored"))
 		return orNil(m), nil
+	case err != nil && !strict && entryError(err):
+		warn(path, fmt.Errorf("cannot be read, its patterns are not applied: %w", err))
+		return orNil(m), nil
 	case err != nil:
 		return nil, fmt.Errorf("exclude file %s: %w", path, err)
 	}
@@ -1169,6 +1174,9 @@ func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exc
 	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
 	f.Close()
 	switch {
+	case err != nil && !strict && entryError(err):
+		warn(path, fmt.Errorf("cannot be read, its patterns are not applied: %w", err))
+		return orNil(m), nil
 	case err != nil:
 	case len(data) > 1<<20:
 		err = errors.New("larger than 1 MiB")

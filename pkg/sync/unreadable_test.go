@@ -234,8 +234,8 @@ func unreadableChild(job string) int {
 const nobody = 65534
 
 // A real EACCES: as root, the test binary backs up again as uid 65534 a
-// tree where a file and a directory are mode 000 and a directory may be
-// listed but not searched. The entries refused are left out and listed;
+// tree where a file, the exclude file and a directory are mode 000 and a
+// directory may be listed but not searched. The entries refused are left out and listed;
 // in strict mode the backup fails; the previous snapshot (made as root,
 // of everything) restores byte for byte either way.
 func TestPermissionDeniedAsNonRoot(t *testing.T) {
@@ -250,6 +250,7 @@ func TestPermissionDeniedAsNonRoot(t *testing.T) {
 	src, repoDir := filepath.Join(base, "src"), filepath.Join(base, "repo")
 	writeFile(t, filepath.Join(src, "keep"), []byte("kept"), 0o644, time.Unix(1, 0))
 	writeFile(t, filepath.Join(src, "secret"), []byte("secret"), 0o000, time.Unix(2, 0))
+	writeFile(t, filepath.Join(src, ".backupdignore"), []byte("*.nothing\n"), 0o000, time.Unix(2, 0))
 	writeFile(t, filepath.Join(src, "locked", "inside"), []byte("inside"), 0o644, time.Unix(3, 0))
 	writeFile(t, filepath.Join(src, "noexec", "x"), []byte("x"), 0o644, time.Unix(4, 0))
 	writeFile(t, filepath.Join(src, "open", "y"), genData(5, 3<<20), 0o644, time.Unix(5, 0))
@@ -302,19 +303,23 @@ func TestPermissionDeniedAsNonRoot(t *testing.T) {
 	snap, _, err := r.FindSnapshot(context.Background(), "ws1", id)
 	must(t, err)
 	wantList := []repo.UnreadableEntry{
+		{Path: ".backupdignore", Reason: "open: permission denied"},
 		{Path: "locked", Reason: "open: permission denied"},
 		{Path: "noexec/x", Reason: "stat: permission denied"},
 		{Path: "secret", Reason: "open: permission denied"},
 	}
-	if !slices.Equal(snap.Unreadable, wantList) || snap.Stats.Unreadable != 3 || snap.Stats.Files != 2 {
+	if !slices.Equal(snap.Unreadable, wantList) || snap.Stats.Unreadable != 4 || snap.Stats.Files != 2 {
 		t.Fatalf("unreadable %+v, stats %+v\n%s", snap.Unreadable, snap.Stats, errText)
 	}
-	for _, w := range []string{"locked", "noexec/x", "secret"} {
+	if !strings.Contains(errText, filepath.Join(src, ".backupdignore")+": cannot be read, its patterns are not applied: ") {
+		t.Errorf("no warning of the exclude file:\n%s", errText)
+	}
+	for _, w := range []string{".backupdignore", "locked", "noexec/x", "secret"} {
 		if !strings.Contains(errText, filepath.Join(src, w)+": skipped, cannot be read: ") {
 			t.Errorf("no warning of %s:\n%s", w, errText)
 		}
 	}
-	compareDirs(t, without(want, "locked", "noexec/x", "secret"), restoreID(t, r, id))
+	compareDirs(t, without(want, ".backupdignore", "locked", "noexec/x", "secret"), restoreID(t, r, id))
 	compareDirs(t, want, restoreID(t, r, first.SnapshotID.String()))
 }
 
