@@ -119,6 +119,14 @@ const (
 	// MaxHostLen and MaxPathLen bound a snapshot's host and path.
 	MaxHostLen = 255
 	MaxPathLen = 4096
+	// MaxUnreadable, MaxUnreadableBytes and MaxUnreadableReasonLen bound a
+	// snapshot's list of unreadable entries: at most 1,000 entries, of
+	// paths and reasons of at most 64 KiB together, reasons of at most 256
+	// bytes each. With every other field at its limit and every byte
+	// escaped (6 bytes in JSON) the object stays within MaxSnapshotSize.
+	MaxUnreadable          = 1000
+	MaxUnreadableBytes     = 64 << 10
+	MaxUnreadableReasonLen = 256
 
 	// MaxConfigSize is the largest config object.
 	MaxConfigSize = 64 << 10
