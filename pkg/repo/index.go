@@ -25,6 +25,7 @@ type Location struct {
 type packedLocation struct {
 	pack        uint32 // index into Index.packs
 	offset      uint32
+	rawOffset   uint32
 	storedLen   uint32
 	rawLen      uint32
 	typ         BlobType
@@ -71,7 +72,7 @@ func (x *Index) AddPack(pack chunk.ID, entries []BlobEntry) {
 		if _, dup := x.blobs[e.ID]; dup {
 			continue
 		}
-		x.blobs[e.ID] = packedLocation{pack: no, offset: e.Offset, storedLen: e.StoredLen, rawLen: e.RawLen, typ: e.Type, compression: e.Compression}
+		x.blobs[e.ID] = packedLocation{pack: no, offset: e.Offset, rawOffset: e.RawOffset, storedLen: e.StoredLen, rawLen: e.RawLen, typ: e.Type, compression: e.Compression}
 	}
 }
 
@@ -83,7 +84,7 @@ func (x *Index) Lookup(id chunk.ID) (Location, bool) {
 	if !ok {
 		return Location{}, false
 	}
-	return Location{Pack: x.packs[l.pack], BlobEntry: BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen}}, true
+	return Location{Pack: x.packs[l.pack], BlobEntry: BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen, RawOffset: l.rawOffset}}, true
 }
 
 // replace makes x hold what y holds (y must no longer be used).
@@ -162,7 +163,7 @@ var indexEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefaul
 const (
 	minIndexPack = chunk.IDSize + 1
 	minIndexBlob = chunk.IDSize + 2 + 3
-	maxIndexBlob = chunk.IDSize + 2 + 3*binary.MaxVarintLen32
+	maxIndexBlob = chunk.IDSize + 2 + 4*binary.MaxVarintLen32
 )
 
 // EncodeIndex returns the index object for packs. A writer keeps each
@@ -192,12 +193,22 @@ func encodeIndexBody(packs []PackIndex) []byte {
 			body = binary.AppendUvarint(body, uint64(b.Offset))
 			body = binary.AppendUvarint(body, uint64(b.StoredLen))
 			body = binary.AppendUvarint(body, uint64(b.RawLen))
+			if b.Compression == chunk.ZstdGroup {
+				body = binary.AppendUvarint(body, uint64(b.RawOffset))
+			}
 		}
 	}
 	return body
 }
 
-func byOffset(a, b BlobEntry) int { return cmp.Compare(a.Offset, b.Offset) }
+func byOffset(a, b BlobEntry) int {
+	return cmp.Or(cmp.Compare(a.Offset, b.Offset), cmp.Compare(a.RawOffset, b.RawOffset))
+}
+
+// sameFrame reports whether two grouped blobs are in the same frame.
+func sameFrame(a, b *BlobEntry) bool {
+	return a.Compression == chunk.ZstdGroup && b.Compression == chunk.ZstdGroup && a.Offset == b.Offset && a.StoredLen == b.StoredLen && a.Type == b.Type
+}
 
 // SplitIndex splits packs into parts of at most MaxIndexBlobs blobs and
 // MaxIndexPacks packs, each small enough for one index object; a pack with
@@ -369,6 +380,10 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 					k += m
 					b.RawLen, m = uvarint32(r[k:])
 					k += m
+					if m > 0 && b.Compression == chunk.ZstdGroup {
+						b.RawOffset, m = uvarint32(r[k:])
+						k += m
+					}
 				}
 			}
 			if m <= 0 {
@@ -378,7 +393,12 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 			if err := checkBlobEntry(&b, maxDataBlob); err != nil {
 				return nil, fmt.Errorf("index: pack %s: %w", p.Pack.Short(), err)
 			}
-			if uint64(b.Offset) < end {
+			if n := len(p.Blobs); n > 0 && b.Compression == chunk.ZstdGroup && sameFrame(&p.Blobs[n-1], &b) {
+				// A later blob of the group before, after that one.
+				if prev := &p.Blobs[n-1]; b.RawOffset < prev.RawOffset+prev.RawLen {
+					return nil, fmt.Errorf("%w: index: pack %s: grouped blob %s overlaps the one before or is out of order", ErrCorrupt, p.Pack.Short(), b.ID.Short())
+				}
+			} else if uint64(b.Offset) < end {
 				return nil, fmt.Errorf("%w: index: pack %s: blob %s overlaps the one before or is out of order", ErrCorrupt, p.Pack.Short(), b.ID.Short())
 			}
 			if end = uint64(b.Offset) + uint64(b.StoredLen); end > math.MaxUint32 {
@@ -512,7 +532,7 @@ func (x *Index) Packs() map[chunk.ID][]BlobEntry {
 	out := make(map[chunk.ID][]BlobEntry, len(x.packs))
 	for id, l := range x.blobs {
 		p := x.packs[l.pack]
-		out[p] = append(out[p], BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen})
+		out[p] = append(out[p], BlobEntry{ID: id, Type: l.typ, Compression: l.compression, Offset: l.offset, StoredLen: l.storedLen, RawLen: l.rawLen, RawOffset: l.rawOffset})
 	}
 	return out
 }
