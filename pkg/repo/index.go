@@ -131,11 +131,11 @@ func (x *Index) Len() (blobs, packs int) {
 }
 
 // Estimated memory of one entry of an Index (MemBytes): a blob is its
-// 32-byte id and a 20-byte location in a map (with the map's buckets,
-// load factor and growth, about 80 bytes); a pack is its id in the slice
+// 32-byte id and a 24-byte location in a map (with the map's buckets,
+// load factor and growth, about 88 bytes); a pack is its id in the slice
 // and in the map of pack numbers.
 const (
-	indexBlobMem = 80
+	indexBlobMem = 88
 	indexPackMem = 112
 )
 

@@ -143,11 +143,16 @@ func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	codec, err := chunk.NewCodecMax(cfg.CompressionLevel, int(max(cfg.MaxBlobSize(DataBlob), MaxTreeSize)))
+	codec, err := newCodec(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex(), trees: newTreePackCache(treePackCacheSize), frames: newFrameCache(frameCacheSize)}, nil
+}
+
+// newCodec returns a compressor for cfg's repository.
+func newCodec(cfg Config) (*chunk.Codec, error) {
+	return chunk.NewCodecMax(cfg.CompressionLevel, int(max(cfg.MaxBlobSize(DataBlob), MaxTreeSize)))
 }
 
 // MemBytes estimates the memory the repository holds: its index
@@ -162,13 +167,19 @@ func (r *Repository) MemBytes() int64 {
 }
 
 // Trim drops what the repository keeps for the operations that use it,
-// not for the next: the tree packs, the decoded tree groups and a
-// standing prune's condemned blobs (the next backup's BeginSession reads
-// them again). Call it only when no operation uses the repository.
+// not for the next: the tree packs, the decoded tree groups, the
+// compressor's state and a standing prune's condemned blobs (the next
+// backup's BeginSession reads them again). Call it only when no
+// operation uses the repository (nor holds its Codec).
 func (r *Repository) Trim() {
 	r.trees.clear()
 	r.frames.clear()
 	r.condemned.set(nil)
+	// A compressor that was used keeps its zstd encoders' and decoders'
+	// state (megabytes each); a new one allocates them when first used.
+	if c, err := newCodec(r.cfg); err == nil {
+		r.codec = c
+	}
 }
 
 // Config returns the repository's config.
