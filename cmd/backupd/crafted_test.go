@@ -66,7 +66,7 @@ var daemonOutcomes = map[string][4]outcome{
 	"index-count":        {warned, clean, problem, warned},
 	"index-at-limits":    {clean, clean, notRun, notRun},
 	"index-rawlen-4GiB":  {warned, clean, problem, warned},
-	"index-truncated":    {warned, clean, problem, warned},
+	"index-truncated":    {clean, clean, problem, clean}, // read intact by the open repository before (see TestDamagedIndexObjectAgainstDaemon)
 	"pack-trailer-4GiB":  {warned, clean, problem, warned},
 	"pack-truncated":     {dataLoss, clean, problem, clean},
 	"treepack-truncated": {dataLoss, clean, problem, warned},
@@ -505,7 +505,8 @@ func judgeRPC(err error, obj crafted.Object, want outcome) (line, wrong string) 
 
 // TestDamagedIndexObjectAgainstDaemon is the acceptance of a damaged index
 // object through the daemon: backups and restores of the owner still work,
-// each with a warning in the log naming the object; CheckRepository
+// each with a warning in the log naming the object (unless the daemon read
+// it intact before: see below); CheckRepository
 // reports it (ok false); after `backupctl repair index` beside the running
 // daemon, the check is clean and the warnings stop.
 func TestDamagedIndexObjectAgainstDaemon(t *testing.T) {
@@ -545,14 +546,25 @@ func TestDamagedIndexObjectAgainstDaemon(t *testing.T) {
 			if err := succeeded(second, err); err != nil {
 				t.Fatal(err)
 			}
-			warned("backup", logStart)
+			// The daemon keeps the owner's repository open: an index object
+			// it read intact before it was damaged in place (the backup's
+			// own, truncated) it does not read again, and it has all its
+			// entries; CheckRepository, which loads the index from storage,
+			// reports it. A damaged object it has not read is named at every
+			// operation, as long as it is there.
+			readBefore := name == "index-truncated"
+			if !readBefore {
+				warned("backup", logStart)
+			}
 			for i, op := range []*pb.Operation{first, second} {
 				dst := filepath.Join(d.root, fmt.Sprintf("%s-dst-%d", owner, i))
 				logStart := len(d.log())
 				if err := succeeded(d.restoreOf(owner, op.Result.SnapshotId, dst)); err != nil {
 					t.Fatal(err)
 				}
-				warned("restore", logStart)
+				if !readBefore {
+					warned("restore", logStart)
+				}
 				for _, p := range []string{"a.txt", "sub/b.txt", "data.bin"} {
 					a, _ := os.ReadFile(filepath.Join(src, p))
 					b, err := os.ReadFile(filepath.Join(dst, p))

@@ -115,6 +115,15 @@ type Limits struct {
 	// is given back before others need it. 0 means the default (192 MiB);
 	// -1 means none. $GOMEMLIMIT, when set, wins.
 	SoftMemoryBytes int64 `yaml:"soft_memory_bytes"`
+	// IndexMemory bounds, in bytes, the indexes of the owners'
+	// repositories the daemon keeps loaded between operations (so that an
+	// owner's next operation reads only the index objects added since):
+	// past it, those no operation uses are closed, least recently used
+	// first. Those in use count, and stay. 0 means the default (64 MiB, a
+	// third of the default soft memory limit: idle indexes beyond that
+	// would make the garbage collector work for memory no operation uses);
+	// -1 keeps none open between operations.
+	IndexMemory int64 `yaml:"index_memory"`
 }
 
 // Log configures logging.
@@ -134,6 +143,7 @@ const (
 	DefaultShutdownGrace      = 30 * time.Second
 	DefaultOperationRetention = time.Hour
 	DefaultSoftMemoryBytes    = 192 << 20
+	DefaultIndexMemory        = 64 << 20
 	DefaultMaintenance        = 2
 	DefaultMaxUnused          = 10
 )
@@ -163,6 +173,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.SoftMemoryBytes == 0 {
 		c.Limits.SoftMemoryBytes = DefaultSoftMemoryBytes
+	}
+	if c.Limits.IndexMemory == 0 {
+		c.Limits.IndexMemory = DefaultIndexMemory
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
@@ -238,6 +251,9 @@ func (c *Config) Validate() error {
 	}
 	if l.SoftMemoryBytes < -1 || (l.SoftMemoryBytes > 0 && l.SoftMemoryBytes < 32<<20) {
 		bad("limits.soft_memory_bytes: %d: want at least 32 MiB, or -1 for none", l.SoftMemoryBytes)
+	}
+	if l.IndexMemory < -1 {
+		bad("limits.index_memory: %d: want bytes, 0 for the default (%d MiB), or -1 to keep no index loaded between operations", l.IndexMemory, DefaultIndexMemory>>20)
 	}
 	if c.ShutdownGrace < 0 || c.OperationRetention < 0 {
 		bad("shutdown_grace and operation_retention must not be negative")

@@ -20,7 +20,8 @@ func TestDeployExampleConfig(t *testing.T) {
 	}
 	if c.TLS.ClientCA == "" || c.Limits.Backups != 2 || c.Storage.URL == "" || len(c.WorkspaceRoots) != 1 ||
 		c.Retention.KeepLast != 10 || c.Retention.KeepWithin.String() != "7d" || len(c.Retention.KeepTags) != 1 ||
-		c.Maintenance.Interval != 6*time.Hour || c.Maintenance.Jitter != 30*time.Minute || c.Maintenance.MaxUnused != 10 || c.Limits.Maintenance != 2 {
+		c.Maintenance.Interval != 6*time.Hour || c.Maintenance.Jitter != 30*time.Minute || c.Maintenance.MaxUnused != 10 || c.Limits.Maintenance != 2 ||
+		c.Limits.IndexMemory != 64<<20 {
 		t.Fatalf("example config read as %+v", c)
 	}
 }
@@ -28,14 +29,14 @@ func TestDeployExampleConfig(t *testing.T) {
 func TestConfigErrorsNameTheSetting(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.yaml")
-	os.WriteFile(p, []byte("limits:\n  backups: -1\n  queue_timeout: 0s\nmaintenance:\n  interval: 1h\n  jitter: 2h\n  max_unused: 101\nlog:\n  format: xml\nworkspace_roots: [relative]\nlisten: \"nonsense\"\n"), 0o644)
+	os.WriteFile(p, []byte("limits:\n  backups: -1\n  queue_timeout: 0s\n  index_memory: -2\nmaintenance:\n  interval: 1h\n  jitter: 2h\n  max_unused: 101\nlog:\n  format: xml\nworkspace_roots: [relative]\nlisten: \"nonsense\"\n"), 0o644)
 	var c Config
 	if err := c.LoadFile(p); err != nil {
 		t.Fatal(err)
 	}
 	c.SetDefaults()
 	err := c.Validate()
-	for _, want := range []string{"limits: backups", "maintenance: interval", "maintenance.max_unused", "log.format", "workspace_roots", "listen"} {
+	for _, want := range []string{"limits: backups", "limits.index_memory", "maintenance: interval", "maintenance.max_unused", "log.format", "workspace_roots", "listen"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

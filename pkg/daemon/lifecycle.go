@@ -145,6 +145,12 @@ func (s *Server) startPrune(req *pb.PruneRepositoryRequest) (*operation, bool, e
 				Log: func(line string) { log.Debug("prune: " + line) },
 			})
 			if !dryRun {
+				// The open repository's next refresh would load the index
+				// again whole (the prune state changed); closing it frees
+				// the memory of entries the prune made stale at once.
+				s.repos.drop(owner)
+			}
+			if !dryRun {
 				result := "succeeded"
 				switch {
 				case err != nil && ctx.Err() != nil:
@@ -280,6 +286,11 @@ func (s *Server) startDeleteOwner(req *pb.DeleteOwnerRequest) (*operation, bool,
 			if err := waitEnded(ctx, op.waitFor); err != nil {
 				return nil, err
 			}
+			// Purged, the owner's open repository must not serve another
+			// operation (its operations here were cancelled and have ended;
+			// dropped again at the end, in case one was loaded meanwhile).
+			s.repos.drop(owner)
+			defer s.repos.drop(owner)
 			st, err := s.place.Owner(ctx, owner, false)
 			if errors.Is(err, repo.ErrNoRepository) { // bucket-per-owner, and no bucket
 				s.maint.drop(owner)
@@ -337,7 +348,9 @@ func (sv *service) checkRepository(ctx context.Context, req *pb.CheckRepositoryR
 	op, joined, err := s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_CHECK, owner: owner,
 		requestID: req.GetRequestId(), joinKey: fmt.Sprintf("check/%s/%t", owner, readData), req: key,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
-			// The stored objects are checked, not the node-local cache's copies.
+			// The stored objects are checked, not the node-local cache's
+			// copies nor an open repository's index (repoCache): a check
+			// loads the index its own way, whole, from storage.
 			r, err := s.loadRepo(ctx, owner, false, "")
 			if err != nil {
 				return nil, err

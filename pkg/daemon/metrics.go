@@ -28,6 +28,11 @@ type metrics struct {
 	purgedBytes       prometheus.Counter
 	pendingPrunes     prometheus.Gauge
 
+	indexLoads    *prometheus.CounterVec // how (full, refresh, refresh_full)
+	repoEvictions prometheus.Counter
+	openRepos     prometheus.Gauge
+	openRepoBytes prometheus.Gauge
+
 	storageCalls    *prometheus.CounterVec   // op, result
 	storageErrors   *prometheus.CounterVec   // op
 	storageBytes    *prometheus.CounterVec   // op
@@ -66,6 +71,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Bytes deleted by owner deletions."})).(prometheus.Counter),
 		pendingPrunes: f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "backupd_maintenance_pending_owners",
 			Help: "Owners the periodic maintenance is to prune (snapshots forgotten or workspaces deleted on this node since their last prune here)."})).(prometheus.Gauge),
+		indexLoads: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_index_loads_total",
+			Help: "Index loads by how: full (an owner's repository opened), refresh (an open one brought up to date, reading only new index objects), refresh_full (a refresh that had to load it whole: a prune, removed index objects, a pack gone)."}, []string{"how"})).(*prometheus.CounterVec),
+		repoEvictions: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_open_repository_evictions_total",
+			Help: "Open repositories closed to keep their indexes within limits.index_memory."})).(prometheus.Counter),
+		openRepos: f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "backupd_open_repositories",
+			Help: "Owners' repositories kept open with their index loaded."})).(prometheus.Gauge),
+		openRepoBytes: f(prometheus.NewGauge(prometheus.GaugeOpts{Name: "backupd_open_repositories_bytes",
+			Help: "Estimated memory of the open repositories' indexes (limits.index_memory bounds those no operation uses)."})).(prometheus.Gauge),
 		storageCalls: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_calls_total",
 			Help: "Storage calls (each attempt) by op (put, put_if_absent, put_if_match, get, get_with_info, stat, list, delete, clean_uploads) and result (ok, not_found, error)."}, []string{"op", "result"})).(*prometheus.CounterVec),
 		storageErrors: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_storage_errors_total",
@@ -80,6 +93,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"succeeded", "failed", "cancelled"} {
 		m.pruneDuration.WithLabelValues(r)
 		m.purges.WithLabelValues(r)
+	}
+	for _, h := range []string{"full", "refresh", "refresh_full"} {
+		m.indexLoads.WithLabelValues(h)
 	}
 	for _, t := range []string{"backup", "request"} {
 		m.forgotten.WithLabelValues(t)

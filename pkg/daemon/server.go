@@ -47,6 +47,7 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	cacheDir string
+	repos    *repoCache
 	maint    *maintainer
 	hooks    hooks
 	host     string // names this node's prunes in a repository's prune state
@@ -64,6 +65,9 @@ type hooks struct {
 	prune func(step string) error
 	// purgeSettle is DeleteOwner's PurgeOptions.Settle (0: the default).
 	purgeSettle time.Duration
+	// wrapStorage, if set, wraps every backend the daemon opens (inside
+	// the metering), to count or alter what reaches the storage.
+	wrapStorage func(storage.Storage) storage.Storage
 }
 
 // New builds a server from cfg (defaults filled in, then validated). It
@@ -83,6 +87,7 @@ func newServer(ctx context.Context, cfg Config, log *zap.Logger, h hooks) (*Serv
 	}
 	s := &Server{cfg: cfg, log: log, roots: roots, registry: prometheus.NewRegistry(), hooks: h}
 	s.metrics = newMetrics(s.registry)
+	s.repos = newRepoCache(cfg.Limits.IndexMemory, s.metrics)
 	s.ops = newManager(log, s.metrics, cfg.Limits, cfg.OperationRetention)
 	s.maint = newMaintainer(s, cfg.Maintenance, &h)
 	if s.host, err = os.Hostname(); err != nil {
@@ -95,7 +100,12 @@ func newServer(ctx context.Context, cfg Config, log *zap.Logger, h hooks) (*Serv
 		UploadBytesPerSecond: cfg.Limits.UploadBytesPerSecond, DownloadBytesPerSecond: cfg.Limits.DownloadBytesPerSecond,
 	})
 	sc := cfg.Storage
-	sc.Wrap = func(st storage.Storage) storage.Storage { return bw.Wrap(metered.New(st, s.metrics)) }
+	sc.Wrap = func(st storage.Storage) storage.Storage {
+		if h.wrapStorage != nil {
+			st = h.wrapStorage(st)
+		}
+		return bw.Wrap(metered.New(st, s.metrics))
+	}
 	if s.place, err = placement.Open(ctx, sc); err != nil {
 		closeRoots(roots)
 		return nil, fmt.Errorf("storage %s: %w", location.Redact(sc.URL), err)
@@ -243,10 +253,49 @@ func (s *Server) recovered(method string, err *error) {
 	*err = status.Error(codes.Internal, fmt.Sprintf("internal error: panic: %v", p))
 }
 
-// openRepo opens owner's repository with the node-local cache; create
-// makes a missing one (a first backup).
-func (s *Server) openRepo(ctx context.Context, owner string, create bool) (*repo.Repository, error) {
-	return s.loadRepo(ctx, owner, create, s.cacheDir)
+// useRepo returns owner's repository, open with its index loaded and up
+// to date, for one operation: the one kept open (repoCache), refreshed,
+// or one loaded now with the node-local cache. With backup, a missing
+// repository is created (a first backup). The operation calls done once
+// it has ended, saying whether it failed.
+func (s *Server) useRepo(ctx context.Context, owner string, backup bool) (r *repo.Repository, done func(failed bool), err error) {
+	key := repoKey{location: s.cfg.Storage.URL, owner: owner}
+	load := func(ctx context.Context) (*repo.Repository, error) { return s.loadRepo(ctx, owner, backup, s.cacheDir) }
+	for attempt := 0; ; attempt++ {
+		e, loaded, err := s.repos.acquire(ctx, key, load)
+		if err != nil {
+			return nil, nil, err
+		}
+		// A failed backup may leave packs in the index that no index
+		// object names (see repoCache): the next operation loads anew.
+		done := func(failed bool) { s.repos.release(e, failed && backup) }
+		if loaded {
+			return e.r, done, nil
+		}
+		// The packs are listed for restores too (as a whole load lists
+		// them): a pack an index object names that is gone then costs no
+		// restore a reload, and an unreadable one is named to the operator.
+		res, err := e.r.Refresh(ctx, repo.RefreshOptions{Packs: true})
+		if (errors.Is(err, repo.ErrNoRepository) || errors.Is(err, repo.ErrRepositoryReplaced)) && attempt == 0 {
+			// Purged since it was opened (by another node), and maybe
+			// created again: open what is there now.
+			s.repos.release(e, true)
+			continue
+		}
+		if err != nil {
+			s.repos.release(e, false)
+			return nil, nil, fmt.Errorf("owner %s: %w", owner, err)
+		}
+		how := "refresh"
+		if res.Full {
+			how = "refresh_full"
+			s.log.Debug("index loaded again whole", zap.String("owner", owner), zap.String("reason", res.Reason))
+		}
+		s.metrics.indexLoads.WithLabelValues(how).Inc()
+		s.logIndexReport(owner, &res.Report)
+		s.repos.measure(e)
+		return e.r, done, nil
+	}
 }
 
 // openRepoForPrune opens owner's repository without loading its index:
@@ -274,7 +323,12 @@ func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheD
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}
-	rep := r.IndexReport()
+	s.logIndexReport(owner, r.IndexReport())
+	return r, nil
+}
+
+// logIndexReport logs what loading (or refreshing) owner's index found.
+func (s *Server) logIndexReport(owner string, rep *repo.IndexReport) {
 	for _, d := range rep.Damaged {
 		s.log.Warn("damaged index object passed over; its packs were indexed from their trailers (backupctl repair index replaces it)",
 			zap.String("owner", owner), zap.String("object", d.Key), zap.String("error", truncate(d.Err.Error())))
@@ -286,7 +340,6 @@ func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheD
 	if len(rep.Adopted) > 0 {
 		s.log.Info("packs in no index object indexed from their trailers (an interrupted backup's)", zap.String("owner", owner), zap.Int("packs", len(rep.Adopted)))
 	}
-	return r, nil
 }
 
 // openSnapshots opens owner's repository for its snapshot objects alone:

@@ -86,16 +86,19 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_BACKUP, owner: req.GetOwner(), workspace: req.GetWorkspace(), path: path,
 		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
-			r, err := s.openRepo(ctx, opts.Owner, true)
+			r, done, err := s.useRepo(ctx, opts.Owner, true)
 			if err != nil {
 				return nil, err
 			}
+			succeeded := false // a panic fails it too
+			defer func() { done(!succeeded) }()
 			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
 			opts.Progress, opts.Warn = &op.progress, s.warner(op)
 			res, err := bsync.BackupDir(ctx, r, dir, opts)
 			if err != nil {
 				return nil, err
 			}
+			succeeded = true
 			st := res.Snapshot.Stats
 			return &pb.OperationResult{
 				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
@@ -162,10 +165,12 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_RESTORE, owner: owner, workspace: workspace, path: path,
 		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
-			r, err := s.openRepo(ctx, owner, false)
+			r, done, err := s.useRepo(ctx, owner, false)
 			if err != nil {
 				return nil, err
 			}
+			succeeded := false
+			defer func() { done(!succeeded) }()
 			snap, ref, err := r.FindSnapshot(ctx, workspace, snapshot)
 			if err != nil {
 				return nil, err
@@ -176,6 +181,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 			if err != nil {
 				return nil, fmt.Errorf("restore of snapshot %s: %w", ref.ID.Short(), err)
 			}
+			succeeded = true
 			return &pb.OperationResult{
 				SnapshotId: ref.ID.String(), Files: res.Files, Dirs: res.Dirs, Symlinks: res.Symlinks, Bytes: res.Bytes,
 				UnchangedFiles: res.Unchanged, NewBytes: res.PackBytes, ReusedBytes: res.ReusedBytes, Deleted: res.Deleted,

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/backupd/backupd/pkg/chunk"
@@ -184,6 +185,45 @@ func NewConfig(level, packSize int) (Config, error) {
 
 // ChunkParams returns the chunker parameters the config fixes.
 func (c Config) ChunkParams() (chunk.Params, error) {
+	k := chunkParamsKey{c.Polynomial, c.ChunkMinSize, c.ChunkMaxSize, c.ChunkAverageBits}
+	validChunkParams.mu.Lock()
+	p, ok := validChunkParams.m[k]
+	validChunkParams.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err := c.chunkParams()
+	if err == nil {
+		validChunkParams.mu.Lock()
+		if len(validChunkParams.m) >= maxChunkParams {
+			clear(validChunkParams.m) // a node serving that many owners checks again
+		}
+		validChunkParams.m[k] = p
+		validChunkParams.mu.Unlock()
+	}
+	return p, err
+}
+
+// chunkParamsKey is what of a config makes its chunker parameters.
+type chunkParamsKey struct {
+	polynomial       string
+	minSize, maxSize uint
+	averageBits      int
+}
+
+// validChunkParams remembers the chunker parameters of the configs
+// checked: telling that a polynomial is irreducible takes milliseconds of
+// CPU, and the daemon reads and checks a config for every ListSnapshots.
+// One entry per repository (each config has a random polynomial), at
+// most maxChunkParams.
+var validChunkParams = struct {
+	mu sync.Mutex
+	m  map[chunkParamsKey]chunk.Params
+}{m: map[chunkParamsKey]chunk.Params{}}
+
+const maxChunkParams = 1 << 14
+
+func (c Config) chunkParams() (chunk.Params, error) {
 	pol, err := strconv.ParseUint(c.Polynomial, 16, 64)
 	if err != nil {
 		return chunk.Params{}, fmt.Errorf("config: chunker_polynomial %q: %w", c.Polynomial, err)

@@ -130,6 +130,23 @@ func (x *Index) Len() (blobs, packs int) {
 	return len(x.blobs), len(x.packs)
 }
 
+// Estimated memory of one entry of an Index (MemBytes): a blob is its
+// 32-byte id and a 24-byte location in a map (with the map's buckets,
+// load factor and growth, about 88 bytes); a pack is its id in the slice
+// and in the map of pack numbers.
+const (
+	indexBlobMem = 88
+	indexPackMem = 112
+)
+
+// MemBytes estimates the memory the index holds, in bytes: what a cache
+// of loaded indexes budgets (the daemon's limits.index_memory).
+func (x *Index) MemBytes() int64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return int64(len(x.blobs))*indexBlobMem + int64(len(x.packs))*indexPackMem
+}
+
 // PackIndex is the part of an index object that describes one pack.
 type PackIndex struct {
 	Pack  chunk.ID

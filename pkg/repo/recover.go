@@ -49,6 +49,10 @@ type IndexReport struct {
 	MissingPacks []string
 	// IndexObjects and Packs count what was listed.
 	IndexObjects, Packs int
+
+	// loaded are the keys of the index objects read (damaged ones too:
+	// their packs were indexed from trailers), for Repository.seen.
+	loaded []string
 }
 
 // ObjectProblem names a stored object and what is wrong with it.
@@ -89,6 +93,9 @@ func (r *Repository) LoadIndex(ctx context.Context, parallel int) error {
 	if err != nil {
 		return err
 	}
+	r.seenMu.Lock()
+	r.seen = keySet(rep.loaded)
+	r.seenMu.Unlock()
 	r.setReport(rep)
 	r.indexPrune.Store(ps)
 	return nil
@@ -111,16 +118,28 @@ func (r *Repository) pruneStateBefore(ctx context.Context) *pruneState {
 func (r *Repository) ReloadIndex(ctx context.Context) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
+	_, err := r.reloadLocked(ctx)
+	return err
+}
+
+// reloadLocked is ReloadIndex under reloadMu; it returns the load's report.
+func (r *Repository) reloadLocked(ctx context.Context) (IndexReport, error) {
 	ps := r.pruneStateBefore(ctx)
 	fresh := NewIndex()
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {
-		return err
+		return rep, err
 	}
+	// The index and the set of index objects it holds change together
+	// (markSeen), so that no object is taken as loaded whose packs the
+	// index lacks.
+	r.seenMu.Lock()
 	r.index.replace(fresh)
+	r.seen = keySet(rep.loaded)
+	r.seenMu.Unlock()
 	r.setReport(rep)
 	r.indexPrune.Store(ps)
-	return nil
+	return rep, nil
 }
 
 func (r *Repository) setReport(rep IndexReport) {
@@ -128,6 +147,32 @@ func (r *Repository) setReport(rep IndexReport) {
 	defer r.adoptMu.Unlock()
 	r.report = rep
 	r.adopted = append(r.adopted[:0], rep.Adopted...)
+}
+
+func keySet(keys []string) map[string]bool {
+	m := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
+}
+
+// markSeen records that the index object at key, naming packs, need not
+// be read by Refresh, if the in-memory index holds all its packs (a
+// backup's packs are there from SavePack; a concurrent ReloadIndex may
+// have replaced the index without them, and then Refresh reads it).
+func (r *Repository) markSeen(key string, packs []PackIndex) {
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	for _, p := range packs {
+		if !r.index.HasPack(p.Pack) {
+			return
+		}
+	}
+	if r.seen == nil {
+		r.seen = map[string]bool{}
+	}
+	r.seen[key] = true
 }
 
 func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int) (IndexReport, error) {
@@ -231,6 +276,10 @@ func (r *Repository) loadIndexInto(ctx context.Context, idx *Index, parallel int
 	}
 	sortProblems(rep.Damaged)
 	sortProblems(rep.BadPacks)
+	rep.loaded = make([]string, len(keys))
+	for i, oi := range keys {
+		rep.loaded[i] = oi.Key
+	}
 	return rep, nil
 }
 
@@ -241,34 +290,9 @@ func sortProblems(ps []ObjectProblem) {
 // loadIndexObject reads one index object (from the cache if there) into
 // the in-memory index. Errors about the object wrap ErrCorrupt.
 func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage.ObjectInfo, skip map[chunk.ID]bool) error {
-	id, err := chunk.ParseID(strings.TrimPrefix(oi.Key, indexPrefix))
+	packs, err := r.readIndexObject(ctx, oi)
 	if err != nil {
-		return fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
-	}
-	b, cached := r.cache.get("index", id)
-	if !cached {
-		if b, err = readObjectSized(ctx, r.st, oi.Key, oi.Size, MaxIndexObjectSize); err != nil {
-			return fmt.Errorf("index object %s: %w", oi.Key, err)
-		}
-		if chunk.Hash(b) != id {
-			return fmt.Errorf("index object %s: %w: content does not match its id", oi.Key, ErrCorrupt)
-		}
-	}
-	// Decoding one object may take ~45 MiB however small it is stored
-	// (MaxIndexSize): only so many at once in the whole process, whatever
-	// the number of owners loading their index.
-	select {
-	case indexDecodes <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	packs, err := DecodeIndexMax(b, r.cfg.MaxBlobSize(DataBlob))
-	<-indexDecodes
-	if err != nil {
-		return fmt.Errorf("index object %s: %w", oi.Key, err)
-	}
-	if !cached {
-		r.cache.put("index", id, b) // only objects that decode
+		return err
 	}
 	for _, p := range packs {
 		if !skip[p.Pack] {
@@ -278,39 +302,92 @@ func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage
 	return nil
 }
 
+// readIndexObject reads and decodes one index object (from the cache if
+// there). Errors about the object wrap ErrCorrupt.
+func (r *Repository) readIndexObject(ctx context.Context, oi storage.ObjectInfo) ([]PackIndex, error) {
+	id, err := chunk.ParseID(strings.TrimPrefix(oi.Key, indexPrefix))
+	if err != nil {
+		return nil, fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
+	}
+	b, cached := r.cache.get("index", id)
+	if !cached {
+		if b, err = readObjectSized(ctx, r.st, oi.Key, oi.Size, MaxIndexObjectSize); err != nil {
+			return nil, fmt.Errorf("index object %s: %w", oi.Key, err)
+		}
+		if chunk.Hash(b) != id {
+			return nil, fmt.Errorf("index object %s: %w: content does not match its id", oi.Key, ErrCorrupt)
+		}
+	}
+	// Decoding one object may take ~45 MiB however small it is stored
+	// (MaxIndexSize): only so many at once in the whole process, whatever
+	// the number of owners loading their index.
+	select {
+	case indexDecodes <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	packs, err := DecodeIndexMax(b, r.cfg.MaxBlobSize(DataBlob))
+	<-indexDecodes
+	if err != nil {
+		return nil, fmt.Errorf("index object %s: %w", oi.Key, err)
+	}
+	if !cached {
+		r.cache.put("index", id, b) // only objects that decode
+	}
+	return packs, nil
+}
+
 // indexDecodes bounds the index objects decoded at once in the process:
 // the memory one decode may take is bounded per object, and this bounds
 // their number, for the daemon serving many owners.
 var indexDecodes = make(chan struct{}, 2)
 
 // adoptPacks indexes from their trailers the packs that no loaded index
-// object names.
-// It returns the packs listed.
+// object names. It returns the packs listed.
 func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, rep *IndexReport) (map[chunk.ID]bool, error) {
+	listed, orphans, err := r.listPacks(ctx, idx.HasPack)
+	if err != nil {
+		return nil, err
+	}
+	rep.Packs = len(listed)
+	if err := r.readOrphans(ctx, idx, orphans, parallel, rep, listed); err != nil {
+		return nil, err
+	}
+	return listed, nil
+}
+
+// listPacks lists data/: the ids of the packs there, and the packs among
+// them that known does not report.
+func (r *Repository) listPacks(ctx context.Context, known func(chunk.ID) bool) (map[chunk.ID]bool, []storage.ObjectInfo, error) {
 	var orphans []storage.ObjectInfo
 	listed := map[chunk.ID]bool{}
-	rep.Packs = 0
 	err := r.st.List(ctx, dataPrefix, func(oi storage.ObjectInfo) error {
 		id, ok := packID(oi.Key)
 		if !ok {
 			return nil // not a pack (check reports stray objects)
 		}
-		rep.Packs++
 		listed[id] = true
-		if !idx.HasPack(id) {
+		if !known(id) {
 			orphans = append(orphans, oi)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list packs: %w", err)
+		return nil, nil, fmt.Errorf("list packs: %w", err)
 	}
+	return listed, orphans, nil
+}
+
+// readOrphans indexes packs into idx from their trailers, adding them to
+// rep.Adopted (rep.BadPacks for those whose trailer cannot be read);
+// those deleted since they were listed are removed from listed.
+func (r *Repository) readOrphans(ctx context.Context, idx *Index, orphans []storage.ObjectInfo, parallel int, rep *IndexReport, listed map[chunk.ID]bool) error {
 	if len(orphans) == 0 {
-		return listed, nil
+		return nil
 	}
 	var mu gosync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(parallel)
+	g.SetLimit(max(parallel, 1))
 	for _, oi := range orphans {
 		g.Go(panics.Safe(func() error {
 			id, _ := packID(oi.Key)
@@ -334,10 +411,10 @@ func (r *Repository) adoptPacks(ctx context.Context, idx *Index, parallel int, r
 		}))
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return err
 	}
 	sort.Slice(rep.Adopted, func(i, j int) bool { return string(rep.Adopted[i].Pack[:]) < string(rep.Adopted[j].Pack[:]) })
-	return listed, nil
+	return nil
 }
 
 // packID returns the pack id of a key under data/, if it is one.

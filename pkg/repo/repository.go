@@ -7,10 +7,9 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	gosync "sync"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -30,7 +29,21 @@ const (
 	indexPrefix = "index/"
 )
 
-// Repository is one owner's repository on a storage.
+// Repository is one owner's repository on a storage. It is safe for
+// concurrent use, and operations of one owner may share one (the daemon
+// keeps each owner's open, Refresh bringing it up to date):
+//   - the index is shared by all: it only grows (SavePack, Refresh), or is
+//     replaced whole (ReloadIndex, Refresh), so that a lookup sees the old
+//     index or the new, never a mix;
+//   - what belongs to one backup is in its Session (the lease, the
+//     commit) and in pkg/sync's state, not here;
+//   - the condemned blobs are the repository's: each BeginSession puts in
+//     place those of the prune state it read, once the index is fresh, so
+//     that a backup begun under an older state still avoids what a prune
+//     deleted (R2 in FORMAT.md: the fresh index no longer names it);
+//   - packs adopted by a load are handed out once (TakeAdopted), and a
+//     pack given twice to SaveIndex is written once;
+//   - IndexReport is the last whole load's, whoever caused it.
 type Repository struct {
 	st     storage.Storage
 	cfg    Config
@@ -41,10 +54,17 @@ type Repository struct {
 	frames *frameCache // decoded groups of trees
 	cache  *Cache      // node-local, may be nil
 
-	adoptMu  gosync.Mutex
-	report   IndexReport // of the last LoadIndex
-	adopted  []PackIndex // packs indexed from trailers, not yet in a new index object
-	reloadMu gosync.Mutex
+	adoptMu sync.Mutex
+	report  IndexReport // of the last LoadIndex
+	adopted []PackIndex // packs indexed from trailers, not yet in a new index object
+	// reloadMu serialises loading the index again (ReloadIndex) and
+	// refreshing it (Refresh).
+	reloadMu sync.Mutex
+	// seen holds the keys of the index objects whose packs the in-memory
+	// index holds (loaded, or written by SaveIndex): Refresh reads only
+	// the others. It is replaced with the index, under seenMu.
+	seenMu sync.Mutex
+	seen   map[string]bool
 
 	condemned condemnedSet // blobs a standing prune condemned (see Usable)
 	// indexPrune is the prune state read just before the index was
@@ -123,11 +143,43 @@ func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	codec, err := chunk.NewCodecMax(cfg.CompressionLevel, int(max(cfg.MaxBlobSize(DataBlob), MaxTreeSize)))
+	codec, err := newCodec(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex(), trees: newTreePackCache(treePackCacheSize), frames: newFrameCache(frameCacheSize)}, nil
+}
+
+// newCodec returns a compressor for cfg's repository.
+func newCodec(cfg Config) (*chunk.Codec, error) {
+	return chunk.NewCodecMax(cfg.CompressionLevel, int(max(cfg.MaxBlobSize(DataBlob), MaxTreeSize)))
+}
+
+// MemBytes estimates the memory the repository holds: its index
+// (Index.MemBytes), the tree packs and decoded tree groups it keeps for
+// the operation under way, a standing prune's condemned blobs and the
+// index objects it has read.
+func (r *Repository) MemBytes() int64 {
+	r.seenMu.Lock()
+	seen := len(r.seen)
+	r.seenMu.Unlock()
+	return r.index.MemBytes() + int64(r.trees.bytes()) + int64(r.frames.bytes()) + int64(r.condemned.len())*chunk.IDSize + int64(seen)*160
+}
+
+// Trim drops what the repository keeps for the operations that use it,
+// not for the next: the tree packs, the decoded tree groups, the
+// compressor's state and a standing prune's condemned blobs (the next
+// backup's BeginSession reads them again). Call it only when no
+// operation uses the repository (nor holds its Codec).
+func (r *Repository) Trim() {
+	r.trees.clear()
+	r.frames.clear()
+	r.condemned.set(nil)
+	// A compressor that was used keeps its zstd encoders' and decoders'
+	// state (megabytes each); a new one allocates them when first used.
+	if c, err := newCodec(r.cfg); err == nil {
+		r.codec = c
+	}
 }
 
 // Config returns the repository's config.
@@ -166,19 +218,52 @@ func (r *Repository) SavePack(ctx context.Context, data []byte, id chunk.ID, ent
 }
 
 // SaveIndex stores index objects for packs, as many as the limits of one
-// index object need (SplitIndex), and returns their ids.
+// index object need (SplitIndex), and returns their ids. A pack given
+// twice is written once (readers refuse an index object naming a pack
+// twice): a backup's own pack may also come back from TakeAdopted when a
+// Refresh listed it between its upload and its entry in the index. An
+// object whose packs the in-memory index holds is not read again by
+// Refresh.
 func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) ([]chunk.ID, error) {
+	packs = uniquePacks(packs)
 	var ids []chunk.ID
 	for _, part := range SplitIndex(packs) {
 		b := EncodeIndex(part)
 		id := chunk.Hash(b)
-		if err := r.st.Put(ctx, indexPrefix+id.String(), bytes.NewReader(b), int64(len(b))); err != nil {
+		key := indexPrefix + id.String()
+		if err := r.st.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
 			return ids, fmt.Errorf("store index: %w", err)
 		}
 		r.cache.put("index", id, b)
+		r.markSeen(key, part)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// uniquePacks returns packs with each pack id once (its first entry).
+func uniquePacks(packs []PackIndex) []PackIndex {
+	seen := make(map[chunk.ID]bool, len(packs))
+	dup := false
+	for _, p := range packs {
+		if seen[p.Pack] {
+			dup = true
+			break
+		}
+		seen[p.Pack] = true
+	}
+	if !dup {
+		return packs
+	}
+	clear(seen)
+	out := make([]PackIndex, 0, len(packs))
+	for _, p := range packs {
+		if !seen[p.Pack] {
+			seen[p.Pack] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // DecodeBlob decompresses a stored blob read from the pack at key, checks

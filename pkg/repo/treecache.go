@@ -55,6 +55,22 @@ func (c *byteLRU[K]) get(k K) ([]byte, bool) {
 	return it.data, true
 }
 
+// bytes returns the size of what is held.
+func (c *byteLRU[K]) bytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size
+}
+
+// clear drops everything held.
+func (c *byteLRU[K]) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.order.Init()
+	clear(c.items)
+	c.size = 0
+}
+
 func (c *byteLRU[K]) put(k K, data []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

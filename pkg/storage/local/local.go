@@ -321,17 +321,28 @@ func fileVersion(fi fs.FileInfo) string {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = uint64(st.Ino)
 	}
+	return version(ino, fi.ModTime(), fi.Size())
+}
+
+func version(ino uint64, mtime time.Time, size int64) string {
 	b := strconv.AppendUint(make([]byte, 0, 40), ino, 16)
 	b = append(b, '.')
-	b = strconv.AppendInt(b, fi.ModTime().UnixNano(), 16)
+	b = strconv.AppendInt(b, mtime.UnixNano(), 16)
 	b = append(b, '.')
-	b = strconv.AppendInt(b, fi.Size(), 16)
+	b = strconv.AppendInt(b, size, 16)
 	return string(b)
 }
 
 // info describes the object file of key that fi describes.
 func info(key string, fi fs.FileInfo) storage.ObjectInfo {
 	return storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime(), Version: fileVersion(fi)}
+}
+
+// statInfo describes the object file of key that st describes, as info
+// does for its fs.FileInfo.
+func statInfo(key string, st *unix.Stat_t) storage.ObjectInfo {
+	mtime := time.Unix(st.Mtim.Unix())
+	return storage.ObjectInfo{Key: key, Size: st.Size, ModTime: mtime, Version: version(uint64(st.Ino), mtime, st.Size)}
 }
 
 // checkVersion compares the version of the object file p with version:
@@ -716,6 +727,10 @@ func (s *Storage) walk(ctx context.Context, dir, dirKey, base string, fn func(st
 		return err
 	}
 	defer d.Close()
+	// Entries are stat'ed by name from the directory's descriptor: a path
+	// lookup from the root per entry costs several times more, and a
+	// listing of an owner's snapshots stats a thousand.
+	dfd := int(d.Fd())
 	for {
 		entries, rerr := d.ReadDir(256)
 		for _, e := range entries {
@@ -730,29 +745,35 @@ func (s *Storage) walk(ctx context.Context, dir, dirKey, base string, fn func(st
 			if dirKey != "" {
 				key = dirKey + "/" + name
 			}
-			p := filepath.Join(dir, name)
 			mode := e.Type()
-			var fi fs.FileInfo
+			var st unix.Stat_t
 			if mode&fs.ModeSymlink != 0 || mode.IsRegular() {
-				fi, err = os.Stat(p) // follows links; the size for files
-				if isNotExist(err) {
+				err := ignoringEINTR(func() error { return unix.Fstatat(dfd, name, &st, 0) }) // follows links; the size for files
+				if errors.Is(err, unix.ENOENT) {
 					continue // deleted meanwhile, or a dangling link
 				}
 				if err != nil {
-					return err
+					return &fs.PathError{Op: "stat", Path: filepath.Join(dir, name), Err: err}
 				}
-				mode = fi.Mode().Type()
+				switch st.Mode & unix.S_IFMT {
+				case unix.S_IFDIR:
+					mode = fs.ModeDir
+				case unix.S_IFREG:
+					mode = 0
+				default:
+					mode = fs.ModeIrregular
+				}
 			}
 			switch {
 			case mode.IsDir():
-				if err := s.walk(ctx, p, key, "", fn); err != nil {
+				if err := s.walk(ctx, filepath.Join(dir, name), key, "", fn); err != nil {
 					return err
 				}
 			case mode.IsRegular():
 				if strings.HasPrefix(name, tempPrefix) || key == lockName || storage.ValidateKey(key) != nil {
 					continue
 				}
-				if err := fn(info(key, fi)); err != nil {
+				if err := fn(statInfo(key, &st)); err != nil {
 					return err
 				}
 			}
@@ -966,4 +987,13 @@ func mapPermErr(err error) error {
 		return fmt.Errorf("%w: %w", storage.ErrPermission, err)
 	}
 	return err
+}
+
+// ignoringEINTR calls fn again while it fails with EINTR.
+func ignoringEINTR(fn func() error) error {
+	for {
+		if err := fn(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
