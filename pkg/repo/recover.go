@@ -112,7 +112,7 @@ func (r *Repository) ReloadIndex(ctx context.Context) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
 	ps := r.pruneStateBefore(ctx)
-	fresh := NewIndex()
+	fresh := r.newIndex()
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {
 		return err
@@ -456,7 +456,7 @@ type RepairResult struct {
 // been opened, not necessarily loaded.
 func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, error) {
 	old := r.index
-	r.index = NewIndex()
+	r.index = r.newIndex()
 	if err := r.LoadIndex(ctx, 8); err != nil {
 		r.index = old
 		return nil, err
@@ -475,7 +475,7 @@ func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, 
 			return nil, fmt.Errorf("list index: %w", err)
 		}
 		loaded := r.index.Packs()
-		fresh := NewIndex()
+		fresh := r.newIndex()
 		var mu gosync.Mutex
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(8)
