@@ -105,7 +105,20 @@ type record struct {
 	rawOffset uint32
 }
 
-func cmpRecord(a, b record) int { return bytes.Compare(a.id[:], b.id[:]) }
+func cmpRecord(a, b record) int { return cmpID(&a.id, &b.id) }
+
+// cmpID compares ids as bytes.Compare would, faster: most differ in their
+// first 8 bytes.
+func cmpID(a, b *chunk.ID) int {
+	x, y := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(b[:8])
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return bytes.Compare(a[8:], b[8:])
+}
 
 func (r *record) put(b []byte) {
 	copy(b, r.id[:])
@@ -152,7 +165,7 @@ func fingerprint(id *chunk.ID) uint16 { return binary.BigEndian.Uint16(id[4:6]) 
 
 func (r *run) find(id *chunk.ID) (record, bool) {
 	if r.f == nil {
-		i, ok := slices.BinarySearchFunc(r.recs, *id, func(a record, id chunk.ID) int { return bytes.Compare(a.id[:], id[:]) })
+		i, ok := slices.BinarySearchFunc(r.recs, id, func(a record, id *chunk.ID) int { return cmpID(&a.id, id) })
 		if !ok {
 			return record{}, false
 		}
@@ -472,19 +485,19 @@ func mergeInto(runs []*run, tail []record, emit func(*record) error) error {
 	for {
 		m := -1
 		for i := range cs {
-			if cs[i].ok && (m < 0 || bytes.Compare(cs[i].cur.id[:], cs[m].cur.id[:]) < 0) {
+			if cs[i].ok && (m < 0 || cmpID(&cs[i].cur.id, &cs[m].cur.id) < 0) {
 				m = i
 			}
 		}
 		if m < 0 {
 			return nil
 		}
-		rec := cs[m].cur
-		if err := emit(&rec); err != nil {
+		id := cs[m].cur.id
+		if err := emit(&cs[m].cur); err != nil {
 			return err
 		}
 		for i := m; i < len(cs); i++ {
-			if cs[i].ok && cs[i].cur.id == rec.id {
+			if cs[i].ok && cs[i].cur.id == id {
 				if err := cs[i].advance(); err != nil {
 					return err
 				}

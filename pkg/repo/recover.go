@@ -12,6 +12,7 @@ import (
 	gosync "sync"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
@@ -245,6 +246,15 @@ func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage
 	if err != nil {
 		return fmt.Errorf("index object %s: %w: not named by a hash", oi.Key, ErrCorrupt)
 	}
+	// What one object costs while it is read, decoded and added (its
+	// bytes, then its decoded entries, ~3 times its size for random ids)
+	// is bounded in the whole process too: else parallel loads of large
+	// objects would hold more than the index they fill.
+	weight := min(max(3*oi.Size, 1), indexLoadBytes)
+	if err := indexLoads.Acquire(ctx, weight); err != nil {
+		return err
+	}
+	defer indexLoads.Release(weight)
 	b, cached := r.cache.get("index", id)
 	if !cached {
 		if b, err = readObjectSized(ctx, r.st, oi.Key, oi.Size, MaxIndexObjectSize); err != nil {
@@ -282,6 +292,12 @@ func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage
 // the memory one decode may take is bounded per object, and this bounds
 // their number, for the daemon serving many owners.
 var indexDecodes = make(chan struct{}, 2)
+
+// indexLoads bounds the bytes of index objects being loaded at once in
+// the process (see loadIndexObject).
+var indexLoads = semaphore.NewWeighted(indexLoadBytes)
+
+const indexLoadBytes = 64 << 20
 
 // adoptPacks indexes from their trailers the packs that no loaded index
 // object names.
