@@ -34,13 +34,13 @@ type Location struct {
 // run spilled to an unlinked temporary file (in the node cache's
 // directory, else the system's) and read with pread, never mapped: what
 // stays in memory of a spilled run is a fanout table (the first bits of
-// an id give the range of records, about 16 to a range) and a 16-bit
+// an id give the range of records, about 10 to a range) and a one-byte
 // fingerprint of each record, so that a lookup that misses reads nothing
-// and one that hits reads one record. Spilled runs are merged four at a
+// (in ~96 % of runs) and one that hits reads one record. Spilled runs are merged four at a
 // time when they are of one size class, so that there are a few of them
 // and each record is written a few times (log4 of the index's size over
 // the budget). Memory is then 52 bytes a blob up to the budget, and about
-// 2.5 bytes a blob beyond it (52 on disk); merges run outside the lock,
+// 1.4 bytes a blob beyond it (52 on disk); merges run outside the lock,
 // one at a time, with adders waiting only when the memory runs reach 1.5
 // times the budget meanwhile.
 //
@@ -81,8 +81,8 @@ type Index struct {
 }
 
 // DefaultIndexMemory is the memory an Index keeps its records in before it
-// spills them to temporary files: 32 MiB, about 645,000 blobs.
-const DefaultIndexMemory = 32 << 20
+// spills them to temporary files: 16 MiB, about 320,000 blobs.
+const DefaultIndexMemory = 16 << 20
 
 const (
 	recordSize = chunk.IDSize + 5*4
@@ -157,11 +157,11 @@ type run struct {
 	// first record of bucket b (fan has one more entry than buckets).
 	shift uint
 	fan   []uint32
-	fp    []uint16 // bytes 4 and 5 of each record's id
-	busy  bool     // being merged (set and read under Index.mu)
+	fp    []uint8 // byte 4 of each record's id
+	busy  bool    // being merged (set and read under Index.mu)
 }
 
-func fingerprint(id *chunk.ID) uint16 { return binary.BigEndian.Uint16(id[4:6]) }
+func fingerprint(id *chunk.ID) uint8 { return id[4] }
 
 func (r *run) find(id *chunk.ID) (record, bool) {
 	if r.f == nil {
@@ -403,7 +403,7 @@ func spill(dir string, runs []*run) (out *run, err error) {
 		total += r.n
 	}
 	fanBits := min(bits.Len(uint(total)>>4), 28)
-	out = &run{f: f, shift: uint(32 - fanBits), fan: make([]uint32, 1<<fanBits+1), fp: make([]uint16, 0, total)}
+	out = &run{f: f, shift: uint(32 - fanBits), fan: make([]uint32, 1<<fanBits+1), fp: make([]uint8, 0, total)}
 	buf := make([]byte, 0, readRecords*recordSize)
 	err = mergeInto(runs, nil, func(r *record) error {
 		out.fan[binary.BigEndian.Uint32(r.id[:4])>>out.shift+1]++

@@ -1007,6 +1007,31 @@ func (b *backup) uploader(ctx context.Context) error {
 	}
 }
 
+// indexEvery is how many new blobs a backup holds before it writes them
+// into an index object: a quarter of what one may hold, so that the
+// object (~3 MiB) and its encoding stay small next to the pack buffers.
+const indexEvery = repo.MaxIndexBlobs / 4
+
+// splitIndex splits packs into parts of at most n blobs each (n at most
+// repo.MaxIndexBlobs; a pack may be spread over parts).
+func splitIndex(packs []repo.PackIndex, n int) [][]repo.PackIndex {
+	var parts [][]repo.PackIndex
+	var cur []repo.PackIndex
+	k := 0
+	for _, p := range packs {
+		for len(p.Blobs) > 0 {
+			if k == n {
+				parts, cur, k = append(parts, cur), nil, 0
+			}
+			m := min(len(p.Blobs), n-k)
+			cur = append(cur, repo.PackIndex{Pack: p.Pack, Blobs: p.Blobs[:m:m]})
+			k += m
+			p.Blobs = p.Blobs[m:]
+		}
+	}
+	return append(parts, cur)
+}
+
 // indexPack adds a stored pack to newPacks and writes out the index
 // objects they fill, keeping the rest: what a backup holds of its new
 // blobs' entries is bounded, and a killed backup's packs are indexed up
@@ -1016,8 +1041,9 @@ func (b *backup) indexPack(ctx context.Context, p finishedPack) error {
 	b.newPacks = append(b.newPacks, repo.PackIndex{Pack: p.id, Blobs: p.entries})
 	b.newBlobs += len(p.entries)
 	var full [][]repo.PackIndex
-	if b.newBlobs > repo.MaxIndexBlobs || len(b.newPacks) > repo.MaxIndexPacks {
-		full = repo.SplitIndex(b.newPacks)
+	if b.newBlobs > indexEvery { // and so more packs than that, at most
+
+		full = splitIndex(b.newPacks, indexEvery)
 		rest := full[len(full)-1]
 		full = full[:len(full)-1]
 		b.newPacks, b.newBlobs = slices.Clone(rest), 0
