@@ -385,10 +385,10 @@ func (x *Index) sizeClass(n int) int {
 // spill merges runs (oldest first) into one run in a new unlinked
 // temporary file in dir.
 func spill(dir string, runs []*run) (out *run, err error) {
-	if dir == "" {
-		dir = os.TempDir()
+	f, err := os.CreateTemp(dir, ".tmp-index-*") // "": os.TempDir()
+	if err != nil && dir != "" {
+		f, err = os.CreateTemp("", ".tmp-index-*") // the cache's directory is gone (a purge)
 	}
-	f, err := os.CreateTemp(dir, ".tmp-index-*")
 	if err != nil {
 		return nil, fmt.Errorf("index: spill: %w", err)
 	}

@@ -219,3 +219,36 @@ func TestIndexInMemory(t *testing.T) {
 		t.Fatal("treesOnly")
 	}
 }
+
+// TestIndexSpillFails: when no temporary file can be made, the runs stay
+// in memory and every blob is still found.
+func TestIndexSpillFails(t *testing.T) {
+	t.Setenv("TMPDIR", "/nonexistent-backupd-test")
+	rng := rand.New(rand.NewPCG(3, 4))
+	x := NewIndex()
+	x.SetMemory(100 << 10)
+	x.setDir("/nonexistent-backupd-test/cache")
+	model := map[chunk.ID]BlobEntry{}
+	for range 20 {
+		var es []BlobEntry
+		for i := range 5000 {
+			e := BlobEntry{ID: randomID(rng), Offset: uint32(i), StoredLen: 1, RawLen: 1}
+			es = append(es, e)
+			model[e.ID] = e
+		}
+		x.AddPack(randomID(rng), es)
+	}
+	for _, r := range x.runs {
+		if r.f != nil {
+			t.Fatal("spilled without a temporary directory")
+		}
+	}
+	for id, e := range model {
+		if loc, ok := x.Lookup(id); !ok || loc.BlobEntry != e {
+			t.Fatalf("lookup %s: %+v %v", id.Short(), loc, ok)
+		}
+	}
+	if n, _ := x.Len(); n != len(model) {
+		t.Fatalf("Len = %d, want %d", n, len(model))
+	}
+}
