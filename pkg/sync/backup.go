@@ -289,7 +289,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// Chunk buffers in flight: one per reader, one per compressor, and the
 	// queue between them. This, with the pack buffers, bounds memory.
 	b.bufs = newBufferPool(opts.Readers+2*opts.Compressors, int(b.params.MaxSize))
-	packCap := cfg.PackSize + 256<<10 // blobs plus a typical trailer
+	packCap := cfg.PackSize + packSlack // blobs plus their trailer
 	// Data packs: the one being filled, those being uploaded, one waiting.
 	// Tree packs are usually small: their buffers start at 1 MiB and grow
 	// only when a snapshot has that many changed directories.

@@ -15,6 +15,16 @@ type finishedPack struct {
 	pool    *bufferPool // where data goes back once uploaded
 }
 
+// packSlack is the room a pack buffer has beyond the pack size, for the
+// trailer: a pack of many small blobs is closed before its trailer would
+// outgrow it (else Finish would copy the whole pack into a larger buffer,
+// which would then stay in the pool).
+const packSlack = 256 << 10
+
+// packedSize is the size of a pack of n blobs of blobBytes bytes in all,
+// with its trailer and footer.
+func packedSize(blobBytes, n int) int { return blobBytes + repo.PackTrailerReadSize(n) }
+
 // packer collects blobs of one type into packs of about size bytes and
 // hands full packs to the uploaders.
 type packer struct {
@@ -36,7 +46,8 @@ type packer struct {
 func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.ID, comp chunk.Compression, stored []byte, rawLen int, st *backupStats) error {
 	for {
 		p.mu.Lock()
-		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+len(stored) > p.size || p.cur.Full(p.size)) {
+		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+len(stored) > p.size || p.cur.Full(p.size) ||
+			packedSize(p.cur.Len()+len(stored), p.cur.Count()+1) > p.size+packSlack) {
 			full := p.cur
 			p.cur = nil
 			p.mu.Unlock()

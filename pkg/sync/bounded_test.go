@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"context"
+	"encoding/binary"
 	"slices"
 	"testing"
 
@@ -38,5 +40,42 @@ func TestSplitIndexEvery(t *testing.T) {
 	}
 	if !slices.Equal(got, want) || len(parts) != (len(want)+4)/5 {
 		t.Fatalf("%d parts, blobs %v", len(parts), got)
+	}
+}
+
+// TestPackOfSmallBlobsFitsItsBuffer: a pack of many small blobs is closed
+// before its trailer outgrows the pool's buffer, so that Finish never
+// copies the pack into a larger one.
+func TestPackOfSmallBlobsFitsItsBuffer(t *testing.T) {
+	const size = 4 << 20
+	p := &packer{typ: repo.DataBlob, size: size, pool: newBufferPool(2, size+packSlack)}
+	uploads := make(chan finishedPack)
+	done := make(chan struct{})
+	packs := 0
+	go func() {
+		defer close(done)
+		for fp := range uploads {
+			if cap(fp.data) != size+packSlack {
+				t.Errorf("pack of %d blobs in a buffer of %d bytes, want %d", len(fp.entries), cap(fp.data), size+packSlack)
+			}
+			packs++
+			fp.pool.put(fp.data[:0])
+		}
+	}()
+	var st backupStats
+	blob := make([]byte, 300)
+	for i := range 40_000 {
+		binary.LittleEndian.PutUint64(blob, uint64(i))
+		if err := p.add(context.Background(), uploads, chunk.Hash(blob), chunk.Raw, blob, len(blob), &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.flush(context.Background(), uploads); err != nil {
+		t.Fatal(err)
+	}
+	close(uploads)
+	<-done
+	if packs < 3 {
+		t.Fatalf("%d packs", packs)
 	}
 }
