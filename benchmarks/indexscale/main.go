@@ -253,8 +253,10 @@ func load(args []string) error {
 	var ms runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
-	fmt.Printf("loaded %d blobs, %d packs in %.2f s; heap in use after GC %d MiB (%.1f bytes a blob)\n",
-		blobs, packs, took.Seconds(), ms.HeapInuse>>20, float64(ms.HeapInuse)/float64(blobs))
+	mem, disk := r.Index().Footprint()
+	fmt.Printf("loaded %d blobs, %d packs in %.2f s; heap in use after GC %d MiB (%.1f bytes a blob); index: %d MiB in memory, %d MiB on disk (%.1f and %.1f bytes a blob)\n",
+		blobs, packs, took.Seconds(), ms.HeapInuse>>20, float64(ms.HeapInuse)/float64(blobs),
+		mem>>20, disk>>20, float64(mem)/float64(blobs), float64(disk)/float64(blobs))
 	runtime.KeepAlive(r)
 	return nil
 }

@@ -633,3 +633,19 @@ func (r *Repository) SetIndexMemory(bytes int64) { r.index.SetMemory(bytes) }
 // newIndex returns an empty index with the memory budget and spill
 // directory of r's.
 func (r *Repository) newIndex() *Index { return r.index.emptyLike() }
+
+// Footprint returns about how many bytes the index takes in memory (its
+// records, tail, fanout tables, fingerprints and pack ids) and in its
+// temporary files.
+func (x *Index) Footprint() (memory, disk int64) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	memory = x.inMem + int64(cap(x.tail))*(recordSize+48) + int64(len(x.packs))*(chunk.IDSize+64)
+	for _, r := range x.runs {
+		memory += int64(len(r.fan))*4 + int64(len(r.fp))
+		if r.f != nil {
+			disk += int64(r.n) * recordSize
+		}
+	}
+	return memory, disk
+}

@@ -116,7 +116,11 @@ func TestIndexSpillMatchesMap(t *testing.T) {
 	if spilled == 0 {
 		t.Fatalf("nothing spilled (%d runs)", nruns)
 	}
-	t.Logf("%d blobs in %d runs, %d spilled", len(model), nruns, spilled)
+	mem, disk := x.Footprint()
+	t.Logf("%d blobs in %d runs, %d spilled; %d bytes in memory, %d on disk", len(model), nruns, spilled, mem, disk)
+	if disk < int64(len(model))*recordSize/2 || mem > int64(len(model))*recordSize/4 {
+		t.Fatalf("footprint: %d bytes in memory, %d on disk", mem, disk)
+	}
 
 	check := func(x *Index) {
 		t.Helper()
