@@ -256,3 +256,40 @@ func TestIndexSpillFails(t *testing.T) {
 		t.Fatalf("Len = %d, want %d", n, len(model))
 	}
 }
+
+// BenchmarkIndexLookup: lookups of known blobs (hit) and unknown ones
+// (miss) in an index of 1M blobs, within the default budget of memory and
+// mostly spilled.
+func BenchmarkIndexLookup(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	x := NewIndex()
+	x.setDir(b.TempDir())
+	ids := make([]chunk.ID, 0, 1_000_000)
+	for p := 0; len(ids) < cap(ids); p++ {
+		es := make([]BlobEntry, 2000)
+		for i := range es {
+			es[i] = BlobEntry{ID: randomID(rng), Offset: uint32(i), StoredLen: 1, RawLen: 1}
+			ids = append(ids, es[i].ID)
+		}
+		x.AddPack(randomID(rng), es)
+	}
+	mem, disk := x.Footprint()
+	b.Logf("%d runs; %d bytes in memory, %d on disk", len(x.runs), mem, disk)
+	b.Run("hit", func(b *testing.B) {
+		for i := range b.N {
+			if !x.Has(ids[i%len(ids)]) {
+				b.Fatal("missing")
+			}
+		}
+	})
+	miss := randomID(rng)
+	b.Run("miss", func(b *testing.B) {
+		for i := range b.N {
+			miss[0] = byte(i)
+			miss[9] = byte(i >> 8)
+			if x.Has(miss) {
+				b.Fatal("found")
+			}
+		}
+	})
+}
