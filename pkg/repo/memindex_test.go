@@ -233,7 +233,7 @@ func TestIndexSpillFails(t *testing.T) {
 	x.SetMemory(100 << 10)
 	x.setDir("/nonexistent-backupd-test/cache")
 	model := map[chunk.ID]BlobEntry{}
-	for range 20 {
+	for range 8 { // more than two tails: runs the budget cannot hold
 		var es []BlobEntry
 		for i := range 5000 {
 			e := BlobEntry{ID: randomID(rng), Offset: uint32(i), StoredLen: 1, RawLen: 1}
