@@ -20,14 +20,23 @@ import (
 
 // workspaceSpec sizes a generated workspace (--gen-workspace).
 type workspaceSpec struct {
-	srcFiles     int     // source files under git control
-	commits      int     // git commits (the first ones end up packed, the last ones loose)
-	nodeFiles    int     // regular files under node_modules
-	binaries     []int64 // sizes of the large, partly repetitive binaries under build/
-	randomFiles  int     // incompressible files under data/
-	randomBytes  int64   // their total size
-	generatorArg string  // what --gen-workspace said
+	srcFiles    int     // source files under git control
+	commits     int     // git commits (the first ones end up packed, the last ones loose)
+	nodeFiles   int     // regular files under node_modules
+	binaries    []int64 // sizes of the large, partly repetitive binaries under build/
+	randomFiles int     // incompressible files under data/
+	randomBytes int64   // their total size
+	// smallFiles, if set, replaces all of the above: that many small text
+	// files (1-16 KiB, log-uniform) spread over smallDirs directories,
+	// about one each (the "smallfiles" preset: issue 11's case).
+	smallFiles, smallDirs int
+	generatorArg          string // what --gen-workspace said
 }
+
+// smallFilesWorkspace is the "smallfiles" preset: 100,000 small text files
+// in 98,000 directories, ~520 MB (the shape of a large node_modules with
+// one file per package directory).
+var smallFilesWorkspace = workspaceSpec{smallFiles: 100_000, smallDirs: 98_000}
 
 // defaultWorkspace is the "default" preset: ~3,000 source files in a git
 // repository, 100,000 files in node_modules, 288 MiB of binaries and
@@ -44,6 +53,9 @@ var defaultWorkspace = workspaceSpec{
 // nominalSize is the spec's approximate total size (source and node_modules
 // files average about 7 KiB and 2.2 KiB).
 func (s workspaceSpec) nominalSize() int64 {
+	if s.smallFiles > 0 {
+		return int64(s.smallFiles) * 5400 // the mean of 1-16 KiB, log-uniform
+	}
 	n := int64(s.srcFiles)*7<<10 + int64(s.nodeFiles)*2200 + s.randomBytes
 	for _, b := range s.binaries {
 		n += b
@@ -62,6 +74,10 @@ func parseWorkspaceSpec(arg string) (workspaceSpec, error) {
 		scale = 1
 	case a == "small":
 		scale = 0.1
+	case a == "smallfiles":
+		s := smallFilesWorkspace
+		s.generatorArg = arg
+		return s, nil
 	case a == "tiny":
 		return workspaceSpec{srcFiles: 40, commits: 3, nodeFiles: 500,
 			binaries: []int64{300 << 10, 1 << 20}, randomFiles: 2, randomBytes: 256 << 10, generatorArg: arg}, nil
@@ -131,6 +147,12 @@ type workspacePlan struct {
 // File contents, names and git commit IDs depend only on spec; mtimes,
 // inodes and git's index file do not.
 func generateWorkspace(dir string, spec workspaceSpec) error {
+	if spec.smallFiles > 0 {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		return writeFiles(dir, planSmallFiles(spec))
+	}
 	if _, err := exec.LookPath("git"); err != nil {
 		return fmt.Errorf("--gen-workspace needs the git binary: %w", err)
 	}
@@ -170,6 +192,36 @@ func logUniform(rng *rand.Rand, lo, hi int64) int64 {
 }
 
 func word(rng *rand.Rand) string { return vocabulary[rng.IntN(len(vocabulary))] }
+
+// planSmallFiles plans spec.smallFiles text files (code, JSON, prose) of
+// 1-16 KiB in spec.smallDirs directories: pkgs/<group>/<name>/, one file
+// in each and the rest in directories picked at random.
+func planSmallFiles(spec workspaceSpec) []genFile {
+	rng := rand.New(rand.NewPCG(genSeed, 5))
+	groups := max(1, spec.smallDirs/1000)
+	dirs := make([]string, 0, spec.smallDirs)
+	for len(dirs)+groups < spec.smallDirs {
+		dirs = append(dirs, fmt.Sprintf("pkgs/g%d/%s-%s-%d", len(dirs)%groups, word(rng), word(rng), len(dirs)))
+	}
+	files := make([]genFile, 0, spec.smallFiles)
+	for i := range spec.smallFiles {
+		dir := dirs[i%len(dirs)]
+		if i >= len(dirs) {
+			dir = dirs[rng.IntN(len(dirs))]
+		}
+		kind, ext := byte('c'), ".js"
+		switch r := rng.IntN(10); {
+		case r < 2:
+			kind, ext = 'j', ".json"
+		case r < 3:
+			kind, ext = 't', ".md"
+		case r < 5:
+			ext = ".d.ts"
+		}
+		files = append(files, genFile{path: fmt.Sprintf("%s/%s-%d%s", dir, word(rng), i, ext), size: logUniform(rng, 1<<10, 16<<10), mode: 0o644, kind: kind, seed: uint64(i + 1)})
+	}
+	return files
+}
 
 func planWorkspace(spec workspaceSpec) workspacePlan {
 	rng := rand.New(rand.NewPCG(genSeed, 4))

@@ -24,6 +24,7 @@ func newBackupCmd() *cobra.Command {
 		tags      []string
 		parent    string
 		force     bool
+		strict    bool
 		idMaps    idMapFlags
 		excludes  []string
 	)
@@ -37,6 +38,12 @@ JSON object with the backup's statistics.
 
 Files unchanged since the parent snapshot (same size, mtime, ctime and
 inode) are not read again; --force reads everything.
+
+An entry that cannot be read (permission denied, an I/O error) is left
+out with a warning on stderr, one line each; the snapshot counts and
+lists them ("unreadable" in snapshots --json) and the summary says how
+many. With --strict the backup fails instead and writes no snapshot.
+Errors of the repository or its storage always fail the backup.
 
 Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
 only at the top, "cache/" directories only, "!keep.log" to take one back,
@@ -67,7 +74,7 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 				}
 				return backupViaDaemon(ctx, &d, &f, &pb.BackupWorkspaceRequest{
 					Owner: f.owner, Workspace: workspace, Path: dir, Tags: tagMap, Excludes: excludes,
-					ParentSnapshotId: parent, Force: force, UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
+					ParentSnapshotId: parent, Force: force, Strict: strict, UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
 				})
 			}
 			r, closeRepo, err := f.openOwner(ctx, true)
@@ -80,7 +87,7 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 			warn := newWarner(f.showProgress())
 			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
-				Parent: parent, Force: force, UIDMap: uidMap, GIDMap: gidMap, Exclude: excludes,
+				Parent: parent, Force: force, Strict: strict, UIDMap: uidMap, GIDMap: gidMap, Exclude: excludes,
 			})
 			stop()
 			if err != nil {
@@ -98,17 +105,22 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 	cmd.Flags().StringVar(&parent, "parent", "", "compare with this snapshot `ID` (default: the workspace's latest); unchanged files are not read")
 	idMaps.register(cmd, "host ids on disk are recorded as container ids")
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
+	cmd.Flags().BoolVar(&strict, "strict", false, "fail on an entry that cannot be read, instead of leaving it out with a warning")
 	cmd.Flags().StringArrayVar(&excludes, "exclude", nil, "leave out entries matching `PATTERN` (gitignore syntax; repeatable)")
 	return cmd
 }
 
 // printBackup prints a finished backup: the snapshot id, or with --json
-// its statistics; on a terminal a summary line on stderr too.
+// its statistics; on a terminal a summary line on stderr too, and always
+// a warning there counting the entries left out as unreadable.
 func printBackup(f *repoFlags, id string, st repo.Stats) error {
+	if st.Unreadable > 0 {
+		fmt.Fprintf(os.Stderr, "warning: unreadable, left out of snapshot %.8s: %d (one warning each; --strict fails instead)\n", id, st.Unreadable)
+	}
 	if f.json {
 		return json.NewEncoder(os.Stdout).Encode(map[string]any{
 			"snapshot_id": id, "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
-			"symlinks": st.Symlinks, "skipped": st.Skipped, "excluded": st.Excluded, "bytes": st.Bytes,
+			"symlinks": st.Symlinks, "skipped": st.Skipped, "unreadable": st.Unreadable, "excluded": st.Excluded, "bytes": st.Bytes,
 			"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
 			"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
 		})
@@ -146,7 +158,7 @@ func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.
 	}
 	r := op.Result
 	return printBackup(f, r.SnapshotId, repo.Stats{
-		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Excluded: r.Excluded,
+		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Unreadable: r.UnreadableEntries, Excluded: r.Excluded,
 		Bytes: r.Bytes, NewBytes: r.NewBytes, StoredBytes: r.StoredBytes, Blobs: r.Blobs, NewBlobs: r.NewBlobs, ObjectsWritten: r.ObjectsWritten,
 		DurationMS: op.EndTime.AsTime().Sub(op.StartTime.AsTime()).Milliseconds(),
 	})

@@ -131,6 +131,7 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 		Bytes       int64 `json:"bytes"`
 		NewBytes    int64 `json:"new_bytes"`
 		StoredBytes int64 `json:"stored_bytes"`
+		Unreadable  int64 `json:"unreadable,omitempty"`
 	}
 	type snap struct {
 		ID        string            `json:"id"`
@@ -155,7 +156,7 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 			out = append(out, listed{
 				row: snapshotRow{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Files, Bytes: s.Bytes, Tags: s.Tags},
 				json: snap{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Path: s.Path,
-					Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes}},
+					Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes, s.UnreadableEntries}},
 			})
 		}
 		for _, s := range resp.UnreadableSnapshots {

@@ -52,6 +52,14 @@ func grpcCode(err error) codes.Code {
 		return codes.DeadlineExceeded
 	case errors.As(err, &nf), errors.Is(err, repo.ErrSnapshotNotFound), errors.Is(err, repo.ErrNoRepository):
 		return codes.NotFound
+	case errors.Is(err, storage.ErrPermission):
+		// The storage refused the daemon's credentials or an operation
+		// (HTTP 401, 403): the backends name the bucket in the message.
+		return codes.PermissionDenied
+	case errors.Is(err, storage.ErrNoBucket):
+		// The bucket went away under the daemon (a missing owner's
+		// bucket is ErrNoRepository).
+		return codes.NotFound
 	case errors.As(err, &qt):
 		return codes.ResourceExhausted
 	case errors.As(err, &ce), errors.Is(err, bsync.ErrTargetNotEmpty):

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +18,12 @@ import (
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
-func TestMain(m *testing.M) { testservers.Main(m) }
+func TestMain(m *testing.M) {
+	if job := os.Getenv(daemonChildEnv); job != "" {
+		os.Exit(daemonChild(job)) // a child of TestUnreadableThroughDaemon
+	}
+	testservers.Main(m)
+}
 
 // A backup to S3 (MinIO, as the restricted user of the seeds' IAM policy)
 // cancelled while packs are being uploaded in 5 MiB parts leaves no

@@ -74,7 +74,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	}
 	opts := bsync.BackupOptions{
 		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
-		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
+		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), Strict: req.GetStrict(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
 	}
 	// Last, once every other field is valid: the open is the check.
 	dir, err := workspaceDir(s.roots, req.GetPath(), false)
@@ -100,7 +100,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 			return &pb.OperationResult{
 				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
 				UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
-				Skipped: st.Skipped, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
+				Skipped: st.Skipped, UnreadableEntries: st.Unreadable, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
 				ForgottenSnapshots: s.applyRetention(ctx, op, r, policy),
 			}, nil
 		}})
@@ -374,7 +374,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 				Id: ref.ID.String(), Owner: snap.Owner, Workspace: snap.Workspace, Time: timestamppb.New(snap.Time),
 				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
 				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,
-				NewBytes: snap.Stats.NewBytes, StoredBytes: snap.Stats.StoredBytes,
+				NewBytes: snap.Stats.NewBytes, StoredBytes: snap.Stats.StoredBytes, UnreadableEntries: snap.Stats.Unreadable,
 			}
 			return nil
 		}))

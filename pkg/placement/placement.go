@@ -75,7 +75,7 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 		return st, nil
 	}
 	st, err := p.open(ctx, p.Bucket(owner), create)
-	if errors.Is(err, storage.ErrNotFound) && !create {
+	if (errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrNoBucket)) && !create {
 		return nil, fmt.Errorf("owner %s: bucket %s: %w", owner, p.Bucket(owner), repo.ErrNoRepository)
 	}
 	if err != nil {

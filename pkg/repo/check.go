@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
@@ -209,10 +209,20 @@ func (r *Repository) checkPackData(ctx context.Context, id chunk.ID, blobs []Blo
 	defer rc.Close()
 	h := sha256.New()
 	in := io.TeeReader(rc, h)
-	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Offset < blobs[j].Offset })
+	slices.SortFunc(blobs, byOffset)
 	var pos int64
-	var stored, buf []byte
+	var stored, buf, frame []byte
+	frameAt := int64(-1) // where the group frame in frame starts
 	for _, b := range blobs {
+		if b.Compression == chunk.ZstdGroup && int64(b.Offset) == frameAt {
+			if frame == nil {
+				continue // the frame is damaged: reported once
+			}
+			if _, err := r.BlobFromFrame(key, b, frame); err != nil {
+				res.problem("%v", err)
+			}
+			continue
+		}
 		if int64(b.Offset) < pos {
 			res.problem("pack %s: blob %s overlaps the one before it", key, b.ID.Short())
 			continue
@@ -228,6 +238,18 @@ func (r *Repository) checkPackData(ctx context.Context, id chunk.ID, blobs []Blo
 			break
 		}
 		pos = int64(b.Offset) + int64(b.StoredLen)
+		if b.Compression == chunk.ZstdGroup {
+			frameAt = int64(b.Offset)
+			if frame, err = r.DecodeFrame(key, b, stored, frame[:0]); err != nil {
+				res.problem("%v", err)
+				frame = nil
+				continue
+			}
+			if _, err := r.BlobFromFrame(key, b, frame); err != nil {
+				res.problem("%v", err)
+			}
+			continue
+		}
 		if buf, err = r.DecodeBlob(key, b, stored, buf[:0]); err != nil {
 			res.problem("%v", err)
 		}

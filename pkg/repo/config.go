@@ -19,8 +19,19 @@ import (
 	"github.com/restic/chunker"
 )
 
-// FormatVersion is the repository format this code reads and writes.
-const FormatVersion = 1
+// FormatVersion is the repository format this code writes in a new
+// repository: version 2 adds groups (small blobs stored together in one
+// zstd frame, FORMAT.md "Groups"). Version 1 repositories are read and
+// written as before, without groups, so that older binaries keep reading
+// them.
+const FormatVersion = 2
+
+// MinFormatVersion is the oldest repository format this code reads.
+const MinFormatVersion = 1
+
+// SnapshotVersion is the version of snapshot objects, unchanged by format
+// version 2.
+const SnapshotVersion = 1
 
 // DefaultPackSize is the target size of pack objects: large enough to keep
 // objects under 100 per GB, small enough to upload and retry cheaply.
@@ -87,6 +98,10 @@ const (
 	MaxIndexBlobs = 1 << 18
 	MaxIndexPacks = 1 << 16
 
+	// MaxGroupSize is the largest raw content of one group frame (the
+	// blobs stored together in one zstd frame, FORMAT.md "Groups"): what
+	// a reader decompresses to reach any one of them.
+	MaxGroupSize = 2 << 20
 	// MaxPackBlobs is the most blobs one pack may hold, so that its trailer
 	// stays under MaxPackTrailerSize; writers close a pack on reaching it
 	// (or pack_size, whichever comes first).
@@ -104,6 +119,14 @@ const (
 	// MaxHostLen and MaxPathLen bound a snapshot's host and path.
 	MaxHostLen = 255
 	MaxPathLen = 4096
+	// MaxUnreadable, MaxUnreadableBytes and MaxUnreadableReasonLen bound a
+	// snapshot's list of unreadable entries: at most 1,000 entries, of
+	// paths and reasons of at most 64 KiB together, reasons of at most 256
+	// bytes each. With every other field at its limit and every byte
+	// escaped (6 bytes in JSON) the object stays within MaxSnapshotSize.
+	MaxUnreadable          = 1000
+	MaxUnreadableBytes     = 64 << 10
+	MaxUnreadableReasonLen = 256
 
 	// MaxConfigSize is the largest config object.
 	MaxConfigSize = 64 << 10
@@ -185,11 +208,15 @@ func (c Config) MaxBlobSize(t BlobType) uint32 {
 	return 0
 }
 
+// Groups reports whether writers may store small blobs in groups (format
+// version 2 and later).
+func (c Config) Groups() bool { return c.Version >= 2 }
+
 // Validate checks the config, naming the offending field. An unsupported
 // version is ErrVersion.
 func (c Config) Validate() error {
-	if c.Version != FormatVersion {
-		return fmt.Errorf("config: %w %d (this backupd reads version %d)", ErrVersion, c.Version, FormatVersion)
+	if c.Version < MinFormatVersion || c.Version > FormatVersion {
+		return fmt.Errorf("config: %w %d (this backupd reads versions %d to %d)", ErrVersion, c.Version, MinFormatVersion, FormatVersion)
 	}
 	if len(c.ID) != 32 || strings.Trim(c.ID, "0123456789abcdef") != "" {
 		return fmt.Errorf("config: id %q: want 32 lowercase hex digits", c.ID)

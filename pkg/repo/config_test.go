@@ -43,8 +43,17 @@ func TestConfigRoundTripAndRefusals(t *testing.T) {
 			t.Errorf("%s: decodeConfig = %v, want ErrCorrupt", name, err)
 		}
 	}
-	if _, err := decodeConfig(edit(func(c *Config) { c.Version = 2 })); !errors.Is(err, ErrVersion) || errors.Is(err, ErrCorrupt) {
-		t.Errorf("version 2: %v, want ErrVersion", err)
+	for _, v := range []int{0, FormatVersion + 1} {
+		if _, err := decodeConfig(edit(func(c *Config) { c.Version = v })); !errors.Is(err, ErrVersion) || errors.Is(err, ErrCorrupt) {
+			t.Errorf("version %d: %v, want ErrVersion", v, err)
+		}
+	}
+	// Version 1 repositories are read, and written without groups.
+	if c, err := decodeConfig(edit(func(c *Config) { c.Version = 1 })); err != nil || c.Groups() {
+		t.Errorf("version 1: groups %v, %v", c.Groups(), err)
+	}
+	if c, err := NewConfig(0, 0); err != nil || c.Version != 2 || !c.Groups() {
+		t.Errorf("a new config: version %d, groups %v, %v", c.Version, c.Groups(), err)
 	}
 }
 

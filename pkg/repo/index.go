@@ -32,7 +32,7 @@ var indexEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefaul
 const (
 	minIndexPack = chunk.IDSize + 1
 	minIndexBlob = chunk.IDSize + 2 + 3
-	maxIndexBlob = chunk.IDSize + 2 + 3*binary.MaxVarintLen32
+	maxIndexBlob = chunk.IDSize + 2 + 4*binary.MaxVarintLen32
 )
 
 // EncodeIndex returns the index object for packs. A writer keeps each
@@ -62,12 +62,22 @@ func encodeIndexBody(packs []PackIndex) []byte {
 			body = binary.AppendUvarint(body, uint64(b.Offset))
 			body = binary.AppendUvarint(body, uint64(b.StoredLen))
 			body = binary.AppendUvarint(body, uint64(b.RawLen))
+			if b.Compression == chunk.ZstdGroup {
+				body = binary.AppendUvarint(body, uint64(b.RawOffset))
+			}
 		}
 	}
 	return body
 }
 
-func byOffset(a, b BlobEntry) int { return cmp.Compare(a.Offset, b.Offset) }
+func byOffset(a, b BlobEntry) int {
+	return cmp.Or(cmp.Compare(a.Offset, b.Offset), cmp.Compare(a.RawOffset, b.RawOffset))
+}
+
+// sameFrame reports whether two grouped blobs are in the same frame.
+func sameFrame(a, b *BlobEntry) bool {
+	return a.Compression == chunk.ZstdGroup && b.Compression == chunk.ZstdGroup && a.Offset == b.Offset && a.StoredLen == b.StoredLen && a.Type == b.Type
+}
 
 // SplitIndex splits packs into parts of at most MaxIndexBlobs blobs and
 // MaxIndexPacks packs, each small enough for one index object; a pack with
@@ -239,6 +249,10 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 					k += m
 					b.RawLen, m = uvarint32(r[k:])
 					k += m
+					if m > 0 && b.Compression == chunk.ZstdGroup {
+						b.RawOffset, m = uvarint32(r[k:])
+						k += m
+					}
 				}
 			}
 			if m <= 0 {
@@ -248,7 +262,12 @@ func decodeIndexWith(d *zstd.Decoder, obj []byte, maxDataBlob uint32) ([]PackInd
 			if err := checkBlobEntry(&b, maxDataBlob); err != nil {
 				return nil, fmt.Errorf("index: pack %s: %w", p.Pack.Short(), err)
 			}
-			if uint64(b.Offset) < end {
+			if n := len(p.Blobs); n > 0 && b.Compression == chunk.ZstdGroup && sameFrame(&p.Blobs[n-1], &b) {
+				// A later blob of the group before, after that one.
+				if prev := &p.Blobs[n-1]; b.RawOffset < prev.RawOffset+prev.RawLen {
+					return nil, fmt.Errorf("%w: index: pack %s: grouped blob %s overlaps the one before or is out of order", ErrCorrupt, p.Pack.Short(), b.ID.Short())
+				}
+			} else if uint64(b.Offset) < end {
 				return nil, fmt.Errorf("%w: index: pack %s: blob %s overlaps the one before or is out of order", ErrCorrupt, p.Pack.Short(), b.ID.Short())
 			}
 			if end = uint64(b.Offset) + uint64(b.StoredLen); end > math.MaxUint32 {

@@ -403,6 +403,8 @@ func FuzzDecodeIndex(f *testing.F) {
 	f.Add(encodeIndexBody(testPacks(6, 1, 1)), false)
 	f.Add(encodeIndexBody(testPacks(7, 3, 4)), false)
 	f.Add(EncodeIndex(testPacks(8, 2, 2)), true)
+	_, gid, gentries := testGroupPack(f)
+	f.Add(encodeIndexBody([]PackIndex{{Pack: gid, Blobs: gentries}}), false)
 	for _, body := range hostileIndexBodies() {
 		f.Add(body, false)
 	}

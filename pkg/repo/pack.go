@@ -74,6 +74,39 @@ func (p *PackBuilder) Add(id chunk.ID, t BlobType, comp chunk.Compression, store
 	p.buf = append(p.buf, stored...)
 }
 
+// Writers' choice of what to group (FORMAT.md, "Groups"): a blob of at
+// most GroupMaxBlob raw bytes joins a group, and a group is closed once
+// it holds GroupTarget raw bytes. Measured on 100,000 small text files:
+// one frame per 1 MiB compresses like one stream (within 2 % of 4 MiB
+// frames) at less CPU than a frame per file, and a restore of one file
+// decompresses at most ~1 MiB.
+// A group also closes at GroupMaxMembers blobs, so that a pack's trailer
+// stays within MaxPackBlobs entries whatever the files' sizes.
+const (
+	GroupMaxBlob    = 128 << 10
+	GroupTarget     = 1 << 20
+	GroupMaxMembers = 4096
+)
+
+// GroupMember is one blob of a group: its id and raw length, in the order
+// of the group's content.
+type GroupMember struct {
+	ID     chunk.ID
+	RawLen uint32
+}
+
+// AddGroup appends a group: frame is one zstd frame whose content is the
+// members' raw bytes one after another (at most MaxGroupSize in all).
+func (p *PackBuilder) AddGroup(t BlobType, frame []byte, members []GroupMember) {
+	off := uint32(len(p.buf))
+	var raw uint32
+	for _, m := range members {
+		p.entries = append(p.entries, BlobEntry{ID: m.ID, Type: t, Compression: chunk.ZstdGroup, Offset: off, StoredLen: uint32(len(frame)), RawLen: m.RawLen, RawOffset: raw})
+		raw += m.RawLen
+	}
+	p.buf = append(p.buf, frame...)
+}
+
 // AddSalt adds a blob of type t that no one stored before (random bytes;
 // for a tree, a tree of one empty file with a random name), referenced by
 // nothing. A backup that runs while a prune has condemned blobs begins
@@ -108,15 +141,24 @@ func (p *PackBuilder) Full(packSize int) bool {
 // Finish appends the trailer and returns the complete pack, its id and its
 // entries. The builder must not be used afterwards.
 func (p *PackBuilder) Finish() ([]byte, chunk.ID, []BlobEntry) {
-	for _, e := range p.entries {
-		p.buf = append(p.buf, e.ID[:]...)
-		p.buf = append(p.buf, byte(e.Type), byte(e.Compression))
-		p.buf = binary.LittleEndian.AppendUint32(p.buf, e.StoredLen)
-		p.buf = binary.LittleEndian.AppendUint32(p.buf, e.RawLen)
-	}
-	p.buf = binary.LittleEndian.AppendUint32(p.buf, uint32(len(p.entries)*trailerEntry))
-	p.buf = append(p.buf, packMagic...)
+	p.buf = appendTrailer(p.buf, p.entries)
 	return p.buf, chunk.Hash(p.buf), p.entries
+}
+
+// appendTrailer appends the trailer and footer of a pack of entries.
+func appendTrailer(b []byte, entries []BlobEntry) []byte {
+	for _, e := range entries {
+		b = append(b, e.ID[:]...)
+		b = append(b, byte(e.Type), byte(e.Compression))
+		stored := e.StoredLen
+		if e.Compression == chunk.ZstdGroup && e.RawOffset > 0 {
+			stored = 0 // a later member of the group: in the same frame
+		}
+		b = binary.LittleEndian.AppendUint32(b, stored)
+		b = binary.LittleEndian.AppendUint32(b, e.RawLen)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)*trailerEntry))
+	return append(b, packMagic...)
 }
 
 // ErrCorrupt marks damaged repository objects.
@@ -141,6 +183,9 @@ func checkBlobEntry(e *BlobEntry, maxData uint32) error {
 	default:
 		return fmt.Errorf("%w: blob %s: unknown type %d", ErrCorrupt, e.ID.Short(), e.Type)
 	}
+	if e.Compression != chunk.ZstdGroup && e.RawOffset != 0 {
+		return fmt.Errorf("%w: blob %s: raw offset %d outside a group", ErrCorrupt, e.ID.Short(), e.RawOffset)
+	}
 	if e.RawLen == 0 || e.RawLen > limit {
 		return fmt.Errorf("%w: %v blob %s: raw length %d out of range 1..%d", ErrCorrupt, e.Type, e.ID.Short(), e.RawLen, limit)
 	}
@@ -152,6 +197,11 @@ func checkBlobEntry(e *BlobEntry, maxData uint32) error {
 	case chunk.Zstd:
 		if e.StoredLen == 0 || e.StoredLen >= e.RawLen || int64(e.RawLen) > int64(chunk.ZstdMaxRawLen(int(e.StoredLen))) {
 			return fmt.Errorf("%w: zstd blob %s: stored length %d for raw length %d", ErrCorrupt, e.ID.Short(), e.StoredLen, e.RawLen)
+		}
+	case chunk.ZstdGroup:
+		end := uint64(e.RawOffset) + uint64(e.RawLen)
+		if e.StoredLen == 0 || end > MaxGroupSize || end > uint64(chunk.ZstdMaxRawLen(int(e.StoredLen))) {
+			return fmt.Errorf("%w: grouped blob %s: bytes %d to %d of a frame of %d bytes (groups hold at most %d)", ErrCorrupt, e.ID.Short(), e.RawOffset, end, e.StoredLen, MaxGroupSize)
 		}
 	default:
 		return fmt.Errorf("%w: blob %s: unknown compression %d", ErrCorrupt, e.ID.Short(), e.Compression)
@@ -210,6 +260,19 @@ func ParsePackTrailerMax(tail []byte, packSize int64, maxDataBlob uint32) ([]Blo
 		b.Compression = chunk.Compression(e[33])
 		b.StoredLen = binary.LittleEndian.Uint32(e[34:])
 		b.RawLen = binary.LittleEndian.Uint32(e[38:])
+		if b.Compression == chunk.ZstdGroup && b.StoredLen == 0 {
+			// A later member of the group the entry before began.
+			if i == 0 || entries[i-1].Compression != chunk.ZstdGroup || entries[i-1].Type != b.Type {
+				return nil, fmt.Errorf("%w: pack trailer entry %d continues no group", ErrCorrupt, i)
+			}
+			prev := &entries[i-1]
+			b.Offset, b.StoredLen = prev.Offset, prev.StoredLen
+			b.RawOffset = prev.RawOffset + prev.RawLen
+			if err := checkBlobEntry(b, maxDataBlob); err != nil {
+				return nil, fmt.Errorf("pack trailer entry %d: %w", i, err)
+			}
+			continue
+		}
 		if err := checkBlobEntry(b, maxDataBlob); err != nil {
 			return nil, fmt.Errorf("pack trailer entry %d: %w", i, err)
 		}

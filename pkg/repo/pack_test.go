@@ -88,16 +88,7 @@ func TestPackTrailerSizeRefuses(t *testing.T) {
 }
 
 // trailerBytes re-encodes entries as a trailer and footer.
-func trailerBytes(entries []BlobEntry) []byte {
-	var b []byte
-	for _, e := range entries {
-		b = append(b, e.ID[:]...)
-		b = append(b, byte(e.Type), byte(e.Compression))
-		b = binary.LittleEndian.AppendUint32(b, e.StoredLen)
-		b = binary.LittleEndian.AppendUint32(b, e.RawLen)
-	}
-	return append(b, footerOf(uint32(len(entries)*trailerEntry))...)
-}
+func trailerBytes(entries []BlobEntry) []byte { return appendTrailer(nil, entries) }
 
 func TestParsePackTrailerRefuses(t *testing.T) {
 	data := testPack(t, 3)
@@ -111,8 +102,19 @@ func TestParsePackTrailerRefuses(t *testing.T) {
 		return tail, int64(len(tail)) + blobs
 	}
 	cases := map[string]func() ([]byte, int64){
-		"type 2":            func() ([]byte, int64) { return withEntry(entry(2, 0, 10, 10), 10) },
-		"compression 2":     func() ([]byte, int64) { return withEntry(entry(0, 2, 10, 10), 10) },
+		"type 2":                  func() ([]byte, int64) { return withEntry(entry(2, 0, 10, 10), 10) },
+		"compression 3":           func() ([]byte, int64) { return withEntry(entry(0, 3, 10, 10), 10) },
+		"group continues nothing": func() ([]byte, int64) { return withEntry(entry(0, 2, 0, 10), 0) },
+		"group beyond its limit":  func() ([]byte, int64) { return withEntry(entry(0, 2, 1<<20, MaxGroupSize+1), 1<<20) },
+		"group frame cannot hold": func() ([]byte, int64) { return withEntry(entry(0, 2, 10, 3<<17+1), 10) },
+		"group of two types": func() ([]byte, int64) {
+			tail := append(append(entry(0, 2, 100, 50), entry(1, 2, 0, 50)...), footerOf(2*trailerEntry)...)
+			return tail, int64(len(tail)) + 100
+		},
+		"group continued after a single blob": func() ([]byte, int64) {
+			tail := append(append(entry(0, 0, 10, 10), entry(0, 2, 0, 50)...), footerOf(2*trailerEntry)...)
+			return tail, int64(len(tail)) + 10
+		},
 		"raw length 0":      func() ([]byte, int64) { return withEntry(entry(0, 0, 0, 0), 0) },
 		"raw stored != raw": func() ([]byte, int64) { return withEntry(entry(0, 0, 10, 11), 10) },
 		"zstd not smaller":  func() ([]byte, int64) { return withEntry(entry(0, 1, 10, 10), 10) },
@@ -169,6 +171,8 @@ func FuzzParsePackTrailer(f *testing.F) {
 		f.Add(data[len(data)-PackTrailerReadSize(n):], uint16(len(data)-PackTrailerReadSize(n)))
 		f.Add(data[len(data)-PackTrailerReadSize(n):], uint16(0))
 	}
+	data, _, entries := testGroupPack(f)
+	f.Add(data[len(data)-PackTrailerReadSize(len(entries)):], uint16(len(data)-PackTrailerReadSize(len(entries))))
 	f.Add(footerOf(1<<32-2), uint16(100))
 	f.Add(footerOf(trailerEntry*1000), uint16(0))
 	f.Fuzz(func(t *testing.T, tail []byte, unread uint16) {
@@ -196,6 +200,13 @@ func FuzzParsePackTrailer(f *testing.F) {
 		off := int64(0)
 		for i := range entries {
 			e := &entries[i]
+			if e.Compression == chunk.ZstdGroup && e.RawOffset > 0 {
+				// A later member of a group: in the frame of the one before.
+				if prev := &entries[i-1]; !sameFrame(prev, e) || e.RawOffset != prev.RawOffset+prev.RawLen || checkBlobEntry(e, MaxDataBlobSize) != nil {
+					t.Fatalf("accepted entry %d: %+v after %+v", i, *e, *prev)
+				}
+				continue
+			}
 			if err := checkBlobEntry(e, MaxDataBlobSize); err != nil || int64(e.Offset) != off {
 				t.Fatalf("accepted entry %d at %d: %+v, %v", i, off, *e, err)
 			}

@@ -589,13 +589,16 @@ func (p *pruner) generation(ctx context.Context) error {
 			}
 			p.res.BytesFreed += v.sizes[id]
 			var live []BlobEntry
-			for _, e := range entries {
+			var liveBytes int64
+			costs := blobCosts(entries)
+			for i, e := range entries {
 				if !v.unused(id, &e, dead) {
 					live = append(live, e)
-					used[e.Type] += int64(e.StoredLen)
+					used[e.Type] += costs[i]
+					liveBytes += costs[i]
 				}
 			}
-			p.res.BytesFreed -= packBytes(live)
+			p.res.BytesFreed -= liveBytes + int64(PackTrailerReadSize(len(live)))
 			consolidated = append(consolidated, PackIndex{Pack: id, Blobs: live}) // as the new packs will hold them
 		}
 		for _, n := range used {
@@ -1010,11 +1013,12 @@ func (p *pruner) plan(v *view, dead idSet) *plan {
 	for id, entries := range v.packs {
 		var used int64
 		anyDead := false
+		costs := blobCosts(entries)
 		for i := range entries {
 			if v.unused(id, &entries[i], dead) {
 				anyDead = true
 			} else {
-				used += int64(entries[i].StoredLen)
+				used += costs[i]
 			}
 		}
 		size := v.sizes[id]
@@ -1061,30 +1065,9 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 		if err != nil && !Damaged(err) && !errors.Is(err, storage.ErrNotFound) {
 			return nil, nil, fmt.Errorf("prune: read %s: %w", key, err)
 		}
-		var blobs []struct {
-			e      BlobEntry
-			stored []byte
-		}
+		var copies []repackCopy
 		if err == nil {
-			for _, e := range v.packs[id] {
-				if v.unused(id, &e, dead) {
-					continue
-				}
-				end := int64(e.Offset) + int64(e.StoredLen)
-				if end > int64(len(data)) {
-					err = fmt.Errorf("pack %s: blob %s: %w: beyond the pack's end", key, e.ID.Short(), ErrCorrupt)
-					break
-				}
-				stored := data[e.Offset:end]
-				if _, derr := p.r.DecodeBlob(key, e, stored, nil); derr != nil {
-					err = derr
-					break
-				}
-				blobs = append(blobs, struct {
-					e      BlobEntry
-					stored []byte
-				}{e, stored})
-			}
+			copies, err = p.repackCopies(key, data, v.packs[id], func(e *BlobEntry) bool { return !v.unused(id, e, dead) })
 		}
 		if err != nil {
 			kept[id] = true
@@ -1092,15 +1075,25 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 			p.warn("%s not repacked, kept as it is: %v", key, err)
 			continue
 		}
-		for _, b := range blobs {
-			pb := builders[b.e.Type]
+		for _, c := range copies {
+			pb := builders[c.typ]
+			if pb != nil && pb.Count()+max(len(c.members), 1) > MaxPackBlobs {
+				if err := flush(c.typ); err != nil {
+					return nil, nil, err
+				}
+				pb = nil
+			}
 			if pb == nil {
 				pb = NewPackBuilder(size)
-				builders[b.e.Type] = pb
+				builders[c.typ] = pb
 			}
-			pb.Add(b.e.ID, b.e.Type, b.e.Compression, b.stored, int(b.e.RawLen))
+			if c.members != nil {
+				pb.AddGroup(c.typ, c.stored, c.members)
+			} else {
+				pb.Add(c.e.ID, c.typ, c.e.Compression, c.stored, int(c.e.RawLen))
+			}
 			if pb.Full(size) {
-				if err := flush(b.e.Type); err != nil {
+				if err := flush(c.typ); err != nil {
 					return nil, nil, err
 				}
 			}
@@ -1114,6 +1107,84 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 	return out, kept, nil
 }
 
+// repackCopy is one thing repack writes into a new pack: a blob as it is
+// stored (members nil), or a group frame with its members.
+type repackCopy struct {
+	typ     BlobType
+	e       BlobEntry // a single blob
+	stored  []byte
+	members []GroupMember
+}
+
+// repackCopies returns what of the pack data (at key, its entries listed
+// by the index) repack copies: every blob keep accepts, verified against
+// its hash. A blob stored alone is copied as it is; of a group, a frame
+// whose blobs are all kept is copied as it is, and the kept blobs of one
+// that lost some are compressed again as a group of their own (or alone,
+// when one is left), so a prune frees the space of dead grouped blobs too.
+func (p *pruner) repackCopies(key string, data []byte, entries []BlobEntry, keep func(*BlobEntry) bool) ([]repackCopy, error) {
+	entries = slices.SortedFunc(slices.Values(entries), byOffset)
+	var out []repackCopy
+	for i := 0; i < len(entries); {
+		e := entries[i]
+		end := int64(e.Offset) + int64(e.StoredLen)
+		if end > int64(len(data)) {
+			return nil, fmt.Errorf("pack %s: blob %s: %w: beyond the pack's end", key, e.ID.Short(), ErrCorrupt)
+		}
+		stored := data[e.Offset:end]
+		if e.Compression != chunk.ZstdGroup {
+			i++
+			if !keep(&e) {
+				continue
+			}
+			if _, err := p.r.DecodeBlob(key, e, stored, nil); err != nil {
+				return nil, err
+			}
+			out = append(out, repackCopy{typ: e.Type, e: e, stored: stored})
+			continue
+		}
+		j := i + 1
+		for j < len(entries) && sameFrame(&entries[i], &entries[j]) {
+			j++
+		}
+		frameEntries := entries[i:j]
+		i = j
+		var kept []BlobEntry
+		for k := range frameEntries {
+			if keep(&frameEntries[k]) {
+				kept = append(kept, frameEntries[k])
+			}
+		}
+		if len(kept) == 0 {
+			continue
+		}
+		frame, err := p.r.DecodeFrame(key, e, stored, nil)
+		if err != nil {
+			return nil, err
+		}
+		var raw []byte
+		members := make([]GroupMember, 0, len(kept))
+		for _, k := range kept {
+			b, err := p.r.BlobFromFrame(key, k, frame)
+			if err != nil {
+				return nil, err
+			}
+			raw = append(raw, b...)
+			members = append(members, GroupMember{ID: k.ID, RawLen: k.RawLen})
+		}
+		switch {
+		case len(kept) == len(frameEntries) && bytes.Equal(raw, frame):
+			out = append(out, repackCopy{typ: e.Type, stored: stored, members: members})
+		case len(kept) == 1:
+			c, comp := p.r.codec.Compress(nil, raw)
+			out = append(out, repackCopy{typ: e.Type, e: BlobEntry{ID: kept[0].ID, Compression: comp, RawLen: kept[0].RawLen}, stored: c})
+		default:
+			out = append(out, repackCopy{typ: e.Type, stored: p.r.codec.CompressFrame(nil, raw), members: members})
+		}
+	}
+	return out, nil
+}
+
 func packIndexes(packs map[chunk.ID][]BlobEntry) []PackIndex {
 	out := make([]PackIndex, 0, len(packs))
 	for id, entries := range packs {
@@ -1124,10 +1195,49 @@ func packIndexes(packs map[chunk.ID][]BlobEntry) []PackIndex {
 
 func packBytes(entries []BlobEntry) int64 {
 	var n int64
-	for _, e := range entries {
-		n += int64(e.StoredLen)
+	for _, c := range blobCosts(entries) {
+		n += c
 	}
 	return n + int64(PackTrailerReadSize(len(entries)))
+}
+
+// blobCosts returns what each entry's blob takes of its pack: its stored
+// length, or, for a grouped blob, its share of its frame's by raw length
+// (the shares of the blobs of one frame that entries lists add up to the
+// frame's length).
+func blobCosts(entries []BlobEntry) []int64 {
+	costs := make([]int64, len(entries))
+	type frame struct{ raw, left, count int64 }
+	var frames map[uint32]*frame
+	for i, e := range entries {
+		if e.Compression != chunk.ZstdGroup {
+			costs[i] = int64(e.StoredLen)
+			continue
+		}
+		if frames == nil {
+			frames = map[uint32]*frame{}
+		}
+		f := frames[e.Offset]
+		if f == nil {
+			f = &frame{left: int64(e.StoredLen)}
+			frames[e.Offset] = f
+		}
+		f.raw += int64(e.RawLen)
+		f.count++
+	}
+	for i, e := range entries {
+		if e.Compression != chunk.ZstdGroup {
+			continue
+		}
+		f := frames[e.Offset]
+		if f.count--; f.count == 0 {
+			costs[i] = f.left // the last one takes what rounding left
+		} else {
+			costs[i] = int64(e.StoredLen) * int64(e.RawLen) / f.raw
+		}
+		f.left -= costs[i]
+	}
+	return costs
 }
 
 // saveDeleteList stores what a generation deletes: index objects first,

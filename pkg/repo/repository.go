@@ -12,6 +12,8 @@ import (
 
 	gosync "sync"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -36,7 +38,8 @@ type Repository struct {
 	codec  *chunk.Codec
 	index  *Index
 	trees  *treePackCache
-	cache  *Cache // node-local, may be nil
+	frames *frameCache // decoded groups of trees
+	cache  *Cache      // node-local, may be nil
 
 	adoptMu  gosync.Mutex
 	report   IndexReport // of the last LoadIndex
@@ -131,7 +134,7 @@ func newRepository(st storage.Storage, cfg Config) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex(), trees: newTreePackCache(treePackCacheSize)}, nil
+	return &Repository{st: st, cfg: cfg, params: params, codec: codec, index: NewIndex(), trees: newTreePackCache(treePackCacheSize), frames: newFrameCache(frameCacheSize)}, nil
 }
 
 // Config returns the repository's config.
@@ -187,9 +190,23 @@ func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) ([]chunk.
 
 // DecodeBlob decompresses a stored blob read from the pack at key, checks
 // it against its id and appends it to buf. Errors name the pack object.
+// A grouped blob's stored bytes are its group's frame, which is
+// decompressed whole (DecodeFrame); readers of several blobs of one group
+// decode the frame once and take each blob with BlobFromFrame.
 func (r *Repository) DecodeBlob(key string, e BlobEntry, stored, buf []byte) ([]byte, error) {
 	if len(stored) != int(e.StoredLen) {
 		return nil, fmt.Errorf("pack %s: blob %s: %w: read %d bytes, want %d", key, e.ID.Short(), ErrCorrupt, len(stored), e.StoredLen)
+	}
+	if e.Compression == chunk.ZstdGroup {
+		frame, err := r.DecodeFrame(key, e, stored, nil)
+		if err != nil {
+			return nil, err
+		}
+		b, err := r.BlobFromFrame(key, e, frame)
+		if err != nil {
+			return nil, err
+		}
+		return append(buf, b...), nil
 	}
 	start := len(buf)
 	out, err := r.codec.DecompressMax(buf, stored, e.Compression, int(e.RawLen), int(r.cfg.MaxBlobSize(e.Type)))
@@ -200,6 +217,44 @@ func (r *Repository) DecodeBlob(key string, e BlobEntry, stored, buf []byte) ([]
 		return nil, fmt.Errorf("pack %s: blob %s: %w: content does not match its hash", key, e.ID.Short(), ErrCorrupt)
 	}
 	return out, nil
+}
+
+// DecodeFrame decompresses the group frame that holds the grouped blob e
+// (stored: the frame's StoredLen bytes) into buf's memory and returns its
+// whole content. The frame must declare its content size, at most
+// MaxGroupSize and enough to hold e; it is decoded into exactly that room.
+// Errors wrap ErrCorrupt and name the pack object.
+func (r *Repository) DecodeFrame(key string, e BlobEntry, stored, buf []byte) ([]byte, error) {
+	if len(stored) != int(e.StoredLen) {
+		return nil, fmt.Errorf("pack %s: group of blob %s: %w: read %d bytes, want %d", key, e.ID.Short(), ErrCorrupt, len(stored), e.StoredLen)
+	}
+	var h zstd.Header
+	if err := h.Decode(stored); err != nil || !h.HasFCS {
+		return nil, fmt.Errorf("pack %s: group of blob %s: %w: zstd frame header without a content size (%v)", key, e.ID.Short(), ErrCorrupt, err)
+	}
+	if n := h.FrameContentSize; n > MaxGroupSize || n < uint64(e.RawOffset)+uint64(e.RawLen) {
+		return nil, fmt.Errorf("pack %s: group of blob %s: %w: frame of %d bytes, want %d to %d", key, e.ID.Short(), ErrCorrupt, n, uint64(e.RawOffset)+uint64(e.RawLen), MaxGroupSize)
+	}
+	out, err := r.codec.DecompressMax(buf[:0], stored, chunk.Zstd, int(h.FrameContentSize), MaxGroupSize)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: group of blob %s: %w: %v", key, e.ID.Short(), ErrCorrupt, err)
+	}
+	return out, nil
+}
+
+// BlobFromFrame returns the grouped blob e from the content of its frame
+// (what DecodeFrame returned), checked against its id. The result is a
+// slice of frame.
+func (r *Repository) BlobFromFrame(key string, e BlobEntry, frame []byte) ([]byte, error) {
+	end := uint64(e.RawOffset) + uint64(e.RawLen)
+	if e.Compression != chunk.ZstdGroup || end > uint64(len(frame)) || e.RawLen > r.cfg.MaxBlobSize(e.Type) {
+		return nil, fmt.Errorf("pack %s: blob %s: %w: bytes %d to %d of a group of %d", key, e.ID.Short(), ErrCorrupt, e.RawOffset, end, len(frame))
+	}
+	b := frame[e.RawOffset:end:end]
+	if chunk.Hash(b) != e.ID {
+		return nil, fmt.Errorf("pack %s: blob %s: %w: content does not match its hash", key, e.ID.Short(), ErrCorrupt)
+	}
+	return b, nil
 }
 
 // LoadTree fetches, verifies and decodes a tree blob. Tree packs are read
@@ -225,7 +280,12 @@ func (r *Repository) LoadTree(ctx context.Context, id chunk.ID) (*Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}
-	b, err := r.DecodeBlob(PackKey(loc.Pack), loc.BlobEntry, stored, nil)
+	var b []byte
+	if loc.Compression == chunk.ZstdGroup {
+		b, err = r.treeFromGroup(loc, stored)
+	} else {
+		b, err = r.DecodeBlob(PackKey(loc.Pack), loc.BlobEntry, stored, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}
@@ -249,7 +309,7 @@ func (r *Repository) SaveSnapshot(ctx context.Context, s *Snapshot) (chunk.ID, e
 // prepareSnapshot checks and encodes a snapshot, and returns its bytes,
 // key and id.
 func prepareSnapshot(s *Snapshot) ([]byte, string, chunk.ID, error) {
-	s.Version = FormatVersion
+	s.Version = SnapshotVersion
 	if err := ValidateName("owner", s.Owner); err != nil {
 		return nil, "", chunk.ID{}, err
 	}

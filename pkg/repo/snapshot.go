@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/backupd/backupd/pkg/chunk"
 )
@@ -30,6 +31,20 @@ type Snapshot struct {
 	RootUID   uint32 `json:"root_uid"`
 	RootGID   uint32 `json:"root_gid"`
 	Stats     Stats  `json:"stats"`
+	// Unreadable lists entries of the backed-up directory left out because
+	// reading them failed (Stats.Unreadable counts them all; at most
+	// MaxUnreadable are listed, within MaxUnreadableBytes), sorted by path.
+	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
+}
+
+// UnreadableEntry is an entry a backup left out because the file system
+// refused to read it (permission denied, an I/O error): its path relative
+// to the backed-up directory (valid UTF-8: other bytes are replaced by
+// U+FFFD) and why, short (the failed call and the error, "open:
+// permission denied").
+type UnreadableEntry struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
 }
 
 // Stats counts what a backup saw and wrote.
@@ -39,6 +54,10 @@ type Stats struct {
 	Dirs           int64 `json:"dirs"`
 	Symlinks       int64 `json:"symlinks"`
 	Skipped        int64 `json:"skipped"`
+	// Unreadable counts entries left out because reading them failed
+	// (Snapshot.Unreadable lists the first of them); a directory counts
+	// once. Skipped does not count them.
+	Unreadable     int64 `json:"unreadable,omitempty"`
 	Excluded       int64 `json:"excluded,omitempty"`
 	Bytes          int64 `json:"bytes"`
 	NewBytes       int64 `json:"new_bytes"`
@@ -98,10 +117,11 @@ func encodeSnapshot(s *Snapshot) ([]byte, error) {
 // version, owner and workspace names, a time after 1970 that fits Unix
 // nanoseconds, a root tree id, a parent that is empty or a snapshot id,
 // host, path and tags within MaxHostLen, MaxPathLen and the tag limits,
-// and a root mode of permission bits only. An unsupported version is
-// ErrVersion.
+// a root mode of permission bits only, and unreadable entries within
+// their limits (ValidateUnreadable) and no more than Stats.Unreadable. An
+// unsupported version is ErrVersion.
 func (s *Snapshot) Validate() error {
-	if s.Version != FormatVersion {
+	if s.Version != SnapshotVersion {
 		return fmt.Errorf("snapshot: %w %d", ErrVersion, s.Version)
 	}
 	if err := ValidateName("owner", s.Owner); err != nil {
@@ -127,7 +147,76 @@ func (s *Snapshot) Validate() error {
 	if s.RootMode&^07777 != 0 {
 		return fmt.Errorf("snapshot: root mode %o", s.RootMode)
 	}
+	if err := ValidateUnreadable(s.Unreadable); err != nil {
+		return err
+	}
+	if int64(len(s.Unreadable)) > s.Stats.Unreadable {
+		return fmt.Errorf("snapshot: %d unreadable entries listed, %d counted", len(s.Unreadable), s.Stats.Unreadable)
+	}
 	return ValidateTags(s.Tags)
+}
+
+// ValidateUnreadable checks a snapshot's list of unreadable entries: at
+// most MaxUnreadable, paths and reasons together at most
+// MaxUnreadableBytes, each path 1 to MaxPathLen bytes and each reason at
+// most MaxUnreadableReasonLen, all valid UTF-8 without NUL.
+func ValidateUnreadable(list []UnreadableEntry) error {
+	if len(list) > MaxUnreadable {
+		return fmt.Errorf("snapshot: %d unreadable entries listed (at most %d)", len(list), MaxUnreadable)
+	}
+	total := 0
+	for _, e := range list {
+		if err := checkUnreadable(e); err != nil {
+			return err
+		}
+		total += len(e.Path) + len(e.Reason)
+	}
+	if total > MaxUnreadableBytes {
+		return fmt.Errorf("snapshot: unreadable entries of %d bytes (at most %d)", total, MaxUnreadableBytes)
+	}
+	return nil
+}
+
+func checkUnreadable(e UnreadableEntry) error {
+	if e.Path == "" || len(e.Path) > MaxPathLen || !utf8.ValidString(e.Path) || strings.IndexByte(e.Path, 0) >= 0 {
+		return fmt.Errorf("snapshot: unreadable entry %.100q: want a path of 1 to %d bytes of UTF-8 without NUL", e.Path, MaxPathLen)
+	}
+	if len(e.Reason) > MaxUnreadableReasonLen || !utf8.ValidString(e.Reason) || strings.IndexByte(e.Reason, 0) >= 0 {
+		return fmt.Errorf("snapshot: unreadable entry %.100q: want a reason of at most %d bytes of UTF-8 without NUL", e.Path, MaxUnreadableReasonLen)
+	}
+	return nil
+}
+
+// boundedUnreadable decodes a snapshot's unreadable entries, refusing
+// more than MaxUnreadable as soon as it reads them, so that a crafted
+// object of many tiny entries cannot build a large slice.
+type boundedUnreadable []UnreadableEntry
+
+func (u *boundedUnreadable) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*u = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return errors.New("unreadable: not an array")
+	}
+	var list boundedUnreadable
+	for dec.More() {
+		if len(list) == MaxUnreadable {
+			return fmt.Errorf("more than %d unreadable entries", MaxUnreadable)
+		}
+		var e UnreadableEntry
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("unreadable entry %d: %w", len(list), err)
+		}
+		if err := checkUnreadable(e); err != nil {
+			return err
+		}
+		list = append(list, e)
+	}
+	*u = list
+	return nil
 }
 
 // ValidateTags checks tags against what a snapshot object may hold
@@ -203,13 +292,15 @@ func decodeSnapshot(b []byte) (*Snapshot, error) {
 	}
 	var raw struct {
 		Snapshot
-		Tags boundedTags `json:"tags,omitempty"` // shadows Snapshot.Tags
+		Tags       boundedTags       `json:"tags,omitempty"`       // shadows Snapshot.Tags
+		Unreadable boundedUnreadable `json:"unreadable,omitempty"` // shadows Snapshot.Unreadable
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: snapshot: %v", ErrCorrupt, err)
 	}
 	s := raw.Snapshot
 	s.Tags = raw.Tags
+	s.Unreadable = raw.Unreadable
 	if err := s.Validate(); err != nil {
 		if errors.Is(err, ErrVersion) {
 			return nil, err

@@ -14,7 +14,7 @@ import (
 
 func sampleSnapshot() *Snapshot {
 	return &Snapshot{
-		Version: FormatVersion, Time: time.Date(2026, 11, 23, 11, 30, 0, 123456789, time.UTC),
+		Version: SnapshotVersion, Time: time.Date(2026, 11, 23, 11, 30, 0, 123456789, time.UTC),
 		Tree: chunk.Hash([]byte("root")), Owner: "o-123", Workspace: "amber-dog-42", Host: "node-7", Path: "/workspace",
 		Parent: chunk.Hash([]byte("parent")).String(), Tags: map[string]string{"reason": "stop", "k": ""},
 		RootMode: 0o755, RootMTime: 1763897400123456789, RootUID: 33333, RootGID: 33333,
@@ -64,30 +64,100 @@ func hostileSnapshots() map[string][]byte {
 		manyTags[fmt.Sprint("k", i)] = "v"
 	}
 	return map[string][]byte{
-		"not json":            []byte("{"),
-		"not an object":       []byte("[1,2]"),
-		"too large":           append(bytes.Clone(good[:len(good)-1]), []byte(`,"pad":"`+strings.Repeat("x", MaxSnapshotSize)+`"}`)...),
-		"bad owner":           edit(func(s *Snapshot) { s.Owner = "../x" }),
-		"no workspace":        edit(func(s *Snapshot) { s.Workspace = "" }),
-		"zero time":           edit(func(s *Snapshot) { s.Time = time.Time{} }),
-		"before 1970":         edit(func(s *Snapshot) { s.Time = time.Unix(-1, 0) }),
-		"after 2262":          edit(func(s *Snapshot) { s.Time = time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC) }),
-		"no tree":             edit(func(s *Snapshot) { s.Tree = chunk.ID{} }),
-		"bad parent":          edit(func(s *Snapshot) { s.Parent = "abc" }),
-		"long host":           edit(func(s *Snapshot) { s.Host = strings.Repeat("h", MaxHostLen+1) }),
-		"long path":           edit(func(s *Snapshot) { s.Path = strings.Repeat("p", MaxPathLen+1) }),
-		"root mode":           edit(func(s *Snapshot) { s.RootMode = 0o40755 }),
-		"too many tags":       edit(func(s *Snapshot) { s.Tags = manyTags }),
-		"empty tag key":       edit(func(s *Snapshot) { s.Tags = map[string]string{"": "v"} }),
-		"tag key with =":      edit(func(s *Snapshot) { s.Tags = map[string]string{"a=b": "v"} }),
-		"long tag key":        edit(func(s *Snapshot) { s.Tags = map[string]string{strings.Repeat("k", MaxTagKeyLen+1): "v"} }),
-		"long tag value":      edit(func(s *Snapshot) { s.Tags = map[string]string{"k": strings.Repeat("v", MaxTagValueLen+1)} }),
-		"duplicate tag":       []byte(strings.Replace(string(good), `"tags":{`, `"tags":{"k":"1",`, 1)),
-		"tags not an object":  []byte(strings.Replace(string(good), `"tags":{`, `"tags":[],"x":{`, 1)),
-		"tag value a number":  []byte(strings.Replace(string(good), `"tags":{`, `"tags":{"n":1,`, 1)),
-		"tree not hex":        []byte(strings.Replace(string(good), `"tree":"`, `"tree":"zz`, 1)),
-		"100k tags in 1 MiB":  tagBomb(100_000),
+		"not json":                 []byte("{"),
+		"not an object":            []byte("[1,2]"),
+		"too large":                append(bytes.Clone(good[:len(good)-1]), []byte(`,"pad":"`+strings.Repeat("x", MaxSnapshotSize)+`"}`)...),
+		"bad owner":                edit(func(s *Snapshot) { s.Owner = "../x" }),
+		"no workspace":             edit(func(s *Snapshot) { s.Workspace = "" }),
+		"zero time":                edit(func(s *Snapshot) { s.Time = time.Time{} }),
+		"before 1970":              edit(func(s *Snapshot) { s.Time = time.Unix(-1, 0) }),
+		"after 2262":               edit(func(s *Snapshot) { s.Time = time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC) }),
+		"no tree":                  edit(func(s *Snapshot) { s.Tree = chunk.ID{} }),
+		"bad parent":               edit(func(s *Snapshot) { s.Parent = "abc" }),
+		"long host":                edit(func(s *Snapshot) { s.Host = strings.Repeat("h", MaxHostLen+1) }),
+		"long path":                edit(func(s *Snapshot) { s.Path = strings.Repeat("p", MaxPathLen+1) }),
+		"root mode":                edit(func(s *Snapshot) { s.RootMode = 0o40755 }),
+		"too many tags":            edit(func(s *Snapshot) { s.Tags = manyTags }),
+		"empty tag key":            edit(func(s *Snapshot) { s.Tags = map[string]string{"": "v"} }),
+		"tag key with =":           edit(func(s *Snapshot) { s.Tags = map[string]string{"a=b": "v"} }),
+		"long tag key":             edit(func(s *Snapshot) { s.Tags = map[string]string{strings.Repeat("k", MaxTagKeyLen+1): "v"} }),
+		"long tag value":           edit(func(s *Snapshot) { s.Tags = map[string]string{"k": strings.Repeat("v", MaxTagValueLen+1)} }),
+		"duplicate tag":            []byte(strings.Replace(string(good), `"tags":{`, `"tags":{"k":"1",`, 1)),
+		"tags not an object":       []byte(strings.Replace(string(good), `"tags":{`, `"tags":[],"x":{`, 1)),
+		"tag value a number":       []byte(strings.Replace(string(good), `"tags":{`, `"tags":{"n":1,`, 1)),
+		"tree not hex":             []byte(strings.Replace(string(good), `"tree":"`, `"tree":"zz`, 1)),
+		"100k tags in 1 MiB":       tagBomb(100_000),
+		"100k unreadable in 1 MiB": unreadableBomb(100_000),
+		"unreadable not a list":    []byte(strings.Replace(string(good), `"tags":{`, `"unreadable":{},"tags":{`, 1)),
+		"unreadable, none counted": edit(func(s *Snapshot) {
+			s.Unreadable = []UnreadableEntry{{Path: "a", Reason: "open: permission denied"}}
+			s.Stats.Unreadable = 0
+		}),
+		"unreadable empty path":  edit(func(s *Snapshot) { s.Unreadable, s.Stats.Unreadable = []UnreadableEntry{{Reason: "x"}}, 1 }),
+		"unreadable NUL in path": edit(func(s *Snapshot) { s.Unreadable, s.Stats.Unreadable = []UnreadableEntry{{Path: "a\x00b"}}, 1 }),
+		"unreadable long path": edit(func(s *Snapshot) {
+			s.Unreadable, s.Stats.Unreadable = []UnreadableEntry{{Path: strings.Repeat("p", MaxPathLen+1)}}, 1
+		}),
+		"unreadable long reason": edit(func(s *Snapshot) {
+			s.Unreadable, s.Stats.Unreadable = []UnreadableEntry{{Path: "a", Reason: strings.Repeat("r", MaxUnreadableReasonLen+1)}}, 1
+		}),
+		"unreadable too many bytes": edit(func(s *Snapshot) {
+			for i := range 17 {
+				s.Unreadable = append(s.Unreadable, UnreadableEntry{Path: fmt.Sprint(i, strings.Repeat("p", 4000))})
+			}
+			s.Stats.Unreadable = 17
+		}),
 		"nesting in unknowns": []byte(`{"version":1,"x":` + strings.Repeat("[", 100_000) + strings.Repeat("]", 100_000) + `}`),
+	}
+}
+
+// unreadableBomb is a snapshot object listing n tiny unreadable entries.
+func unreadableBomb(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"version":1,"owner":"o","workspace":"w","time":"2026-01-01T00:00:00Z","tree":"` + chunk.Hash(nil).String() + `","unreadable":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"path":"a"}`)
+	}
+	fmt.Fprintf(&b, `],"stats":{"unreadable":%d}}`, n)
+	return []byte(b.String())
+}
+
+// A snapshot with every field at its limit, of bytes JSON escapes (6
+// bytes each), still fits MaxSnapshotSize; its unreadable entries round
+// trip.
+func TestSnapshotAtLimits(t *testing.T) {
+	esc := func(n int) string { return strings.Repeat("<", n) }
+	s := sampleSnapshot()
+	s.Host, s.Path = esc(MaxHostLen), esc(MaxPathLen)
+	s.Tags = map[string]string{}
+	for i := range MaxTags {
+		k := fmt.Sprintf("%03d", i)
+		s.Tags[k+esc(MaxTagKeyLen-len(k))] = esc(MaxTagValueLen)
+	}
+	per := MaxUnreadableBytes / MaxUnreadable
+	for i := range MaxUnreadable {
+		p := fmt.Sprintf("%04d/", i)
+		s.Unreadable = append(s.Unreadable, UnreadableEntry{Path: p + esc(per-len(p)-16), Reason: "\x01" + esc(15)})
+	}
+	s.Stats.Unreadable = 1 << 40
+	b, err := encodeSnapshot(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("snapshot at the limits: %d bytes", len(b))
+	got, err := decodeSnapshot(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Unreadable) != MaxUnreadable || got.Unreadable[7] != s.Unreadable[7] || got.Stats.Unreadable != 1<<40 {
+		t.Fatalf("decoded %d unreadable entries, [7] %+v, count %d", len(got.Unreadable), got.Unreadable[7], got.Stats.Unreadable)
+	}
+	s.Unreadable = append(s.Unreadable, UnreadableEntry{Path: "one more"})
+	if _, err := encodeSnapshot(s); err == nil {
+		t.Fatalf("encodeSnapshot wrote %d unreadable entries", len(s.Unreadable))
 	}
 }
 
@@ -141,6 +211,8 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	}
 	f.Add(tagBomb(MaxTags))
 	f.Add(tagBomb(MaxTags + 1))
+	f.Add(unreadableBomb(MaxUnreadable))
+	f.Add(unreadableBomb(MaxUnreadable + 1))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s *Snapshot
 		var err error

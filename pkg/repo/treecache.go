@@ -21,47 +21,53 @@ const treePackCacheSize = 64 << 20
 const maxWholeTreePack = 32<<20 + MaxPackTrailerSize
 
 // treePackCache holds whole tree packs, least recently used evicted first.
-type treePackCache struct {
+type treePackCache = byteLRU[chunk.ID]
+
+func newTreePackCache(max int) *treePackCache { return newByteLRU[chunk.ID](max) }
+
+// byteLRU holds byte slices up to max bytes in all, least recently used
+// evicted first.
+type byteLRU[K comparable] struct {
 	mu    sync.Mutex
 	max   int
 	size  int
-	order *list.List // of chunk.ID, front = most recent
-	packs map[chunk.ID]*cachedPack
+	order *list.List // of K, front = most recent
+	items map[K]*lruItem
 }
 
-type cachedPack struct {
+type lruItem struct {
 	data []byte
 	elem *list.Element
 }
 
-func newTreePackCache(max int) *treePackCache {
-	return &treePackCache{max: max, order: list.New(), packs: map[chunk.ID]*cachedPack{}}
+func newByteLRU[K comparable](max int) *byteLRU[K] {
+	return &byteLRU[K]{max: max, order: list.New(), items: map[K]*lruItem{}}
 }
 
-func (c *treePackCache) get(id chunk.ID) ([]byte, bool) {
+func (c *byteLRU[K]) get(k K) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p, ok := c.packs[id]
+	it, ok := c.items[k]
 	if !ok {
 		return nil, false
 	}
-	c.order.MoveToFront(p.elem)
-	return p.data, true
+	c.order.MoveToFront(it.elem)
+	return it.data, true
 }
 
-func (c *treePackCache) put(id chunk.ID, data []byte) {
+func (c *byteLRU[K]) put(k K, data []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.packs[id]; ok || len(data) > c.max {
+	if _, ok := c.items[k]; ok || len(data) > c.max {
 		return
 	}
-	c.packs[id] = &cachedPack{data: data, elem: c.order.PushFront(id)}
+	c.items[k] = &lruItem{data: data, elem: c.order.PushFront(k)}
 	c.size += len(data)
 	for c.size > c.max {
 		old := c.order.Back()
-		oid := old.Value.(chunk.ID)
-		c.size -= len(c.packs[oid].data)
-		delete(c.packs, oid)
+		ok := old.Value.(K)
+		c.size -= len(c.items[ok].data)
+		delete(c.items, ok)
 		c.order.Remove(old)
 	}
 }
@@ -97,4 +103,37 @@ func (r *Repository) loadTreeBlob(ctx context.Context, loc Location) ([]byte, er
 		return nil, fmt.Errorf("pack %s: %w: tree %s lies beyond its end", PackKey(loc.Pack), ErrCorrupt, loc.ID.Short())
 	}
 	return data[loc.Offset:end], nil
+}
+
+// frameCacheSize bounds the decoded tree groups kept in memory: a walk
+// reads the trees of a group one after another, and without it would
+// decompress the whole group for each.
+const frameCacheSize = 8 << 20
+
+type frameKey struct {
+	pack   chunk.ID
+	offset uint32
+}
+
+// frameCache holds decoded group frames.
+type frameCache = byteLRU[frameKey]
+
+func newFrameCache(max int) *frameCache { return newByteLRU[frameKey](max) }
+
+// treeFromGroup returns the raw bytes of the grouped tree blob loc, whose
+// group frame is stored, decoding the frame once for all its trees. The
+// frame is cached only once decoded whole and intact; each tree taken
+// from it is checked against its id.
+func (r *Repository) treeFromGroup(loc Location, stored []byte) ([]byte, error) {
+	key := PackKey(loc.Pack)
+	k := frameKey{loc.Pack, loc.Offset}
+	frame, ok := r.frames.get(k)
+	if !ok {
+		var err error
+		if frame, err = r.DecodeFrame(key, loc.BlobEntry, stored, nil); err != nil {
+			return nil, err
+		}
+		r.frames.put(k, frame)
+	}
+	return r.BlobFromFrame(key, loc.BlobEntry, frame)
 }

@@ -32,6 +32,9 @@ var (
 	// ErrPermission means the backend refused the call for lack of rights
 	// (HTTP 403 and the like). It is permanent: retrying will not help.
 	ErrPermission = errors.New("permission denied")
+	// ErrNoBucket means the bucket (or container) the Storage works in
+	// does not exist: it was not created or was deleted. It is permanent.
+	ErrNoBucket = errors.New("bucket does not exist")
 	// ErrExists means a PutIfAbsent found an object at its key and stored
 	// nothing. It is permanent: retrying will not help.
 	ErrExists = errors.New("object already exists")

@@ -69,8 +69,17 @@ type BackupOptions struct {
 	Progress *Progress
 	// Warn, if set, is told about every entry the backup skips (special
 	// files this format version does not keep, files deleted while the
-	// backup ran). It may be called from several goroutines at once.
+	// backup ran, entries it cannot read). It may be called from several
+	// goroutines at once.
 	Warn func(path string, err error)
+	// Strict fails the backup on the first entry of the directory that
+	// cannot be read (permission denied, an I/O error). By default such an
+	// entry (a directory with everything below it) is left out, warned
+	// about, counted in Stats.Unreadable and listed in
+	// Snapshot.Unreadable. Either way errors of the repository, of its
+	// storage and of the backup itself (memory, descriptors, its context)
+	// fail the backup, and entries that vanish during it are skipped.
+	Strict bool
 }
 
 func (o *BackupOptions) beforeCommit() error {
@@ -109,6 +118,7 @@ type BackupResult struct {
 
 type backupStats struct {
 	files, dirs, symlinks, skipped atomic.Int64
+	unreadable                     atomic.Int64
 	excluded                       atomic.Int64
 	unchanged                      atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
@@ -132,6 +142,9 @@ type blobJob struct {
 type dirFuture struct {
 	done chan struct{}
 	id   chunk.ID
+	// skipped: the directory could not be read and is left out (set
+	// before done is closed).
+	skipped bool
 }
 
 type backup struct {
@@ -163,11 +176,18 @@ type backup struct {
 	packers [2]*packer // by repo.BlobType
 	uploads chan finishedPack
 
+	treeMu    gosync.Mutex
+	treeGroup group // trees waiting to be stored as a group
+
 	// newPacks are the packs stored and not yet in an index object (which
 	// is written whenever they fill one, and at the end).
 	newPacksMu gosync.Mutex
 	newPacks   []repo.PackIndex
 	newBlobs   int // in newPacks
+
+	unreadableMu    gosync.Mutex
+	unreadableList  []repo.UnreadableEntry
+	unreadableBytes int
 }
 
 // Backup stores the tree at dir in r as a new snapshot of opts.Workspace;
@@ -225,7 +245,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		return nil, fmt.Errorf("backup source: %w", err)
 	}
 	unix.CloseOnExec(rootFd)
-	root := &openDir{fd: rootFd, path: abs}
+	root := &openDir{fd: rootFd, path: abs, rel: ""}
 	root.refs.Store(1)
 	released := false
 	defer func() {
@@ -267,7 +287,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 			return nil, err
 		}
 	}
-	excl, err := loadExcludes(root, opts.Exclude, opts.Warn)
+	excl, err := loadExcludes(root, opts.Exclude, opts.Warn, opts.Strict)
 	if err != nil {
 		return nil, err
 	}
@@ -332,6 +352,10 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		readers.Wait()
 		close(b.blobJobs)
 		compressors.Wait()
+		var out []byte
+		if err := b.flushGroup(gctx, repo.TreeBlob, &b.treeGroup, &out); err != nil {
+			return err
+		}
 		for _, p := range b.packers {
 			if err := p.flush(gctx, b.uploads); err != nil {
 				return err
@@ -364,12 +388,16 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	if len(packs) > 0 {
 		ids, err := r.SaveIndex(ctx, packs)
 		if err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, repo.ErrSessionFenced) {
+				return nil, cause // a prune fenced the session meanwhile
+			}
 			return nil, err
 		}
 		b.stats.objects.Add(int64(len(ids)))
 	}
 	b.stats.objects.Add(1) // the snapshot object
 	st := &b.stats
+	slices.SortFunc(b.unreadableList, func(a, b repo.UnreadableEntry) int { return strings.Compare(a.Path, b.Path) })
 	snap := &repo.Snapshot{
 		Time:      time.Now().UTC(),
 		Tree:      rootID,
@@ -385,10 +413,11 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		RootGID:   opts.GIDMap.ToContainer(rootStat.Gid),
 		Stats: repo.Stats{
 			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(), Excluded: st.excluded.Load(),
-			Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
+			Unreadable: st.unreadable.Load(), Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
 			Blobs: st.blobs.Load(), NewBlobs: st.newBlobs.Load(), ObjectsWritten: st.objects.Load(),
 			DurationMS: time.Since(start).Milliseconds(),
 		},
+		Unreadable: b.unreadableList,
 	}
 	if err := opts.beforeCommit(); err != nil {
 		return nil, err
@@ -424,6 +453,7 @@ func wait(ctx context.Context, done <-chan struct{}) error {
 type openDir struct {
 	fd   int
 	path string // for messages and warnings only
+	rel  string // below the backed-up directory: "" or ending in a slash
 	refs atomic.Int32
 }
 
@@ -450,10 +480,20 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 	// Excluded entries do not count against the format's limit of entries
 	// per tree, so more may be read; but not without bound.
 	names, err := dirfd.ReadNamesMax(d.fd, 4*repo.MaxTreeNodes)
+	if err == nil && testHookFault != nil {
+		err = testHookFault("getdents", d.path, 0)
+	}
 	if errors.Is(err, dirfd.ErrTooManyEntries) {
 		return nil, fmt.Errorf("%s: a directory of more than %d entries cannot be kept (format limit)", d.path, repo.MaxTreeNodes)
 	}
 	if err != nil {
+		// The backed-up directory itself must be read: an empty snapshot
+		// would stand for a workspace that is not.
+		if depth > 0 && b.unreadable(d.path, strings.TrimSuffix(rel, "/"), "getdents", err) {
+			fut := &dirFuture{done: make(chan struct{}), skipped: true}
+			close(fut.done)
+			return fut, nil
+		}
 		return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "getdents", Path: d.path, Err: err})
 	}
 	sort.Strings(names) // as trees are
@@ -480,6 +520,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 			continue // removed while we walked
 		}
 		if err != nil {
+			if b.unreadable(d.join(name), rel+name, "stat", err) {
+				continue
+			}
 			return nil, fmt.Errorf("stat %s: %w", d.join(name), err)
 		}
 		if b.exclude != nil && b.exclude.Excluded(rel+name, st.Mode&unix.S_IFMT == unix.S_IFDIR) {
@@ -500,7 +543,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 			}
 			sub, err := dirfd.OpenAt(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 			if err != nil {
-				if b.vanished(d.join(name), err) {
+				if b.vanished(d.join(name), err) || b.unreadable(d.join(name), rel+name, "open", err) {
 					continue
 				}
 				return nil, fmt.Errorf("read directory: %w", &fs.PathError{Op: "open", Path: d.join(name), Err: err})
@@ -509,6 +552,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 			// descriptor, whatever the name pointed at when stat'ed.
 			if err := unix.Fstat(sub, &st); err != nil {
 				unix.Close(sub)
+				if b.unreadable(d.join(name), rel+name, "stat", err) {
+					continue
+				}
 				return nil, fmt.Errorf("stat %s: %w", d.join(name), err)
 			}
 			n = b.nodeFromStat(name, &st)
@@ -521,7 +567,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 			if pn := findNode(parentNodes, name); pn != nil && pn.Type == repo.TypeDir {
 				sub0 = pn.Subtree
 			}
-			od := &openDir{fd: sub, path: d.join(name)}
+			od := &openDir{fd: sub, path: d.join(name), rel: rel + name + "/"}
 			od.refs.Store(1)
 			f, err := b.walkSubdir(ctx, g, od, rel+name+"/", sub0, depth+1)
 			if err != nil {
@@ -534,7 +580,8 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 			waits = append(waits, f.done)
 		case unix.S_IFLNK, unix.S_IFIFO:
 			if err := b.pinnedNode(d, &n, &st); err != nil {
-				if b.vanished(d.join(name), err) {
+				var pe *pinError
+				if b.vanished(d.join(name), err) || errors.As(err, &pe) && b.unreadable(d.join(name), rel+name, pe.op, pe.err) {
 					continue
 				}
 				return nil, err
@@ -585,6 +632,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		}
 		for _, s := range subdirs {
 			nodes[s.i].Subtree = s.f.id
+			if s.f.skipped {
+				nodes[s.i].Type = skippedNode
+			}
 		}
 		kept := nodes[:0]
 		for _, n := range nodes {
@@ -643,12 +693,12 @@ func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 	}
 	fd, err := dirfd.OpenAt(d.fd, name, unix.O_PATH, 0)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", d.join(name), err)
+		return fmt.Errorf("open %s: %w", d.join(name), &pinError{"open", err})
 	}
 	defer unix.Close(fd)
 	var now unix.Stat_t
 	if err := unix.Fstat(fd, &now); err != nil {
-		return fmt.Errorf("stat %s: %w", d.join(name), err)
+		return fmt.Errorf("stat %s: %w", d.join(name), &pinError{"stat", err})
 	}
 	switch {
 	case now.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT:
@@ -659,7 +709,7 @@ func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 	*n = b.nodeFromStat(name, &now)
 	if n.Type == repo.TypeSymlink {
 		if n.Target, err = readlinkat(fd, ""); err != nil {
-			return fmt.Errorf("read symlink %s: %w", d.join(name), err)
+			return fmt.Errorf("read symlink %s: %w", d.join(name), &pinError{"readlink", err})
 		}
 	}
 	if b.allXattrs {
@@ -669,6 +719,16 @@ func (b *backup) pinnedNode(d *openDir, n *repo.Node, st *unix.Stat_t) error {
 	}
 	return nil
 }
+
+// pinError is a failed system call of pinnedNode on the entry: op names
+// it.
+type pinError struct {
+	op  string
+	err error
+}
+
+func (e *pinError) Error() string { return e.err.Error() }
+func (e *pinError) Unwrap() error { return e.err }
 
 // errLinked means a symlink or FIFO has a second name.
 var errLinked = errors.New("a symlink or FIFO with more than one name (hard link)")
@@ -699,6 +759,53 @@ func (b *backup) skip(path string, why error) {
 	b.opts.Warn(path, why)
 }
 
+// unreadable reports whether err, of system call op on the entry at path
+// (rel below the backed-up directory), is the file system refusing to
+// read the entry and the entry is to be left out (not Strict): it is then
+// counted, listed in the snapshot (while the list has room) and warned
+// about. Errors of the backup's own resources (descriptors, memory) or of
+// its code (a bad descriptor or address) are never the entry's.
+func (b *backup) unreadable(path, rel, op string, err error) bool {
+	if b.opts.Strict || !entryError(err) {
+		return false
+	}
+	var errno unix.Errno
+	errors.As(err, &errno)
+	reason := op + ": " + errno.Error()
+	b.stats.unreadable.Add(1)
+	b.opts.Warn(path, fmt.Errorf("skipped, cannot be read: %s", reason))
+	e := repo.UnreadableEntry{Path: strings.ToValidUTF8(rel, "\uFFFD"), Reason: reason}
+	if len(e.Reason) > repo.MaxUnreadableReasonLen {
+		e.Reason = strings.ToValidUTF8(e.Reason[:repo.MaxUnreadableReasonLen], "")
+	}
+	if e.Path == "" || len(e.Path) > repo.MaxPathLen || strings.IndexByte(e.Path, 0) >= 0 {
+		return true // counted, not listed
+	}
+	b.unreadableMu.Lock()
+	defer b.unreadableMu.Unlock()
+	if n := len(e.Path) + len(e.Reason); len(b.unreadableList) < repo.MaxUnreadable && b.unreadableBytes+n <= repo.MaxUnreadableBytes {
+		b.unreadableList = append(b.unreadableList, e)
+		b.unreadableBytes += n
+	}
+	return true
+}
+
+// entryError reports whether err is an error number a system call on a
+// workspace's entry returned because of the entry (EACCES, EPERM, EIO,
+// ESTALE, ...), rather than because of the backup's own resources or
+// code (EMFILE, ENFILE, ENOMEM, ENOBUFS, EBADF, EFAULT, EINTR).
+func entryError(err error) bool {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case 0, unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.ENOBUFS, unix.EBADF, unix.EFAULT, unix.EINTR:
+		return false
+	}
+	return true
+}
+
 // racyWindow is the margin, before the parent backup started, within which
 // a file's ctime makes its metadata untrustworthy: timestamps are coarser
 // than the time it takes to rewrite a file (as git's "racy git" problem).
@@ -723,7 +830,7 @@ func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, 
 		if err := wait(ctx, inner.done); err != nil {
 			return err
 		}
-		fut.id = inner.id
+		fut.id, fut.skipped = inner.id, inner.skipped
 		close(fut.done)
 		return nil
 	}))
@@ -769,9 +876,31 @@ func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
 	if !b.claim(id, int64(len(data))) {
 		return id, nil
 	}
+	if b.r.Config().Groups() && len(data) <= repo.GroupMaxBlob {
+		// Trees are small (a directory of one file is ~150 bytes): they
+		// are grouped too, in groups of treeGroupTarget bytes.
+		b.treeMu.Lock()
+		b.treeGroup.raw = append(b.treeGroup.raw, data...)
+		b.treeGroup.members = append(b.treeGroup.members, repo.GroupMember{ID: id, RawLen: uint32(len(data))})
+		if len(b.treeGroup.raw) < treeGroupTarget && len(b.treeGroup.members) < repo.GroupMaxMembers {
+			b.treeMu.Unlock()
+			return id, nil
+		}
+		full := b.treeGroup
+		b.treeGroup = group{}
+		b.treeMu.Unlock()
+		var out []byte
+		return id, b.flushGroup(ctx, repo.TreeBlob, &full, &out)
+	}
 	stored, comp := b.r.Codec().Compress(nil, data)
 	return id, b.packers[repo.TreeBlob].add(ctx, b.uploads, id, comp, stored, len(data), &b.stats)
 }
+
+// treeGroupTarget is the size of tree groups: smaller than data groups,
+// since a tree is read alone (the walk of a parent snapshot, ls, diff),
+// which decompresses its whole group; 256 KiB compresses trees as well as
+// larger groups do (their content ids do not compress at all).
+const treeGroupTarget = 256 << 10
 
 // claim reports whether blob id must be stored, marking it as being stored.
 func (b *backup) claim(id chunk.ID, size int64) bool {
@@ -837,6 +966,49 @@ const skippedNode repo.NodeType = 0
 // before each file or directory is opened, with its display path.
 var testHookBeforeOpen, testHookBeforeOpenDir func(path string)
 
+// testHookFault, when set by a test, runs before each read of a file
+// ("read", at offset off) and after each listing of a directory
+// ("getdents"), with the entry's display path; an error it returns is
+// taken for that of the system call.
+var testHookFault func(op, path string, off int64) error
+
+// entryFile reads a workspace's file: its errors are readError, told
+// apart from the backup's own (its context, its buffers).
+type entryFile struct {
+	f    *os.File
+	path string
+	off  int64
+}
+
+// readError is an error reading a workspace's file.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+func (r *entryFile) Read(p []byte) (int, error) {
+	if testHookFault != nil {
+		if err := testHookFault("read", r.path, r.off); err != nil {
+			return 0, &readError{&fs.PathError{Op: "read", Path: r.path, Err: err}}
+		}
+	}
+	n, err := r.f.Read(p)
+	r.off += int64(n)
+	if err != nil && err != io.EOF {
+		err = &readError{err}
+	}
+	return n, err
+}
+
+func (r *entryFile) Seek(off int64, whence int) (int64, error) {
+	n, err := r.f.Seek(off, whence)
+	if err != nil {
+		return n, &readError{err}
+	}
+	r.off = n
+	return n, nil
+}
+
 // openRegular opens the entry name of directory dir with flags (never
 // following a link) and returns it with its stat data, if it is a regular
 // file: anything else is errChanged, and is closed.
@@ -866,24 +1038,37 @@ func openFlags(root bool) int {
 	return f
 }
 
-func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) error {
+func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) (err error) {
 	n := job.node
 	if testHookBeforeOpen != nil {
 		testHookBeforeOpen(job.path())
 	}
 	fd, st, err := openRegular(job.dir.fd, n.Name, openFlags(b.allXattrs))
-	path := job.path()
+	path, rel := job.path(), job.dir.rel+n.Name
 	job.dir.release()
 	if err != nil {
-		if b.vanished(path, err) {
+		if b.vanished(path, err) || b.unreadable(path, rel, "open", err) {
 			n.Type = skippedNode
 			b.stats.files.Add(-1)
 			return nil
 		}
 		return err
 	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
+	osf := os.NewFile(uintptr(fd), path)
+	defer osf.Close()
+	f := &entryFile{f: osf, path: path}
+	defer func() {
+		var re *readError
+		if errors.As(err, &re) && b.unreadable(path, rel, "read", re.err) {
+			// Nothing of a file read in part is kept; what was stored of
+			// it is unreferenced, for a prune.
+			b.stats.bytes.Add(-int64(n.Size))
+			b.stats.blobs.Add(-int64(len(n.Content)))
+			*n = repo.Node{Name: n.Name, Type: skippedNode}
+			b.stats.files.Add(-1)
+			err = nil
+		}
+	}()
 	// The file read is the one opened: its metadata from its descriptor.
 	*n = b.nodeFromStat(n.Name, &st)
 	if n.Xattrs, err = readXattrs(fd, "", b.allXattrs); err != nil {
@@ -951,19 +1136,37 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}
 }
 
-// compressor compresses new blobs and adds them to the data packer.
+// compressor compresses new blobs and adds them to the data packer. In a
+// repository with groups, blobs of at most repo.GroupMaxBlob bytes are
+// gathered into groups of about repo.GroupTarget bytes, each compressed as
+// one frame: small files then compress as if they were one stream.
 func (b *backup) compressor(ctx context.Context) error {
 	var out []byte
+	var g *group
+	if b.r.Config().Groups() {
+		g = &group{}
+	}
 	for {
 		var job blobJob
 		select {
 		case j, ok := <-b.blobJobs:
 			if !ok {
-				return nil
+				return b.flushGroup(ctx, repo.DataBlob, g, &out)
 			}
 			job = j
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if g != nil && len(job.data) <= repo.GroupMaxBlob {
+			g.raw = append(g.raw, job.data...)
+			g.members = append(g.members, repo.GroupMember{ID: job.id, RawLen: uint32(len(job.data))})
+			b.bufs.put(job.buf)
+			if len(g.raw) >= repo.GroupTarget || len(g.members) >= repo.GroupMaxMembers {
+				if err := b.flushGroup(ctx, repo.DataBlob, g, &out); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		var comp chunk.Compression
 		out, comp = b.r.Codec().Compress(out[:0], job.data)
@@ -973,6 +1176,40 @@ func (b *backup) compressor(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// group is the group a compressor is filling: its members' raw bytes,
+// one after another.
+type group struct {
+	raw     []byte
+	members []repo.GroupMember
+}
+
+// flushGroup stores the blobs of type t gathered in g (nil: none) and empties it: as
+// one group frame, or, when they are one blob or do not compress, each as
+// a blob of its own.
+func (b *backup) flushGroup(ctx context.Context, t repo.BlobType, g *group, out *[]byte) error {
+	if g == nil || len(g.members) == 0 {
+		return nil
+	}
+	defer func() { g.raw, g.members = g.raw[:0], g.members[:0] }()
+	data := b.packers[t]
+	if len(g.members) > 1 {
+		*out = b.r.Codec().CompressFrame((*out)[:0], g.raw)
+		if len(*out) < len(g.raw) {
+			return data.addGroup(ctx, b.uploads, *out, g.members, &b.stats)
+		}
+	}
+	raw := g.raw
+	for _, m := range g.members {
+		var comp chunk.Compression
+		*out, comp = b.r.Codec().Compress((*out)[:0], raw[:m.RawLen])
+		if err := data.add(ctx, b.uploads, m.ID, comp, *out, int(m.RawLen), &b.stats); err != nil {
+			return err
+		}
+		raw = raw[m.RawLen:]
+	}
+	return nil
 }
 
 // uploader stores finished packs.
@@ -1066,7 +1303,9 @@ func (b *backup) indexPack(ctx context.Context, p finishedPack) error {
 // in the backed-up directory d; nil means nothing is excluded. An exclude
 // file that is not a regular file (a link, a FIFO) is ignored with a
 // warning: the workspace's owner must not be able to stop its backups.
-func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exclude.Matcher, error) {
+// So is one that cannot be read, unless strict (the walk then lists it
+// as unreadable).
+func loadExcludes(d *openDir, patterns []string, warn func(string, error), strict bool) (*exclude.Matcher, error) {
 	m, err := exclude.New("exclude", patterns)
 	if err != nil {
 		return nil, err
@@ -1079,6 +1318,9 @@ func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exc
 	case errors.Is(err, unix.ELOOP), errors.Is(err, errChanged):
 		warn(path, errors.New("not a regular file: ignored"))
 		return orNil(m), nil
+	case err != nil && !strict && entryError(err):
+		warn(path, fmt.Errorf("cannot be read, its patterns are not applied: %w", err))
+		return orNil(m), nil
 	case err != nil:
 		return nil, fmt.Errorf("exclude file %s: %w", path, err)
 	}
@@ -1086,6 +1328,9 @@ func loadExcludes(d *openDir, patterns []string, warn func(string, error)) (*exc
 	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
 	f.Close()
 	switch {
+	case err != nil && !strict && entryError(err):
+		warn(path, fmt.Errorf("cannot be read, its patterns are not applied: %w", err))
+		return orNil(m), nil
 	case err != nil:
 	case len(data) > 1<<20:
 		err = errors.New("larger than 1 MiB")

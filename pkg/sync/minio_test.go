@@ -16,6 +16,9 @@ func TestMain(m *testing.M) {
 	if c := os.Getenv(soakEnv); c != "" {
 		os.Exit(soakHelper(c)) // a helper process of TestSoak
 	}
+	if job := os.Getenv(unreadableChildEnv); job != "" {
+		os.Exit(unreadableChild(job)) // a child of TestPermissionDeniedAsNonRoot
+	}
 	testservers.Main(m)
 }
 

@@ -44,10 +44,23 @@ type packer struct {
 // target size is sent to the uploaders first. add never blocks while
 // holding the lock, so a full buffer pool only waits for the uploaders.
 func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.ID, comp chunk.Compression, stored []byte, rawLen int, st *backupStats) error {
+	return p.put(ctx, uploads, len(stored), 1, st, func(pb *repo.PackBuilder) { pb.Add(id, p.typ, comp, stored, rawLen) })
+}
+
+// addGroup appends one group (repo.PackBuilder.AddGroup), as add does a
+// blob: the group's members stay together in one pack.
+func (p *packer) addGroup(ctx context.Context, uploads chan<- finishedPack, frame []byte, members []repo.GroupMember, st *backupStats) error {
+	return p.put(ctx, uploads, len(frame), len(members), st, func(pb *repo.PackBuilder) { pb.AddGroup(p.typ, frame, members) })
+}
+
+// put runs add into the current pack, for n stored bytes of count blobs,
+// first sending the pack on if they would take it past its target size or
+// past MaxPackBlobs.
+func (p *packer) put(ctx context.Context, uploads chan<- finishedPack, n, count int, st *backupStats, add func(*repo.PackBuilder)) error {
 	for {
 		p.mu.Lock()
-		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+len(stored) > p.size || p.cur.Full(p.size) ||
-			packedSize(p.cur.Len()+len(stored), p.cur.Count()+1) > p.size+packSlack) {
+		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+n > p.size || p.cur.Full(p.size) || p.cur.Count()+count > repo.MaxPackBlobs ||
+			packedSize(p.cur.Len()+n, p.cur.Count()+count) > p.size+packSlack) {
 			full := p.cur
 			p.cur = nil
 			p.mu.Unlock()
@@ -74,9 +87,9 @@ func (p *packer) add(ctx context.Context, uploads chan<- finishedPack, id chunk.
 			p.mu.Unlock()
 			continue
 		}
-		p.cur.Add(id, p.typ, comp, stored, rawLen)
+		add(p.cur)
 		p.mu.Unlock()
-		st.storedBytes.Add(int64(len(stored)))
+		st.storedBytes.Add(int64(n))
 		return nil
 	}
 }

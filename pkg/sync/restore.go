@@ -936,7 +936,8 @@ func (rs *restorer) reloadIndex(ctx context.Context, gone chunk.ID) error {
 // readSpan reads blobs (a span of pack pl.pack) and writes each where it
 // is used; it returns how many it wrote.
 func (rs *restorer) readSpan(ctx context.Context, pl *packPlan, blobs []repo.Location) (int, error) {
-	var stored, raw []byte
+	var stored, decoded, frame, raw []byte
+	frameAt := int64(-1) // where the group frame in frame starts
 	key := repo.PackKey(pl.pack)
 	first := int64(blobs[0].Offset)
 	last := blobs[len(blobs)-1]
@@ -949,20 +950,38 @@ func (rs *restorer) readSpan(ctx context.Context, pl *packPlan, blobs []repo.Loc
 	rs.packBytes.Add(end - first)
 	pos := first
 	for i, loc := range blobs {
-		if gap := int64(loc.Offset) - pos; gap > 0 {
-			if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
+		// The blobs of one group are next to each other (sorted by
+		// offset, they share their frame's): the frame is read and
+		// decompressed once for all of them.
+		grouped := loc.Compression == chunk.ZstdGroup
+		if !grouped || int64(loc.Offset) != frameAt {
+			if gap := int64(loc.Offset) - pos; gap > 0 {
+				if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
+					return i, rs.packReadErr(ctx, key, end, err)
+				}
+			}
+			if cap(stored) < int(loc.StoredLen) {
+				stored = make([]byte, loc.StoredLen)
+			}
+			stored = stored[:loc.StoredLen]
+			if _, err := io.ReadFull(rc, stored); err != nil {
 				return i, rs.packReadErr(ctx, key, end, err)
 			}
+			pos = int64(loc.Offset) + int64(loc.StoredLen)
+			if grouped {
+				frameAt = -1
+				if frame, err = rs.r.DecodeFrame(key, loc.BlobEntry, stored, frame); err != nil {
+					return i, err
+				}
+				frameAt = int64(loc.Offset)
+			}
 		}
-		if cap(stored) < int(loc.StoredLen) {
-			stored = make([]byte, loc.StoredLen)
+		if grouped {
+			raw, err = rs.r.BlobFromFrame(key, loc.BlobEntry, frame)
+		} else {
+			decoded, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, decoded[:0])
+			raw = decoded
 		}
-		stored = stored[:loc.StoredLen]
-		if _, err := io.ReadFull(rc, stored); err != nil {
-			return i, rs.packReadErr(ctx, key, end, err)
-		}
-		pos = int64(loc.Offset) + int64(loc.StoredLen)
-		raw, err = rs.r.DecodeBlob(key, loc.BlobEntry, stored, raw[:0])
 		if err != nil {
 			return i, err
 		}

@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"path/filepath"
@@ -10,13 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 )
 
 // rewriteOnRead rewrites every pack (data and tree) the first time a
 // restore reads a range of data, as a prune's repack would: the same blobs in new packs
-// (in reverse order, so new ids), a new index naming them, the old packs
+// (in reverse order after a salt blob, so new ids), a new index naming them, the old packs
 // and index objects deleted; then it lets the read go to the old pack,
 // which is gone.
 type rewriteOnRead struct {
@@ -42,10 +44,26 @@ func (s *rewriteOnRead) rewrite(ctx context.Context) {
 	for id, blobs := range r.Index().Packs() {
 		data, err := storage.ReadAll(ctx, s.Storage, "owner1/"+repo.PackKey(id), 0, -1)
 		must(t, err)
-		slices.SortFunc(blobs, func(a, b repo.BlobEntry) int { return int(b.Offset) - int(a.Offset) })
+		// Blobs in reverse order; a group's members stay together, in
+		// their order (AddGroup).
+		slices.SortFunc(blobs, func(a, b repo.BlobEntry) int {
+			return cmp.Or(cmp.Compare(b.Offset, a.Offset), cmp.Compare(a.RawOffset, b.RawOffset))
+		})
 		pb := repo.NewPackBuilder(len(data))
-		for _, b := range blobs {
-			pb.Add(b.ID, b.Type, b.Compression, data[b.Offset:b.Offset+b.StoredLen], int(b.RawLen))
+		pb.AddSalt(blobs[0].Type) // a pack of one group would otherwise come out the same
+		for i := 0; i < len(blobs); {
+			b := blobs[i]
+			stored := data[b.Offset : b.Offset+b.StoredLen]
+			if b.Compression != chunk.ZstdGroup {
+				pb.Add(b.ID, b.Type, b.Compression, stored, int(b.RawLen))
+				i++
+				continue
+			}
+			var members []repo.GroupMember
+			for ; i < len(blobs) && blobs[i].Compression == chunk.ZstdGroup && blobs[i].Offset == b.Offset; i++ {
+				members = append(members, repo.GroupMember{ID: blobs[i].ID, RawLen: blobs[i].RawLen})
+			}
+			pb.AddGroup(b.Type, stored, members)
 		}
 		packData, packID, entries := pb.Finish()
 		must(t, r.SavePack(ctx, packData, packID, entries))

@@ -92,8 +92,8 @@ const maxKeyLength = 1024
 const abortTimeout = 30 * time.Second
 
 // ErrNoBucket means the configured bucket does not exist (and
-// Config.CreateBucket is not set).
-var ErrNoBucket = errors.New("bucket does not exist")
+// Config.CreateBucket is not set); it is storage.ErrNoBucket.
+var ErrNoBucket = storage.ErrNoBucket
 
 // Storage is a storage.Storage in an S3 bucket. It is safe for concurrent
 // use.
@@ -665,10 +665,10 @@ func (t *transports) closeIdle() {
 }
 
 // opError returns the error of operation op on key: classified (see
-// classify), naming the backend, the operation and the key, and with any
-// credential scrubbed from its text.
+// classify), naming the backend, the operation, the key and the bucket,
+// and with any credential scrubbed from its text.
 func (s *Storage) opError(ctx context.Context, op, key string, err error) error {
-	return s.scrub(fmt.Errorf("s3: %s %s: %w", op, key, classify(ctx, err)))
+	return s.scrub(fmt.Errorf("s3: %s %s in bucket %s: %w", op, key, s.bucket, classify(ctx, err)))
 }
 
 // scrub guards against credentials in error texts: the SDK's messages do

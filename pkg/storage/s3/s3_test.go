@@ -391,7 +391,7 @@ func TestErrorMapping(t *testing.T) {
 						errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrPermission), storage.IsTransient(err),
 						tc.notFound, tc.perm, tc.transient)
 				}
-				for _, want := range []string{"s3: ", op, "some/key"} {
+				for _, want := range []string{"s3: ", op, "some/key", "bucket bucket"} {
 					if !strings.Contains(err.Error(), want) {
 						t.Errorf("%s: error %q does not name %q", op, err, want)
 					}

@@ -6,6 +6,10 @@
 // [A-Za-z0-9._-], starting with a letter or digit (docs/FORMAT.md). Paths
 // are absolute and must lie inside one of the daemon's workspace roots.
 // Every invalid field is rejected with INVALID_ARGUMENT naming the field.
+// Storage errors: a storage refusing the daemon's credentials or a call
+// (HTTP 401, 403) is PERMISSION_DENIED, a bucket that is not there (to
+// credentials that may see it) NOT_FOUND, both naming the bucket; an
+// outage UNAVAILABLE; a damaged object DATA_LOSS.
 //
 // Limits: owner, workspace and request ids at most 128 bytes; paths 4095
 // (PATH_MAX, which counts the terminating NUL); snapshot and operation ids
@@ -317,7 +321,13 @@ type BackupWorkspaceRequest struct {
 	// The retention policy applied to the workspace right after the backup
 	// succeeds, instead of the daemon's default (retention in its config).
 	// Unset: the default. Set with no rule: keep everything.
-	Retention     *RetentionPolicy `protobuf:"bytes,11,opt,name=retention,proto3" json:"retention,omitempty"`
+	Retention *RetentionPolicy `protobuf:"bytes,11,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Fail the backup (no snapshot written) on the first entry of path that
+	// cannot be read (permission denied, an I/O error). By default such an
+	// entry is left out, counted (OperationResult.unreadable_entries) and
+	// listed in the snapshot object. Storage and repository errors fail the
+	// backup either way.
+	Strict        bool `protobuf:"varint,12,opt,name=strict,proto3" json:"strict,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +437,13 @@ func (x *BackupWorkspaceRequest) GetRetention() *RetentionPolicy {
 		return x.Retention
 	}
 	return nil
+}
+
+func (x *BackupWorkspaceRequest) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
 }
 
 // RetentionPolicy says which snapshots of a workspace to keep (a snapshot
@@ -1141,9 +1158,12 @@ type OperationResult struct {
 	// Delete workspace, delete owner: what was deleted.
 	Receipt *DeleteReceipt `protobuf:"bytes,19,opt,name=receipt,proto3" json:"receipt,omitempty"`
 	// Check: the findings, as CheckRepositoryResponse holds them.
-	Check         *CheckResult `protobuf:"bytes,20,opt,name=check,proto3" json:"check,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Check *CheckResult `protobuf:"bytes,20,opt,name=check,proto3" json:"check,omitempty"`
+	// Backup: entries left out because they could not be read (a directory
+	// counts once); the snapshot object lists the first 1,000 with why.
+	UnreadableEntries int64 `protobuf:"varint,21,opt,name=unreadable_entries,json=unreadableEntries,proto3" json:"unreadable_entries,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *OperationResult) Reset() {
@@ -1314,6 +1334,13 @@ func (x *OperationResult) GetCheck() *CheckResult {
 		return x.Check
 	}
 	return nil
+}
+
+func (x *OperationResult) GetUnreadableEntries() int64 {
+	if x != nil {
+		return x.UnreadableEntries
+	}
+	return 0
 }
 
 // ForgetResult is what a forget operation kept and forgot, per workspace,
@@ -2063,22 +2090,25 @@ func (x *ListSnapshotsRequest) GetPageToken() string {
 }
 
 type Snapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
-	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
-	Host          string                 `protobuf:"bytes,5,opt,name=host,proto3" json:"host,omitempty"`
-	Path          string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
-	ParentId      string                 `protobuf:"bytes,7,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	Tags          map[string]string      `protobuf:"bytes,8,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Files         int64                  `protobuf:"varint,9,opt,name=files,proto3" json:"files,omitempty"`
-	Dirs          int64                  `protobuf:"varint,10,opt,name=dirs,proto3" json:"dirs,omitempty"`
-	Bytes         int64                  `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	NewBytes      int64                  `protobuf:"varint,12,opt,name=new_bytes,json=newBytes,proto3" json:"new_bytes,omitempty"`
-	StoredBytes   int64                  `protobuf:"varint,13,opt,name=stored_bytes,json=storedBytes,proto3" json:"stored_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Owner       string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Workspace   string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Time        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	Host        string                 `protobuf:"bytes,5,opt,name=host,proto3" json:"host,omitempty"`
+	Path        string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	ParentId    string                 `protobuf:"bytes,7,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Tags        map[string]string      `protobuf:"bytes,8,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Files       int64                  `protobuf:"varint,9,opt,name=files,proto3" json:"files,omitempty"`
+	Dirs        int64                  `protobuf:"varint,10,opt,name=dirs,proto3" json:"dirs,omitempty"`
+	Bytes       int64                  `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	NewBytes    int64                  `protobuf:"varint,12,opt,name=new_bytes,json=newBytes,proto3" json:"new_bytes,omitempty"`
+	StoredBytes int64                  `protobuf:"varint,13,opt,name=stored_bytes,json=storedBytes,proto3" json:"stored_bytes,omitempty"`
+	// Entries left out because they could not be read (see
+	// BackupWorkspaceRequest.strict).
+	UnreadableEntries int64 `protobuf:"varint,14,opt,name=unreadable_entries,json=unreadableEntries,proto3" json:"unreadable_entries,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2198,6 +2228,13 @@ func (x *Snapshot) GetNewBytes() int64 {
 func (x *Snapshot) GetStoredBytes() int64 {
 	if x != nil {
 		return x.StoredBytes
+	}
+	return 0
+}
+
+func (x *Snapshot) GetUnreadableEntries() int64 {
+	if x != nil {
+		return x.UnreadableEntries
 	}
 	return 0
 }
@@ -3119,7 +3156,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tIdMapping\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\rR\vcontainerId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\rR\x06hostId\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\rR\x05count\"\x89\x04\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"\xa1\x04\n" +
 	"\x16BackupWorkspaceRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -3133,7 +3170,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\fuid_mappings\x18\t \x03(\v2\x15.backupd.v1.IdMappingR\vuidMappings\x128\n" +
 	"\fgid_mappings\x18\n" +
 	" \x03(\v2\x15.backupd.v1.IdMappingR\vgidMappings\x129\n" +
-	"\tretention\x18\v \x01(\v2\x1b.backupd.v1.RetentionPolicyR\tretention\x1a7\n" +
+	"\tretention\x18\v \x01(\v2\x1b.backupd.v1.RetentionPolicyR\tretention\x12\x16\n" +
+	"\x06strict\x18\f \x01(\bR\x06strict\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
@@ -3187,7 +3225,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12(\n" +
 	"\x10bytes_per_second\x18\x06 \x01(\x01R\x0ebytesPerSecond\x12I\n" +
-	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xbc\x05\n" +
+	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xeb\x05\n" +
 	"\x0fOperationResult\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x14\n" +
@@ -3210,7 +3248,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x06forget\x18\x11 \x01(\v2\x18.backupd.v1.ForgetResultR\x06forget\x12-\n" +
 	"\x05prune\x18\x12 \x01(\v2\x17.backupd.v1.PruneResultR\x05prune\x123\n" +
 	"\areceipt\x18\x13 \x01(\v2\x19.backupd.v1.DeleteReceiptR\areceipt\x12-\n" +
-	"\x05check\x18\x14 \x01(\v2\x17.backupd.v1.CheckResultR\x05check\"\x89\x01\n" +
+	"\x05check\x18\x14 \x01(\v2\x17.backupd.v1.CheckResultR\x05check\x12-\n" +
+	"\x12unreadable_entries\x18\x15 \x01(\x03R\x11unreadableEntries\"\x89\x01\n" +
 	"\fForgetResult\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12;\n" +
 	"\n" +
@@ -3290,7 +3329,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"\xb0\x03\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xdf\x03\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
@@ -3305,7 +3344,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	" \x01(\x03R\x04dirs\x12\x14\n" +
 	"\x05bytes\x18\v \x01(\x03R\x05bytes\x12\x1b\n" +
 	"\tnew_bytes\x18\f \x01(\x03R\bnewBytes\x12!\n" +
-	"\fstored_bytes\x18\r \x01(\x03R\vstoredBytes\x1a7\n" +
+	"\fstored_bytes\x18\r \x01(\x03R\vstoredBytes\x12-\n" +
+	"\x12unreadable_entries\x18\x0e \x01(\x03R\x11unreadableEntries\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +

@@ -6,6 +6,10 @@
 // [A-Za-z0-9._-], starting with a letter or digit (docs/FORMAT.md). Paths
 // are absolute and must lie inside one of the daemon's workspace roots.
 // Every invalid field is rejected with INVALID_ARGUMENT naming the field.
+// Storage errors: a storage refusing the daemon's credentials or a call
+// (HTTP 401, 403) is PERMISSION_DENIED, a bucket that is not there (to
+// credentials that may see it) NOT_FOUND, both naming the bucket; an
+// outage UNAVAILABLE; a damaged object DATA_LOSS.
 //
 // Limits: owner, workspace and request ids at most 128 bytes; paths 4095
 // (PATH_MAX, which counts the terminating NUL); snapshot and operation ids

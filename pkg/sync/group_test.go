@@ -1,0 +1,142 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/placement"
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/retention"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/mem"
+)
+
+// writeSmallFiles writes n text files of 1-8 KiB (words from a small
+// vocabulary, so that they compress well together and poorly alone).
+func writeSmallFiles(t *testing.T, dir string, n int, seed uint64) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	words := strings.Fields("const let function return import export default class extends async await module require value index node")
+	for i := range n {
+		var b strings.Builder
+		for size := 1024 + rng.IntN(7<<10); b.Len() < size; {
+			b.WriteString(words[rng.IntN(len(words))])
+			b.WriteByte(" \n"[rng.IntN(2)])
+		}
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("p%02d", i%20), fmt.Sprintf("f%04d.js", i)), []byte(b.String()), 0o644, time.Unix(1e9, 0))
+	}
+}
+
+// groupedBlobs counts the blobs of each type the index places in groups,
+// and all blobs.
+func groupedBlobs(r *repo.Repository) (grouped [2]int, all int) {
+	for _, entries := range r.Index().Packs() {
+		for _, e := range entries {
+			all++
+			if e.Compression == chunk.ZstdGroup {
+				grouped[e.Type]++
+			}
+		}
+	}
+	return grouped, all
+}
+
+// TestSmallFilesAreGrouped: in a new (version 2) repository small files
+// and trees are stored in groups, which store less than a version 1
+// repository of the same files (a frame per file); both restore byte for
+// byte and check clean, reading every blob.
+func TestSmallFilesAreGrouped(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	writeSmallFiles(t, src, 600, 1)
+	// Above GroupMaxBlob: stored alone.
+	writeFile(t, filepath.Join(src, "big.js"), []byte(strings.Repeat("not grouped, ", 200<<10/13)), 0o644, time.Unix(1e9, 0))
+
+	v2 := mem.New()
+	r := ownerRepo(t, v2)
+	if v := r.Config().Version; v != 2 {
+		t.Fatalf("a new repository has format version %d, want 2", v)
+	}
+	doBackup(t, r, src)
+	grouped, all := groupedBlobs(ownerRepo(t, v2))
+	if grouped[repo.DataBlob] != 600 || grouped[repo.TreeBlob] < 21 {
+		t.Fatalf("grouped %v of %d blobs, want the 600 small files and every tree", grouped, all)
+	}
+	restoreEqual(t, v2, src)
+	checkClean(t, v2)
+
+	v1 := mem.New()
+	st, err := placement.NewPrefixPerOwner(v1).Owner(ctx, "owner1", true)
+	must(t, err)
+	cfg, err := repo.NewConfig(0, 0)
+	must(t, err)
+	cfg.Version = 1
+	_, err = repo.Init(ctx, st, cfg)
+	must(t, err)
+	doBackup(t, ownerRepo(t, v1), src)
+	if g, _ := groupedBlobs(ownerRepo(t, v1)); g != [2]int{} {
+		t.Fatalf("a version 1 repository got grouped blobs: %v", g)
+	}
+	restoreEqual(t, v1, src)
+	checkClean(t, v1)
+
+	n1, _ := storedBytes(t, v1, "owner1/data/")
+	n2, _ := storedBytes(t, v2, "owner1/data/")
+	t.Logf("packs: version 1 %d bytes, version 2 (groups) %d bytes", n1, n2)
+	if float64(n2) > 0.85*float64(n1) {
+		t.Errorf("groups store %d bytes, a frame per file %d: want at least 15%% less", n2, n1)
+	}
+}
+
+// TestPruneRegroupsPartlyDeadGroups: half of the small files deleted and
+// the old snapshot forgotten, prune frees their space although they shared
+// frames with live files (the live ones are compressed again as groups of
+// their own), and the repository restores, checks clean and stores about
+// what a fresh one would.
+func TestPruneRegroupsPartlyDeadGroups(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	writeSmallFiles(t, src, 800, 2)
+	root := mem.New()
+	doBackup(t, ownerRepo(t, root), src)
+	must(t, filepath.Walk(src, func(path string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && strings.HasSuffix(path, "1.js") || strings.HasSuffix(path, "3.js") || strings.HasSuffix(path, "5.js") || strings.HasSuffix(path, "7.js") || strings.HasSuffix(path, "9.js") {
+			return os.Remove(path)
+		}
+		return err
+	}))
+	doBackup(t, ownerRepo(t, root), src)
+	before, _ := storedBytes(t, root, "owner1/data/")
+	r := ownerRepo(t, root)
+	_, err := r.Forget(ctx, "", retention.Policy{KeepLast: 1}, false)
+	must(t, err)
+	res, err := r.Prune(ctx, repo.PruneOptions{})
+	must(t, err)
+	after, _ := storedBytes(t, root, "owner1/data/")
+	t.Logf("prune: %+v; data %d -> %d bytes", *res, before, after)
+	if res.PacksRepacked == 0 || after > before*3/4 {
+		t.Fatalf("prune freed too little of the dead grouped blobs: %d -> %d bytes", before, after)
+	}
+	grouped, all := groupedBlobs(ownerRepo(t, root))
+	if grouped[repo.DataBlob] != 400 || all > 400+25 {
+		t.Errorf("after prune: grouped %v of %d blobs, want the 400 live files grouped and no dead blob", grouped, all)
+	}
+	restoreEqual(t, root, src)
+	checkClean(t, root)
+
+	fresh := mem.New()
+	doBackup(t, ownerRepo(t, fresh), src)
+	want, _ := storedBytes(t, fresh, "owner1/data/")
+	if float64(after) > 1.10*float64(want) {
+		t.Errorf("after prune %d bytes of packs, a fresh repository %d: more than 10%% over", after, want)
+	}
+}
+
+var _ storage.Storage = mem.New()
