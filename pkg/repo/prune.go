@@ -1326,7 +1326,7 @@ func (p *pruner) deleteListed(ctx context.Context, key string) error {
 func (r *Repository) reloadTreeIndex(ctx context.Context, sink func(chunk.ID, []BlobEntry)) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
-	fresh := NewIndex()
+	fresh := r.newIndex()
 	fresh.treesOnly, fresh.sink = true, sink
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {

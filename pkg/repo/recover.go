@@ -12,6 +12,7 @@ import (
 	gosync "sync"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
@@ -125,7 +126,7 @@ func (r *Repository) ReloadIndex(ctx context.Context) error {
 // reloadLocked is ReloadIndex under reloadMu; it returns the load's report.
 func (r *Repository) reloadLocked(ctx context.Context) (IndexReport, error) {
 	ps := r.pruneStateBefore(ctx)
-	fresh := NewIndex()
+	fresh := r.newIndex()
 	rep, err := r.loadIndexInto(ctx, fresh, 8)
 	if err != nil {
 		return rep, err
@@ -290,6 +291,15 @@ func sortProblems(ps []ObjectProblem) {
 // loadIndexObject reads one index object (from the cache if there) into
 // the in-memory index. Errors about the object wrap ErrCorrupt.
 func (r *Repository) loadIndexObject(ctx context.Context, idx *Index, oi storage.ObjectInfo, skip map[chunk.ID]bool) error {
+	// What one object costs while it is read, decoded and added (its
+	// bytes, then its decoded entries, ~3 times its size for random ids)
+	// is bounded in the whole process too: else parallel loads of large
+	// objects would hold more than the index they fill.
+	weight := min(max(3*oi.Size, 1), indexLoadBytes)
+	if err := indexLoads.Acquire(ctx, weight); err != nil {
+		return err
+	}
+	defer indexLoads.Release(weight)
 	packs, err := r.readIndexObject(ctx, oi)
 	if err != nil {
 		return err
@@ -341,6 +351,12 @@ func (r *Repository) readIndexObject(ctx context.Context, oi storage.ObjectInfo)
 // the memory one decode may take is bounded per object, and this bounds
 // their number, for the daemon serving many owners.
 var indexDecodes = make(chan struct{}, 2)
+
+// indexLoads bounds the bytes of index objects being loaded at once in
+// the process (see loadIndexObject).
+var indexLoads = semaphore.NewWeighted(indexLoadBytes)
+
+const indexLoadBytes = 64 << 20
 
 // adoptPacks indexes from their trailers the packs that no loaded index
 // object names. It returns the packs listed.
@@ -533,7 +549,7 @@ type RepairResult struct {
 // been opened, not necessarily loaded.
 func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, error) {
 	old := r.index
-	r.index = NewIndex()
+	r.index = r.newIndex()
 	if err := r.LoadIndex(ctx, 8); err != nil {
 		r.index = old
 		return nil, err
@@ -552,7 +568,7 @@ func (r *Repository) RepairIndex(ctx context.Context, all bool) (*RepairResult, 
 			return nil, fmt.Errorf("list index: %w", err)
 		}
 		loaded := r.index.Packs()
-		fresh := NewIndex()
+		fresh := r.newIndex()
 		var mu gosync.Mutex
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(8)

@@ -75,7 +75,14 @@ type Repository struct {
 
 // SetCache makes the repository keep index objects and tree packs in a
 // node-local cache (nil turns it off).
-func (r *Repository) SetCache(c *Cache) { r.cache = c }
+func (r *Repository) SetCache(c *Cache) {
+	r.cache = c
+	dir := "" // the index spills to the cache's directory, else the system's
+	if c != nil {
+		dir = c.dir
+	}
+	r.index.setDir(dir)
+}
 
 // Open opens the repository on st (already scoped to the owner). It fails
 // with ErrNoRepository when there is none.

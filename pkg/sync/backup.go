@@ -166,8 +166,12 @@ type backup struct {
 	blobJobs chan blobJob
 	bufs     *bufferPool
 
-	inflightMu gosync.Mutex
-	inflight   map[chunk.ID]struct{}
+	// inflight holds the blobs claimed and not yet in the index: once
+	// their pack is stored and indexed they leave it (unless a prune
+	// stands: a condemned blob stays unusable once indexed).
+	inflightMu   gosync.Mutex
+	inflight     map[chunk.ID]struct{}
+	keepInflight bool
 
 	packers [2]*packer // by repo.BlobType
 	uploads chan finishedPack
@@ -175,8 +179,11 @@ type backup struct {
 	treeMu    gosync.Mutex
 	treeGroup group // trees waiting to be stored as a group
 
+	// newPacks are the packs stored and not yet in an index object (which
+	// is written whenever they fill one, and at the end).
 	newPacksMu gosync.Mutex
 	newPacks   []repo.PackIndex
+	newBlobs   int // in newPacks
 
 	unreadableMu    gosync.Mutex
 	unreadableList  []repo.UnreadableEntry
@@ -302,13 +309,14 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// Chunk buffers in flight: one per reader, one per compressor, and the
 	// queue between them. This, with the pack buffers, bounds memory.
 	b.bufs = newBufferPool(opts.Readers+2*opts.Compressors, int(b.params.MaxSize))
-	packCap := cfg.PackSize + 256<<10 // blobs plus a typical trailer
+	packCap := cfg.PackSize + packSlack // blobs plus their trailer
 	// Data packs: the one being filled, those being uploaded, one waiting.
 	// Tree packs are usually small: their buffers start at 1 MiB and grow
 	// only when a snapshot has that many changed directories.
 	b.packers[repo.DataBlob] = &packer{typ: repo.DataBlob, size: cfg.PackSize, pool: newBufferPool(1+opts.Uploads+1, packCap)}
 	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20)}
 	if r.Condemned() > 0 {
+		b.keepInflight = true
 		// A prune stands: its condemned blobs this backup needs are stored
 		// again, in packs that must not be the ones it deletes (AddSalt).
 		for _, p := range b.packers {
@@ -902,8 +910,8 @@ func (b *backup) claim(id chunk.ID, size int64) bool {
 	}
 	b.inflightMu.Lock()
 	defer b.inflightMu.Unlock()
-	if _, ok := b.inflight[id]; ok {
-		return false
+	if _, ok := b.inflight[id]; ok || b.r.Usable(id) {
+		return false // in flight, or stored and indexed since the first look
 	}
 	b.inflight[id] = struct{}{}
 	b.stats.newBlobs.Add(1)
@@ -1223,10 +1231,72 @@ func (b *backup) uploader(ctx context.Context) error {
 			return err
 		}
 		b.stats.objects.Add(1)
-		b.newPacksMu.Lock()
-		b.newPacks = append(b.newPacks, repo.PackIndex{Pack: p.id, Blobs: p.entries})
-		b.newPacksMu.Unlock()
+		if !b.keepInflight {
+			b.inflightMu.Lock()
+			for _, e := range p.entries {
+				delete(b.inflight, e.ID) // indexed: claim finds them there
+			}
+			b.inflightMu.Unlock()
+		}
+		if err := b.indexPack(ctx, p); err != nil {
+			return err
+		}
 	}
+}
+
+// indexEvery is how many new blobs a backup holds before it writes them
+// into an index object: a quarter of what one may hold, so that the
+// object (~3 MiB) and its encoding stay small next to the pack buffers.
+const indexEvery = repo.MaxIndexBlobs / 4
+
+// splitIndex splits packs into parts of at most n blobs each (n at most
+// repo.MaxIndexBlobs; a pack may be spread over parts).
+func splitIndex(packs []repo.PackIndex, n int) [][]repo.PackIndex {
+	var parts [][]repo.PackIndex
+	var cur []repo.PackIndex
+	k := 0
+	for _, p := range packs {
+		for len(p.Blobs) > 0 {
+			if k == n {
+				parts, cur, k = append(parts, cur), nil, 0
+			}
+			m := min(len(p.Blobs), n-k)
+			cur = append(cur, repo.PackIndex{Pack: p.Pack, Blobs: p.Blobs[:m:m]})
+			k += m
+			p.Blobs = p.Blobs[m:]
+		}
+	}
+	return append(parts, cur)
+}
+
+// indexPack adds a stored pack to newPacks and writes out the index
+// objects they fill, keeping the rest: what a backup holds of its new
+// blobs' entries is bounded, and a killed backup's packs are indexed up
+// to the last full index object.
+func (b *backup) indexPack(ctx context.Context, p finishedPack) error {
+	b.newPacksMu.Lock()
+	b.newPacks = append(b.newPacks, repo.PackIndex{Pack: p.id, Blobs: p.entries})
+	b.newBlobs += len(p.entries)
+	var full [][]repo.PackIndex
+	if b.newBlobs > indexEvery { // and so more packs than that, at most
+
+		full = splitIndex(b.newPacks, indexEvery)
+		rest := full[len(full)-1]
+		full = full[:len(full)-1]
+		b.newPacks, b.newBlobs = slices.Clone(rest), 0
+		for _, pi := range rest {
+			b.newBlobs += len(pi.Blobs)
+		}
+	}
+	b.newPacksMu.Unlock()
+	for _, part := range full {
+		ids, err := b.r.SaveIndex(ctx, part)
+		if err != nil {
+			return err
+		}
+		b.stats.objects.Add(int64(len(ids)))
+	}
+	return nil
 }
 
 // loadExcludes compiles the Exclude patterns and those of the exclude file

@@ -15,6 +15,16 @@ type finishedPack struct {
 	pool    *bufferPool // where data goes back once uploaded
 }
 
+// packSlack is the room a pack buffer has beyond the pack size, for the
+// trailer: a pack of many small blobs is closed before its trailer would
+// outgrow it (else Finish would copy the whole pack into a larger buffer,
+// which would then stay in the pool).
+const packSlack = 256 << 10
+
+// packedSize is the size of a pack of n blobs of blobBytes bytes in all,
+// with its trailer and footer.
+func packedSize(blobBytes, n int) int { return blobBytes + repo.PackTrailerReadSize(n) }
+
 // packer collects blobs of one type into packs of about size bytes and
 // hands full packs to the uploaders.
 type packer struct {
@@ -49,7 +59,8 @@ func (p *packer) addGroup(ctx context.Context, uploads chan<- finishedPack, fram
 func (p *packer) put(ctx context.Context, uploads chan<- finishedPack, n, count int, st *backupStats, add func(*repo.PackBuilder)) error {
 	for {
 		p.mu.Lock()
-		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+n > p.size || p.cur.Full(p.size) || p.cur.Count()+count > repo.MaxPackBlobs) {
+		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+n > p.size || p.cur.Full(p.size) || p.cur.Count()+count > repo.MaxPackBlobs ||
+			packedSize(p.cur.Len()+n, p.cur.Count()+count) > p.size+packSlack) {
 			full := p.cur
 			p.cur = nil
 			p.mu.Unlock()
