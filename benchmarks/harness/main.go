@@ -1,5 +1,5 @@
 // Command harness benchmarks backupd (backupctl) side by side with restic
-// and `tar | zstd -T0`: a first backup into a new local repository, an
+// and `tar | zstd -1 -T0`: a first backup into a new local repository, an
 // unchanged re-backup, a re-backup after 1% of the files changed, a full
 // restore into an empty directory and a restore over a mostly identical
 // directory, each repeated --runs times with fresh repositories and
@@ -753,7 +753,7 @@ func (b *bench) backupStep(r *toolRun, scenario string) (measurement, error) {
 		// -f: a re-backup overwrites the archive, as Gitpod does.
 		m, _, err = measurePipeline(nil,
 			[]string{"tar", "-C", b.data, "-cf", "-", "."},
-			[]string{"zstd", "-T0", "-q", "-f", "-o", r.arg, "-"})
+			[]string{"zstd", "-1", "-T0", "-q", "-f", "-o", r.arg, "-"})
 		if err != nil {
 			return m, err
 		}
