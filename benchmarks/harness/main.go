@@ -47,6 +47,7 @@ type options struct {
 	warmups     int
 	restoreDir  string
 	verifyAll   bool
+	pprofDir    string // backupd's timed runs write CPU profiles here
 
 	pruneSnapshots int     // the prune scenario: snapshots before the forget
 	pruneChange    float64 // the prune scenario: percent of files rewritten between them
@@ -80,6 +81,7 @@ func run() error {
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
+	flag.StringVar(&o.pprofDir, "pprof", "", "make backupd's timed runs write CPU profiles (backupctl --cpu-profile) into `DIR`, one per scenario and run: SCENARIO-runN.prof")
 	flag.IntVar(&o.pruneSnapshots, "prune-snapshots", 20, "the prune scenario: `N` snapshots, then forget all but the newest and prune")
 	flag.Float64Var(&o.pruneChange, "prune-change", 10, "the prune scenario: `PERCENT` of the files rewritten with new content between snapshots")
 	var useMinIO bool
@@ -172,6 +174,16 @@ func run() error {
 			return generateLarge(generateOnly, o.genLarge)
 		}
 		return fmt.Errorf("--generate-only needs --gen-large or --gen-workspace")
+	}
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			return err
+		}
+		abs, err := filepath.Abs(o.pprofDir)
+		if err != nil {
+			return err
+		}
+		o.pprofDir = abs
 	}
 	if o.tmp == "" {
 		root, err := moduleRoot()
@@ -732,8 +744,9 @@ func (b *bench) backupStep(r *toolRun, scenario string) (measurement, error) {
 	switch r.tool {
 	case "backupd":
 		var out []byte
-		m, out, err = measure(r.env, b.backupctl, "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws",
+		args := append(b.profileArgs(scenario), "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws",
 			"--cache-dir", r.cache, "--json", b.data)
+		m, out, err = measure(r.env, b.backupctl, args...)
 		if err != nil {
 			return m, err
 		}
@@ -809,8 +822,12 @@ func resticSummary(out []byte) (resticBackupSummary, bool) {
 func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, error) {
 	switch r.tool {
 	case "backupd":
-		args := []string{"restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
-			"--cache-dir", r.cache, "--json"}
+		scenario := "restore"
+		if over {
+			scenario = "restore-over"
+		}
+		args := append(b.profileArgs(scenario), "restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
+			"--cache-dir", r.cache, "--json")
 		if over {
 			args = append(args, "--overwrite", "--delete")
 		}
@@ -841,6 +858,17 @@ func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, 
 		return m, err
 	}
 	return measurement{}, fmt.Errorf("unknown tool %q", r.tool)
+}
+
+// profileArgs are backupctl's arguments that make a timed run of scenario
+// write its CPU profile into --pprof DIR (none for untimed runs, or
+// without --pprof).
+func (b *bench) profileArgs(scenario string) []string {
+	if b.opts.pprofDir == "" || !b.recording || !b.hasScenario(scenario) {
+		return nil
+	}
+	name := fmt.Sprintf("%s-run%d.prof", scenario, len(b.results[scenario+"/backupd"])+1)
+	return []string{"--cpu-profile", filepath.Join(b.opts.pprofDir, name)}
 }
 
 // restoredRoot is where a tool's restore into target puts the dataset's

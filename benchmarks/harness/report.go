@@ -40,6 +40,9 @@ func (b *bench) header() string {
 	if b.tarVer != "" {
 		fmt.Fprintf(&s, "- tarzstd: `tar -C DATA -cf - . | zstd -1 -T0 -q -o ARCHIVE` (level 1, all cores), restore `zstd -dc ARCHIVE | tar -C TARGET -xpf -`; %s; %s\n", b.tarVer, b.zstdVer)
 	}
+	if b.opts.pprofDir != "" {
+		fmt.Fprintf(&s, "- profiles: backupd's timed runs wrote CPU profiles (backupctl --cpu-profile, sampling at 100 Hz) to %s\n", b.opts.pprofDir)
+	}
 	fmt.Fprintf(&s, "- dataset: %s\n", b.dataDesc)
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
 		b.src.bytes, mib(b.src.bytes), b.src.files, b.src.dirs, b.src.links)
