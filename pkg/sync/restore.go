@@ -98,11 +98,30 @@ const (
 
 // restoreDir is a directory being restored. Its descriptor stays open
 // while its tree is walked and until every file of it in a batch is
-// written; its metadata is applied at the end, through a descriptor opened
-// again below the target and checked to be the same directory.
+// written; then, everything in it being in place, it gets its metadata
+// through that descriptor (release). A directory that hard links are still
+// to be made in gets it at the end instead, after them, through a
+// descriptor opened again below the target and checked to be the same
+// directory (finishDir).
 type restoreDir struct {
 	openDir
 	meta *dirMeta
+	rs   *restorer
+}
+
+// release drops one reference to d; the last one gives d its metadata,
+// unless that waits for hard links, and closes it.
+func (d *restoreDir) release() error {
+	if d.refs.Add(-1) != 0 {
+		return nil
+	}
+	defer unix.Close(d.fd)
+	m := d.meta
+	if !m.set || m.linked {
+		return nil
+	}
+	m.done = true
+	return d.rs.setMeta(d.fd, d.path, m.uid, m.gid, m.xattrs, m.mode, m.mtime)
 }
 
 // dirMeta is what a restored directory gets once everything in it is in
@@ -116,6 +135,8 @@ type dirMeta struct {
 	uid, gid uint32
 	xattrs   []repo.Xattr
 	set      bool // false: leave as found (an old snapshot without root metadata)
+	linked   bool // hard links are to be made in it: metadata at the end
+	done     bool // metadata set on release
 }
 
 // restoreFile is a file whose content is being written. The pack worker
@@ -283,9 +304,13 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 			return nil, err
 		}
 	}
-	// Directories last, deepest first, so that setting a directory's mtime
-	// or a read-only mode comes after everything inside it is written.
+	// The directories that got hard links last, deepest first, so that
+	// setting a directory's mtime or a read-only mode comes after
+	// everything inside it is written (the others got theirs on release).
 	for i := len(rs.dirs) - 1; i >= 0; i-- {
+		if rs.dirs[i].done {
+			continue
+		}
 		if err := rs.finishDir(rs.dirs[i]); err != nil {
 			return nil, err
 		}
@@ -296,7 +321,7 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 // track records a directory restore opened, holding one reference for its
 // walk.
 func (rs *restorer) track(fd int, path string, m *dirMeta) *restoreDir {
-	d := &restoreDir{openDir: openDir{fd: fd, path: path}, meta: m}
+	d := &restoreDir{openDir: openDir{fd: fd, path: path}, meta: m, rs: rs}
 	d.refs.Store(1)
 	rs.opened = append(rs.opened, d)
 	rs.dirs = append(rs.dirs, m)
@@ -362,8 +387,12 @@ func prepareTarget(d *dirfd.Dir, overwrite bool) error {
 // restoreTree restores tree id into d and releases d. full is false while
 // walking down to included paths, when only the entries on the way are
 // restored; depth is d's below the target.
-func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir, full bool, depth int) error {
-	defer d.release()
+func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir, full bool, depth int) (err error) {
+	defer func() {
+		if rerr := d.release(); err == nil {
+			err = rerr
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -432,6 +461,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 					// Another name of a file restored here: linked once
 					// its content is written.
 					rs.links = append(rs.links, hardLink{first: first, dir: d.meta, name: n.Name})
+					d.meta.linked = true
 					rs.res.Files++
 					continue
 				}
@@ -790,7 +820,7 @@ func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progres
 	}
 	if f.remaining == 0 {
 		prog.Files.Add(1)
-		f.dir.release()
+		return f.dir.release()
 	}
 	return nil
 }
