@@ -752,21 +752,28 @@ func (rs *restorer) enqueue(ctx context.Context, rf *restoreFile) error {
 // open opens the file for writing: on the first call it creates it
 // (exclusively, so never through a link or over anything) and sizes it; on
 // later ones it opens it again relative to its directory and checks it is
-// still the file it created.
-func (f *restoreFile) open() (int, error) {
+// still the file it created. whole says the caller writes all of the
+// file's content with this descriptor and finishes it: a file nothing
+// opens again (one blob, no hard link to make) needs neither its identity
+// recorded nor a size set beforehand.
+func (f *restoreFile) open(whole bool) (int, error) {
 	hookRestore(f.path())
 	if !f.created {
 		fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
 		if err != nil {
 			return -1, fmt.Errorf("restore: create %s: %w", f.path(), err)
 		}
+		f.created = true
+		if whole && f.node.Nlink <= 1 {
+			return fd, nil
+		}
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("restore: stat %s: %w", f.path(), err)
 		}
-		f.dev, f.ino, f.created = st.Dev, st.Ino, true
-		if f.node.Size > 0 {
+		f.dev, f.ino = st.Dev, st.Ino
+		if f.node.Size > 0 && !whole {
 			if err := unix.Ftruncate(fd, int64(f.node.Size)); err != nil {
 				unix.Close(fd)
 				return -1, fmt.Errorf("restore: size %s: %w", f.path(), err)
@@ -794,7 +801,8 @@ func (f *restoreFile) open() (int, error) {
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fd, err := f.open()
+	whole := f.remaining <= 1 && !zero && off == 0 && uint64(len(data)) == f.node.Size
+	fd, err := f.open(whole)
 	if err != nil {
 		return err
 	}
