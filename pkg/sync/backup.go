@@ -965,9 +965,13 @@ var testHookBeforeOpen, testHookBeforeOpenDir func(path string)
 var testHookFault func(op, path string, off int64) error
 
 // entryFile reads a workspace's file: its errors are readError, told
-// apart from the backup's own (its context, its buffers).
+// apart from the backup's own (its context, its buffers). It reads the
+// regular file open as fd with plain read(2) calls, with the errors an
+// os.File gives: an os.File would cost two more system calls per file, to
+// look at the descriptor's flags and, finding O_NONBLOCK, to try adding it
+// to the network poller, which refuses regular files.
 type entryFile struct {
-	f    *os.File
+	fd   int
 	path string
 	off  int64
 }
@@ -984,18 +988,28 @@ func (r *entryFile) Read(p []byte) (int, error) {
 			return 0, &readError{&fs.PathError{Op: "read", Path: r.path, Err: err}}
 		}
 	}
-	n, err := r.f.Read(p)
-	r.off += int64(n)
-	if err != nil && err != io.EOF {
-		err = &readError{err}
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return n, err
+	for {
+		n, err := unix.Read(r.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, &readError{&fs.PathError{Op: "read", Path: r.path, Err: err}}
+		case n == 0:
+			return 0, io.EOF
+		}
+		r.off += int64(n)
+		return n, nil
+	}
 }
 
 func (r *entryFile) Seek(off int64, whence int) (int64, error) {
-	n, err := r.f.Seek(off, whence)
+	n, err := unix.Seek(r.fd, off, whence)
 	if err != nil {
-		return n, &readError{err}
+		return n, &readError{&fs.PathError{Op: "seek", Path: r.path, Err: err}}
 	}
 	r.off = n
 	return n, nil
@@ -1046,9 +1060,8 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		}
 		return err
 	}
-	osf := os.NewFile(uintptr(fd), path)
-	defer osf.Close()
-	f := &entryFile{f: osf, path: path}
+	defer unix.Close(fd)
+	f := &entryFile{fd: fd, path: path}
 	defer func() {
 		var re *readError
 		if errors.As(err, &re) && b.unreadable(path, rel, "read", re.err) {
