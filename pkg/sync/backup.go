@@ -1107,8 +1107,20 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}()
 	min := int(b.params.MinSize)
 	// A file that fits in one chunk is read in one go: the chunker would
-	// not cut it anyway.
-	k, err := io.ReadFull(f, buf[:min+1])
+	// not cut it anyway. A first read that brings as many bytes as the
+	// file's stat said it has brings the whole file: no second read just to
+	// see its end. (A file growing meanwhile has a new mtime and is read
+	// again next time, as one growing just after its end was seen.)
+	k, err := f.Read(buf[:min+1])
+	if err == nil && k > 0 && k <= min && int64(k) == st.Size {
+		buf, err = emit(buf, buf[:k])
+		return err
+	}
+	if err == nil {
+		var more int
+		more, err = io.ReadFull(f, buf[k:min+1])
+		k += more
+	}
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		if k > 0 {
 			buf, err = emit(buf, buf[:k])
