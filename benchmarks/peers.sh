@@ -1,31 +1,49 @@
 #!/usr/bin/env bash
-# Builds pinned peer binaries (currently: restic) for the side-by-side
-# benchmark in a throwaway Go module under the user cache dir. Nothing is
-# vendored into this repository. Idempotent: an existing binary is reused.
-# Prints the path of the restic binary on stdout (progress goes to stderr).
+# Builds pinned peer binaries for the side-by-side benchmark (restic, and
+# kopia on request) in throwaway Go modules under the user cache dir.
+# Nothing is vendored into this repository. Idempotent: an existing binary is
+# reused.
+#
+#	peers.sh          builds restic, prints its path on stdout
+#	peers.sh kopia    builds kopia, prints its path on stdout
+#
+# Progress goes to stderr.
 set -euo pipefail
 
 RESTIC_VERSION="${RESTIC_VERSION:-0.18.1}"
+KOPIA_VERSION="${KOPIA_VERSION:-0.22.3}"
 PEERS="${XDG_CACHE_HOME:-$HOME/.cache}/backupd/peers"
-BIN="$PEERS/bin/restic-$RESTIC_VERSION"
 
-if [[ -x "$BIN" ]]; then
-	echo "$BIN"
-	exit 0
-fi
+# build NAME VERSION MODULE PACKAGE
+build() {
+	local name=$1 version=$2 module=$3 pkg=$4
+	local bin="$PEERS/bin/$name-$version"
+	if [[ -x "$bin" ]]; then
+		echo "$bin"
+		return
+	fi
+	mkdir -p "$PEERS/bin"
+	local mod="$PEERS/$name-$version"
+	mkdir -p "$mod"
+	cd "$mod"
+	# Keep the throwaway module independent of any enclosing workspace.
+	export GOWORK=off GOFLAGS=-mod=mod
+	if [[ ! -f go.mod ]]; then
+		go mod init peers >&2
+	fi
+	echo "peers.sh: fetching $name v$version (may take minutes)" >&2
+	go get "$module@v$version" >&2
+	echo "peers.sh: building $name" >&2
+	go build -trimpath -o "$bin.tmp" "$pkg" >&2
+	mv "$bin.tmp" "$bin"
+	echo "$bin"
+}
 
-mkdir -p "$PEERS/bin"
-MOD="$PEERS/restic-$RESTIC_VERSION"
-mkdir -p "$MOD"
-cd "$MOD"
-# Keep the throwaway module independent of any enclosing workspace.
-export GOWORK=off GOFLAGS=-mod=mod
-if [[ ! -f go.mod ]]; then
-	go mod init peers >&2
-fi
-echo "peers.sh: fetching restic v$RESTIC_VERSION (may take minutes)" >&2
-go get "github.com/restic/restic/cmd/restic@v$RESTIC_VERSION" >&2
-echo "peers.sh: building restic" >&2
-go build -trimpath -o "$BIN.tmp" github.com/restic/restic/cmd/restic >&2
-mv "$BIN.tmp" "$BIN"
-echo "$BIN"
+case "${1:-restic}" in
+restic) build restic "$RESTIC_VERSION" github.com/restic/restic/cmd/restic github.com/restic/restic/cmd/restic ;;
+kopia) build kopia "$KOPIA_VERSION" github.com/kopia/kopia github.com/kopia/kopia ;;
+*)
+	echo "peers.sh: unknown peer $1 (want restic or kopia)" >&2
+	exit 2
+	;;
+esac

@@ -313,3 +313,24 @@ func TestMeasurePipeline(t *testing.T) {
 	t.Logf("peak RSS of `true` under the helper: %.1f MiB", float64(m.maxRSS)/(1<<20))
 	runtime.KeepAlive(ballast)
 }
+
+func TestParseKopiaSnapshots(t *testing.T) {
+	// The shape of `kopia snapshot list --json` (0.22), trimmed; the newer
+	// snapshot first, and a start time without fractional seconds.
+	out := []byte(`[
+ {"id":"6ba32f94dd96c86bbb230e891cfc229c","source":{"host":"vm","userName":"root","path":"/d"},"startTime":"2026-12-01T23:59:46Z","stats":{"fileCount":3,"cachedFiles":2,"nonCachedFiles":1}},
+ {"id":"24175de51b24952c5147749a1d6532aa","source":{"host":"vm","userName":"root","path":"/d"},"startTime":"2026-12-01T23:59:45.186186105Z","stats":{"fileCount":3,"cachedFiles":0,"nonCachedFiles":3}}
+]`)
+	snaps, err := parseKopiaSnapshots(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 2 || snaps[1].ID != "6ba32f94dd96c86bbb230e891cfc229c" || snaps[1].Stats.NonCachedFiles != 1 {
+		t.Fatalf("got %+v, want the 23:59:46 snapshot last, with 1 file read", snaps)
+	}
+	for _, bad := range []string{`{}`, `[{"id":"x","startTime":"yesterday"}]`, `[{"startTime":"2026-12-01T23:59:46Z"}]`} {
+		if _, err := parseKopiaSnapshots([]byte(bad)); err == nil {
+			t.Errorf("parseKopiaSnapshots(%s) succeeded", bad)
+		}
+	}
+}

@@ -1,5 +1,5 @@
-// Command harness benchmarks backupd (backupctl) side by side with restic
-// and `tar | zstd -T0`: a first backup into a new local repository, an
+// Command harness benchmarks backupd (backupctl) side by side with restic,
+// kopia and `tar | zstd -1 -T0`: a first backup into a new local repository, an
 // unchanged re-backup, a re-backup after 1% of the files changed, a full
 // restore into an empty directory and a restore over a mostly identical
 // directory, each repeated --runs times with fresh repositories and
@@ -41,11 +41,13 @@ type options struct {
 	scenarios   []string
 	out         string
 	restic      string
+	kopia       string
 	backupctl   string
 	tmp         string
 	warmups     int
 	restoreDir  string
 	verifyAll   bool
+	pprofDir    string // backupd's timed runs write CPU profiles here
 
 	pruneSnapshots int     // the prune scenario: snapshots before the forget
 	pruneChange    float64 // the prune scenario: percent of files rewritten between them
@@ -69,15 +71,17 @@ func run() error {
 	flag.StringVar(&genWS, "gen-workspace", "", "instead of --data, generate a realistic workspace: `PRESET` default (git repo, 100k-file node_modules, binaries, random data; ~0.65 GiB), smallfiles (100k small text files in 98k directories, ~0.5 GiB), small, tiny, a scale like 0.5x, or a total size like 2GiB")
 	flag.StringVar(&genLarge, "gen-large", "", "instead of --data, generate a tree with one big file of this `SIZE` (e.g. 2GiB) plus small files")
 	flag.IntVar(&o.runs, "runs", 5, "runs per tool and scenario")
-	flag.StringVar(&tools, "tools", "", "comma-separated tools: backupd, restic, tarzstd (default backupd,restic; with --gen-workspace backupd,restic,tarzstd)")
+	flag.StringVar(&tools, "tools", "", "comma-separated tools: backupd, restic, kopia, tarzstd (default backupd,restic; with --gen-workspace backupd,restic,tarzstd)")
 	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over (default backup,restore; with --gen-workspace all five)")
 	flag.StringVar(&o.out, "out", "", "also write the report, with a machine header, to this `FILE`")
 	flag.StringVar(&o.restic, "restic", "", "restic binary (default: built by benchmarks/peers.sh)")
+	flag.StringVar(&o.kopia, "kopia", "", "kopia binary (default: built by benchmarks/peers.sh kopia)")
 	flag.StringVar(&o.backupctl, "backupctl", "", "backupctl binary (default: go build ./cmd/backupctl)")
 	flag.StringVar(&o.tmp, "tmp", "", "directory for repositories, restore targets and generated data (default benchmarks/_work in the repository, which go tooling ignores; /tmp can be much slower at creating files than the disk workspaces live on)")
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
+	flag.StringVar(&o.pprofDir, "pprof", "", "make backupd's timed runs write CPU profiles (backupctl --cpu-profile) into `DIR`, one per scenario and run: SCENARIO-runN.prof")
 	flag.IntVar(&o.pruneSnapshots, "prune-snapshots", 20, "the prune scenario: `N` snapshots, then forget all but the newest and prune")
 	flag.Float64Var(&o.pruneChange, "prune-change", 10, "the prune scenario: `PERCENT` of the files rewritten with new content between snapshots")
 	var useMinIO bool
@@ -113,7 +117,7 @@ func run() error {
 	o.tools = splitList(tools)
 	o.scenarios = splitList(scenarios)
 	for _, t := range o.tools {
-		if t != "backupd" && t != "restic" && t != "tarzstd" {
+		if t != "backupd" && t != "restic" && t != "kopia" && t != "tarzstd" {
 			return fmt.Errorf("unknown tool %q", t)
 		}
 	}
@@ -128,8 +132,8 @@ func run() error {
 			return fmt.Errorf("the prune scenario runs alone (--scenarios prune)")
 		case genWS == "":
 			return fmt.Errorf("the prune scenario rewrites files of a generated workspace: use it with --gen-workspace")
-		case slices.Contains(o.tools, "tarzstd"):
-			return fmt.Errorf("tarzstd has no prune: --tools backupd,restic")
+		case slices.Contains(o.tools, "tarzstd"), slices.Contains(o.tools, "kopia"):
+			return fmt.Errorf("the prune scenario compares backupd and restic: --tools backupd,restic")
 		case o.pruneSnapshots < 2 || o.pruneChange <= 0 || o.pruneChange > 100:
 			return fmt.Errorf("--prune-snapshots must be at least 2 and --prune-change in (0, 100]")
 		}
@@ -137,8 +141,8 @@ func run() error {
 	if len(o.tools) == 0 || len(o.scenarios) == 0 {
 		return fmt.Errorf("no tools or no scenarios selected")
 	}
-	if useMinIO && slices.Contains(o.tools, "tarzstd") {
-		return fmt.Errorf("tarzstd writes a local archive; leave it out with --minio (--tools backupd,restic)")
+	if useMinIO && (slices.Contains(o.tools, "tarzstd") || slices.Contains(o.tools, "kopia")) {
+		return fmt.Errorf("tarzstd and kopia run on local files only; leave them out with --minio (--tools backupd,restic)")
 	}
 	if genLarge != "" && genWS != "" {
 		return fmt.Errorf("--gen-large and --gen-workspace are exclusive")
@@ -170,6 +174,16 @@ func run() error {
 			return generateLarge(generateOnly, o.genLarge)
 		}
 		return fmt.Errorf("--generate-only needs --gen-large or --gen-workspace")
+	}
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			return err
+		}
+		abs, err := filepath.Abs(o.pprofDir)
+		if err != nil {
+			return err
+		}
+		o.pprofDir = abs
 	}
 	if o.tmp == "" {
 		root, err := moduleRoot()
@@ -266,6 +280,7 @@ type bench struct {
 	work string
 
 	backupctl, restic     string
+	kopia, kopiaVer       string
 	backupdVer, resticVer string
 	tarVer, zstdVer       string
 	backupdOverwrite      bool // backupctl restore has --overwrite and --delete
@@ -274,6 +289,7 @@ type bench struct {
 	src                   *treeInfo
 	results               map[string][]measurement // key: scenario + "/" + tool
 	resticInit            []float64                // seconds, untimed setup
+	kopiaCreate           []float64                // seconds, untimed setup
 	warnings              []string
 	warmup                time.Duration
 	recording             bool
@@ -343,6 +359,11 @@ func (b *bench) setupTools(root string) error {
 			return fmt.Errorf("%s version: %v", b.restic, err)
 		}
 		b.resticVer = strings.TrimSpace(string(out))
+	}
+	if b.has("kopia") {
+		if err := b.setupKopia(root); err != nil {
+			return err
+		}
 	}
 	if b.has("tarzstd") {
 		for _, t := range []struct {
@@ -493,9 +514,10 @@ type toolRun struct {
 	tool  string
 	dir   string   // the run's directory
 	repo  string   // local path of the repository or archive, for its size
-	arg   string   // backupd: repository URL; restic: repository argument; tarzstd: archive path
-	cache string   // cache directory (backupd and restic)
+	arg   string   // backupd: repository URL; restic: repository argument; kopia: repository path; tarzstd: archive path
+	cache string   // cache directory (backupd, restic, kopia)
 	env   []string // extra environment
+	flags []string // kopia: its config file and log directory, on every command
 }
 
 // Seeds of the two 1% changes: the one rebackup-1pct applies to the dataset
@@ -700,6 +722,10 @@ func (b *bench) newRun(tool, dir string) (*toolRun, error) {
 		if b.recording {
 			b.resticInit = append(b.resticInit, m.wall.Seconds())
 		}
+	case "kopia":
+		if err := b.newKopiaRun(r); err != nil {
+			return nil, err
+		}
 	case "tarzstd":
 		r.repo = filepath.Join(dir, "ws.tar.zst")
 		r.arg = r.repo
@@ -718,8 +744,9 @@ func (b *bench) backupStep(r *toolRun, scenario string) (measurement, error) {
 	switch r.tool {
 	case "backupd":
 		var out []byte
-		m, out, err = measure(r.env, b.backupctl, "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws",
+		args := append(b.profileArgs(scenario), "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws",
 			"--cache-dir", r.cache, "--json", b.data)
+		m, out, err = measure(r.env, b.backupctl, args...)
 		if err != nil {
 			return m, err
 		}
@@ -749,11 +776,15 @@ func (b *bench) backupStep(r *toolRun, scenario string) (measurement, error) {
 		if st, ok := resticSummary(out); ok {
 			reread = st.FilesNew + st.FilesChanged
 		}
+	case "kopia":
+		if m, reread, err = b.kopiaBackup(r); err != nil {
+			return m, err
+		}
 	case "tarzstd":
 		// -f: a re-backup overwrites the archive, as Gitpod does.
 		m, _, err = measurePipeline(nil,
 			[]string{"tar", "-C", b.data, "-cf", "-", "."},
-			[]string{"zstd", "-T0", "-q", "-f", "-o", r.arg, "-"})
+			[]string{"zstd", "-1", "-T0", "-q", "-f", "-o", r.arg, "-"})
 		if err != nil {
 			return m, err
 		}
@@ -791,8 +822,12 @@ func resticSummary(out []byte) (resticBackupSummary, bool) {
 func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, error) {
 	switch r.tool {
 	case "backupd":
-		args := []string{"restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
-			"--cache-dir", r.cache, "--json"}
+		scenario := "restore"
+		if over {
+			scenario = "restore-over"
+		}
+		args := append(b.profileArgs(scenario), "restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
+			"--cache-dir", r.cache, "--json")
 		if over {
 			args = append(args, "--overwrite", "--delete")
 		}
@@ -811,6 +846,8 @@ func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, 
 		}
 		m, _, err := measure(r.env, b.restic, args...)
 		return m, err
+	case "kopia":
+		return b.kopiaRestore(r, target, over)
 	case "tarzstd":
 		if err := os.MkdirAll(target, 0o755); err != nil {
 			return measurement{}, err
@@ -821,6 +858,17 @@ func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, 
 		return m, err
 	}
 	return measurement{}, fmt.Errorf("unknown tool %q", r.tool)
+}
+
+// profileArgs are backupctl's arguments that make a timed run of scenario
+// write its CPU profile into --pprof DIR (none for untimed runs, or
+// without --pprof).
+func (b *bench) profileArgs(scenario string) []string {
+	if b.opts.pprofDir == "" || !b.recording || !b.hasScenario(scenario) {
+		return nil
+	}
+	name := fmt.Sprintf("%s-run%d.prof", scenario, len(b.results[scenario+"/backupd"])+1)
+	return []string{"--cpu-profile", filepath.Join(b.opts.pprofDir, name)}
 }
 
 // restoredRoot is where a tool's restore into target puts the dataset's

@@ -34,8 +34,14 @@ func (b *bench) header() string {
 	if b.resticVer != "" {
 		fmt.Fprintf(&s, "- restic: %s (defaults: compression auto, fresh --cache-dir per run)\n", b.resticVer)
 	}
+	if b.kopiaVer != "" {
+		fmt.Fprintf(&s, "- kopia: %s (defaults: policy without compression, its own maintenance; fresh config, cache and log directories per run)\n", b.kopiaVer)
+	}
 	if b.tarVer != "" {
-		fmt.Fprintf(&s, "- tarzstd: `tar -C DATA -cf - . | zstd -T0 -q -o ARCHIVE` (zstd's default level 3, all cores), restore `zstd -dc ARCHIVE | tar -C TARGET -xpf -`; %s; %s\n", b.tarVer, b.zstdVer)
+		fmt.Fprintf(&s, "- tarzstd: `tar -C DATA -cf - . | zstd -1 -T0 -q -o ARCHIVE` (level 1, all cores), restore `zstd -dc ARCHIVE | tar -C TARGET -xpf -`; %s; %s\n", b.tarVer, b.zstdVer)
+	}
+	if b.opts.pprofDir != "" {
+		fmt.Fprintf(&s, "- profiles: backupd's timed runs wrote CPU profiles (backupctl --cpu-profile, sampling at 100 Hz) to %s\n", b.opts.pprofDir)
 	}
 	fmt.Fprintf(&s, "- dataset: %s\n", b.dataDesc)
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
@@ -128,12 +134,17 @@ func (b *bench) report() string {
 		fmt.Fprintf(&s, "- `restic init` (key derivation with scrypt) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
 			"backupd creates its repository within the first backup, which is timed.\n", r.median, r.min, r.max)
 	}
+	if len(b.kopiaCreate) > 0 {
+		r := summarize(b.kopiaCreate)
+		fmt.Fprintf(&s, "- `kopia repository create filesystem` (and connect) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
+			"kopia runs with its default policy, which does not compress, and runs its own maintenance after a snapshot when due (part of its time).\n", r.median, r.min, r.max)
+	}
 	if len(b.opts.scenarios) > 1 || !b.hasScenario("backup") {
 		fmt.Fprintf(&s, "- Every run makes a first backup into a fresh repository (timed as `backup` when selected); the other scenarios use that repository. Repo size is the repository's (or archive's) size after the step.\n")
 	}
 	if b.hasScenario("rebackup") || b.hasScenario("rebackup-1pct") {
 		fmt.Fprintf(&s, "- Re-backups: each run's first backup started at least %.1fs after the harness last wrote to the dataset, "+
-			"so no file's ctime falls in backupd's 2 s racy-git window (which would make it reread the file). backupd and restic use a per-run cache directory that the first backup filled.\n", racySettle.Seconds())
+			"so no file's ctime falls in backupd's 2 s racy-git window (which would make it reread the file). backupd, restic and kopia use a per-run cache directory that the first backup filled.\n", racySettle.Seconds())
 	}
 	if c := b.change; c != nil {
 		fmt.Fprintf(&s, "- rebackup-1pct: before the timed backup, %d of %d files (%.1f%%) were changed in place: %d edited (64 bytes overwritten mid-file plus a line appended), "+
@@ -144,7 +155,7 @@ func (b *bench) report() string {
 	if c := b.overChange; c != nil {
 		fmt.Fprintf(&s, "- restore-over: the target is a `cp -a` copy of the dataset (same sizes and mtimes, made untimed) with another such change "+
 			"(%d files: %d edited, %d deleted, %d added, `%s` grown by 1 MiB); then the timed restore of the latest snapshot over it: "+
-			"backupd `restore --overwrite --delete`, restic `restore --overwrite if-changed --delete`, tarzstd extracts the whole archive over it.\n",
+			"backupd `restore --overwrite --delete`, restic `restore --overwrite if-changed --delete`, kopia `snapshot restore --overwrite-files --overwrite-directories --delete-extra`, tarzstd extracts the whole archive over it.\n",
 			c.total(), len(c.modified), len(c.deleted), len(c.added), c.grown)
 	}
 	if b.has("tarzstd") {
@@ -198,7 +209,7 @@ func isBackup(scenario string) bool {
 
 func toolTitle(tool string) string {
 	if tool == "tarzstd" {
-		return "tar | zstd -T0"
+		return "tar | zstd -1 -T0"
 	}
 	return tool
 }

@@ -973,9 +973,13 @@ var testHookBeforeOpen, testHookBeforeOpenDir func(path string)
 var testHookFault func(op, path string, off int64) error
 
 // entryFile reads a workspace's file: its errors are readError, told
-// apart from the backup's own (its context, its buffers).
+// apart from the backup's own (its context, its buffers). It reads the
+// regular file open as fd with plain read(2) calls, with the errors an
+// os.File gives: an os.File would cost two more system calls per file, to
+// look at the descriptor's flags and, finding O_NONBLOCK, to try adding it
+// to the network poller, which refuses regular files.
 type entryFile struct {
-	f    *os.File
+	fd   int
 	path string
 	off  int64
 }
@@ -992,18 +996,28 @@ func (r *entryFile) Read(p []byte) (int, error) {
 			return 0, &readError{&fs.PathError{Op: "read", Path: r.path, Err: err}}
 		}
 	}
-	n, err := r.f.Read(p)
-	r.off += int64(n)
-	if err != nil && err != io.EOF {
-		err = &readError{err}
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return n, err
+	for {
+		n, err := unix.Read(r.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, &readError{&fs.PathError{Op: "read", Path: r.path, Err: err}}
+		case n == 0:
+			return 0, io.EOF
+		}
+		r.off += int64(n)
+		return n, nil
+	}
 }
 
 func (r *entryFile) Seek(off int64, whence int) (int64, error) {
-	n, err := r.f.Seek(off, whence)
+	n, err := unix.Seek(r.fd, off, whence)
 	if err != nil {
-		return n, &readError{err}
+		return n, &readError{&fs.PathError{Op: "seek", Path: r.path, Err: err}}
 	}
 	r.off = n
 	return n, nil
@@ -1054,9 +1068,8 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		}
 		return err
 	}
-	osf := os.NewFile(uintptr(fd), path)
-	defer osf.Close()
-	f := &entryFile{f: osf, path: path}
+	defer unix.Close(fd)
+	f := &entryFile{fd: fd, path: path}
 	defer func() {
 		var re *readError
 		if errors.As(err, &re) && b.unreadable(path, rel, "read", re.err) {
@@ -1102,8 +1115,20 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}()
 	min := int(b.params.MinSize)
 	// A file that fits in one chunk is read in one go: the chunker would
-	// not cut it anyway.
-	k, err := io.ReadFull(f, buf[:min+1])
+	// not cut it anyway. A first read that brings as many bytes as the
+	// file's stat said it has brings the whole file: no second read just to
+	// see its end. (A file growing meanwhile has a new mtime and is read
+	// again next time, as one growing just after its end was seen.)
+	k, err := f.Read(buf[:min+1])
+	if err == nil && k > 0 && k <= min && int64(k) == st.Size {
+		buf, err = emit(buf, buf[:k])
+		return err
+	}
+	if err == nil {
+		var more int
+		more, err = io.ReadFull(f, buf[k:min+1])
+		k += more
+	}
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		if k > 0 {
 			buf, err = emit(buf, buf[:k])

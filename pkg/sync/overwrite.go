@@ -242,7 +242,7 @@ func (rs *restorer) replaceFile(rf *restoreFile, old int, local map[chunk.ID]int
 	if len(local) == 0 {
 		return nil
 	}
-	fd, err := rf.open()
+	fd, err := rf.open(false)
 	if err != nil {
 		return err
 	}

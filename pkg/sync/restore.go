@@ -98,11 +98,30 @@ const (
 
 // restoreDir is a directory being restored. Its descriptor stays open
 // while its tree is walked and until every file of it in a batch is
-// written; its metadata is applied at the end, through a descriptor opened
-// again below the target and checked to be the same directory.
+// written; then, everything in it being in place, it gets its metadata
+// through that descriptor (release). A directory that hard links are still
+// to be made in gets it at the end instead, after them, through a
+// descriptor opened again below the target and checked to be the same
+// directory (finishDir).
 type restoreDir struct {
 	openDir
 	meta *dirMeta
+	rs   *restorer
+}
+
+// release drops one reference to d; the last one gives d its metadata,
+// unless that waits for hard links, and closes it.
+func (d *restoreDir) release() error {
+	if d.refs.Add(-1) != 0 {
+		return nil
+	}
+	defer unix.Close(d.fd)
+	m := d.meta
+	if !m.set || m.linked {
+		return nil
+	}
+	m.done = true
+	return d.rs.setMeta(d.fd, d.path, m.uid, m.gid, m.xattrs, m.mode, m.mtime)
 }
 
 // dirMeta is what a restored directory gets once everything in it is in
@@ -116,6 +135,8 @@ type dirMeta struct {
 	uid, gid uint32
 	xattrs   []repo.Xattr
 	set      bool // false: leave as found (an old snapshot without root metadata)
+	linked   bool // hard links are to be made in it: metadata at the end
+	done     bool // metadata set on release
 }
 
 // restoreFile is a file whose content is being written. The pack worker
@@ -283,9 +304,13 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 			return nil, err
 		}
 	}
-	// Directories last, deepest first, so that setting a directory's mtime
-	// or a read-only mode comes after everything inside it is written.
+	// The directories that got hard links last, deepest first, so that
+	// setting a directory's mtime or a read-only mode comes after
+	// everything inside it is written (the others got theirs on release).
 	for i := len(rs.dirs) - 1; i >= 0; i-- {
+		if rs.dirs[i].done {
+			continue
+		}
 		if err := rs.finishDir(rs.dirs[i]); err != nil {
 			return nil, err
 		}
@@ -296,7 +321,7 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 // track records a directory restore opened, holding one reference for its
 // walk.
 func (rs *restorer) track(fd int, path string, m *dirMeta) *restoreDir {
-	d := &restoreDir{openDir: openDir{fd: fd, path: path}, meta: m}
+	d := &restoreDir{openDir: openDir{fd: fd, path: path}, meta: m, rs: rs}
 	d.refs.Store(1)
 	rs.opened = append(rs.opened, d)
 	rs.dirs = append(rs.dirs, m)
@@ -362,8 +387,12 @@ func prepareTarget(d *dirfd.Dir, overwrite bool) error {
 // restoreTree restores tree id into d and releases d. full is false while
 // walking down to included paths, when only the entries on the way are
 // restored; depth is d's below the target.
-func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir, full bool, depth int) error {
-	defer d.release()
+func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir, full bool, depth int) (err error) {
+	defer func() {
+		if rerr := d.release(); err == nil {
+			err = rerr
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -432,6 +461,7 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 					// Another name of a file restored here: linked once
 					// its content is written.
 					rs.links = append(rs.links, hardLink{first: first, dir: d.meta, name: n.Name})
+					d.meta.linked = true
 					rs.res.Files++
 					continue
 				}
@@ -722,21 +752,28 @@ func (rs *restorer) enqueue(ctx context.Context, rf *restoreFile) error {
 // open opens the file for writing: on the first call it creates it
 // (exclusively, so never through a link or over anything) and sizes it; on
 // later ones it opens it again relative to its directory and checks it is
-// still the file it created.
-func (f *restoreFile) open() (int, error) {
+// still the file it created. whole says the caller writes all of the
+// file's content with this descriptor and finishes it: a file nothing
+// opens again (one blob, no hard link to make) needs neither its identity
+// recorded nor a size set beforehand.
+func (f *restoreFile) open(whole bool) (int, error) {
 	hookRestore(f.path())
 	if !f.created {
 		fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
 		if err != nil {
 			return -1, fmt.Errorf("restore: create %s: %w", f.path(), err)
 		}
+		f.created = true
+		if whole && f.node.Nlink <= 1 {
+			return fd, nil
+		}
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("restore: stat %s: %w", f.path(), err)
 		}
-		f.dev, f.ino, f.created = st.Dev, st.Ino, true
-		if f.node.Size > 0 {
+		f.dev, f.ino = st.Dev, st.Ino
+		if f.node.Size > 0 && !whole {
 			if err := unix.Ftruncate(fd, int64(f.node.Size)); err != nil {
 				unix.Close(fd)
 				return -1, fmt.Errorf("restore: size %s: %w", f.path(), err)
@@ -764,7 +801,8 @@ func (f *restoreFile) open() (int, error) {
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fd, err := f.open()
+	whole := f.remaining <= 1 && !zero && off == 0 && uint64(len(data)) == f.node.Size
+	fd, err := f.open(whole)
 	if err != nil {
 		return err
 	}
@@ -790,7 +828,7 @@ func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progres
 	}
 	if f.remaining == 0 {
 		prog.Files.Add(1)
-		f.dir.release()
+		return f.dir.release()
 	}
 	return nil
 }
