@@ -23,8 +23,13 @@ type PackIndex struct {
 }
 
 // indexEncoder compresses index objects. EncodeAll is safe for concurrent
-// use: callers share its one encoder in turn.
-var indexEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+// use: callers share its one encoder in turn. Its window is 1 MiB: the
+// ids of an index do not repeat, so a larger one stores no less, and the
+// encoder's history (twice the window) stays in memory for good; with the
+// default 8 MiB window, the 16 MiB it held made a backup's garbage
+// collector run 4.7 times as often under backupctl's memory limit (375 to
+// 80 collections backing up 100,000 small files).
+var indexEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
 
 // Smallest encodings of an index body's entries: a pack is its id and a
 // one-byte count, a blob its id, type, compression and three one-byte

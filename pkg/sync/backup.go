@@ -176,8 +176,9 @@ type backup struct {
 	packers [2]*packer // by repo.BlobType
 	uploads chan finishedPack
 
-	treeMu    gosync.Mutex
-	treeGroup group // trees waiting to be stored as a group
+	treeMu         gosync.Mutex
+	treeGroup      group // trees waiting to be stored as a group
+	spareTreeGroup group // emptied buffers for the next one
 
 	// newPacks are the packs stored and not yet in an index object (which
 	// is written whenever they fill one, and at the end).
@@ -887,10 +888,18 @@ func (b *backup) saveTree(ctx context.Context, t *repo.Tree) (chunk.ID, error) {
 			return id, nil
 		}
 		full := b.treeGroup
-		b.treeGroup = group{}
+		b.treeGroup = b.spareTreeGroup // nil slices the first time
+		b.spareTreeGroup = group{}
 		b.treeMu.Unlock()
-		var out []byte
-		return id, b.flushGroup(ctx, repo.TreeBlob, &full, &out)
+		// The group's buffers (and the frame's) serve again: a tree of
+		// small directories flushes a group every ~1,500 directories.
+		out := full.out
+		err := b.flushGroup(ctx, repo.TreeBlob, &full, &out)
+		full.out = out
+		b.treeMu.Lock()
+		b.spareTreeGroup = full
+		b.treeMu.Unlock()
+		return id, err
 	}
 	stored, comp := b.r.Codec().Compress(nil, data)
 	return id, b.packers[repo.TreeBlob].add(ctx, b.uploads, id, comp, stored, len(data), &b.stats)
@@ -1208,6 +1217,7 @@ func (b *backup) compressor(ctx context.Context) error {
 type group struct {
 	raw     []byte
 	members []repo.GroupMember
+	out     []byte // the compressed frame's buffer (tree groups)
 }
 
 // flushGroup stores the blobs of type t gathered in g (nil: none) and empties it: as
