@@ -18,14 +18,21 @@ import (
 	"github.com/backupd/backupd/pkg/storage/mem"
 )
 
-// writeSmallFiles writes n text files of 1-8 KiB (words from a small
-// vocabulary, so that they compress well together and poorly alone).
+// writeSmallFiles writes n text files of 1-8 KiB, as in a node_modules:
+// each begins with the same license header, then words from a small
+// vocabulary. Alone, a file cannot compress its header away; in a group
+// all but the first do.
 func writeSmallFiles(t *testing.T, dir string, n int, seed uint64) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 1))
 	words := strings.Fields("const let function return import export default class extends async await module require value index node")
+	header := "/*\n * Copyright (c) Example Authors. Licensed under the MIT License: permission is hereby granted, free of charge,\n" +
+		" * to any person obtaining a copy of this software and associated documentation files (the \"Software\"), to deal\n" +
+		" * in the Software without restriction, including without limitation the rights to use, copy, modify, merge,\n" +
+		" * publish, distribute, sublicense, and/or sell copies of the Software. THE SOFTWARE IS PROVIDED \"AS IS\".\n */\n"
 	for i := range n {
 		var b strings.Builder
+		b.WriteString(header)
 		for size := 1024 + rng.IntN(7<<10); b.Len() < size; {
 			b.WriteString(words[rng.IntN(len(words))])
 			b.WriteByte(" \n"[rng.IntN(2)])
@@ -90,8 +97,8 @@ func TestSmallFilesAreGrouped(t *testing.T) {
 	n1, _ := storedBytes(t, v1, "owner1/data/")
 	n2, _ := storedBytes(t, v2, "owner1/data/")
 	t.Logf("packs: version 1 %d bytes, version 2 (groups) %d bytes", n1, n2)
-	if float64(n2) > 0.85*float64(n1) {
-		t.Errorf("groups store %d bytes, a frame per file %d: want at least 15%% less", n2, n1)
+	if float64(n2) > 0.8*float64(n1) {
+		t.Errorf("groups store %d bytes, a frame per file %d: want at least 20%% less", n2, n1)
 	}
 }
 
