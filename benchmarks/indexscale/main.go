@@ -32,14 +32,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
+	"github.com/backupd/backupd/benchmarks/internal/benchrun"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
@@ -73,26 +72,7 @@ func main() {
 	}
 }
 
-func run(args []string) error {
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	}
-	if len(args) == 0 {
-		return fmt.Errorf("run: no command")
-	}
-	start := time.Now()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	err := cmd.Run()
-	wall := time.Since(start)
-	if cmd.ProcessState == nil {
-		return err
-	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	fmt.Fprintf(os.Stderr, "indexscale: wall %.2f s, cpu %.2f s, peak RSS %d MiB, exit %d\n",
-		wall.Seconds(), time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds(), ru.Maxrss>>10, cmd.ProcessState.ExitCode())
-	return err
-}
+func run(args []string) error { return benchrun.Run("indexscale", args) }
 
 func genRepo(args []string) error {
 	fs := flag.NewFlagSet("repo", flag.ExitOnError)
