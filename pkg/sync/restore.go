@@ -241,6 +241,15 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	if err := prepareTarget(target, opts.Overwrite); err != nil {
 		return nil, err
 	}
+	// A snapshot newer than the index (its backup's index objects
+	// written after the index was listed, the snapshot just before it
+	// was found): the index is loaded again, once. Its root tree is the
+	// last tree its backup indexed, so with the root every tree is there.
+	if !r.Index().Has(snap.Tree) {
+		if err := r.ReloadIndex(ctx); err != nil {
+			return nil, fmt.Errorf("snapshot of %s: loading the index again for its root tree %s: %w", snap.Workspace, snap.Tree.Short(), err)
+		}
+	}
 	// The trees measured are kept (within a bound) for the walk, which
 	// reads them in the same order: measuring costs little more than one
 	// pass over the trees.

@@ -14,6 +14,7 @@ import (
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/mem"
 )
 
 // rewriteOnRead rewrites every pack (data and tree) the first time a
@@ -108,6 +109,28 @@ func testRestoreWithAStaleIndex(t *testing.T, root storage.Storage) {
 	(&rewriteOnRead{Storage: root, t: t}).rewrite(context.Background())
 	dst = t.TempDir()
 	_, err = Restore(context.Background(), r, snap, dst, RestoreOptions{})
+	must(t, err)
+	compareDirs(t, snapshotDir(t, src), snapshotDir(t, dst))
+}
+
+// TestRestoreOfASnapshotNewerThanTheIndex: a repository whose index was
+// loaded before another backup wrote its snapshot (as a daemon's open
+// repository, refreshed just before that backup's index object) restores
+// that snapshot: it loads the index again for the snapshot's root tree.
+func TestRestoreOfASnapshotNewerThanTheIndex(t *testing.T) {
+	root := mem.New()
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "a", "old"), genData(1, 5000), 0o644, time.Unix(1e9, 0))
+	doBackup(t, ownerRepo(t, root), src)
+	stale := ownerRepo(t, root) // its index names the first snapshot's blobs only
+	writeFile(t, filepath.Join(src, "b", "new"), genData(2, 7000), 0o644, time.Unix(1e9, 0))
+	doBackup(t, ownerRepo(t, root), src)
+	snap := latest(t, stale)
+	if stale.Index().Has(snap.Tree) {
+		t.Fatal("the index already names the new snapshot's root tree")
+	}
+	dst := t.TempDir()
+	_, err := Restore(context.Background(), stale, snap, dst, RestoreOptions{})
 	must(t, err)
 	compareDirs(t, snapshotDir(t, src), snapshotDir(t, dst))
 }
