@@ -86,19 +86,7 @@ func genRepo(args []string) error {
 		return fmt.Errorf("repo: -dir is required")
 	}
 	ctx := context.Background()
-	root, err := local.New(*dir)
-	if err != nil {
-		return err
-	}
-	st, err := placement.NewPrefixPerOwner(root).Owner(ctx, "bench", true)
-	if err != nil {
-		return err
-	}
-	cfg, err := repo.NewConfig(0, 0)
-	if err != nil {
-		return err
-	}
-	r, err := repo.Init(ctx, st, cfg)
+	r, st, err := benchrun.InitRepo(ctx, *dir)
 	if err != nil {
 		return err
 	}

@@ -80,22 +80,11 @@ func gen(args []string) error {
 		return fmt.Errorf("gen: -dir is required")
 	}
 	ctx := context.Background()
-	root, err := local.New(*dir)
+	r, _, err := benchrun.InitRepo(ctx, *dir)
 	if err != nil {
 		return err
 	}
-	st, err := placement.NewPrefixPerOwner(root).Owner(ctx, "bench", true)
-	if err != nil {
-		return err
-	}
-	cfg, err := repo.NewConfig(0, 0)
-	if err != nil {
-		return err
-	}
-	r, err := repo.Init(ctx, st, cfg)
-	if err != nil {
-		return err
-	}
+	cfg := r.Config()
 	rng := rand.New(rand.NewPCG(1, 2))
 	total := (*snapshots-1)**stride + *blobs
 	ids := make([]chunk.ID, 0, total)

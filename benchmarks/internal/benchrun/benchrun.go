@@ -1,13 +1,20 @@
-// Package benchrun runs a command for the scale benchmarks (prunescale,
-// indexscale) and reports what it cost.
+// Package benchrun holds what the scale benchmarks (prunescale,
+// indexscale) share: running a command and reporting what it cost, and
+// creating the repository they fill.
 package benchrun
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/backupd/backupd/pkg/placement"
+	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/local"
 )
 
 // Run runs the command args (after an optional "--") with the caller's
@@ -32,4 +39,24 @@ func Run(prog string, args []string) error {
 	fmt.Fprintf(os.Stderr, "%s: wall %.2f s, cpu %.2f s, peak RSS %d MiB, exit %d\n",
 		prog, wall.Seconds(), time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds(), ru.Maxrss>>10, cmd.ProcessState.ExitCode())
 	return err
+}
+
+// InitRepo creates a new repository of owner "bench" under the local
+// store at dir, with the default config, and returns it with the owner's
+// storage.
+func InitRepo(ctx context.Context, dir string) (*repo.Repository, storage.Storage, error) {
+	root, err := local.New(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := placement.NewPrefixPerOwner(root).Owner(ctx, "bench", true)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := repo.NewConfig(0, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := repo.Init(ctx, st, cfg)
+	return r, st, err
 }
