@@ -38,166 +38,13 @@ import (
 // its probes answer, and a workspace backs up and restores through its
 // socket.
 func TestRenderedDaemonBacksUpAndRestores(t *testing.T) {
-	builtImage(t)
-	for _, b := range []string{"minio", "mc"} {
-		if _, err := os.Stat(filepath.Join(testservers.Dir(), "bin", b)); err != nil {
-			t.Fatalf("%s is not installed (run `make test-servers`): %v", b, err)
-		}
-	}
-	srv := testservers.MinIO(t)
-	bucket := srv.NewBucket(t)
-	secret := map[string]string{"accesskey": srv.UserAccessKey, "secretkey": srv.UserSecretKey}
-
-	o := decode(t, render(t, valueCase{files: []string{filepath.Join(chartDir, "values-minio.yaml")}, overrides: map[string]any{
-		"config": map[string]any{"storage": map[string]any{
-			"url":   "minio://" + srv.Endpoint + "/" + bucket + "/backups?secure=false",
-			"minio": map[string]any{"createbucket": false, "region": srv.Region},
-		}, "shutdown_grace": "20s"},
-	}}))
-	daemonConfig(t, o) // as rendered, before any remapping
-	pod := o.daemonSet.Spec.Template.Spec
-	c := container(t, o)
-
-	// The node: one directory per volume mount, at its mount path.
-	node, err := os.MkdirTemp("", "bd-node-") // short: a socket path has 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(node) })
-	vols := map[string]corev1.Volume{}
-	for _, v := range pod.Volumes {
-		vols[v.Name] = v
-	}
-	var mounts []string
-	for _, m := range c.VolumeMounts {
-		dir := filepath.Join(node, m.MountPath)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		mounts = append(mounts, m.MountPath)
-		v := vols[m.Name]
-		switch {
-		case v.ConfigMap != nil:
-			for k, data := range o.configMaps[v.ConfigMap.Name].Data {
-				os.WriteFile(filepath.Join(dir, k), []byte(data), 0o644)
-			}
-		case v.HostPath != nil, v.EmptyDir != nil:
-		default:
-			t.Fatalf("volume %s: a kind this node does not play", m.Name)
-		}
-	}
-	remap := func(s string) string {
-		for _, m := range mounts {
-			if s == m || strings.HasPrefix(s, m+"/") {
-				return filepath.Join(node, s)
-			}
-		}
-		return s
-	}
-
-	// The ports: each container port to a free one on loopback.
-	ports := map[int32]string{}
-	byName := map[string]int32{}
-	for _, p := range c.Ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[p.ContainerPort] = l.Addr().String()
-		byName[p.Name] = p.ContainerPort
-		l.Close()
-	}
-
-	// The config file, remapped in place.
-	if len(c.Args) != 2 || c.Args[0] != "--config" {
-		t.Fatalf("args %q", c.Args)
-	}
-	cfgPath := remap(c.Args[1])
-	if cfgPath == c.Args[1] {
-		t.Fatalf("config %s is in no volume", c.Args[1])
-	}
-	var cfg map[string]any
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	var walk func(v any) any
-	walk = func(v any) any {
-		switch v := v.(type) {
-		case map[string]any:
-			for k, vv := range v {
-				v[k] = walk(vv)
-			}
-		case []any:
-			for i, vv := range v {
-				v[i] = walk(vv)
-			}
-		case string:
-			if p, ok := strings.CutPrefix(v, "unix://"); ok {
-				return "unix://" + remap(p)
-			}
-			if strings.HasPrefix(v, ":") {
-				n, _ := strconv.Atoi(v[1:])
-				if a, ok := ports[int32(n)]; ok {
-					return a
-				}
-				t.Fatalf("listen %s on no container port", v)
-			}
-			return remap(v)
-		}
-		return v
-	}
-	walk(cfg)
-	if b, err = yaml.Marshal(cfg); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(cfgPath, b, 0o644)
-	sock, ok := strings.CutPrefix(cfg["listen"].(string), "unix://")
+	srv, bucket := minioBucket(t)
+	d := runRendered(t, valueCase{files: []string{filepath.Join(chartDir, "values-minio.yaml")}, overrides: minioOverrides(srv, bucket)},
+		map[string]map[string]string{"backupd-storage": {"accesskey": srv.UserAccessKey, "secretkey": srv.UserSecretKey}})
+	sock, ok := strings.CutPrefix(d.cfg["listen"].(string), "unix://")
 	if !ok {
-		t.Fatalf("listen %v: the default values serve a unix socket", cfg["listen"])
+		t.Fatalf("listen %v: the default values serve a unix socket", d.cfg["listen"])
 	}
-	root := cfg["workspace_roots"].([]any)[0].(string)
-
-	// The command: the image's entrypoint, run from the image's layer.
-	if len(c.Command) != 1 || c.Command[0] != image.Entrypoint {
-		t.Fatalf("command %q, image entrypoint %s", c.Command, image.Entrypoint)
-	}
-	cmd := exec.Command(filepath.Join(built.rootfs, c.Command[0]), c.Args[0], cfgPath)
-	// The container's environment, and nothing of the test's.
-	cmd.Env = []string{"PATH=" + image.BinDir}
-	for _, e := range c.Env {
-		switch {
-		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
-			v, ok := secret[e.ValueFrom.SecretKeyRef.Key]
-			if !ok {
-				t.Fatalf("env %s: no key %s in the Secret", e.Name, e.ValueFrom.SecretKeyRef.Key)
-			}
-			cmd.Env = append(cmd.Env, e.Name+"="+v)
-		case e.ValueFrom == nil:
-			cmd.Env = append(cmd.Env, e.Name+"="+remap(e.Value))
-		default:
-			t.Fatalf("env %s: a source this node does not play", e.Name)
-		}
-	}
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("backupd's log:\n%s", logs.String())
-		}
-	})
-
-	// Health: SERVING on the socket, and the kubelet's probes answer.
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -205,33 +52,11 @@ func TestRenderedDaemonBacksUpAndRestores(t *testing.T) {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for {
-		h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "backupd.v1.BackupService"})
-		if err == nil && h.Status == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("backupd exited: %v", err)
-		case <-ctx.Done():
-			t.Fatalf("health: %v %v", h, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-		port := int32(p.HTTPGet.Port.IntValue())
-		if port == 0 {
-			port = byName[p.HTTPGet.Port.String()]
-		}
-		resp, err := http.Get("http://" + ports[port] + p.HTTPGet.Path)
-		if err != nil {
-			t.Fatalf("%s probe: %v", name, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Errorf("%s probe: %s", name, resp.Status)
-		}
-	}
+	d.waitServing(ctx, conn)
+	d.probe()
+	root := d.cfg["workspace_roots"].([]any)[0].(string)
+	pod := d.o.daemonSet.Spec.Template.Spec
+	cmd, exited, logs := d.cmd, d.exited, d.logs
 
 	// A workspace backs up and restores.
 	ws := filepath.Join(root, "ws1")
@@ -347,4 +172,224 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// minioBucket starts (or shares) the test MinIO and makes a bucket the
+// restricted user may use; a missing server is a failure, never a skip.
+func minioBucket(t *testing.T) (*testservers.MinIOServer, string) {
+	t.Helper()
+	builtImage(t)
+	for _, b := range []string{"minio", "mc"} {
+		if _, err := os.Stat(filepath.Join(testservers.Dir(), "bin", b)); err != nil {
+			t.Fatalf("%s is not installed (run `make test-servers`): %v", b, err)
+		}
+	}
+	srv := testservers.MinIO(t)
+	return srv, srv.NewBucket(t)
+}
+
+// minioOverrides point the chart's storage at bucket of srv.
+func minioOverrides(srv *testservers.MinIOServer, bucket string) map[string]any {
+	return map[string]any{"config": map[string]any{"storage": map[string]any{
+		"url":   "minio://" + srv.Endpoint + "/" + bucket + "/backups?secure=false",
+		"minio": map[string]any{"createbucket": false, "region": srv.Region},
+	}, "shutdown_grace": "20s"}}
+}
+
+// renderedDaemon is the daemon of the rendered DaemonSet, running on the
+// node a temporary directory plays.
+type renderedDaemon struct {
+	t      *testing.T
+	o      *objects
+	c      *corev1.Container
+	cfg    map[string]any   // the config file as remapped
+	ports  map[int32]string // container port: address on loopback
+	byName map[string]int32 // container port by name
+	cmd    *exec.Cmd
+	exited chan error
+	logs   *syncBuffer
+}
+
+// runRendered renders the chart with vc and starts its daemon; secrets
+// are the Secrets the pod refers to, by name and key.
+func runRendered(t *testing.T, vc valueCase, secrets map[string]map[string]string) *renderedDaemon {
+	t.Helper()
+	o := decode(t, render(t, vc))
+	daemonConfig(t, o) // as rendered, before any remapping
+	pod := o.daemonSet.Spec.Template.Spec
+	c := container(t, o)
+	d := &renderedDaemon{t: t, o: o, c: c, ports: map[int32]string{}, byName: map[string]int32{}, logs: &syncBuffer{}, exited: make(chan error, 1)}
+
+	// The node: one directory per volume mount, at its mount path.
+	node, err := os.MkdirTemp("", "bd-node-") // short: a socket path has 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(node) })
+	vols := map[string]corev1.Volume{}
+	for _, v := range pod.Volumes {
+		vols[v.Name] = v
+	}
+	var mounts []string
+	for _, m := range c.VolumeMounts {
+		dir := filepath.Join(node, m.MountPath)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mounts = append(mounts, m.MountPath)
+		v := vols[m.Name]
+		var files map[string]string
+		switch {
+		case v.ConfigMap != nil:
+			files = o.configMaps[v.ConfigMap.Name].Data
+		case v.Secret != nil:
+			if files = secrets[v.Secret.SecretName]; files == nil {
+				t.Fatalf("volume %s: no Secret %s", m.Name, v.Secret.SecretName)
+			}
+		case v.HostPath != nil, v.EmptyDir != nil:
+		default:
+			t.Fatalf("volume %s: a kind this node does not play", m.Name)
+		}
+		for k, data := range files {
+			os.WriteFile(filepath.Join(dir, k), []byte(data), 0o600)
+		}
+	}
+	remap := func(s string) string {
+		for _, m := range mounts {
+			if s == m || strings.HasPrefix(s, m+"/") {
+				return filepath.Join(node, s)
+			}
+		}
+		return s
+	}
+
+	// The ports: each container port to a free one on loopback.
+	for _, p := range c.Ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.ports[p.ContainerPort] = l.Addr().String()
+		d.byName[p.Name] = p.ContainerPort
+		l.Close()
+	}
+
+	// The config file, remapped in place.
+	if len(c.Args) != 2 || c.Args[0] != "--config" {
+		t.Fatalf("args %q", c.Args)
+	}
+	cfgPath := remap(c.Args[1])
+	if cfgPath == c.Args[1] {
+		t.Fatalf("config %s is in no volume", c.Args[1])
+	}
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &d.cfg); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(v any) any
+	walk = func(v any) any {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, vv := range v {
+				v[k] = walk(vv)
+			}
+		case []any:
+			for i, vv := range v {
+				v[i] = walk(vv)
+			}
+		case string:
+			if p, ok := strings.CutPrefix(v, "unix://"); ok {
+				return "unix://" + remap(p)
+			}
+			if strings.HasPrefix(v, ":") {
+				n, _ := strconv.Atoi(v[1:])
+				if a, ok := d.ports[int32(n)]; ok {
+					return a
+				}
+				t.Fatalf("listen %s on no container port", v)
+			}
+			return remap(v)
+		}
+		return v
+	}
+	walk(d.cfg)
+	if b, err = yaml.Marshal(d.cfg); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cfgPath, b, 0o644)
+
+	// The command: the image's entrypoint, run from the image's layer.
+	if len(c.Command) != 1 || c.Command[0] != image.Entrypoint {
+		t.Fatalf("command %q, image entrypoint %s", c.Command, image.Entrypoint)
+	}
+	d.cmd = exec.Command(filepath.Join(built.rootfs, c.Command[0]), c.Args[0], cfgPath)
+	// The container's environment, and nothing of the test's.
+	d.cmd.Env = []string{"PATH=" + image.BinDir}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			v, ok := secrets[e.ValueFrom.SecretKeyRef.Name][e.ValueFrom.SecretKeyRef.Key]
+			if !ok {
+				t.Fatalf("env %s: no key %s in the Secret %s", e.Name, e.ValueFrom.SecretKeyRef.Key, e.ValueFrom.SecretKeyRef.Name)
+			}
+			d.cmd.Env = append(d.cmd.Env, e.Name+"="+v)
+		case e.ValueFrom == nil:
+			d.cmd.Env = append(d.cmd.Env, e.Name+"="+remap(e.Value))
+		default:
+			t.Fatalf("env %s: a source this node does not play", e.Name)
+		}
+	}
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("backupd's log:\n%s", d.logs.String())
+		}
+	})
+	return d
+}
+
+// waitServing waits until the health service says SERVING over conn.
+func (d *renderedDaemon) waitServing(ctx context.Context, conn *grpc.ClientConn) {
+	d.t.Helper()
+	for {
+		h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "backupd.v1.BackupService"})
+		if err == nil && h.Status == healthpb.HealthCheckResponse_SERVING {
+			return
+		}
+		select {
+		case err := <-d.exited:
+			d.t.Fatalf("backupd exited: %v", err)
+		case <-ctx.Done():
+			d.t.Fatalf("health: %v %v", h, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// probe does what the kubelet's liveness and readiness probes do.
+func (d *renderedDaemon) probe() {
+	d.t.Helper()
+	for name, p := range map[string]*corev1.Probe{"liveness": d.c.LivenessProbe, "readiness": d.c.ReadinessProbe} {
+		port := int32(p.HTTPGet.Port.IntValue())
+		if port == 0 {
+			port = d.byName[p.HTTPGet.Port.String()]
+		}
+		resp, err := http.Get("http://" + d.ports[port] + p.HTTPGet.Path)
+		if err != nil {
+			d.t.Fatalf("%s probe: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			d.t.Errorf("%s probe: %s", name, resp.Status)
+		}
+	}
 }
