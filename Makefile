@@ -19,8 +19,10 @@ LDFLAGS  ?= -X main.version=$(VERSION)
 IMAGE_DIR        ?= $(BIN)/image
 IMAGE_REPOSITORY ?= ghcr.io/backupd/backupd
 # The nested module deploy/ (Helm chart, image and manifest tools): its
-# tests run without -race (they drive the Helm library and built binaries).
-DEPLOY_TESTFLAGS ?= -timeout 15m
+# tests run without -race (they drive the Helm library and built binaries)
+# and never from the test cache (`make image` and the daemon they run are
+# built from sources outside the module, which go test does not track).
+DEPLOY_TESTFLAGS ?= -count=1 -timeout 15m
 
 .PHONY: all build test test-servers tools unit vet staticcheck fmt-check proto proto-lint bench bench-harness fuzz clean image manifests deploy-test
 
