@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
 	bsync "github.com/backupd/backupd/pkg/sync"
@@ -49,13 +51,13 @@ Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
 only at the top, "cache/" directories only, "!keep.log" to take one back,
 "**" across directories. Patterns from --exclude come first, then those in
 DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
-		Args: cobra.ExactArgs(1),
+		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tagMap := map[string]string{}
 			for _, t := range tags {
 				k, v, ok := strings.Cut(t, "=")
 				if !ok || k == "" {
-					return usageError{fmt.Errorf("--tag %q: want KEY=VALUE", t)}
+					return usageError{Err: fmt.Errorf("--tag %q: want KEY=VALUE", t)}
 				}
 				tagMap[k] = v
 			}
@@ -153,7 +155,7 @@ func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.
 	if err != nil {
 		return rpcError(d, err)
 	}
-	if err := opFailed("backup", op); err != nil {
+	if err := opFailed(op); err != nil {
 		return fmt.Errorf("backup failed, no snapshot written: %w", err)
 	}
 	r := op.Result

@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -43,14 +45,14 @@ With --overwrite, DIR may hold an earlier state of the workspace:
 
 --include PATH (repeatable) restores only PATH (relative to the snapshot's
 root) with everything below it, and the directories leading to it.`,
-		Args: cobra.ExactArgs(1),
+		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uidMap, gidMap, err := idMaps.parse()
 			if err != nil {
 				return err
 			}
 			if (over.Verify || over.Delete) && !over.Overwrite {
-				return usageError{fmt.Errorf("--verify and --delete need --overwrite")}
+				return usageError{Err: fmt.Errorf("--verify and --delete need --overwrite")}
 			}
 			ctx := cmd.Context()
 			start := time.Now()
@@ -141,7 +143,7 @@ func restoreViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb
 	if err != nil {
 		return rpcError(d, err)
 	}
-	if err := opFailed("restore", op); err != nil {
+	if err := opFailed(op); err != nil {
 		return err
 	}
 	r := op.Result
