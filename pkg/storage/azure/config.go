@@ -91,7 +91,7 @@ func (c Config) withDefaults() Config {
 // never contains a secret.
 func (c Config) Validate() error {
 	if err := validContainerName(c.Container); err != nil {
-		return fmt.Errorf("azure: container: %w", err)
+		return fmt.Errorf("azure: container %w", err)
 	}
 	if c.Prefix != "" {
 		if err := storage.ValidateKey(c.Prefix); err != nil {

@@ -78,7 +78,7 @@ type Config struct {
 // Validate checks the config; an error names the offending parameter.
 func (c Config) Validate() error {
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("gcs: bucket: %w", err)
+		return fmt.Errorf("gcs: bucket %w", err)
 	}
 	if err := validatePrefix(c.Prefix); err != nil {
 		return fmt.Errorf("gcs: prefix: %w", err)

@@ -119,14 +119,21 @@ func Open(cfg Config) (*Storage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: open %s: %w", cfg.Dir, err)
 	}
-	if !cfg.MustExist {
+	fi, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		if cfg.MustExist {
+			return nil, &missingDirError{root}
+		}
 		if err := os.MkdirAll(root, dirMode); err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) && pe.Path != root {
+				err = fmt.Errorf("%s: %w", pe.Path, pe.Err) // a parent is in the way
+			} else if errors.As(err, &pe) {
+				err = pe.Err
+			}
 			return nil, fmt.Errorf("local: open %s: %w", root, err)
 		}
-	}
-	fi, err := os.Stat(root)
-	if errors.Is(err, fs.ErrNotExist) && cfg.MustExist {
-		return nil, &missingDirError{root}
+		fi, err = os.Stat(root)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("local: open %s: %w", root, err)

@@ -134,7 +134,7 @@ func (c Config) resolve() (*resolved, error) {
 		return nil, fmt.Errorf("connections %d out of range 0..256 (0 for the default %d)", c.Connections, DefaultConnections)
 	}
 	if _, err := c.retryOptions(); err != nil {
-		return nil, fmt.Errorf("retry: %w", err)
+		return nil, err // "retry: ..."
 	}
 	r := &resolved{}
 	dir, lerr := localPath(c.URL)

@@ -71,7 +71,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("minio: endpoint: %w", err)
 	}
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("minio: bucket: %w", err)
+		return fmt.Errorf("minio: bucket %w", err)
 	}
 	if _, err := keyPrefix(c.Prefix); err != nil {
 		return fmt.Errorf("minio: prefix: %w", err)

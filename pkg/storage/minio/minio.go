@@ -157,7 +157,13 @@ func (s *Storage) openBucket(ctx context.Context) error {
 		if errors.As(err, &ue) && strings.Contains(ue.Err.Error(), "HTTP response to HTTPS client") {
 			return fmt.Errorf("minio: open bucket %s: %s speaks http, not https: add ?secure=false to the URL (or secure: false in the minio section)", s.bucket, s.client.EndpointURL().Host)
 		}
-		return s.scrub(fmt.Errorf("minio: open bucket %s: %w", s.bucket, classify(ctx, err)))
+		code := miniogo.ToErrorResponse(err).Code
+		err = classify(ctx, err)
+		if errors.Is(err, storage.ErrPermission) {
+			return errkind.Errorf([]error{storage.ErrPermission}, "minio: open bucket %s: access denied (HTTP 403 %s): the credentials are wrong, or may not list this bucket (s3:ListBucket)",
+				s.bucket, code)
+		}
+		return s.scrub(fmt.Errorf("minio: open bucket %s: %w", s.bucket, err))
 	}
 	if exists {
 		return nil

@@ -109,7 +109,7 @@ func (c Config) Validate() error {
 // validateParams checks each parameter on its own, not how they combine.
 func (c Config) validateParams() error {
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("s3: bucket: %w", err)
+		return fmt.Errorf("s3: %w", err)
 	}
 	if c.Region != "" && !validRegion(c.Region) {
 		return fmt.Errorf("s3: region %q is not a region name such as us-east-1", c.Region)
