@@ -39,7 +39,10 @@ repository is stored. Prints the new snapshot's ID, or with --json one
 JSON object with the backup's statistics.
 
 Files unchanged since the parent snapshot (same size, mtime, ctime and
-inode) are not read again; --force reads everything.
+inode) are not read again; --force reads everything. A file whose mtime or
+ctime lies less than 2 seconds before the parent backup started (or after)
+is read again all the same: a change made in that window may not show in
+its timestamps, whose resolution is coarser than the time a rewrite takes.
 
 An entry that cannot be read (permission denied, an I/O error) is left
 out with a warning on stderr, one line each; the snapshot counts and
@@ -128,9 +131,9 @@ func printBackup(f *repoFlags, id string, st repo.Stats) error {
 		})
 	}
 	if f.showProgress() {
-		fmt.Fprintf(os.Stderr, "%d files, %d dirs, %s; new %s, stored %s in %d objects, %.1fs\n",
-			st.Files, st.Dirs, fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
-			st.ObjectsWritten, float64(st.DurationMS)/1000)
+		fmt.Fprintf(os.Stderr, "%s, %s, %s; new %s, stored %s in %s, %.1fs\n",
+			plural(st.Files, "file"), plural(st.Dirs, "dir"), fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
+			plural(st.ObjectsWritten, "object"), float64(st.DurationMS)/1000)
 	}
 	fmt.Println(id)
 	return nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/backupd/backupd/internal/usage"
 
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -100,9 +101,11 @@ blobs and packs.`,
 				Packs      int     `json:"packs"`
 			}
 			var all []ownerStats
+			none := "" // why --owner has no repository
 			for _, o := range owners {
 				st, err := p.Owner(ctx, o, false)
 				if errors.Is(err, repo.ErrNoRepository) {
+					none = err.Error()
 					continue
 				}
 				if err != nil {
@@ -110,6 +113,7 @@ blobs and packs.`,
 				}
 				r, err := repo.Load(ctx, st, false)
 				if errors.Is(err, repo.ErrNoRepository) {
+					none = placement.NoBackups(o, err).Error()
 					continue
 				}
 				if err != nil {
@@ -154,7 +158,11 @@ blobs and packs.`,
 					plural(int64(s.Packs), "pack"), s.DedupRatio, plural(int64(s.Blobs), "blob"))
 			}
 			if len(all) == 0 {
-				noneFound(f.owner, "")
+				if none != "" {
+					fmt.Fprintln(os.Stderr, none)
+				} else {
+					noneFound(f.owner, "")
+				}
 			}
 			return nil
 		},

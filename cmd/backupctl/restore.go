@@ -116,11 +116,11 @@ func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreRes
 		})
 		return
 	}
-	fmt.Printf("restored snapshot %s: %d files, %d dirs, %d symlinks, %s in %.1fs\n",
-		id[:8], res.Files, res.Dirs, res.Symlinks, fmtBytes(res.Bytes), dur.Seconds())
+	fmt.Printf("restored snapshot %s: %s, %s, %s, %s in %.1fs\n",
+		id[:8], plural(res.Files, "file"), plural(res.Dirs, "dir"), plural(res.Symlinks, "symlink"), fmtBytes(res.Bytes), dur.Seconds())
 	if overwrite {
-		fmt.Printf("  %d files unchanged, %s reused from existing files, %s downloaded, %d entries deleted\n",
-			res.Unchanged, fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), res.Deleted)
+		fmt.Printf("  %s unchanged, %s reused from existing files, %s downloaded, %s deleted\n",
+			plural(res.Unchanged, "file"), fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), plural(res.Deleted, "entry"))
 	}
 }
 

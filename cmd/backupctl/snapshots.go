@@ -80,10 +80,12 @@ status 1.`,
 			}
 			defer p.Close()
 			var out []listed
+			none := "" // why --owner has no snapshots
 			for _, o := range owners {
 				r, err := openSnapshots(ctx, p, o)
 				if errors.Is(err, repo.ErrNoRepository) {
-					continue // listed as none
+					none = err.Error() // "no backups for owner O ..."
+					continue
 				}
 				if err != nil {
 					return err
@@ -111,7 +113,11 @@ status 1.`,
 				}
 			}
 			if len(out) == 0 && !f.json {
-				noneFound(f.owner, workspace)
+				if none != "" {
+					fmt.Fprintln(os.Stderr, none)
+				} else {
+					noneFound(f.owner, workspace)
+				}
 				return nil
 			}
 			return printListing(out, f.json)
