@@ -273,7 +273,7 @@ func TestSIGTERMCancelsBackupAfterGrace(t *testing.T) {
 		t.Fatalf("backupd exited: %v", err)
 	}
 	logs := d.log()
-	for _, want := range []string{`"msg":"shutdown grace period over`, `"result":"cancelled"`, `"msg":"shut down"`} {
+	for _, want := range []string{`"msg":"shutdown grace period over`, `"result":"cancelled"`, `"msg":"shut down"`, `"grace":"2s"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s", want)
 		}
