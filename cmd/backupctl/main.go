@@ -76,6 +76,7 @@ Locations:
   azblob://CONTAINER/PREFIX[?endpoint=URL]
 Credentials come from each SDK's usual environment variables or from
 --storage-config FILE (YAML; see docs/STORAGE.md), never from the URL.`,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

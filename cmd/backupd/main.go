@@ -85,6 +85,7 @@ partial snapshot) and exits.`,
 		Example: `  # On the embedded local store, workspaces under /workspaces:
   backupd --listen 127.0.0.1:7070 --workspace-root /workspaces`,
 		Args:          usage.Args(),
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {

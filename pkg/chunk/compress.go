@@ -79,6 +79,14 @@ func NewCodecMax(level, maxRawLen int) (*Codec, error) {
 		// 256 bytes), which readers of group frames require; for one
 		// EncodeAll the window is the input anyway.
 		zstd.WithSingleSegment(true),
+		// Huffman-code the literals of a block that has no matches too
+		// (the fastest level skips that by default, storing such blocks
+		// raw): binary and hex-like content with a skewed byte
+		// distribution but few repeats stored 21 % less this way (91 ->
+		// 72 MB of the generated workspace's 128 MiB build/2-cache.pack
+		// in 1 MiB chunks; zstd -1 of the whole file: 78 MB), at about
+		// the same speed. Readers are unaffected: it is plain zstd.
+		zstd.WithAllLitEntropyCompression(true),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)

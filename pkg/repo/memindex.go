@@ -29,7 +29,8 @@ type Location struct {
 // are kept in runs sorted by id, oldest first, and in a tail of the
 // newest (up to 16,384, unsorted, with a map of their positions). A full
 // tail is sorted into a run; small runs are merged in memory as a binary
-// counter would. Once the runs in memory take more than the index's
+// counter would; each has a fanout table (4 bytes per ~2 records), so a
+// lookup searches only the few records of its id's range. Once the runs in memory take more than the index's
 // memory budget (SetMemory; DefaultIndexMemory), they are merged into one
 // run spilled to an unlinked temporary file (in the node cache's
 // directory, else the system's) and read with pread, never mapped: what
@@ -39,7 +40,7 @@ type Location struct {
 // (in ~96 % of runs) and one that hits reads one record. Spilled runs are merged four at a
 // time when they are of one size class, so that there are a few of them
 // and each record is written a few times (log4 of the index's size over
-// the budget). Memory is then 52 bytes a blob up to the budget, and about
+// the budget). Memory is then about 54 bytes a blob up to the budget, and about
 // 1.4 bytes a blob beyond it (52 on disk); merges run outside the lock,
 // one at a time, with adders waiting only when the memory runs reach 1.5
 // times the budget meanwhile.
@@ -163,15 +164,41 @@ type run struct {
 
 func fingerprint(id *chunk.ID) uint8 { return id[4] }
 
-func (r *run) find(id *chunk.ID) (record, bool) {
-	if r.f == nil {
-		i, ok := slices.BinarySearchFunc(r.recs, id, func(a record, id *chunk.ID) int { return cmpID(&a.id, id) })
-		if !ok {
-			return record{}, false
-		}
-		return r.recs[i], true
+// memRun makes a run in memory of recs (sorted, no two alike), with a
+// fanout table of about one entry per two records (2 bytes a blob): a
+// lookup binary-searches only its id's range, a few records in one or two
+// cache lines, instead of the whole run (17 dependent cache misses in a
+// run of 100,000). Ids are SHA-256 hashes, so ranges are even; a crafted
+// index that crowds one range costs a binary search of it, no more.
+func memRun(recs []record) *run {
+	fanBits := min(bits.Len(uint(len(recs))>>1), 28)
+	r := &run{n: len(recs), recs: recs, shift: uint(32 - fanBits), fan: make([]uint32, 1<<fanBits+1)}
+	for i := range recs {
+		r.fan[binary.BigEndian.Uint32(recs[i].id[:4])>>r.shift+1]++
 	}
+	for i := 1; i < len(r.fan); i++ {
+		r.fan[i] += r.fan[i-1]
+	}
+	return r
+}
+
+func (r *run) find(id *chunk.ID) (record, bool) {
 	b := binary.BigEndian.Uint32(id[:4]) >> r.shift
+	if r.f == nil {
+		recs := r.recs[r.fan[b]:r.fan[b+1]]
+		for len(recs) > 0 { // binary search, inlined
+			h := len(recs) >> 1
+			switch c := cmpID(&recs[h].id, id); {
+			case c == 0:
+				return recs[h], true
+			case c < 0:
+				recs = recs[h+1:]
+			default:
+				recs = recs[:h]
+			}
+		}
+		return record{}, false
+	}
 	fp := fingerprint(id)
 	for i := r.fan[b]; i < r.fan[b+1]; i++ {
 		if r.fp[i] != fp {
@@ -294,7 +321,7 @@ func (x *Index) sealTail() {
 	slices.SortFunc(recs, cmpRecord)
 	x.tail = x.tail[:0]
 	clear(x.tailPos)
-	x.runs = append(x.runs, &run{n: len(recs), recs: recs})
+	x.runs = append(x.runs, memRun(recs))
 	x.inMem += int64(len(recs)) * recordSize
 	for k := len(x.runs); k >= 2; k = len(x.runs) {
 		a, b := x.runs[k-2], x.runs[k-1]
@@ -305,7 +332,7 @@ func (x *Index) sealTail() {
 		mergeInto([]*run{a, b}, nil, func(r *record) error { out = append(out, *r); return nil })
 		x.stored -= a.n + b.n - len(out)
 		x.inMem -= a.memBytes() + b.memBytes() - int64(len(out))*recordSize
-		x.runs = append(x.runs[:k-2], &run{n: len(out), recs: slices.Clip(out)})
+		x.runs = append(x.runs[:k-2], memRun(slices.Clip(out)))
 	}
 }
 

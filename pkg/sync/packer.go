@@ -121,6 +121,10 @@ type bufferPool struct {
 	size int
 	free chan []byte
 	sem  chan struct{}
+	// shrink: a returned buffer that grew beyond size is dropped (the
+	// next get makes a new one of size), so that a rare large chunk does
+	// not keep its memory in the pool.
+	shrink bool
 }
 
 func newBufferPool(n, size int) *bufferPool {
@@ -130,12 +134,12 @@ func newBufferPool(n, size int) *bufferPool {
 func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
 	select {
 	case b := <-p.free:
-		return b[:p.size], nil
+		return p.sized(b), nil
 	default:
 	}
 	select {
 	case b := <-p.free:
-		return b[:p.size], nil
+		return p.sized(b), nil
 	case p.sem <- struct{}{}:
 		return make([]byte, p.size), nil
 	case <-ctx.Done():
@@ -143,7 +147,19 @@ func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
 	}
 }
 
+// sized returns b, or a new buffer in place of a dropped one (nil), at
+// length size.
+func (p *bufferPool) sized(b []byte) []byte {
+	if cap(b) < p.size {
+		return make([]byte, p.size)
+	}
+	return b[:p.size]
+}
+
 func (p *bufferPool) put(b []byte) {
+	if p.shrink && cap(b) > p.size {
+		b = nil
+	}
 	select {
 	case p.free <- b[:cap(b)]:
 	default:

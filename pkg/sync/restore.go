@@ -145,8 +145,9 @@ type dirMeta struct {
 type restoreFile struct {
 	dir     *restoreDir
 	node    *repo.Node
-	offsets []int64 // file offset of each content blob
-	want    []int   // indices of the content blobs to fetch; nil: all
+	offsets []int64         // file offset of each content blob
+	locs    []repo.Location // where each is, from planning until its batch is planned
+	want    []int           // indices of the content blobs to fetch; nil: all
 
 	mu        gosync.Mutex
 	created   bool
@@ -286,14 +287,7 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	// The tree walk creates directories and links and plans files batch by
 	// batch; the writer fetches packs and writes content meanwhile.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(panics.Safe(func() error {
-		for b := range rs.batches {
-			if err := rs.writeBatch(gctx, b); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	g.Go(panics.Safe(func() error { return rs.writeBatches(gctx) }))
 	g.Go(panics.Safe(func() error {
 		defer close(rs.batches)
 		if err := rs.restoreTree(gctx, snap.Tree, root, rs.include == nil, 0); err != nil {
@@ -715,7 +709,8 @@ func (rs *restorer) link(l hardLink) error {
 // planFile checks that every content blob of file node n is in the index
 // and places it in the file.
 func (rs *restorer) planFile(d *restoreDir, n *repo.Node) (*restoreFile, error) {
-	rf := &restoreFile{dir: d, node: n, offsets: make([]int64, len(n.Content)), remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
+	rf := &restoreFile{dir: d, node: n, offsets: make([]int64, len(n.Content)), locs: make([]repo.Location, len(n.Content)),
+		remaining: len(n.Content), chown: rs.chown, warn: rs.opts.Warn, uidMap: rs.opts.UIDMap, gidMap: rs.opts.GIDMap}
 	var off int64
 	for i, id := range n.Content {
 		loc, ok := rs.r.Index().Lookup(id)
@@ -723,6 +718,7 @@ func (rs *restorer) planFile(d *restoreDir, n *repo.Node) (*restoreFile, error) 
 			return nil, fmt.Errorf("restore %s: %w: data blob %s is not in the index", rf.path(), repo.ErrCorrupt, id.Short())
 		}
 		rf.offsets[i] = off
+		rf.locs[i] = loc
 		off += int64(loc.RawLen)
 	}
 	if off != int64(n.Size) {
@@ -863,9 +859,36 @@ func (rs *restorer) flush(ctx context.Context) error {
 	return nil
 }
 
-// writeBatch writes the content of every file in a batch, fetching each
-// pack it needs once, packs in parallel.
-func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error {
+// batchesInFlight is how many batches the writer works on at once: the
+// next one starts while the last spans of the one before finish, so the
+// pack workers never wait for a batch's slowest span, and the directories
+// held open stay within twice a batch's.
+const batchesInFlight = 2
+
+// writeBatches writes the content of every file of every batch, fetching
+// each pack a batch needs once, spans in parallel (opts.Downloads at once,
+// across batches).
+func (rs *restorer) writeBatches(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rs.opts.Downloads)
+	slots := make(chan struct{}, batchesInFlight)
+	for b := range rs.batches {
+		select {
+		case slots <- struct{}{}:
+		case <-gctx.Done():
+		}
+		if gctx.Err() != nil {
+			break
+		}
+		rs.writeBatch(gctx, g, b, gosync.OnceFunc(func() { <-slots }))
+	}
+	return g.Wait()
+}
+
+// writeBatch starts, in g, the reads of every span of the packs a batch
+// needs; the span that ends the batch checks every file of it is written
+// and calls done (once: a failing span calls it too).
+func (rs *restorer) writeBatch(ctx context.Context, g *errgroup.Group, batch []*restoreFile, done func()) {
 	plans := map[chunk.ID]*packPlan{}
 	for _, f := range batch {
 		count := len(f.node.Content)
@@ -878,7 +901,7 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 				i = f.want[k]
 			}
 			id := f.node.Content[i]
-			loc, _ := rs.r.Index().Lookup(id)
+			loc := f.locs[i]
 			pl := plans[loc.Pack]
 			if pl == nil {
 				pl = &packPlan{pack: loc.Pack, uses: map[chunk.ID][]blobUse{}}
@@ -889,26 +912,44 @@ func (rs *restorer) writeBatch(ctx context.Context, batch []*restoreFile) error 
 			}
 			pl.uses[id] = append(pl.uses[id], blobUse{file: f, offset: f.offsets[i]})
 		}
+		f.locs = nil
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(rs.opts.Downloads)
+	var all [][]repo.Location
+	var of []*packPlan
 	for _, pl := range plans {
 		sort.Slice(pl.blobs, func(i, j int) bool { return pl.blobs[i].Offset < pl.blobs[j].Offset })
 		for _, span := range spans(pl.blobs) {
-			g.Go(panics.Safe(func() error {
-				return rs.restoreSpan(gctx, pl, span)
-			}))
+			all, of = append(all, span), append(of, pl)
 		}
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	for _, f := range batch {
-		if f.remaining != 0 {
-			return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path(), f.remaining)
+	var pending atomic.Int64
+	pending.Store(int64(len(all)))
+	finish := func() error {
+		defer done()
+		for _, f := range batch {
+			if f.remaining != 0 {
+				return fmt.Errorf("restore %s: internal error: %d blobs not written", f.path(), f.remaining)
+			}
 		}
+		return nil
 	}
-	return nil
+	if len(all) == 0 {
+		g.Go(finish)
+		return
+	}
+	for i, span := range all {
+		pl := of[i]
+		g.Go(panics.Safe(func() error {
+			if err := rs.restoreSpan(ctx, pl, span); err != nil {
+				done() // the batch will not finish; g is failing
+				return err
+			}
+			if pending.Add(-1) == 0 {
+				return finish()
+			}
+			return nil
+		}))
+	}
 }
 
 // Spans: the wanted blobs of a pack are read in spans, each one ranged
