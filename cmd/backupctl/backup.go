@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
 	bsync "github.com/backupd/backupd/pkg/sync"
@@ -37,7 +39,10 @@ repository is stored. Prints the new snapshot's ID, or with --json one
 JSON object with the backup's statistics.
 
 Files unchanged since the parent snapshot (same size, mtime, ctime and
-inode) are not read again; --force reads everything.
+inode) are not read again; --force reads everything. A file whose mtime or
+ctime lies less than 2 seconds before the parent backup started (or after)
+is read again all the same: a change made in that window may not show in
+its timestamps, whose resolution is coarser than the time a rewrite takes.
 
 An entry that cannot be read (permission denied, an I/O error) is left
 out with a warning on stderr, one line each; the snapshot counts and
@@ -49,13 +54,13 @@ Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
 only at the top, "cache/" directories only, "!keep.log" to take one back,
 "**" across directories. Patterns from --exclude come first, then those in
 DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
-		Args: cobra.ExactArgs(1),
+		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tagMap := map[string]string{}
 			for _, t := range tags {
 				k, v, ok := strings.Cut(t, "=")
 				if !ok || k == "" {
-					return usageError{fmt.Errorf("--tag %q: want KEY=VALUE", t)}
+					return usageError{Err: fmt.Errorf("--tag %q: want KEY=VALUE", t)}
 				}
 				tagMap[k] = v
 			}
@@ -126,9 +131,9 @@ func printBackup(f *repoFlags, id string, st repo.Stats) error {
 		})
 	}
 	if f.showProgress() {
-		fmt.Fprintf(os.Stderr, "%d files, %d dirs, %s; new %s, stored %s in %d objects, %.1fs\n",
-			st.Files, st.Dirs, fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
-			st.ObjectsWritten, float64(st.DurationMS)/1000)
+		fmt.Fprintf(os.Stderr, "%s, %s, %s; new %s, stored %s in %s, %.1fs\n",
+			plural(st.Files, "file"), plural(st.Dirs, "dir"), fmtBytes(st.Bytes), fmtBytes(st.NewBytes), fmtBytes(st.StoredBytes),
+			plural(st.ObjectsWritten, "object"), float64(st.DurationMS)/1000)
 	}
 	fmt.Println(id)
 	return nil
@@ -153,7 +158,7 @@ func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.
 	if err != nil {
 		return rpcError(d, err)
 	}
-	if err := opFailed("backup", op); err != nil {
+	if err := opFailed(op); err != nil {
 		return fmt.Errorf("backup failed, no snapshot written: %w", err)
 	}
 	r := op.Result

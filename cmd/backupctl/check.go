@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/backupd/backupd/internal/usage"
 
 	"github.com/backupd/backupd/pkg/repo"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
@@ -36,7 +39,7 @@ Problems (lost or damaged data) are printed one per line and make the exit
 code 1. Warnings lose nothing: packs no index object names yet, left by an
 interrupted backup or by a damaged index object, are used all the same and
 indexed by the next backup or by 'backupctl repair index'.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			var res *pb.CheckRepositoryResponse
@@ -107,9 +110,9 @@ func newRepairCmd() *cobra.Command {
 		Long:  `Repair what check reports, without losing anything stored.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q for \"repair\"", args[0])}
+				return usageError{Err: fmt.Errorf("unknown command %q for \"repair\"", args[0])}
 			}
-			return usageError{errors.New("repair: name what to repair: index")}
+			return usageError{Err: errors.New("repair: name what to repair: index")}
 		},
 	}
 	var (
@@ -130,7 +133,7 @@ deleted.
 New index objects are stored before anything is deleted, and index objects
 written meanwhile by a running backup are left alone, so repair may run at
 any time and may be interrupted at any point.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			f.noCache = true
@@ -177,6 +180,9 @@ func nonNil(s []string) []string {
 func plural(n int64, noun string) string {
 	if n == 1 {
 		return fmt.Sprintf("1 %s", noun)
+	}
+	if strings.HasSuffix(noun, "y") {
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(noun, "y"))
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -51,13 +51,13 @@ func (d *daemonFlags) dial() (pb.BackupServiceClient, func(), error) {
 	if d.ca != "" || d.cert != "" || d.key != "" {
 		tc, err := tlsreload.Client(tlsreload.ClientFiles{CA: d.ca, Cert: d.cert, Key: d.key})
 		if err != nil {
-			return nil, nil, usageError{err}
+			return nil, nil, usageError{Err: err}
 		}
 		creds = credentials.NewTLS(tc)
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return nil, nil, usageError{fmt.Errorf("--daemon %s: %w", d.addr, err)}
+		return nil, nil, usageError{Err: fmt.Errorf("--daemon %s: %w", d.addr, err)}
 	}
 	return pb.NewBackupServiceClient(conn), func() { conn.Close() }, nil
 }
@@ -101,12 +101,18 @@ func follow(ctx context.Context, c pb.BackupServiceClient, op *pb.Operation, pro
 	}
 }
 
-// opFailed is the error of an operation that did not succeed.
-func opFailed(what string, op *pb.Operation) error {
+// opFailed is the error of an operation that did not succeed: the
+// daemon's message, with the operation's id (and its state, when it did
+// not simply fail) after it.
+func opFailed(op *pb.Operation) error {
 	if op.State == pb.OperationState_OPERATION_STATE_SUCCEEDED {
 		return nil
 	}
-	return fmt.Errorf("%s %s %s: %s", what, op.Id, strings.ToLower(strings.TrimPrefix(op.State.String(), "OPERATION_STATE_")), op.ErrorMessage)
+	state := strings.ToLower(strings.TrimPrefix(op.State.String(), "OPERATION_STATE_"))
+	if state == "failed" {
+		return fmt.Errorf("%s (operation %s)", op.ErrorMessage, op.Id)
+	}
+	return fmt.Errorf("%s (operation %s %s)", op.ErrorMessage, op.Id, state)
 }
 
 func idMappings(m bsync.IDMap) []*pb.IdMapping {
@@ -165,6 +171,10 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 		if token = resp.NextPageToken; token == "" {
 			break
 		}
+	}
+	if len(out) == 0 && !asJSON {
+		noneFound(owner, workspace)
+		return nil
 	}
 	// Oldest first, as the direct listing (by time, then workspace and id:
 	// the order of the snapshot keys).

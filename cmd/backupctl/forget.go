@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/retention"
 )
 
@@ -36,21 +38,21 @@ now: an idle workspace keeps its backups; D like 7d, 2w, 36h); those with a
 always kept. At least one rule is required.
 
 --dry-run shows what would be forgotten and forgets nothing.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p := retention.Policy{KeepLast: keepLast, KeepTags: keepTags}
 			if keepWithin != "" {
 				d, err := retention.ParseDuration(keepWithin)
 				if err != nil {
-					return usageError{fmt.Errorf("--keep-within: %w", err)}
+					return usageError{Err: fmt.Errorf("--keep-within: %w", err)}
 				}
 				p.KeepWithin = d
 			}
 			if err := p.Validate(); err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			if p.Empty() {
-				return usageError{errors.New("forget needs a rule: --keep-last, --keep-within or --keep-tag")}
+				return usageError{Err: errors.New("forget needs a rule: --keep-last, --keep-within or --keep-tag")}
 			}
 			ctx := cmd.Context()
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -125,7 +127,7 @@ func newDeleteCmd() *cobra.Command {
 		Short: "Delete a workspace: all its snapshots",
 		Long: `Delete every snapshot of workspace W of owner O. Their data stays in the
 repository until a prune, which frees what no other snapshot uses.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, closeRepo, err := f.openOwner(ctx, false)

@@ -2,11 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -24,7 +28,7 @@ each an ID, a unique ID prefix or latest: "+" added, "-" removed, "M"
 modified (content, type, mode, ownership, link target or extended
 attributes; a new mtime alone is not a change). Unchanged directories are
 skipped without being read.`,
-		Args: cobra.ExactArgs(2),
+		Args: usage.Args("SNAPSHOT1", "SNAPSHOT2"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -79,7 +83,7 @@ func newStatsCmd() *cobra.Command {
 size (the sum of every snapshot's file bytes), the stored size (the pack
 objects), the deduplication ratio between the two, and the numbers of
 blobs and packs.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			p, owners, err := f.openOwners(ctx)
@@ -97,12 +101,21 @@ blobs and packs.`,
 				Packs      int     `json:"packs"`
 			}
 			var all []ownerStats
+			none := "" // why --owner has no repository
 			for _, o := range owners {
 				st, err := p.Owner(ctx, o, false)
+				if errors.Is(err, repo.ErrNoRepository) {
+					none = err.Error()
+					continue
+				}
 				if err != nil {
 					return err
 				}
 				r, err := repo.Load(ctx, st, false)
+				if errors.Is(err, repo.ErrNoRepository) {
+					none = placement.NoBackups(o, err).Error()
+					continue
+				}
 				if err != nil {
 					return fmt.Errorf("owner %s: %w", o, err)
 				}
@@ -140,11 +153,16 @@ blobs and packs.`,
 				return json.NewEncoder(os.Stdout).Encode(all)
 			}
 			for _, s := range all {
-				fmt.Printf("owner %s: %d snapshots, logical %s, stored %s in %d packs (%.1fx), %d blobs\n",
-					s.Owner, s.Snapshots, fmtBytes(s.Logical), fmtBytes(s.Stored), s.Packs, s.DedupRatio, s.Blobs)
+				fmt.Printf("owner %s: %s, logical %s, stored %s in %s (%.1fx), %s\n",
+					s.Owner, plural(int64(s.Snapshots), "snapshot"), fmtBytes(s.Logical), fmtBytes(s.Stored),
+					plural(int64(s.Packs), "pack"), s.DedupRatio, plural(int64(s.Blobs), "blob"))
 			}
 			if len(all) == 0 {
-				fmt.Fprintln(os.Stderr, "no repositories")
+				if none != "" {
+					fmt.Fprintln(os.Stderr, none)
+				} else {
+					noneFound(f.owner, "")
+				}
 			}
 			return nil
 		},

@@ -5,8 +5,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -15,9 +15,12 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/backupd/backupd/internal/usage"
 )
 
-type usageError struct{ error }
+// usageError marks an error as a usage error (exit status 2).
+type usageError = usage.Error
 
 func main() {
 	// Keep the heap, and so RSS, well below 256 MiB unless told otherwise.
@@ -27,24 +30,31 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRootCmd()
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "backupctl: %v\n", err)
-	var ue usageError
-	if errors.As(err, &ue) || isCobraUsageError(err) {
-		fmt.Fprintln(os.Stderr, "Run 'backupctl --help' for usage.")
-		os.Exit(2)
-	}
-	os.Exit(1)
+	stop()
+	os.Exit(report(os.Stderr, cmd, err))
 }
 
-// isCobraUsageError recognises the usage errors cobra reports as plain
-// errors (missing required flags, unknown commands).
-func isCobraUsageError(err error) bool {
-	msg := err.Error()
-	return strings.HasPrefix(msg, "required flag(s)") || strings.HasPrefix(msg, "unknown command")
+// report prints err on one line, and for a usage error a second line
+// pointing to the command's help; it returns the exit status.
+func report(w io.Writer, cmd *cobra.Command, err error) int {
+	msg := usage.Message(err)
+	if strings.HasPrefix(msg, "missing required flag") && cmd != nil && cmd.HasParent() {
+		msg = cmd.Name() + ": " + msg
+	}
+	fmt.Fprintf(w, "backupctl: %s\n", msg)
+	code := usage.ExitCode(err)
+	if code == usage.ExitUsage {
+		path := "backupctl"
+		if cmd != nil {
+			path = cmd.CommandPath()
+		}
+		fmt.Fprintf(w, "Run '%s --help' for usage.\n", path)
+	}
+	return code
 }
 
 func newRootCmd() *cobra.Command {
@@ -93,22 +103,7 @@ Credentials come from each SDK's usual environment variables or from
 			stopProfile()
 		}
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(usage.FlagError)
 	root.AddCommand(newBackupCmd(), newRestoreCmd(), newSnapshotsCmd(), newLsCmd(), newDiffCmd(), newStatsCmd(), newInitCmd(), newCheckCmd(), newRepairCmd(), newForgetCmd(), newDeleteCmd(), newPruneCmd(), newPurgeCmd())
-	for _, c := range root.Commands() {
-		c.Args = wrapArgs(c.Args)
-	}
 	return root
-}
-
-func wrapArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if check == nil {
-			return nil
-		}
-		if err := check(cmd, args); err != nil {
-			return usageError{fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
-		}
-		return nil
-	}
 }

@@ -202,23 +202,31 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 	cases := []struct {
 		args []string
 		code int
-		want string
+		want string // the first line of stderr
 	}{
-		{[]string{"backup", "--owner", "o", "--workspace", "w", "--bogus", "."}, 2, "unknown flag: --bogus"},
-		{[]string{"backup", "-r", repoURL, "--workspace", "w", "."}, 2, `"owner" not set`},
-		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w"}, 2, "accepts 1 arg"},
-		{[]string{"backup", "-r", repoURL, "--owner", "../x", "--workspace", "w", "."}, 1, "invalid owner"},
-		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "--tag", "novalue", "."}, 2, "KEY=VALUE"},
-		{[]string{"backup", "-r", "ftp://host/x", "--owner", "o", "--workspace", "w", "."}, 1, "ftp"},
-		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "/does/not/exist"}, 1, "no such file"},
-		{[]string{"restore", "-r", repoURL, "--owner", "nobody", "--workspace", "w", t.TempDir()}, 1, "does not exist"},
-		{[]string{"restore", "-r", repoURL, "--owner", "o", "--workspace", "w", "--delete", t.TempDir()}, 2, "need --overwrite"},
+		{[]string{"backup", "--owner", "o", "--workspace", "w", "--bogus", "."}, 2, "backupctl: unknown flag: --bogus"},
+		{[]string{"backup", "-r", repoURL, "--workspace", "w", "."}, 2, "backupctl: backup: missing required flag --owner"},
+		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w"}, 2, "backupctl: backup: missing argument DIR"},
+		{[]string{"backup", "-r", repoURL, "--owner", "../x", "--workspace", "w", "."}, 2, `backupctl: invalid owner "../x": must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`},
+		{[]string{"backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "--tag", "novalue", "."}, 2, `backupctl: --tag "novalue": want KEY=VALUE`},
+		{[]string{"backup", "-r", "ftp://host/x", "--owner", "o", "--workspace", "w", "."}, 2, `backupctl: storage URL ftp://host/x: unsupported scheme "ftp" (use file, s3, minio, gs or azblob)`},
+		{[]string{"restore", "-r", repoURL, "--owner", "nobody", "--workspace", "w", t.TempDir()}, 1, "backupctl: no backups for owner nobody"},
+		{[]string{"restore", "-r", repoURL, "--owner", "o", "--workspace", "w", "--delete", t.TempDir()}, 2, "backupctl: --verify and --delete need --overwrite"},
 	}
 	for _, c := range cases {
 		r := run(t, nil, c.args...)
-		if r.code != c.code || !strings.Contains(r.stderr, c.want) || !strings.HasPrefix(r.stderr, "backupctl: ") {
+		first, rest, _ := strings.Cut(r.stderr, "\n")
+		wantRest := ""
+		if c.code == 2 {
+			wantRest = "Run 'backupctl " + c.args[0] + " --help' for usage.\n"
+		}
+		if r.code != c.code || first != c.want || rest != wantRest {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
 		}
+	}
+	r := run(t, nil, "backup", "-r", repoURL, "--owner", "o", "--workspace", "w", "/does/not/exist")
+	if r.code != 1 || !strings.Contains(r.stderr, "no such file") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("backup of a missing directory: %+v", r)
 	}
 	if r := ok(t, run(t, nil, "backup", "--help")); !strings.Contains(r.stdout, "--workspace") || !strings.Contains(r.stdout, "--tag") {
 		t.Errorf("backup --help: %s", r.stdout)

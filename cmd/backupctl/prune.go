@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/metered"
@@ -46,13 +48,13 @@ the unused share of its bytes exceeds --max-unused P percent (default 10;
 are then only freed once all their blobs are unused).
 
 --dry-run says what a prune would free and changes nothing.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mu := -1.0 // the default
 			if cmd.Flags().Changed("max-unused") {
 				v, err := parsePercent(maxUnused)
 				if err != nil {
-					return usageError{fmt.Errorf("--max-unused: %w", err)}
+					return usageError{Err: fmt.Errorf("--max-unused: %w", err)}
 				}
 				mu = v / 100
 			}

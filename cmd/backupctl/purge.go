@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
@@ -37,7 +39,7 @@ minimal policy does not grant; that is for the operator.
 
 Without --yes, purge only says what it would delete. Purging an owner with
 nothing stored, or purging again, is not an error.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := repo.ValidateName("owner", f.owner); err != nil {
 				return err
@@ -57,10 +59,10 @@ nothing stored, or purging again, is not an error.`,
 				where = fmt.Sprintf("every object in bucket %s", bucket)
 			}
 			if !yes {
-				return usageError{fmt.Errorf("purge would delete %s: all of owner %s's snapshots and data, for good; add --yes to do it", where, f.owner)}
+				return usageError{Err: fmt.Errorf("purge would delete %s: all of owner %s's snapshots and data, for good; add --yes to do it", where, f.owner)}
 			}
 			ctx := cmd.Context()
-			p, err := f.openPlacement(ctx)
+			p, err := f.openPlacement(ctx, false)
 			if err != nil {
 				return err
 			}
@@ -74,6 +76,9 @@ nothing stored, or purging again, is not an error.`,
 			if bucket != "" && noBucket(err) {
 				// No bucket: nothing of the owner is stored.
 				return printPurge(&f, purgeReceipt{bucket: bucket, noBucket: true})
+			}
+			if errors.Is(err, repo.ErrNoRepository) {
+				return printPurge(&f, purgeReceipt{}) // no storage root yet: nothing stored
 			}
 			if err != nil {
 				return err

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"gopkg.in/yaml.v3"
 
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
@@ -61,33 +60,11 @@ func (f *repoFlags) registerJSON(cmd *cobra.Command) {
 func (f *repoFlags) storageConfigFromFlags() (location.Config, error) {
 	var cfg location.Config
 	if f.storageConfig != "" {
-		b, err := os.ReadFile(f.storageConfig)
+		c, err := location.ParseFile(f.storageConfig)
 		if err != nil {
-			return cfg, fmt.Errorf("--storage-config: %w", err)
+			return cfg, fmt.Errorf("--storage-config %w", err) // the error starts with the file's name
 		}
-		// Either the daemon's whole config file (its storage: section is
-		// used) or just a storage section. Unknown keys are errors.
-		var top map[string]yaml.Node
-		if err := yaml.Unmarshal(b, &top); err != nil {
-			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
-		}
-		node, ok := top["storage"]
-		if !ok {
-			node = yaml.Node{}
-			if err := yaml.Unmarshal(b, &node); err != nil {
-				return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
-			}
-		}
-		var buf bytes.Buffer
-		enc := yaml.NewEncoder(&buf)
-		if err := enc.Encode(&node); err != nil {
-			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
-		}
-		dec := yaml.NewDecoder(&buf)
-		dec.KnownFields(true)
-		if err := dec.Decode(&cfg); err != nil {
-			return cfg, fmt.Errorf("--storage-config %s: %w", f.storageConfig, err)
-		}
+		cfg = c
 	}
 	if f.repo != "" {
 		cfg.URL = f.repo
@@ -107,23 +84,36 @@ func (f *repoFlags) storageConfigFromFlags() (location.Config, error) {
 	return cfg, nil
 }
 
-// openPlacement opens the storage and the placement of owners in it.
-func (f *repoFlags) openPlacement(ctx context.Context) (*placement.Placement, error) {
+// checkOwner checks --owner (when given) before anything is opened: a
+// malformed one is a usage error.
+func (f *repoFlags) checkOwner() error {
+	if f.owner == "" {
+		return nil
+	}
+	if err := repo.ValidateName("owner", f.owner); err != nil {
+		return usageError{Err: err}
+	}
+	return nil
+}
+
+// openPlacement opens the storage and the placement of owners in it. With
+// create (backup, init) a missing storage root is created where the
+// config allows; read-only commands never create anything.
+func (f *repoFlags) openPlacement(ctx context.Context, create bool) (*placement.Placement, error) {
+	if err := f.checkOwner(); err != nil {
+		return nil, err
+	}
 	cfg, err := f.storageConfigFromFlags()
 	if err != nil {
 		return nil, err
 	}
-	p, err := placement.Open(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open repository %s: %w", location.Redact(cfg.URL), err)
-	}
-	return p, nil
+	return placement.Open(ctx, cfg, create) // its errors name the backend and the bucket
 }
 
 // openOwners opens the placement and returns the owners to show: --owner,
 // or without it every owner under the root.
 func (f *repoFlags) openOwners(ctx context.Context) (*placement.Placement, []string, error) {
-	p, err := f.openPlacement(ctx)
+	p, err := f.openPlacement(ctx, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -138,15 +128,16 @@ func (f *repoFlags) openOwners(ctx context.Context) (*placement.Placement, []str
 	return p, owners, nil
 }
 
-// openOwner opens the owner's repository; with create a missing one is
-// created (a first backup).
+// openOwner opens the owner's repository; with create (a backup) a
+// missing one is created. Without, an owner with no repository is
+// placement.NoBackupsError ("no backups for owner O").
 func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repository, func(), error) {
 	cfg, err := f.storageConfigFromFlags()
 	if err != nil {
 		return nil, nil, err
 	}
 	f.uploads, f.downloads = cfg.Transfers()
-	p, err := f.openPlacement(ctx)
+	p, err := f.openPlacement(ctx, create)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -168,6 +159,9 @@ func (f *repoFlags) openOwner(ctx context.Context, create bool) (*repo.Repositor
 	r, err := load(ctx, st, create, f.cacheDirectory(), 0)
 	if err != nil {
 		closeAll()
+		if errors.Is(err, repo.ErrNoRepository) {
+			return nil, nil, placement.NoBackups(f.owner, err)
+		}
 		return nil, nil, fmt.Errorf("owner %s: %w", f.owner, err)
 	}
 	if !f.skipIndex {
@@ -210,14 +204,14 @@ func (m *idMapFlags) parse() (uids, gids bsync.IDMap, err error) {
 	for _, spec := range m.uid {
 		r, err := bsync.ParseIDRange(spec)
 		if err != nil {
-			return nil, nil, usageError{fmt.Errorf("--map-uid: %w", err)}
+			return nil, nil, usageError{Err: fmt.Errorf("--map-uid: %w", err)}
 		}
 		uids = append(uids, r)
 	}
 	for _, spec := range m.gid {
 		r, err := bsync.ParseIDRange(spec)
 		if err != nil {
-			return nil, nil, usageError{fmt.Errorf("--map-gid: %w", err)}
+			return nil, nil, usageError{Err: fmt.Errorf("--map-gid: %w", err)}
 		}
 		gids = append(gids, r)
 	}

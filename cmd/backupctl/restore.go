@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -43,14 +45,14 @@ With --overwrite, DIR may hold an earlier state of the workspace:
 
 --include PATH (repeatable) restores only PATH (relative to the snapshot's
 root) with everything below it, and the directories leading to it.`,
-		Args: cobra.ExactArgs(1),
+		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uidMap, gidMap, err := idMaps.parse()
 			if err != nil {
 				return err
 			}
 			if (over.Verify || over.Delete) && !over.Overwrite {
-				return usageError{fmt.Errorf("--verify and --delete need --overwrite")}
+				return usageError{Err: fmt.Errorf("--verify and --delete need --overwrite")}
 			}
 			ctx := cmd.Context()
 			start := time.Now()
@@ -114,11 +116,11 @@ func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreRes
 		})
 		return
 	}
-	fmt.Printf("restored snapshot %s: %d files, %d dirs, %d symlinks, %s in %.1fs\n",
-		id[:8], res.Files, res.Dirs, res.Symlinks, fmtBytes(res.Bytes), dur.Seconds())
+	fmt.Printf("restored snapshot %s: %s, %s, %s, %s in %.1fs\n",
+		id[:8], plural(res.Files, "file"), plural(res.Dirs, "dir"), plural(res.Symlinks, "symlink"), fmtBytes(res.Bytes), dur.Seconds())
 	if overwrite {
-		fmt.Printf("  %d files unchanged, %s reused from existing files, %s downloaded, %d entries deleted\n",
-			res.Unchanged, fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), res.Deleted)
+		fmt.Printf("  %s unchanged, %s reused from existing files, %s downloaded, %s deleted\n",
+			plural(res.Unchanged, "file"), fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), plural(res.Deleted, "entry"))
 	}
 }
 
@@ -141,7 +143,7 @@ func restoreViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb
 	if err != nil {
 		return rpcError(d, err)
 	}
-	if err := opFailed("restore", op); err != nil {
+	if err := opFailed(op); err != nil {
 		return err
 	}
 	r := op.Result

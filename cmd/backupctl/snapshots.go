@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +16,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/usage"
+
 	"github.com/backupd/backupd/pkg/chunk"
+	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -61,12 +65,12 @@ contents); then, after the whole listing, backupctl exits with status 1,
 so that a listing showing damage never passes for a clean one. A storage
 failure (unreachable, permission denied) stops the listing, also with
 status 1.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if d.enabled() {
 				if f.owner == "" {
-					return usageError{fmt.Errorf("--daemon needs --owner")}
+					return usageError{Err: fmt.Errorf("--daemon needs --owner")}
 				}
 				return snapshotsViaDaemon(ctx, &d, f.owner, workspace, f.json)
 			}
@@ -76,14 +80,15 @@ status 1.`,
 			}
 			defer p.Close()
 			var out []listed
+			none := "" // why --owner has no snapshots
 			for _, o := range owners {
-				st, err := p.Owner(ctx, o, false)
+				r, err := openSnapshots(ctx, p, o)
+				if errors.Is(err, repo.ErrNoRepository) {
+					none = err.Error() // "no backups for owner O ..."
+					continue
+				}
 				if err != nil {
 					return err
-				}
-				r, err := repo.Open(ctx, st)
-				if err != nil {
-					return fmt.Errorf("owner %s: %w", o, err)
 				}
 				refs, err := r.ListSnapshots(ctx, workspace)
 				if err != nil {
@@ -107,6 +112,14 @@ status 1.`,
 					})
 				}
 			}
+			if len(out) == 0 && !f.json {
+				if none != "" {
+					fmt.Fprintln(os.Stderr, none)
+				} else {
+					noneFound(f.owner, workspace)
+				}
+				return nil
+			}
 			return printListing(out, f.json)
 		},
 	}
@@ -115,6 +128,36 @@ status 1.`,
 	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "only this workspace's snapshots")
 	return cmd
+}
+
+// openSnapshots opens owner's repository for its snapshot objects alone
+// (no index); an owner with none is placement.NoBackupsError.
+func openSnapshots(ctx context.Context, p *placement.Placement, owner string) (*repo.Repository, error) {
+	st, err := p.Owner(ctx, owner, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, st)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return nil, placement.NoBackups(owner, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}
+
+// noneFound says on stderr that a listing found nothing: no backups for
+// the owner (of the workspace), or none at all.
+func noneFound(owner, workspace string) {
+	switch {
+	case owner != "" && workspace != "":
+		fmt.Fprintf(os.Stderr, "no backups for owner %s, workspace %s\n", owner, workspace)
+	case owner != "":
+		fmt.Fprintf(os.Stderr, "no backups for owner %s\n", owner)
+	default:
+		fmt.Fprintln(os.Stderr, "no backups")
+	}
 }
 
 // unreadable is the listing's entry for a snapshot that could not be read.
@@ -231,7 +274,7 @@ func newLsCmd() *cobra.Command {
 		Long: `List every entry of SNAPSHOT (an ID, a unique ID prefix, or latest) under
 PATH (default: the whole snapshot), recursively, with type, mode, size and
 modification time.`,
-		Args: cobra.RangeArgs(1, 2),
+		Args: usage.Args("SNAPSHOT", "[PATH]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -338,10 +381,10 @@ func newInitCmd() *cobra.Command {
 		Long: `Create owner O's repository. Optional: a first backup creates it with
 defaults. Use init to choose the compression level (1 fastest .. 4 best)
 or the target pack size.`,
-		Args: cobra.NoArgs,
+		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := f.openPlacement(ctx)
+			p, err := f.openPlacement(ctx, true)
 			if err != nil {
 				return err
 			}
@@ -352,7 +395,7 @@ or the target pack size.`,
 			}
 			cfg, err := repo.NewConfig(level, packSize)
 			if err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			if _, err := repo.Init(ctx, st, cfg); err != nil {
 				return fmt.Errorf("owner %s: %w", f.owner, err)

@@ -22,14 +22,20 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/backupd/backupd/internal/usage"
 	"github.com/backupd/backupd/pkg/daemon"
 	"github.com/backupd/backupd/pkg/storage/location"
 )
 
 func main() {
 	if err := newCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "backupd:", err)
-		os.Exit(1)
+		// One line; a usage error (exit status 2) adds one pointing to --help.
+		fmt.Fprintln(os.Stderr, "backupd:", usage.Message(err))
+		code := usage.ExitCode(err)
+		if code == usage.ExitUsage {
+			fmt.Fprintln(os.Stderr, "Run 'backupd --help' for usage.")
+		}
+		os.Exit(code)
 	}
 }
 
@@ -78,7 +84,7 @@ ones finish for --shutdown-grace, then cancels the rest cleanly (no
 partial snapshot) and exits.`,
 		Example: `  # On the embedded local store, workspaces under /workspaces:
   backupd --listen 127.0.0.1:7070 --workspace-root /workspaces`,
-		Args:          cobra.NoArgs,
+		Args:          usage.Args(),
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -110,9 +116,7 @@ partial snapshot) and exits.`,
 	fl.StringVar(&f.cacheDir, "cache-dir", "", `node-local cache of index and trees (default: backupd/cache under the user's cache directory; "none" for no cache)`)
 	fl.StringVar(&f.logFormat, "log-format", "", "json (default) or console")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info (default), warn or error")
-	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return fmt.Errorf("%w (see backupd --help)", err)
-	})
+	cmd.SetFlagErrorFunc(usage.FlagError)
 	return cmd
 }
 
@@ -183,10 +187,13 @@ func (f *flags) load(cmd *cobra.Command) (daemon.Config, error) {
 			}
 			n, err := parseBytes(l.v)
 			if err != nil {
-				return cfg, fmt.Errorf("--%s: %w", l.name, err)
+				return cfg, usage.Errorf("--%s %w", l.name, err)
 			}
 			*l.dst = n
 		}
+	}
+	if len(cfg.WorkspaceRoots) == 0 {
+		return cfg, usage.Errorf("no workspace root: give --workspace-root DIR (repeatable), workspace_roots in the --config file, or $BACKUPD_WORKSPACE_ROOTS")
 	}
 	cfg.SetDefaults()
 	return cfg, cfg.Validate()
@@ -228,6 +235,9 @@ func newLogger(cfg daemon.Log) (*zap.Logger, error) {
 	zc.DisableStacktrace = true
 	zc.EncoderConfig.TimeKey = "time"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	// Durations with their unit ("grace":"30s", "duration":"1.52s"), not
+	// bare numbers of seconds.
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return zc.Build()
 }
 

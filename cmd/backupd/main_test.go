@@ -273,7 +273,7 @@ func TestSIGTERMCancelsBackupAfterGrace(t *testing.T) {
 		t.Fatalf("backupd exited: %v", err)
 	}
 	logs := d.log()
-	for _, want := range []string{`"msg":"shutdown grace period over`, `"result":"cancelled"`, `"msg":"shut down"`} {
+	for _, want := range []string{`"msg":"shutdown grace period over`, `"result":"cancelled"`, `"msg":"shut down"`, `"grace":"2s"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s", want)
 		}
@@ -323,18 +323,21 @@ func TestSIGTERMLetsBackupFinishWithinGrace(t *testing.T) {
 func TestBadFlagsAndConfig(t *testing.T) {
 	for _, c := range []struct {
 		args []string
+		code int
 		want string
 	}{
-		{[]string{"--bogus"}, "unknown flag: --bogus"},
-		{[]string{"--listen", "127.0.0.1:0"}, "workspace_roots"},
-		{[]string{"--listen", "0.0.0.0:7070", "--workspace-root", "/tmp"}, "plaintext gRPC on a non-loopback address"},
-		{[]string{"--listen", "nonsense", "--workspace-root", "/tmp"}, "want host:port or unix:///path"},
-		{[]string{"--workspace-root", "/tmp", "--upload-limit", "fast"}, "--upload-limit"},
-		{[]string{"--workspace-root", "/tmp", "--tls-client-ca", "/x.pem"}, "cert and key are both required"},
-		{[]string{"--config", "/does/not/exist.yaml"}, "no such file"},
+		{[]string{"--bogus"}, 2, "unknown flag: --bogus"},
+		{[]string{"--listen", "127.0.0.1:0"}, 2, "no workspace root"},
+		{[]string{"--listen", "0.0.0.0:7070", "--workspace-root", "/tmp"}, 1, "plaintext gRPC on a non-loopback address"},
+		{[]string{"--listen", "nonsense", "--workspace-root", "/tmp"}, 1, "want host:port or unix:///path"},
+		{[]string{"--workspace-root", "/tmp", "--upload-limit", "fast"}, 2, "--upload-limit"},
+		{[]string{"--workspace-root", "/tmp", "--tls-client-ca", "/x.pem"}, 1, "cert and key are both required"},
+		{[]string{"--config", "/does/not/exist.yaml"}, 1, "no such file"},
 	} {
 		out, err := exec.Command(binary, c.args...).CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), c.want) || !strings.HasPrefix(string(out), "backupd: ") {
+		lines := strings.Count(string(out), "\n")
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != c.code || !strings.Contains(string(out), c.want) || !strings.HasPrefix(string(out), "backupd: ") ||
+			lines != c.code { // a usage error adds the line pointing to --help
 			t.Errorf("%v: %v\n%s", c.args, err, out)
 		}
 	}

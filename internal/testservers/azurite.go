@@ -52,7 +52,7 @@ var (
 )
 
 // Azurite returns the Azurite blob service of this test binary, starting it
-// on first use. It skips t (fails it in CI) when Azurite is not installed.
+// on first use. It fails t when Azurite is not installed.
 func Azurite(t testing.TB) *AzuriteServer {
 	t.Helper()
 	bin := filepath.Join(Dir(), "bin", "azurite-blob")

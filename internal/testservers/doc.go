@@ -11,9 +11,8 @@
 // Each server is started at most once per test binary, on a free port,
 // with its data in a temporary directory; Main stops them when the tests
 // end, also when they fail, and children die with the test binary
-// (Pdeathsig). When a binary is missing the test is skipped locally but
-// fails when the CI environment variable is set: in CI no integration test
-// may be skipped.
+// (Pdeathsig). When a binary is missing the test fails: no integration
+// test is ever skipped.
 //
 // Use from a package's tests:
 //
@@ -73,13 +72,9 @@ func Dir() string {
 	return filepath.Join(cache, "backupd", "test-servers")
 }
 
-// missing skips the test locally, and fails it in CI, when a server binary
-// is not installed.
+// missing fails the test when a server binary is not installed: an
+// integration test is never skipped.
 func missing(t testing.TB, what string) {
 	t.Helper()
-	msg := what + " is not installed under " + Dir() + "; run `make test-servers`"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	t.Fatal(what + " is not installed under " + Dir() + "; run `make test-servers`")
 }

@@ -70,8 +70,8 @@ var (
 )
 
 // MinIO returns the MinIO server shared by all tests of the test binary,
-// starting it on first use. Main stops it after the tests. The test is
-// skipped (failed in CI) when MinIO is not installed. Tests must not stop
+// starting it on first use. Main stops it after the tests. The test
+// fails when MinIO is not installed. Tests must not stop
 // the shared server; use StartMinIO for that.
 func MinIO(t testing.TB) *MinIOServer {
 	t.Helper()
@@ -116,7 +116,7 @@ func StartMinIO(t testing.TB) *MinIOServer {
 	return srv
 }
 
-// minioBinaries skips or fails t when minio or mc is not installed.
+// minioBinaries fails t when minio or mc is not installed.
 func minioBinaries(t testing.TB) {
 	t.Helper()
 	for _, name := range []string{"minio", "mc"} {

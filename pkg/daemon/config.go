@@ -5,18 +5,16 @@
 package daemon
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/backupd/backupd/internal/configyaml"
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage/location"
 )
@@ -225,7 +223,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.Storage.Validate(); err != nil {
-		bad("storage: %w", err)
+		var ue *location.URLError
+		if errors.As(err, &ue) {
+			errs = append(errs, err) // it names the URL
+		} else {
+			bad("storage: %w", err)
+		}
 	}
 	if c.CacheSize < 0 {
 		bad("cache_size: %d is negative", c.CacheSize)
@@ -266,8 +269,25 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return joinedErrors(errs)
 }
+
+// joinedErrors are several configuration errors, reported on one line.
+type joinedErrors []error
+
+func (e joinedErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// Unwrap returns the errors.
+func (e joinedErrors) Unwrap() []error { return e }
 
 // ParseListen splits a listen address into a network and an address:
 // unix:///path is a unix socket, anything else host:port on TCP.
@@ -293,16 +313,37 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// LoadFile reads a YAML config file into c; unknown keys are errors.
+// LoadFile reads a YAML config file into c. Unknown keys and values of
+// the wrong kind are errors of one line that name the key (configyaml).
 func (c *Config) LoadFile(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("--config %s: %w", path, err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %w", path, err)
+	if err := configyaml.Decode(b, c); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
 	}
 	return nil
+}
+
+// ConfigHint says what someone who wrote an unknown key at the top of the
+// config file probably meant (configyaml.Hinter).
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "workspace_root", "workspace-root", "workspaces", "roots":
+		return "the key is workspace_roots, a list"
+	case "url", "repo", "placement", "s3", "minio", "gcs", "azure", "connections":
+		return key + " belongs in the storage section"
+	case "metrics", "metrics-listen":
+		return "the key is metrics_listen"
+	case "backups", "restores", "max_backups", "max_restores", "queue_timeout":
+		return "limits go in the limits section (limits: backups, restores, queue_timeout, ...)"
+	case "shutdown-grace", "grace":
+		return "the key is shutdown_grace"
+	}
+	return ""
 }

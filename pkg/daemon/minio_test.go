@@ -97,6 +97,13 @@ func TestCancelledBackupAbortsMultipartUploads(t *testing.T) {
 	if strings.Count(text, `"msg":"operation ended"`) != 3 || strings.Contains(text, srv.UserSecretKey) {
 		t.Fatalf("logs (3 operations, no secret expected):\n%s", text)
 	}
+	// A restore's line counts the bytes it downloaded as such.
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, `"msg":"operation ended"`) && strings.Contains(line, `"kind":"restore"`) &&
+			(!strings.Contains(line, `"downloaded_bytes":`) || strings.Contains(line, `"new_bytes"`)) {
+			t.Errorf("restore's log line: %s", line)
+		}
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.

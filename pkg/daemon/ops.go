@@ -399,8 +399,13 @@ func (m *manager) finish(op *operation, res *pb.OperationResult, err error) {
 		zap.String("request_id", op.requestID), zap.Duration("duration", dur)}
 	if res != nil {
 		m.metrics.bytes.WithLabelValues(kind).Add(float64(res.Bytes))
-		fields = append(fields, zap.String("snapshot", res.SnapshotId), zap.Int64("files", res.Files),
-			zap.Int64("bytes", res.Bytes), zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
+		fields = append(fields, zap.String("snapshot", res.SnapshotId), zap.Int64("files", res.Files), zap.Int64("bytes", res.Bytes))
+		if kind == "restore" {
+			// A restore's NewBytes are the pack bytes it downloaded.
+			fields = append(fields, zap.Int64("downloaded_bytes", res.NewBytes))
+		} else {
+			fields = append(fields, zap.Int64("new_bytes", res.NewBytes), zap.Int64("stored_bytes", res.StoredBytes))
+		}
 	}
 	if pe := (*panics.Error)(nil); errors.As(err, &pe) {
 		m.log.Error("operation ended by a panic", append(fields, zap.Any("panic", pe.Value), zap.ByteString("stack", pe.Stack))...)

@@ -28,7 +28,6 @@ import (
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 	"github.com/backupd/backupd/pkg/storage/bandwidth"
-	"github.com/backupd/backupd/pkg/storage/location"
 	"github.com/backupd/backupd/pkg/storage/metered"
 	"github.com/backupd/backupd/pkg/tlsreload"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
@@ -106,9 +105,11 @@ func newServer(ctx context.Context, cfg Config, log *zap.Logger, h hooks) (*Serv
 		}
 		return bw.Wrap(metered.New(st, s.metrics))
 	}
-	if s.place, err = placement.Open(ctx, sc); err != nil {
+	// The daemon backs up: a missing storage root is created where the
+	// config allows it (createbucket).
+	if s.place, err = placement.Open(ctx, sc, true); err != nil {
 		closeRoots(roots)
-		return nil, fmt.Errorf("storage %s: %w", location.Redact(sc.URL), err)
+		return nil, err // the backends' errors name the backend and the bucket
 	}
 	s.uploads, s.downloads = sc.Transfers()
 	switch s.cacheDir = cfg.CacheDir; s.cacheDir {
@@ -306,6 +307,9 @@ func (s *Server) openRepoForPrune(ctx context.Context, owner string) (*repo.Repo
 		return nil, err
 	}
 	r, err := repo.OpenCached(ctx, st, false, s.cacheDir, s.cfg.CacheSize)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return nil, placement.NoBackups(owner, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}
@@ -320,6 +324,9 @@ func (s *Server) loadRepo(ctx context.Context, owner string, create bool, cacheD
 		return nil, err
 	}
 	r, err := repo.LoadCached(ctx, st, create, cacheDir, s.cfg.CacheSize)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return nil, placement.NoBackups(owner, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}
@@ -352,6 +359,9 @@ func (s *Server) openSnapshots(ctx context.Context, owner string) (*repo.Reposit
 		return nil, err
 	}
 	r, err := repo.Open(ctx, st)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return nil, placement.NoBackups(owner, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("owner %s: %w", owner, err)
 	}

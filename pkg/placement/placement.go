@@ -33,6 +33,37 @@ type Placement struct {
 	root     storage.Storage // prefix-per-owner
 	open     OpenBucket      // bucket-per-owner
 	template string
+	empty    bool // a root not created yet: no owner has a repository
+}
+
+// NoBackupsError says that an owner has no repository: nothing was ever
+// backed up for it (or it was purged). It is repo.ErrNoRepository.
+type NoBackupsError struct {
+	Owner string
+	// Bucket is the owner's missing bucket under bucket-per-owner
+	// placement, else "".
+	Bucket string
+}
+
+func (e *NoBackupsError) Error() string {
+	if e.Bucket != "" {
+		return fmt.Sprintf("no backups for owner %s (no bucket %s)", e.Owner, e.Bucket)
+	}
+	return "no backups for owner " + e.Owner
+}
+
+// Unwrap makes the error repo.ErrNoRepository.
+func (e *NoBackupsError) Unwrap() error { return repo.ErrNoRepository }
+
+// NoBackups turns err into a NoBackupsError for owner when it says that
+// the owner has no repository (repo.ErrNoRepository), and returns it
+// unchanged otherwise.
+func NoBackups(owner string, err error) error {
+	var nb *NoBackupsError
+	if errors.As(err, &nb) || !errors.Is(err, repo.ErrNoRepository) {
+		return err
+	}
+	return &NoBackupsError{Owner: owner}
 }
 
 // NewPrefixPerOwner places owner O's repository at O/ under root.
@@ -67,6 +98,9 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 	if err := repo.ValidateName("owner", owner); err != nil {
 		return nil, err
 	}
+	if p.empty {
+		return nil, &NoBackupsError{Owner: owner}
+	}
 	if p.root != nil {
 		st, err := prefix.New(p.root, owner)
 		if err != nil {
@@ -76,10 +110,10 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 	}
 	st, err := p.open(ctx, p.Bucket(owner), create)
 	if (errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrNoBucket)) && !create {
-		return nil, fmt.Errorf("owner %s: bucket %s: %w", owner, p.Bucket(owner), repo.ErrNoRepository)
+		return nil, &NoBackupsError{Owner: owner, Bucket: p.Bucket(owner)}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("owner %s: bucket %s: %w", owner, p.Bucket(owner), err)
+		return nil, fmt.Errorf("owner %s: %w", owner, err) // the backend's error names the bucket
 	}
 	return st, nil
 }
@@ -89,8 +123,11 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 // bucket-per-owner mode it is not supported (it would need the right to
 // list all buckets, which backupd does not ask for).
 func (p *Placement) Owners(ctx context.Context) ([]string, error) {
+	if p.empty {
+		return nil, nil
+	}
 	if p.root == nil {
-		return nil, errors.New("listing owners is not supported with bucket-per-owner placement; name the owner")
+		return nil, errors.New("listing owners is not supported with bucket-per-owner placement; name the owner with --owner")
 	}
 	return repo.ListOwners(ctx, p.root)
 }

@@ -83,6 +83,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/internal/errkind"
 	"github.com/backupd/backupd/pkg/storage/internal/etag"
 )
 
@@ -154,9 +155,42 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	one := int32(1)
 	pager := c.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: &s.prefix, MaxResults: &one})
 	if _, err := pager.NextPage(ctx); err != nil {
-		return nil, fmt.Errorf("azure: open container %s: %w", cfg.Container, mapErr(err))
+		return nil, openError(cfg.Container, cr, mapErr(err))
 	}
 	return s, nil
+}
+
+// openError explains why a container could not be opened, in one line
+// that says what to do.
+func openError(name string, cr credentials, err error) error {
+	var se *ServiceError
+	if !errors.As(err, &se) {
+		return fmt.Errorf("azure: open container %s: %w", name, err)
+	}
+	switch {
+	case se.Code == string(bloberror.ContainerNotFound):
+		return &noContainerError{name}
+	case se.StatusCode == http.StatusNotFound:
+		return errkind.Errorf([]error{storage.ErrNotFound}, "azure: open container %s: endpoint %s answers HTTP 404 %s: it names no storage account (an emulator's endpoint ends in the account, as http://127.0.0.1:10000/devstoreaccount1)",
+			name, cr.endpoint, se.Code)
+	case se.StatusCode == http.StatusForbidden && (se.Code == "AuthenticationFailed" || se.Code == "AuthorizationFailure"):
+		return errkind.Errorf([]error{storage.ErrPermission}, "azure: open container %s: the service refused the credentials of %s (HTTP 403 %s): check the account name and key (with the default Azure credential: its role on the container)",
+			name, cr.source, se.Code)
+	}
+	return fmt.Errorf("azure: open container %s: %w", name, err)
+}
+
+// noContainerError is a container that does not exist; it is
+// storage.ErrNoBucket and storage.ErrNotFound.
+type noContainerError struct{ name string }
+
+func (e *noContainerError) Error() string {
+	return "azure: container " + e.name + " does not exist: create it, or set createcontainer: true in the azure section for the first backup to create it"
+}
+
+// Is makes the error storage.ErrNoBucket and storage.ErrNotFound.
+func (e *noContainerError) Is(target error) bool {
+	return target == storage.ErrNoBucket || target == storage.ErrNotFound
 }
 
 // newContainerClient builds the SDK client for one container.
@@ -177,10 +211,42 @@ func newContainerClient(cr credentials, name string) (*container.Client, error) 
 	default:
 		cred, err := azidentity.NewDefaultAzureCredential(nil)
 		if err != nil {
-			return nil, fmt.Errorf("default Azure credential: %w", err)
+			return nil, fmt.Errorf("default Azure credential: %s", condense(err.Error()))
 		}
-		return container.NewClient(u, cred, opts)
+		return container.NewClient(u, tokenCredential{cred}, opts)
 	}
+}
+
+// tokenCredential is the default Azure credential with errors of one
+// line: when nothing in the environment configures it, that no
+// credential was found and where New looked (not the SDK's report of
+// every credential it tried); otherwise the SDK's report, condensed.
+type tokenCredential struct{ cred azcore.TokenCredential }
+
+// GetToken gets a token from the default Azure credential.
+func (t tokenCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	tok, err := t.cred.GetToken(ctx, opts)
+	switch {
+	case err == nil, ctx.Err() != nil:
+		return tok, err
+	case !defaultCredentialConfigured():
+		return tok, errNoCredentials
+	}
+	return tok, fmt.Errorf("the default Azure credential got no token: %s", condense(err.Error()))
+}
+
+// condense puts the SDK's multi-line error reports on one line, without
+// their rulers.
+func condense(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.Trim(l, "-") == "" || strings.HasPrefix(l, "To troubleshoot") {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // createContainer creates the container without public access, or checks

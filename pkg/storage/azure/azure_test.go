@@ -203,7 +203,7 @@ func TestConfigFromURL(t *testing.T) {
 		{"azblob://backups/p?endpoint=a&endpoint=b", "endpoint"},
 		{"azblob://backups/p?endpoint=ftp://x", "endpoint"},
 		{"azblob://Backups/p", "container"},
-		{"azblob:///p", "container"},
+		{"azblob:///p", "azblob://CONTAINER/PREFIX"},
 		{"azblob://backups:10000/p", "port"},
 		{"azblob://backups/a//b", "prefix"},
 		{"azblob://backups/p#frag", "fragment"},

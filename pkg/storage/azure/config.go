@@ -91,44 +91,44 @@ func (c Config) withDefaults() Config {
 // never contains a secret.
 func (c Config) Validate() error {
 	if err := validContainerName(c.Container); err != nil {
-		return fmt.Errorf("azure: config: container: %w", err)
+		return fmt.Errorf("azure: container %w", err)
 	}
 	if c.Prefix != "" {
 		if err := storage.ValidateKey(c.Prefix); err != nil {
-			return fmt.Errorf("azure: config: prefix: %w", err)
+			return fmt.Errorf("azure: prefix: %w", err)
 		}
 		if name := encodeName(c.Prefix); len(name) >= maxNameLength || strings.Count(name, "/")+1 >= maxSegments {
-			return fmt.Errorf("azure: config: prefix %q: too long to leave room for keys", c.Prefix)
+			return fmt.Errorf("azure: prefix %q: too long to leave room for keys", c.Prefix)
 		}
 	}
 	if c.Endpoint != "" {
 		if _, err := parseEndpoint(c.Endpoint); err != nil {
-			return fmt.Errorf("azure: config: endpoint: %w", err)
+			return fmt.Errorf("azure: endpoint: %w", err)
 		}
 	}
 	if c.AccountName != "" {
 		if err := validAccountName(c.AccountName); err != nil {
-			return fmt.Errorf("azure: config: accountname: %w", err)
+			return fmt.Errorf("azure: accountname: %w", err)
 		}
 	}
 	if c.AccountKey != "" {
 		if c.ConnectionString != "" {
-			return errors.New("azure: config: accountkey and connectionstring are exclusive; set one")
+			return errors.New("azure: accountkey and connectionstring are exclusive; set one")
 		}
 		if _, err := base64.StdEncoding.DecodeString(c.AccountKey); err != nil {
-			return errors.New("azure: config: accountkey: not valid base64")
+			return errors.New("azure: accountkey: not valid base64")
 		}
 	}
 	if c.ConnectionString != "" {
 		if _, err := parseConnectionString(c.ConnectionString); err != nil {
-			return fmt.Errorf("azure: config: connectionstring: %w", err)
+			return fmt.Errorf("azure: connectionstring: %w", err)
 		}
 	}
 	if c.BlockSize != 0 && (c.BlockSize < MinBlockSize || c.BlockSize > MaxBlockSize) {
-		return fmt.Errorf("azure: config: blocksize %d out of range %d..%d", c.BlockSize, MinBlockSize, MaxBlockSize)
+		return fmt.Errorf("azure: blocksize %d out of range %d..%d", c.BlockSize, MinBlockSize, MaxBlockSize)
 	}
 	if c.Concurrency < 0 || c.Concurrency > MaxConcurrency {
-		return fmt.Errorf("azure: config: concurrency %d out of range 1..%d (0 for the default)", c.Concurrency, MaxConcurrency)
+		return fmt.Errorf("azure: concurrency %d out of range 1..%d (0 for the default)", c.Concurrency, MaxConcurrency)
 	}
 	return nil
 }
@@ -164,34 +164,34 @@ var urlParams = map[string]bool{"endpoint": true, "accountname": true, "blocksiz
 // refused.
 func ConfigFromURL(u *url.URL) (Config, error) {
 	if u.Scheme != "azblob" {
-		return Config{}, fmt.Errorf("azure: url: scheme %q, want azblob", u.Scheme)
+		return Config{}, fmt.Errorf("scheme %q, want azblob", u.Scheme)
 	}
 	if u.User != nil {
-		return Config{}, errors.New("azure: url: credentials in the URL are refused; use the config file or the environment")
+		return Config{}, errors.New("credentials in the URL are refused; use the config file or the environment")
 	}
-	if u.Opaque != "" {
-		return Config{}, errors.New("azure: url: want azblob://CONTAINER/PREFIX")
+	if u.Opaque != "" || u.Host == "" {
+		return Config{}, errors.New("want azblob://CONTAINER/PREFIX")
 	}
 	if u.Fragment != "" {
-		return Config{}, errors.New("azure: url: a fragment is not allowed")
+		return Config{}, errors.New("a fragment is not allowed")
 	}
 	if u.Port() != "" {
-		return Config{}, fmt.Errorf("azure: url: container %q: a port is not allowed; the endpoint goes in ?endpoint=", u.Host)
+		return Config{}, fmt.Errorf("container %q: a port is not allowed; the endpoint goes in ?endpoint=", u.Host)
 	}
 	c := Config{Container: u.Host, Prefix: strings.Trim(u.Path, "/")}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return Config{}, fmt.Errorf("azure: url: malformed query: %w", err)
+		return Config{}, fmt.Errorf("malformed query: %w", err)
 	}
 	for name, vals := range q {
 		if looksSecret(name) {
-			return Config{}, fmt.Errorf("azure: url: query parameter %q looks like a credential; credentials never come from the URL", name)
+			return Config{}, fmt.Errorf("query parameter %q looks like a credential; credentials never come from the URL", name)
 		}
 		if !urlParams[name] {
-			return Config{}, fmt.Errorf("azure: url: unknown query parameter %q (accepted: endpoint, accountname, blocksize, concurrency)", name)
+			return Config{}, fmt.Errorf("unknown query parameter %q (accepted: endpoint, accountname, blocksize, concurrency)", name)
 		}
 		if len(vals) != 1 {
-			return Config{}, fmt.Errorf("azure: url: query parameter %q given %d times", name, len(vals))
+			return Config{}, fmt.Errorf("query parameter %q given %d times", name, len(vals))
 		}
 		v := vals[0]
 		switch name {
@@ -201,11 +201,11 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 			c.AccountName = v
 		case "blocksize":
 			if c.BlockSize, err = strconv.ParseInt(v, 10, 64); err != nil {
-				return Config{}, fmt.Errorf("azure: url: blocksize %q: not an integer", v)
+				return Config{}, fmt.Errorf("blocksize %q: not an integer", v)
 			}
 		case "concurrency":
 			if c.Concurrency, err = strconv.Atoi(v); err != nil {
-				return Config{}, fmt.Errorf("azure: url: concurrency %q: not an integer", v)
+				return Config{}, fmt.Errorf("concurrency %q: not an integer", v)
 			}
 		}
 	}
@@ -411,6 +411,9 @@ func (c Config) resolveCredentials() (credentials, error) {
 		}
 	default:
 		cr = credentials{accountName: name, source: "default Azure credential"}
+		if c.Endpoint == "" && name == "" {
+			return credentials{}, fmt.Errorf("%s, and no account: set endpoint (?endpoint=https://ACCOUNT.blob.core.windows.net) or accountname", errNoCredentials.Error())
+		}
 	}
 	if err != nil {
 		return credentials{}, err
@@ -435,7 +438,45 @@ func (c Config) resolveCredentials() (credentials, error) {
 		cr.endpoint = "https://" + cr.accountName + ".blob.core.windows.net"
 	}
 	if cr.accountKey == "" && cr.sas == "" && strings.HasPrefix(cr.endpoint, "http:") {
-		return credentials{}, fmt.Errorf("endpoint %s: the default Azure credential needs https", cr.endpoint)
+		return credentials{}, fmt.Errorf("%w; the default Azure credential needs an https endpoint, so with %s (an emulator?) set accountkey or a connection string", errNoCredentials, cr.endpoint)
 	}
 	return cr, nil
+}
+
+// lookedFor lists the credentials New looks for, in order.
+const lookedFor = "connectionstring and accountkey in the azure section, $" + EnvConnectionString + ", $" + EnvKey +
+	" (with accountname or $" + EnvAccount + "), and the default Azure credential (workload identity, a service principal in $AZURE_CLIENT_ID, managed identity, Azure CLI)"
+
+// errNoCredentials says that no credential was found, and where New
+// looked.
+var errNoCredentials = errors.New("no credentials found: looked for " + lookedFor)
+
+// defaultCredentialConfigured reports whether the environment configures
+// a credential of the default chain explicitly (a service principal or
+// workload identity), whose own error is then worth showing.
+func defaultCredentialConfigured() bool {
+	for _, v := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH"} {
+		if os.Getenv(v) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// ConfigHint says what an unknown key in the azure section probably
+// meant.
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "createbucket":
+		return "the azure section calls it createcontainer"
+	case "bucket":
+		return "the azure section calls it container"
+	case "account", "account_name":
+		return "the azure section calls it accountname"
+	case "key", "account_key", "sharedkey":
+		return "the azure section calls it accountkey"
+	case "connection_string":
+		return "the azure section calls it connectionstring"
+	}
+	return ""
 }

@@ -78,32 +78,32 @@ type Config struct {
 // Validate checks the config; an error names the offending parameter.
 func (c Config) Validate() error {
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("gcs: config: bucket: %w", err)
+		return fmt.Errorf("gcs: bucket %w", err)
 	}
 	if err := validatePrefix(c.Prefix); err != nil {
-		return fmt.Errorf("gcs: config: prefix: %w", err)
+		return fmt.Errorf("gcs: prefix: %w", err)
 	}
 	if c.CreateBucket && c.Project == "" {
-		return errors.New("gcs: config: project: required with createbucket")
+		return fmt.Errorf("gcs: creating bucket %s needs a project: set project in the gcs section, or ?project= in the URL", c.Bucket)
 	}
 	if c.Project != "" && !validProject(c.Project) {
-		return fmt.Errorf("gcs: config: project: %q is not a project ID", c.Project)
+		return fmt.Errorf("gcs: project: %q is not a project ID", c.Project)
 	}
 	if c.Location != "" && !validLocation(c.Location) {
-		return fmt.Errorf("gcs: config: location: %q is not a location", c.Location)
+		return fmt.Errorf("gcs: location: %q is not a location such as EU or europe-west1", c.Location)
 	}
 	if c.Endpoint != "" {
 		if _, err := endpointURL(c.Endpoint); err != nil {
-			return fmt.Errorf("gcs: config: endpoint: %w", err)
+			return fmt.Errorf("gcs: endpoint: %w", err)
 		}
 	}
 	switch {
 	case c.ChunkSize < 0:
-		return fmt.Errorf("gcs: config: chunksize: %d is negative", c.ChunkSize)
+		return fmt.Errorf("gcs: chunksize: %d is negative", c.ChunkSize)
 	case c.ChunkSize%chunkQuantum != 0:
-		return fmt.Errorf("gcs: config: chunksize: %d is not a multiple of 256 KiB", c.ChunkSize)
+		return fmt.Errorf("gcs: chunksize: %d is not a multiple of 256 KiB", c.ChunkSize)
 	case c.ChunkSize > maxChunkSize:
-		return fmt.Errorf("gcs: config: chunksize: %d is more than 1 GiB", c.ChunkSize)
+		return fmt.Errorf("gcs: chunksize: %d is more than 1 GiB", c.ChunkSize)
 	}
 	return nil
 }
@@ -166,34 +166,34 @@ var urlParams = map[string]bool{"endpoint": true, "project": true, "chunksize": 
 // credentials, is refused. Errors never quote the URL.
 func ConfigFromURL(u *url.URL) (Config, error) {
 	if u.Scheme != "gs" {
-		return Config{}, fmt.Errorf("gcs: location: scheme %q is not gs", u.Scheme)
+		return Config{}, fmt.Errorf("scheme %q is not gs", u.Scheme)
 	}
 	if u.User != nil {
-		return Config{}, errors.New("gcs: location: credentials in the URL are refused; use credentialsfile in the config file or application default credentials")
+		return Config{}, errors.New("credentials in the URL are refused; use credentialsfile in the config file or application default credentials")
 	}
-	if u.Opaque != "" {
-		return Config{}, errors.New("gcs: location: want gs://BUCKET/PREFIX")
+	if u.Opaque != "" || u.Host == "" {
+		return Config{}, errors.New("want gs://BUCKET/PREFIX")
 	}
 	if u.Fragment != "" {
-		return Config{}, errors.New("gcs: location: a fragment is not allowed (escape '#' as %23)")
+		return Config{}, errors.New("a fragment is not allowed (escape '#' as %23)")
 	}
 	if u.Port() != "" || strings.HasSuffix(u.Host, ":") {
-		return Config{}, errors.New("gcs: location: bucket: a bucket name has no port")
+		return Config{}, errors.New("a bucket name has no port; give an emulator as ?endpoint=http://HOST:PORT")
 	}
 	cfg := Config{Bucket: u.Hostname(), Prefix: strings.Trim(u.Path, "/")}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return Config{}, errors.New("gcs: location: malformed query")
+		return Config{}, errors.New("malformed query")
 	}
 	for name, values := range q {
 		if looksSecret(name) {
-			return Config{}, fmt.Errorf("gcs: location: parameter %q looks like a credential; credentials never come from the URL", name)
+			return Config{}, fmt.Errorf("parameter %q looks like a credential; credentials never come from the URL", name)
 		}
 		if !urlParams[name] {
-			return Config{}, fmt.Errorf("gcs: location: unknown parameter %q (accepted: chunksize, endpoint, project)", name)
+			return Config{}, fmt.Errorf("unknown parameter %q (accepted: chunksize, endpoint, project)", name)
 		}
 		if len(values) != 1 {
-			return Config{}, fmt.Errorf("gcs: location: parameter %q given %d times", name, len(values))
+			return Config{}, fmt.Errorf("parameter %q given %d times", name, len(values))
 		}
 		v := values[0]
 		switch name {
@@ -204,7 +204,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		case "chunksize":
 			n, err := strconv.Atoi(v)
 			if err != nil {
-				return Config{}, fmt.Errorf("gcs: location: chunksize: %q is not a number of bytes", v)
+				return Config{}, fmt.Errorf("chunksize: %q is not a number of bytes", v)
 			}
 			cfg.ChunkSize = n
 		}
@@ -343,4 +343,15 @@ func endpointURL(endpoint string) (*url.URL, error) {
 	}
 	u.RawPath = ""
 	return u, nil
+}
+
+// ConfigHint says what an unknown key in the gcs section probably meant.
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "credentials", "keyfile", "credentials_file":
+		return "the gcs section calls it credentialsfile (the path of a service-account key)"
+	case "projectid", "project_id":
+		return "the gcs section calls it project"
+	}
+	return ""
 }

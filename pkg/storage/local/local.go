@@ -110,7 +110,7 @@ func New(dir string) (*Storage, error) {
 }
 
 // Open opens the storage that cfg describes, creating its directory (mode
-// 0700) if it is missing.
+// 0700) if it is missing and cfg.MustExist is not set.
 func Open(cfg Config) (*Storage, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -119,10 +119,22 @@ func Open(cfg Config) (*Storage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: open %s: %w", cfg.Dir, err)
 	}
-	if err := os.MkdirAll(root, dirMode); err != nil {
-		return nil, fmt.Errorf("local: open %s: %w", root, err)
-	}
 	fi, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		if cfg.MustExist {
+			return nil, &missingDirError{root}
+		}
+		if err := os.MkdirAll(root, dirMode); err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) && pe.Path != root {
+				err = fmt.Errorf("%s: %w", pe.Path, pe.Err) // a parent is in the way
+			} else if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return nil, fmt.Errorf("local: open %s: %w", root, err)
+		}
+		fi, err = os.Stat(root)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("local: open %s: %w", root, err)
 	}
@@ -130,6 +142,17 @@ func Open(cfg Config) (*Storage, error) {
 		return nil, fmt.Errorf("local: open %s: not a directory", root)
 	}
 	return &Storage{root: root}, nil
+}
+
+// missingDirError is the directory of a storage opened with MustExist
+// that does not exist; it is storage.ErrNoBucket.
+type missingDirError struct{ dir string }
+
+func (e *missingDirError) Error() string { return "local: directory " + e.dir + " does not exist" }
+
+// Is makes the error storage.ErrNoBucket and fs.ErrNotExist.
+func (e *missingDirError) Is(target error) bool {
+	return target == storage.ErrNoBucket || target == fs.ErrNotExist
 }
 
 // Dir returns the absolute path of the storage's directory.

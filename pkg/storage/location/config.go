@@ -2,6 +2,7 @@ package location
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"reflect"
@@ -118,81 +119,98 @@ type resolved struct {
 
 func (c Config) resolve() (*resolved, error) {
 	if c.URL == "" {
-		return nil, fmt.Errorf("storage: url is required")
+		return nil, errors.New("no storage URL: give -r URL, url in the storage section, or $" + EnvVar)
 	}
 	switch c.Placement {
 	case "", PrefixPerOwner:
 	case BucketPerOwner:
 		if !strings.Contains(c.BucketTemplate, "{owner}") {
-			return nil, fmt.Errorf("storage: bucket_template %q must contain {owner} with placement %s", c.BucketTemplate, BucketPerOwner)
+			return nil, fmt.Errorf("bucket_template %q must contain {owner} with placement %s, as in backupd-{owner}", c.BucketTemplate, BucketPerOwner)
 		}
 	default:
-		return nil, fmt.Errorf("storage: placement %q: want %s or %s", c.Placement, PrefixPerOwner, BucketPerOwner)
+		return nil, fmt.Errorf("placement %q: want %s or %s", c.Placement, PrefixPerOwner, BucketPerOwner)
 	}
 	if c.Connections < 0 || c.Connections > 256 {
-		return nil, fmt.Errorf("storage: connections %d out of range 0..256", c.Connections)
+		return nil, fmt.Errorf("connections %d out of range 0..256 (0 for the default %d)", c.Connections, DefaultConnections)
 	}
 	if _, err := c.retryOptions(); err != nil {
-		return nil, fmt.Errorf("storage: %w", err)
+		return nil, err // "retry: ..."
 	}
 	r := &resolved{}
 	dir, lerr := localPath(c.URL)
 	if lerr == nil {
 		if c.Placement == BucketPerOwner {
-			return nil, fmt.Errorf("storage: placement %s needs an object store, not %s", BucketPerOwner, Redact(c.URL))
+			return nil, fmt.Errorf("placement %s needs an object store (s3, minio, gs, azblob), not the local directory %s", BucketPerOwner, dir)
 		}
 		r.scheme, r.local = "file", dir
 		return r, nil
 	}
 	u, err := url.Parse(c.URL)
 	if err != nil || u.Scheme == "" || strings.EqualFold(u.Scheme, "file") {
-		return nil, fmt.Errorf("storage: %w", lerr) // a local location, or nothing that parses
+		return nil, c.urlError(lerr) // a local location, or nothing that parses
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("storage: url %s: credentials do not belong in the URL; use the config file or the environment", Redact(c.URL))
+		return nil, c.urlError(errors.New("credentials do not belong in the URL; put them in the storage config file (--storage-config) or the environment"))
 	}
 	r.scheme = u.Scheme
+	var uerr, verr error
 	switch u.Scheme {
 	case "s3":
-		uc, err := s3.ConfigFromURL(u)
-		if err == nil {
+		var uc s3.Config
+		if uc, uerr = s3.ConfigFromURL(u); uerr == nil {
 			r.s3 = overlay(c.S3, uc)
-			err = r.s3.Validate()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
+			verr = r.s3.Validate()
 		}
 	case "minio":
-		uc, err := minio.ConfigFromURL(u)
-		if err == nil {
+		var uc minio.Config
+		if uc, uerr = minio.ConfigFromURL(u); uerr == nil {
 			r.minio = overlay(c.MinIO, uc)
-			err = r.minio.Validate()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
+			verr = r.minio.Validate()
 		}
 	case "gs":
-		uc, err := gcs.ConfigFromURL(u)
-		if err == nil {
+		var uc gcs.Config
+		if uc, uerr = gcs.ConfigFromURL(u); uerr == nil {
 			r.gcs = overlay(c.GCS, uc)
-			err = r.gcs.Validate()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
+			verr = r.gcs.Validate()
 		}
 	case "azblob":
-		uc, err := azure.ConfigFromURL(u)
-		if err == nil {
+		var uc azure.Config
+		if uc, uerr = azure.ConfigFromURL(u); uerr == nil {
 			r.azure = overlay(c.Azure, uc)
-			err = r.azure.Validate()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
+			verr = r.azure.Validate()
 		}
 	default:
-		return nil, fmt.Errorf("storage: url scheme %q is not supported (supported: %s)", u.Scheme, strings.Join(Schemes(), ", "))
+		return nil, c.urlError(fmt.Errorf("unsupported scheme %q (use %s)", u.Scheme, schemeList()))
 	}
-	return r, nil
+	if uerr != nil {
+		return nil, c.urlError(uerr)
+	}
+	return r, verr
+}
+
+// urlError is the error of a storage URL that does not parse or names
+// something invalid.
+func (c Config) urlError(err error) error {
+	return &URLError{URL: Redact(c.URL), Err: err}
+}
+
+// URLError is a storage URL that cannot be used as written: a usage
+// error (backupctl and backupd exit with status 2). Its message quotes
+// the URL redacted.
+type URLError struct {
+	URL string // redacted
+	Err error
+}
+
+func (e *URLError) Error() string { return "storage URL " + e.URL + ": " + e.Err.Error() }
+
+// Unwrap returns the reason.
+func (e *URLError) Unwrap() error { return e.Err }
+
+// schemeList is "file, s3, minio, gs or azblob".
+func schemeList() string {
+	s := Schemes()
+	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
 }
 
 // overlay returns base with every non-zero field of over copied onto it.
@@ -207,15 +225,21 @@ func overlay[T any](base, over T) T {
 	return base
 }
 
-// OpenRoot opens the storage root of cfg (the bucket and prefix of its URL),
-// wrapped with retries and the connection limit. The bucket must exist.
-func OpenRoot(ctx context.Context, cfg Config) (storage.Storage, error) {
-	return cfg.open(ctx, "", false)
+// OpenRoot opens the storage root of cfg (the bucket and prefix of its
+// URL), wrapped with retries and the connection limit. With create (a
+// command that writes: a backup, init), what is missing is created: a
+// local directory always, a bucket only when the backend's createbucket
+// (azure: createcontainer) is set. Without create nothing is ever
+// created, whatever the config says: a missing bucket or directory is an
+// error wrapping storage.ErrNoBucket.
+func OpenRoot(ctx context.Context, cfg Config, create bool) (storage.Storage, error) {
+	return cfg.open(ctx, "", create)
 }
 
-// OpenBucket opens (with create: creating, private, if missing) the named
-// bucket of cfg's backend, with the URL's prefix; for bucket-per-owner
-// placement.
+// OpenBucket opens the named bucket of cfg's backend, with the URL's
+// prefix, for bucket-per-owner placement. With create (an owner's first
+// backup) a missing bucket is created, private; without, it is an error
+// wrapping storage.ErrNoBucket.
 func OpenBucket(ctx context.Context, cfg Config, bucket string, create bool) (storage.Storage, error) {
 	return cfg.open(ctx, bucket, create)
 }
@@ -225,41 +249,49 @@ func (c Config) open(ctx context.Context, bucket string, create bool) (storage.S
 	if err != nil {
 		return nil, err
 	}
+	// Whether a missing bucket is created: a named (owner's) bucket when
+	// the caller creates; the root only when the config asks for it too.
+	createBucket := func(configured bool) bool {
+		if bucket != "" {
+			return create
+		}
+		return create && configured
+	}
 	var st storage.Storage
 	switch r.scheme {
 	case "file":
-		st, err = local.New(r.local)
+		st, err = local.Open(local.Config{Dir: r.local, MustExist: !create})
 	case "s3":
 		sc := r.s3
 		if bucket != "" {
 			sc.Bucket = bucket
 		}
-		sc.CreateBucket = sc.CreateBucket || create
+		sc.CreateBucket = createBucket(sc.CreateBucket)
 		st, err = s3.New(ctx, sc)
 	case "minio":
 		mc := r.minio
 		if bucket != "" {
 			mc.Bucket = bucket
 		}
-		mc.CreateBucket = mc.CreateBucket || create
+		mc.CreateBucket = createBucket(mc.CreateBucket)
 		st, err = minio.New(ctx, mc)
 	case "gs":
 		gc := r.gcs
 		if bucket != "" {
 			gc.Bucket = bucket
 		}
-		gc.CreateBucket = gc.CreateBucket || create
+		gc.CreateBucket = createBucket(gc.CreateBucket)
 		st, err = gcs.New(ctx, gc)
 	case "azblob":
 		ac := r.azure
 		if bucket != "" {
 			ac.Container = bucket
 		}
-		ac.CreateContainer = ac.CreateContainer || create
+		ac.CreateContainer = createBucket(ac.CreateContainer)
 		st, err = azure.New(ctx, ac)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open storage %s: %w", Redact(c.URL), err)
+		return nil, err // the backends' errors name the backend and the bucket
 	}
 	if c.Wrap != nil {
 		st = c.Wrap(st)
@@ -273,4 +305,51 @@ func (c Config) open(ctx context.Context, bucket string, create bool) (storage.S
 		n = DefaultConnections
 	}
 	return limit.New(retry.New(st, ro), limit.Options{Uploads: n, Downloads: n, Metadata: 2 * n}), nil
+}
+
+// CreatesRoot reports whether a backup creates the storage root when it
+// is missing: a local directory always, a bucket (container) when the
+// backend's createbucket (azure: createcontainer) is set. Read-only
+// commands never create it; they find no backups in it.
+func (c Config) CreatesRoot() bool {
+	r, err := c.resolve()
+	if err != nil {
+		return false
+	}
+	switch r.scheme {
+	case "file":
+		return true
+	case "s3":
+		return r.s3.CreateBucket
+	case "minio":
+		return r.minio.CreateBucket
+	case "gs":
+		return r.gcs.CreateBucket
+	case "azblob":
+		return r.azure.CreateContainer
+	}
+	return false
+}
+
+// ConfigHint says what someone who wrote an unknown key in the storage
+// section probably meant (configyaml.Hinter).
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "azblob":
+		return "the Azure section is called azure (azblob is the URL scheme)"
+	case "gs", "google":
+		return "the Google Cloud Storage section is called gcs (gs is the URL scheme)"
+	case "aws":
+		return "the S3 section is called s3"
+	case "file", "local":
+		return "a local directory has no section: set url: file:///abs/path"
+	case "createbucket", "createcontainer", "endpoint", "region", "bucket", "prefix", "accesskey", "secretkey",
+		"credentialsfile", "accountname", "accountkey", "connectionstring":
+		return key + " belongs in the backend's section (s3, minio, gcs or azure)"
+	case "bucket-per-owner", "prefix-per-owner":
+		return "it is a value: placement: " + key
+	case "storage":
+		return "the storage section is not nested: write its keys at this level"
+	}
+	return ""
 }

@@ -30,7 +30,7 @@ func TestConfigValidate(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		"no url":          {Config{}, "url is required"},
+		"no url":          {Config{}, "no storage URL"},
 		"bad placement":   {Config{URL: "file:///x", Placement: "everywhere"}, "placement"},
 		"template":        {Config{URL: "gs://b", Placement: BucketPerOwner, BucketTemplate: "fixed"}, "bucket_template"},
 		"file per owner":  {Config{URL: "file:///x", Placement: BucketPerOwner, BucketTemplate: "b-{owner}"}, "object store"},

@@ -36,7 +36,7 @@ func Open(ctx context.Context, rawURL string) (storage.Storage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("location: open %s: %w", Redact(rawURL), err)
 	}
-	return OpenRoot(ctx, Config{URL: rawURL})
+	return OpenRoot(ctx, Config{URL: rawURL}, true)
 }
 
 // localPath returns the directory that a file location names, or an error

@@ -48,7 +48,7 @@ func TestOpenErrors(t *testing.T) {
 		raw     string
 		wantErr string // a substring of the error
 	}{
-		{"", "url is required"},
+		{"", "no storage URL"},
 		{"relative/path", "relative path refused"},
 		{"./repo", "relative path refused"},
 		{"repo", "relative path refused"},
@@ -65,7 +65,7 @@ func TestOpenErrors(t *testing.T) {
 		{"s3://bucket/prefix", "region"},
 		{"minio://host/bucket", "credentials"},
 		{"azblob://container", "endpoint"},
-		{"https://example.com/x", `url scheme "https" is not supported`},
+		{"https://example.com/x", `unsupported scheme "https"`},
 		{"s3://AKIAXXX:hunter2@bucket/p?secret_key=hunter2&region=eu", "credentials do not belong in the URL"},
 		{"s3://AKIAXXX:hun/ter2@bucket/p", "not a valid URL"},
 	} {

@@ -68,26 +68,26 @@ type Config struct {
 // Validate checks the config; an error names the offending parameter.
 func (c Config) Validate() error {
 	if err := validEndpoint(c.Endpoint); err != nil {
-		return fmt.Errorf("minio: config: endpoint: %w", err)
+		return fmt.Errorf("minio: endpoint: %w", err)
 	}
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("minio: config: bucket: %w", err)
+		return fmt.Errorf("minio: bucket %w", err)
 	}
 	if _, err := keyPrefix(c.Prefix); err != nil {
-		return fmt.Errorf("minio: config: prefix: %w", err)
+		return fmt.Errorf("minio: prefix: %w", err)
 	}
 	if (c.AccessKey == "") != (c.SecretKey == "") {
-		return errors.New("minio: config: accesskey and secretkey must be set together (or both left empty to take them from the environment)")
+		return errors.New("minio: accesskey and secretkey must be set together (or both left empty to take them from the environment)")
 	}
 	if c.Region != "" && !validRegion(c.Region) {
-		return fmt.Errorf("minio: config: region %q is not a region name such as us-east-1", c.Region)
+		return fmt.Errorf("minio: region %q is not a region name such as us-east-1", c.Region)
 	}
 	if c.PartSize != 0 && (c.PartSize < MinPartSize || c.PartSize > MaxPartSize) {
-		return fmt.Errorf("minio: config: partsize %d out of range: S3 parts are %d (5 MiB) to %d (5 GiB) bytes",
+		return fmt.Errorf("minio: partsize %d out of range: S3 parts are %d (5 MiB) to %d (5 GiB) bytes",
 			c.PartSize, MinPartSize, MaxPartSize)
 	}
 	if c.UploadConcurrency < 0 || c.UploadConcurrency > 64 {
-		return fmt.Errorf("minio: config: uploadconcurrency %d out of range 1..64 (0 for the default %d)",
+		return fmt.Errorf("minio: uploadconcurrency %d out of range 1..64 (0 for the default %d)",
 			c.UploadConcurrency, DefaultUploadConcurrency)
 	}
 	return nil
@@ -153,39 +153,42 @@ var urlParams = []string{"secure", "region", "partsize"}
 func ConfigFromURL(u *url.URL) (Config, error) {
 	var c Config
 	if u.Scheme != "minio" {
-		return c, fmt.Errorf("minio: location: scheme %q is not minio", u.Scheme)
+		return c, fmt.Errorf("scheme %q is not minio", u.Scheme)
 	}
 	switch {
 	case u.User != nil:
-		return c, errors.New("minio: location: credentials never come from the URL: remove the user information and set accesskey/secretkey in the config file or the environment")
-	case u.Opaque != "":
-		return c, errors.New("minio: location: want minio://HOST:PORT/BUCKET/PREFIX")
+		return c, errors.New("credentials never come from the URL: remove the user information and set accesskey/secretkey in the config file or the environment")
+	case u.Opaque != "" || u.Host == "":
+		return c, errors.New("want minio://HOST:PORT/BUCKET/PREFIX")
 	case u.Fragment != "":
-		return c, errors.New("minio: location: a fragment is not allowed")
+		return c, errors.New("a fragment is not allowed")
 	}
 	c.Endpoint = u.Host
 	c.Bucket, c.Prefix, _ = strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
 	c.Prefix = strings.Trim(c.Prefix, "/")
+	if c.Bucket == "" {
+		return c, errors.New("no bucket: want minio://HOST:PORT/BUCKET/PREFIX")
+	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return c, fmt.Errorf("minio: location: query: %w", err)
+		return c, fmt.Errorf("query: %w", err)
 	}
 	for name, values := range q {
 		if !slices.Contains(urlParams, name) {
 			if secretLike(name) {
-				return c, fmt.Errorf("minio: location: query parameter %q refused: credentials never come from the URL", name)
+				return c, fmt.Errorf("query parameter %q refused: credentials never come from the URL", name)
 			}
-			return c, fmt.Errorf("minio: location: unknown query parameter %q (accepted: %s)", name, strings.Join(urlParams, ", "))
+			return c, fmt.Errorf("unknown query parameter %q (accepted: %s)", name, strings.Join(urlParams, ", "))
 		}
 		if len(values) != 1 {
-			return c, fmt.Errorf("minio: location: query parameter %q given %d times", name, len(values))
+			return c, fmt.Errorf("query parameter %q given %d times", name, len(values))
 		}
 		v := values[0]
 		switch name {
 		case "secure":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return c, fmt.Errorf("minio: location: secure %q is not a boolean", v)
+				return c, fmt.Errorf("secure %q is not a boolean", v)
 			}
 			c.Secure = &b
 		case "region":
@@ -193,7 +196,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		case "partsize":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return c, fmt.Errorf("minio: location: partsize %q is not a number of bytes", v)
+				return c, fmt.Errorf("partsize %q is not a number of bytes", v)
 			}
 			c.PartSize = n
 		}
@@ -306,4 +309,18 @@ func keyPrefix(p string) (string, error) {
 		return "", fmt.Errorf("%q is longer than 512 bytes", p)
 	}
 	return p + "/", nil
+}
+
+// ConfigHint says what an unknown key in the minio section probably
+// meant.
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "chunksize":
+		return "the minio section calls it partsize"
+	case "regionendpoint":
+		return "the minio section calls it endpoint (HOST:PORT)"
+	case "rootdirectory":
+		return "the minio section calls it prefix"
+	}
+	return ""
 }

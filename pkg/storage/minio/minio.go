@@ -48,6 +48,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"syscall"
 	"time"
@@ -58,6 +59,7 @@ import (
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/errkind"
 	"github.com/backupd/backupd/pkg/storage/internal/etag"
 	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
@@ -151,13 +153,23 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 func (s *Storage) openBucket(ctx context.Context) error {
 	exists, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
-		return s.scrub(fmt.Errorf("minio: open bucket %s: %w", s.bucket, classify(ctx, err)))
+		var ue *url.Error
+		if errors.As(err, &ue) && strings.Contains(ue.Err.Error(), "HTTP response to HTTPS client") {
+			return fmt.Errorf("minio: open bucket %s: %s speaks http, not https: add ?secure=false to the URL (or secure: false in the minio section)", s.bucket, s.client.EndpointURL().Host)
+		}
+		code := miniogo.ToErrorResponse(err).Code
+		err = classify(ctx, err)
+		if errors.Is(err, storage.ErrPermission) {
+			return errkind.Errorf([]error{storage.ErrPermission}, "minio: open bucket %s: access denied (HTTP 403 %s): the credentials are wrong, or may not list this bucket (s3:ListBucket)",
+				s.bucket, code)
+		}
+		return s.scrub(fmt.Errorf("minio: open bucket %s: %w", s.bucket, err))
 	}
 	if exists {
 		return nil
 	}
 	if !s.create {
-		return fmt.Errorf("minio: open bucket %s: %w (set createbucket to create it)", s.bucket, ErrNoBucket)
+		return errkind.Errorf([]error{ErrNoBucket}, "minio: bucket %s does not exist: create it, or set createbucket: true in the minio section for the first backup to create it", s.bucket)
 	}
 	// New buckets are private: minio-go sets no policy or ACL.
 	err = s.client.MakeBucket(ctx, s.bucket, miniogo.MakeBucketOptions{Region: s.region})

@@ -504,7 +504,7 @@ func TestConfigFromURL(t *testing.T) {
 		{"minio://host:9000/bucket/a//b", "prefix"},
 		{"minio://host:9000/", "bucket"},
 		{"minio://host:9000/Bucket", "bucket"},
-		{"minio:///bucket/p", "endpoint"},
+		{"minio:///bucket/p", "minio://HOST:PORT/BUCKET"},
 		{"minio://host:9000/bucket#x", "fragment"},
 		{"s3://bucket/p", "scheme"},
 	} {

@@ -93,15 +93,15 @@ func (c Config) Validate() error {
 		return err
 	}
 	if (c.AccessKey == "") != (c.SecretKey == "") {
-		return errors.New("s3: config: accesskey and secretkey must be set together (or both left empty for the default credential chain)")
+		return errors.New("s3: accesskey and secretkey must be set together (or both left empty for the default credential chain)")
 	}
 	if c.RegionEndpoint != "" {
 		if _, err := endpointURL(c.RegionEndpoint, c.Secure); err != nil {
-			return fmt.Errorf("s3: config: regionendpoint: %w", err)
+			return fmt.Errorf("s3: regionendpoint: %w", err)
 		}
 	}
 	if c.KeyID != "" && !c.Encrypt {
-		return errors.New("s3: config: keyid is set but encrypt is false; set encrypt: true to use SSE-KMS with this key")
+		return errors.New("s3: keyid is set but encrypt is false; set encrypt: true to use SSE-KMS with this key")
 	}
 	return nil
 }
@@ -109,31 +109,31 @@ func (c Config) Validate() error {
 // validateParams checks each parameter on its own, not how they combine.
 func (c Config) validateParams() error {
 	if err := ValidateBucketName(c.Bucket); err != nil {
-		return fmt.Errorf("s3: config: bucket: %w", err)
+		return fmt.Errorf("s3: %w", err)
 	}
 	if c.Region != "" && !validRegion(c.Region) {
-		return fmt.Errorf("s3: config: region %q is not a region name such as us-east-1", c.Region)
+		return fmt.Errorf("s3: region %q is not a region name such as us-east-1", c.Region)
 	}
 	if c.RegionEndpoint != "" {
 		if _, err := endpointURL(c.RegionEndpoint, nil); err != nil {
-			return fmt.Errorf("s3: config: regionendpoint: %w", err)
+			return fmt.Errorf("s3: regionendpoint: %w", err)
 		}
 	}
 	if c.V4Auth != nil && !*c.V4Auth {
-		return errors.New("s3: config: v4auth: false is not supported: aws-sdk-go-v2 signs requests with Signature Version 4 only; remove v4auth or set it to true")
+		return errors.New("s3: v4auth: false is not supported: aws-sdk-go-v2 signs requests with Signature Version 4 only; remove v4auth or set it to true")
 	}
 	if c.ChunkSize != 0 && (c.ChunkSize < MinChunkSize || c.ChunkSize > MaxChunkSize) {
-		return fmt.Errorf("s3: config: chunksize %d out of range: S3 parts are %d (5 MiB) to %d (5 GiB) bytes",
+		return fmt.Errorf("s3: chunksize %d out of range: S3 parts are %d (5 MiB) to %d (5 GiB) bytes",
 			c.ChunkSize, MinChunkSize, MaxChunkSize)
 	}
 	if _, err := rootPrefix(c.RootDirectory); err != nil {
-		return fmt.Errorf("s3: config: rootdirectory: %w", err)
+		return fmt.Errorf("s3: rootdirectory: %w", err)
 	}
 	if c.StorageClass != "" && !slices.Contains(storageClasses, c.StorageClass) {
-		return fmt.Errorf("s3: config: storageclass %q unknown (one of %s)", c.StorageClass, strings.Join(storageClasses, ", "))
+		return fmt.Errorf("s3: storageclass %q unknown (one of %s)", c.StorageClass, strings.Join(storageClasses, ", "))
 	}
 	if c.UploadConcurrency < 0 || c.UploadConcurrency > 64 {
-		return fmt.Errorf("s3: config: uploadconcurrency %d out of range 1..64 (0 for the default %d)",
+		return fmt.Errorf("s3: uploadconcurrency %d out of range 1..64 (0 for the default %d)",
 			c.UploadConcurrency, DefaultUploadConcurrency)
 	}
 	return nil
@@ -215,33 +215,33 @@ var urlParams = []string{"region", "endpoint", "secure", "storageclass", "chunks
 func ConfigFromURL(u *url.URL) (Config, error) {
 	var c Config
 	if u.Scheme != "s3" {
-		return c, fmt.Errorf("s3: location: scheme %q is not s3", u.Scheme)
+		return c, fmt.Errorf("scheme %q is not s3", u.Scheme)
 	}
 	switch {
 	case u.User != nil:
-		return c, errors.New("s3: location: credentials never come from the URL: remove the user information and set accesskey/secretkey in the config file or use the default credential chain")
-	case u.Opaque != "":
-		return c, errors.New("s3: location: want s3://BUCKET/PREFIX")
+		return c, errors.New("credentials never come from the URL: remove the user information and set accesskey/secretkey in the config file or use the default credential chain")
+	case u.Opaque != "" || u.Host == "":
+		return c, errors.New("want s3://BUCKET/PREFIX?region=REGION")
 	case u.Fragment != "":
-		return c, errors.New("s3: location: a fragment is not allowed")
+		return c, errors.New("a fragment is not allowed")
 	case u.Port() != "":
-		return c, fmt.Errorf("s3: location: bucket %q has a port; give the service as ?endpoint=URL", u.Host)
+		return c, fmt.Errorf("bucket %q has a port; give the service as ?endpoint=URL", u.Host)
 	}
 	c.Bucket = u.Host
 	c.RootDirectory = strings.Trim(u.Path, "/")
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return c, fmt.Errorf("s3: location: query: %w", err)
+		return c, fmt.Errorf("query: %w", err)
 	}
 	for name, values := range q {
 		if !slices.Contains(urlParams, name) {
 			if secretLike(name) {
-				return c, fmt.Errorf("s3: location: query parameter %q refused: credentials never come from the URL", name)
+				return c, fmt.Errorf("query parameter %q refused: credentials never come from the URL", name)
 			}
-			return c, fmt.Errorf("s3: location: unknown query parameter %q (accepted: %s)", name, strings.Join(urlParams, ", "))
+			return c, fmt.Errorf("unknown query parameter %q (accepted: %s)", name, strings.Join(urlParams, ", "))
 		}
 		if len(values) != 1 {
-			return c, fmt.Errorf("s3: location: query parameter %q given %d times", name, len(values))
+			return c, fmt.Errorf("query parameter %q given %d times", name, len(values))
 		}
 		v := values[0]
 		switch name {
@@ -256,13 +256,13 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		case "chunksize":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return c, fmt.Errorf("s3: location: chunksize %q is not a number of bytes", v)
+				return c, fmt.Errorf("chunksize %q is not a number of bytes", v)
 			}
 			c.ChunkSize = n
 		case "secure", "encrypt", "pathstyle":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return c, fmt.Errorf("s3: location: %s %q is not a boolean", name, v)
+				return c, fmt.Errorf("%s %q is not a boolean", name, v)
 			}
 			switch name {
 			case "secure":
@@ -408,4 +408,17 @@ func rootPrefix(dir string) (string, error) {
 		return "", fmt.Errorf("%q is longer than 512 bytes", dir)
 	}
 	return dir + "/", nil
+}
+
+// ConfigHint says what an unknown key in the s3 section probably meant.
+func (Config) ConfigHint(key string) string {
+	switch key {
+	case "endpoint":
+		return "the s3 section calls it regionendpoint (or give ?endpoint= in the URL)"
+	case "prefix":
+		return "the s3 section calls it rootdirectory (or give it as the URL's path)"
+	case "partsize":
+		return "the s3 section calls it chunksize"
+	}
+	return ""
 }

@@ -76,10 +76,12 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backupd/backupd/pkg/storage"
 	putbody "github.com/backupd/backupd/pkg/storage/internal/body"
+	"github.com/backupd/backupd/pkg/storage/internal/errkind"
 	"github.com/backupd/backupd/pkg/storage/internal/etag"
 	"github.com/backupd/backupd/pkg/storage/internal/httprange"
 )
@@ -105,6 +107,7 @@ type Storage struct {
 	uploader    *manager.Uploader
 	transports  transports
 	bucket      string
+	endpoint    string // "" for Amazon S3, for errors
 	root        string // "" or the root directory plus "/"
 	chunkSize   int64
 	cfg         Config
@@ -151,6 +154,7 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	})
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
+		config.WithLogger(logging.Nop{}), // errors are returned, never printed
 		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
 	if cfg.Region != "" {
@@ -166,10 +170,19 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	}
 	if awsCfg.Region == "" {
 		if endpoint == "" {
-			return nil, fmt.Errorf("s3: open bucket %s: no region: set region (or AWS_REGION)", cfg.Bucket)
+			return nil, fmt.Errorf("s3: open bucket %s: no region: add ?region=REGION to the URL, or set region in the s3 section or $AWS_REGION", cfg.Bucket)
 		}
 		awsCfg.Region = "us-east-1" // what S3-compatible services expect by default
 	}
+	// The credentials first, so that none found is said as such (the SDK
+	// reports it as a failed request, after a warning on stderr).
+	if _, err := awsCfg.Credentials.Retrieve(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("s3: open bucket %s: %w", cfg.Bucket, ctx.Err())
+		}
+		return nil, errkind.Errorf([]error{storage.ErrPermission}, "s3: open bucket %s: no credentials found: looked for %s", cfg.Bucket, lookedFor)
+	}
+	s.endpoint = endpoint
 	s.client = awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
@@ -202,10 +215,10 @@ func (s *Storage) openBucket(ctx context.Context) error {
 		if code, region := httpStatus(err), bucketRegion(err); code == http.StatusMovedPermanently && region != "" {
 			return fmt.Errorf("s3: open bucket %s: the bucket is in region %s, not %s", s.bucket, region, s.client.Options().Region)
 		}
-		return s.scrub(fmt.Errorf("s3: open bucket %s: %w", s.bucket, classify(ctx, err)))
+		return s.scrub(openError(ctx, s.bucket, s.endpoint, err))
 	}
 	if !s.cfg.CreateBucket {
-		return fmt.Errorf("s3: open bucket %s: %w (set createbucket to create it)", s.bucket, ErrNoBucket)
+		return errkind.Errorf([]error{ErrNoBucket}, "s3: bucket %s does not exist: create it, or set createbucket: true in the s3 section for the first backup to create it", s.bucket)
 	}
 	in := &awss3.CreateBucketInput{Bucket: &s.bucket}
 	if region := s.client.Options().Region; region != "us-east-1" {
@@ -226,6 +239,29 @@ func (s *Storage) openBucket(ctx context.Context) error {
 	default:
 		return s.scrub(fmt.Errorf("s3: create bucket %s: %w", s.bucket, classify(ctx, err)))
 	}
+}
+
+// lookedFor lists where the AWS SDK's default chain looks for
+// credentials, after the s3 section.
+const lookedFor = "accesskey and secretkey in the s3 section, $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, " +
+	"the shared files (~/.aws/credentials, ~/.aws/config, $AWS_PROFILE), web identity ($AWS_ROLE_ARN with $AWS_WEB_IDENTITY_TOKEN_FILE: IRSA) and the EC2 instance role"
+
+// openError explains why HeadBucket failed, in one line without request
+// ids: refused credentials, an unreachable service, or the SDK's error.
+func openError(ctx context.Context, bucket, endpoint string, err error) error {
+	err = classify(ctx, err)
+	where := endpoint
+	if where == "" {
+		where = "Amazon S3"
+	}
+	var oe *net.OpError
+	switch {
+	case errors.Is(err, storage.ErrPermission):
+		return errkind.Errorf([]error{storage.ErrPermission}, "s3: open bucket %s: access denied (HTTP 403): the credentials are wrong, or may not list this bucket (s3:ListBucket)", bucket)
+	case errors.As(err, &oe):
+		return fmt.Errorf("s3: open bucket %s: cannot reach %s: %w", bucket, where, oe.Err)
+	}
+	return fmt.Errorf("s3: open bucket %s: %w", bucket, err)
 }
 
 // objectKey validates key and returns the S3 key that holds it.

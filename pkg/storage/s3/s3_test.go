@@ -591,7 +591,7 @@ func TestConfigFromURL(t *testing.T) {
 		{"s3://bucket/p?chunksize=1024", "chunksize"},
 		{"s3://bucket/a/../b", "rootdirectory"},
 		{"s3://Bucket/p", "bucket"},
-		{"s3:///p", "bucket"},
+		{"s3:///p", "s3://BUCKET/PREFIX"},
 		{"s3://bucket:9000/p", "port"},
 		{"s3://bucket/p#frag", "fragment"},
 		{"gs://bucket/p", "scheme"},
