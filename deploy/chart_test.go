@@ -502,6 +502,12 @@ func TestGrafanaDashboard(t *testing.T) {
 		t.Fatalf("dashboard ConfigMap %+v", cm)
 	}
 	want := mustRead(t, filepath.Join(chartDir, "dashboards", "backupd.json"))
+	// The chart's copy is the dashboard of deploy/grafana/ (Helm reads no
+	// file outside the chart): the one whose queries pkg/daemon's test
+	// checks against the metrics the daemon exports.
+	if !bytes.Equal(want, mustRead(t, filepath.Join("grafana", "backupd.json"))) {
+		t.Fatal("helm/backupd/dashboards/backupd.json differs from grafana/backupd.json: copy it")
+	}
 	var a, b any
 	if err := json.Unmarshal([]byte(cm.Data["backupd.json"]), &a); err != nil {
 		t.Fatal(err)
