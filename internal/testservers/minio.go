@@ -174,8 +174,18 @@ func startMinIO(dir string) (*MinIOServer, error) {
 func (s *MinIOServer) setUp() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.mcRun("alias", "set", minioAlias, s.URL, s.RootUser, s.RootPassword); err != nil {
-		return err
+	// A server that answers its health check may still say "Server not
+	// initialized yet" to its first admin call: try again for a while.
+	deadline := time.Now().Add(minioReadyTimeout)
+	for {
+		err := s.mcRun("alias", "set", minioAlias, s.URL, s.RootUser, s.RootPassword)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "not initialized") || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond) // polling a server's start, not synchronising tests
 	}
 	if err := s.mcRun("admin", "user", "add", minioAlias, s.UserAccessKey, s.UserSecretKey); err != nil {
 		return err
