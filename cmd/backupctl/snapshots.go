@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"github.com/backupd/backupd/internal/usage"
 
 	"github.com/backupd/backupd/pkg/chunk"
-	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -82,7 +80,7 @@ status 1.`,
 			var out []listed
 			none := "" // why --owner has no snapshots
 			for _, o := range owners {
-				r, err := openSnapshots(ctx, p, o)
+				r, err := p.OpenSnapshots(ctx, o)
 				if errors.Is(err, repo.ErrNoRepository) {
 					none = err.Error() // "no backups for owner O ..."
 					continue
@@ -128,23 +126,6 @@ status 1.`,
 	d.register(cmd)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "only this workspace's snapshots")
 	return cmd
-}
-
-// openSnapshots opens owner's repository for its snapshot objects alone
-// (no index); an owner with none is placement.NoBackupsError.
-func openSnapshots(ctx context.Context, p *placement.Placement, owner string) (*repo.Repository, error) {
-	st, err := p.Owner(ctx, owner, false)
-	if err != nil {
-		return nil, err
-	}
-	r, err := repo.Open(ctx, st)
-	if errors.Is(err, repo.ErrNoRepository) {
-		return nil, placement.NoBackups(owner, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("owner %s: %w", owner, err)
-	}
-	return r, nil
 }
 
 // noneFound says on stderr that a listing found nothing: no backups for

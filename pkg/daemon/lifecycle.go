@@ -53,7 +53,7 @@ func (s *Server) startForget(req *pb.ForgetSnapshotsRequest) (*operation, bool, 
 	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_FORGET, owner: owner, workspace: workspace,
 		requestID: req.GetRequestId(), joinKey: "forget/" + owner + "/" + workspace, req: req,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
-			r, err := s.openSnapshots(ctx, owner)
+			r, err := s.place.OpenSnapshots(ctx, owner)
 			if err != nil {
 				return nil, err
 			}
@@ -219,7 +219,7 @@ func (s *Server) startDeleteWorkspace(req *pb.DeleteWorkspaceRequest) (*operatio
 			if err := waitEnded(ctx, op.waitFor); err != nil {
 				return nil, err
 			}
-			r, err := s.openSnapshots(ctx, owner)
+			r, err := s.place.OpenSnapshots(ctx, owner)
 			if errors.Is(err, repo.ErrNoRepository) {
 				return &pb.OperationResult{Receipt: &pb.DeleteReceipt{Duration: durationpb.New(0), CancelledOperations: int64(len(op.waitFor))}}, nil
 			}

@@ -348,22 +348,3 @@ func (s *Server) logIndexReport(owner string, rep *repo.IndexReport) {
 		s.log.Info("packs in no index object indexed from their trailers (an interrupted backup's)", zap.String("owner", owner), zap.Int("packs", len(rep.Adopted)))
 	}
 }
-
-// openSnapshots opens owner's repository for its snapshot objects alone:
-// listing and deleting snapshots need no index, so they neither load it
-// (time and memory in a large repository) nor fail on a damaged index
-// object.
-func (s *Server) openSnapshots(ctx context.Context, owner string) (*repo.Repository, error) {
-	st, err := s.place.Owner(ctx, owner, false)
-	if err != nil {
-		return nil, err
-	}
-	r, err := repo.Open(ctx, st)
-	if errors.Is(err, repo.ErrNoRepository) {
-		return nil, placement.NoBackups(owner, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("owner %s: %w", owner, err)
-	}
-	return r, nil
-}

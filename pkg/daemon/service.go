@@ -338,7 +338,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 			return nil, err
 		}
 	}
-	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
+	r, err := sv.s.place.OpenSnapshots(ctx, req.GetOwner())
 	if errors.Is(err, repo.ErrNoRepository) {
 		return &pb.ListSnapshotsResponse{}, nil
 	}
@@ -426,7 +426,7 @@ func (sv *service) deleteSnapshot(ctx context.Context, req *pb.DeleteSnapshotReq
 	if err := checkSnapshotID("snapshot_id", req.GetSnapshotId(), false, true); err != nil {
 		return err
 	}
-	r, err := sv.s.openSnapshots(ctx, req.GetOwner())
+	r, err := sv.s.place.OpenSnapshots(ctx, req.GetOwner())
 	if err != nil {
 		return err
 	}

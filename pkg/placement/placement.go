@@ -118,6 +118,25 @@ func (p *Placement) Owner(ctx context.Context, owner string, create bool) (stora
 	return st, nil
 }
 
+// OpenSnapshots opens owner's repository for its snapshot objects alone,
+// without its index: listing and deleting snapshots need none, so they
+// neither load it (time and memory in a large repository) nor fail on a
+// damaged index object. An owner with no repository is a NoBackupsError.
+func (p *Placement) OpenSnapshots(ctx context.Context, owner string) (*repo.Repository, error) {
+	st, err := p.Owner(ctx, owner, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, st)
+	if errors.Is(err, repo.ErrNoRepository) {
+		return nil, NoBackups(owner, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("owner %s: %w", owner, err)
+	}
+	return r, nil
+}
+
 // Owners lists the owners that have a repository. In prefix-per-owner mode
 // this lists every key under the root, so it is for inspection only; in
 // bucket-per-owner mode it is not supported (it would need the right to
