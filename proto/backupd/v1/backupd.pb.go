@@ -55,6 +55,7 @@ const (
 	OperationKind_OPERATION_KIND_DELETE_WORKSPACE OperationKind = 5
 	OperationKind_OPERATION_KIND_DELETE_OWNER     OperationKind = 6
 	OperationKind_OPERATION_KIND_CHECK            OperationKind = 7
+	OperationKind_OPERATION_KIND_CHECKPOINT       OperationKind = 8
 )
 
 // Enum value maps for OperationKind.
@@ -68,6 +69,7 @@ var (
 		5: "OPERATION_KIND_DELETE_WORKSPACE",
 		6: "OPERATION_KIND_DELETE_OWNER",
 		7: "OPERATION_KIND_CHECK",
+		8: "OPERATION_KIND_CHECKPOINT",
 	}
 	OperationKind_value = map[string]int32{
 		"OPERATION_KIND_UNSPECIFIED":      0,
@@ -78,6 +80,7 @@ var (
 		"OPERATION_KIND_DELETE_WORKSPACE": 5,
 		"OPERATION_KIND_DELETE_OWNER":     6,
 		"OPERATION_KIND_CHECK":            7,
+		"OPERATION_KIND_CHECKPOINT":       8,
 	}
 )
 
@@ -183,6 +186,10 @@ const (
 	// Writing the snapshot (backup) or directory metadata (restore).
 	OperationPhase_OPERATION_PHASE_FINISHING OperationPhase = 4
 	OperationPhase_OPERATION_PHASE_DONE      OperationPhase = 5
+	// A restore with ready_before_complete: everything the workspace needs
+	// to start is in place and the rest is being written (it follows
+	// PREPARING and TRANSFERRING, and precedes FINISHING).
+	OperationPhase_OPERATION_PHASE_READY OperationPhase = 6
 )
 
 // Enum value maps for OperationPhase.
@@ -194,6 +201,7 @@ var (
 		3: "OPERATION_PHASE_TRANSFERRING",
 		4: "OPERATION_PHASE_FINISHING",
 		5: "OPERATION_PHASE_DONE",
+		6: "OPERATION_PHASE_READY",
 	}
 	OperationPhase_value = map[string]int32{
 		"OPERATION_PHASE_UNSPECIFIED":  0,
@@ -202,6 +210,7 @@ var (
 		"OPERATION_PHASE_TRANSFERRING": 3,
 		"OPERATION_PHASE_FINISHING":    4,
 		"OPERATION_PHASE_DONE":         5,
+		"OPERATION_PHASE_READY":        6,
 	}
 )
 
@@ -449,6 +458,170 @@ func (x *BackupWorkspaceRequest) GetStrict() bool {
 // RetentionPolicy says which snapshots of a workspace to keep (a snapshot
 // any rule keeps is kept; the newest is always kept). Forgetting a snapshot
 // deletes its snapshot object; its data goes at the next prune.
+type CheckpointWorkspaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// See BackupWorkspaceRequest: the fields of the same names mean the same.
+	RequestId   string            `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Owner       string            `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Workspace   string            `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Path        string            `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	Tags        map[string]string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Excludes    []string          `protobuf:"bytes,6,rep,name=excludes,proto3" json:"excludes,omitempty"`
+	UidMappings []*IdMapping      `protobuf:"bytes,7,rep,name=uid_mappings,json=uidMappings,proto3" json:"uid_mappings,omitempty"`
+	GidMappings []*IdMapping      `protobuf:"bytes,8,rep,name=gid_mappings,json=gidMappings,proto3" json:"gid_mappings,omitempty"`
+	// Checkpoints of the workspace to keep, newest first, once this one is
+	// written (older checkpoints are forgotten; other snapshots are not
+	// touched); 0: the daemon's default (checkpoint.keep in its config).
+	Keep          int32 `protobuf:"varint,9,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointWorkspaceRequest) Reset() {
+	*x = CheckpointWorkspaceRequest{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointWorkspaceRequest) ProtoMessage() {}
+
+func (x *CheckpointWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CheckpointWorkspaceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CheckpointWorkspaceRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *CheckpointWorkspaceRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *CheckpointWorkspaceRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CheckpointWorkspaceRequest) GetTags() map[string]string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *CheckpointWorkspaceRequest) GetExcludes() []string {
+	if x != nil {
+		return x.Excludes
+	}
+	return nil
+}
+
+func (x *CheckpointWorkspaceRequest) GetUidMappings() []*IdMapping {
+	if x != nil {
+		return x.UidMappings
+	}
+	return nil
+}
+
+func (x *CheckpointWorkspaceRequest) GetGidMappings() []*IdMapping {
+	if x != nil {
+		return x.GidMappings
+	}
+	return nil
+}
+
+func (x *CheckpointWorkspaceRequest) GetKeep() int32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+type CheckpointWorkspaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Joined        bool                   `protobuf:"varint,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointWorkspaceResponse) Reset() {
+	*x = CheckpointWorkspaceResponse{}
+	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointWorkspaceResponse) ProtoMessage() {}
+
+func (x *CheckpointWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CheckpointWorkspaceResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *CheckpointWorkspaceResponse) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
 type RetentionPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Keep the newest keep_last snapshots; 0: no such rule.
@@ -464,7 +637,7 @@ type RetentionPolicy struct {
 
 func (x *RetentionPolicy) Reset() {
 	*x = RetentionPolicy{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +649,7 @@ func (x *RetentionPolicy) String() string {
 func (*RetentionPolicy) ProtoMessage() {}
 
 func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[2]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +662,7 @@ func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
 func (*RetentionPolicy) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{2}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RetentionPolicy) GetKeepLast() int32 {
@@ -525,7 +698,7 @@ type BackupWorkspaceResponse struct {
 
 func (x *BackupWorkspaceResponse) Reset() {
 	*x = BackupWorkspaceResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +710,7 @@ func (x *BackupWorkspaceResponse) String() string {
 func (*BackupWorkspaceResponse) ProtoMessage() {}
 
 func (x *BackupWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[3]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +723,7 @@ func (x *BackupWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*BackupWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{3}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BackupWorkspaceResponse) GetOperation() *Operation {
@@ -589,14 +762,31 @@ type RestoreWorkspaceRequest struct {
 	// With overwrite: remove what the snapshot does not have.
 	Delete bool `protobuf:"varint,10,opt,name=delete,proto3" json:"delete,omitempty"`
 	// Restore only these paths of the snapshot (relative to its root).
-	Includes      []string `protobuf:"bytes,11,rep,name=includes,proto3" json:"includes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Includes []string `protobuf:"bytes,11,rep,name=includes,proto3" json:"includes,omitempty"`
+	// Make the workspace usable before the restore completes: first the
+	// whole tree (directories, symlinks, permissions), the .git directory,
+	// every file of at most ready_max_file_size bytes, the files matching
+	// priority and the files the snapshot lists as most recently modified;
+	// then the operation enters OPERATION_PHASE_READY (Operation.ready_time
+	// set, Progress counting the bytes still to come) and writes the rest.
+	// Each late file is written under a temporary name in its directory and
+	// renamed into place when complete and verified, so a partial file is
+	// never seen under its name; a file the workspace created meanwhile at
+	// that name is kept, the snapshot's is dropped, and the conflict is
+	// reported (OperationResult.conflicts). Not with overwrite.
+	ReadyBeforeComplete bool `protobuf:"varint,12,opt,name=ready_before_complete,json=readyBeforeComplete,proto3" json:"ready_before_complete,omitempty"`
+	// Patterns in gitignore syntax, relative to the snapshot's root, of
+	// files restored before READY.
+	Priority []string `protobuf:"bytes,13,rep,name=priority,proto3" json:"priority,omitempty"`
+	// Files of at most this many bytes are restored before READY; 0: 1 MiB.
+	ReadyMaxFileSize int64 `protobuf:"varint,14,opt,name=ready_max_file_size,json=readyMaxFileSize,proto3" json:"ready_max_file_size,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RestoreWorkspaceRequest) Reset() {
 	*x = RestoreWorkspaceRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +798,7 @@ func (x *RestoreWorkspaceRequest) String() string {
 func (*RestoreWorkspaceRequest) ProtoMessage() {}
 
 func (x *RestoreWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[4]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +811,7 @@ func (x *RestoreWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*RestoreWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{4}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RestoreWorkspaceRequest) GetRequestId() string {
@@ -701,6 +891,27 @@ func (x *RestoreWorkspaceRequest) GetIncludes() []string {
 	return nil
 }
 
+func (x *RestoreWorkspaceRequest) GetReadyBeforeComplete() bool {
+	if x != nil {
+		return x.ReadyBeforeComplete
+	}
+	return false
+}
+
+func (x *RestoreWorkspaceRequest) GetPriority() []string {
+	if x != nil {
+		return x.Priority
+	}
+	return nil
+}
+
+func (x *RestoreWorkspaceRequest) GetReadyMaxFileSize() int64 {
+	if x != nil {
+		return x.ReadyMaxFileSize
+	}
+	return 0
+}
+
 type RestoreWorkspaceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
@@ -711,7 +922,7 @@ type RestoreWorkspaceResponse struct {
 
 func (x *RestoreWorkspaceResponse) Reset() {
 	*x = RestoreWorkspaceResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +934,7 @@ func (x *RestoreWorkspaceResponse) String() string {
 func (*RestoreWorkspaceResponse) ProtoMessage() {}
 
 func (x *RestoreWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[5]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +947,7 @@ func (x *RestoreWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*RestoreWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{5}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RestoreWorkspaceResponse) GetOperation() *Operation {
@@ -765,7 +976,7 @@ type WatchOperationRequest struct {
 
 func (x *WatchOperationRequest) Reset() {
 	*x = WatchOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +988,7 @@ func (x *WatchOperationRequest) String() string {
 func (*WatchOperationRequest) ProtoMessage() {}
 
 func (x *WatchOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[6]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +1001,7 @@ func (x *WatchOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchOperationRequest.ProtoReflect.Descriptor instead.
 func (*WatchOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{6}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchOperationRequest) GetOperationId() string {
@@ -816,7 +1027,7 @@ type WatchOperationResponse struct {
 
 func (x *WatchOperationResponse) Reset() {
 	*x = WatchOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +1039,7 @@ func (x *WatchOperationResponse) String() string {
 func (*WatchOperationResponse) ProtoMessage() {}
 
 func (x *WatchOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[7]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +1052,7 @@ func (x *WatchOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchOperationResponse.ProtoReflect.Descriptor instead.
 func (*WatchOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{7}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WatchOperationResponse) GetOperation() *Operation {
@@ -860,7 +1071,7 @@ type GetOperationRequest struct {
 
 func (x *GetOperationRequest) Reset() {
 	*x = GetOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1083,7 @@ func (x *GetOperationRequest) String() string {
 func (*GetOperationRequest) ProtoMessage() {}
 
 func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[8]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1096,7 @@ func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
 func (*GetOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{8}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetOperationRequest) GetOperationId() string {
@@ -904,7 +1115,7 @@ type GetOperationResponse struct {
 
 func (x *GetOperationResponse) Reset() {
 	*x = GetOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1127,7 @@ func (x *GetOperationResponse) String() string {
 func (*GetOperationResponse) ProtoMessage() {}
 
 func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[9]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1140,7 @@ func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
 func (*GetOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{9}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetOperationResponse) GetOperation() *Operation {
@@ -948,7 +1159,7 @@ type CancelOperationRequest struct {
 
 func (x *CancelOperationRequest) Reset() {
 	*x = CancelOperationRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1171,7 @@ func (x *CancelOperationRequest) String() string {
 func (*CancelOperationRequest) ProtoMessage() {}
 
 func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[10]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1184,7 @@ func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationRequest.ProtoReflect.Descriptor instead.
 func (*CancelOperationRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{10}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelOperationRequest) GetOperationId() string {
@@ -992,7 +1203,7 @@ type CancelOperationResponse struct {
 
 func (x *CancelOperationResponse) Reset() {
 	*x = CancelOperationResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1215,7 @@ func (x *CancelOperationResponse) String() string {
 func (*CancelOperationResponse) ProtoMessage() {}
 
 func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[11]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1228,7 @@ func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationResponse.ProtoReflect.Descriptor instead.
 func (*CancelOperationResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{11}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelOperationResponse) GetOperation() *Operation {
@@ -1045,7 +1256,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1268,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[12]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1281,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{12}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Progress) GetPhase() OperationPhase {
@@ -1162,13 +1373,25 @@ type OperationResult struct {
 	// Backup: entries left out because they could not be read (a directory
 	// counts once); the snapshot object lists the first 1,000 with why.
 	UnreadableEntries int64 `protobuf:"varint,21,opt,name=unreadable_entries,json=unreadableEntries,proto3" json:"unreadable_entries,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Backup: files that kept changing through every read of them, stored
+	// as last read and flagged in their tree node; and the extra reads of
+	// files that changed while they were read.
+	ChangingFiles int64 `protobuf:"varint,22,opt,name=changing_files,json=changingFiles,proto3" json:"changing_files,omitempty"`
+	RereadFiles   int64 `protobuf:"varint,23,opt,name=reread_files,json=rereadFiles,proto3" json:"reread_files,omitempty"`
+	// Restore with ready_before_complete: late files whose name the
+	// workspace took first (its file kept), and the first 100 of their
+	// paths.
+	Conflicts     int64    `protobuf:"varint,24,opt,name=conflicts,proto3" json:"conflicts,omitempty"`
+	ConflictPaths []string `protobuf:"bytes,25,rep,name=conflict_paths,json=conflictPaths,proto3" json:"conflict_paths,omitempty"`
+	// Backup: true when it is a checkpoint.
+	Checkpoint    bool `protobuf:"varint,26,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OperationResult) Reset() {
 	*x = OperationResult{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1403,7 @@ func (x *OperationResult) String() string {
 func (*OperationResult) ProtoMessage() {}
 
 func (x *OperationResult) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[13]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1416,7 @@ func (x *OperationResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationResult.ProtoReflect.Descriptor instead.
 func (*OperationResult) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{13}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OperationResult) GetSnapshotId() string {
@@ -1343,6 +1566,41 @@ func (x *OperationResult) GetUnreadableEntries() int64 {
 	return 0
 }
 
+func (x *OperationResult) GetChangingFiles() int64 {
+	if x != nil {
+		return x.ChangingFiles
+	}
+	return 0
+}
+
+func (x *OperationResult) GetRereadFiles() int64 {
+	if x != nil {
+		return x.RereadFiles
+	}
+	return 0
+}
+
+func (x *OperationResult) GetConflicts() int64 {
+	if x != nil {
+		return x.Conflicts
+	}
+	return 0
+}
+
+func (x *OperationResult) GetConflictPaths() []string {
+	if x != nil {
+		return x.ConflictPaths
+	}
+	return nil
+}
+
+func (x *OperationResult) GetCheckpoint() bool {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return false
+}
+
 // ForgetResult is what a forget operation kept and forgot, per workspace,
 // in the order the repository lists them.
 type ForgetResult struct {
@@ -1358,7 +1616,7 @@ type ForgetResult struct {
 
 func (x *ForgetResult) Reset() {
 	*x = ForgetResult{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1628,7 @@ func (x *ForgetResult) String() string {
 func (*ForgetResult) ProtoMessage() {}
 
 func (x *ForgetResult) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[14]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1641,7 @@ func (x *ForgetResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetResult.ProtoReflect.Descriptor instead.
 func (*ForgetResult) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{14}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ForgetResult) GetDryRun() bool {
@@ -1421,7 +1679,7 @@ type WorkspaceForget struct {
 
 func (x *WorkspaceForget) Reset() {
 	*x = WorkspaceForget{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1691,7 @@ func (x *WorkspaceForget) String() string {
 func (*WorkspaceForget) ProtoMessage() {}
 
 func (x *WorkspaceForget) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[15]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1704,7 @@ func (x *WorkspaceForget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkspaceForget.ProtoReflect.Descriptor instead.
 func (*WorkspaceForget) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{15}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WorkspaceForget) GetWorkspace() string {
@@ -1522,7 +1780,7 @@ type PruneResult struct {
 
 func (x *PruneResult) Reset() {
 	*x = PruneResult{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1792,7 @@ func (x *PruneResult) String() string {
 func (*PruneResult) ProtoMessage() {}
 
 func (x *PruneResult) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[16]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1805,7 @@ func (x *PruneResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneResult.ProtoReflect.Descriptor instead.
 func (*PruneResult) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{16}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PruneResult) GetDryRun() bool {
@@ -1718,7 +1976,7 @@ type DeleteReceipt struct {
 
 func (x *DeleteReceipt) Reset() {
 	*x = DeleteReceipt{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1988,7 @@ func (x *DeleteReceipt) String() string {
 func (*DeleteReceipt) ProtoMessage() {}
 
 func (x *DeleteReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[17]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +2001,7 @@ func (x *DeleteReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteReceipt.ProtoReflect.Descriptor instead.
 func (*DeleteReceipt) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{17}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteReceipt) GetObjects() int64 {
@@ -1790,7 +2048,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2060,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[18]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2073,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{18}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckResult) GetOk() bool {
@@ -1884,15 +2142,18 @@ type Operation struct {
 	Result *OperationResult `protobuf:"bytes,12,opt,name=result,proto3" json:"result,omitempty"`
 	// Set when state is FAILED or CANCELLED: a gRPC status code
 	// (google.rpc.Code) and a message.
-	ErrorCode     int32  `protobuf:"varint,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,14,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	ErrorCode    int32  `protobuf:"varint,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage string `protobuf:"bytes,14,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// Restore with ready_before_complete: when it entered
+	// OPERATION_PHASE_READY.
+	ReadyTime     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=ready_time,json=readyTime,proto3" json:"ready_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2165,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[19]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2178,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{19}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Operation) GetId() string {
@@ -2018,6 +2279,13 @@ func (x *Operation) GetErrorMessage() string {
 	return ""
 }
 
+func (x *Operation) GetReadyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReadyTime
+	}
+	return nil
+}
+
 type ListSnapshotsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Owner string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
@@ -2033,7 +2301,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2313,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[20]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2326,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{20}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListSnapshotsRequest) GetOwner() string {
@@ -2107,13 +2375,18 @@ type Snapshot struct {
 	// Entries left out because they could not be read (see
 	// BackupWorkspaceRequest.strict).
 	UnreadableEntries int64 `protobuf:"varint,14,opt,name=unreadable_entries,json=unreadableEntries,proto3" json:"unreadable_entries,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Files stored as last read because they kept changing (see
+	// OperationResult.changing_files).
+	ChangingFiles int64 `protobuf:"varint,15,opt,name=changing_files,json=changingFiles,proto3" json:"changing_files,omitempty"`
+	// Written by CheckpointWorkspace.
+	Checkpoint    bool `protobuf:"varint,16,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2398,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[21]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2411,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{21}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Snapshot) GetId() string {
@@ -2239,6 +2512,20 @@ func (x *Snapshot) GetUnreadableEntries() int64 {
 	return 0
 }
 
+func (x *Snapshot) GetChangingFiles() int64 {
+	if x != nil {
+		return x.ChangingFiles
+	}
+	return 0
+}
+
+func (x *Snapshot) GetCheckpoint() bool {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return false
+}
+
 // UnreadableSnapshot is a snapshot whose object could not be read or is
 // damaged (its content does not match its id or does not decode), or is of
 // a format version this daemon does not read. Only what its key tells is
@@ -2259,7 +2546,7 @@ type UnreadableSnapshot struct {
 
 func (x *UnreadableSnapshot) Reset() {
 	*x = UnreadableSnapshot{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2558,7 @@ func (x *UnreadableSnapshot) String() string {
 func (*UnreadableSnapshot) ProtoMessage() {}
 
 func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[22]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2571,7 @@ func (x *UnreadableSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadableSnapshot.ProtoReflect.Descriptor instead.
 func (*UnreadableSnapshot) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{22}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UnreadableSnapshot) GetId() string {
@@ -2337,7 +2624,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2636,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[23]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2649,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{23}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2399,7 +2686,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2698,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[24]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2711,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{24}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteSnapshotRequest) GetOwner() string {
@@ -2456,7 +2743,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2755,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[25]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2768,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{25}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{27}
 }
 
 type CheckRepositoryRequest struct {
@@ -2500,7 +2787,7 @@ type CheckRepositoryRequest struct {
 
 func (x *CheckRepositoryRequest) Reset() {
 	*x = CheckRepositoryRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2799,7 @@ func (x *CheckRepositoryRequest) String() string {
 func (*CheckRepositoryRequest) ProtoMessage() {}
 
 func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[26]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2812,7 @@ func (x *CheckRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{26}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckRepositoryRequest) GetOwner() string {
@@ -2578,7 +2865,7 @@ type CheckRepositoryResponse struct {
 
 func (x *CheckRepositoryResponse) Reset() {
 	*x = CheckRepositoryResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2877,7 @@ func (x *CheckRepositoryResponse) String() string {
 func (*CheckRepositoryResponse) ProtoMessage() {}
 
 func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[27]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2890,7 @@ func (x *CheckRepositoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRepositoryResponse.ProtoReflect.Descriptor instead.
 func (*CheckRepositoryResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{27}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CheckRepositoryResponse) GetOk() bool {
@@ -2688,7 +2975,7 @@ type ForgetSnapshotsRequest struct {
 
 func (x *ForgetSnapshotsRequest) Reset() {
 	*x = ForgetSnapshotsRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2987,7 @@ func (x *ForgetSnapshotsRequest) String() string {
 func (*ForgetSnapshotsRequest) ProtoMessage() {}
 
 func (x *ForgetSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[28]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +3000,7 @@ func (x *ForgetSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ForgetSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{28}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ForgetSnapshotsRequest) GetRequestId() string {
@@ -2761,7 +3048,7 @@ type ForgetSnapshotsResponse struct {
 
 func (x *ForgetSnapshotsResponse) Reset() {
 	*x = ForgetSnapshotsResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +3060,7 @@ func (x *ForgetSnapshotsResponse) String() string {
 func (*ForgetSnapshotsResponse) ProtoMessage() {}
 
 func (x *ForgetSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[29]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +3073,7 @@ func (x *ForgetSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ForgetSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{29}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ForgetSnapshotsResponse) GetOperation() *Operation {
@@ -2821,7 +3108,7 @@ type PruneRepositoryRequest struct {
 
 func (x *PruneRepositoryRequest) Reset() {
 	*x = PruneRepositoryRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +3120,7 @@ func (x *PruneRepositoryRequest) String() string {
 func (*PruneRepositoryRequest) ProtoMessage() {}
 
 func (x *PruneRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[30]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +3133,7 @@ func (x *PruneRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*PruneRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{30}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PruneRepositoryRequest) GetRequestId() string {
@@ -2887,7 +3174,7 @@ type PruneRepositoryResponse struct {
 
 func (x *PruneRepositoryResponse) Reset() {
 	*x = PruneRepositoryResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2899,7 +3186,7 @@ func (x *PruneRepositoryResponse) String() string {
 func (*PruneRepositoryResponse) ProtoMessage() {}
 
 func (x *PruneRepositoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[31]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2912,7 +3199,7 @@ func (x *PruneRepositoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneRepositoryResponse.ProtoReflect.Descriptor instead.
 func (*PruneRepositoryResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{31}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PruneRepositoryResponse) GetOperation() *Operation {
@@ -2941,7 +3228,7 @@ type DeleteWorkspaceRequest struct {
 
 func (x *DeleteWorkspaceRequest) Reset() {
 	*x = DeleteWorkspaceRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3240,7 @@ func (x *DeleteWorkspaceRequest) String() string {
 func (*DeleteWorkspaceRequest) ProtoMessage() {}
 
 func (x *DeleteWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[32]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3253,7 @@ func (x *DeleteWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{32}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteWorkspaceRequest) GetRequestId() string {
@@ -3000,7 +3287,7 @@ type DeleteWorkspaceResponse struct {
 
 func (x *DeleteWorkspaceResponse) Reset() {
 	*x = DeleteWorkspaceResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3299,7 @@ func (x *DeleteWorkspaceResponse) String() string {
 func (*DeleteWorkspaceResponse) ProtoMessage() {}
 
 func (x *DeleteWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[33]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3312,7 @@ func (x *DeleteWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{33}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteWorkspaceResponse) GetOperation() *Operation {
@@ -3053,7 +3340,7 @@ type DeleteOwnerRequest struct {
 
 func (x *DeleteOwnerRequest) Reset() {
 	*x = DeleteOwnerRequest{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3352,7 @@ func (x *DeleteOwnerRequest) String() string {
 func (*DeleteOwnerRequest) ProtoMessage() {}
 
 func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[34]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3365,7 @@ func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOwnerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteOwnerRequest) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{34}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteOwnerRequest) GetRequestId() string {
@@ -3105,7 +3392,7 @@ type DeleteOwnerResponse struct {
 
 func (x *DeleteOwnerResponse) Reset() {
 	*x = DeleteOwnerResponse{}
-	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3404,7 @@ func (x *DeleteOwnerResponse) String() string {
 func (*DeleteOwnerResponse) ProtoMessage() {}
 
 func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_backupd_v1_backupd_proto_msgTypes[35]
+	mi := &file_backupd_v1_backupd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3417,7 @@ func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOwnerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteOwnerResponse) Descriptor() ([]byte, []int) {
-	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{35}
+	return file_backupd_v1_backupd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteOwnerResponse) GetOperation() *Operation {
@@ -3174,7 +3461,24 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x06strict\x18\f \x01(\bR\x06strict\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x03\n" +
+	"\x1aCheckpointWorkspaceRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12D\n" +
+	"\x04tags\x18\x05 \x03(\v20.backupd.v1.CheckpointWorkspaceRequest.TagsEntryR\x04tags\x12\x1a\n" +
+	"\bexcludes\x18\x06 \x03(\tR\bexcludes\x128\n" +
+	"\fuid_mappings\x18\a \x03(\v2\x15.backupd.v1.IdMappingR\vuidMappings\x128\n" +
+	"\fgid_mappings\x18\b \x03(\v2\x15.backupd.v1.IdMappingR\vgidMappings\x12\x12\n" +
+	"\x04keep\x18\t \x01(\x05R\x04keep\x1a7\n" +
+	"\tTagsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
+	"\x1bCheckpointWorkspaceResponse\x123\n" +
+	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"\x87\x01\n" +
 	"\x0fRetentionPolicy\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12:\n" +
 	"\vkeep_within\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
@@ -3182,7 +3486,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tkeep_tags\x18\x03 \x03(\tR\bkeepTags\"f\n" +
 	"\x17BackupWorkspaceResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
-	"\x06joined\x18\x02 \x01(\bR\x06joined\"\xff\x02\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"\xfe\x03\n" +
 	"\x17RestoreWorkspaceRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -3197,7 +3501,10 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x06verify\x18\t \x01(\bR\x06verify\x12\x16\n" +
 	"\x06delete\x18\n" +
 	" \x01(\bR\x06delete\x12\x1a\n" +
-	"\bincludes\x18\v \x03(\tR\bincludes\"g\n" +
+	"\bincludes\x18\v \x03(\tR\bincludes\x122\n" +
+	"\x15ready_before_complete\x18\f \x01(\bR\x13readyBeforeComplete\x12\x1a\n" +
+	"\bpriority\x18\r \x03(\tR\bpriority\x12-\n" +
+	"\x13ready_max_file_size\x18\x0e \x01(\x03R\x10readyMaxFileSize\"g\n" +
 	"\x18RestoreWorkspaceResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
 	"\x06joined\x18\x02 \x01(\bR\x06joined\"q\n" +
@@ -3225,7 +3532,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12(\n" +
 	"\x10bytes_per_second\x18\x06 \x01(\x01R\x0ebytesPerSecond\x12I\n" +
-	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xeb\x05\n" +
+	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\x9a\a\n" +
 	"\x0fOperationResult\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x14\n" +
@@ -3249,7 +3556,14 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05prune\x18\x12 \x01(\v2\x17.backupd.v1.PruneResultR\x05prune\x123\n" +
 	"\areceipt\x18\x13 \x01(\v2\x19.backupd.v1.DeleteReceiptR\areceipt\x12-\n" +
 	"\x05check\x18\x14 \x01(\v2\x17.backupd.v1.CheckResultR\x05check\x12-\n" +
-	"\x12unreadable_entries\x18\x15 \x01(\x03R\x11unreadableEntries\"\x89\x01\n" +
+	"\x12unreadable_entries\x18\x15 \x01(\x03R\x11unreadableEntries\x12%\n" +
+	"\x0echanging_files\x18\x16 \x01(\x03R\rchangingFiles\x12!\n" +
+	"\freread_files\x18\x17 \x01(\x03R\vrereadFiles\x12\x1c\n" +
+	"\tconflicts\x18\x18 \x01(\x03R\tconflicts\x12%\n" +
+	"\x0econflict_paths\x18\x19 \x03(\tR\rconflictPaths\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x1a \x01(\bR\n" +
+	"checkpoint\"\x89\x01\n" +
 	"\fForgetResult\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12;\n" +
 	"\n" +
@@ -3303,7 +3617,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05trees\x18\x05 \x01(\x03R\x05trees\x12\x14\n" +
 	"\x05blobs\x18\x06 \x01(\x03R\x05blobs\x12\x1d\n" +
 	"\n" +
-	"packs_read\x18\a \x01(\x03R\tpacksRead\"\xbd\x04\n" +
+	"packs_read\x18\a \x01(\x03R\tpacksRead\"\xf8\x04\n" +
 	"\tOperation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.backupd.v1.OperationKindR\x04kind\x120\n" +
@@ -3323,13 +3637,15 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x06result\x18\f \x01(\v2\x1b.backupd.v1.OperationResultR\x06result\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\r \x01(\x05R\terrorCode\x12#\n" +
-	"\rerror_message\x18\x0e \x01(\tR\ferrorMessage\"\x86\x01\n" +
+	"\rerror_message\x18\x0e \x01(\tR\ferrorMessage\x129\n" +
+	"\n" +
+	"ready_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\treadyTime\"\x86\x01\n" +
 	"\x14ListSnapshotsRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"\xdf\x03\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xa6\x04\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1c\n" +
@@ -3345,7 +3661,11 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05bytes\x18\v \x01(\x03R\x05bytes\x12\x1b\n" +
 	"\tnew_bytes\x18\f \x01(\x03R\bnewBytes\x12!\n" +
 	"\fstored_bytes\x18\r \x01(\x03R\vstoredBytes\x12-\n" +
-	"\x12unreadable_entries\x18\x0e \x01(\x03R\x11unreadableEntries\x1a7\n" +
+	"\x12unreadable_entries\x18\x0e \x01(\x03R\x11unreadableEntries\x12%\n" +
+	"\x0echanging_files\x18\x0f \x01(\x03R\rchangingFiles\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x10 \x01(\bR\n" +
+	"checkpoint\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
@@ -3416,7 +3736,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\"b\n" +
 	"\x13DeleteOwnerResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
-	"\x06joined\x18\x02 \x01(\bR\x06joined*\xfb\x01\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined*\x9a\x02\n" +
 	"\rOperationKind\x12\x1e\n" +
 	"\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15OPERATION_KIND_BACKUP\x10\x01\x12\x1a\n" +
@@ -3425,23 +3745,26 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x14OPERATION_KIND_PRUNE\x10\x04\x12#\n" +
 	"\x1fOPERATION_KIND_DELETE_WORKSPACE\x10\x05\x12\x1f\n" +
 	"\x1bOPERATION_KIND_DELETE_OWNER\x10\x06\x12\x18\n" +
-	"\x14OPERATION_KIND_CHECK\x10\a*\xc4\x01\n" +
+	"\x14OPERATION_KIND_CHECK\x10\a\x12\x1d\n" +
+	"\x19OPERATION_KIND_CHECKPOINT\x10\b*\xc4\x01\n" +
 	"\x0eOperationState\x12\x1f\n" +
 	"\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n" +
 	"\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n" +
 	"\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n" +
 	"\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n" +
-	"\x19OPERATION_STATE_CANCELLED\x10\x05*\xc7\x01\n" +
+	"\x19OPERATION_STATE_CANCELLED\x10\x05*\xe2\x01\n" +
 	"\x0eOperationPhase\x12\x1f\n" +
 	"\x1bOPERATION_PHASE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OPERATION_PHASE_QUEUED\x10\x01\x12\x1d\n" +
 	"\x19OPERATION_PHASE_PREPARING\x10\x02\x12 \n" +
 	"\x1cOPERATION_PHASE_TRANSFERRING\x10\x03\x12\x1d\n" +
 	"\x19OPERATION_PHASE_FINISHING\x10\x04\x12\x18\n" +
-	"\x14OPERATION_PHASE_DONE\x10\x052\xc3\b\n" +
+	"\x14OPERATION_PHASE_DONE\x10\x05\x12\x19\n" +
+	"\x15OPERATION_PHASE_READY\x10\x062\xab\t\n" +
 	"\rBackupService\x12Z\n" +
-	"\x0fBackupWorkspace\x12\".backupd.v1.BackupWorkspaceRequest\x1a#.backupd.v1.BackupWorkspaceResponse\x12]\n" +
+	"\x0fBackupWorkspace\x12\".backupd.v1.BackupWorkspaceRequest\x1a#.backupd.v1.BackupWorkspaceResponse\x12f\n" +
+	"\x13CheckpointWorkspace\x12&.backupd.v1.CheckpointWorkspaceRequest\x1a'.backupd.v1.CheckpointWorkspaceResponse\x12]\n" +
 	"\x10RestoreWorkspace\x12#.backupd.v1.RestoreWorkspaceRequest\x1a$.backupd.v1.RestoreWorkspaceResponse\x12Y\n" +
 	"\x0eWatchOperation\x12!.backupd.v1.WatchOperationRequest\x1a\".backupd.v1.WatchOperationResponse0\x01\x12Q\n" +
 	"\fGetOperation\x12\x1f.backupd.v1.GetOperationRequest\x1a .backupd.v1.GetOperationResponse\x12Z\n" +
@@ -3467,122 +3790,132 @@ func file_backupd_v1_backupd_proto_rawDescGZIP() []byte {
 }
 
 var file_backupd_v1_backupd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_backupd_v1_backupd_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_backupd_v1_backupd_proto_goTypes = []any{
-	(OperationKind)(0),               // 0: backupd.v1.OperationKind
-	(OperationState)(0),              // 1: backupd.v1.OperationState
-	(OperationPhase)(0),              // 2: backupd.v1.OperationPhase
-	(*IdMapping)(nil),                // 3: backupd.v1.IdMapping
-	(*BackupWorkspaceRequest)(nil),   // 4: backupd.v1.BackupWorkspaceRequest
-	(*RetentionPolicy)(nil),          // 5: backupd.v1.RetentionPolicy
-	(*BackupWorkspaceResponse)(nil),  // 6: backupd.v1.BackupWorkspaceResponse
-	(*RestoreWorkspaceRequest)(nil),  // 7: backupd.v1.RestoreWorkspaceRequest
-	(*RestoreWorkspaceResponse)(nil), // 8: backupd.v1.RestoreWorkspaceResponse
-	(*WatchOperationRequest)(nil),    // 9: backupd.v1.WatchOperationRequest
-	(*WatchOperationResponse)(nil),   // 10: backupd.v1.WatchOperationResponse
-	(*GetOperationRequest)(nil),      // 11: backupd.v1.GetOperationRequest
-	(*GetOperationResponse)(nil),     // 12: backupd.v1.GetOperationResponse
-	(*CancelOperationRequest)(nil),   // 13: backupd.v1.CancelOperationRequest
-	(*CancelOperationResponse)(nil),  // 14: backupd.v1.CancelOperationResponse
-	(*Progress)(nil),                 // 15: backupd.v1.Progress
-	(*OperationResult)(nil),          // 16: backupd.v1.OperationResult
-	(*ForgetResult)(nil),             // 17: backupd.v1.ForgetResult
-	(*WorkspaceForget)(nil),          // 18: backupd.v1.WorkspaceForget
-	(*PruneResult)(nil),              // 19: backupd.v1.PruneResult
-	(*DeleteReceipt)(nil),            // 20: backupd.v1.DeleteReceipt
-	(*CheckResult)(nil),              // 21: backupd.v1.CheckResult
-	(*Operation)(nil),                // 22: backupd.v1.Operation
-	(*ListSnapshotsRequest)(nil),     // 23: backupd.v1.ListSnapshotsRequest
-	(*Snapshot)(nil),                 // 24: backupd.v1.Snapshot
-	(*UnreadableSnapshot)(nil),       // 25: backupd.v1.UnreadableSnapshot
-	(*ListSnapshotsResponse)(nil),    // 26: backupd.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),    // 27: backupd.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),   // 28: backupd.v1.DeleteSnapshotResponse
-	(*CheckRepositoryRequest)(nil),   // 29: backupd.v1.CheckRepositoryRequest
-	(*CheckRepositoryResponse)(nil),  // 30: backupd.v1.CheckRepositoryResponse
-	(*ForgetSnapshotsRequest)(nil),   // 31: backupd.v1.ForgetSnapshotsRequest
-	(*ForgetSnapshotsResponse)(nil),  // 32: backupd.v1.ForgetSnapshotsResponse
-	(*PruneRepositoryRequest)(nil),   // 33: backupd.v1.PruneRepositoryRequest
-	(*PruneRepositoryResponse)(nil),  // 34: backupd.v1.PruneRepositoryResponse
-	(*DeleteWorkspaceRequest)(nil),   // 35: backupd.v1.DeleteWorkspaceRequest
-	(*DeleteWorkspaceResponse)(nil),  // 36: backupd.v1.DeleteWorkspaceResponse
-	(*DeleteOwnerRequest)(nil),       // 37: backupd.v1.DeleteOwnerRequest
-	(*DeleteOwnerResponse)(nil),      // 38: backupd.v1.DeleteOwnerResponse
-	nil,                              // 39: backupd.v1.BackupWorkspaceRequest.TagsEntry
-	nil,                              // 40: backupd.v1.Snapshot.TagsEntry
-	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
+	(OperationKind)(0),                  // 0: backupd.v1.OperationKind
+	(OperationState)(0),                 // 1: backupd.v1.OperationState
+	(OperationPhase)(0),                 // 2: backupd.v1.OperationPhase
+	(*IdMapping)(nil),                   // 3: backupd.v1.IdMapping
+	(*BackupWorkspaceRequest)(nil),      // 4: backupd.v1.BackupWorkspaceRequest
+	(*CheckpointWorkspaceRequest)(nil),  // 5: backupd.v1.CheckpointWorkspaceRequest
+	(*CheckpointWorkspaceResponse)(nil), // 6: backupd.v1.CheckpointWorkspaceResponse
+	(*RetentionPolicy)(nil),             // 7: backupd.v1.RetentionPolicy
+	(*BackupWorkspaceResponse)(nil),     // 8: backupd.v1.BackupWorkspaceResponse
+	(*RestoreWorkspaceRequest)(nil),     // 9: backupd.v1.RestoreWorkspaceRequest
+	(*RestoreWorkspaceResponse)(nil),    // 10: backupd.v1.RestoreWorkspaceResponse
+	(*WatchOperationRequest)(nil),       // 11: backupd.v1.WatchOperationRequest
+	(*WatchOperationResponse)(nil),      // 12: backupd.v1.WatchOperationResponse
+	(*GetOperationRequest)(nil),         // 13: backupd.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),        // 14: backupd.v1.GetOperationResponse
+	(*CancelOperationRequest)(nil),      // 15: backupd.v1.CancelOperationRequest
+	(*CancelOperationResponse)(nil),     // 16: backupd.v1.CancelOperationResponse
+	(*Progress)(nil),                    // 17: backupd.v1.Progress
+	(*OperationResult)(nil),             // 18: backupd.v1.OperationResult
+	(*ForgetResult)(nil),                // 19: backupd.v1.ForgetResult
+	(*WorkspaceForget)(nil),             // 20: backupd.v1.WorkspaceForget
+	(*PruneResult)(nil),                 // 21: backupd.v1.PruneResult
+	(*DeleteReceipt)(nil),               // 22: backupd.v1.DeleteReceipt
+	(*CheckResult)(nil),                 // 23: backupd.v1.CheckResult
+	(*Operation)(nil),                   // 24: backupd.v1.Operation
+	(*ListSnapshotsRequest)(nil),        // 25: backupd.v1.ListSnapshotsRequest
+	(*Snapshot)(nil),                    // 26: backupd.v1.Snapshot
+	(*UnreadableSnapshot)(nil),          // 27: backupd.v1.UnreadableSnapshot
+	(*ListSnapshotsResponse)(nil),       // 28: backupd.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),       // 29: backupd.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),      // 30: backupd.v1.DeleteSnapshotResponse
+	(*CheckRepositoryRequest)(nil),      // 31: backupd.v1.CheckRepositoryRequest
+	(*CheckRepositoryResponse)(nil),     // 32: backupd.v1.CheckRepositoryResponse
+	(*ForgetSnapshotsRequest)(nil),      // 33: backupd.v1.ForgetSnapshotsRequest
+	(*ForgetSnapshotsResponse)(nil),     // 34: backupd.v1.ForgetSnapshotsResponse
+	(*PruneRepositoryRequest)(nil),      // 35: backupd.v1.PruneRepositoryRequest
+	(*PruneRepositoryResponse)(nil),     // 36: backupd.v1.PruneRepositoryResponse
+	(*DeleteWorkspaceRequest)(nil),      // 37: backupd.v1.DeleteWorkspaceRequest
+	(*DeleteWorkspaceResponse)(nil),     // 38: backupd.v1.DeleteWorkspaceResponse
+	(*DeleteOwnerRequest)(nil),          // 39: backupd.v1.DeleteOwnerRequest
+	(*DeleteOwnerResponse)(nil),         // 40: backupd.v1.DeleteOwnerResponse
+	nil,                                 // 41: backupd.v1.BackupWorkspaceRequest.TagsEntry
+	nil,                                 // 42: backupd.v1.CheckpointWorkspaceRequest.TagsEntry
+	nil,                                 // 43: backupd.v1.Snapshot.TagsEntry
+	(*durationpb.Duration)(nil),         // 44: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),       // 45: google.protobuf.Timestamp
 }
 var file_backupd_v1_backupd_proto_depIdxs = []int32{
-	39, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
+	41, // 0: backupd.v1.BackupWorkspaceRequest.tags:type_name -> backupd.v1.BackupWorkspaceRequest.TagsEntry
 	3,  // 1: backupd.v1.BackupWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
 	3,  // 2: backupd.v1.BackupWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
-	5,  // 3: backupd.v1.BackupWorkspaceRequest.retention:type_name -> backupd.v1.RetentionPolicy
-	41, // 4: backupd.v1.RetentionPolicy.keep_within:type_name -> google.protobuf.Duration
-	22, // 5: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	3,  // 6: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
-	3,  // 7: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
-	22, // 8: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	41, // 9: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
-	22, // 10: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
-	22, // 11: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
-	22, // 12: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
-	2,  // 13: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
-	41, // 14: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
-	17, // 15: backupd.v1.OperationResult.forget:type_name -> backupd.v1.ForgetResult
-	19, // 16: backupd.v1.OperationResult.prune:type_name -> backupd.v1.PruneResult
-	20, // 17: backupd.v1.OperationResult.receipt:type_name -> backupd.v1.DeleteReceipt
-	21, // 18: backupd.v1.OperationResult.check:type_name -> backupd.v1.CheckResult
-	18, // 19: backupd.v1.ForgetResult.workspaces:type_name -> backupd.v1.WorkspaceForget
-	41, // 20: backupd.v1.PruneResult.duration:type_name -> google.protobuf.Duration
-	41, // 21: backupd.v1.DeleteReceipt.duration:type_name -> google.protobuf.Duration
-	0,  // 22: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
-	1,  // 23: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
-	42, // 24: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	42, // 25: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	42, // 26: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	15, // 27: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
-	16, // 28: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
-	42, // 29: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
-	40, // 30: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
-	42, // 31: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
-	24, // 32: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
-	25, // 33: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
-	22, // 34: backupd.v1.CheckRepositoryResponse.operation:type_name -> backupd.v1.Operation
-	5,  // 35: backupd.v1.ForgetSnapshotsRequest.retention:type_name -> backupd.v1.RetentionPolicy
-	22, // 36: backupd.v1.ForgetSnapshotsResponse.operation:type_name -> backupd.v1.Operation
-	22, // 37: backupd.v1.PruneRepositoryResponse.operation:type_name -> backupd.v1.Operation
-	22, // 38: backupd.v1.DeleteWorkspaceResponse.operation:type_name -> backupd.v1.Operation
-	22, // 39: backupd.v1.DeleteOwnerResponse.operation:type_name -> backupd.v1.Operation
-	4,  // 40: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
-	7,  // 41: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
-	9,  // 42: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
-	11, // 43: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
-	13, // 44: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
-	23, // 45: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
-	27, // 46: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
-	29, // 47: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
-	31, // 48: backupd.v1.BackupService.ForgetSnapshots:input_type -> backupd.v1.ForgetSnapshotsRequest
-	33, // 49: backupd.v1.BackupService.PruneRepository:input_type -> backupd.v1.PruneRepositoryRequest
-	35, // 50: backupd.v1.BackupService.DeleteWorkspace:input_type -> backupd.v1.DeleteWorkspaceRequest
-	37, // 51: backupd.v1.BackupService.DeleteOwner:input_type -> backupd.v1.DeleteOwnerRequest
-	6,  // 52: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
-	8,  // 53: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
-	10, // 54: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
-	12, // 55: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
-	14, // 56: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
-	26, // 57: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
-	28, // 58: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
-	30, // 59: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
-	32, // 60: backupd.v1.BackupService.ForgetSnapshots:output_type -> backupd.v1.ForgetSnapshotsResponse
-	34, // 61: backupd.v1.BackupService.PruneRepository:output_type -> backupd.v1.PruneRepositoryResponse
-	36, // 62: backupd.v1.BackupService.DeleteWorkspace:output_type -> backupd.v1.DeleteWorkspaceResponse
-	38, // 63: backupd.v1.BackupService.DeleteOwner:output_type -> backupd.v1.DeleteOwnerResponse
-	52, // [52:64] is the sub-list for method output_type
-	40, // [40:52] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	7,  // 3: backupd.v1.BackupWorkspaceRequest.retention:type_name -> backupd.v1.RetentionPolicy
+	42, // 4: backupd.v1.CheckpointWorkspaceRequest.tags:type_name -> backupd.v1.CheckpointWorkspaceRequest.TagsEntry
+	3,  // 5: backupd.v1.CheckpointWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
+	3,  // 6: backupd.v1.CheckpointWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
+	24, // 7: backupd.v1.CheckpointWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	44, // 8: backupd.v1.RetentionPolicy.keep_within:type_name -> google.protobuf.Duration
+	24, // 9: backupd.v1.BackupWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	3,  // 10: backupd.v1.RestoreWorkspaceRequest.uid_mappings:type_name -> backupd.v1.IdMapping
+	3,  // 11: backupd.v1.RestoreWorkspaceRequest.gid_mappings:type_name -> backupd.v1.IdMapping
+	24, // 12: backupd.v1.RestoreWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	44, // 13: backupd.v1.WatchOperationRequest.interval:type_name -> google.protobuf.Duration
+	24, // 14: backupd.v1.WatchOperationResponse.operation:type_name -> backupd.v1.Operation
+	24, // 15: backupd.v1.GetOperationResponse.operation:type_name -> backupd.v1.Operation
+	24, // 16: backupd.v1.CancelOperationResponse.operation:type_name -> backupd.v1.Operation
+	2,  // 17: backupd.v1.Progress.phase:type_name -> backupd.v1.OperationPhase
+	44, // 18: backupd.v1.Progress.estimated_time_left:type_name -> google.protobuf.Duration
+	19, // 19: backupd.v1.OperationResult.forget:type_name -> backupd.v1.ForgetResult
+	21, // 20: backupd.v1.OperationResult.prune:type_name -> backupd.v1.PruneResult
+	22, // 21: backupd.v1.OperationResult.receipt:type_name -> backupd.v1.DeleteReceipt
+	23, // 22: backupd.v1.OperationResult.check:type_name -> backupd.v1.CheckResult
+	20, // 23: backupd.v1.ForgetResult.workspaces:type_name -> backupd.v1.WorkspaceForget
+	44, // 24: backupd.v1.PruneResult.duration:type_name -> google.protobuf.Duration
+	44, // 25: backupd.v1.DeleteReceipt.duration:type_name -> google.protobuf.Duration
+	0,  // 26: backupd.v1.Operation.kind:type_name -> backupd.v1.OperationKind
+	1,  // 27: backupd.v1.Operation.state:type_name -> backupd.v1.OperationState
+	45, // 28: backupd.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	45, // 29: backupd.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	45, // 30: backupd.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	17, // 31: backupd.v1.Operation.progress:type_name -> backupd.v1.Progress
+	18, // 32: backupd.v1.Operation.result:type_name -> backupd.v1.OperationResult
+	45, // 33: backupd.v1.Operation.ready_time:type_name -> google.protobuf.Timestamp
+	45, // 34: backupd.v1.Snapshot.time:type_name -> google.protobuf.Timestamp
+	43, // 35: backupd.v1.Snapshot.tags:type_name -> backupd.v1.Snapshot.TagsEntry
+	45, // 36: backupd.v1.UnreadableSnapshot.time:type_name -> google.protobuf.Timestamp
+	26, // 37: backupd.v1.ListSnapshotsResponse.snapshots:type_name -> backupd.v1.Snapshot
+	27, // 38: backupd.v1.ListSnapshotsResponse.unreadable_snapshots:type_name -> backupd.v1.UnreadableSnapshot
+	24, // 39: backupd.v1.CheckRepositoryResponse.operation:type_name -> backupd.v1.Operation
+	7,  // 40: backupd.v1.ForgetSnapshotsRequest.retention:type_name -> backupd.v1.RetentionPolicy
+	24, // 41: backupd.v1.ForgetSnapshotsResponse.operation:type_name -> backupd.v1.Operation
+	24, // 42: backupd.v1.PruneRepositoryResponse.operation:type_name -> backupd.v1.Operation
+	24, // 43: backupd.v1.DeleteWorkspaceResponse.operation:type_name -> backupd.v1.Operation
+	24, // 44: backupd.v1.DeleteOwnerResponse.operation:type_name -> backupd.v1.Operation
+	4,  // 45: backupd.v1.BackupService.BackupWorkspace:input_type -> backupd.v1.BackupWorkspaceRequest
+	5,  // 46: backupd.v1.BackupService.CheckpointWorkspace:input_type -> backupd.v1.CheckpointWorkspaceRequest
+	9,  // 47: backupd.v1.BackupService.RestoreWorkspace:input_type -> backupd.v1.RestoreWorkspaceRequest
+	11, // 48: backupd.v1.BackupService.WatchOperation:input_type -> backupd.v1.WatchOperationRequest
+	13, // 49: backupd.v1.BackupService.GetOperation:input_type -> backupd.v1.GetOperationRequest
+	15, // 50: backupd.v1.BackupService.CancelOperation:input_type -> backupd.v1.CancelOperationRequest
+	25, // 51: backupd.v1.BackupService.ListSnapshots:input_type -> backupd.v1.ListSnapshotsRequest
+	29, // 52: backupd.v1.BackupService.DeleteSnapshot:input_type -> backupd.v1.DeleteSnapshotRequest
+	31, // 53: backupd.v1.BackupService.CheckRepository:input_type -> backupd.v1.CheckRepositoryRequest
+	33, // 54: backupd.v1.BackupService.ForgetSnapshots:input_type -> backupd.v1.ForgetSnapshotsRequest
+	35, // 55: backupd.v1.BackupService.PruneRepository:input_type -> backupd.v1.PruneRepositoryRequest
+	37, // 56: backupd.v1.BackupService.DeleteWorkspace:input_type -> backupd.v1.DeleteWorkspaceRequest
+	39, // 57: backupd.v1.BackupService.DeleteOwner:input_type -> backupd.v1.DeleteOwnerRequest
+	8,  // 58: backupd.v1.BackupService.BackupWorkspace:output_type -> backupd.v1.BackupWorkspaceResponse
+	6,  // 59: backupd.v1.BackupService.CheckpointWorkspace:output_type -> backupd.v1.CheckpointWorkspaceResponse
+	10, // 60: backupd.v1.BackupService.RestoreWorkspace:output_type -> backupd.v1.RestoreWorkspaceResponse
+	12, // 61: backupd.v1.BackupService.WatchOperation:output_type -> backupd.v1.WatchOperationResponse
+	14, // 62: backupd.v1.BackupService.GetOperation:output_type -> backupd.v1.GetOperationResponse
+	16, // 63: backupd.v1.BackupService.CancelOperation:output_type -> backupd.v1.CancelOperationResponse
+	28, // 64: backupd.v1.BackupService.ListSnapshots:output_type -> backupd.v1.ListSnapshotsResponse
+	30, // 65: backupd.v1.BackupService.DeleteSnapshot:output_type -> backupd.v1.DeleteSnapshotResponse
+	32, // 66: backupd.v1.BackupService.CheckRepository:output_type -> backupd.v1.CheckRepositoryResponse
+	34, // 67: backupd.v1.BackupService.ForgetSnapshots:output_type -> backupd.v1.ForgetSnapshotsResponse
+	36, // 68: backupd.v1.BackupService.PruneRepository:output_type -> backupd.v1.PruneRepositoryResponse
+	38, // 69: backupd.v1.BackupService.DeleteWorkspace:output_type -> backupd.v1.DeleteWorkspaceResponse
+	40, // 70: backupd.v1.BackupService.DeleteOwner:output_type -> backupd.v1.DeleteOwnerResponse
+	58, // [58:71] is the sub-list for method output_type
+	45, // [45:58] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_backupd_v1_backupd_proto_init() }
@@ -3590,14 +3923,14 @@ func file_backupd_v1_backupd_proto_init() {
 	if File_backupd_v1_backupd_proto != nil {
 		return
 	}
-	file_backupd_v1_backupd_proto_msgTypes[30].OneofWrappers = []any{}
+	file_backupd_v1_backupd_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_backupd_v1_backupd_proto_rawDesc), len(file_backupd_v1_backupd_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,18 +39,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BackupService_BackupWorkspace_FullMethodName  = "/backupd.v1.BackupService/BackupWorkspace"
-	BackupService_RestoreWorkspace_FullMethodName = "/backupd.v1.BackupService/RestoreWorkspace"
-	BackupService_WatchOperation_FullMethodName   = "/backupd.v1.BackupService/WatchOperation"
-	BackupService_GetOperation_FullMethodName     = "/backupd.v1.BackupService/GetOperation"
-	BackupService_CancelOperation_FullMethodName  = "/backupd.v1.BackupService/CancelOperation"
-	BackupService_ListSnapshots_FullMethodName    = "/backupd.v1.BackupService/ListSnapshots"
-	BackupService_DeleteSnapshot_FullMethodName   = "/backupd.v1.BackupService/DeleteSnapshot"
-	BackupService_CheckRepository_FullMethodName  = "/backupd.v1.BackupService/CheckRepository"
-	BackupService_ForgetSnapshots_FullMethodName  = "/backupd.v1.BackupService/ForgetSnapshots"
-	BackupService_PruneRepository_FullMethodName  = "/backupd.v1.BackupService/PruneRepository"
-	BackupService_DeleteWorkspace_FullMethodName  = "/backupd.v1.BackupService/DeleteWorkspace"
-	BackupService_DeleteOwner_FullMethodName      = "/backupd.v1.BackupService/DeleteOwner"
+	BackupService_BackupWorkspace_FullMethodName     = "/backupd.v1.BackupService/BackupWorkspace"
+	BackupService_CheckpointWorkspace_FullMethodName = "/backupd.v1.BackupService/CheckpointWorkspace"
+	BackupService_RestoreWorkspace_FullMethodName    = "/backupd.v1.BackupService/RestoreWorkspace"
+	BackupService_WatchOperation_FullMethodName      = "/backupd.v1.BackupService/WatchOperation"
+	BackupService_GetOperation_FullMethodName        = "/backupd.v1.BackupService/GetOperation"
+	BackupService_CancelOperation_FullMethodName     = "/backupd.v1.BackupService/CancelOperation"
+	BackupService_ListSnapshots_FullMethodName       = "/backupd.v1.BackupService/ListSnapshots"
+	BackupService_DeleteSnapshot_FullMethodName      = "/backupd.v1.BackupService/DeleteSnapshot"
+	BackupService_CheckRepository_FullMethodName     = "/backupd.v1.BackupService/CheckRepository"
+	BackupService_ForgetSnapshots_FullMethodName     = "/backupd.v1.BackupService/ForgetSnapshots"
+	BackupService_PruneRepository_FullMethodName     = "/backupd.v1.BackupService/PruneRepository"
+	BackupService_DeleteWorkspace_FullMethodName     = "/backupd.v1.BackupService/DeleteWorkspace"
+	BackupService_DeleteOwner_FullMethodName         = "/backupd.v1.BackupService/DeleteOwner"
 )
 
 // BackupServiceClient is the client API for BackupService service.
@@ -69,6 +70,16 @@ type BackupServiceClient interface {
 	// FAILED_PRECONDITION naming the running operation and the fields that
 	// differ.
 	BackupWorkspace(ctx context.Context, in *BackupWorkspaceRequest, opts ...grpc.CallOption) (*BackupWorkspaceResponse, error)
+	// CheckpointWorkspace starts a checkpoint: a backup of a running
+	// workspace, marked as a checkpoint (Snapshot.checkpoint), that the next
+	// backup of the workspace takes as its parent, so the backup at stop
+	// reads and uploads only what changed since. It runs under the daemon's
+	// checkpoint limits (its own concurrency and bandwidth, idle I/O
+	// priority, a lower CPU priority) so as not to disturb the workspace. A
+	// BackupWorkspace of the same workspace cancels it at once (the backup
+	// reuses what it already uploaded; the checkpoint writes no snapshot).
+	// Only the newest checkpoints of a workspace are kept (keep).
+	CheckpointWorkspace(ctx context.Context, in *CheckpointWorkspaceRequest, opts ...grpc.CallOption) (*CheckpointWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
 	// another request asking for the same joins it; one asking for something
@@ -150,6 +161,16 @@ func (c *backupServiceClient) BackupWorkspace(ctx context.Context, in *BackupWor
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(BackupWorkspaceResponse)
 	err := c.cc.Invoke(ctx, BackupService_BackupWorkspace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backupServiceClient) CheckpointWorkspace(ctx context.Context, in *CheckpointWorkspaceRequest, opts ...grpc.CallOption) (*CheckpointWorkspaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointWorkspaceResponse)
+	err := c.cc.Invoke(ctx, BackupService_CheckpointWorkspace_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -291,6 +312,16 @@ type BackupServiceServer interface {
 	// FAILED_PRECONDITION naming the running operation and the fields that
 	// differ.
 	BackupWorkspace(context.Context, *BackupWorkspaceRequest) (*BackupWorkspaceResponse, error)
+	// CheckpointWorkspace starts a checkpoint: a backup of a running
+	// workspace, marked as a checkpoint (Snapshot.checkpoint), that the next
+	// backup of the workspace takes as its parent, so the backup at stop
+	// reads and uploads only what changed since. It runs under the daemon's
+	// checkpoint limits (its own concurrency and bandwidth, idle I/O
+	// priority, a lower CPU priority) so as not to disturb the workspace. A
+	// BackupWorkspace of the same workspace cancels it at once (the backup
+	// reuses what it already uploaded; the checkpoint writes no snapshot).
+	// Only the newest checkpoints of a workspace are kept (keep).
+	CheckpointWorkspace(context.Context, *CheckpointWorkspaceRequest) (*CheckpointWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
 	// another request asking for the same joins it; one asking for something
@@ -371,6 +402,9 @@ type UnimplementedBackupServiceServer struct{}
 func (UnimplementedBackupServiceServer) BackupWorkspace(context.Context, *BackupWorkspaceRequest) (*BackupWorkspaceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method BackupWorkspace not implemented")
 }
+func (UnimplementedBackupServiceServer) CheckpointWorkspace(context.Context, *CheckpointWorkspaceRequest) (*CheckpointWorkspaceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckpointWorkspace not implemented")
+}
 func (UnimplementedBackupServiceServer) RestoreWorkspace(context.Context, *RestoreWorkspaceRequest) (*RestoreWorkspaceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RestoreWorkspace not implemented")
 }
@@ -439,6 +473,24 @@ func _BackupService_BackupWorkspace_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BackupServiceServer).BackupWorkspace(ctx, req.(*BackupWorkspaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackupService_CheckpointWorkspace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointWorkspaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).CheckpointWorkspace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_CheckpointWorkspace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).CheckpointWorkspace(ctx, req.(*CheckpointWorkspaceRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -644,6 +696,10 @@ var BackupService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BackupWorkspace",
 			Handler:    _BackupService_BackupWorkspace_Handler,
+		},
+		{
+			MethodName: "CheckpointWorkspace",
+			Handler:    _BackupService_CheckpointWorkspace_Handler,
 		},
 		{
 			MethodName: "RestoreWorkspace",
