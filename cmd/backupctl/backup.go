@@ -48,6 +48,12 @@ An entry that cannot be read (permission denied, an I/O error) is left
 out with a warning on stderr, one line each; the snapshot counts and
 lists them ("unreadable" in snapshots --json) and the summary says how
 many. With --strict the backup fails instead and writes no snapshot.
+
+A file written while it is read is read again (up to three reads in all)
+until its size, mtime and ctime stay put through a read; one still
+changing then is stored as last read, flagged "changing" in its tree entry,
+with a warning, and counted in the summary ("changing" in --json, with
+"reread", the extra reads). The next backup reads a flagged file again.
 Errors of the repository or its storage always fail the backup.
 
 Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
@@ -122,10 +128,13 @@ func printBackup(f *repoFlags, id string, st repo.Stats) error {
 	if st.Unreadable > 0 {
 		fmt.Fprintf(os.Stderr, "warning: unreadable, left out of snapshot %.8s: %d (one warning each; --strict fails instead)\n", id, st.Unreadable)
 	}
+	if st.Changing > 0 {
+		fmt.Fprintf(os.Stderr, "warning: kept changing while read, stored as last read and flagged in snapshot %.8s: %d (one warning each)\n", id, st.Changing)
+	}
 	if f.json {
 		return json.NewEncoder(os.Stdout).Encode(map[string]any{
 			"snapshot_id": id, "files": st.Files, "unchanged_files": st.UnchangedFiles, "dirs": st.Dirs,
-			"symlinks": st.Symlinks, "skipped": st.Skipped, "unreadable": st.Unreadable, "excluded": st.Excluded, "bytes": st.Bytes,
+			"symlinks": st.Symlinks, "skipped": st.Skipped, "unreadable": st.Unreadable, "changing": st.Changing, "reread": st.Reread, "excluded": st.Excluded, "bytes": st.Bytes,
 			"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
 			"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
 		})
@@ -163,7 +172,7 @@ func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.
 	}
 	r := op.Result
 	return printBackup(f, r.SnapshotId, repo.Stats{
-		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Unreadable: r.UnreadableEntries, Excluded: r.Excluded,
+		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Unreadable: r.UnreadableEntries, Changing: r.ChangingFiles, Reread: r.RereadFiles, Excluded: r.Excluded,
 		Bytes: r.Bytes, NewBytes: r.NewBytes, StoredBytes: r.StoredBytes, Blobs: r.Blobs, NewBlobs: r.NewBlobs, ObjectsWritten: r.ObjectsWritten,
 		DurationMS: op.EndTime.AsTime().Sub(op.StartTime.AsTime()).Milliseconds(),
 	})

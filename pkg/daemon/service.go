@@ -103,7 +103,7 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 			return &pb.OperationResult{
 				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
 				UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
-				Skipped: st.Skipped, UnreadableEntries: st.Unreadable, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
+				Skipped: st.Skipped, UnreadableEntries: st.Unreadable, ChangingFiles: st.Changing, RereadFiles: st.Reread, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
 				ForgottenSnapshots: s.applyRetention(ctx, op, r, policy),
 			}, nil
 		}})
@@ -381,6 +381,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
 				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,
 				NewBytes: snap.Stats.NewBytes, StoredBytes: snap.Stats.StoredBytes, UnreadableEntries: snap.Stats.Unreadable,
+				ChangingFiles: snap.Stats.Changing,
 			}
 			return nil
 		}))

@@ -24,7 +24,7 @@ func allocated(f func()) uint64 {
 
 func sampleTree() *Tree {
 	return &Tree{Nodes: []Node{
-		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334, Device: 2049, Nlink: 3},
+		{Name: "a.go", Type: TypeFile, Mode: 0o644, MTime: 1700000000123456789, Size: 3, Content: []chunk.ID{chunk.Hash([]byte("abc"))}, Inode: 1234567, CTime: 1700000000987654321, UID: 33333, GID: 33334, Device: 2049, Nlink: 3, Flags: NodeChanging},
 		{Name: "empty", Type: TypeFile, Mode: 0o600, MTime: -5},
 		{Name: "link", Type: TypeSymlink, Mode: 0o777, Target: "../x"},
 		{Name: "sub", Type: TypeDir, Mode: 0o4755, MTime: 1, Subtree: chunk.Hash([]byte("t")), Xattrs: []Xattr{{"security.selinux", []byte("ctx")}, {"user.a", nil}, {"user.b", []byte{0, 1}}}},
@@ -45,7 +45,7 @@ func TestTreeRoundTrip(t *testing.T) {
 	if x := got.Nodes[3].Xattrs; len(x) != 3 || x[2].Name != "user.b" || !bytes.Equal(x[2].Value, []byte{0, 1}) {
 		t.Fatalf("xattrs = %+v", x)
 	}
-	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].Nlink != 3 || got.Nodes[0].Device != 2049 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
+	if got.Nodes[0].MTime != tr.Nodes[0].MTime || got.Nodes[0].Inode != 1234567 || got.Nodes[0].CTime != 1700000000987654321 || got.Nodes[0].UID != 33333 || got.Nodes[0].Nlink != 3 || got.Nodes[0].Device != 2049 || got.Nodes[0].Flags != NodeChanging || got.Nodes[4].Flags != 0 || got.Nodes[0].GID != 33334 || got.Nodes[3].Mode != 0o4755 || got.Nodes[2].Target != "../x" || got.Nodes[4].Name != "\xff\xfe odd name" {
 		t.Fatalf("fields lost: %+v", got.Nodes)
 	}
 }
@@ -137,6 +137,9 @@ func nonCanonicalTrees() map[string][]byte {
 		"no xattrs":               treeOf(1, []byte{1, 1, 'a', 2, 1, 13, 0, 0}),
 		"device 0":                treeOf(1, []byte{1, 1, 'a', 2, 1, 14, 0, 0}),
 		"nlink 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 15, 0, 0}),
+		"flags 0":                 treeOf(1, []byte{1, 1, 'a', 2, 1, 16, 0, 0}),
+		"unknown flag":            treeOf(1, []byte{1, 1, 'a', 2, 1, 16, 2, 0}),
+		"symlink flags":           treeOf(1, []byte{1, 1, 'a', 2, 3, 8, 1, 'x', 16, 1, 0}),
 		"symlink size":            treeOf(1, []byte{1, 1, 'a', 2, 3, 5, 1, 8, 1, 'x', 0}),
 		"fifo device":             treeOf(1, []byte{1, 1, 'a', 2, 4, 14, 1, 0}),
 		"dir nlink":               treeOf(1, append(append([]byte{1, 1, 'a', 2, 2, 7}, sub...), 15, 2, 0)),

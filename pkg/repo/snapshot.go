@@ -57,8 +57,14 @@ type Stats struct {
 	// Unreadable counts entries left out because reading them failed
 	// (Snapshot.Unreadable lists the first of them); a directory counts
 	// once. Skipped does not count them.
-	Unreadable     int64 `json:"unreadable,omitempty"`
-	Excluded       int64 `json:"excluded,omitempty"`
+	Unreadable int64 `json:"unreadable,omitempty"`
+	Excluded   int64 `json:"excluded,omitempty"`
+	// Changing counts files that kept changing through every read of
+	// them: their nodes are flagged NodeChanging. Reread counts the extra
+	// reads of files that changed while being read (and were then stored
+	// as one version, or flagged).
+	Changing       int64 `json:"changing,omitempty"`
+	Reread         int64 `json:"reread,omitempty"`
 	Bytes          int64 `json:"bytes"`
 	NewBytes       int64 `json:"new_bytes"`
 	StoredBytes    int64 `json:"stored_bytes"`

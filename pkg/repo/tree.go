@@ -62,7 +62,21 @@ type Node struct {
 	// Device and Nlink of a file: files of one snapshot that share device
 	// and inode, with Nlink > 1, are hard links of each other.
 	Device, Nlink uint64
+	// Flags of a file: NodeChanging.
+	Flags NodeFlags
 }
+
+// NodeFlags say what a backup could not vouch for about a file.
+type NodeFlags uint32
+
+// NodeChanging marks a file that kept changing while the backup read it:
+// its stored content is what the last of its bounded reads saw, which may
+// mix bytes from before and after a write.
+const NodeChanging NodeFlags = 1
+
+// knownFlags are the flags this version reads; a tree with others is
+// refused.
+const knownFlags = NodeChanging
 
 // Xattr is one extended attribute.
 type Xattr struct {
@@ -93,6 +107,7 @@ const (
 	tagXattrs
 	tagDevice
 	tagNlink
+	tagFlags
 )
 
 // ValidName reports whether name may be a directory entry: it must not be
@@ -109,7 +124,7 @@ func ValidName(name string) error {
 // not zero (subtree and target always for their types).
 const (
 	fieldsAll     = 1<<tagName | 1<<tagType | 1<<tagMode | 1<<tagMTime | 1<<tagUID | 1<<tagGID | 1<<tagXattrs
-	fieldsFile    = fieldsAll | 1<<tagSize | 1<<tagContent | 1<<tagInode | 1<<tagCTime | 1<<tagDevice | 1<<tagNlink
+	fieldsFile    = fieldsAll | 1<<tagSize | 1<<tagContent | 1<<tagInode | 1<<tagCTime | 1<<tagDevice | 1<<tagNlink | 1<<tagFlags
 	fieldsDir     = fieldsAll | 1<<tagSubtree
 	fieldsSymlink = fieldsAll | 1<<tagTarget
 	fieldsFIFO    = fieldsAll
@@ -169,8 +184,11 @@ func checkNode(n *Node) error {
 			return fmt.Errorf("%w: symlink %q: target of %d bytes (1 to %d)", ErrCorrupt, n.Name, len(n.Target), MaxTargetLen)
 		}
 	}
-	if n.Type != TypeFile && (n.Device != 0 || n.Nlink != 0) {
-		return fmt.Errorf("%w: %v %q: device or link count (files only)", ErrCorrupt, n.Type, n.Name)
+	if n.Flags&^knownFlags != 0 {
+		return fmt.Errorf("%w: entry %q: unknown flags %#x", ErrCorrupt, n.Name, n.Flags)
+	}
+	if n.Type != TypeFile && (n.Device != 0 || n.Nlink != 0 || n.Flags != 0) {
+		return fmt.Errorf("%w: %v %q: device, link count or flags (files only)", ErrCorrupt, n.Type, n.Name)
 	}
 	list := 0
 	for i, x := range n.Xattrs {
@@ -307,6 +325,10 @@ func EncodeTree(t *Tree) []byte {
 			b = binary.AppendUvarint(b, tagNlink)
 			b = binary.AppendUvarint(b, n.Nlink)
 		}
+		if n.Flags != 0 {
+			b = binary.AppendUvarint(b, tagFlags)
+			b = binary.AppendUvarint(b, uint64(n.Flags))
+		}
 		b = append(b, 0)
 	}
 	return b
@@ -436,7 +458,7 @@ func (d *treeDecoder) node(n *Node, xattrs *int) error {
 		if d.err != nil || tag == 0 {
 			break
 		}
-		if tag <= last || tag > tagNlink {
+		if tag <= last || tag > tagFlags {
 			d.fail("field %d out of order or unknown", tag)
 			break
 		}
@@ -513,6 +535,12 @@ func (d *treeDecoder) node(n *Node, xattrs *int) error {
 			n.Device = d.nonzero("device")
 		case tagNlink:
 			n.Nlink = d.nonzero("nlink")
+		case tagFlags:
+			v := d.nonzero("flags")
+			if v&^uint64(knownFlags) != 0 {
+				d.fail("unknown flags %#x", v)
+			}
+			n.Flags = NodeFlags(v)
 		}
 	}
 	if d.err != nil {

@@ -121,6 +121,7 @@ type backupStats struct {
 	unreadable                     atomic.Int64
 	excluded                       atomic.Int64
 	unchanged                      atomic.Int64
+	changing, reread               atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
 	blobs, newBlobs, objects       atomic.Int64
 }
@@ -419,7 +420,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		RootGID:   opts.GIDMap.ToContainer(rootStat.Gid),
 		Stats: repo.Stats{
 			Files: st.files.Load(), UnchangedFiles: st.unchanged.Load(), Dirs: st.dirs.Load(), Symlinks: st.symlinks.Load(), Skipped: st.skipped.Load(), Excluded: st.excluded.Load(),
-			Unreadable: st.unreadable.Load(), Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
+			Unreadable: st.unreadable.Load(), Changing: st.changing.Load(), Reread: st.reread.Load(), Bytes: st.bytes.Load(), NewBytes: st.newBytes.Load(), StoredBytes: st.storedBytes.Load(),
 			Blobs: st.blobs.Load(), NewBlobs: st.newBlobs.Load(), ObjectsWritten: st.objects.Load(),
 			DurationMS: time.Since(start).Milliseconds(),
 		},
@@ -857,7 +858,7 @@ func findNode(nodes []repo.Node, name string) *repo.Node {
 // the content still in the index (so the new snapshot never references
 // anything missing).
 func (b *backup) unchanged(n, pn *repo.Node) bool {
-	if pn.Type != repo.TypeFile || n.Size != pn.Size || n.MTime != pn.MTime || n.CTime != pn.CTime || n.Inode != pn.Inode || n.Inode == 0 {
+	if pn.Type != repo.TypeFile || pn.Flags&repo.NodeChanging != 0 || n.Size != pn.Size || n.MTime != pn.MTime || n.CTime != pn.CTime || n.Inode != pn.Inode || n.Inode == 0 {
 		return false
 	}
 	if n.CTime >= b.trustBefore || n.MTime >= b.trustBefore {
@@ -1071,6 +1072,10 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	if testHookBeforeOpen != nil {
 		testHookBeforeOpen(job.path())
 	}
+	// Taken before the file's first stat: a write after it gives the file
+	// a ctime of at least start-liveMargin (the kernel's file times come
+	// from a clock that lags by at most a tick).
+	start := time.Now()
 	fd, st, err := openRegular(job.dir.fd, n.Name, openFlags(b.allXattrs))
 	path, rel := job.path(), job.dir.rel+n.Name
 	job.dir.release()
@@ -1089,18 +1094,97 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		if errors.As(err, &re) && b.unreadable(path, rel, "read", re.err) {
 			// Nothing of a file read in part is kept; what was stored of
 			// it is unreferenced, for a prune.
-			b.stats.bytes.Add(-int64(n.Size))
-			b.stats.blobs.Add(-int64(len(n.Content)))
+			b.forget(n)
 			*n = repo.Node{Name: n.Name, Type: skippedNode}
 			b.stats.files.Add(-1)
 			err = nil
 		}
 	}()
-	// The file read is the one opened: its metadata from its descriptor.
-	*n = b.nodeFromStat(n.Name, &st)
-	if n.Xattrs, err = readXattrs(fd, "", b.allXattrs); err != nil {
-		b.opts.Warn(path, fmt.Errorf("extended attributes not kept: %w", err))
+	for reads := 1; ; reads++ {
+		// The file read is the one opened: its metadata from its
+		// descriptor.
+		*n = b.nodeFromStat(n.Name, &st)
+		if n.Xattrs, err = readXattrs(fd, "", b.allXattrs); err != nil {
+			b.opts.Warn(path, fmt.Errorf("extended attributes not kept: %w", err))
+		}
+		if err := b.readContent(ctx, ch, f, n, st.Size); err != nil {
+			return err
+		}
+		var after unix.Stat_t
+		if err := unix.Fstat(fd, &after); err != nil {
+			return &readError{&fs.PathError{Op: "fstat", Path: path, Err: err}}
+		}
+		changed := after.Size != st.Size || after.Mtim != st.Mtim || after.Ctim != st.Ctim || int64(n.Size) != after.Size
+		recent := after.Ctim.Nano() >= start.UnixNano()-int64(liveMargin)
+		if !changed && !recent {
+			return nil // no write since start: the bytes read are one version
+		}
+		if reads == maxReads {
+			n.Flags |= repo.NodeChanging
+			b.stats.changing.Add(1)
+			b.opts.Warn(path, fmt.Errorf("kept changing while it was read (%d reads): stored as last read, flagged as changing", reads))
+			return nil
+		}
+		if !changed {
+			// Written just before the read began: a write during it
+			// may have left no trace in its times. Read again once
+			// the clock has moved past them.
+			wait := time.Until(time.Unix(0, after.Ctim.Nano()+int64(liveMargin)))
+			if err := sleepFor(ctx, wait); err != nil {
+				return err
+			}
+		}
+		b.stats.reread.Add(1)
+		b.forget(n)
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		start, st = time.Now(), after
+		if err := unix.Fstat(fd, &st); err != nil {
+			return &readError{&fs.PathError{Op: "fstat", Path: path, Err: err}}
+		}
 	}
+}
+
+// maxReads bounds how often a file that changes while it is read is read
+// before it is stored flagged repo.NodeChanging.
+const maxReads = 3
+
+// liveMargin covers the lag of the clock file times come from (the
+// kernel's coarse clock, one tick: at most 10 ms at HZ=100) and the
+// distance between the two looks at the clock.
+var liveMargin = 20 * time.Millisecond
+
+// sleepFor is sleepCtx; tests replace it.
+var sleepFor = sleepCtx
+
+// sleepCtx waits d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// forget takes back what a read of file n counted: its bytes and blobs
+// (blobs it stored stay, unreferenced, for a prune).
+func (b *backup) forget(n *repo.Node) {
+	b.stats.bytes.Add(-int64(n.Size))
+	b.stats.blobs.Add(-int64(len(n.Content)))
+	b.opts.Progress.Bytes.Add(-int64(n.Size))
+	n.Content, n.Size = nil, 0
+}
+
+// readContent reads file f from its start, chunking it into n's content;
+// size is what its stat said.
+func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFile, n *repo.Node, size int64) (err error) {
 	n.Size = 0
 	emit := func(buf, data []byte) ([]byte, error) {
 		if len(data) > cap(buf) {
@@ -1137,10 +1221,10 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	// A file that fits in one chunk is read in one go: the chunker would
 	// not cut it anyway. A first read that brings as many bytes as the
 	// file's stat said it has brings the whole file: no second read just to
-	// see its end. (A file growing meanwhile has a new mtime and is read
-	// again next time, as one growing just after its end was seen.)
+	// see its end. (A file that grew meanwhile has new times, which the
+	// caller sees.)
 	k, err := f.Read(buf[:min+1])
-	if err == nil && k > 0 && k <= min && int64(k) == st.Size {
+	if err == nil && k > 0 && k <= min && int64(k) == size {
 		buf, err = emit(buf, buf[:k])
 		return err
 	}
