@@ -254,7 +254,8 @@ func newLsCmd() *cobra.Command {
 		Short: "List the files of a snapshot",
 		Long: `List every entry of SNAPSHOT (an ID, a unique ID prefix, or latest) under
 PATH (default: the whole snapshot), recursively, with type, mode, size and
-modification time.`,
+modification time. A file that kept changing while it was backed up (see
+backup --help) is marked "(changing: ...)".`,
 		Args: usage.Args("SNAPSHOT", "[PATH]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -326,6 +327,9 @@ func printNode(p string, n *repo.Node) {
 	line := fmt.Sprintf("%c%s %10d %s %s", typ, permString(n.Mode), n.Size, time.Unix(0, n.MTime).Local().Format("2006-01-02 15:04:05"), p)
 	if n.Type == repo.TypeSymlink {
 		line += " -> " + n.Target
+	}
+	if n.Flags&repo.NodeChanging != 0 {
+		line += "  (changing: kept changing while backed up; stored as last read)"
 	}
 	fmt.Println(line)
 }
