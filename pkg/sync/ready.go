@@ -237,10 +237,40 @@ func (f *restoreFile) commitLate() error {
 	case err == unix.EEXIST:
 		f.removeTemp()
 		f.ready.conflict(f.path())
+	case err == unix.ENOENT:
+		// The workspace removed the directory or the temporary file.
+		f.ready.conflict(f.path())
 	case err != nil:
 		return fmt.Errorf("restore: rename into place %s: %w", f.path(), err)
 	}
 	f.tmp = ""
+	return nil
+}
+
+// workspaceTook reports whether err, of opening a late file's directory
+// entry, means the workspace has removed or replaced what restore made.
+func workspaceTook(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, errMoved) || errors.Is(err, dirfd.ErrLink)
+}
+
+// dropLate gives up late file f, whose directory or temporary file the
+// workspace removed or replaced (a conflict, counted once): its remaining
+// blobs are skipped. f.mu is held.
+func (f *restoreFile) dropLate(prog *Progress) error {
+	if !f.dropped {
+		f.dropped = true
+		f.ready.conflict(f.path())
+		if f.tmp != "" {
+			f.removeTemp()
+		}
+	}
+	if f.remaining > 0 {
+		f.remaining--
+	}
+	if f.remaining == 0 {
+		prog.Files.Add(1)
+		return f.dir.release()
+	}
 	return nil
 }
 

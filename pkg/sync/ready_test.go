@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -277,5 +278,53 @@ func TestReadyRestoreRefusesOverwrite(t *testing.T) {
 	_, err := Restore(context.Background(), r, snap, t.TempDir(), RestoreOptions{ReadyBeforeComplete: true, Overwrite: true})
 	if err == nil {
 		t.Fatal("ready restore with overwrite: no error")
+	}
+}
+
+// TestReadyRestoreGivesWayToARemovedDirectory: the workspace removes the
+// directory of a late file while restore writes it, before its temporary
+// file is made or after (the temporary file with it): the file is a
+// conflict and the restore goes on.
+func TestReadyRestoreGivesWayToARemovedDirectory(t *testing.T) {
+	// The hook sees big/late2.bin once in the walk, then at each open:
+	// the second call is its creation, the third the open for its second
+	// blob.
+	for _, at := range []int{2, 3} {
+		t.Run(fmt.Sprint(at), func(t *testing.T) {
+			src, _, late := readyTree(t)
+			r, _ := newMemRepo(t)
+			snap := doBackup(t, r, src).Snapshot
+			dst := filepath.Join(t.TempDir(), "ws")
+			opts := readyOpts(snap)
+			opts.Downloads = 1
+			calls, temps := 0, 0
+			testHookRestore = func(p string) {
+				if strings.HasSuffix(p, "big/late2.bin") {
+					if calls++; calls == at {
+						temps = len(tempFiles(t, filepath.Join(dst, "big")))
+						must(t, os.RemoveAll(filepath.Join(dst, "big")))
+					}
+				}
+			}
+			t.Cleanup(func() { testHookRestore = nil })
+			res, err := Restore(context.Background(), r, snap, dst, opts)
+			t.Cleanup(func() { chmodTreeWritable(dst) })
+			must(t, err)
+			if calls < at {
+				t.Fatalf("big/late2.bin seen %d times by the hook, want at least %d (more than one blob)", calls, at)
+			}
+			if at == 3 && temps == 0 {
+				t.Fatal("no temporary file when the directory was removed")
+			}
+			if !slices.ContainsFunc(res.ConflictPaths, func(p string) bool { return strings.HasSuffix(p, "big/late2.bin") }) {
+				t.Fatalf("conflicts %d %q, want big/late2.bin among them", res.Conflicts, res.ConflictPaths)
+			}
+			if got, err := os.ReadFile(filepath.Join(dst, "dir/sub/late3.bin")); err != nil || !bytes.Equal(got, late["dir/sub/late3.bin"]) {
+				t.Fatalf("dir/sub/late3.bin: %d bytes, %v", len(got), err)
+			}
+			if tmp := tempFiles(t, dst); len(tmp) != 0 {
+				t.Fatalf("temporary files left: %q", tmp)
+			}
+		})
 	}
 }

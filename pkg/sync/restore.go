@@ -201,8 +201,9 @@ type restoreFile struct {
 
 	uidMap, gidMap IDMap
 
-	ready *readyPlan // a late file (ReadyBeforeComplete); nil otherwise
-	tmp   string     // a late file's temporary name while it exists
+	ready   *readyPlan // a late file (ReadyBeforeComplete); nil otherwise
+	tmp     string     // a late file's temporary name while it exists
+	dropped bool       // a late file the workspace took the place of
 }
 
 func (f *restoreFile) path() string { return f.dir.join(f.node.Name) }
@@ -895,9 +896,15 @@ func (f *restoreFile) open(whole bool) (int, error) {
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.dropped {
+		return f.dropLate(prog)
+	}
 	whole := f.remaining <= 1 && !zero && off == 0 && uint64(len(data)) == f.node.Size
 	fd, err := f.open(whole)
 	if err != nil {
+		if f.ready != nil && workspaceTook(err) {
+			return f.dropLate(prog)
+		}
 		return err
 	}
 	if zero {
