@@ -74,6 +74,11 @@ func rpcError(d *daemonFlags, err error) error {
 // prog for the progress bar. If ctx ends first (Ctrl-C), the operation is
 // cancelled on the daemon.
 func follow(ctx context.Context, c pb.BackupServiceClient, op *pb.Operation, prog *bsync.Progress) (*pb.Operation, error) {
+	return followEach(ctx, c, op, prog, nil)
+}
+
+// followEach is follow, telling each (if set) of every state received.
+func followEach(ctx context.Context, c pb.BackupServiceClient, op *pb.Operation, prog *bsync.Progress, each func(*pb.Operation)) (*pb.Operation, error) {
 	stream, err := c.WatchOperation(ctx, &pb.WatchOperationRequest{OperationId: op.Id})
 	if err != nil {
 		return nil, err
@@ -98,6 +103,9 @@ func follow(ctx context.Context, c pb.BackupServiceClient, op *pb.Operation, pro
 		prog.Bytes.Store(p.GetBytesDone())
 		prog.TotalFiles.Store(p.GetFilesTotal())
 		prog.TotalBytes.Store(p.GetBytesTotal())
+		if each != nil {
+			each(last)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backupd/backupd/internal/usage"
+	"github.com/backupd/backupd/pkg/exclude"
 
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
@@ -26,7 +27,7 @@ func newRestoreCmd() *cobra.Command {
 		over      bsync.RestoreOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--overwrite [--verify] [--delete]] [--include PATH]... [--json] DIR",
+		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--overwrite [--verify] [--delete]] [--include PATH]... [--ready-before-complete [--priority GLOB]... [--ready-max-file-size N]] [--json] DIR",
 		Short: "Restore a workspace snapshot into a directory",
 		Long: `Restore a snapshot of workspace W (the latest unless --snapshot names one
 by ID or unique ID prefix) into DIR. DIR is created if missing and must
@@ -44,7 +45,20 @@ With --overwrite, DIR may hold an earlier state of the workspace:
   - with --delete, what the snapshot does not have is removed.
 
 --include PATH (repeatable) restores only PATH (relative to the snapshot's
-root) with everything below it, and the directories leading to it.`,
+root) with everything below it, and the directories leading to it.
+
+--ready-before-complete (not with --overwrite) makes DIR usable before the
+restore completes: first the whole tree (directories, symlinks,
+permissions, hard links), the files below .git directories, every file of
+at most --ready-max-file-size bytes (default 1 MiB), the files matching a
+--priority GLOB (gitignore syntax, relative to the snapshot's root;
+repeatable) and the files the snapshot lists as most recently modified;
+then a line says READY (time since the start, bytes still to come), and
+the rest follows. Each late file is written under a temporary name
+(.backupd-restore-*.tmp) in its directory and renamed into place once
+complete and verified, so no one sees a partial file; a file created
+meanwhile at that name is kept (the snapshot's is dropped) and reported as
+a conflict. The last line is the usual one, once the restore is complete.`,
 		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uidMap, gidMap, err := idMaps.parse()
@@ -54,8 +68,23 @@ root) with everything below it, and the directories leading to it.`,
 			if (over.Verify || over.Delete) && !over.Overwrite {
 				return usageError{Err: fmt.Errorf("--verify and --delete need --overwrite")}
 			}
+			if over.ReadyBeforeComplete && over.Overwrite {
+				return usageError{Err: fmt.Errorf("--ready-before-complete is not possible with --overwrite")}
+			}
+			if !over.ReadyBeforeComplete && (len(over.Priority) > 0 || cmd.Flags().Changed("ready-max-file-size")) {
+				return usageError{Err: fmt.Errorf("--priority and --ready-max-file-size need --ready-before-complete")}
+			}
+			if over.ReadyMaxFileSize < 0 {
+				return usageError{Err: fmt.Errorf("--ready-max-file-size %d is negative", over.ReadyMaxFileSize)}
+			}
+			if err := checkPriority(over.Priority); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			start := time.Now()
+			if !over.ReadyBeforeComplete {
+				over.ReadyMaxFileSize = 0 // the flag's default is not a request
+			}
 			if d.enabled() {
 				dir, err := filepath.Abs(args[0])
 				if err != nil {
@@ -65,6 +94,7 @@ root) with everything below it, and the directories leading to it.`,
 					Owner: f.owner, Workspace: workspace, SnapshotId: snapshot, Path: dir,
 					UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
 					Overwrite: over.Overwrite, Verify: over.Verify, Delete: over.Delete, Includes: over.Include,
+					ReadyBeforeComplete: over.ReadyBeforeComplete, Priority: over.Priority, ReadyMaxFileSize: over.ReadyMaxFileSize,
 				})
 			}
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -81,12 +111,19 @@ root) with everything below it, and the directories leading to it.`,
 			warn := newWarner(f.showProgress())
 			opts := over
 			opts.Progress, opts.Downloads, opts.Warn, opts.UIDMap, opts.GIDMap = prog, f.downloads, warn, uidMap, gidMap
+			var ready *readyAt
+			if opts.ReadyBeforeComplete {
+				opts.Ready = func(left int64) {
+					ready = &readyAt{after: time.Since(start), left: left, known: true}
+					printReady(&f, ready)
+				}
+			}
 			res, err := bsync.Restore(ctx, r, snap, args[0], opts)
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s failed: %w", ref.ID.Short(), err)
 			}
-			printRestore(&f, over.Overwrite, ref.ID.String(), res, time.Since(start))
+			printRestore(&f, over.Overwrite, ref.ID.String(), res, time.Since(start), ready)
 			return nil
 		},
 	}
@@ -101,19 +138,60 @@ root) with everything below it, and the directories leading to it.`,
 	cmd.Flags().BoolVar(&over.Verify, "verify", false, "with --overwrite: compare existing files by content, not size and mtime")
 	cmd.Flags().BoolVar(&over.Delete, "delete", false, "with --overwrite: remove what the snapshot does not have")
 	cmd.Flags().StringArrayVar(&over.Include, "include", nil, "restore only this `PATH` of the snapshot (repeatable)")
+	cmd.Flags().BoolVar(&over.ReadyBeforeComplete, "ready-before-complete", false, "make DIR usable before the restore completes: small, .git, priority and recent files first, then READY, then the rest")
+	cmd.Flags().StringArrayVar(&over.Priority, "priority", nil, "with --ready-before-complete: restore files matching `GLOB` (gitignore syntax) before READY (repeatable)")
+	cmd.Flags().Int64Var(&over.ReadyMaxFileSize, "ready-max-file-size", bsync.DefaultReadyMaxFileSize, "with --ready-before-complete: restore files of at most `BYTES` before READY")
 	return cmd
+}
+
+// checkPriority checks --priority patterns before anything is opened.
+func checkPriority(patterns []string) error {
+	if _, err := exclude.New("--priority", patterns); err != nil {
+		return usageError{Err: err}
+	}
+	return nil
+}
+
+// readyAt is when a ready-before-complete restore was READY: after how
+// long since its start, and (if known) with how many bytes still to come.
+type readyAt struct {
+	after time.Duration
+	left  int64
+	known bool
+}
+
+// printReady prints the READY line (not with --json: the final object
+// holds it).
+func printReady(f *repoFlags, r *readyAt) {
+	if f.json {
+		return
+	}
+	if r.known {
+		fmt.Printf("READY after %.1fs: the workspace is usable, %s still to come\n", r.after.Seconds(), fmtBytes(r.left))
+		return
+	}
+	fmt.Printf("READY after %.1fs: the workspace is usable\n", r.after.Seconds())
 }
 
 // printRestore prints a finished restore, a line or with --json an
 // object.
-func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreResult, dur time.Duration) {
+func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreResult, dur time.Duration, ready *readyAt) {
 	if f.json {
-		json.NewEncoder(os.Stdout).Encode(map[string]any{
+		out := map[string]any{
 			"snapshot_id": id, "files": res.Files, "dirs": res.Dirs,
 			"symlinks": res.Symlinks, "bytes": res.Bytes, "pack_bytes_read": res.PackBytes,
 			"unchanged_files": res.Unchanged, "reused_bytes": res.ReusedBytes, "deleted": res.Deleted,
 			"duration_ms": dur.Milliseconds(),
-		})
+		}
+		if ready != nil {
+			out["ready_ms"] = ready.after.Milliseconds()
+			if ready.known {
+				out["ready_bytes_left"] = ready.left
+			}
+			out["conflicts"] = res.Conflicts
+			out["conflict_paths"] = res.ConflictPaths
+		}
+		json.NewEncoder(os.Stdout).Encode(out)
 		return
 	}
 	fmt.Printf("restored snapshot %s: %s, %s, %s, %s in %.1fs\n",
@@ -121,6 +199,15 @@ func printRestore(f *repoFlags, overwrite bool, id string, res *bsync.RestoreRes
 	if overwrite {
 		fmt.Printf("  %s unchanged, %s reused from existing files, %s downloaded, %s deleted\n",
 			plural(res.Unchanged, "file"), fmtBytes(res.ReusedBytes), fmtBytes(res.PackBytes), plural(res.Deleted, "entry"))
+	}
+	if res.Conflicts > 0 {
+		fmt.Printf("  %s: created in the workspace before the restore wrote them, the workspace's kept:\n", plural(res.Conflicts, "conflict"))
+		for _, p := range res.ConflictPaths {
+			fmt.Printf("    %s\n", p)
+		}
+		if n := res.Conflicts - int64(len(res.ConflictPaths)); n > 0 {
+			fmt.Printf("    and %d more\n", n)
+		}
 	}
 }
 
@@ -138,7 +225,18 @@ func restoreViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb
 	}
 	prog := &bsync.Progress{}
 	stop := startProgress(f.showProgress(), os.Stderr, "restore", prog)
-	op, err := follow(ctx, c, resp.Operation, prog)
+	var ready *readyAt
+	op, err := followEach(ctx, c, resp.Operation, prog, func(op *pb.Operation) {
+		if ready != nil || op.ReadyTime == nil {
+			return
+		}
+		// The bytes to come are known if READY is seen while it lasts.
+		ready = &readyAt{after: op.ReadyTime.AsTime().Sub(op.CreateTime.AsTime())}
+		if p := op.Progress; p.GetPhase() == pb.OperationPhase_OPERATION_PHASE_READY {
+			ready.left, ready.known = p.GetBytesTotal()-p.GetBytesDone(), true
+		}
+		printReady(f, ready)
+	})
 	stop()
 	if err != nil {
 		return rpcError(d, err)
@@ -150,6 +248,7 @@ func restoreViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb
 	printRestore(f, req.Overwrite, r.SnapshotId, &bsync.RestoreResult{
 		Files: r.Files, Dirs: r.Dirs, Symlinks: r.Symlinks, Bytes: r.Bytes, PackBytes: r.NewBytes,
 		Unchanged: r.UnchangedFiles, ReusedBytes: r.ReusedBytes, Deleted: r.Deleted,
-	}, op.EndTime.AsTime().Sub(op.CreateTime.AsTime()))
+		Conflicts: r.Conflicts, ConflictPaths: r.ConflictPaths,
+	}, op.EndTime.AsTime().Sub(op.CreateTime.AsTime()), ready)
 	return nil
 }

@@ -14,10 +14,12 @@ import (
 type metrics struct {
 	operations *prometheus.CounterVec   // kind, result
 	duration   *prometheus.HistogramVec // kind, result
-	bytes      *prometheus.CounterVec   // kind
-	queueWait  *prometheus.HistogramVec // kind
-	queued     *prometheus.GaugeVec     // kind
-	running    *prometheus.GaugeVec     // kind
+	// readyDuration: request to READY of ready_before_complete restores.
+	readyDuration prometheus.Histogram
+	bytes         *prometheus.CounterVec   // kind
+	queueWait     *prometheus.HistogramVec // kind
+	queued        *prometheus.GaugeVec     // kind
+	running       *prometheus.GaugeVec     // kind
 
 	pruneFreedBytes   prometheus.Counter
 	pruneFreedObjects prometheus.Counter
@@ -47,6 +49,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Finished operations by kind (backup, restore, forget, prune, delete_workspace, delete_owner, check) and result (succeeded, failed, cancelled)."}, []string{"kind", "result"})).(*prometheus.CounterVec),
 		duration: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_operation_duration_seconds",
 			Help: "Duration of finished operations, queue wait included.", Buckets: durations}, []string{"kind", "result"})).(*prometheus.HistogramVec),
+		readyDuration: f(prometheus.NewHistogram(prometheus.HistogramOpts{Name: "backupd_restore_ready_seconds",
+			Help: "Time from the request of a ready_before_complete restore to READY (the workspace usable), queue wait included.", Buckets: durations})).(prometheus.Histogram),
 		bytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operation_bytes_total",
 			Help: "File content processed by successful operations (backed up or restored)."}, []string{"kind"})).(*prometheus.CounterVec),
 		queueWait: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_queue_wait_seconds",

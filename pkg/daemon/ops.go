@@ -52,6 +52,7 @@ type operation struct {
 	phase         pb.OperationPhase
 	started       time.Time
 	transferStart time.Time
+	readyTime     time.Time // a ready_before_complete restore's READY
 	ended         time.Time
 	result        *pb.OperationResult
 	err           error
@@ -98,12 +99,15 @@ func (o *operation) proto() *pb.Operation {
 	if !o.ended.IsZero() {
 		p.EndTime = timestamppb.New(o.ended)
 	}
+	if !o.readyTime.IsZero() {
+		p.ReadyTime = timestamppb.New(o.readyTime)
+	}
 	if o.err != nil {
 		p.ErrorCode = int32(grpcCode(o.err))
 		p.ErrorMessage = truncate(o.err.Error())
 	}
 	phase := o.phase
-	if phase == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING && o.progress.Finishing.Load() {
+	if (phase == pb.OperationPhase_OPERATION_PHASE_TRANSFERRING || phase == pb.OperationPhase_OPERATION_PHASE_READY) && o.progress.Finishing.Load() {
 		phase = pb.OperationPhase_OPERATION_PHASE_FINISHING
 	}
 	pr := &pb.Progress{
@@ -306,6 +310,20 @@ func activeWhat(kind pb.OperationKind, owner, workspace, path string) string {
 		return fmt.Sprintf("the repository of owner %s is being checked", owner)
 	}
 	return fmt.Sprintf("workspace %s/%s is being backed up", owner, workspace)
+}
+
+// ready moves a running restore to OPERATION_PHASE_READY (its watchers
+// told at once) and records the time from its request to then.
+func (m *manager) ready(op *operation, bytesLeft int64) {
+	now := time.Now()
+	op.update(func() {
+		op.phase = pb.OperationPhase_OPERATION_PHASE_READY
+		op.readyTime = now
+	})
+	m.metrics.readyDuration.Observe(now.Sub(op.created).Seconds())
+	m.log.Info("restore ready", zap.String("operation", op.id), zap.String("owner", op.owner), zap.String("workspace", op.workspace),
+		zap.String("path", op.path), zap.Duration("since_request", now.Sub(op.created)),
+		zap.Int64("bytes_left", bytesLeft))
 }
 
 // run waits for a slot, runs the operation and records its end.

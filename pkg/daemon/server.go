@@ -67,6 +67,9 @@ type hooks struct {
 	// wrapStorage, if set, wraps every backend the daemon opens (inside
 	// the metering), to count or alter what reaches the storage.
 	wrapStorage func(storage.Storage) storage.Storage
+	// ready, if set, runs in a ready_before_complete restore once it is
+	// READY, before it writes the late files.
+	ready func(op *operation)
 }
 
 // New builds a server from cfg (defaults filled in, then validated). It

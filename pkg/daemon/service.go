@@ -150,9 +150,13 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 	if err := checkIncludes(req.GetIncludes()); err != nil {
 		return nil, false, err
 	}
+	if err := checkReady(req); err != nil {
+		return nil, false, err
+	}
 	opts := bsync.RestoreOptions{
 		Downloads: s.downloads, UIDMap: uids, GIDMap: gids,
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
+		ReadyBeforeComplete: req.GetReadyBeforeComplete(), Priority: req.GetPriority(), ReadyMaxFileSize: req.GetReadyMaxFileSize(),
 	}
 	// Last, once every other field is valid: the open is the check.
 	dir, err := workspaceDir(s.roots, req.GetPath(), true)
@@ -177,6 +181,14 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 			}
 			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
 			opts.Progress, opts.Warn = &op.progress, s.warner(op)
+			if opts.ReadyBeforeComplete {
+				opts.Ready = func(left int64) {
+					s.ops.ready(op, left)
+					if s.hooks.ready != nil {
+						s.hooks.ready(op)
+					}
+				}
+			}
 			res, err := bsync.RestoreDir(ctx, r, snap, dir, opts)
 			if err != nil {
 				return nil, fmt.Errorf("restore of snapshot %s: %w", ref.ID.Short(), err)
@@ -185,6 +197,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 			return &pb.OperationResult{
 				SnapshotId: ref.ID.String(), Files: res.Files, Dirs: res.Dirs, Symlinks: res.Symlinks, Bytes: res.Bytes,
 				UnchangedFiles: res.Unchanged, NewBytes: res.PackBytes, ReusedBytes: res.ReusedBytes, Deleted: res.Deleted,
+				Conflicts: res.Conflicts, ConflictPaths: res.ConflictPaths,
 			}, nil
 		}})
 }

@@ -149,20 +149,43 @@ func checkTags(tags map[string]string) error {
 	return nil
 }
 
-func checkExcludes(patterns []string) error {
+func checkExcludes(patterns []string) error { return checkPatterns("excludes", patterns) }
+
+// checkPatterns checks the gitignore-syntax patterns of field.
+func checkPatterns(field string, patterns []string) error {
 	if len(patterns) > maxPatterns {
-		return invalidField("excludes", fmt.Errorf("%d patterns, at most %d", len(patterns), maxPatterns))
+		return invalidField(field, fmt.Errorf("%d patterns, at most %d", len(patterns), maxPatterns))
 	}
 	for i, p := range patterns {
 		entry := fmt.Sprintf("entry %d", i)
-		if err := checkLen("excludes", entry+": ", p, maxPattern); err != nil {
+		if err := checkLen(field, entry+": ", p, maxPattern); err != nil {
 			return err
 		}
 		if _, err := exclude.New(entry, []string{p}); err != nil {
-			return invalidField("excludes", errors.New(unquoted(err, p)))
+			return invalidField(field, errors.New(unquoted(err, p)))
 		}
 	}
 	return nil
+}
+
+// checkReady checks the ready_before_complete fields of a restore.
+func checkReady(req *pb.RestoreWorkspaceRequest) error {
+	if !req.GetReadyBeforeComplete() {
+		if len(req.GetPriority()) > 0 {
+			return invalidField("priority", errors.New("needs ready_before_complete"))
+		}
+		if req.GetReadyMaxFileSize() != 0 {
+			return invalidField("ready_max_file_size", errors.New("needs ready_before_complete"))
+		}
+		return nil
+	}
+	if req.GetOverwrite() {
+		return invalidField("ready_before_complete", errors.New("not with overwrite"))
+	}
+	if n := req.GetReadyMaxFileSize(); n < 0 {
+		return invalidField("ready_max_file_size", fmt.Errorf("%d is negative", n))
+	}
+	return checkPatterns("priority", req.GetPriority())
 }
 
 func checkIncludes(paths []string) error {

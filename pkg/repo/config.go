@@ -128,6 +128,12 @@ const (
 	MaxUnreadable          = 1000
 	MaxUnreadableBytes     = 64 << 10
 	MaxUnreadableReasonLen = 256
+	// MaxRecent and MaxRecentBytes bound a snapshot's list of recently
+	// modified files (Snapshot.Recent): 256 paths, 16 KiB together, which
+	// keeps the object within MaxSnapshotSize with every other field at
+	// its limit.
+	MaxRecent      = 256
+	MaxRecentBytes = 16 << 10
 
 	// MaxConfigSize is the largest config object.
 	MaxConfigSize = 64 << 10

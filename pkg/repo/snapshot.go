@@ -35,6 +35,12 @@ type Snapshot struct {
 	// reading them failed (Stats.Unreadable counts them all; at most
 	// MaxUnreadable are listed, within MaxUnreadableBytes), sorted by path.
 	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
+	// Recent lists the paths (relative to the backed-up directory) of the
+	// regular files modified most recently before the backup, newest
+	// first: at most MaxRecent, of at most MaxRecentBytes together. A
+	// restore that makes the workspace usable before it completes writes
+	// them first.
+	Recent []string `json:"recent,omitempty"`
 }
 
 // UnreadableEntry is an entry a backup left out because the file system
@@ -159,6 +165,9 @@ func (s *Snapshot) Validate() error {
 	if int64(len(s.Unreadable)) > s.Stats.Unreadable {
 		return fmt.Errorf("snapshot: %d unreadable entries listed, %d counted", len(s.Unreadable), s.Stats.Unreadable)
 	}
+	if err := ValidateRecent(s.Recent); err != nil {
+		return err
+	}
 	return ValidateTags(s.Tags)
 }
 
@@ -179,6 +188,26 @@ func ValidateUnreadable(list []UnreadableEntry) error {
 	}
 	if total > MaxUnreadableBytes {
 		return fmt.Errorf("snapshot: unreadable entries of %d bytes (at most %d)", total, MaxUnreadableBytes)
+	}
+	return nil
+}
+
+// ValidateRecent checks a snapshot's list of recently modified files: at
+// most MaxRecent paths of at most MaxRecentBytes together, each 1 to
+// MaxPathLen bytes of UTF-8 without NUL.
+func ValidateRecent(paths []string) error {
+	if len(paths) > MaxRecent {
+		return fmt.Errorf("snapshot: %d recent files listed (at most %d)", len(paths), MaxRecent)
+	}
+	total := 0
+	for _, p := range paths {
+		if p == "" || len(p) > MaxPathLen || !utf8.ValidString(p) || strings.IndexByte(p, 0) >= 0 {
+			return fmt.Errorf("snapshot: recent file %.100q: want a path of 1 to %d bytes of UTF-8 without NUL", p, MaxPathLen)
+		}
+		total += len(p)
+	}
+	if total > MaxRecentBytes {
+		return fmt.Errorf("snapshot: recent files of %d bytes (at most %d)", total, MaxRecentBytes)
 	}
 	return nil
 }

@@ -190,6 +190,8 @@ type backup struct {
 	unreadableMu    gosync.Mutex
 	unreadableList  []repo.UnreadableEntry
 	unreadableBytes int
+
+	recent recentFiles // the files of the newest mtimes, for Snapshot.Recent
 }
 
 // Backup stores the tree at dir in r as a new snapshot of opts.Workspace;
@@ -425,6 +427,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 			DurationMS: time.Since(start).Milliseconds(),
 		},
 		Unreadable: b.unreadableList,
+		Recent:     b.recent.list(),
 	}
 	if err := opts.beforeCommit(); err != nil {
 		return nil, err
@@ -611,6 +614,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		}
 		b.stats.files.Add(1)
 		b.opts.Progress.Files.Add(1)
+		b.recent.add(rel+n.Name, n.MTime)
 		if pn := findNode(parentNodes, n.Name); pn != nil && b.unchanged(n, pn) {
 			n.Content = pn.Content
 			n.Xattrs = pn.Xattrs // an xattr change moves ctime

@@ -59,6 +59,28 @@ type RestoreOptions struct {
 	// repo.MaxExpandedEntries); a larger one is refused before anything is
 	// written.
 	MaxEntries int64
+	// ReadyBeforeComplete (not with Overwrite) makes the target usable
+	// before the restore completes: first the whole tree (directories,
+	// symlinks, hard links), the files below .git directories, every file
+	// of at most ReadyMaxFileSize bytes, the files matching Priority and
+	// the files the snapshot lists as most recently modified
+	// (repo.Snapshot.Recent); then Ready is called; then the other ("late")
+	// files are written, each to a temporary name in its directory and
+	// renamed into place once complete and verified, unless the workspace
+	// has created an entry of that name meanwhile: that entry is kept, and
+	// counted in RestoreResult.Conflicts. Directory mtimes are set again
+	// last. A failed or cancelled restore removes its temporary files.
+	ReadyBeforeComplete bool
+	// Priority holds patterns in gitignore syntax (package exclude),
+	// relative to the snapshot's root, of files restored before Ready.
+	Priority []string
+	// ReadyMaxFileSize: files of at most this many bytes are restored
+	// before Ready; 0 means DefaultReadyMaxFileSize.
+	ReadyMaxFileSize int64
+	// Ready, if set, is called once, with ReadyBeforeComplete, when
+	// everything but the late files is in place, with the bytes of the
+	// late files (still to come).
+	Ready func(bytesLeft int64)
 }
 
 // ErrTargetNotEmpty is returned by a restore into a directory that is not
@@ -77,6 +99,11 @@ type RestoreResult struct {
 	Unchanged   int64
 	ReusedBytes int64
 	Deleted     int64
+	// Conflicts counts late files (ReadyBeforeComplete) whose name the
+	// workspace took first, their content dropped; ConflictPaths lists the
+	// first MaxConflictPaths of them (display paths).
+	Conflicts     int64
+	ConflictPaths []string
 }
 
 // Limits of one restore batch: files are written batch by batch so that
@@ -107,6 +134,9 @@ type restoreDir struct {
 	openDir
 	meta *dirMeta
 	rs   *restorer
+	// ReadyBeforeComplete: below a .git directory, below a directory a
+	// priority pattern matches; a directory opened again for late files.
+	git, prio, lateDir bool
 }
 
 // release drops one reference to d; the last one gives d its metadata,
@@ -116,12 +146,24 @@ func (d *restoreDir) release() error {
 		return nil
 	}
 	defer unix.Close(d.fd)
+	if d.lateDir {
+		return d.releaseLate()
+	}
 	m := d.meta
 	if !m.set || m.linked {
 		return nil
 	}
 	m.done = true
-	return d.rs.setMeta(d.fd, d.path, m.uid, m.gid, m.xattrs, m.mode, m.mtime)
+	return d.rs.setMeta(d.fd, d.path, m.uid, m.gid, m.xattrs, m.earlyMode(d.rs.chown), m.mtime)
+}
+
+// earlyMode is the mode m gets before its late files are written: not as
+// root, its owner keeps the right to create them.
+func (m *dirMeta) earlyMode(chown bool) uint32 {
+	if m.late && !chown {
+		return m.mode | 0o700
+	}
+	return m.mode
 }
 
 // dirMeta is what a restored directory gets once everything in it is in
@@ -137,6 +179,7 @@ type dirMeta struct {
 	set      bool // false: leave as found (an old snapshot without root metadata)
 	linked   bool // hard links are to be made in it: metadata at the end
 	done     bool // metadata set on release
+	late     bool // late files are to be written in it (ReadyBeforeComplete)
 }
 
 // restoreFile is a file whose content is being written. The pack worker
@@ -157,6 +200,10 @@ type restoreFile struct {
 	warn      func(path string, err error)
 
 	uidMap, gidMap IDMap
+
+	ready   *readyPlan // a late file (ReadyBeforeComplete); nil otherwise
+	tmp     string     // a late file's temporary name while it exists
+	dropped bool       // a late file the workspace took the place of
 }
 
 func (f *restoreFile) path() string { return f.dir.join(f.node.Name) }
@@ -194,6 +241,7 @@ type restorer struct {
 	include    *includeSet
 	scanBuf    []byte // for reading existing files (Overwrite)
 	scanner    *chunk.Chunker
+	ready      *readyPlan // ReadyBeforeComplete; nil otherwise
 
 	reloadMu gosync.Mutex
 	reloaded map[chunk.ID]bool // packs found gone, after which the index was loaded again
@@ -239,6 +287,16 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	}
 	opts.Progress.TotalFiles.Store(snap.Stats.Files)
 	opts.Progress.TotalBytes.Store(snap.Stats.Bytes)
+	var ready *readyPlan
+	if opts.ReadyBeforeComplete {
+		if opts.Overwrite {
+			return nil, errors.New("restore: ready before complete is not possible with overwrite")
+		}
+		var err error
+		if ready, err = newReadyPlan(snap, &opts); err != nil {
+			return nil, err
+		}
+	}
 	if err := prepareTarget(target, opts.Overwrite); err != nil {
 		return nil, err
 	}
@@ -260,7 +318,7 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 		return nil, fmt.Errorf("snapshot of %s at %s: %w", snap.Workspace, snap.Time.Format("2006-01-02T15:04:05Z"), err)
 	}
 	rs := &restorer{r: r, opts: opts, target: target, trees: m, batches: make(chan []*restoreFile, 1), chown: os.Geteuid() == 0,
-		linkFirst: map[[2]uint64]*restoreFile{}, batchDirs: map[*restoreDir]struct{}{}}
+		linkFirst: map[[2]uint64]*restoreFile{}, batchDirs: map[*restoreDir]struct{}{}, ready: ready}
 	defer rs.closeAll()
 	var err error
 	if len(opts.Include) > 0 {
@@ -298,8 +356,9 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	rs.res.PackBytes = rs.packBytes.Load()
-	opts.Progress.Finishing.Store(true)
+	if ready == nil {
+		opts.Progress.Finishing.Store(true)
+	}
 	// Hard links, now that every file is written; only between files this
 	// restore created, so nothing outside the target can be linked in.
 	for _, l := range rs.links {
@@ -318,6 +377,18 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 			return nil, err
 		}
 	}
+	if ready != nil {
+		if opts.Ready != nil {
+			opts.Ready(ready.bytes)
+		}
+		if err := rs.writeLate(ctx); err != nil {
+			ready.cleanupLate()
+			return nil, err
+		}
+		opts.Progress.Finishing.Store(true)
+		rs.res.Conflicts, rs.res.ConflictPaths = ready.conflicts, ready.conflictPaths
+	}
+	rs.res.PackBytes = rs.packBytes.Load()
 	return &rs.res, nil
 }
 
@@ -441,6 +512,9 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 			if err != nil {
 				return err
 			}
+			if rs.ready != nil {
+				rs.ready.subdir(d, sub, n.Name, nrel)
+			}
 			rs.res.Dirs++
 			rs.opts.Progress.Dirs.Add(1)
 			if err := rs.restoreTree(ctx, n.Subtree, sub, nfull, depth+1); err != nil {
@@ -468,6 +542,12 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 					rs.res.Files++
 					continue
 				}
+			}
+			if rs.ready != nil && rs.ready.isLate(d, n, nrel) {
+				if err := rs.addLate(d, n); err != nil {
+					return err
+				}
+				continue
 			}
 			var rf *restoreFile
 			if old != nil {
@@ -655,7 +735,7 @@ func (rs *restorer) finishDir(m *dirMeta) error {
 		return err
 	}
 	defer unix.Close(fd)
-	return rs.setMeta(fd, p, m.uid, m.gid, m.xattrs, m.mode, m.mtime)
+	return rs.setMeta(fd, p, m.uid, m.gid, m.xattrs, m.earlyMode(rs.chown), m.mtime)
 }
 
 // link makes the hard link l: the first name is opened again below the
@@ -764,12 +844,18 @@ func (rs *restorer) enqueue(ctx context.Context, rf *restoreFile) error {
 func (f *restoreFile) open(whole bool) (int, error) {
 	hookRestore(f.path())
 	if !f.created {
-		fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		var fd int
+		var err error
+		if f.ready != nil {
+			fd, err = f.createTemp()
+		} else {
+			fd, err = dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		}
 		if err != nil {
 			return -1, fmt.Errorf("restore: create %s: %w", f.path(), err)
 		}
 		f.created = true
-		if whole && f.node.Nlink <= 1 {
+		if whole && f.node.Nlink <= 1 && f.ready == nil {
 			return fd, nil
 		}
 		var st unix.Stat_t
@@ -786,7 +872,11 @@ func (f *restoreFile) open(whole bool) (int, error) {
 		}
 		return fd, nil
 	}
-	fd, err := dirfd.OpenAt(f.dir.fd, f.node.Name, unix.O_WRONLY, 0)
+	name := f.node.Name
+	if f.ready != nil {
+		name = f.tmp
+	}
+	fd, err := dirfd.OpenAt(f.dir.fd, name, unix.O_WRONLY, 0)
 	if err != nil {
 		return -1, fmt.Errorf("restore: open %s: %w", f.path(), err)
 	}
@@ -806,9 +896,15 @@ func (f *restoreFile) open(whole bool) (int, error) {
 func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progress) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.dropped {
+		return f.dropLate(prog)
+	}
 	whole := f.remaining <= 1 && !zero && off == 0 && uint64(len(data)) == f.node.Size
 	fd, err := f.open(whole)
 	if err != nil {
+		if f.ready != nil && workspaceTook(err) {
+			return f.dropLate(prog)
+		}
 		return err
 	}
 	if zero {
@@ -832,6 +928,11 @@ func (f *restoreFile) writeBlob(data []byte, zero bool, off int64, prog *Progres
 		return fmt.Errorf("restore: close %s: %w", f.path(), err)
 	}
 	if f.remaining == 0 {
+		if f.ready != nil {
+			if err := f.commitLate(); err != nil {
+				return err
+			}
+		}
 		prog.Files.Add(1)
 		return f.dir.release()
 	}
