@@ -35,6 +35,10 @@ type Snapshot struct {
 	// reading them failed (Stats.Unreadable counts them all; at most
 	// MaxUnreadable are listed, within MaxUnreadableBytes), sorted by path.
 	Unreadable []UnreadableEntry `json:"unreadable,omitempty"`
+	// Checkpoint marks a checkpoint: a backup of a running workspace
+	// (CheckpointWorkspace), a parent like any other snapshot, of which
+	// retention keeps only the newest few.
+	Checkpoint bool `json:"checkpoint,omitempty"`
 }
 
 // UnreadableEntry is an entry a backup left out because the file system
