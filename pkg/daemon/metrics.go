@@ -15,6 +15,7 @@ type metrics struct {
 	operations *prometheus.CounterVec   // kind, result
 	duration   *prometheus.HistogramVec // kind, result
 	bytes      *prometheus.CounterVec   // kind
+	uploaded   *prometheus.CounterVec   // kind: backup, checkpoint
 	queueWait  *prometheus.HistogramVec // kind
 	queued     *prometheus.GaugeVec     // kind
 	running    *prometheus.GaugeVec     // kind
@@ -49,6 +50,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Duration of finished operations, queue wait included.", Buckets: durations}, []string{"kind", "result"})).(*prometheus.HistogramVec),
 		bytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operation_bytes_total",
 			Help: "File content processed by successful operations (backed up or restored)."}, []string{"kind"})).(*prometheus.CounterVec),
+		uploaded: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_backup_uploaded_bytes_total",
+			Help: "Bytes stored (packs, compressed) by successful backups, by kind: backup (the stop backups) or checkpoint."}, []string{"kind"})).(*prometheus.CounterVec),
 		queueWait: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_queue_wait_seconds",
 			Help: "Time operations waited for a slot under the per-node limits.", Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600}}, []string{"kind"})).(*prometheus.HistogramVec),
 		queued: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_queued",
@@ -97,8 +100,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, h := range []string{"full", "refresh", "refresh_full"} {
 		m.indexLoads.WithLabelValues(h)
 	}
-	for _, t := range []string{"backup", "request"} {
+	for _, t := range []string{"backup", "checkpoint", "request"} {
 		m.forgotten.WithLabelValues(t)
+	}
+	for _, k := range []string{"backup", "checkpoint"} {
+		m.uploaded.WithLabelValues(k)
 	}
 	for _, k := range kindNames {
 		m.queued.WithLabelValues(k)
