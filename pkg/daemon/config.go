@@ -47,7 +47,9 @@ type Config struct {
 	Limits    Limits `yaml:"limits"`
 	// Retention is the default retention policy, applied to a workspace
 	// right after each of its backups succeeds (a BackupWorkspace request
-	// may give its own); no rule keeps every snapshot.
+	// may give its own); no rule keeps every snapshot. It applies to the
+	// snapshots that are not checkpoints, as if there were none:
+	// checkpoints have their own rule (Checkpoint.Keep).
 	Retention retention.Policy `yaml:"retention"`
 	// ShutdownGrace is how long running operations may go on after
 	// SIGTERM before they are cancelled (default 30s).
