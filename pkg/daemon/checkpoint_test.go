@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
@@ -236,4 +237,27 @@ func TestCheckpointAndBackupConflicts(t *testing.T) {
 	<-other.done
 	close(release)
 	<-b.done
+}
+
+// TestCheckpointThrottle: the checkpoints' budget makes a pack wait for
+// its bytes (at least, whatever the machine's load), in bursts within the
+// limiter's, and a cancelled context stops the wait.
+func TestCheckpointThrottle(t *testing.T) {
+	s := &Server{checkpointRate: rate.NewLimiter(1<<20, 256<<10)}
+	start := time.Now()
+	if err := s.checkpointThrottle(context.Background(), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	// The bucket starts full (256 KiB): the other 768 KiB take 0.75s.
+	if d := time.Since(start); d < 700*time.Millisecond {
+		t.Fatalf("1 MiB at 1 MiB/s paid in %v", d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.checkpointThrottle(ctx, 1<<20); err == nil {
+		t.Fatal("a cancelled throttle succeeded")
+	}
+	if err := (&Server{}).checkpointThrottle(ctx, 1<<30); err != nil {
+		t.Fatalf("no budget: %v", err)
+	}
 }
