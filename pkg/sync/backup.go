@@ -82,8 +82,9 @@ type BackupOptions struct {
 	Strict bool
 	// Checkpoint marks the snapshot as a checkpoint (repo.Snapshot.Checkpoint).
 	Checkpoint bool
-	// WorkerWrap, if set, runs each reader and compressor goroutine's work
-	// (fn) and must call fn once, on the calling goroutine: the daemon
+	// WorkerWrap, if set, runs the work (fn) of each reader and
+	// compressor goroutine and each directory walk a goroutine of its own
+	// does, and must call fn once, on the calling goroutine: the daemon
 	// runs a checkpoint's workers at background priority
 	// (internal/lowprio.Run).
 	WorkerWrap func(fn func())
@@ -389,7 +390,8 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	var rootID chunk.ID
 	released = true // the walk releases it
 	g.Go(panics.Safe(func() error {
-		fut, err := b.walkDir(gctx, g, root, "", parentTree, 0)
+		var fut *dirFuture
+		err := opts.work(func() (err error) { fut, err = b.walkDir(gctx, g, root, "", parentTree, 0); return err })
 		if err != nil {
 			return err
 		}
@@ -875,7 +877,8 @@ func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, 
 	}
 	fut := &dirFuture{done: make(chan struct{})}
 	g.Go(panics.Safe(func() error {
-		inner, err := b.walkDir(ctx, g, d, rel, parentTree, depth)
+		var inner *dirFuture
+		err := b.opts.work(func() (err error) { inner, err = b.walkDir(ctx, g, d, rel, parentTree, depth); return err })
 		<-b.walkers // the slot is for walking, not for waiting
 		if err != nil {
 			return err
