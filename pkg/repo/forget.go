@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -139,19 +142,34 @@ func (r *Repository) ForgetKind(ctx context.Context, workspace string, p retenti
 	if err != nil {
 		return res, err
 	}
+	// Read in parallel: this runs after every backup, before it is
+	// reported done.
+	loaded := make([]*Snapshot, len(refs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, ref := range refs {
+		g.Go(panics.Safe(func() error {
+			snap, err := r.LoadSnapshot(gctx, ref)
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				return nil // forgotten meanwhile
+			case err != nil && gctx.Err() == nil && Damaged(err):
+				return nil // of unknown kind: kept
+			case err != nil:
+				return err
+			}
+			loaded[i] = snap
+			return nil
+		}))
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
 	byID := map[string]SnapshotRef{}
 	var snaps []retention.Snapshot
-	for _, ref := range refs {
-		snap, err := r.LoadSnapshot(ctx, ref)
-		switch {
-		case errors.Is(err, storage.ErrNotFound):
-			continue // forgotten meanwhile
-		case err != nil && Damaged(err):
-			continue // of unknown kind: kept
-		case err != nil:
-			return res, err
-		}
-		if snap.Checkpoint != checkpoints {
+	for i, ref := range refs {
+		snap := loaded[i]
+		if snap == nil || snap.Checkpoint != checkpoints {
 			continue
 		}
 		s := retention.Snapshot{ID: ref.ID.String(), Time: ref.Time, Tags: snap.Tags, TagsKnown: true}
