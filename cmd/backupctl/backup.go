@@ -10,10 +10,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backupd/backupd/internal/lowprio"
 	"github.com/backupd/backupd/internal/usage"
 
 	"github.com/backupd/backupd/pkg/exclude"
 	"github.com/backupd/backupd/pkg/repo"
+	"github.com/backupd/backupd/pkg/retention"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -29,9 +31,11 @@ func newBackupCmd() *cobra.Command {
 		strict    bool
 		idMaps    idMapFlags
 		excludes  []string
+		ckpt      bool
+		keepCkpts int
 	)
 	cmd := &cobra.Command{
-		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--exclude PATTERN]... [--json] DIR",
+		Use:   "backup -r REPO --owner O --workspace W [--tag k=v]... [--exclude PATTERN]... [--checkpoint [--keep-checkpoints N]] [--json] DIR",
 		Short: "Back up a directory as a new snapshot of a workspace",
 		Long: `Back up DIR as a new snapshot of workspace W in owner O's repository,
 creating the repository on first use. Only content not already in the
@@ -59,7 +63,16 @@ Errors of the repository or its storage always fail the backup.
 Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
 only at the top, "cache/" directories only, "!keep.log" to take one back,
 "**" across directories. Patterns from --exclude come first, then those in
-DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
+DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.
+
+With --checkpoint the snapshot is a checkpoint: a backup of a workspace
+still in use, taken so that the backup at its stop (the next backup of the
+workspace, whose parent it is) reads and stores only what changed since.
+Its file readers run at idle I/O priority and nice 10; through --daemon it
+runs under the daemon's checkpoint limits and a backup of the workspace
+cancels it. Once it is written, the workspace's checkpoints beyond the
+newest --keep-checkpoints are forgotten (never other snapshots); their data
+goes at the next prune. "snapshots" marks checkpoints.`,
 		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tagMap := map[string]string{}
@@ -78,14 +91,34 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 				return err
 			}
 			ctx := cmd.Context()
+			if ckpt && (parent != "" || force || strict) {
+				return usageError{Err: fmt.Errorf("--checkpoint: not with --parent, --force or --strict (a checkpoint's parent is the latest snapshot)")}
+			}
+			if keepCkpts < 0 || (!ckpt && cmd.Flags().Changed("keep-checkpoints")) {
+				return usageError{Err: fmt.Errorf("--keep-checkpoints %d: want 1 or more, with --checkpoint", keepCkpts)}
+			}
 			if d.enabled() {
 				dir, err := filepath.Abs(args[0])
 				if err != nil {
 					return err
 				}
-				return backupViaDaemon(ctx, &d, &f, &pb.BackupWorkspaceRequest{
+				if ckpt {
+					req := &pb.CheckpointWorkspaceRequest{
+						Owner: f.owner, Workspace: workspace, Path: dir, Tags: tagMap, Excludes: excludes,
+						UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap), Keep: int32(keepCkpts),
+					}
+					return backupViaDaemon(ctx, &d, &f, func(c pb.BackupServiceClient) (*pb.Operation, error) {
+						resp, err := c.CheckpointWorkspace(ctx, req)
+						return resp.GetOperation(), err
+					})
+				}
+				req := &pb.BackupWorkspaceRequest{
 					Owner: f.owner, Workspace: workspace, Path: dir, Tags: tagMap, Excludes: excludes,
 					ParentSnapshotId: parent, Force: force, Strict: strict, UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
+				}
+				return backupViaDaemon(ctx, &d, &f, func(c pb.BackupServiceClient) (*pb.Operation, error) {
+					resp, err := c.BackupWorkspace(ctx, req)
+					return resp.GetOperation(), err
 				})
 			}
 			r, closeRepo, err := f.openOwner(ctx, true)
@@ -96,13 +129,29 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 			prog := &bsync.Progress{}
 			stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
 			warn := newWarner(f.showProgress())
-			res, err := bsync.Backup(ctx, r, args[0], bsync.BackupOptions{
+			opts := bsync.BackupOptions{
 				Owner: f.owner, Workspace: workspace, Tags: tagMap, Progress: prog, Warn: warn, Uploads: f.uploads,
 				Parent: parent, Force: force, Strict: strict, UIDMap: uidMap, GIDMap: gidMap, Exclude: excludes,
-			})
+			}
+			if ckpt {
+				opts.Checkpoint, opts.IndexPartial, opts.WorkerWrap = true, true, lowprio.Run
+			}
+			res, err := bsync.Backup(ctx, r, args[0], opts)
 			stop()
 			if err != nil {
 				return fmt.Errorf("backup failed, no snapshot written: %w", err)
+			}
+			if ckpt {
+				keep := keepCkpts
+				if keep == 0 {
+					keep = defaultKeepCheckpoints
+				}
+				fr, err := r.ForgetKind(ctx, workspace, retention.Policy{KeepLast: keep}, true, false)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "warning: checkpoint %s written; forgetting older checkpoints failed: %v\n", res.SnapshotID.Short(), err)
+				} else if n := len(fr.Forget); n > 0 && f.showProgress() {
+					fmt.Fprintf(os.Stderr, "forgot %s beyond the newest %d\n", plural(int64(n), "older checkpoint"), keep)
+				}
 			}
 			return printBackup(&f, res.SnapshotID.String(), res.Snapshot.Stats)
 		},
@@ -117,9 +166,15 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.`,
 	idMaps.register(cmd, "host ids on disk are recorded as container ids")
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even those unchanged since the parent snapshot")
 	cmd.Flags().BoolVar(&strict, "strict", false, "fail on an entry that cannot be read, instead of leaving it out with a warning")
+	cmd.Flags().BoolVar(&ckpt, "checkpoint", false, "take a checkpoint of a running workspace: low priority, the next backup's parent, only the newest kept")
+	cmd.Flags().IntVar(&keepCkpts, "keep-checkpoints", 0, "with --checkpoint, keep the workspace's newest `N` checkpoints (default 2; through --daemon its checkpoint.keep)")
 	cmd.Flags().StringArrayVar(&excludes, "exclude", nil, "leave out entries matching `PATTERN` (gitignore syntax; repeatable)")
 	return cmd
 }
+
+// defaultKeepCheckpoints is how many checkpoints a direct --checkpoint
+// keeps by default (as the daemon's checkpoint.keep).
+const defaultKeepCheckpoints = 2
 
 // printBackup prints a finished backup: the snapshot id, or with --json
 // its statistics; on a terminal a summary line on stderr too, and always
@@ -150,19 +205,19 @@ func printBackup(f *repoFlags, id string, st repo.Stats) error {
 
 // backupViaDaemon runs a backup on the daemon, with the same progress
 // bar and output as a direct one.
-func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, req *pb.BackupWorkspaceRequest) error {
+func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, start func(pb.BackupServiceClient) (*pb.Operation, error)) error {
 	c, closeConn, err := d.dial()
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	resp, err := c.BackupWorkspace(ctx, req)
+	started, err := start(c)
 	if err != nil {
 		return rpcError(d, err)
 	}
 	prog := &bsync.Progress{}
 	stop := startProgress(f.showProgress(), os.Stderr, "backup", prog)
-	op, err := follow(ctx, c, resp.Operation, prog)
+	op, err := follow(ctx, c, started, prog)
 	stop()
 	if err != nil {
 		return rpcError(d, err)

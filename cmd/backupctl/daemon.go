@@ -157,6 +157,8 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 		Parent    string            `json:"parent,omitempty"`
 		Tags      map[string]string `json:"tags,omitempty"`
 		Stats     stats             `json:"stats"`
+		// As the direct listing's (repo.Snapshot.Checkpoint).
+		Checkpoint bool `json:"checkpoint,omitempty"`
 	}
 	var out []listed
 	token := ""
@@ -168,9 +170,9 @@ func snapshotsViaDaemon(ctx context.Context, d *daemonFlags, owner, workspace st
 		for _, s := range resp.Snapshots {
 			t := s.Time.AsTime()
 			out = append(out, listed{
-				row: snapshotRow{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Files, Bytes: s.Bytes, Tags: s.Tags},
+				row: snapshotRow{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Files: s.Files, Bytes: s.Bytes, Tags: s.Tags, Checkpoint: s.Checkpoint},
 				json: snap{ID: s.Id, Time: t, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host, Path: s.Path,
-					Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes, s.UnreadableEntries}},
+					Parent: s.ParentId, Tags: s.Tags, Stats: stats{s.Files, s.Dirs, s.Bytes, s.NewBytes, s.StoredBytes, s.UnreadableEntries}, Checkpoint: s.Checkpoint},
 			})
 		}
 		for _, s := range resp.UnreadableSnapshots {

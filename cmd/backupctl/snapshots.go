@@ -62,7 +62,11 @@ UNREADABLE and why (in --json: with an "error" field instead of its
 contents); then, after the whole listing, backupctl exits with status 1,
 so that a listing showing damage never passes for a clean one. A storage
 failure (unreachable, permission denied) stops the listing, also with
-status 1.`,
+status 1.
+
+KIND says whether a snapshot is a checkpoint (backup --checkpoint, the
+daemon's CheckpointWorkspace) or a backup; in --json a checkpoint has
+"checkpoint": true.`,
 		Args: usage.Args(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -105,7 +109,7 @@ status 1.`,
 					}
 					out = append(out, listed{
 						row: snapshotRow{ID: ref.ID.String(), Time: s.Time, Owner: s.Owner, Workspace: s.Workspace, Host: s.Host,
-							Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags},
+							Files: s.Stats.Files, Bytes: s.Stats.Bytes, Tags: s.Tags, Checkpoint: s.Checkpoint},
 						json: snapshotJSON{ID: ref.ID.String(), Snapshot: s},
 					})
 				}
@@ -189,6 +193,9 @@ type snapshotRow struct {
 	Time                       time.Time
 	Files, Bytes               int64
 	Tags                       map[string]string
+	// Checkpoint: the snapshot is a checkpoint (KIND checkpoint, else
+	// backup).
+	Checkpoint bool
 	// Error is set when the snapshot could not be read: then only ID,
 	// Owner, Workspace and Time are known.
 	Error string
@@ -199,11 +206,11 @@ const maxTableError = 300
 
 func printSnapshotTable(rows []snapshotRow) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tTAGS")
+	fmt.Fprintln(tw, "ID\tTIME\tOWNER\tWORKSPACE\tHOST\tFILES\tSIZE\tKIND\tTAGS")
 	for _, s := range rows {
 		when := s.Time.Local().Format("2006-01-02 15:04:05")
 		if s.Error != "" {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\tUNREADABLE: %s\n", s.ID[:8], when, s.Owner, s.Workspace, oneLine(s.Error, maxTableError))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\tUNREADABLE: %s\n", s.ID[:8], when, s.Owner, s.Workspace, oneLine(s.Error, maxTableError))
 			continue
 		}
 		var tags []string
@@ -211,8 +218,12 @@ func printSnapshotTable(rows []snapshotRow) error {
 			tags = append(tags, k+"="+v)
 		}
 		sort.Strings(tags)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.ID[:8], when,
-			s.Owner, s.Workspace, s.Host, s.Files, fmtBytes(s.Bytes), strings.Join(tags, ","))
+		kind := "backup"
+		if s.Checkpoint {
+			kind = "checkpoint"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID[:8], when,
+			s.Owner, s.Workspace, s.Host, s.Files, fmtBytes(s.Bytes), kind, strings.Join(tags, ","))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

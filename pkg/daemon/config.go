@@ -47,7 +47,9 @@ type Config struct {
 	Limits    Limits `yaml:"limits"`
 	// Retention is the default retention policy, applied to a workspace
 	// right after each of its backups succeeds (a BackupWorkspace request
-	// may give its own); no rule keeps every snapshot.
+	// may give its own); no rule keeps every snapshot. It applies to the
+	// snapshots that are not checkpoints, as if there were none:
+	// checkpoints have their own rule (Checkpoint.Keep).
 	Retention retention.Policy `yaml:"retention"`
 	// ShutdownGrace is how long running operations may go on after
 	// SIGTERM before they are cancelled (default 30s).
@@ -56,7 +58,26 @@ type Config struct {
 	// GetOperation and WatchOperation (default 1h).
 	OperationRetention time.Duration `yaml:"operation_retention"`
 	Maintenance        Maintenance   `yaml:"maintenance"`
+	Checkpoint         Checkpoint    `yaml:"checkpoint"`
 	Log                Log           `yaml:"log"`
+}
+
+// Checkpoint sets how the node runs checkpoints (CheckpointWorkspace):
+// backups of running workspaces, kept apart from the stop backups so as
+// not to disturb the workspaces. A checkpoint's readers and compressors
+// (one of each) run at idle I/O priority and nice 10 (internal/lowprio),
+// and it stores one pack at a time.
+type Checkpoint struct {
+	// Concurrency is how many checkpoints run at once on the node
+	// (default 1), apart from limits.backups; more wait in a queue.
+	Concurrency int `yaml:"concurrency"`
+	// Bandwidth caps the bytes per second all checkpoints together upload
+	// (within limits.upload_bytes_per_second); 0 means no cap of their own.
+	Bandwidth int64 `yaml:"bandwidth"`
+	// Keep is how many checkpoints of a workspace are kept, newest first,
+	// after each checkpoint (default 2; a request's keep wins); older
+	// checkpoints are forgotten, other snapshots never.
+	Keep int `yaml:"keep"`
 }
 
 // Maintenance configures the daemon's periodic prunes: every Interval
@@ -144,6 +165,8 @@ const (
 	DefaultIndexMemory        = 64 << 20
 	DefaultMaintenance        = 2
 	DefaultMaxUnused          = 10
+	DefaultCheckpoints        = 1
+	DefaultCheckpointKeep     = 2
 )
 
 // SetDefaults fills in what is unset.
@@ -159,6 +182,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.Maintenance == 0 {
 		c.Limits.Maintenance = DefaultMaintenance
+	}
+	if c.Checkpoint.Concurrency == 0 {
+		c.Checkpoint.Concurrency = DefaultCheckpoints
+	}
+	if c.Checkpoint.Keep == 0 {
+		c.Checkpoint.Keep = DefaultCheckpointKeep
 	}
 	if c.Maintenance.MaxUnused == 0 {
 		c.Maintenance.MaxUnused = DefaultMaxUnused
@@ -245,6 +274,9 @@ func (c *Config) Validate() error {
 	}
 	if m := c.Maintenance; m.MaxUnused < 1 || m.MaxUnused > 100 {
 		bad("maintenance.max_unused: %d: want a percentage of 1 to 100", m.MaxUnused)
+	}
+	if cp := c.Checkpoint; cp.Concurrency < 1 || cp.Keep < 1 || cp.Bandwidth < 0 {
+		bad("checkpoint: concurrency (%d) and keep (%d) must be at least 1, bandwidth (%d) not negative", cp.Concurrency, cp.Keep, cp.Bandwidth)
 	}
 	if l.QueueTimeout <= 0 {
 		bad("limits.queue_timeout: %v must be positive", l.QueueTimeout)

@@ -21,7 +21,7 @@ func TestDeployExampleConfig(t *testing.T) {
 	if c.TLS.ClientCA == "" || c.Limits.Backups != 2 || c.Storage.URL == "" || len(c.WorkspaceRoots) != 1 ||
 		c.Retention.KeepLast != 10 || c.Retention.KeepWithin.String() != "7d" || len(c.Retention.KeepTags) != 1 ||
 		c.Maintenance.Interval != 6*time.Hour || c.Maintenance.Jitter != 30*time.Minute || c.Maintenance.MaxUnused != 10 || c.Limits.Maintenance != 2 ||
-		c.Limits.IndexMemory != 64<<20 {
+		c.Limits.IndexMemory != 64<<20 || c.Checkpoint != (Checkpoint{Concurrency: 1, Keep: 2}) {
 		t.Fatalf("example config read as %+v", c)
 	}
 }
@@ -40,5 +40,28 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}
+	}
+}
+
+// Checkpoint settings: defaults, and errors naming them.
+func TestCheckpointConfig(t *testing.T) {
+	c := Config{WorkspaceRoots: []string{"/w"}}
+	c.SetDefaults()
+	if c.Checkpoint != (Checkpoint{Concurrency: DefaultCheckpoints, Keep: DefaultCheckpointKeep}) {
+		t.Fatalf("checkpoint defaults %+v", c.Checkpoint)
+	}
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("workspace_roots: [/w]\ncheckpoint:\n  concurrency: -1\n  bandwidth: -5\n  keep: 3\n"), 0o644)
+	c = Config{}
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "checkpoint: concurrency (-1)") || !strings.Contains(err.Error(), "bandwidth (-5)") {
+		t.Fatalf("invalid checkpoint settings: %v", err)
+	}
+	os.WriteFile(p, []byte("workspace_roots: [/w]\ncheckpoint:\n  keeps: 3\n"), 0o644)
+	if err := (&Config{}).LoadFile(p); err == nil || !strings.Contains(err.Error(), "keeps") {
+		t.Fatalf("an unknown checkpoint key: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	// readyDuration: request to READY of ready_before_complete restores.
 	readyDuration prometheus.Histogram
 	bytes         *prometheus.CounterVec   // kind
+	uploaded      *prometheus.CounterVec   // kind: backup, checkpoint
 	queueWait     *prometheus.HistogramVec // kind
 	queued        *prometheus.GaugeVec     // kind
 	running       *prometheus.GaugeVec     // kind
@@ -53,6 +54,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Time from the request of a ready_before_complete restore to READY (the workspace usable), queue wait included.", Buckets: durations})).(prometheus.Histogram),
 		bytes: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_operation_bytes_total",
 			Help: "File content processed by successful operations (backed up or restored)."}, []string{"kind"})).(*prometheus.CounterVec),
+		uploaded: f(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backupd_backup_uploaded_bytes_total",
+			Help: "Bytes stored (packs, compressed) by successful backups, by kind: backup (the stop backups) or checkpoint."}, []string{"kind"})).(*prometheus.CounterVec),
 		queueWait: f(prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backupd_queue_wait_seconds",
 			Help: "Time operations waited for a slot under the per-node limits.", Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600}}, []string{"kind"})).(*prometheus.HistogramVec),
 		queued: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_queued",
@@ -101,8 +104,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, h := range []string{"full", "refresh", "refresh_full"} {
 		m.indexLoads.WithLabelValues(h)
 	}
-	for _, t := range []string{"backup", "request"} {
+	for _, t := range []string{"backup", "checkpoint", "request"} {
 		m.forgotten.WithLabelValues(t)
+	}
+	for _, k := range []string{"backup", "checkpoint"} {
+		m.uploaded.WithLabelValues(k)
 	}
 	for _, k := range kindNames {
 		m.queued.WithLabelValues(k)

@@ -38,8 +38,9 @@ type operation struct {
 	// release frees what the request opened for the operation (its
 	// directory), once the operation has ended, run or not; may be nil.
 	release func() error
-	// waitFor are the operations a delete cancelled when it was accepted;
-	// it waits for their end before it deletes.
+	// waitFor are the operations a delete (a backup: the checkpoints of
+	// its workspace) cancelled when it was accepted; it waits for their
+	// end before it deletes (backs up).
 	waitFor []*operation
 
 	progress bsync.Progress
@@ -179,6 +180,8 @@ func newManager(log *zap.Logger, m *metrics, limits Limits, keep time.Duration) 
 			pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE: maintenance,
 			pb.OperationKind_OPERATION_KIND_DELETE_OWNER:     maintenance,
 			pb.OperationKind_OPERATION_KIND_CHECK:            maintenance,
+			// The server sizes it from checkpoint.concurrency.
+			pb.OperationKind_OPERATION_KIND_CHECKPOINT: make(chan struct{}, 1),
 		},
 		ops: map[string]*operation{}, active: map[string]*operation{}, byRequest: map[string]*operation{},
 	}
@@ -250,6 +253,19 @@ func (m *manager) startLocked(spec opSpec) (*operation, bool, error) {
 			return nil, false, &conflictError{fmt.Sprintf("%s is being deleted by operation %s", what, other.id)}
 		}
 	}
+	// A checkpoint is older than a backup of its workspace asked for
+	// before it: refused. A backup cancels the workspace's checkpoint
+	// (below) and waits only for its end.
+	if kind == pb.OperationKind_OPERATION_KIND_CHECKPOINT {
+		if other, ok := m.active["backup/"+owner+"/"+workspace]; ok {
+			return nil, false, &conflictError{fmt.Sprintf("workspace %s/%s is being backed up by operation %s: no checkpoint while a backup is queued or running",
+				owner, workspace, other.id)}
+		}
+	}
+	cancelsCheckpoint := func(other *operation) bool {
+		return kind == pb.OperationKind_OPERATION_KIND_BACKUP && other.kind == pb.OperationKind_OPERATION_KIND_CHECKPOINT &&
+			other.owner == owner && other.workspace == workspace
+	}
 	if op, ok := m.active[joinKey]; ok {
 		if op.fingerprint != fp {
 			return nil, false, &conflictError{fmt.Sprintf("%s by operation %s with different parameters%s; wait for it or cancel it",
@@ -262,7 +278,7 @@ func (m *manager) startLocked(spec opSpec) (*operation, bool, error) {
 	}
 	if path != "" {
 		for _, other := range m.active {
-			if other.path == path {
+			if other.path == path && !cancelsCheckpoint(other) {
 				return nil, false, &conflictError{fmt.Sprintf("%s is in use by %s operation %s", path, kindName(other.kind), other.id)}
 			}
 		}
@@ -273,6 +289,15 @@ func (m *manager) startLocked(spec opSpec) (*operation, bool, error) {
 		state: pb.OperationState_OPERATION_STATE_QUEUED, phase: pb.OperationPhase_OPERATION_PHASE_QUEUED,
 	}
 	switch kind {
+	case pb.OperationKind_OPERATION_KIND_BACKUP:
+		for _, other := range m.active {
+			if cancelsCheckpoint(other) {
+				other.cancel()
+				op.waitFor = append(op.waitFor, other)
+				m.log.Info("backup cancels the workspace's checkpoint", zap.String("operation", op.id), zap.String("checkpoint", other.id),
+					zap.String("owner", owner), zap.String("workspace", workspace))
+			}
+		}
 	case pb.OperationKind_OPERATION_KIND_DELETE_OWNER, pb.OperationKind_OPERATION_KIND_DELETE_WORKSPACE:
 		for _, other := range m.active {
 			if other.owner == owner && (kind == pb.OperationKind_OPERATION_KIND_DELETE_OWNER || other.workspace == workspace) {
@@ -308,6 +333,8 @@ func activeWhat(kind pb.OperationKind, owner, workspace, path string) string {
 		return fmt.Sprintf("the repository of owner %s is being pruned", owner)
 	case pb.OperationKind_OPERATION_KIND_CHECK:
 		return fmt.Sprintf("the repository of owner %s is being checked", owner)
+	case pb.OperationKind_OPERATION_KIND_CHECKPOINT:
+		return fmt.Sprintf("workspace %s/%s is being checkpointed", owner, workspace)
 	}
 	return fmt.Sprintf("workspace %s/%s is being backed up", owner, workspace)
 }
@@ -563,12 +590,14 @@ func kindName(k pb.OperationKind) string {
 		return "delete_owner"
 	case pb.OperationKind_OPERATION_KIND_CHECK:
 		return "check"
+	case pb.OperationKind_OPERATION_KIND_CHECKPOINT:
+		return "checkpoint"
 	}
 	return "unknown"
 }
 
 // kindNames are the names of every kind of operation, for metrics.
-var kindNames = []string{"backup", "restore", "forget", "prune", "delete_workspace", "delete_owner", "check"}
+var kindNames = []string{"backup", "restore", "forget", "prune", "delete_workspace", "delete_owner", "check", "checkpoint"}
 
 func resultName(s pb.OperationState) string {
 	switch s {

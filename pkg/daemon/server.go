@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io/fs"
 	"net"
 	"net/http"
@@ -52,6 +53,8 @@ type Server struct {
 	host     string // names this node's prunes in a repository's prune state
 
 	uploads, downloads int
+	// checkpointRate is the checkpoints' upload budget (nil: none).
+	checkpointRate *rate.Limiter
 }
 
 // hooks are what tests inject; the zero value is production's.
@@ -70,6 +73,9 @@ type hooks struct {
 	// ready, if set, runs in a ready_before_complete restore once it is
 	// READY, before it writes the late files.
 	ready func(op *operation)
+	// checkpointPack, if set, runs before each pack a checkpoint stores
+	// (tests hold a checkpoint there); an error fails the checkpoint.
+	checkpointPack func(ctx context.Context) error
 }
 
 // New builds a server from cfg (defaults filled in, then validated). It
@@ -91,6 +97,12 @@ func newServer(ctx context.Context, cfg Config, log *zap.Logger, h hooks) (*Serv
 	s.metrics = newMetrics(s.registry)
 	s.repos = newRepoCache(cfg.Limits.IndexMemory, s.metrics)
 	s.ops = newManager(log, s.metrics, cfg.Limits, cfg.OperationRetention)
+	s.ops.slots[pb.OperationKind_OPERATION_KIND_CHECKPOINT] = make(chan struct{}, cfg.Checkpoint.Concurrency)
+	if bps := cfg.Checkpoint.Bandwidth; bps > 0 {
+		// Bursts of a quarter second's worth, 1 KiB to 256 KiB, as
+		// pkg/storage/bandwidth's.
+		s.checkpointRate = rate.NewLimiter(rate.Limit(bps), int(min(max(bps/4, 1<<10), 256<<10)))
+	}
 	s.maint = newMaintainer(s, cfg.Maintenance, &h)
 	if s.host, err = os.Hostname(); err != nil {
 		s.host = "backupd"

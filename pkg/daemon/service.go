@@ -15,7 +15,9 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/backupd/backupd/internal/lowprio"
 	"github.com/backupd/backupd/internal/panics"
+	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
@@ -40,45 +42,13 @@ func (sv *service) BackupWorkspace(ctx context.Context, req *pb.BackupWorkspaceR
 
 func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool, error) {
 	s := sv.s
-	if err := checkID("request_id", req.GetRequestId(), false); err != nil {
-		return nil, false, err
-	}
-	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
-		return nil, false, err
-	}
-	if err := checkPath(req.GetPath()); err != nil {
-		return nil, false, err
-	}
-	if err := checkTags(req.GetTags()); err != nil {
-		return nil, false, err
-	}
-	if err := checkExcludes(req.GetExcludes()); err != nil {
-		return nil, false, err
-	}
-	if req.GetParentSnapshotId() != "" {
-		if err := checkSnapshotID("parent_snapshot_id", req.GetParentSnapshotId(), false, false); err != nil {
-			return nil, false, err
-		}
-	}
-	uids, err := idMap("uid_mappings", req.GetUidMappings())
-	if err != nil {
-		return nil, false, err
-	}
-	gids, err := idMap("gid_mappings", req.GetGidMappings())
+	opts, dir, err := sv.backupOptions(req)
 	if err != nil {
 		return nil, false, err
 	}
 	policy, err := retentionPolicy(req.GetRetention(), s.cfg.Retention)
 	if err != nil {
-		return nil, false, err
-	}
-	opts := bsync.BackupOptions{
-		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
-		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), Strict: req.GetStrict(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
-	}
-	// Last, once every other field is valid: the open is the check.
-	dir, err := workspaceDir(s.roots, req.GetPath(), false)
-	if err != nil {
+		dir.Close()
 		return nil, false, err
 	}
 	path := dir.Name()
@@ -86,27 +56,172 @@ func (sv *service) startBackup(req *pb.BackupWorkspaceRequest) (*operation, bool
 	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_BACKUP, owner: req.GetOwner(), workspace: req.GetWorkspace(), path: path,
 		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
-			r, done, err := s.useRepo(ctx, opts.Owner, true)
-			if err != nil {
+			// The checkpoints of the workspace it cancelled end first:
+			// their stored packs are then indexed, for this backup to use.
+			if err := waitEnded(ctx, op.waitFor); err != nil {
 				return nil, err
 			}
-			succeeded := false // a panic fails it too
-			defer func() { done(!succeeded) }()
-			op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
-			opts.Progress, opts.Warn = &op.progress, s.warner(op)
-			res, err := bsync.BackupDir(ctx, r, dir, opts)
-			if err != nil {
-				return nil, err
-			}
-			succeeded = true
-			st := res.Snapshot.Stats
-			return &pb.OperationResult{
-				SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
-				UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
-				Skipped: st.Skipped, UnreadableEntries: st.Unreadable, ChangingFiles: st.Changing, RereadFiles: st.Reread, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
-				ForgottenSnapshots: s.applyRetention(ctx, op, r, policy),
-			}, nil
+			// Checkpoints are not counted: the policy applies to the other
+			// snapshots, checkpoints have their own (checkpoint.keep).
+			return s.runBackup(ctx, op, dir, opts, "backup", func(r *repo.Repository) (repo.ForgetResult, error) {
+				if policy.Empty() {
+					return repo.ForgetResult{}, nil
+				}
+				return r.ForgetKind(ctx, op.workspace, policy, false, false)
+			})
 		}})
+}
+
+// backupOptions validates what a backup or checkpoint request asks, and
+// opens its directory (last, once every other field is valid: the open is
+// the check).
+func (sv *service) backupOptions(req *pb.BackupWorkspaceRequest) (bsync.BackupOptions, *dirfd.Dir, error) {
+	s := sv.s
+	var opts bsync.BackupOptions
+	if err := checkID("request_id", req.GetRequestId(), false); err != nil {
+		return opts, nil, err
+	}
+	if err := checkOwnerWorkspace(req.GetOwner(), req.GetWorkspace(), true); err != nil {
+		return opts, nil, err
+	}
+	if err := checkPath(req.GetPath()); err != nil {
+		return opts, nil, err
+	}
+	if err := checkTags(req.GetTags()); err != nil {
+		return opts, nil, err
+	}
+	if err := checkExcludes(req.GetExcludes()); err != nil {
+		return opts, nil, err
+	}
+	if req.GetParentSnapshotId() != "" {
+		if err := checkSnapshotID("parent_snapshot_id", req.GetParentSnapshotId(), false, false); err != nil {
+			return opts, nil, err
+		}
+	}
+	uids, err := idMap("uid_mappings", req.GetUidMappings())
+	if err != nil {
+		return opts, nil, err
+	}
+	gids, err := idMap("gid_mappings", req.GetGidMappings())
+	if err != nil {
+		return opts, nil, err
+	}
+	if _, err := retentionPolicy(req.GetRetention(), s.cfg.Retention); err != nil {
+		return opts, nil, err
+	}
+	opts = bsync.BackupOptions{
+		Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Tags: req.GetTags(), Exclude: req.GetExcludes(),
+		Parent: req.GetParentSnapshotId(), Force: req.GetForce(), Strict: req.GetStrict(), UIDMap: uids, GIDMap: gids, Uploads: s.uploads,
+	}
+	dir, err := workspaceDir(s.roots, req.GetPath(), false)
+	if err != nil {
+		return opts, nil, err
+	}
+	return opts, dir, nil
+}
+
+// runBackup runs a backup or checkpoint operation's backup, then its
+// retention (forget, by trigger).
+func (s *Server) runBackup(ctx context.Context, op *operation, dir *dirfd.Dir, opts bsync.BackupOptions,
+	trigger string, forget func(*repo.Repository) (repo.ForgetResult, error)) (*pb.OperationResult, error) {
+	r, done, err := s.useRepo(ctx, opts.Owner, true)
+	if err != nil {
+		return nil, err
+	}
+	succeeded := false // a panic fails it too
+	defer func() { done(!succeeded) }()
+	op.setPhase(pb.OperationPhase_OPERATION_PHASE_TRANSFERRING)
+	opts.Progress, opts.Warn = &op.progress, s.warner(op)
+	res, err := bsync.BackupDir(ctx, r, dir, opts)
+	if err != nil {
+		// Every pack it stored is in an index object: the repository
+		// stays open, its index as the storage's (see repoCache).
+		succeeded = errors.As(err, new(*bsync.IndexedError))
+		return nil, err
+	}
+	succeeded = true
+	st := res.Snapshot.Stats
+	s.metrics.uploaded.WithLabelValues(kindName(op.kind)).Add(float64(st.StoredBytes))
+	return &pb.OperationResult{
+		SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
+		UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
+		Skipped: st.Skipped, UnreadableEntries: st.Unreadable, ChangingFiles: st.Changing, RereadFiles: st.Reread, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
+		Checkpoint: res.Snapshot.Checkpoint, ForgottenSnapshots: s.applyRetention(op, r, trigger, forget),
+	}, nil
+}
+
+func (sv *service) CheckpointWorkspace(ctx context.Context, req *pb.CheckpointWorkspaceRequest) (*pb.CheckpointWorkspaceResponse, error) {
+	op, joined, err := sv.startCheckpoint(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.CheckpointWorkspaceResponse{Operation: op.proto(), Joined: joined}, nil
+}
+
+// startCheckpoint starts a checkpoint: a backup marked as one, run under
+// the checkpoint limits (config Checkpoint) with its workers at
+// background priority. A BackupWorkspace of the workspace cancels it (see
+// manager.start); while such a backup is queued or running, a checkpoint
+// is refused (FAILED_PRECONDITION): the backup is newer than it would be.
+func (sv *service) startCheckpoint(req *pb.CheckpointWorkspaceRequest) (*operation, bool, error) {
+	s := sv.s
+	keep := int(req.GetKeep())
+	if keep < 0 || keep > maxKeepCheckpoints {
+		return nil, false, invalidField("keep", fmt.Errorf("%d: want 0 (the daemon's default, %d) to %d", keep, s.cfg.Checkpoint.Keep, maxKeepCheckpoints))
+	}
+	if keep == 0 {
+		keep = s.cfg.Checkpoint.Keep
+	}
+	opts, dir, err := sv.backupOptions(&pb.BackupWorkspaceRequest{
+		RequestId: req.GetRequestId(), Owner: req.GetOwner(), Workspace: req.GetWorkspace(), Path: req.GetPath(),
+		Tags: req.GetTags(), Excludes: req.GetExcludes(), UidMappings: req.GetUidMappings(), GidMappings: req.GetGidMappings(),
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	opts.Checkpoint, opts.IndexPartial = true, true
+	opts.WorkerWrap = lowprio.Run
+	// One reader and one compressor (about a core at most), one pack
+	// stored at a time.
+	opts.Readers, opts.Compressors, opts.Uploads = 1, 1, 1
+	opts.Throttle = s.checkpointThrottle
+	path := dir.Name()
+	key := "checkpoint/" + req.GetOwner() + "/" + req.GetWorkspace()
+	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_CHECKPOINT, owner: req.GetOwner(), workspace: req.GetWorkspace(), path: path,
+		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
+		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+			return s.runBackup(ctx, op, dir, opts, "checkpoint", func(r *repo.Repository) (repo.ForgetResult, error) {
+				return r.ForgetKind(ctx, op.workspace, retention.Policy{KeepLast: keep}, true, false)
+			})
+		}})
+}
+
+// maxKeepCheckpoints is the most checkpoints a request may keep.
+const maxKeepCheckpoints = 1000
+
+// checkpointThrottle waits until the checkpoints' bandwidth budget
+// (checkpoint.bandwidth) pays for n bytes; a pack is paid for before it
+// is stored.
+func (s *Server) checkpointThrottle(ctx context.Context, n int) error {
+	if s.checkpointRate == nil {
+		if s.hooks.checkpointPack != nil {
+			return s.hooks.checkpointPack(ctx)
+		}
+		return nil
+	}
+	if s.hooks.checkpointPack != nil {
+		if err := s.hooks.checkpointPack(ctx); err != nil {
+			return err
+		}
+	}
+	for n > 0 {
+		k := min(n, s.checkpointRate.Burst())
+		if err := s.checkpointRate.WaitN(ctx, k); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
 }
 
 func (sv *service) RestoreWorkspace(ctx context.Context, req *pb.RestoreWorkspaceRequest) (*pb.RestoreWorkspaceResponse, error) {
@@ -202,25 +317,20 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		}})
 }
 
-// applyRetention forgets, after a successful backup, the snapshots of its
-// workspace that policy does not keep, and returns how many. The backup has
-// succeeded whatever happens here: a failure is logged, not returned.
-func (s *Server) applyRetention(ctx context.Context, op *operation, r *repo.Repository, policy retention.Policy) int64 {
-	if policy.Empty() {
-		return 0
-	}
-	results, err := r.Forget(ctx, op.workspace, policy, false)
-	var n int64
-	for _, res := range results {
-		n += int64(len(res.Forget))
-	}
-	s.forgotten(op.owner, "backup", n)
+// applyRetention forgets, after a successful backup or checkpoint (by
+// trigger), the snapshots of its workspace that forget decides, and
+// returns how many. The backup has succeeded whatever happens here: a
+// failure is logged, not returned.
+func (s *Server) applyRetention(op *operation, r *repo.Repository, trigger string, forget func(*repo.Repository) (repo.ForgetResult, error)) int64 {
+	res, err := forget(r)
+	n := int64(len(res.Forget))
+	s.forgotten(op.owner, trigger, n)
 	if err != nil {
 		s.log.Warn("retention after the backup failed; the snapshots are kept until the next backup's", zap.String("operation", op.id),
 			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.Int64("forgotten", n), zap.String("error", truncate(err.Error())))
 	} else if n > 0 {
 		s.log.Info("retention forgot snapshots", zap.String("operation", op.id), zap.String("owner", op.owner),
-			zap.String("workspace", op.workspace), zap.Int64("forgotten", n))
+			zap.String("workspace", op.workspace), zap.Int64("forgotten", n), zap.String("trigger", trigger))
 	}
 	return n
 }
@@ -389,7 +499,7 @@ func (sv *service) listSnapshots(ctx context.Context, req *pb.ListSnapshotsReque
 			case err != nil:
 				return err
 			}
-			read[i] = &pb.Snapshot{
+			read[i] = &pb.Snapshot{Checkpoint: snap.Checkpoint,
 				Id: ref.ID.String(), Owner: snap.Owner, Workspace: snap.Workspace, Time: timestamppb.New(snap.Time),
 				Host: snap.Host, Path: snap.Path, ParentId: snap.Parent, Tags: snap.Tags,
 				Files: snap.Stats.Files, Dirs: snap.Stats.Dirs, Bytes: snap.Stats.Bytes,

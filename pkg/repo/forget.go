@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -120,4 +123,69 @@ func (r *Repository) DeleteWorkspace(ctx context.Context, workspace string) (Rec
 	}
 	rec.Duration = time.Since(start)
 	return rec, nil
+}
+
+// ForgetKind applies policy p to one kind of snapshot of workspace: its
+// checkpoints (Snapshot.Checkpoint) when checkpoints is set, else every
+// other snapshot, as if the snapshots of the other kind were not there;
+// they are never forgotten. Each snapshot object is read to know its
+// kind; one that cannot be read is kept. With dryRun, nothing is deleted.
+func (r *Repository) ForgetKind(ctx context.Context, workspace string, p retention.Policy, checkpoints, dryRun bool) (ForgetResult, error) {
+	res := ForgetResult{Workspace: workspace}
+	if err := ValidateName("workspace", workspace); err != nil {
+		return res, err
+	}
+	if err := p.Validate(); err != nil {
+		return res, fmt.Errorf("retention: %w", err)
+	}
+	refs, err := r.ListSnapshots(ctx, workspace)
+	if err != nil {
+		return res, err
+	}
+	// Read in parallel: this runs after every backup, before it is
+	// reported done.
+	loaded := make([]*Snapshot, len(refs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, ref := range refs {
+		g.Go(panics.Safe(func() error {
+			snap, err := r.LoadSnapshot(gctx, ref)
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				return nil // forgotten meanwhile
+			case err != nil && gctx.Err() == nil && Damaged(err):
+				return nil // of unknown kind: kept
+			case err != nil:
+				return err
+			}
+			loaded[i] = snap
+			return nil
+		}))
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	byID := map[string]SnapshotRef{}
+	var snaps []retention.Snapshot
+	for i, ref := range refs {
+		snap := loaded[i]
+		if snap == nil || snap.Checkpoint != checkpoints {
+			continue
+		}
+		s := retention.Snapshot{ID: ref.ID.String(), Time: ref.Time, Tags: snap.Tags, TagsKnown: true}
+		byID[s.ID] = ref
+		snaps = append(snaps, s)
+	}
+	d := p.Apply(snaps)
+	res.Keep = d.Keep
+	for _, s := range d.Forget {
+		ref := byID[s.ID]
+		if !dryRun {
+			if err := r.DeleteSnapshot(ctx, ref); err != nil {
+				return res, err
+			}
+		}
+		res.Forget = append(res.Forget, ref)
+	}
+	return res, nil
 }

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -88,5 +89,62 @@ func TestDeleteWorkspace(t *testing.T) {
 	}
 	if _, err := r.DeleteWorkspace(ctx, "../x"); err == nil {
 		t.Fatal("an invalid workspace name was accepted")
+	}
+}
+
+// TestForgetKind applies a policy to one kind of snapshot only: the other
+// kind is neither counted nor forgotten, and a snapshot that cannot be
+// read (of unknown kind) is kept.
+func TestForgetKind(t *testing.T) {
+	ctx := context.Background()
+	st := mem.New()
+	r, err := OpenOrInit(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	kinds := []bool{false, true, true, false, true, true, true} // oldest first
+	ids := map[bool][]string{}
+	for i, cp := range kinds {
+		s := &Snapshot{Time: base.Add(time.Duration(i) * time.Hour), Tree: chunk.Hash([]byte("t")), Owner: "o", Workspace: "w", Checkpoint: cp}
+		id, err := r.SaveSnapshot(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[cp] = append(ids[cp], id.String())
+	}
+	// The oldest checkpoint damaged: kept, whatever the policy.
+	refs, err := r.ListSnapshots(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		if ref.ID.String() == ids[true][0] {
+			if err := st.Put(ctx, ref.Key, bytes.NewReader([]byte("{")), 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	res, err := r.ForgetKind(ctx, "w", retention.Policy{KeepLast: 2}, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Checkpoints 2, 3 of 1..5 (1 damaged) forgotten; 4 and 5 kept.
+	if len(res.Forget) != 2 || res.Forget[0].ID.String() != ids[true][2] || res.Forget[1].ID.String() != ids[true][1] {
+		t.Fatalf("forgot %+v, want checkpoints %v", res.Forget, ids[true][1:3])
+	}
+	res, err = r.ForgetKind(ctx, "w", retention.Policy{KeepLast: 1}, false, false)
+	if err != nil || len(res.Forget) != 1 || res.Forget[0].ID.String() != ids[false][0] {
+		t.Fatalf("backups' retention forgot %+v (%v), want only the oldest backup", res.Forget, err)
+	}
+	refs, _ = r.ListSnapshots(ctx, "w")
+	left := map[string]bool{}
+	for _, ref := range refs {
+		left[ref.ID.String()] = true
+	}
+	for _, id := range []string{ids[false][1], ids[true][0], ids[true][3], ids[true][4]} {
+		if !left[id] || len(left) != 4 {
+			t.Fatalf("left %v, want %s among 4", left, id)
+		}
 	}
 }

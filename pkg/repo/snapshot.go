@@ -41,6 +41,10 @@ type Snapshot struct {
 	// restore that makes the workspace usable before it completes writes
 	// them first.
 	Recent []string `json:"recent,omitempty"`
+	// Checkpoint marks a checkpoint: a backup of a running workspace
+	// (CheckpointWorkspace), a parent like any other snapshot, of which
+	// retention keeps only the newest few.
+	Checkpoint bool `json:"checkpoint,omitempty"`
 }
 
 // UnreadableEntry is an entry a backup left out because the file system

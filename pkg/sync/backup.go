@@ -80,6 +80,44 @@ type BackupOptions struct {
 	// storage and of the backup itself (memory, descriptors, its context)
 	// fail the backup, and entries that vanish during it are skipped.
 	Strict bool
+	// Checkpoint marks the snapshot as a checkpoint (repo.Snapshot.Checkpoint).
+	Checkpoint bool
+	// WorkerWrap, if set, runs the work (fn) of each reader and
+	// compressor goroutine and each directory walk a goroutine of its own
+	// does, and must call fn once, on the calling goroutine: the daemon
+	// runs a checkpoint's workers at background priority
+	// (internal/lowprio.Run).
+	WorkerWrap func(fn func())
+	// Throttle, if set, is called before each pack of n bytes is stored
+	// and may wait (a bandwidth budget); an error fails the backup.
+	Throttle func(ctx context.Context, n int) error
+	// IndexPartial: when the backup fails or is cancelled after storing
+	// packs, it still writes the index objects naming them (unless a
+	// prune fenced its session) before it returns, so that the next
+	// backup finds their blobs in the index instead of storing them
+	// again. The error is then an *IndexedError.
+	IndexPartial bool
+}
+
+// IndexedError is the error of a backup with IndexPartial that failed
+// after writing index objects for every pack it had stored: the
+// repository's in-memory index holds nothing the index objects do not.
+type IndexedError struct {
+	Err   error
+	Packs int // packs indexed after the failure
+}
+
+func (e *IndexedError) Error() string { return e.Err.Error() }
+func (e *IndexedError) Unwrap() error { return e.Err }
+
+// work runs a worker's function under WorkerWrap.
+func (o *BackupOptions) work(fn func() error) error {
+	if o.WorkerWrap == nil {
+		return fn()
+	}
+	var err error
+	o.WorkerWrap(func() { err = fn() })
+	return err
 }
 
 func (o *BackupOptions) beforeCommit() error {
@@ -186,6 +224,9 @@ type backup struct {
 	newPacksMu gosync.Mutex
 	newPacks   []repo.PackIndex
 	newBlobs   int // in newPacks
+	// indexLost: writing an index object failed, so some stored packs
+	// may be in no index object.
+	indexLost atomic.Bool
 
 	unreadableMu    gosync.Mutex
 	unreadableList  []repo.UnreadableEntry
@@ -340,16 +381,20 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	}
 	for range opts.Compressors {
 		compressors.Add(1)
-		g.Go(panics.Safe(func() error { defer compressors.Done(); return b.compressor(gctx) }))
+		g.Go(panics.Safe(func() error {
+			defer compressors.Done()
+			return opts.work(func() error { return b.compressor(gctx) })
+		}))
 	}
 	for range opts.Readers {
 		readers.Add(1)
-		g.Go(panics.Safe(func() error { defer readers.Done(); return b.reader(gctx) }))
+		g.Go(panics.Safe(func() error { defer readers.Done(); return opts.work(func() error { return b.reader(gctx) }) }))
 	}
 	var rootID chunk.ID
 	released = true // the walk releases it
 	g.Go(panics.Safe(func() error {
-		fut, err := b.walkDir(gctx, g, root, "", parentTree, 0)
+		var fut *dirFuture
+		err := opts.work(func() (err error) { fut, err = b.walkDir(gctx, g, root, "", parentTree, 0); return err })
 		if err != nil {
 			return err
 		}
@@ -377,6 +422,9 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		b.dropQueuedFiles()
 		if cause := context.Cause(ctx); errors.Is(cause, repo.ErrSessionFenced) {
 			return nil, cause
+		}
+		if opts.IndexPartial {
+			return nil, b.indexPartial(ctx, err)
 		}
 		return nil, err
 	}
@@ -428,6 +476,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		},
 		Unreadable: b.unreadableList,
 		Recent:     b.recent.list(),
+		Checkpoint: opts.Checkpoint,
 	}
 	if err := opts.beforeCommit(); err != nil {
 		return nil, err
@@ -833,7 +882,8 @@ func (b *backup) walkSubdir(ctx context.Context, g *errgroup.Group, d *openDir, 
 	}
 	fut := &dirFuture{done: make(chan struct{})}
 	g.Go(panics.Safe(func() error {
-		inner, err := b.walkDir(ctx, g, d, rel, parentTree, depth)
+		var inner *dirFuture
+		err := b.opts.work(func() (err error) { inner, err = b.walkDir(ctx, g, d, rel, parentTree, depth); return err })
 		<-b.walkers // the slot is for walking, not for waiting
 		if err != nil {
 			return err
@@ -1364,7 +1414,13 @@ func (b *backup) uploader(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		err := b.r.SavePack(ctx, p.data, p.id, p.entries)
+		var err error
+		if b.opts.Throttle != nil {
+			err = b.opts.Throttle(ctx, len(p.data))
+		}
+		if err == nil {
+			err = b.r.SavePack(ctx, p.data, p.id, p.entries)
+		}
 		p.pool.put(p.data[:0])
 		if err != nil {
 			return err
@@ -1431,11 +1487,42 @@ func (b *backup) indexPack(ctx context.Context, p finishedPack) error {
 	for _, part := range full {
 		ids, err := b.r.SaveIndex(ctx, part)
 		if err != nil {
+			b.indexLost.Store(true)
 			return err
 		}
 		b.stats.objects.Add(int64(len(ids)))
 	}
 	return nil
+}
+
+// indexPartialTimeout bounds the index write of a failed backup.
+const indexPartialTimeout = time.Minute
+
+// indexPartial writes, after the backup failed with err (its goroutines
+// all returned, its session still held), the index objects of the packs
+// it stored and has not indexed yet, and returns the error to return: an
+// *IndexedError when every stored pack is now in an index object.
+func (b *backup) indexPartial(ctx context.Context, err error) error {
+	if b.indexLost.Load() {
+		return err
+	}
+	b.newPacksMu.Lock()
+	packs := b.newPacks
+	b.newPacks = nil
+	b.newPacksMu.Unlock()
+	if len(packs) > 0 {
+		// The backup's own context is likely cancelled: the index goes
+		// on its own deadline, and a fenced session stops it.
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), indexPartialTimeout)
+		defer cancel()
+		if context.Cause(ctx) != nil && errors.Is(context.Cause(ctx), repo.ErrSessionFenced) {
+			return err
+		}
+		if _, ierr := b.r.SaveIndex(ictx, packs); ierr != nil {
+			return err
+		}
+	}
+	return &IndexedError{Err: err, Packs: len(packs)}
 }
 
 // loadExcludes compiles the Exclude patterns and those of the exclude file

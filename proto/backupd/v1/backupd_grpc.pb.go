@@ -78,7 +78,10 @@ type BackupServiceClient interface {
 	// priority, a lower CPU priority) so as not to disturb the workspace. A
 	// BackupWorkspace of the same workspace cancels it at once (the backup
 	// reuses what it already uploaded; the checkpoint writes no snapshot).
-	// Only the newest checkpoints of a workspace are kept (keep).
+	// Only the newest checkpoints of a workspace are kept (keep). While a
+	// backup of the workspace is queued or running, a checkpoint is refused
+	// with FAILED_PRECONDITION. A checkpoint of the same workspace already
+	// queued or running is joined as BackupWorkspace does.
 	CheckpointWorkspace(ctx context.Context, in *CheckpointWorkspaceRequest, opts ...grpc.CallOption) (*CheckpointWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
@@ -320,7 +323,10 @@ type BackupServiceServer interface {
 	// priority, a lower CPU priority) so as not to disturb the workspace. A
 	// BackupWorkspace of the same workspace cancels it at once (the backup
 	// reuses what it already uploaded; the checkpoint writes no snapshot).
-	// Only the newest checkpoints of a workspace are kept (keep).
+	// Only the newest checkpoints of a workspace are kept (keep). While a
+	// backup of the workspace is queued or running, a checkpoint is refused
+	// with FAILED_PRECONDITION. A checkpoint of the same workspace already
+	// queued or running is joined as BackupWorkspace does.
 	CheckpointWorkspace(context.Context, *CheckpointWorkspaceRequest) (*CheckpointWorkspaceResponse, error)
 	// RestoreWorkspace starts a restore of a snapshot into a directory. While
 	// a restore of the same owner, workspace and path is queued or running,
