@@ -72,7 +72,7 @@ func run() error {
 	flag.StringVar(&genLarge, "gen-large", "", "instead of --data, generate a tree with one big file of this `SIZE` (e.g. 2GiB) plus small files")
 	flag.IntVar(&o.runs, "runs", 5, "runs per tool and scenario")
 	flag.StringVar(&tools, "tools", "", "comma-separated tools: backupd, restic, kopia, tarzstd (default backupd,restic; with --gen-workspace backupd,restic,tarzstd)")
-	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over (default backup,restore; with --gen-workspace all five)")
+	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over, restore-ready (default backup,restore; with --gen-workspace all but restore-ready). restore-ready (backupd only) restores with --ready-before-complete and reports the time to READY as scenario ready")
 	flag.StringVar(&o.out, "out", "", "also write the report, with a machine header, to this `FILE`")
 	flag.StringVar(&o.restic, "restic", "", "restic binary (default: built by benchmarks/peers.sh)")
 	flag.StringVar(&o.kopia, "kopia", "", "kopia binary (default: built by benchmarks/peers.sh kopia)")
@@ -111,11 +111,14 @@ func run() error {
 	if scenarios == "" {
 		scenarios = "backup,restore"
 		if o.genWS != nil {
-			scenarios = strings.Join(allScenarios, ",")
+			scenarios = strings.Join(slices.DeleteFunc(slices.Clone(allScenarios), func(s string) bool { return slices.Contains(optInScenarios, s) }), ",")
 		}
 	}
 	o.tools = splitList(tools)
 	o.scenarios = splitList(scenarios)
+	if i := slices.Index(o.scenarios, "restore-ready"); i >= 0 && !slices.Contains(o.scenarios, "ready") {
+		o.scenarios = slices.Insert(o.scenarios, i+1, "ready")
+	}
 	for _, t := range o.tools {
 		if t != "backupd" && t != "restic" && t != "kopia" && t != "tarzstd" {
 			return fmt.Errorf("unknown tool %q", t)
@@ -249,7 +252,12 @@ func run() error {
 }
 
 // allScenarios are the scenarios in the order a cycle runs them.
-var allScenarios = []string{"backup", "rebackup", "restore", "restore-over", "rebackup-1pct"}
+var allScenarios = []string{"backup", "rebackup", "restore", "restore-ready", "ready", "restore-over", "rebackup-1pct"}
+
+// optInScenarios run only when asked for: restore-ready (backupd only) is
+// a restore with --ready-before-complete, timed to its end, and records
+// "ready" too, the time to its READY line.
+var optInScenarios = []string{"restore-ready", "ready"}
 
 func splitList(s string) []string {
 	var out []string
@@ -600,6 +608,27 @@ func (b *bench) cycle(tool, dir string, verify, warmup bool) error {
 		}
 	}
 
+	if b.hasScenario("restore-ready") && tool == "backupd" {
+		target, err := b.restoreTarget(dir, "restore-ready")
+		if err != nil {
+			return err
+		}
+		m, ready, err := b.readyRestoreStep(r, target)
+		if err != nil {
+			return err
+		}
+		b.record("restore-ready", tool, m)
+		b.record("ready", tool, measurement{wall: ready})
+		if verify {
+			if err := b.verify(tool, "restore-ready", b.restoredRoot(tool, target), nil); err != nil {
+				return err
+			}
+		}
+		if err := removeAll(target); err != nil {
+			return err
+		}
+	}
+
 	if b.hasScenario("restore-over") && !(tool == "backupd" && !b.backupdOverwrite) {
 		target, err := b.restoreTarget(dir, "restore-over")
 		if err != nil {
@@ -858,6 +887,25 @@ func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, 
 		return m, err
 	}
 	return measurement{}, fmt.Errorf("unknown tool %q", r.tool)
+}
+
+// readyRestoreStep restores with --ready-before-complete and returns the
+// measurement of the whole restore and the time to READY that backupctl
+// reports (from its start).
+func (b *bench) readyRestoreStep(r *toolRun, target string) (measurement, time.Duration, error) {
+	args := append(b.profileArgs("restore-ready"), "restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
+		"--cache-dir", r.cache, "--json", "--ready-before-complete", target)
+	m, out, err := measure(r.env, b.backupctl, args...)
+	if err != nil {
+		return m, 0, err
+	}
+	var res struct {
+		ReadyMS *int64 `json:"ready_ms"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil || res.ReadyMS == nil {
+		return m, 0, fmt.Errorf("backupctl restore --ready-before-complete: no ready_ms in its output %q", out)
+	}
+	return m, time.Duration(*res.ReadyMS) * time.Millisecond, nil
 }
 
 // profileArgs are backupctl's arguments that make a timed run of scenario
