@@ -167,7 +167,7 @@ var errorCases = []errorCase{
 		want: "backupctl: azure: accountkey: not valid base64"},
 	{name: "backupd: unknown key", bin: "backupd", args: []string{"--config", "{tmp}/d.yaml"},
 		files: map[string]string{"d.yaml": "listne: 127.0.0.1:7070\n"}, code: 1,
-		want: `backupd: --config {tmp}/d.yaml: line 1: unknown key "listne" (accepted: listen, metrics_listen, allow_insecure, tls, workspace_roots, storage, cache_dir, cache_size, limits, retention, shutdown_grace, operation_retention, maintenance, log)`},
+		want: `backupd: --config {tmp}/d.yaml: line 1: unknown key "listne" (accepted: listen, metrics_listen, allow_insecure, tls, workspace_roots, storage, cache_dir, cache_size, limits, retention, shutdown_grace, operation_retention, maintenance, checkpoint, log)`},
 	{name: "backupd: azblob section", bin: "backupd", args: []string{"--config", "{tmp}/d.yaml"},
 		files: map[string]string{"d.yaml": "workspace_roots: [{tmp}]\nstorage:\n  url: azblob://backups/p\n  azblob:\n    accountkey: " + fakeSecret + "\n"}, code: 1,
 		want: `backupd: --config {tmp}/d.yaml: line 4: unknown key "azblob" in storage (accepted: url, placement, bucket_template, s3, minio, gcs, azure, connections, retry); the Azure section is called azure (azblob is the URL scheme)`},
