@@ -77,18 +77,7 @@ func (r *Repository) forgetWorkspace(ctx context.Context, ws string, refs []Snap
 		byID[s.ID] = ref
 		snaps = append(snaps, s)
 	}
-	d := p.Apply(snaps)
-	res.Keep = d.Keep
-	for _, s := range d.Forget {
-		ref := byID[s.ID]
-		if !dryRun {
-			if err := r.DeleteSnapshot(ctx, ref); err != nil {
-				return res, err
-			}
-		}
-		res.Forget = append(res.Forget, ref)
-	}
-	return res, nil
+	return r.forgetDecided(ctx, p, snaps, byID, dryRun, res)
 }
 
 // Receipt says what a deletion removed.
@@ -176,6 +165,12 @@ func (r *Repository) ForgetKind(ctx context.Context, workspace string, p retenti
 		byID[s.ID] = ref
 		snaps = append(snaps, s)
 	}
+	return r.forgetDecided(ctx, p, snaps, byID, dryRun, res)
+}
+
+// forgetDecided applies p to snaps (their refs byID) and deletes the
+// snapshots it forgets, unless dryRun, adding both lists to res.
+func (r *Repository) forgetDecided(ctx context.Context, p retention.Policy, snaps []retention.Snapshot, byID map[string]SnapshotRef, dryRun bool, res ForgetResult) (ForgetResult, error) {
 	d := p.Apply(snaps)
 	res.Keep = d.Keep
 	for _, s := range d.Forget {
