@@ -1,17 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"go.uber.org/zap/zaptest"
-
-	"github.com/backupd/backupd/pkg/daemon"
 )
 
 // TestBackupCheckpoint: backup --checkpoint, directly and through the
@@ -25,27 +19,11 @@ func TestBackupCheckpoint(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n"), 0o644)
 	store := filepath.Join(dir, "store")
 	repoURL := "file://" + store
-	sock := filepath.Join(dir, "d.sock")
-	cfg := daemon.Config{Listen: "unix://" + sock, WorkspaceRoots: []string{root}, CacheDir: "none"}
-	cfg.Storage.URL = repoURL
-	srv, err := daemon.New(context.Background(), cfg, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	addr := startLocalDaemon(t, dir, root, repoURL)
 
 	backup := strings.TrimSpace(ok(t, run(t, nil, "backup", "-r", repoURL, "--owner", "o1", "--workspace", "w1", src)).stdout)
 	var cps []string
-	for i, how := range [][]string{{"-r", repoURL}, {"--daemon", "unix://" + sock}, {"-r", repoURL}} {
+	for i, how := range [][]string{{"-r", repoURL}, {"--daemon", addr}, {"-r", repoURL}} {
 		args := append([]string{"backup", "--checkpoint", "--keep-checkpoints", "2", "--owner", "o1", "--workspace", "w1"}, how...)
 		r := ok(t, run(t, nil, append(args, src)...))
 		if id := strings.TrimSpace(r.stdout); len(id) != 64 {
@@ -54,7 +32,7 @@ func TestBackupCheckpoint(t *testing.T) {
 			cps = append(cps, id)
 		}
 	}
-	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", "unix://" + sock}} {
+	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", addr}} {
 		r := ok(t, run(t, nil, append([]string{"snapshots", "--owner", "o1", "--json"}, how...)...))
 		var snaps []map[string]any
 		if err := json.Unmarshal([]byte(r.stdout), &snaps); err != nil {

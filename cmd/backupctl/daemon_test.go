@@ -23,24 +23,8 @@ func TestThroughDaemon(t *testing.T) {
 	os.MkdirAll(filepath.Join(src, "pkg"), 0o755)
 	os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n"), 0o644)
 	os.WriteFile(filepath.Join(src, "pkg", "data"), []byte(strings.Repeat("backupd ", 100000)), 0o600)
-	sock := filepath.Join(dir, "d.sock")
-	cfg := daemon.Config{Listen: "unix://" + sock, WorkspaceRoots: []string{root}, CacheDir: "none"}
-	cfg.Storage.URL = "file://" + filepath.Join(dir, "store")
-	srv, err := daemon.New(context.Background(), cfg, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	env := []string{"BACKUPD_DAEMON=unix://" + sock}
+	addr := startLocalDaemon(t, dir, root, "file://"+filepath.Join(dir, "store"))
+	env := []string{"BACKUPD_DAEMON=" + addr}
 
 	r := ok(t, run(t, env, "backup", "--owner", "o1", "--workspace", "w1", "--tag", "via=daemon", "--json", src))
 	var st map[string]any
@@ -49,7 +33,7 @@ func TestThroughDaemon(t *testing.T) {
 	}
 	id := st["snapshot_id"].(string)
 	// Plain output: the id alone, as without a daemon.
-	r = ok(t, run(t, nil, "backup", "--daemon", "unix://"+sock, "--owner", "o1", "--workspace", "w1", src))
+	r = ok(t, run(t, nil, "backup", "--daemon", addr, "--owner", "o1", "--workspace", "w1", src))
 	if got := strings.TrimSpace(r.stdout); len(got) != 64 || got == id {
 		t.Fatalf("second backup printed %q", r.stdout)
 	}
@@ -109,25 +93,9 @@ func TestSnapshotsNameUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sock := filepath.Join(dir, "d.sock")
-	cfg := daemon.Config{Listen: "unix://" + sock, WorkspaceRoots: []string{root}, CacheDir: "none"}
-	cfg.Storage.URL = repoURL
-	srv, err := daemon.New(context.Background(), cfg, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	addr := startLocalDaemon(t, dir, root, repoURL)
 
-	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", "unix://" + sock}} {
+	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", addr}} {
 		r := run(t, nil, append([]string{"snapshots", "--owner", "o1"}, how...)...)
 		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 		if r.code != 1 || len(lines) != 4 {
@@ -169,7 +137,32 @@ func TestSnapshotsNameUnreadable(t *testing.T) {
 	if err := os.Remove(objs[0]); err != nil {
 		t.Fatal(err)
 	}
-	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", "unix://" + sock}} {
+	for _, how := range [][]string{{"-r", repoURL}, {"--daemon", addr}} {
 		ok(t, run(t, nil, append([]string{"snapshots", "--owner", "o1"}, how...)...))
 	}
+}
+
+// startLocalDaemon serves a daemon until the test ends, on a unix socket in
+// dir, for the workspaces under root, storing at the storage URL store,
+// and returns its address.
+func startLocalDaemon(t *testing.T, dir, root, store string) string {
+	t.Helper()
+	sock := filepath.Join(dir, "d.sock")
+	cfg := daemon.Config{Listen: "unix://" + sock, WorkspaceRoots: []string{root}, CacheDir: "none"}
+	cfg.Storage.URL = store
+	srv, err := daemon.New(context.Background(), cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return "unix://" + sock
 }

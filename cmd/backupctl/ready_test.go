@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,10 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/zap/zaptest"
-
-	"github.com/backupd/backupd/pkg/daemon"
 )
 
 // readyWorkspace makes a workspace with one large old file (late in a
@@ -83,24 +78,8 @@ func TestRestoreReadyBeforeCompleteThroughDaemon(t *testing.T) {
 	root := filepath.Join(dir, "workspaces")
 	src := filepath.Join(root, "ws1")
 	readyWorkspace(t, src)
-	sock := filepath.Join(dir, "d.sock")
-	cfg := daemon.Config{Listen: "unix://" + sock, WorkspaceRoots: []string{root}, CacheDir: "none"}
-	cfg.Storage.URL = "file://" + filepath.Join(dir, "store")
-	srv, err := daemon.New(context.Background(), cfg, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	env := []string{"BACKUPD_DAEMON=unix://" + sock}
+	addr := startLocalDaemon(t, dir, root, "file://"+filepath.Join(dir, "store"))
+	env := []string{"BACKUPD_DAEMON=" + addr}
 	ok(t, run(t, env, "backup", "--owner", "o1", "--workspace", "w1", src))
 	dst := filepath.Join(root, "restored")
 	r := ok(t, run(t, env, "restore", "--owner", "o1", "--workspace", "w1", "--ready-before-complete", "--priority", "gen/", dst))
