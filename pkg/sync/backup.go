@@ -1183,7 +1183,10 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 			// Written just before the read began: a write during it
 			// may have left no trace in its times. Read again once
 			// the clock has moved past them.
-			wait := time.Until(time.Unix(0, after.Ctim.Nano()+int64(liveMargin)))
+			// (Bounded: a ctime ahead of the clock, after the clock
+			// was set back, would otherwise hold the reader; such a
+			// file is read again at once, and flagged in the end.)
+			wait := min(time.Until(time.Unix(0, after.Ctim.Nano()+int64(liveMargin))), 2*liveMargin)
 			if err := sleepFor(ctx, wait); err != nil {
 				return err
 			}
