@@ -13,6 +13,7 @@ import (
 
 	gosync "sync"
 
+	"github.com/backupd/backupd/internal/ctxsleep"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/storage"
 )
@@ -277,12 +278,8 @@ func (p *pruner) take(ctx context.Context) error {
 		}
 		if oi.ModTime.Add(lease + clockSlack(oi.ModTime)).After(now) {
 			if p.opts.WaitRunning {
-				t := time.NewTimer(p.opts.Poll)
-				select {
-				case <-ctx.Done():
-					t.Stop()
+				if !ctxsleep.Sleep(ctx, p.opts.Poll) {
 					return ctx.Err()
-				case <-t.C:
 				}
 				return p.take(ctx)
 			}
@@ -893,12 +890,8 @@ func (p *pruner) wait(ctx context.Context) error {
 	pending := keys
 	for round := 0; len(pending) > 0; round++ {
 		if round > 0 {
-			t := time.NewTimer(p.opts.Poll)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !ctxsleep.Sleep(ctx, p.opts.Poll) {
 				return context.Cause(ctx)
-			case <-t.C:
 			}
 		}
 		if err := p.alive(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/backupd/backupd/internal/ctxsleep"
 	"github.com/backupd/backupd/pkg/storage"
 )
 
@@ -74,12 +75,8 @@ func PurgeOwner(ctx context.Context, st storage.Storage, opts PurgeOptions) (Rec
 			return rec, fmt.Errorf("purge: %d objects of the owner keep appearing (backups still running for it): stop them and purge again", left)
 		}
 		log("waiting %s for fenced or new backups to stop (%d objects appeared)", opts.Settle, left)
-		t := time.NewTimer(opts.Settle)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxsleep.Sleep(ctx, opts.Settle) {
 			return rec, ctx.Err()
-		case <-t.C:
 		}
 		n, err := fenceSessions(ctx, st)
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/backupd/backupd/internal/ctxsleep"
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/dirfd"
@@ -1212,22 +1213,12 @@ const maxReads = 3
 // distance between the two looks at the clock.
 var liveMargin = 20 * time.Millisecond
 
-// sleepFor is sleepCtx; tests replace it.
-var sleepFor = sleepCtx
-
-// sleepCtx waits d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+// sleepFor waits d or until ctx is done (an error then); tests replace it.
+var sleepFor = func(ctx context.Context, d time.Duration) error {
+	if !ctxsleep.Sleep(ctx, d) {
 		return ctx.Err()
 	}
+	return nil
 }
 
 // forget takes back what a read of file n counted: its bytes and blobs

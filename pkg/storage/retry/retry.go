@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/backupd/backupd/internal/ctxsleep"
 	"github.com/backupd/backupd/pkg/storage"
 )
 
@@ -117,11 +118,7 @@ func (r *Storage) do(ctx context.Context, op, key string, call func() error) err
 		if r.opts.OnRetry != nil {
 			r.opts.OnRetry(op, key, attempt, err)
 		}
-		t := time.NewTimer(rand.N(backoff) + time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxsleep.Sleep(ctx, rand.N(backoff)+time.Millisecond) {
 			return fmt.Errorf("%w (while waiting to retry after: %v)", ctx.Err(), err)
 		}
 		backoff = min(2*backoff, r.opts.Max)
