@@ -1197,7 +1197,7 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
-		start, st = time.Now(), after
+		start = time.Now() // before the stat that the next read is checked against
 		if err := unix.Fstat(fd, &st); err != nil {
 			return &readError{&fs.PathError{Op: "fstat", Path: path, Err: err}}
 		}
