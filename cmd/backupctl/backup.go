@@ -68,7 +68,7 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.
 With --checkpoint the snapshot is a checkpoint: a backup of a workspace
 still in use, taken so that the backup at its stop (the next backup of the
 workspace, whose parent it is) reads and stores only what changed since.
-Its file readers run at idle I/O priority and nice 10; through --daemon it
+Its file readers run at idle I/O priority and SCHED_IDLE; through --daemon it
 runs under the daemon's checkpoint limits and a backup of the workspace
 cancels it. Once it is written, the workspace's checkpoints beyond the
 newest --keep-checkpoints are forgotten (never other snapshots); their data

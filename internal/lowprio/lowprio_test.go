@@ -10,7 +10,7 @@ import (
 )
 
 // TestRunLowersTheThreadAndRestoresIt checks with the system calls that
-// fn runs with the idle I/O class and nice >= Nice on its own thread, and
+// fn runs with the idle I/O class and SCHED_IDLE on its own thread, and
 // that the thread is back to its priorities afterwards, or, when they
 // cannot be restored (no CAP_SYS_NICE), still locked so that it dies.
 func TestRunLowersTheThreadAndRestoresIt(t *testing.T) {
@@ -31,11 +31,17 @@ func TestRunLowersTheThreadAndRestoresIt(t *testing.T) {
 			t.Errorf("getpriority: %v", err)
 			return
 		}
-		var inTid, inIO, inNice int
+		sched0, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			t.Errorf("sched_getattr: %v", err)
+			return
+		}
+		var inTid, inIO int
+		var inSched *unix.SchedAttr
 		Run(func() {
 			inTid = unix.Gettid()
 			inIO, _ = ioprioGet(inTid)
-			inNice, _ = niceOf(inTid)
+			inSched, _ = unix.SchedGetAttr(inTid, 0)
 		})
 		if inTid != tid {
 			t.Errorf("fn ran on thread %d, want the locked %d", inTid, tid)
@@ -43,15 +49,19 @@ func TestRunLowersTheThreadAndRestoresIt(t *testing.T) {
 		if inIO>>ioprioClassShift != ioprioClassIdle {
 			t.Errorf("ioprio during Run = %#x, want class idle (%d)", inIO, ioprioClassIdle)
 		}
-		if want := max(nice0, Nice); inNice != want {
-			t.Errorf("nice during Run = %d, want %d", inNice, want)
+		if inSched == nil || inSched.Policy != unix.SCHED_IDLE {
+			t.Errorf("scheduling policy during Run = %+v, want SCHED_IDLE (%d)", inSched, unix.SCHED_IDLE)
 		}
 		io1, _ := ioprioGet(tid)
+		sched1, _ := unix.SchedGetAttr(tid, 0)
 		nice1, _ := niceOf(tid)
-		if nice1 != nice0 {
+		if sched1 == nil || sched1.Policy != sched0.Policy || nice1 != nice0 {
 			// Not restorable without CAP_SYS_NICE: then the thread must
 			// stay locked (and so end with this goroutine).
-			t.Logf("nice not restored (%d, was %d): the thread must die with its goroutine", nice1, nice0)
+			t.Logf("priority not restored (%+v, nice %d; was %+v, nice %d): the thread must die with its goroutine", sched1, nice1, sched0, nice0)
+			if unix.Geteuid() == 0 {
+				t.Errorf("as root the priority must be restored")
+			}
 			return
 		}
 		if io1>>ioprioClassShift != io0>>ioprioClassShift || (io0>>ioprioClassShift != ioprioClassNone && io1 != io0) {
@@ -81,6 +91,9 @@ func TestRunRestoresOnPanic(t *testing.T) {
 		}()
 		if n, _ := niceOf(tid); n != nice0 && unix.Geteuid() == 0 {
 			t.Errorf("nice after a panic in Run = %d, want %d", n, nice0)
+		}
+		if a, _ := unix.SchedGetAttr(tid, 0); a != nil && a.Policy == unix.SCHED_IDLE && unix.Geteuid() == 0 {
+			t.Errorf("scheduling policy after a panic in Run: still SCHED_IDLE")
 		}
 		if io, _ := ioprioGet(tid); io>>ioprioClassShift == ioprioClassIdle && unix.Geteuid() == 0 {
 			t.Errorf("ioprio after a panic in Run = %#x, still idle", io)

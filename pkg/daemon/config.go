@@ -65,7 +65,7 @@ type Config struct {
 // Checkpoint sets how the node runs checkpoints (CheckpointWorkspace):
 // backups of running workspaces, kept apart from the stop backups so as
 // not to disturb the workspaces. A checkpoint's readers and compressors
-// (one of each) run at idle I/O priority and nice 10 (internal/lowprio),
+// (one of each) run at idle I/O priority and SCHED_IDLE (internal/lowprio),
 // and it stores one pack at a time.
 type Checkpoint struct {
 	// Concurrency is how many checkpoints run at once on the node
