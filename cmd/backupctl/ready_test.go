@@ -57,6 +57,20 @@ func TestRestoreReadyBeforeComplete(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out["ready_bytes_left"] != float64(2<<20) || out["conflicts"] != float64(0) {
 		t.Fatalf("restore --ready-before-complete --json: %v %s", err, r.stdout)
 	}
+	// --late: the whole gen directory comes after READY.
+	dst3 := filepath.Join(t.TempDir(), "ws")
+	r = ok(t, run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--ready-before-complete", "--late", "gen/", "--json", dst3))
+	out = nil
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out["ready_bytes_left"] != float64(2<<20+300*12) || out["conflicts"] != float64(0) {
+		t.Fatalf("restore --ready-before-complete --late gen/ --json: %v %s", err, r.stdout)
+	}
+	if ents, err := os.ReadDir(filepath.Join(dst3, "gen")); err != nil || len(ents) != 300 {
+		t.Fatalf("gen after the restore: %d entries, %v", len(ents), err)
+	}
+	r = run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--late", "gen/", t.TempDir())
+	if r.code != 2 || !strings.Contains(r.stderr, "need --ready-before-complete") {
+		t.Fatalf("--late alone: %+v", r)
+	}
 	r = run(t, nil, "restore", "-r", repoURL, "--owner", "o1", "--workspace", "w1", "--ready-before-complete", "--overwrite", dst)
 	if r.code != 2 || !strings.Contains(r.stderr, "--overwrite") {
 		t.Fatalf("--ready-before-complete --overwrite: %+v", r)
@@ -66,7 +80,7 @@ func TestRestoreReadyBeforeComplete(t *testing.T) {
 		t.Fatalf("--priority alone: %+v", r)
 	}
 	r = ok(t, run(t, nil, "restore", "--help"))
-	for _, want := range []string{"--ready-before-complete", "--priority", "--ready-max-file-size", "READY"} {
+	for _, want := range []string{"--ready-before-complete", "--priority", "--ready-max-file-size", "--late", "READY"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("restore --help lacks %q", want)
 		}

@@ -27,7 +27,7 @@ func newRestoreCmd() *cobra.Command {
 		over      bsync.RestoreOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--overwrite [--verify] [--delete]] [--include PATH]... [--ready-before-complete [--priority GLOB]... [--ready-max-file-size N]] [--json] DIR",
+		Use:   "restore -r REPO --owner O --workspace W [--snapshot ID|latest] [--overwrite [--verify] [--delete]] [--include PATH]... [--ready-before-complete [--priority GLOB]... [--late GLOB]... [--ready-max-file-size N]] [--json] DIR",
 		Short: "Restore a workspace snapshot into a directory",
 		Long: `Restore a snapshot of workspace W (the latest unless --snapshot names one
 by ID or unique ID prefix) into DIR. DIR is created if missing and must
@@ -58,7 +58,15 @@ the rest follows. Each late file is written under a temporary name
 (.backupd-restore-*.tmp) in its directory and renamed into place once
 complete and verified, so no one sees a partial file; a file created
 meanwhile at that name is kept (the snapshot's is dropped) and reported as
-a conflict. The last line is the usual one, once the restore is complete.`,
+a conflict. The last line is the usual one, once the restore is complete.
+
+--late GLOB (repeatable) leaves what it matches for after READY, whatever
+its size. A matched directory (--late node_modules/) is left out of the
+first part altogether: after READY it is restored whole under a temporary
+name and renamed into place in one step once complete, so it appears
+complete or not at all; if the workspace has made that directory
+meanwhile, the workspace's is kept and reported as a conflict. --priority
+wins over --late, and --late over the recent list.`,
 		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			uidMap, gidMap, err := idMaps.parse()
@@ -71,13 +79,16 @@ a conflict. The last line is the usual one, once the restore is complete.`,
 			if over.ReadyBeforeComplete && over.Overwrite {
 				return usageError{Err: fmt.Errorf("--ready-before-complete is not possible with --overwrite")}
 			}
-			if !over.ReadyBeforeComplete && (len(over.Priority) > 0 || cmd.Flags().Changed("ready-max-file-size")) {
-				return usageError{Err: fmt.Errorf("--priority and --ready-max-file-size need --ready-before-complete")}
+			if !over.ReadyBeforeComplete && (len(over.Priority) > 0 || len(over.Late) > 0 || cmd.Flags().Changed("ready-max-file-size")) {
+				return usageError{Err: fmt.Errorf("--priority, --late and --ready-max-file-size need --ready-before-complete")}
 			}
 			if over.ReadyMaxFileSize < 0 {
 				return usageError{Err: fmt.Errorf("--ready-max-file-size %d is negative", over.ReadyMaxFileSize)}
 			}
-			if err := checkPriority(over.Priority); err != nil {
+			if err := checkPatterns("--priority", over.Priority); err != nil {
+				return err
+			}
+			if err := checkPatterns("--late", over.Late); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
@@ -95,6 +106,7 @@ a conflict. The last line is the usual one, once the restore is complete.`,
 					UidMappings: idMappings(uidMap), GidMappings: idMappings(gidMap),
 					Overwrite: over.Overwrite, Verify: over.Verify, Delete: over.Delete, Includes: over.Include,
 					ReadyBeforeComplete: over.ReadyBeforeComplete, Priority: over.Priority, ReadyMaxFileSize: over.ReadyMaxFileSize,
+					Late: over.Late,
 				})
 			}
 			r, closeRepo, err := f.openOwner(ctx, false)
@@ -141,12 +153,13 @@ a conflict. The last line is the usual one, once the restore is complete.`,
 	cmd.Flags().BoolVar(&over.ReadyBeforeComplete, "ready-before-complete", false, "make DIR usable before the restore completes: small, .git, priority and recent files first, then READY, then the rest")
 	cmd.Flags().StringArrayVar(&over.Priority, "priority", nil, "with --ready-before-complete: restore files matching `GLOB` (gitignore syntax) before READY (repeatable)")
 	cmd.Flags().Int64Var(&over.ReadyMaxFileSize, "ready-max-file-size", bsync.DefaultReadyMaxFileSize, "with --ready-before-complete: restore files of at most `BYTES` before READY")
+	cmd.Flags().StringArrayVar(&over.Late, "late", nil, "with --ready-before-complete: restore files matching `GLOB` (gitignore syntax) after READY whatever their size, e.g. node_modules/ (repeatable)")
 	return cmd
 }
 
-// checkPriority checks --priority patterns before anything is opened.
-func checkPriority(patterns []string) error {
-	if _, err := exclude.New("--priority", patterns); err != nil {
+// checkPatterns checks the patterns of flag before anything is opened.
+func checkPatterns(flag string, patterns []string) error {
+	if _, err := exclude.New(flag, patterns); err != nil {
 		return usageError{Err: err}
 	}
 	return nil

@@ -95,6 +95,50 @@ func TestReadyRestoreReportsReady(t *testing.T) {
 	}
 }
 
+// TestReadyRestoreLeavesLateDirectoriesForAfterReady: a directory the
+// request's late patterns match is not there at READY, and is complete
+// once the restore succeeds.
+func TestReadyRestoreLeavesLateDirectoriesForAfterReady(t *testing.T) {
+	var dst string
+	sawReady := false
+	e := newEnvHooks(t, nil, hooks{ready: func(*operation) {
+		sawReady = true
+		if _, err := os.Lstat(filepath.Join(dst, "gen")); !os.IsNotExist(err) {
+			t.Errorf("at READY, the late directory gen is there (%v)", err)
+		}
+		if _, err := os.Stat(filepath.Join(dst, "data")); err != nil {
+			t.Errorf("at READY, data: %v", err)
+		}
+	}})
+	src := e.workspace("ws1", 1, 1<<20, 1<<20, 10)
+	for i := range 50 {
+		write(t, filepath.Join(src, "gen", "pkg", fmt.Sprintf("f%d.js", i)), []byte("module.exports = 1\n"))
+	}
+	e.backup(src, "alice", "ws1")
+	dst = filepath.Join(e.root, "restored")
+	resp, err := e.client.RestoreWorkspace(context.Background(), &pb.RestoreWorkspaceRequest{Owner: "alice", Workspace: "ws1", Path: dst,
+		ReadyBeforeComplete: true, Late: []string{"gen/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := lastOf(e.watch(resp.Operation.Id, nil))
+	if last.State != pb.OperationState_OPERATION_STATE_SUCCEEDED || last.Result.Conflicts != 0 {
+		t.Fatalf("restore: %v %s, conflicts %d", last.State, last.ErrorMessage, last.Result.GetConflicts())
+	}
+	if !sawReady {
+		t.Fatal("the restore never reached READY")
+	}
+	want, got := tree(t, src), tree(t, dst)
+	for p, w := range want {
+		if got[p] != w {
+			t.Errorf("%s differs after the restore", p)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d entries restored, want %d", len(got), len(want))
+	}
+}
+
 func TestReadyRestoreInvalidArguments(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := context.Background()
@@ -107,6 +151,8 @@ func TestReadyRestoreInvalidArguments(t *testing.T) {
 		{"priority alone", "priority", &pb.RestoreWorkspaceRequest{Priority: []string{"*.go"}}},
 		{"negative size", "ready_max_file_size", &pb.RestoreWorkspaceRequest{ReadyBeforeComplete: true, ReadyMaxFileSize: -1}},
 		{"size alone", "ready_max_file_size", &pb.RestoreWorkspaceRequest{ReadyMaxFileSize: 5}},
+		{"late alone", "late", &pb.RestoreWorkspaceRequest{Late: []string{"node_modules/"}}},
+		{"bad late pattern", "late", &pb.RestoreWorkspaceRequest{ReadyBeforeComplete: true, Late: []string{"[oops"}}},
 	} {
 		c.req.Owner, c.req.Workspace, c.req.Path = "o", "w", filepath.Join(e.root, "new")
 		_, err := e.client.RestoreWorkspace(ctx, c.req)

@@ -272,6 +272,7 @@ func (sv *service) startRestore(req *pb.RestoreWorkspaceRequest) (*operation, bo
 		Downloads: s.downloads, UIDMap: uids, GIDMap: gids,
 		Overwrite: req.GetOverwrite(), Verify: req.GetVerify(), Delete: req.GetDelete(), Include: req.GetIncludes(),
 		ReadyBeforeComplete: req.GetReadyBeforeComplete(), Priority: req.GetPriority(), ReadyMaxFileSize: req.GetReadyMaxFileSize(),
+		Late: req.GetLate(),
 	}
 	// Last, once every other field is valid: the open is the check.
 	dir, err := workspaceDir(s.roots, req.GetPath(), true)

@@ -174,6 +174,9 @@ func checkReady(req *pb.RestoreWorkspaceRequest) error {
 		if len(req.GetPriority()) > 0 {
 			return invalidField("priority", errors.New("needs ready_before_complete"))
 		}
+		if len(req.GetLate()) > 0 {
+			return invalidField("late", errors.New("needs ready_before_complete"))
+		}
 		if req.GetReadyMaxFileSize() != 0 {
 			return invalidField("ready_max_file_size", errors.New("needs ready_before_complete"))
 		}
@@ -185,7 +188,10 @@ func checkReady(req *pb.RestoreWorkspaceRequest) error {
 	if n := req.GetReadyMaxFileSize(); n < 0 {
 		return invalidField("ready_max_file_size", fmt.Errorf("%d is negative", n))
 	}
-	return checkPatterns("priority", req.GetPriority())
+	if err := checkPatterns("priority", req.GetPriority()); err != nil {
+		return err
+	}
+	return checkPatterns("late", req.GetLate())
 }
 
 func checkIncludes(paths []string) error {

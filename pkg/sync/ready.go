@@ -38,9 +38,11 @@ const (
 // readyPlan is the state of a restore with ReadyBeforeComplete.
 type readyPlan struct {
 	priority *exclude.Matcher // nil: no patterns
+	lateGlob *exclude.Matcher // nil: no patterns
 	recent   map[string]bool  // the snapshot's most recently modified files
 	maxSize  uint64           // files up to this size are early
 	late     []*restoreFile   // planned by the walk, written after Ready
+	staged   []*stagedTree    // directories left by the walk for after Ready
 	bytes    int64            // content of the late files
 	dirs     map[*dirMeta]int // late files per directory, as the walk found them
 	open     map[*dirMeta]*restoreDir
@@ -67,6 +69,15 @@ func newReadyPlan(snap *repo.Snapshot, opts *RestoreOptions) (*readyPlan, error)
 			p.priority = m
 		}
 	}
+	if len(opts.Late) > 0 {
+		m, err := exclude.New("late", opts.Late)
+		if err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		if !m.Empty() {
+			p.lateGlob = m
+		}
+	}
 	if len(snap.Recent) > 0 {
 		p.recent = make(map[string]bool, len(snap.Recent))
 		for _, r := range snap.Recent {
@@ -78,20 +89,27 @@ func newReadyPlan(snap *repo.Snapshot, opts *RestoreOptions) (*readyPlan, error)
 
 // subdir sets the flags of sub, the directory rel in d: below a .git
 // directory, or matched by a priority pattern (gitignore: everything below
-// a matched directory is matched).
+// a matched directory is matched), or in a staged subtree.
 func (p *readyPlan) subdir(d, sub *restoreDir, name, rel string) {
 	sub.git = d.git || name == ".git"
 	sub.prio = d.prio || p.priority.Excluded(rel, true)
+	sub.staged = d.staged
 }
 
-// isLate reports whether the file n at rel in d is written after Ready.
-// Files with other names (hard links) are early: their links are made
-// before Ready.
+// isLate reports whether the file n at rel in d is written after Ready:
+// one a late pattern matches, unless a priority pattern does too, or one
+// over the size threshold, unless a priority pattern matches it or it is
+// recent; never a file below .git, one in a staged subtree (written with
+// it) or one with other names (hard links: their links are made before
+// Ready).
 func (p *readyPlan) isLate(d *restoreDir, n *repo.Node, rel string) bool {
-	if n.Size <= p.maxSize || n.Nlink > 1 || d.git || d.prio {
+	if n.Nlink > 1 || d.git || d.prio || d.staged || p.priority.Excluded(rel, false) {
 		return false
 	}
-	return !p.recent[rel] && !p.priority.Excluded(rel, false)
+	if p.lateGlob.Excluded(rel, false) {
+		return true
+	}
+	return n.Size > p.maxSize && !p.recent[rel]
 }
 
 // addLate plans the late file n in d.
@@ -126,6 +144,7 @@ func (p *readyPlan) conflict(path string) {
 // mtime (and, not as root, its mode) again.
 func (rs *restorer) writeLate(ctx context.Context) error {
 	p := rs.ready
+	links, dirs := len(rs.links), len(rs.dirs) // the first pass's
 	rs.batches = make(chan []*restoreFile, 1)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(panics.Safe(func() error { return rs.writeBatches(gctx) }))
@@ -133,13 +152,9 @@ func (rs *restorer) writeLate(ctx context.Context) error {
 		defer close(rs.batches)
 		for _, rf := range p.late {
 			m := rf.dir.meta
-			d, ok := p.open[m]
-			if !ok {
-				var err error
-				if d, err = rs.reopenLate(m); err != nil {
-					return err
-				}
-				p.open[m] = d // nil: gone
+			d, err := p.openParent(rs, m) // nil: gone
+			if err != nil {
+				return err
 			}
 			left := p.dirs[m] - 1
 			p.dirs[m] = left
@@ -158,9 +173,33 @@ func (rs *restorer) writeLate(ctx context.Context) error {
 				}
 			}
 		}
+		if err := rs.walkStaged(gctx); err != nil {
+			return err
+		}
 		return rs.flush(gctx)
 	}))
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if len(p.staged) == 0 {
+		return nil
+	}
+	// The staged subtrees' hard links and the directories that got them,
+	// deepest first, as the first pass does; then each subtree goes into
+	// place.
+	for _, l := range rs.links[links:] {
+		if err := rs.link(l); err != nil {
+			return err
+		}
+	}
+	for i := len(rs.dirs) - 1; i >= dirs; i-- {
+		if !rs.dirs[i].done {
+			if err := rs.finishDir(rs.dirs[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return rs.commitStaged()
 }
 
 // reopenLate opens the directory of m again for its late files; nil (no
@@ -294,6 +333,9 @@ func (p *readyPlan) cleanupLate() {
 			f.removeTemp()
 		}
 		f.mu.Unlock()
+	}
+	for _, s := range p.staged {
+		s.remove() // best effort: the restore has failed already
 	}
 }
 

@@ -77,6 +77,12 @@ type RestoreOptions struct {
 	// ReadyMaxFileSize: files of at most this many bytes are restored
 	// before Ready; 0 means DefaultReadyMaxFileSize.
 	ReadyMaxFileSize int64
+	// Late holds patterns in gitignore syntax, relative to the snapshot's
+	// root, of files restored after Ready whatever their size (a
+	// dependency directory such as node_modules/, many small files the
+	// workspace rarely needs in its first seconds); files below .git,
+	// matched by Priority or recent stay early.
+	Late []string
 	// Ready, if set, is called once, with ReadyBeforeComplete, when
 	// everything but the late files is in place, with the bytes of the
 	// late files (still to come).
@@ -99,8 +105,9 @@ type RestoreResult struct {
 	Unchanged   int64
 	ReusedBytes int64
 	Deleted     int64
-	// Conflicts counts late files (ReadyBeforeComplete) whose name the
-	// workspace took first, their content dropped; ConflictPaths lists the
+	// Conflicts counts late files and staged directories
+	// (ReadyBeforeComplete) whose name the workspace took first, their
+	// content dropped; ConflictPaths lists the
 	// first MaxConflictPaths of them (display paths).
 	Conflicts     int64
 	ConflictPaths []string
@@ -135,8 +142,9 @@ type restoreDir struct {
 	meta *dirMeta
 	rs   *restorer
 	// ReadyBeforeComplete: below a .git directory, below a directory a
-	// priority pattern matches; a directory opened again for late files.
-	git, prio, lateDir bool
+	// priority pattern matches, in a staged subtree (staged.go); a
+	// directory opened again for late files.
+	git, prio, staged, lateDir bool
 }
 
 // release drops one reference to d; the last one gives d its metadata,
@@ -171,6 +179,7 @@ func (m *dirMeta) earlyMode(chown bool) uint32 {
 // identity.
 type dirMeta struct {
 	rel      string // slash-separated below the target; "" is the target
+	at       string // in a staged subtree: where it is until that is renamed into place
 	dev, ino uint64
 	mode     uint32
 	mtime    int64
@@ -180,6 +189,14 @@ type dirMeta struct {
 	linked   bool // hard links are to be made in it: metadata at the end
 	done     bool // metadata set on release
 	late     bool // late files are to be written in it (ReadyBeforeComplete)
+}
+
+// where is the path of m below the target as it is now.
+func (m *dirMeta) where() string {
+	if m.at != "" {
+		return m.at
+	}
+	return m.rel
 }
 
 // restoreFile is a file whose content is being written. The pack worker
@@ -379,7 +396,13 @@ func RestoreDir(ctx context.Context, r *repo.Repository, snap *repo.Snapshot, ta
 	}
 	if ready != nil {
 		if opts.Ready != nil {
-			opts.Ready(ready.bytes)
+			left := ready.bytes
+			if len(ready.staged) > 0 {
+				// The staged subtrees' sizes are not known before their
+				// walk: what the snapshot holds beyond what is written.
+				left = max(left, opts.Progress.TotalBytes.Load()-opts.Progress.Bytes.Load())
+			}
+			opts.Ready(left)
 		}
 		if err := rs.writeLate(ctx); err != nil {
 			ready.cleanupLate()
@@ -416,7 +439,7 @@ func (rs *restorer) closeAll() {
 // reopen opens the directory of m again below the target and checks it is
 // the one restore created or checked.
 func (rs *restorer) reopen(m *dirMeta) (int, string, error) {
-	d, err := rs.target.OpenDir(m.rel)
+	d, err := rs.target.OpenDir(m.where())
 	if err != nil {
 		return -1, "", fmt.Errorf("restore: %w", err)
 	}
@@ -507,6 +530,10 @@ func (rs *restorer) restoreTree(ctx context.Context, id chunk.ID, d *restoreDir,
 		case repo.TypeDir:
 			if depth+1 > repo.MaxTreeDepth {
 				return fmt.Errorf("restore %s: %w: directories nest deeper than %d levels", d.join(n.Name), repo.ErrTooLarge, repo.MaxTreeDepth)
+			}
+			if rs.ready != nil && rs.ready.stage(d, n, nrel) {
+				rs.ready.addStaged(d, n, nrel, nfull, depth+1)
+				continue
 			}
 			sub, err := rs.openSubdir(d, n, nrel, old)
 			if err != nil {
@@ -607,7 +634,11 @@ func (rs *restorer) openSubdir(d *restoreDir, n *repo.Node, rel string, old *uni
 			return nil, fmt.Errorf("restore: chmod %s: %w", p, err)
 		}
 	}
-	return rs.track(fd, p, &dirMeta{rel: rel, dev: st.Dev, ino: st.Ino, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs, set: true}), nil
+	var at string
+	if d.meta.at != "" {
+		at = path.Join(d.meta.at, n.Name)
+	}
+	return rs.track(fd, p, &dirMeta{rel: rel, at: at, dev: st.Dev, ino: st.Ino, mode: n.Mode, mtime: n.MTime, uid: n.UID, gid: n.GID, xattrs: n.Xattrs, set: true}), nil
 }
 
 // openEntry opens the entry n of d with flags, never following it, and

@@ -780,8 +780,14 @@ type RestoreWorkspaceRequest struct {
 	Priority []string `protobuf:"bytes,13,rep,name=priority,proto3" json:"priority,omitempty"`
 	// Files of at most this many bytes are restored before READY; 0: 1 MiB.
 	ReadyMaxFileSize int64 `protobuf:"varint,14,opt,name=ready_max_file_size,json=readyMaxFileSize,proto3" json:"ready_max_file_size,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Patterns in gitignore syntax, relative to the snapshot's root, of
+	// files restored after READY whatever their size: a dependency
+	// directory such as node_modules/ (many small files the workspace can
+	// rebuild and rarely needs in its first seconds). Files below .git,
+	// matched by priority or listed as recent stay before READY.
+	Late          []string `protobuf:"bytes,15,rep,name=late,proto3" json:"late,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RestoreWorkspaceRequest) Reset() {
@@ -910,6 +916,13 @@ func (x *RestoreWorkspaceRequest) GetReadyMaxFileSize() int64 {
 		return x.ReadyMaxFileSize
 	}
 	return 0
+}
+
+func (x *RestoreWorkspaceRequest) GetLate() []string {
+	if x != nil {
+		return x.Late
+	}
+	return nil
 }
 
 type RestoreWorkspaceResponse struct {
@@ -3486,7 +3499,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\tkeep_tags\x18\x03 \x03(\tR\bkeepTags\"f\n" +
 	"\x17BackupWorkspaceResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
-	"\x06joined\x18\x02 \x01(\bR\x06joined\"\xfe\x03\n" +
+	"\x06joined\x18\x02 \x01(\bR\x06joined\"\x92\x04\n" +
 	"\x17RestoreWorkspaceRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -3504,7 +3517,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\bincludes\x18\v \x03(\tR\bincludes\x122\n" +
 	"\x15ready_before_complete\x18\f \x01(\bR\x13readyBeforeComplete\x12\x1a\n" +
 	"\bpriority\x18\r \x03(\tR\bpriority\x12-\n" +
-	"\x13ready_max_file_size\x18\x0e \x01(\x03R\x10readyMaxFileSize\"g\n" +
+	"\x13ready_max_file_size\x18\x0e \x01(\x03R\x10readyMaxFileSize\x12\x12\n" +
+	"\x04late\x18\x0f \x03(\tR\x04late\"g\n" +
 	"\x18RestoreWorkspaceResponse\x123\n" +
 	"\toperation\x18\x01 \x01(\v2\x15.backupd.v1.OperationR\toperation\x12\x16\n" +
 	"\x06joined\x18\x02 \x01(\bR\x06joined\"q\n" +
