@@ -14,11 +14,14 @@ import (
 	"time"
 )
 
-// TestMain lets the test binary act as the rusage helper, as the harness
-// binary does.
+// TestMain lets the test binary act as the rusage helper and as a
+// workload process, as the harness binary does.
 func TestMain(m *testing.M) {
 	if os.Getenv(rusageHelperEnv) != "" {
 		os.Exit(rusageHelper(os.Args[1:]))
+	}
+	if kind := os.Getenv(workloadEnv); kind != "" {
+		os.Exit(workloadMain(kind, os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }
