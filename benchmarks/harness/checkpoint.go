@@ -99,9 +99,17 @@ type loadRun struct {
 }
 
 // ckptBackup runs one backupctl backup of the dataset into r, timed, with
-// extra arguments (--checkpoint), and returns its statistics.
-func (b *bench) ckptBackup(r *toolRun, extra ...string) (measurement, backupStats, error) {
-	args := append([]string{"backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--cache-dir", r.cache, "--json"}, extra...)
+// extra arguments (--checkpoint), and returns its statistics. With
+// --pprof, a recorded step named by profile writes its CPU profile as
+// checkpoint-stop-PROFILE-runN.prof.
+func (b *bench) ckptBackup(r *toolRun, profile string, extra ...string) (measurement, backupStats, error) {
+	var args []string
+	if b.opts.pprofDir != "" && b.recording && profile != "" {
+		name := fmt.Sprintf("checkpoint-stop-%s-run%d.prof", profile, len(b.stopRuns)/2+1)
+		args = []string{"--cpu-profile", filepath.Join(b.opts.pprofDir, name)}
+	}
+	args = append(args, "backup", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--cache-dir", r.cache, "--json")
+	args = append(args, extra...)
 	m, out, err := measure(r.env, b.backupctl, append(args, b.data)...)
 	if err != nil {
 		return m, backupStats{}, err
@@ -244,7 +252,7 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	}
 
 	b.settle()
-	if _, _, err := b.ckptBackup(r); err != nil {
+	if _, _, err := b.ckptBackup(r, ""); err != nil {
 		return fmt.Errorf("first backup: %v", err)
 	}
 	if err := sessionChange(b.data, b.src, b.opts.ckptGrow, &ch); err != nil {
@@ -258,7 +266,7 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 		return err
 	}
 	if withCkpt {
-		if run.ckpt, run.ckptSt, err = b.ckptBackup(r, "--checkpoint"); err != nil {
+		if run.ckpt, run.ckptSt, err = b.ckptBackup(r, "checkpoint", "--checkpoint"); err != nil {
 			return fmt.Errorf("checkpoint: %v", err)
 		}
 		after, err := b.storeSize(r)
@@ -273,7 +281,11 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	}
 	b.lastWrite = time.Now()
 	b.settle()
-	if run.stop, run.stopSt, err = b.ckptBackup(r); err != nil {
+	stopName := "stop-without"
+	if withCkpt {
+		stopName = "stop-with"
+	}
+	if run.stop, run.stopSt, err = b.ckptBackup(r, stopName); err != nil {
 		return fmt.Errorf("stop backup: %v", err)
 	}
 	after, err := b.storeSize(r)
@@ -282,7 +294,7 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	}
 	run.stopGrowth = after - before
 
-	if run.rebkp, run.rebkpSt, err = b.ckptBackup(r); err != nil {
+	if run.rebkp, run.rebkpSt, err = b.ckptBackup(r, "rebackup-"+stopName[len("stop-"):]); err != nil {
 		return fmt.Errorf("unchanged re-backup: %v", err)
 	}
 	if n := run.rebkpSt.read(); n != 0 {
@@ -477,11 +489,15 @@ func (b *bench) runCheckpointLoad() error {
 	return nil
 }
 
-// runCheckpoints runs the selected checkpoint scenarios.
+// runCheckpoints runs the selected checkpoint scenarios, and after each
+// checks (untimed) that the dataset is as generated again.
 func (b *bench) runCheckpoints() error {
 	b.recording = true
 	if b.hasScenario("checkpoint-stop") {
 		if err := b.runCheckpointStop(); err != nil {
+			return err
+		}
+		if err := b.checkDataset("checkpoint-stop"); err != nil {
 			return err
 		}
 	}
@@ -490,7 +506,26 @@ func (b *bench) runCheckpoints() error {
 		if err := b.runCheckpointLoad(); err != nil {
 			return err
 		}
+		if err := b.checkDataset("checkpoint-load"); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// checkDataset compares the dataset with its manifest from before the
+// runs (contents, modes, sizes, symlinks): scenario must have undone all
+// its changes.
+func (b *bench) checkDataset(scenario string) error {
+	got, err := scanTree(b.data)
+	if err != nil {
+		return err
+	}
+	if err := compareTrees(b.src, got); err != nil {
+		return fmt.Errorf("after %s the dataset %s is not as generated: %v", scenario, b.data, err)
+	}
+	fmt.Fprintf(os.Stderr, "harness: after %s the dataset is as generated (%d files, SHA-256 of every file)\n", scenario, got.files)
+	b.datasetChecked = append(b.datasetChecked, scenario)
 	return nil
 }
 
@@ -661,7 +696,9 @@ func (b *bench) stopReport(s *bytes.Buffer) {
 		"The target is the issue's: the stop backup takes at most (a) + (b).\n")
 	fmt.Fprintf(s, "- Store growth is the store's size after the step minus before (%s); it includes trees, index and snapshot objects, which `stored_bytes` does not.\n",
 		map[bool]string{true: "object sizes in the bucket listing", false: "file sizes of the repository directory"}[b.minio != nil])
-	fmt.Fprintf(s, "- All changes were undone after each run (contents, modes, mtimes; the session's file removed), so every run starts from the generated tree.\n")
+	fmt.Fprintf(s, "- All changes were undone after each run (contents, modes, mtimes; the session's file removed), so every run starts from the generated tree%s.\n",
+		map[bool]string{true: "; after the last run the dataset was compared with its manifest (SHA-256 of every file): as generated", false: ""}[slices.Contains(b.datasetChecked, "checkpoint-stop")])
+	fmt.Fprintf(s, "- Stored bytes differ between runs by a few MiB on the same data: every fresh repository draws its own chunker polynomial, so chunk boundaries, and the chunks around each edit and the append that a stop stores again, differ.\n")
 	if len(with) > 0 {
 		fmt.Fprintf(s, "- Per run, with the checkpoint: ")
 		for i, r := range with {
@@ -763,6 +800,9 @@ func (b *bench) loadReport(s *bytes.Buffer) {
 		if r.withCkpt {
 			withRuns = append(withRuns, r)
 		}
+	}
+	if slices.Contains(b.datasetChecked, "checkpoint-load") {
+		fmt.Fprintf(s, " After the last run the dataset was compared with its manifest (SHA-256 of every file): as generated.")
 	}
 	fmt.Fprintf(s, "\n- Runs alternate which goes first: without then with the checkpoint in odd runs, the reverse in even ones; CPU and I/O workloads alternate within a run.\n")
 	fmt.Fprintf(s, "- The checkpoint's readers, compressors and walkers run at nice %d and idle I/O priority (internal/lowprio); the rest of the process (uploads, the Go runtime's GC workers) does not. "+

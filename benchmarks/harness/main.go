@@ -346,6 +346,7 @@ type bench struct {
 	loadRuns              []loadRun // checkpoint-load
 	pattern               []byte    // checkpoint-stop: the upload baseline's bytes
 	workspaceFS           string    // checkpoint-load: the filesystem the workspace is on
+	datasetChecked        []string  // checkpoint scenarios after which the dataset was found as generated
 }
 
 // measurement is one timed child process.
