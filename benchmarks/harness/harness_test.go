@@ -14,11 +14,14 @@ import (
 	"time"
 )
 
-// TestMain lets the test binary act as the rusage helper, as the harness
-// binary does.
+// TestMain lets the test binary act as the rusage helper and as a
+// workload process, as the harness binary does.
 func TestMain(m *testing.M) {
 	if os.Getenv(rusageHelperEnv) != "" {
 		os.Exit(rusageHelper(os.Args[1:]))
+	}
+	if kind := os.Getenv(workloadEnv); kind != "" {
+		os.Exit(workloadMain(kind, os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }
@@ -284,6 +287,97 @@ func TestChangeTreeAndUndo(t *testing.T) {
 	}
 	if !slices.Equal(c.modified, c2.modified) || !slices.Equal(c.deleted, c2.deleted) || !slices.Equal(c.added, c2.added) {
 		t.Errorf("the same change differs between two copies")
+	}
+}
+
+// TestChangeTreeKeepsExistingFiles: a change never overwrites a file where
+// it would add one, and its undo leaves that file alone.
+func TestChangeTreeKeepsExistingFiles(t *testing.T) {
+	dir, _ := tinyWorkspace(t)
+	src, err := scanTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := changeTree(dir, src, 1, changeSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.undo(); err != nil {
+		t.Fatal(err)
+	}
+	squatter := filepath.Join(dir, probe.added[0])
+	if err := os.WriteFile(squatter, []byte("not the change's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := changeTree(dir, src, 1, changeSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.added[0] == probe.added[0] || !strings.HasSuffix(c.added[0], "-2.js") {
+		t.Errorf("added %s where %s exists", c.added[0], probe.added[0])
+	}
+	if err := c.undo(); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(squatter); err != nil || string(data) != "not the change's" {
+		t.Fatalf("the existing file: %q, %v", data, err)
+	}
+	if err := os.Remove(squatter); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := scanTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := compareTrees(src, restored); err != nil {
+		t.Fatalf("after undo: %v", err)
+	}
+}
+
+func TestGrowFileUndo(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	g, err := growFile(path, 9<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := os.Stat(path); info.Size() != 5+9<<20 {
+		t.Fatalf("size %d after growing", info.Size())
+	}
+	if err := g.undo(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	info, _ := os.Stat(path)
+	if err != nil || string(data) != "hello" || !info.ModTime().Equal(old) || info.Mode().Perm() != 0o600 {
+		t.Fatalf("after undo: %q, %v, mtime %v, mode %v", data, err, info.ModTime(), info.Mode())
+	}
+
+	// A created file goes, and its directory gets its mtime back.
+	if err := os.Chtimes(dir, old, old); err != nil {
+		t.Fatal(err)
+	}
+	g, err = growFile(filepath.Join(dir, "new"), 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.undo(); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	info, _ = os.Stat(dir)
+	if len(ents) != 1 || !info.ModTime().Equal(old) {
+		t.Fatalf("after undo: %d entries, directory mtime %v", len(ents), info.ModTime())
+	}
+	if _, err := growFile(dir, 1, 3); err == nil {
+		t.Error("growing a directory succeeded")
 	}
 }
 

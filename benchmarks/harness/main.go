@@ -51,11 +51,18 @@ type options struct {
 
 	pruneSnapshots int     // the prune scenario: snapshots before the forget
 	pruneChange    float64 // the prune scenario: percent of files rewritten between them
+
+	ckptGrow int64 // checkpoint-stop: bytes of the session's new file, and appended to it before the stop
+	loadCPU  int64 // checkpoint-load: bytes the CPU-bound workload hashes
+	loadIO   int64 // checkpoint-load: bytes the I/O-bound workload writes and reads back
 }
 
 func main() {
 	if os.Getenv(rusageHelperEnv) != "" {
 		os.Exit(rusageHelper(os.Args[1:]))
+	}
+	if kind := os.Getenv(workloadEnv); kind != "" {
+		os.Exit(workloadMain(kind, os.Args[1:]))
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
@@ -72,7 +79,7 @@ func run() error {
 	flag.StringVar(&genLarge, "gen-large", "", "instead of --data, generate a tree with one big file of this `SIZE` (e.g. 2GiB) plus small files")
 	flag.IntVar(&o.runs, "runs", 5, "runs per tool and scenario")
 	flag.StringVar(&tools, "tools", "", "comma-separated tools: backupd, restic, kopia, tarzstd (default backupd,restic; with --gen-workspace backupd,restic,tarzstd)")
-	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over, restore-ready (default backup,restore; with --gen-workspace all but restore-ready). restore-ready (backupd only) restores with --ready-before-complete and reports the time to READY as scenario ready")
+	flag.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios: backup, rebackup, rebackup-1pct, restore, restore-over, restore-ready, checkpoint-stop, checkpoint-load (default backup,restore; with --gen-workspace all but the last three). Opt-in, backupd only: restore-ready restores with --ready-before-complete and reports the time to READY as scenario ready; checkpoint-stop times the stop backup after a checkpoint and without one, against an unchanged re-backup plus the upload of the bytes the stop stored (1% of the files changed and --checkpoint-grow bytes appended to a file between checkpoint and stop); checkpoint-load times a CPU-bound and an I/O-bound workload with and without a checkpoint running beside it")
 	flag.StringVar(&o.out, "out", "", "also write the report, with a machine header, to this `FILE`")
 	flag.StringVar(&o.restic, "restic", "", "restic binary (default: built by benchmarks/peers.sh)")
 	flag.StringVar(&o.kopia, "kopia", "", "kopia binary (default: built by benchmarks/peers.sh kopia)")
@@ -84,6 +91,10 @@ func run() error {
 	flag.StringVar(&o.pprofDir, "pprof", "", "make backupd's timed runs write CPU profiles (backupctl --cpu-profile) into `DIR`, one per scenario and run: SCENARIO-runN.prof")
 	flag.IntVar(&o.pruneSnapshots, "prune-snapshots", 20, "the prune scenario: `N` snapshots, then forget all but the newest and prune")
 	flag.Float64Var(&o.pruneChange, "prune-change", 10, "the prune scenario: `PERCENT` of the files rewritten with new content between snapshots")
+	var ckptGrow, loadCPU, loadIO string
+	flag.StringVar(&ckptGrow, "checkpoint-grow", "256MiB", "checkpoint-stop: the session creates a file of this `SIZE` of incompressible bytes, and the same is appended to it between the checkpoint and the stop")
+	flag.StringVar(&loadCPU, "load-cpu", "8GiB", "checkpoint-load: the CPU-bound workload hashes this `SIZE` in all with SHA-256 on GOMAXPROCS goroutines (~3.5 s on 2 cores)")
+	flag.StringVar(&loadIO, "load-io", "512MiB", "checkpoint-load: the I/O-bound workload writes and fsyncs this `SIZE` in 4 MiB files in the workspace, then reads it back after posix_fadvise DONTNEED")
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
 	var generateOnly string
@@ -95,6 +106,16 @@ func run() error {
 	if o.runs < 1 {
 		return fmt.Errorf("--runs must be at least 1")
 	}
+	for _, f := range []struct {
+		dst *int64
+		arg string
+	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}} {
+		n, err := parseSize(f.arg)
+		if err != nil {
+			return err
+		}
+		*f.dst = n
+	}
 	if genWS != "" {
 		spec, err := parseWorkspaceSpec(genWS)
 		if err != nil {
@@ -102,10 +123,14 @@ func run() error {
 		}
 		o.genWS = &spec
 	}
+	onlyCheckpoints := scenarios != "" && !slices.ContainsFunc(splitList(scenarios), func(s string) bool { return !slices.Contains(checkpointScenarios, s) })
 	if tools == "" {
 		tools = "backupd,restic"
 		if o.genWS != nil && scenarios != "prune" {
 			tools += ",tarzstd"
+		}
+		if onlyCheckpoints {
+			tools = "backupd" // they measure backupd alone
 		}
 	}
 	if scenarios == "" {
@@ -143,6 +168,12 @@ func run() error {
 	}
 	if len(o.tools) == 0 || len(o.scenarios) == 0 {
 		return fmt.Errorf("no tools or no scenarios selected")
+	}
+	if onlyCheckpoints && !slices.Equal(o.tools, []string{"backupd"}) {
+		return fmt.Errorf("checkpoint-stop and checkpoint-load measure backupd alone: --tools backupd")
+	}
+	if err := checkpointOptions(&o, genWS != "" || genLarge != ""); err != nil {
+		return err
 	}
 	if useMinIO && (slices.Contains(o.tools, "tarzstd") || slices.Contains(o.tools, "kopia")) {
 		return fmt.Errorf("tarzstd and kopia run on local files only; leave them out with --minio (--tools backupd,restic)")
@@ -251,13 +282,15 @@ func run() error {
 	return nil
 }
 
-// allScenarios are the scenarios in the order a cycle runs them.
-var allScenarios = []string{"backup", "rebackup", "restore", "restore-ready", "ready", "restore-over", "rebackup-1pct"}
+// allScenarios are the scenarios in the order a cycle runs them, then the
+// checkpoint scenarios, which run after all cycles (checkpoint.go).
+var allScenarios = []string{"backup", "rebackup", "restore", "restore-ready", "ready", "restore-over", "rebackup-1pct", "checkpoint-stop", "checkpoint-load"}
 
 // optInScenarios run only when asked for: restore-ready (backupd only) is
 // a restore with --ready-before-complete, timed to its end, and records
-// "ready" too, the time to its READY line.
-var optInScenarios = []string{"restore-ready", "ready"}
+// "ready" too, the time to its READY line; checkpoint-stop and
+// checkpoint-load (backupd only) are issue 13's checkpoint acceptance.
+var optInScenarios = []string{"restore-ready", "ready", "checkpoint-stop", "checkpoint-load"}
 
 func splitList(s string) []string {
 	var out []string
@@ -309,6 +342,11 @@ type bench struct {
 	verified              map[string]bool    // scenario/tool verified against the source
 	proxy                 *countingProxy     // --minio with the prune scenario: the tools talk to MinIO through it
 	pruneRuns             map[string][]pruneRun
+	stopRuns              []stopRun // checkpoint-stop
+	loadRuns              []loadRun // checkpoint-load
+	pattern               []byte    // checkpoint-stop: the upload baseline's bytes
+	workspaceFS           string    // checkpoint-load: the filesystem the workspace is on
+	datasetChecked        []string  // checkpoint scenarios after which the dataset was found as generated
 }
 
 // measurement is one timed child process.
@@ -488,10 +526,15 @@ func (b *bench) runAll() error {
 	}
 	// Untimed warm-up cycles: on VMs the first writes into never-touched
 	// memory (page cache growth) cost far more kernel time than later ones,
-	// which would penalise whichever tool runs first.
+	// which would penalise whichever tool runs first. With only the
+	// checkpoint scenarios, backupd's alone.
+	tools := b.opts.tools
+	if !b.hasCycleScenarios() {
+		tools = []string{"backupd"}
+	}
 	b.recording = false
 	for i := 1; i <= b.opts.warmups; i++ {
-		for _, tool := range b.opts.tools {
+		for _, tool := range tools {
 			fmt.Fprintf(os.Stderr, "harness: warm-up cycle %d for %s (not timed)\n", i, tool)
 			dir := filepath.Join(b.work, fmt.Sprintf("%s-warmup%d", tool, i))
 			if err := b.cycle(tool, dir, false, true); err != nil {
@@ -503,7 +546,7 @@ func (b *bench) runAll() error {
 		}
 	}
 	b.recording = true
-	for i := 1; i <= b.opts.runs; i++ {
+	for i := 1; i <= b.opts.runs && b.hasCycleScenarios(); i++ {
 		for _, tool := range b.opts.tools {
 			dir := filepath.Join(b.work, fmt.Sprintf("%s-run%d", tool, i))
 			if err := b.cycle(tool, dir, i == 1 || b.opts.verifyAll, false); err != nil {
@@ -514,18 +557,25 @@ func (b *bench) runAll() error {
 			}
 		}
 	}
-	return nil
+	return b.runCheckpoints()
+}
+
+// hasCycleScenarios says whether a scenario of the per-tool cycle is
+// selected (anything but the checkpoint scenarios).
+func (b *bench) hasCycleScenarios() bool {
+	return slices.ContainsFunc(b.opts.scenarios, func(s string) bool { return !slices.Contains(checkpointScenarios, s) })
 }
 
 // toolRun is one tool's repository (or archive) for one cycle.
 type toolRun struct {
-	tool  string
-	dir   string   // the run's directory
-	repo  string   // local path of the repository or archive, for its size
-	arg   string   // backupd: repository URL; restic: repository argument; kopia: repository path; tarzstd: archive path
-	cache string   // cache directory (backupd, restic, kopia)
-	env   []string // extra environment
-	flags []string // kopia: its config file and log directory, on every command
+	tool   string
+	dir    string   // the run's directory
+	repo   string   // local path of the repository or archive, for its size
+	arg    string   // backupd: repository URL; restic: repository argument; kopia: repository path; tarzstd: archive path
+	cache  string   // cache directory (backupd, restic, kopia)
+	bucket string   // --minio: the run's bucket
+	env    []string // extra environment
+	flags  []string // kopia: its config file and log directory, on every command
 }
 
 // Seeds of the two 1% changes: the one rebackup-1pct applies to the dataset
@@ -726,6 +776,7 @@ func (b *bench) newRun(tool, dir string) (*toolRun, error) {
 				return nil, err
 			}
 			r.arg = fmt.Sprintf("s3://%s/backupd?region=us-east-1&endpoint=%s", bucket, endpoint)
+			r.bucket = bucket
 			r.repo = filepath.Join(b.minio.dataDir, bucket)
 			r.env = b.minio.env()
 		}

@@ -65,8 +65,16 @@ func (b *bench) header() string {
 		}
 		return s.String()
 	}
-	fmt.Fprintf(&s, "- runs: %d per tool and scenario, interleaved between tools, fresh repository and target each run; scenarios of a run share its repository, in the order %s\n",
-		b.opts.runs, strings.Join(slices.DeleteFunc(slices.Clone(allScenarios), func(sc string) bool { return !b.hasScenario(sc) }), ", "))
+	if b.hasCycleScenarios() {
+		fmt.Fprintf(&s, "- runs: %d per tool and scenario, interleaved between tools, fresh repository and target each run; scenarios of a run share its repository, in the order %s\n",
+			b.opts.runs, strings.Join(slices.DeleteFunc(slices.Clone(allScenarios), func(sc string) bool { return !b.hasScenario(sc) || slices.Contains(checkpointScenarios, sc) }), ", "))
+	}
+	if b.hasScenario("checkpoint-stop") {
+		fmt.Fprintf(&s, "- checkpoint-stop: %d runs with a checkpoint and %d without, alternating which goes first, each on a fresh repository and the generated tree (changes undone after each run)\n", b.opts.runs, b.opts.runs)
+	}
+	if b.hasScenario("checkpoint-load") {
+		fmt.Fprintf(&s, "- checkpoint-load: %d runs of each workload without and with a checkpoint (a fresh repository each), interleaved; workspace on %s\n", b.opts.runs, b.workspaceFS)
+	}
 	return s.String()
 }
 
@@ -76,11 +84,26 @@ func (b *bench) report() string {
 	if b.hasScenario("prune") {
 		return b.pruneReport()
 	}
-	fmt.Fprintf(&s, "## Results\n\n")
-	fmt.Fprintf(&s, "Dataset: %s in %d files. Times in seconds; MB/s = dataset bytes / 10^6 / wall time; "+
+	if b.hasCycleScenarios() {
+		b.cycleReport(&s)
+	}
+	s.WriteString(b.checkpointReport())
+	if len(b.warnings) > 0 {
+		fmt.Fprintf(&s, "\n### Warnings\n\n")
+	}
+	for _, w := range b.warnings {
+		fmt.Fprintf(&s, "- WARNING: %s\n", w)
+	}
+	return s.String()
+}
+
+// cycleReport writes the results of the per-tool cycles.
+func (b *bench) cycleReport(s *strings.Builder) {
+	fmt.Fprintf(s, "## Results\n\n")
+	fmt.Fprintf(s, "Dataset: %s in %d files. Times in seconds; MB/s = dataset bytes / 10^6 / wall time; "+
 		"CPU = user+sys of the child (sys = its system part); RSS = peak resident set size of the child.\n\n", mib(b.src.bytes), b.src.files)
-	fmt.Fprintf(&s, "| scenario | tool | runs | wall median | wall min | wall max | MB/s median | CPU median | sys median | peak RSS median | peak RSS max | repo size |\n")
-	fmt.Fprintf(&s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(s, "| scenario | tool | runs | wall median | wall min | wall max | MB/s median | CPU median | sys median | peak RSS median | peak RSS max | repo size |\n")
+	fmt.Fprintf(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, sc := range b.opts.scenarios {
 		for _, tool := range b.opts.tools {
 			ms := b.results[sc+"/"+tool]
@@ -96,7 +119,7 @@ func (b *bench) report() string {
 				r := stat(ms, func(m measurement) float64 { return float64(m.repoSize) / (1 << 20) })
 				repo = fmt.Sprintf("%.1f MiB", r.median)
 			}
-			fmt.Fprintf(&s, "| %s | %s | %d | %.2f | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f MiB | %.1f MiB | %s |\n",
+			fmt.Fprintf(s, "| %s | %s | %d | %.2f | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f MiB | %.1f MiB | %s |\n",
 				sc, tool, len(ms), wall.median, wall.min, wall.max,
 				float64(b.src.bytes)/1e6/wall.median, cpu.median, sys.median, rss.median, rss.max, repo)
 		}
@@ -106,8 +129,8 @@ func (b *bench) report() string {
 		if peer == "backupd" || !b.has("backupd") {
 			continue
 		}
-		fmt.Fprintf(&s, "\n### Ratios backupd / %s (medians; below 1 means backupd is faster or smaller)\n\n", peer)
-		fmt.Fprintf(&s, "| scenario | wall time | CPU time | peak RSS | repo size |\n|---|---:|---:|---:|---:|\n")
+		fmt.Fprintf(s, "\n### Ratios backupd / %s (medians; below 1 means backupd is faster or smaller)\n\n", peer)
+		fmt.Fprintf(s, "| scenario | wall time | CPU time | peak RSS | repo size |\n|---|---:|---:|---:|---:|\n")
 		for _, sc := range b.opts.scenarios {
 			d, r := b.results[sc+"/backupd"], b.results[sc+"/"+peer]
 			if len(d) == 0 || len(r) == 0 {
@@ -120,7 +143,7 @@ func (b *bench) report() string {
 			if isBackup(sc) {
 				repo = ratio(func(m measurement) float64 { return float64(m.repoSize) })
 			}
-			fmt.Fprintf(&s, "| %s | %s | %s | %s | %s |\n", sc,
+			fmt.Fprintf(s, "| %s | %s | %s | %s | %s |\n", sc,
 				ratio(func(m measurement) float64 { return m.wall.Seconds() }),
 				ratio(func(m measurement) float64 { return m.cpu.Seconds() }),
 				ratio(func(m measurement) float64 { return float64(m.maxRSS) }),
@@ -128,38 +151,38 @@ func (b *bench) report() string {
 		}
 	}
 
-	fmt.Fprintf(&s, "\nNotes:\n\n")
+	fmt.Fprintf(s, "\nNotes:\n\n")
 	if len(b.resticInit) > 0 {
 		r := summarize(b.resticInit)
-		fmt.Fprintf(&s, "- `restic init` (key derivation with scrypt) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
+		fmt.Fprintf(s, "- `restic init` (key derivation with scrypt) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
 			"backupd creates its repository within the first backup, which is timed.\n", r.median, r.min, r.max)
 	}
 	if len(b.kopiaCreate) > 0 {
 		r := summarize(b.kopiaCreate)
-		fmt.Fprintf(&s, "- `kopia repository create filesystem` (and connect) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
+		fmt.Fprintf(s, "- `kopia repository create filesystem` (and connect) is setup, not part of the backup time: median %.2fs (min %.2f, max %.2f). "+
 			"kopia runs with its default policy, which does not compress, and runs its own maintenance after a snapshot when due (part of its time).\n", r.median, r.min, r.max)
 	}
 	if len(b.opts.scenarios) > 1 || !b.hasScenario("backup") {
-		fmt.Fprintf(&s, "- Every run makes a first backup into a fresh repository (timed as `backup` when selected); the other scenarios use that repository. Repo size is the repository's (or archive's) size after the step.\n")
+		fmt.Fprintf(s, "- Every run makes a first backup into a fresh repository (timed as `backup` when selected); the other scenarios use that repository. Repo size is the repository's (or archive's) size after the step.\n")
 	}
 	if b.hasScenario("rebackup") || b.hasScenario("rebackup-1pct") {
-		fmt.Fprintf(&s, "- Re-backups: each run's first backup started at least %.1fs after the harness last wrote to the dataset, "+
+		fmt.Fprintf(s, "- Re-backups: each run's first backup started at least %.1fs after the harness last wrote to the dataset, "+
 			"so no file's ctime falls in backupd's 2 s racy-git window (which would make it reread the file). backupd, restic and kopia use a per-run cache directory that the first backup filled.\n", racySettle.Seconds())
 	}
 	if c := b.change; c != nil {
-		fmt.Fprintf(&s, "- rebackup-1pct: before the timed backup, %d of %d files (%.1f%%) were changed in place: %d edited (64 bytes overwritten mid-file plus a line appended), "+
+		fmt.Fprintf(s, "- rebackup-1pct: before the timed backup, %d of %d files (%.1f%%) were changed in place: %d edited (64 bytes overwritten mid-file plus a line appended), "+
 			"%d deleted, %d added, and `%s` grew by 1 MiB; edits are spread evenly over the sorted paths. "+
 			"The change is the same every run and was undone (contents, modes, mtimes) after each backup.\n",
 			c.total(), b.src.files, 100*float64(c.total())/float64(b.src.files), len(c.modified), len(c.deleted), len(c.added), c.grown)
 	}
 	if c := b.overChange; c != nil {
-		fmt.Fprintf(&s, "- restore-over: the target is a `cp -a` copy of the dataset (same sizes and mtimes, made untimed) with another such change "+
+		fmt.Fprintf(s, "- restore-over: the target is a `cp -a` copy of the dataset (same sizes and mtimes, made untimed) with another such change "+
 			"(%d files: %d edited, %d deleted, %d added, `%s` grown by 1 MiB); then the timed restore of the latest snapshot over it: "+
 			"backupd `restore --overwrite --delete`, restic `restore --overwrite if-changed --delete`, kopia `snapshot restore --overwrite-files --overwrite-directories --delete-extra`, tarzstd extracts the whole archive over it.\n",
 			c.total(), len(c.modified), len(c.deleted), len(c.added), c.grown)
 	}
 	if b.has("tarzstd") {
-		fmt.Fprintf(&s, "- tarzstd has no incremental mode: its re-backups write the whole archive again (as Gitpod's ws-daemon does on every stop), and it has no deduplication; "+
+		fmt.Fprintf(s, "- tarzstd has no incremental mode: its re-backups write the whole archive again (as Gitpod's ws-daemon does on every stop), and it has no deduplication; "+
 			"a restore over a directory overwrites every file and deletes nothing, so the files the change added stay behind (verification allows exactly those). "+
 			"Its CPU time and peak RSS cover both processes (CPU summed, RSS the larger of the two).\n")
 	}
@@ -177,7 +200,7 @@ func (b *bench) report() string {
 					parts = append(parts, strconv.FormatInt(n, 10))
 				}
 			}
-			fmt.Fprintf(&s, "- %s %s: files read again (new or changed per the tool's own statistics) per run: %s.\n", tool, sc, strings.Join(parts, ", "))
+			fmt.Fprintf(s, "- %s %s: files read again (new or changed per the tool's own statistics) per run: %s.\n", tool, sc, strings.Join(parts, ", "))
 		}
 	}
 	var verified []string
@@ -193,12 +216,8 @@ func (b *bench) report() string {
 		if b.opts.verifyAll {
 			which = "every run"
 		}
-		fmt.Fprintf(&s, "- Verified against the source (%s): %s. Same paths, types, sizes, permission bits, symlink targets and SHA-256 of every file (mtimes not compared).\n", which, strings.Join(verified, ", "))
+		fmt.Fprintf(s, "- Verified against the source (%s): %s. Same paths, types, sizes, permission bits, symlink targets and SHA-256 of every file (mtimes not compared).\n", which, strings.Join(verified, ", "))
 	}
-	for _, w := range b.warnings {
-		fmt.Fprintf(&s, "- WARNING: %s\n", w)
-	}
-	return s.String()
 }
 
 // isBackup tells the scenarios that end with a repository (or archive) to

@@ -693,7 +693,17 @@ func changeTree(root string, src *treeInfo, pct float64, seed uint64) (*treeChan
 	for k := 0; k < npick; k++ {
 		p := cands[int(off+float64(k)*stride)]
 		if len(c.added) < nadd && k%stepAdd == stepAdd/2 {
+			// A second change of the same tree (checkpoint-stop makes
+			// two) may pick the same name: never overwrite a file.
 			np := filepath.Join(filepath.Dir(p), fmt.Sprintf("added-%d.js", k))
+			for i := 2; ; i++ {
+				if _, err := os.Lstat(filepath.Join(root, np)); os.IsNotExist(err) {
+					break
+				} else if err != nil {
+					return nil, err
+				}
+				np = filepath.Join(filepath.Dir(p), fmt.Sprintf("added-%d-%d.js", k, i))
+			}
 			if err := saveDir(np); err != nil {
 				return nil, err
 			}
@@ -826,4 +836,101 @@ func (c *treeChange) undo() error {
 		}
 	}
 	return nil
+}
+
+// afterChange is src as a later change may pick from it once c was made:
+// without the files c deleted (the files it added are not picked, and the
+// sizes of those it edited or grew are their sizes before). changeTree on
+// the changed tree with it never picks a file that is gone; undo the two
+// changes in the reverse order.
+func afterChange(src *treeInfo, c *treeChange) *treeInfo {
+	t := &treeInfo{entries: make(map[string]entry, len(src.entries)), files: src.files, dirs: src.dirs, links: src.links, bytes: src.bytes}
+	for p, e := range src.entries {
+		t.entries[p] = e
+	}
+	for _, p := range c.deleted {
+		if e, ok := t.entries[p]; ok {
+			delete(t.entries, p)
+			t.files--
+			t.bytes -= e.size
+		}
+	}
+	return t
+}
+
+// fileGrowth is a file created or appended to with incompressible bytes
+// (checkpoint-stop's session and stop changes), and what it takes to undo
+// that.
+type fileGrowth struct {
+	path     string
+	created  bool      // the file did not exist: undo removes it
+	size     int64     // appended: the size before
+	mtime    time.Time // appended: the mtime before
+	dirMtime time.Time // created: the parent directory's mtime before
+	added    int64     // bytes written
+}
+
+// growFile appends n bytes of incompressible data to the file at path,
+// creating it (0644) if it does not exist. The data depends only on seed
+// and n: 4 MiB blocks of a PRNG seeded by seed and the block's index,
+// written in parallel.
+func growFile(path string, n int64, seed uint64) (*fileGrowth, error) {
+	g := &fileGrowth{path: path, added: n}
+	info, err := os.Lstat(path)
+	switch {
+	case os.IsNotExist(err):
+		g.created = true
+		dir, err := os.Stat(filepath.Dir(path))
+		if err != nil {
+			return nil, err
+		}
+		g.dirMtime = dir.ModTime()
+	case err != nil:
+		return nil, err
+	case !info.Mode().IsRegular():
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	default:
+		g.size, g.mtime = info.Size(), info.ModTime()
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	const block = 4 << 20
+	var eg errgroup.Group
+	eg.SetLimit(runtime.NumCPU())
+	for i := int64(0); i*block < n; i++ {
+		eg.Go(func() error {
+			buf := make([]byte, min(block, n-i*block))
+			fillRandom(buf, rand.New(rand.NewPCG(genSeed^0x67726f77, seed<<32|uint64(i)))) // "grow"
+			_, err := f.WriteAt(buf, g.size+i*block)
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		if g.created {
+			os.Remove(path)
+		}
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// undo removes a created file (and gives its directory its mtime back) or
+// truncates an appended one to its size and mtime before, same inode.
+func (g *fileGrowth) undo() error {
+	if g.created {
+		if err := os.Remove(g.path); err != nil {
+			return err
+		}
+		return os.Chtimes(filepath.Dir(g.path), g.dirMtime, g.dirMtime)
+	}
+	if err := os.Truncate(g.path, g.size); err != nil {
+		return err
+	}
+	return os.Chtimes(g.path, g.mtime, g.mtime)
 }
