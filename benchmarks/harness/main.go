@@ -47,7 +47,8 @@ type options struct {
 	warmups     int
 	restoreDir  string
 	verifyAll   bool
-	pprofDir    string // backupd's timed runs write CPU profiles here
+	pprofDir    string   // backupd's timed runs write CPU profiles here
+	readyLate   []string // restore-ready: backupctl restore --late patterns
 
 	pruneSnapshots int     // the prune scenario: snapshots before the forget
 	pruneChange    float64 // the prune scenario: percent of files rewritten between them
@@ -88,6 +89,10 @@ func run() error {
 	flag.StringVar(&o.restoreDir, "restore-dir", "", "restore into fresh directories under this `DIR` (e.g. /dev/shm, to measure the tools without the disk's metadata costs) instead of the work directory")
 	flag.IntVar(&o.warmups, "warmup", 1, "untimed warm-up cycles per tool before the timed runs")
 	flag.BoolVar(&o.verifyAll, "verify-all", false, "verify every restore, not only the first of each tool")
+	flag.Func("ready-late", "restore-ready: pass `GLOB` to backupctl restore --late (repeatable), e.g. node_modules/", func(v string) error {
+		o.readyLate = append(o.readyLate, v)
+		return nil
+	})
 	flag.StringVar(&o.pprofDir, "pprof", "", "make backupd's timed runs write CPU profiles (backupctl --cpu-profile) into `DIR`, one per scenario and run: SCENARIO-runN.prof")
 	flag.IntVar(&o.pruneSnapshots, "prune-snapshots", 20, "the prune scenario: `N` snapshots, then forget all but the newest and prune")
 	flag.Float64Var(&o.pruneChange, "prune-change", 10, "the prune scenario: `PERCENT` of the files rewritten with new content between snapshots")
@@ -945,7 +950,11 @@ func (b *bench) restoreStep(r *toolRun, target string, over bool) (measurement, 
 // reports (from its start).
 func (b *bench) readyRestoreStep(r *toolRun, target string) (measurement, time.Duration, error) {
 	args := append(b.profileArgs("restore-ready"), "restore", "-r", r.arg, "--owner", "bench", "--workspace", "ws", "--snapshot", "latest",
-		"--cache-dir", r.cache, "--json", "--ready-before-complete", target)
+		"--cache-dir", r.cache, "--json", "--ready-before-complete")
+	for _, g := range b.opts.readyLate {
+		args = append(args, "--late", g)
+	}
+	args = append(args, target)
 	m, out, err := measure(r.env, b.backupctl, args...)
 	if err != nil {
 		return m, 0, err
