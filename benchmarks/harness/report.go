@@ -203,8 +203,11 @@ func (b *bench) cycleReport(s *strings.Builder) {
 			fmt.Fprintf(s, "- %s %s: files read again (new or changed per the tool's own statistics) per run: %s.\n", tool, sc, strings.Join(parts, ", "))
 		}
 	}
+	if b.hasScenario("restore-ready") && len(b.opts.readyLate) > 0 {
+		fmt.Fprintf(s, "- restore-ready: `backupctl restore --ready-before-complete --late %s`.\n", strings.Join(b.opts.readyLate, " --late "))
+	}
 	var verified []string
-	for _, sc := range []string{"restore", "restore-over"} {
+	for _, sc := range []string{"restore", "restore-over", "restore-ready"} {
 		for _, tool := range b.opts.tools {
 			if b.verified[sc+"/"+tool] {
 				verified = append(verified, tool+" "+sc)
