@@ -805,9 +805,9 @@ func (b *bench) loadReport(s *bytes.Buffer) {
 		fmt.Fprintf(s, " After the last run the dataset was compared with its manifest (SHA-256 of every file): as generated.")
 	}
 	fmt.Fprintf(s, "\n- Runs alternate which goes first: without then with the checkpoint in odd runs, the reverse in even ones; CPU and I/O workloads alternate within a run.\n")
-	fmt.Fprintf(s, "- The checkpoint's readers, compressors and walkers run at nice %d and idle I/O priority (internal/lowprio); the rest of the process (uploads, the Go runtime's GC workers) does not. "+
+	fmt.Fprintf(s, "- The checkpoint's readers, compressors and walkers run under the SCHED_IDLE policy (nice 10 where that is refused) and at idle I/O priority (internal/lowprio; the idle class counts only under the bfq I/O scheduler); the rest of the process (uploads, the Go runtime's GC workers) does not. "+
 		"Lead-in until it counted as working: %s s (median, min-max). Its CPU and bytes read during the workload are the differences of /proc samples taken just before and after the workload process.\n",
-		10, fmtSpread(durations(len(withRuns), func(i int) time.Duration { return withRuns[i].ckptLeadIn }), "%.2f"))
+		fmtSpread(durations(len(withRuns), func(i int) time.Duration { return withRuns[i].ckptLeadIn }), "%.2f"))
 	var ended []string
 	for _, r := range b.loadRuns {
 		if r.withCkpt && !r.overlap {
