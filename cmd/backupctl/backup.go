@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/backupd/backupd/internal/lowprio"
 	"github.com/backupd/backupd/internal/usage"
 
 	"github.com/backupd/backupd/pkg/exclude"
@@ -68,9 +67,10 @@ DIR/` + exclude.ExcludeFile + ` (one per line, # for comments) if it exists.
 With --checkpoint the snapshot is a checkpoint: a backup of a workspace
 still in use, taken so that the backup at its stop (the next backup of the
 workspace, whose parent it is) reads and stores only what changed since.
-Its file readers run at idle I/O priority and SCHED_IDLE; through --daemon it
-runs under the daemon's checkpoint limits and a backup of the workspace
-cancels it. Once it is written, the workspace's checkpoints beyond the
+As the daemon runs one, it has one file reader, one compressor and one
+upload, its readers and compressor at idle I/O priority and SCHED_IDLE;
+through --daemon it runs under the daemon's checkpoint limits and a backup
+of the workspace cancels it. Once it is written, the workspace's checkpoints beyond the
 newest --keep-checkpoints are forgotten (never other snapshots); their data
 goes at the next prune. "snapshots" marks checkpoints.`,
 		Args: usage.Args("DIR"),
@@ -134,7 +134,7 @@ goes at the next prune. "snapshots" marks checkpoints.`,
 				Parent: parent, Force: force, Strict: strict, UIDMap: uidMap, GIDMap: gidMap, Exclude: excludes,
 			}
 			if ckpt {
-				opts.Checkpoint, opts.IndexPartial, opts.WorkerWrap = true, true, lowprio.Run
+				opts.SetCheckpoint() // as the daemon runs one
 			}
 			res, err := bsync.Backup(ctx, r, args[0], opts)
 			stop()

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/backupd/backupd/internal/lowprio"
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
@@ -179,11 +178,7 @@ func (sv *service) startCheckpoint(req *pb.CheckpointWorkspaceRequest) (*operati
 	if err != nil {
 		return nil, false, err
 	}
-	opts.Checkpoint, opts.IndexPartial = true, true
-	opts.WorkerWrap = lowprio.Run
-	// One reader and one compressor (about a core at most), one pack
-	// stored at a time.
-	opts.Readers, opts.Compressors, opts.Uploads = 1, 1, 1
+	opts.SetCheckpoint()
 	opts.Throttle = s.checkpointThrottle
 	path := dir.Name()
 	key := "checkpoint/" + req.GetOwner() + "/" + req.GetWorkspace()

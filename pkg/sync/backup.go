@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/backupd/backupd/internal/ctxsleep"
+	"github.com/backupd/backupd/internal/lowprio"
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/chunk"
 	"github.com/backupd/backupd/pkg/dirfd"
@@ -126,6 +127,18 @@ func (o *BackupOptions) beforeCommit() error {
 		return o.BeforeCommit()
 	}
 	return nil
+}
+
+// SetCheckpoint makes the backup a checkpoint, as the daemon's
+// CheckpointWorkspace and backupctl backup --checkpoint both run it: the
+// snapshot says so, the packs it stored are indexed even if it fails, and
+// it runs with one reader, one compressor and one upload, each worker at
+// background priority (internal/lowprio), so as to take about one core
+// of a workspace's node at most, and only what the workspace leaves idle.
+func (o *BackupOptions) SetCheckpoint() {
+	o.Checkpoint, o.IndexPartial = true, true
+	o.WorkerWrap = lowprio.Run
+	o.Readers, o.Compressors, o.Uploads = 1, 1, 1
 }
 
 func (o *BackupOptions) defaults() {
