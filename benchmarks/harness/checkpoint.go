@@ -535,8 +535,10 @@ func checkpointOptions(o *options, generated bool) error {
 		return nil
 	}
 	switch {
-	case !generated:
-		return fmt.Errorf("checkpoint-stop and checkpoint-load change the dataset in place (and undo it): use them with --gen-workspace or --gen-large")
+	case !generated && slices.Contains(o.scenarios, "checkpoint-stop"):
+		// checkpoint-load only adds a directory of its own (and takes it
+		// away): it may run on a --data tree, on a disk of its own.
+		return fmt.Errorf("checkpoint-stop changes the dataset in place (and undoes it): use it with --gen-workspace or --gen-large")
 	case !slices.Contains(o.tools, "backupd"):
 		return fmt.Errorf("checkpoint-stop and checkpoint-load measure backupd alone: --tools backupd")
 	case slices.Contains(o.scenarios, "checkpoint-stop") && o.ckptGrow <= 0:

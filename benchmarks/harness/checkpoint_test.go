@@ -135,6 +135,10 @@ func TestCheckpointOptions(t *testing.T) {
 	if err := checkpointOptions(&stopOnly, true); err != nil {
 		t.Errorf("checkpoint-stop without the load's sizes: %v", err)
 	}
+	loadOnly := options{tools: []string{"backupd"}, scenarios: []string{"checkpoint-load"}, loadCPU: 8 << 30, loadIO: 512 << 20}
+	if err := checkpointOptions(&loadOnly, false); err != nil {
+		t.Errorf("checkpoint-load on a --data tree: %v", err)
+	}
 	for name, tc := range map[string]struct {
 		change    func(o *options)
 		generated bool
