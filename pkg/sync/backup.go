@@ -166,6 +166,10 @@ func (o *BackupOptions) defaults() {
 type BackupResult struct {
 	SnapshotID chunk.ID
 	Snapshot   *repo.Snapshot
+	// ResumedBytes counts the bytes of changed files found, by hashing,
+	// to be their previous version's leading chunks, so that chunking
+	// resumed after them (readContent).
+	ResumedBytes int64
 }
 
 type backupStats struct {
@@ -174,6 +178,7 @@ type backupStats struct {
 	excluded                       atomic.Int64
 	unchanged                      atomic.Int64
 	changing, reread               atomic.Int64
+	resumed                        atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
 	blobs, newBlobs, objects       atomic.Int64
 }
@@ -181,6 +186,7 @@ type backupStats struct {
 type fileJob struct {
 	dir  *openDir // held for the job; the reader releases it
 	node *repo.Node
+	prev *repo.Node // the file in the parent snapshot, changed since; nil: none
 	done chan struct{}
 }
 
@@ -509,7 +515,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		opts.Warn(abs, fmt.Errorf("removed %d leftovers of interrupted uploads", n))
 	}
 	r.CleanCache(start)
-	return &BackupResult{SnapshotID: id, Snapshot: snap}, nil
+	return &BackupResult{SnapshotID: id, Snapshot: snap, ResumedBytes: st.resumed.Load()}, nil
 }
 
 func wait(ctx context.Context, done <-chan struct{}) error {
@@ -689,6 +695,9 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		}
 		d.hold() // released by the reader once the file is open
 		job := &fileJob{dir: d, node: n, done: make(chan struct{})}
+		if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeFile && len(pn.Content) > 1 {
+			job.prev = pn
+		}
 		select {
 		case b.fileJobs <- job:
 		case <-ctx.Done():
@@ -1175,7 +1184,8 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		if n.Xattrs, err = readXattrs(fd, "", b.allXattrs); err != nil {
 			b.opts.Warn(path, fmt.Errorf("extended attributes not kept: %w", err))
 		}
-		if err := b.readContent(ctx, ch, f, n, st.Size); err != nil {
+		resumed, err := b.readContent(ctx, ch, f, n, job.prev, st.Size)
+		if err != nil {
 			return err
 		}
 		var after unix.Stat_t
@@ -1185,9 +1195,11 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 		changed := after.Size != st.Size || after.Mtim != st.Mtim || after.Ctim != st.Ctim || int64(n.Size) != after.Size
 		recent := after.Ctim.Nano() >= start.UnixNano()-int64(liveMargin)
 		if !changed && !recent {
+			b.stats.resumed.Add(resumed)
 			return nil // no write since start: the bytes read are one version
 		}
 		if reads == maxReads {
+			b.stats.resumed.Add(resumed)
 			n.Flags |= repo.NodeChanging
 			b.stats.changing.Add(1)
 			b.opts.Warn(path, fmt.Errorf("kept changing while it was read (%d reads): stored as last read, flagged as changing", reads))
@@ -1244,17 +1256,18 @@ func (b *backup) forget(n *repo.Node) {
 }
 
 // readContent reads file f from its start, chunking it into n's content;
-// size is what its stat said.
-func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFile, n *repo.Node, size int64) (err error) {
+// size is what its stat said. prev, if not nil, is the file's previous
+// version (more than one chunk): see resume; resumed is what resume
+// matched.
+func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFile, n *repo.Node, prev *repo.Node, size int64) (resumed int64, err error) {
 	n.Size = 0
-	emit := func(buf, data []byte) ([]byte, error) {
+	emitID := func(buf, data []byte, id chunk.ID) ([]byte, error) {
 		if len(data) > cap(buf) {
 			// The chunker grew the buffer for a large chunk: the grown
 			// one takes the small one's place in the pool (and is
 			// dropped when it comes back, shrink).
 			buf = data
 		}
-		id := chunk.Hash(data)
 		n.Content = append(n.Content, id)
 		n.Size += uint64(len(data))
 		b.stats.bytes.Add(int64(len(data)))
@@ -1269,15 +1282,21 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 		}
 		return b.bufs.get(ctx)
 	}
+	emit := func(buf, data []byte) ([]byte, error) { return emitID(buf, data, chunk.Hash(data)) }
 	buf, err := b.bufs.get(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() {
 		if buf != nil {
 			b.bufs.put(buf)
 		}
 	}()
+	if prev != nil {
+		if buf, resumed, err = b.resume(ctx, ch, f, prev, buf, emitID); err != nil || resumed > 0 {
+			return resumed, err
+		}
+	}
 	min := int(b.params.MinSize)
 	// A file that fits in one chunk is read in one go: the chunker would
 	// not cut it anyway. A first read that brings as many bytes as the
@@ -1287,7 +1306,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 	k, err := f.Read(buf[:min+1])
 	if err == nil && k > 0 && k <= min && int64(k) == size {
 		buf, err = emit(buf, buf[:k])
-		return err
+		return 0, err
 	}
 	if err == nil {
 		var more int
@@ -1300,28 +1319,97 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 		} else {
 			err = nil
 		}
-		return err
+		return 0, err
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
+		return 0, err
 	}
 	ch.Reset(f)
 	for {
 		data, err := ch.Next(buf)
 		if err == io.EOF {
-			return nil
+			return 0, nil
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if buf, err = emit(buf, data); err != nil {
-			return err
+			return 0, err
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return 0, err
+		}
+	}
+}
+
+// resume reads f from its start as its previous version's chunks (prev,
+// of more than one), each hashed and compared with the chunk it was, for
+// as long as they match, except the last chunk (it ended at the old end
+// of the file, not where the chunker cut). The content-defined cutting
+// then resumes where the last matching chunk ended, chunking what follows
+// into n's content as readContent does; resumed is the bytes matched. The
+// chunker keeps no state across a cut (restic/chunker resets its window
+// and digest after each), and the bytes before a cut are the same as
+// then, so the chunks are the ones cutting the whole file would give,
+// without the cost of cutting the part that did not change: an appended
+// log or database, a file changed near its end. Nothing is taken on
+// trust: every byte is hashed. When not even the first chunk matches, f
+// is back at its start and resumed is 0.
+func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, buf []byte,
+	emitID func(buf, data []byte, id chunk.ID) ([]byte, error)) (_ []byte, resumed int64, err error) {
+	var off int64
+	for _, want := range prev.Content[:len(prev.Content)-1] {
+		loc, ok := b.r.Index().Lookup(want)
+		if !ok || loc.Type != repo.DataBlob || loc.RawLen == 0 || loc.RawLen > uint32(b.params.MaxSize) {
+			break
+		}
+		data := buf[:0]
+		if int(loc.RawLen) <= cap(buf) {
+			data = buf[:loc.RawLen]
+		} else {
+			data = make([]byte, loc.RawLen)
+		}
+		if _, err := io.ReadFull(f, data); err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break // shorter now
+			}
+			return buf, 0, err
+		}
+		if chunk.Hash(data) != want {
+			break
+		}
+		if buf, err = emitID(buf, data, want); err != nil {
+			return buf, 0, err
+		}
+		off += int64(loc.RawLen)
+		if err := ctx.Err(); err != nil {
+			return buf, 0, err
+		}
+	}
+	if off == 0 {
+		_, err := f.Seek(0, io.SeekStart)
+		return buf, 0, err
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return buf, 0, err
+	}
+	ch.Reset(f)
+	for {
+		data, err := ch.Next(buf)
+		if err == io.EOF {
+			return buf, off, nil
+		}
+		if err != nil {
+			return buf, 0, err
+		}
+		if buf, err = emitID(buf, data, chunk.Hash(data)); err != nil {
+			return buf, 0, err
+		}
+		if err := ctx.Err(); err != nil {
+			return buf, 0, err
 		}
 	}
 }
