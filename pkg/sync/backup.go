@@ -1366,7 +1366,7 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 		if !ok || loc.Type != repo.DataBlob || loc.RawLen == 0 || loc.RawLen > uint32(b.params.MaxSize) {
 			break
 		}
-		data := buf[:0]
+		var data []byte
 		if int(loc.RawLen) <= cap(buf) {
 			data = buf[:loc.RawLen]
 		} else {
