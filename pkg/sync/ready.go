@@ -240,19 +240,31 @@ func (d *restoreDir) releaseLate() error {
 // createTemp creates the temporary file of late file f in its directory,
 // exclusively (never through a link or over anything).
 func (f *restoreFile) createTemp() (int, error) {
+	fd := -1
+	name, err := createTempName(func(name string) (err error) {
+		fd, err = dirfd.OpenAt(f.dir.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		return err
+	})
+	if err != nil {
+		return -1, fmt.Errorf("restore: create a temporary file for %s: %w", f.path(), err)
+	}
+	f.tmp = name
+	return fd, nil
+}
+
+// createTempName calls create with random temporary names (tmpPrefix,
+// 16 hex digits, tmpSuffix) until one is not taken (EEXIST), at most 9
+// times, and returns the name it made.
+func createTempName(create func(name string) error) (string, error) {
 	var b [8]byte
 	for tries := 0; ; tries++ {
 		rand.Read(b[:])
 		name := tmpPrefix + hex.EncodeToString(b[:]) + tmpSuffix
-		fd, err := dirfd.OpenAt(f.dir.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		err := create(name)
 		if err == unix.EEXIST && tries < 8 {
 			continue
 		}
-		if err != nil {
-			return -1, fmt.Errorf("restore: create a temporary file for %s: %w", f.path(), err)
-		}
-		f.tmp = name
-		return fd, nil
+		return name, err
 	}
 }
 

@@ -2,8 +2,6 @@ package sync
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"path"
 
@@ -99,20 +97,11 @@ func (p *readyPlan) openParent(rs *restorer, m *dirMeta) (*restoreDir, error) {
 // exclusively, and opens it for the walk.
 func (rs *restorer) makeStaged(s *stagedTree) (*restoreDir, error) {
 	d := s.dir
-	var b [8]byte
-	for tries := 0; ; tries++ {
-		rand.Read(b[:])
-		name := tmpPrefix + hex.EncodeToString(b[:]) + tmpSuffix
-		err := unix.Mkdirat(d.fd, name, 0o700)
-		if err == unix.EEXIST && tries < 8 {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("restore: create a temporary directory for %s: %w", d.join(s.node.Name), err)
-		}
-		s.tmp = name
-		break
+	name, err := createTempName(func(name string) error { return unix.Mkdirat(d.fd, name, 0o700) })
+	if err != nil {
+		return nil, fmt.Errorf("restore: create a temporary directory for %s: %w", d.join(s.node.Name), err)
 	}
+	s.tmp = name
 	fd, err := dirfd.OpenAt(d.fd, s.tmp, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("restore: open %s: %w", d.join(s.tmp), err)
