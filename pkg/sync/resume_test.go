@@ -9,8 +9,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/backupd/backupd/pkg/repo"
 )
 
 func randomBytes(seed uint64, n int) []byte {
@@ -112,5 +110,4 @@ func TestResumeNeverTrustsTheParent(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(dst, "f")); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("restored: %d bytes, %v", len(got), err)
 	}
-	_ = repo.TypeFile
 }
