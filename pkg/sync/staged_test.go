@@ -247,3 +247,42 @@ func TestPriorityWinsOverLate(t *testing.T) {
 	t.Cleanup(func() { chmodTreeWritable(dst) })
 	compareDirs(t, snapshotDir(t, src), snapshotDir(t, dst))
 }
+
+// TestLateDirectorySwappedForALinkIsNotRenamed: the workspace's owner
+// moves the staged directory away and puts a link to a directory outside
+// the target at its temporary name just before the rename: nothing is
+// renamed into place, nothing outside is touched, and it is a conflict.
+func TestLateDirectorySwappedForALinkIsNotRenamed(t *testing.T) {
+	src, _, _ := lateDirTree(t)
+	r, _ := newMemRepo(t)
+	snap := doBackup(t, r, src).Snapshot
+	dst := filepath.Join(t.TempDir(), "ws")
+	outside := t.TempDir()
+	opts := readyOpts(snap)
+	opts.Late = []string{"node_modules/"}
+	testHookLateRename = func(p string) error {
+		if !strings.HasSuffix(p, "/node_modules") {
+			return nil
+		}
+		tmp := tempFiles(t, dst)
+		if len(tmp) != 1 {
+			t.Fatalf("before the rename, temporary entries %q", tmp)
+		}
+		must(t, os.Rename(tmp[0], filepath.Join(dst, "moved-away")))
+		must(t, os.Symlink(outside, tmp[0]))
+		return nil
+	}
+	t.Cleanup(func() { testHookLateRename = nil })
+	res, err := Restore(context.Background(), r, snap, dst, opts)
+	must(t, err)
+	t.Cleanup(func() { chmodTreeWritable(dst) })
+	if res.Conflicts != 1 || !strings.HasSuffix(res.ConflictPaths[0], "/node_modules") {
+		t.Fatalf("conflicts %d %q, want node_modules", res.Conflicts, res.ConflictPaths)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, "node_modules")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("node_modules after the swap: %v", err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("the directory outside holds %v", ents)
+	}
+}
