@@ -684,7 +684,8 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		b.stats.files.Add(1)
 		b.opts.Progress.Files.Add(1)
 		b.recent.add(rel+n.Name, n.MTime)
-		if pn := findNode(parentNodes, n.Name); pn != nil && b.unchanged(n, pn) {
+		pn := findNode(parentNodes, n.Name)
+		if pn != nil && b.unchanged(n, pn) {
 			n.Content = pn.Content
 			n.Xattrs = pn.Xattrs // an xattr change moves ctime
 			b.stats.unchanged.Add(1)
@@ -695,7 +696,7 @@ func (b *backup) walkDir(ctx context.Context, g *errgroup.Group, d *openDir, rel
 		}
 		d.hold() // released by the reader once the file is open
 		job := &fileJob{dir: d, node: n, done: make(chan struct{})}
-		if pn := findNode(parentNodes, n.Name); pn != nil && pn.Type == repo.TypeFile && len(pn.Content) > 1 {
+		if pn != nil && pn.Type == repo.TypeFile && len(pn.Content) > 1 {
 			job.prev = pn
 		}
 		select {
