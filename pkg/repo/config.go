@@ -22,10 +22,11 @@ import (
 
 // FormatVersion is the repository format this code writes in a new
 // repository: version 2 adds groups (small blobs stored together in one
-// zstd frame, FORMAT.md "Groups"). Version 1 repositories are read and
-// written as before, without groups, so that older binaries keep reading
-// them.
-const FormatVersion = 2
+// zstd frame, FORMAT.md "Groups"); version 3 adds compact pack trailers
+// (no id for grouped blobs, FORMAT.md "Pack objects"). Older repositories
+// are read and written as before, without what their version lacks, so
+// that older binaries keep reading them.
+const FormatVersion = 3
 
 // MinFormatVersion is the oldest repository format this code reads.
 const MinFormatVersion = 1
@@ -257,6 +258,10 @@ func (c Config) MaxBlobSize(t BlobType) uint32 {
 // Groups reports whether writers may store small blobs in groups (format
 // version 2 and later).
 func (c Config) Groups() bool { return c.Version >= 2 }
+
+// CompactTrailers reports whether writers write compact pack trailers
+// (format version 3 and later).
+func (c Config) CompactTrailers() bool { return c.Version >= 3 }
 
 // Validate checks the config, naming the offending field. An unsupported
 // version is ErrVersion.

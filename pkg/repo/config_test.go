@@ -52,8 +52,12 @@ func TestConfigRoundTripAndRefusals(t *testing.T) {
 	if c, err := decodeConfig(edit(func(c *Config) { c.Version = 1 })); err != nil || c.Groups() {
 		t.Errorf("version 1: groups %v, %v", c.Groups(), err)
 	}
-	if c, err := NewConfig(0, 0); err != nil || c.Version != 2 || !c.Groups() {
-		t.Errorf("a new config: version %d, groups %v, %v", c.Version, c.Groups(), err)
+	// Version 2 repositories are written with groups, without compact trailers.
+	if c, err := decodeConfig(edit(func(c *Config) { c.Version = 2 })); err != nil || !c.Groups() || c.CompactTrailers() {
+		t.Errorf("version 2: groups %v, compact trailers %v, %v", c.Groups(), c.CompactTrailers(), err)
+	}
+	if c, err := NewConfig(0, 0); err != nil || c.Version != 3 || !c.Groups() || !c.CompactTrailers() {
+		t.Errorf("a new config: version %d, groups %v, compact trailers %v, %v", c.Version, c.Groups(), c.CompactTrailers(), err)
 	}
 }
 

@@ -32,6 +32,7 @@ func (t BlobType) String() string {
 
 const (
 	packMagic      = "BKPDPK01"
+	packMagic2     = "BKPDPK02" // compact trailer (format version 3)
 	trailerEntry   = chunk.IDSize + 1 + 1 + 4 + 4
 	packFooterSize = 4 + 8 // trailer_len and packMagic
 )
@@ -56,6 +57,7 @@ type BlobEntry struct {
 type PackBuilder struct {
 	buf     []byte
 	entries []BlobEntry
+	compact bool
 }
 
 // NewPackBuilder returns a builder whose buffer starts with capacity size.
@@ -126,6 +128,11 @@ func (p *PackBuilder) AddSalt(t BlobType) {
 	p.Add(chunk.Hash(raw), t, chunk.Raw, raw, len(raw))
 }
 
+// SetCompactTrailer makes Finish write a compact trailer (magic
+// BKPDPK02, format version 3): lengths as varints and no id for grouped
+// blobs, which a reader recovers by hashing them out of their frame.
+func (p *PackBuilder) SetCompactTrailer() { p.compact = true }
+
 // Len is the number of bytes of blobs added so far.
 func (p *PackBuilder) Len() int { return len(p.buf) }
 
@@ -141,7 +148,11 @@ func (p *PackBuilder) Full(packSize int) bool {
 // Finish appends the trailer and returns the complete pack, its id and its
 // entries. The builder must not be used afterwards.
 func (p *PackBuilder) Finish() ([]byte, chunk.ID, []BlobEntry) {
-	p.buf = appendTrailer(p.buf, p.entries)
+	if p.compact {
+		p.buf = appendCompactTrailer(p.buf, p.entries)
+	} else {
+		p.buf = appendTrailer(p.buf, p.entries)
+	}
 	return p.buf, chunk.Hash(p.buf), p.entries
 }
 
@@ -159,6 +170,28 @@ func appendTrailer(b []byte, entries []BlobEntry) []byte {
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)*trailerEntry))
 	return append(b, packMagic...)
+}
+
+// appendCompactTrailer appends the compact trailer and footer of a pack
+// of entries (FORMAT.md, "Pack objects"): per entry type, compression,
+// stored and raw length as minimal uvarints, then the id unless the blob
+// is grouped. Every entry is at most 42 bytes, as in the fixed trailer.
+func appendCompactTrailer(b []byte, entries []BlobEntry) []byte {
+	start := len(b)
+	for _, e := range entries {
+		b = append(b, byte(e.Type), byte(e.Compression))
+		stored := e.StoredLen
+		if e.Compression == chunk.ZstdGroup && e.RawOffset > 0 {
+			stored = 0
+		}
+		b = binary.AppendUvarint(b, uint64(stored))
+		b = binary.AppendUvarint(b, uint64(e.RawLen))
+		if e.Compression != chunk.ZstdGroup {
+			b = append(b, e.ID[:]...)
+		}
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(b)-start))
+	return append(b, packMagic2...)
 }
 
 // ErrCorrupt marks damaged repository objects.
@@ -216,11 +249,11 @@ func checkBlobEntry(e *BlobEntry, maxData uint32) error {
 // trailer that is not a whole number of entries, longer than the pack or
 // longer than MaxPackTrailerSize, so the second read is bounded.
 func PackTrailerSize(footer []byte, packSize int64) (int64, error) {
-	if len(footer) != packFooterSize || string(footer[4:]) != packMagic {
+	if len(footer) != packFooterSize || string(footer[4:]) != packMagic && string(footer[4:]) != packMagic2 {
 		return 0, fmt.Errorf("%w: pack footer missing", ErrCorrupt)
 	}
 	tlen := int64(binary.LittleEndian.Uint32(footer))
-	if tlen%trailerEntry != 0 || tlen > MaxPackTrailerSize || tlen+packFooterSize > packSize {
+	if string(footer[4:]) == packMagic && tlen%trailerEntry != 0 || tlen > MaxPackTrailerSize || tlen+packFooterSize > packSize {
 		return 0, fmt.Errorf("%w: pack trailer length %d (pack of %d bytes, at most %d)", ErrCorrupt, tlen, packSize, MaxPackTrailerSize)
 	}
 	return tlen + packFooterSize, nil
@@ -250,16 +283,14 @@ func ParsePackTrailerMax(tail []byte, packSize int64, maxDataBlob uint32) ([]Blo
 		return nil, fmt.Errorf("%w: pack trailer of %d bytes, only %d read", ErrCorrupt, need-packFooterSize, len(tail)-packFooterSize)
 	}
 	t := tail[int64(len(tail))-need : len(tail)-packFooterSize]
-	entries := make([]BlobEntry, len(t)/trailerEntry)
+	compact := string(tail[len(tail)-8:]) == packMagic2
+	entries, err := splitTrailer(t, compact)
+	if err != nil {
+		return nil, err
+	}
 	var off int64
 	for i := range entries {
-		e := t[i*trailerEntry:]
 		b := &entries[i]
-		copy(b.ID[:], e)
-		b.Type = BlobType(e[32])
-		b.Compression = chunk.Compression(e[33])
-		b.StoredLen = binary.LittleEndian.Uint32(e[34:])
-		b.RawLen = binary.LittleEndian.Uint32(e[38:])
 		if b.Compression == chunk.ZstdGroup && b.StoredLen == 0 {
 			// A later member of the group the entry before began.
 			if i == 0 || entries[i-1].Compression != chunk.ZstdGroup || entries[i-1].Type != b.Type {
@@ -284,6 +315,57 @@ func ParsePackTrailerMax(tail []byte, packSize int64, maxDataBlob uint32) ([]Blo
 	}
 	if off+need != packSize {
 		return nil, fmt.Errorf("%w: pack trailer lists %d bytes of blobs, pack holds %d", ErrCorrupt, off, packSize-need)
+	}
+	return entries, nil
+}
+
+// splitTrailer decodes a trailer's entries (without the footer): fixed
+// ones of trailerEntry bytes, or compact ones, whose grouped blobs get a
+// zero id (ReadPackTrailer hashes them out of their frames). Offsets are
+// left to the caller. A compact trailer of more than MaxPackBlobs entries,
+// of non-minimal varints or lengths beyond 32 bits is refused.
+func splitTrailer(t []byte, compact bool) ([]BlobEntry, error) {
+	if !compact {
+		entries := make([]BlobEntry, len(t)/trailerEntry)
+		for i := range entries {
+			e := t[i*trailerEntry:]
+			b := &entries[i]
+			copy(b.ID[:], e)
+			b.Type = BlobType(e[32])
+			b.Compression = chunk.Compression(e[33])
+			b.StoredLen = binary.LittleEndian.Uint32(e[34:])
+			b.RawLen = binary.LittleEndian.Uint32(e[38:])
+		}
+		return entries, nil
+	}
+	var entries []BlobEntry
+	for i := 0; len(t) > 0; i++ {
+		if i >= MaxPackBlobs {
+			return nil, fmt.Errorf("%w: pack trailer of more than %d entries", ErrCorrupt, MaxPackBlobs)
+		}
+		if len(t) < 4 {
+			return nil, fmt.Errorf("%w: pack trailer entry %d truncated", ErrCorrupt, i)
+		}
+		b := BlobEntry{Type: BlobType(t[0]), Compression: chunk.Compression(t[1])}
+		t = t[2:]
+		var lens [2]uint32
+		for j := range lens {
+			v, n := uvarint32(t)
+			if n <= 0 {
+				return nil, fmt.Errorf("%w: pack trailer entry %d: length truncated, overlong or above 32 bits", ErrCorrupt, i)
+			}
+			lens[j] = v
+			t = t[n:]
+		}
+		b.StoredLen, b.RawLen = lens[0], lens[1]
+		if b.Compression != chunk.ZstdGroup {
+			if len(t) < chunk.IDSize {
+				return nil, fmt.Errorf("%w: pack trailer entry %d truncated", ErrCorrupt, i)
+			}
+			copy(b.ID[:], t)
+			t = t[chunk.IDSize:]
+		}
+		entries = append(entries, b)
 	}
 	return entries, nil
 }

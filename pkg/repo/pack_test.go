@@ -70,7 +70,7 @@ func TestPackTrailerSizeRefuses(t *testing.T) {
 	}{
 		"short footer":          {footerOf(0)[1:], 100},
 		"long footer":           {append([]byte{0}, footerOf(0)...), 100},
-		"bad magic":             {append(binary.LittleEndian.AppendUint32(nil, 42), "BKPDPK02"...), 100},
+		"bad magic":             {append(binary.LittleEndian.AppendUint32(nil, 42), "BKPDPK03"...), 100},
 		"not whole entries":     {footerOf(43), 1000},
 		"longer than the pack":  {footerOf(42 * 3), 42*3 + PackFooterSize - 1},
 		"above the limit":       {footerOf(MaxPackTrailerSize + trailerEntry), 1 << 40},

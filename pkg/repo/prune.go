@@ -1078,6 +1078,9 @@ func (p *pruner) repack(ctx context.Context, v *view, pl *plan, dead idSet) ([]P
 			}
 			if pb == nil {
 				pb = NewPackBuilder(size)
+				if p.r.cfg.CompactTrailers() {
+					pb.SetCompactTrailer()
+				}
 				builders[c.typ] = pb
 			}
 			if c.members != nil {

@@ -473,7 +473,62 @@ func (r *Repository) ReadPackTrailer(ctx context.Context, id chunk.ID, size int6
 	if len(entries) == 0 {
 		return nil, fmt.Errorf("pack %s: %w: no blobs", key, ErrCorrupt)
 	}
+	if err := r.hashGroups(ctx, key, entries); err != nil {
+		return nil, err
+	}
 	return entries, nil
+}
+
+// hashGroups gives the grouped blobs of a compact trailer their ids (a
+// compact trailer leaves them zero): each group's frame is read, at most
+// MaxGroupSize bytes, must decode to exactly its members' bytes, and each
+// member is hashed. Entries of a fixed trailer already have their ids.
+func (r *Repository) hashGroups(ctx context.Context, key string, entries []BlobEntry) error {
+	var stored, frame []byte
+	for i := 0; i < len(entries); {
+		e := entries[i]
+		if e.Compression != chunk.ZstdGroup || e.ID != (chunk.ID{}) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(entries) && entries[j].Compression == chunk.ZstdGroup && entries[j].Offset == e.Offset {
+			j++
+		}
+		last := entries[j-1]
+		if e.StoredLen > MaxGroupSize {
+			return fmt.Errorf("pack %s: %w: group frame of %d bytes, writers make at most %d", key, ErrCorrupt, e.StoredLen, MaxGroupSize)
+		}
+		rc, err := r.st.Get(ctx, key, int64(e.Offset), int64(e.StoredLen))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", key, err)
+		}
+		if cap(stored) < int(e.StoredLen) {
+			stored = make([]byte, e.StoredLen)
+		}
+		stored = stored[:e.StoredLen]
+		_, err = io.ReadFull(rc, stored)
+		rc.Close()
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return fmt.Errorf("%s: %w: shorter than its trailer says", key, ErrCorrupt)
+			}
+			return fmt.Errorf("read %s: %w", key, err)
+		}
+		frame, err = r.DecodeFrame(key, last, stored, frame)
+		if err != nil {
+			return err
+		}
+		if end := uint64(last.RawOffset) + uint64(last.RawLen); uint64(len(frame)) != end {
+			return fmt.Errorf("pack %s: %w: group frame holds %d bytes, its members %d", key, ErrCorrupt, len(frame), end)
+		}
+		for k := i; k < j; k++ {
+			m := &entries[k]
+			m.ID = chunk.Hash(frame[m.RawOffset : m.RawOffset+m.RawLen])
+		}
+		i = j
+	}
+	return nil
 }
 
 // readRange reads exactly n bytes at off of the object at key; an object

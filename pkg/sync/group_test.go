@@ -68,8 +68,8 @@ func TestSmallFilesAreGrouped(t *testing.T) {
 
 	v2 := mem.New()
 	r := ownerRepo(t, v2)
-	if v := r.Config().Version; v != 2 {
-		t.Fatalf("a new repository has format version %d, want 2", v)
+	if v := r.Config().Version; v != 3 {
+		t.Fatalf("a new repository has format version %d, want 3", v)
 	}
 	doBackup(t, r, src)
 	grouped, all := groupedBlobs(ownerRepo(t, v2))

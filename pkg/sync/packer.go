@@ -35,6 +35,8 @@ type packer struct {
 	// so that no pack is byte for byte one a standing prune is about to
 	// delete.
 	salted bool
+	// compact: packs end in a compact trailer (format version 3).
+	compact bool
 
 	mu  gosync.Mutex
 	cur *repo.PackBuilder
@@ -78,6 +80,9 @@ func (p *packer) put(ctx context.Context, uploads chan<- finishedPack, n, count 
 			p.mu.Lock()
 			if p.cur == nil {
 				p.cur = repo.NewPackBuilderBuffer(buf)
+				if p.compact {
+					p.cur.SetCompactTrailer()
+				}
 				if p.salted {
 					p.cur.AddSalt(p.typ)
 				}
