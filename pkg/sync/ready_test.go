@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	gosync "sync"
 	"testing"
 	"time"
 
@@ -210,14 +211,15 @@ func TestReadyRestoreNeverWritesThroughSwappedDirectories(t *testing.T) {
 			out := outsideDir(t, base)
 			dst := filepath.Join(base, "ws")
 			opts := readyOpts(snap)
-			swapped := false
+			// Two late files' commits may call the hook at once: swap once.
+			var once gosync.Once
+			swapped := false // read after Restore returns
 			swapBig := func() {
-				if swapped {
-					return
-				}
-				swapped = true
-				must(t, os.Rename(filepath.Join(dst, "big"), filepath.Join(dst, "moved")))
-				must(t, os.Symlink(out, filepath.Join(dst, "big")))
+				once.Do(func() {
+					swapped = true
+					must(t, os.Rename(filepath.Join(dst, "big"), filepath.Join(dst, "moved")))
+					must(t, os.Symlink(out, filepath.Join(dst, "big")))
+				})
 			}
 			if when == "ready" {
 				opts.Ready = func(int64) { swapBig() }
