@@ -121,13 +121,13 @@ func TestCompactTrailerRefuses(t *testing.T) {
 			t.Errorf("%s: %v, want ErrCorrupt", name, err)
 		}
 	}
-	// More entries than a pack may hold, each of them well formed.
+	// More entries than a pack may hold, each of them well formed (a raw
+	// blob of one byte), in a pack whose size they add up to.
 	var tr []byte
 	for range MaxPackBlobs + 1 {
-		tr = append(tr, 0, 2, 0, 1)
+		tr = append(append(tr, 0, 0, 1, 1), id32...)
 	}
-	tr = append([]byte{0, 2, 1, 1}, tr...)
-	if _, err := ParsePackTrailer(footer(tr), int64(len(tr))+PackFooterSize+1); !errors.Is(err, ErrCorrupt) {
+	if _, err := ParsePackTrailer(footer(tr), int64(len(tr))+PackFooterSize+MaxPackBlobs+1); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("too many entries: %v, want ErrCorrupt", err)
 	}
 }

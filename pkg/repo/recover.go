@@ -484,7 +484,7 @@ func (r *Repository) ReadPackTrailer(ctx context.Context, id chunk.ID, size int6
 // MaxGroupSize bytes, must decode to exactly its members' bytes, and each
 // member is hashed. Entries of a fixed trailer already have their ids.
 func (r *Repository) hashGroups(ctx context.Context, key string, entries []BlobEntry) error {
-	var stored, frame []byte
+	var frame []byte
 	for i := 0; i < len(entries); {
 		e := entries[i]
 		if e.Compression != chunk.ZstdGroup || e.ID != (chunk.ID{}) {
@@ -499,21 +499,9 @@ func (r *Repository) hashGroups(ctx context.Context, key string, entries []BlobE
 		if e.StoredLen > MaxGroupSize {
 			return fmt.Errorf("pack %s: %w: group frame of %d bytes, writers make at most %d", key, ErrCorrupt, e.StoredLen, MaxGroupSize)
 		}
-		rc, err := r.st.Get(ctx, key, int64(e.Offset), int64(e.StoredLen))
+		stored, err := readRange(ctx, r.st, key, int64(e.Offset), int64(e.StoredLen))
 		if err != nil {
-			return fmt.Errorf("read %s: %w", key, err)
-		}
-		if cap(stored) < int(e.StoredLen) {
-			stored = make([]byte, e.StoredLen)
-		}
-		stored = stored[:e.StoredLen]
-		_, err = io.ReadFull(rc, stored)
-		rc.Close()
-		if err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return fmt.Errorf("%s: %w: shorter than its trailer says", key, ErrCorrupt)
-			}
-			return fmt.Errorf("read %s: %w", key, err)
+			return err
 		}
 		frame, err = r.DecodeFrame(key, last, stored, frame)
 		if err != nil {
