@@ -196,6 +196,7 @@ type blobJob struct {
 	id   chunk.ID
 	buf  []byte // owned by the job; returned to the pool when stored
 	data []byte
+	kind string // the file's name extension: small blobs group by it
 }
 
 type dirFuture struct {
@@ -1262,6 +1263,7 @@ func (b *backup) forget(n *repo.Node) {
 // matched.
 func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFile, n *repo.Node, prev *repo.Node, size int64) (resumed int64, err error) {
 	n.Size = 0
+	kind := nameKind(n.Name)
 	emitID := func(buf, data []byte, id chunk.ID) ([]byte, error) {
 		if len(data) > cap(buf) {
 			// The chunker grew the buffer for a large chunk: the grown
@@ -1277,7 +1279,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 			return buf, nil
 		}
 		select {
-		case b.blobJobs <- blobJob{id: id, buf: buf, data: data}:
+		case b.blobJobs <- blobJob{id: id, buf: buf, data: data, kind: kind}:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -1426,22 +1428,23 @@ const chunkBufSize = 3 << 20
 // one frame: small files then compress as if they were one stream.
 func (b *backup) compressor(ctx context.Context) error {
 	var out []byte
-	var g *group
+	var gs *groupSet
 	if b.r.Config().Groups() {
-		g = &group{}
+		gs = &groupSet{}
 	}
 	for {
 		var job blobJob
 		select {
 		case j, ok := <-b.blobJobs:
 			if !ok {
-				return b.flushGroup(ctx, repo.DataBlob, g, &out)
+				return gs.flushAll(func(g *group) error { return b.flushGroup(ctx, repo.DataBlob, g, &out) })
 			}
 			job = j
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if g != nil && len(job.data) <= repo.GroupMaxBlob {
+		if gs != nil && len(job.data) <= repo.GroupMaxBlob {
+			g := gs.take(job.kind)
 			g.raw = append(g.raw, job.data...)
 			g.members = append(g.members, repo.GroupMember{ID: job.id, RawLen: uint32(len(job.data))})
 			b.bufs.put(job.buf)
@@ -1449,6 +1452,7 @@ func (b *backup) compressor(ctx context.Context) error {
 				if err := b.flushGroup(ctx, repo.DataBlob, g, &out); err != nil {
 					return err
 				}
+				gs.full(g)
 			}
 			continue
 		}
@@ -1460,6 +1464,84 @@ func (b *backup) compressor(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// groupKinds is how many groups of one name extension each a compressor
+// fills at once, beside one for files of any other kind: files of one
+// kind compress better side by side. Measured on the generated 100,000
+// small files (js, json, ts, md): tar | zstd -1 of them in walk order is
+// 161.7 MB, sorted by extension 150.9 MB. An extension holds a group
+// until that group is full; one that finds none free joins the mixed
+// group, so no group is closed before it is full. Each open group holds
+// up to ~1 MiB.
+const groupKinds = 4
+
+// groupSet is a compressor's open groups: one per extension that holds
+// one, and the mixed one (groups[groupKinds]).
+type groupSet struct {
+	kinds  [groupKinds]string
+	held   [groupKinds]bool
+	groups [groupKinds + 1]group
+}
+
+// take returns the group for a blob of a file of kind.
+func (s *groupSet) take(kind string) *group {
+	g := s.pick(kind)
+	if g.raw == nil {
+		// Room for a group's most: it never grows (and overshoots)
+		// by appends.
+		g.raw = make([]byte, 0, repo.GroupTarget+repo.GroupMaxBlob)
+	}
+	return g
+}
+
+func (s *groupSet) pick(kind string) *group {
+	free := -1
+	for i := range s.kinds {
+		if s.held[i] && s.kinds[i] == kind {
+			return &s.groups[i]
+		}
+		if !s.held[i] && free < 0 {
+			free = i
+		}
+	}
+	if free < 0 {
+		return &s.groups[groupKinds]
+	}
+	s.kinds[free], s.held[free] = kind, true
+	return &s.groups[free]
+}
+
+// full releases g, which was just flushed full, for any extension.
+func (s *groupSet) full(g *group) {
+	for i := range s.kinds {
+		if &s.groups[i] == g {
+			s.held[i] = false
+		}
+	}
+}
+
+// flushAll closes every open group (s nil: none).
+func (s *groupSet) flushAll(flush func(*group) error) error {
+	if s == nil {
+		return nil
+	}
+	for i := range s.groups {
+		if err := flush(&s.groups[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nameKind is what groups a file's small blobs: its name's extension,
+// lower-cased, or "" for a name without one.
+func nameKind(name string) string {
+	i := strings.LastIndexByte(name, '.')
+	if i <= 0 || len(name)-i-1 > 16 {
+		return ""
+	}
+	return strings.ToLower(name[i+1:])
 }
 
 // group is the group a compressor is filling: its members' raw bytes,

@@ -147,3 +147,78 @@ func TestPruneRegroupsPartlyDeadGroups(t *testing.T) {
 }
 
 var _ storage.Storage = mem.New()
+
+// TestGroupsHoldOneKindOfFile: small files are grouped by their name's
+// extension, with the kinds interleaved in every directory; each group's
+// members are files of one extension (or all without one), and the
+// backup restores byte for byte.
+func TestGroupsHoldOneKindOfFile(t *testing.T) {
+	testGroupKinds(t, []string{"js", "json", "md", ""}, true)
+}
+
+// TestGroupsOfManyKinds: with more kinds than a compressor holds groups
+// for, every small file is still grouped (the rare kinds together) and
+// restores byte for byte.
+func TestGroupsOfManyKinds(t *testing.T) {
+	testGroupKinds(t, []string{"js", "json", "md", "ts", "map", "css", "html", "txt", "yml", ""}, false)
+}
+
+func testGroupKinds(t *testing.T, kinds []string, oneKind bool) {
+	src := t.TempDir()
+	kindOf := map[chunk.ID]string{}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range 900 {
+		k := kinds[rng.IntN(len(kinds))]
+		name := fmt.Sprintf("d%02d/f%04d", i%30, i)
+		if k != "" {
+			name += "." + strings.ToUpper(k[:1]) + k[1:] // case does not matter
+		}
+		data := []byte(fmt.Sprintf("%s file %d %s\n", k, i, strings.Repeat(k+" content ", 50+rng.IntN(200))))
+		kindOf[chunk.Hash(data)] = k
+		writeFile(t, filepath.Join(src, name), data, 0o644, time.Unix(1e9, 0))
+	}
+	st := mem.New()
+	doBackup(t, ownerRepo(t, st), src)
+	frames := map[[2]uint64]map[string]int{}
+	for pack, entries := range ownerRepo(t, st).Index().Packs() {
+		for _, e := range entries {
+			k, ok := kindOf[e.ID]
+			if e.Type != repo.DataBlob || e.Compression != chunk.ZstdGroup || !ok {
+				continue
+			}
+			f := [2]uint64{uint64(pack[0])<<8 | uint64(pack[1]), uint64(e.Offset)}
+			if frames[f] == nil {
+				frames[f] = map[string]int{}
+			}
+			frames[f][k]++
+		}
+	}
+	if oneKind && len(frames) < len(kinds) {
+		t.Fatalf("%d group frames for %d kinds of file", len(frames), len(kinds))
+	}
+	members := 0
+	for f, ks := range frames {
+		if oneKind && len(ks) != 1 {
+			t.Errorf("group frame %v holds files of %d kinds: %v", f, len(ks), ks)
+		}
+		for _, n := range ks {
+			members += n
+		}
+	}
+	if members != len(kindOf) {
+		t.Errorf("%d of %d small files are in groups", members, len(kindOf))
+	}
+	restoreEqual(t, st, src)
+	checkClean(t, st)
+}
+
+func TestNameKind(t *testing.T) {
+	for name, want := range map[string]string{
+		"index.js": "js", "README.MD": "md", "Makefile": "", ".bashrc": "", "a.d.ts": "ts",
+		"x.": "", "v.0123456789abcdefg": "", "v.0123456789abcdef": "0123456789abcdef",
+	} {
+		if got := nameKind(name); got != want {
+			t.Errorf("nameKind(%q) = %q, want %q", name, got, want)
+		}
+	}
+}
