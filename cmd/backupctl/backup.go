@@ -57,6 +57,9 @@ until its size, mtime and ctime stay put through a read; one still
 changing then is stored as last read, flagged "changing" in its tree entry,
 with a warning, and counted in the summary ("changing" in --json, with
 "reread", the extra reads). The next backup reads a flagged file again.
+A changed file that still begins with its previous version's chunks (an
+appended log, a file the checkpoint before stored most of) is hashed
+through them and cut only after: "resumed_bytes" in --json.
 Errors of the repository or its storage always fail the backup.
 
 Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"
@@ -153,7 +156,7 @@ goes at the next prune. "snapshots" marks checkpoints.`,
 					fmt.Fprintf(os.Stderr, "forgot %s beyond the newest %d\n", plural(int64(n), "older checkpoint"), keep)
 				}
 			}
-			return printBackup(&f, res.SnapshotID.String(), res.Snapshot.Stats)
+			return printBackup(&f, res.SnapshotID.String(), res.Snapshot.Stats, res.ResumedBytes)
 		},
 	}
 	f.register(cmd, true)
@@ -179,7 +182,7 @@ const defaultKeepCheckpoints = 2
 // printBackup prints a finished backup: the snapshot id, or with --json
 // its statistics; on a terminal a summary line on stderr too, and always
 // a warning there counting the entries left out as unreadable.
-func printBackup(f *repoFlags, id string, st repo.Stats) error {
+func printBackup(f *repoFlags, id string, st repo.Stats, resumed int64) error {
 	if st.Unreadable > 0 {
 		fmt.Fprintf(os.Stderr, "warning: unreadable, left out of snapshot %.8s: %d (one warning each; --strict fails instead)\n", id, st.Unreadable)
 	}
@@ -192,6 +195,7 @@ func printBackup(f *repoFlags, id string, st repo.Stats) error {
 			"symlinks": st.Symlinks, "skipped": st.Skipped, "unreadable": st.Unreadable, "changing": st.Changing, "reread": st.Reread, "excluded": st.Excluded, "bytes": st.Bytes,
 			"new_bytes": st.NewBytes, "stored_bytes": st.StoredBytes, "blobs": st.Blobs,
 			"new_blobs": st.NewBlobs, "objects_written": st.ObjectsWritten, "duration_ms": st.DurationMS,
+			"resumed_bytes": resumed,
 		})
 	}
 	if f.showProgress() {
@@ -230,5 +234,5 @@ func backupViaDaemon(ctx context.Context, d *daemonFlags, f *repoFlags, start fu
 		Files: r.Files, UnchangedFiles: r.UnchangedFiles, Dirs: r.Dirs, Symlinks: r.Symlinks, Skipped: r.Skipped, Unreadable: r.UnreadableEntries, Changing: r.ChangingFiles, Reread: r.RereadFiles, Excluded: r.Excluded,
 		Bytes: r.Bytes, NewBytes: r.NewBytes, StoredBytes: r.StoredBytes, Blobs: r.Blobs, NewBlobs: r.NewBlobs, ObjectsWritten: r.ObjectsWritten,
 		DurationMS: op.EndTime.AsTime().Sub(op.StartTime.AsTime()).Milliseconds(),
-	})
+	}, r.ResumedBytes)
 }

@@ -98,6 +98,37 @@ func TestCheckpointIsTheStopBackupsParent(t *testing.T) {
 	}
 }
 
+// TestStopAfterCheckpointResumesAppendedFile: a file appended to after a
+// checkpoint is hashed through the chunks the checkpoint stored and cut
+// only after them; the stop's result says how many bytes were resumed,
+// and the snapshot restores byte for byte.
+func TestStopAfterCheckpointResumesAppendedFile(t *testing.T) {
+	e := newEnv(t, nil)
+	dir := e.workspace("ws1", 21, 8<<20)
+	log := filepath.Join(dir, "data", "bloba")
+	old, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := e.checkpoint(dir, "alice", "ws1", 0)
+	if cp.Result.ResumedBytes != 0 {
+		t.Fatalf("a first backup resumed %d bytes", cp.Result.ResumedBytes)
+	}
+	f, err := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(randomBytes(22, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	stop := e.backup(dir, "alice", "ws1")
+	if r := stop.Result.ResumedBytes; r <= 0 || r >= int64(len(old)) {
+		t.Fatalf("stop backup resumed %d bytes of the %d the checkpoint stored (result %v)", r, len(old), stop.Result)
+	}
+	e.restoreInto("alice", "ws1", "restored", dir)
+}
+
 // TestStopBackupCancelsCheckpoint: a backup of a workspace whose
 // checkpoint is mid-way (held before its second pack, its first stored)
 // cancels it and finishes; the checkpoint writes no snapshot, and the

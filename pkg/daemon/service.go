@@ -145,7 +145,7 @@ func (s *Server) runBackup(ctx context.Context, op *operation, dir *dirfd.Dir, o
 		SnapshotId: res.SnapshotID.String(), Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes,
 		UnchangedFiles: st.UnchangedFiles, NewBytes: st.NewBytes, StoredBytes: st.StoredBytes,
 		Skipped: st.Skipped, UnreadableEntries: st.Unreadable, ChangingFiles: st.Changing, RereadFiles: st.Reread, Excluded: st.Excluded, Blobs: st.Blobs, NewBlobs: st.NewBlobs, ObjectsWritten: st.ObjectsWritten,
-		Checkpoint: res.Snapshot.Checkpoint, ForgottenSnapshots: s.applyRetention(op, r, trigger, forget),
+		Checkpoint: res.Snapshot.Checkpoint, ResumedBytes: res.ResumedBytes, ForgottenSnapshots: s.applyRetention(op, r, trigger, forget),
 	}, nil
 }
 

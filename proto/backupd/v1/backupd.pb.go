@@ -1397,7 +1397,11 @@ type OperationResult struct {
 	Conflicts     int64    `protobuf:"varint,24,opt,name=conflicts,proto3" json:"conflicts,omitempty"`
 	ConflictPaths []string `protobuf:"bytes,25,rep,name=conflict_paths,json=conflictPaths,proto3" json:"conflict_paths,omitempty"`
 	// Backup: true when it is a checkpoint.
-	Checkpoint    bool `protobuf:"varint,26,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Checkpoint bool `protobuf:"varint,26,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// Backup: bytes of changed files that were found, by hashing, to begin
+	// with their previous version's chunks, and were not cut again (an
+	// appended log; a stop after a checkpoint that stored most of a file).
+	ResumedBytes  int64 `protobuf:"varint,27,opt,name=resumed_bytes,json=resumedBytes,proto3" json:"resumed_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1612,6 +1616,13 @@ func (x *OperationResult) GetCheckpoint() bool {
 		return x.Checkpoint
 	}
 	return false
+}
+
+func (x *OperationResult) GetResumedBytes() int64 {
+	if x != nil {
+		return x.ResumedBytes
+	}
+	return 0
 }
 
 // ForgetResult is what a forget operation kept and forgot, per workspace,
@@ -3546,7 +3557,7 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12(\n" +
 	"\x10bytes_per_second\x18\x06 \x01(\x01R\x0ebytesPerSecond\x12I\n" +
-	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\x9a\a\n" +
+	"\x13estimated_time_left\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11estimatedTimeLeft\"\xbf\a\n" +
 	"\x0fOperationResult\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x14\n" +
@@ -3577,7 +3588,8 @@ const file_backupd_v1_backupd_proto_rawDesc = "" +
 	"\x0econflict_paths\x18\x19 \x03(\tR\rconflictPaths\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x1a \x01(\bR\n" +
-	"checkpoint\"\x89\x01\n" +
+	"checkpoint\x12#\n" +
+	"\rresumed_bytes\x18\x1b \x01(\x03R\fresumedBytes\"\x89\x01\n" +
 	"\fForgetResult\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12;\n" +
 	"\n" +
