@@ -268,6 +268,13 @@ func createTempName(create func(name string) error) (string, error) {
 	}
 }
 
+// renameNoReplace renames from to to in directory dir unless to exists
+// (EEXIST); EINVAL or ENOSYS where the file system or kernel cannot.
+// Tests replace it to take the fallbacks.
+var renameNoReplace = func(dir int, from, to string) error {
+	return unix.Renameat2(dir, from, dir, to, unix.RENAME_NOREPLACE)
+}
+
 // commitLate moves the written late file f from its temporary name to its
 // own, unless the workspace has made an entry of that name meanwhile: then
 // the workspace's entry stays, the temporary file goes, and the conflict is
@@ -276,7 +283,7 @@ func (f *restoreFile) commitLate() error {
 	if err := hookLateRename(f.path()); err != nil {
 		return err
 	}
-	err := unix.Renameat2(f.dir.fd, f.tmp, f.dir.fd, f.node.Name, unix.RENAME_NOREPLACE)
+	err := renameNoReplace(f.dir.fd, f.tmp, f.node.Name)
 	if err == unix.EINVAL || err == unix.ENOSYS {
 		// A file system without RENAME_NOREPLACE: a link fails the same
 		// way over an existing name.

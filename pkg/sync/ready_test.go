@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,6 +80,10 @@ func tempFiles(t *testing.T, root string) []string {
 }
 
 func TestReadyRestoreWritesEarlyFilesBeforeReady(t *testing.T) {
+	withRenameFallback(t, testReadyRestoreWritesEarlyFilesBeforeReady)
+}
+
+func testReadyRestoreWritesEarlyFilesBeforeReady(t *testing.T) {
 	src, early, late := readyTree(t)
 	r, _ := newMemRepo(t)
 	res := doBackup(t, r, src)
@@ -133,6 +139,10 @@ func TestReadyRestoreWritesEarlyFilesBeforeReady(t *testing.T) {
 }
 
 func TestReadyRestoreKeepsTheWorkspacesFile(t *testing.T) {
+	withRenameFallback(t, testReadyRestoreKeepsTheWorkspacesFile)
+}
+
+func testReadyRestoreKeepsTheWorkspacesFile(t *testing.T) {
 	src, _, late := readyTree(t)
 	r, _ := newMemRepo(t)
 	snap := doBackup(t, r, src).Snapshot
@@ -329,4 +339,21 @@ func TestReadyRestoreGivesWayToARemovedDirectory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withRenameFallback runs test as is and again as on a file system
+// without RENAME_NOREPLACE (late files then link into place, late
+// directories rename after a check).
+func withRenameFallback(t *testing.T, test func(*testing.T)) {
+	t.Run("renameat2", test)
+	t.Run("without-noreplace", func(t *testing.T) {
+		var calls atomic.Int32 // late files commit in parallel
+		old := renameNoReplace
+		renameNoReplace = func(int, string, string) error { calls.Add(1); return unix.EINVAL }
+		t.Cleanup(func() { renameNoReplace = old })
+		test(t)
+		if calls.Load() == 0 {
+			t.Fatal("no late entry was renamed into place")
+		}
+	})
 }

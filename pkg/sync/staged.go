@@ -157,7 +157,7 @@ func (s *stagedTree) commit(p *readyPlan) error {
 		p.conflict(s.disp)
 		return nil
 	}
-	err := unix.Renameat2(d.fd, s.tmp, d.fd, s.node.Name, unix.RENAME_NOREPLACE)
+	err := renameNoReplace(d.fd, s.tmp, s.node.Name)
 	if err == unix.EINVAL || err == unix.ENOSYS {
 		// No RENAME_NOREPLACE here (a directory cannot be linked): check,
 		// then rename; the workspace could still make the name in
