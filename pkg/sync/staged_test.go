@@ -49,7 +49,9 @@ func lateDirTree(t *testing.T) (src string, early map[string][]byte, staged map[
 // there at READY, is written under a temporary name, and appears in one
 // rename, complete, with its links and metadata; a file a late pattern
 // matches is late however small, and though it is recent.
-func TestLateDirectoryArrivesWhole(t *testing.T) { withRenameFallback(t, testLateDirectoryArrivesWhole) }
+func TestLateDirectoryArrivesWhole(t *testing.T) {
+	withRenameFallback(t, testLateDirectoryArrivesWhole)
+}
 
 func testLateDirectoryArrivesWhole(t *testing.T) {
 	src, early, staged := lateDirTree(t)
@@ -139,7 +141,9 @@ func testLateDirectoryArrivesWhole(t *testing.T) {
 // TestLateDirectoryGivesWayToTheWorkspaces: a workspace that makes the
 // directory itself after READY (an npm install, say) keeps its own; the
 // staged copy goes and the conflict is reported.
-func TestLateDirectoryGivesWayToTheWorkspaces(t *testing.T) { withRenameFallback(t, testLateDirectoryGivesWayToTheWorkspaces) }
+func TestLateDirectoryGivesWayToTheWorkspaces(t *testing.T) {
+	withRenameFallback(t, testLateDirectoryGivesWayToTheWorkspaces)
+}
 
 func testLateDirectoryGivesWayToTheWorkspaces(t *testing.T) {
 	src, _, _ := lateDirTree(t)
