@@ -1444,7 +1444,10 @@ func (b *backup) compressor(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if gs != nil && len(job.data) <= repo.GroupMaxBlob {
-			g := gs.take(job.kind)
+			g, err := gs.take(job.kind, func(g *group) error { return b.flushGroup(ctx, repo.DataBlob, g, &out) })
+			if err != nil {
+				return err
+			}
 			g.raw = append(g.raw, job.data...)
 			g.members = append(g.members, repo.GroupMember{ID: job.id, RawLen: uint32(len(job.data))})
 			b.bufs.put(job.buf)
@@ -1471,48 +1474,91 @@ func (b *backup) compressor(ctx context.Context) error {
 // kind compress better side by side. Measured on the generated 100,000
 // small files (js, json, ts, md): tar | zstd -1 of them in walk order is
 // 161.7 MB, sorted by extension 150.9 MB. An extension holds a group
-// until that group is full; one that finds none free joins the mixed
-// group, so no group is closed before it is full. Each open group holds
-// up to ~1 MiB.
-const groupKinds = 4
+// until that group is full, or until it has had no blob for groupStale
+// blobs while another extension finds no group free: then what it
+// gathered moves to the mixed group, and the newcomer takes its place.
+// An extension that finds no group free joins the mixed group. So no
+// group is closed before it is full, and a rare extension seen first
+// does not keep a frequent one out. Each open group holds up to
+// GroupTarget+GroupMaxBlob bytes.
+const (
+	groupKinds = 4
+	groupStale = 256
+)
 
 // groupSet is a compressor's open groups: one per extension that holds
-// one, and the mixed one (groups[groupKinds]).
+// one, and the mixed one.
 type groupSet struct {
 	kinds  [groupKinds]string
 	held   [groupKinds]bool
-	groups [groupKinds + 1]group
+	used   [groupKinds]uint64 // the clock at each group's last blob
+	groups [groupKinds]group
+	mixed  group
+	clock  uint64 // blobs taken
 }
 
-// take returns the group for a blob of a file of kind.
-func (s *groupSet) take(kind string) *group {
-	g := s.pick(kind)
+// take returns the group for a blob of a file of kind; flush stores a
+// group and empties it (to make room in the mixed group).
+func (s *groupSet) take(kind string, flush func(*group) error) (*group, error) {
+	g, err := s.pick(kind, flush)
+	if err != nil {
+		return nil, err
+	}
 	if g.raw == nil {
 		// Room for a group's most: it never grows (and overshoots)
 		// by appends.
 		g.raw = make([]byte, 0, repo.GroupTarget+repo.GroupMaxBlob)
 	}
-	return g
+	return g, nil
 }
 
-func (s *groupSet) pick(kind string) *group {
-	free := -1
+func (s *groupSet) pick(kind string, flush func(*group) error) (*group, error) {
+	s.clock++
+	free, oldest := -1, 0
 	for i := range s.kinds {
 		if s.held[i] && s.kinds[i] == kind {
-			return &s.groups[i]
+			s.used[i] = s.clock
+			return &s.groups[i], nil
 		}
 		if !s.held[i] && free < 0 {
 			free = i
 		}
+		if s.used[i] < s.used[oldest] {
+			oldest = i
+		}
+	}
+	if free < 0 && s.clock-s.used[oldest] > groupStale {
+		if err := s.toMixed(&s.groups[oldest], flush); err != nil {
+			return nil, err
+		}
+		free = oldest
 	}
 	if free < 0 {
-		return &s.groups[groupKinds]
+		return &s.mixed, nil
 	}
-	s.kinds[free], s.held[free] = kind, true
-	return &s.groups[free]
+	s.kinds[free], s.held[free], s.used[free] = kind, true, s.clock
+	return &s.groups[free], nil
 }
 
-// full releases g, which was just flushed full, for any extension.
+// toMixed moves the blobs of g (not full) to the end of the mixed group,
+// which is stored first if they would not fit.
+func (s *groupSet) toMixed(g *group, flush func(*group) error) error {
+	m := &s.mixed
+	if len(m.raw)+len(g.raw) > repo.GroupTarget || len(m.members)+len(g.members) > repo.GroupMaxMembers {
+		if err := flush(m); err != nil {
+			return err
+		}
+	}
+	if m.raw == nil {
+		m.raw = make([]byte, 0, repo.GroupTarget+repo.GroupMaxBlob)
+	}
+	m.raw = append(m.raw, g.raw...)
+	m.members = append(m.members, g.members...)
+	g.raw, g.members = g.raw[:0], g.members[:0]
+	return nil
+}
+
+// full releases g, which was just stored full, for any extension.
 func (s *groupSet) full(g *group) {
 	for i := range s.kinds {
 		if &s.groups[i] == g {
@@ -1521,7 +1567,7 @@ func (s *groupSet) full(g *group) {
 	}
 }
 
-// flushAll closes every open group (s nil: none).
+// flushAll stores every open group (s nil: none).
 func (s *groupSet) flushAll(flush func(*group) error) error {
 	if s == nil {
 		return nil
@@ -1531,7 +1577,7 @@ func (s *groupSet) flushAll(flush func(*group) error) error {
 			return err
 		}
 	}
-	return nil
+	return flush(&s.mixed)
 }
 
 // nameKind is what groups a file's small blobs: its name's extension,

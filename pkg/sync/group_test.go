@@ -222,3 +222,63 @@ func TestNameKind(t *testing.T) {
 		}
 	}
 }
+
+// TestRareKindsDoNotHoldGroups: files of rare extensions seen first do
+// not keep the frequent ones out of groups of their own: once idle, a
+// rare kind's blobs move to the mixed group and its place goes to a
+// frequent kind, so most frequent files end in frames of one kind.
+func TestRareKindsDoNotHoldGroups(t *testing.T) {
+	src := t.TempDir()
+	kindOf := map[chunk.ID]string{}
+	add := func(name, k string, data []byte) {
+		kindOf[chunk.Hash(data)] = k
+		writeFile(t, filepath.Join(src, name), data, 0o644, time.Unix(1e9, 0))
+	}
+	rare := []string{"cfg", "lock", "toml", "yml", "ini", "xml", "svg", "txt"}
+	for i, k := range rare {
+		add(fmt.Sprintf("a/%d.%s", i, k), k, []byte(strings.Repeat(k+" rare ", 40)))
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	frequent := 0
+	for i := range 6000 {
+		k := []string{"js", "ts"}[i%2]
+		add(fmt.Sprintf("b%02d/f%04d.%s", i%40, i, k), k, []byte(fmt.Sprintf("%s %d %s", k, i, strings.Repeat(k+" x ", 50+rng.IntN(150)))))
+		frequent++
+	}
+	st := mem.New()
+	doBackup(t, ownerRepo(t, st), src)
+	type frame struct {
+		pack chunk.ID
+		off  uint32
+	}
+	kinds := map[frame]map[string]int{}
+	for pack, entries := range ownerRepo(t, st).Index().Packs() {
+		for _, e := range entries {
+			if k, ok := kindOf[e.ID]; ok && e.Compression == chunk.ZstdGroup {
+				f := frame{pack, e.Offset}
+				if kinds[f] == nil {
+					kinds[f] = map[string]int{}
+				}
+				kinds[f][k]++
+			}
+		}
+	}
+	alone, grouped := 0, 0
+	for _, ks := range kinds {
+		for k, n := range ks {
+			grouped += n
+			if len(ks) == 1 && (k == "js" || k == "ts") {
+				alone += n
+			}
+		}
+	}
+	// A group left with one blob at the end is stored as a blob alone.
+	if grouped < len(kindOf)-2*(groupKinds+1) {
+		t.Errorf("%d of %d small files are in groups", grouped, len(kindOf))
+	}
+	t.Logf("%d of %d js and ts files in frames of one kind", alone, frequent)
+	if alone < frequent*85/100 {
+		t.Errorf("%d of %d js and ts files are in frames of one kind, want at least 85 %%", alone, frequent)
+	}
+	restoreEqual(t, st, src)
+}
