@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"syscall"
 
@@ -80,22 +81,33 @@ Credentials come from each SDK's usual environment variables or from
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	var cpuProfile string
+	var cpuProfile, execTrace string
 	var stopProfile func()
 	root.PersistentFlags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile to `FILE` (for developers)")
+	root.PersistentFlags().StringVar(&execTrace, "exec-trace", "", "write a Go execution trace to `FILE` (for developers; go tool trace reads it)")
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
+	_ = root.PersistentFlags().MarkHidden("exec-trace")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		if cpuProfile == "" {
-			return nil
+		switch {
+		case cpuProfile != "":
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		case execTrace != "":
+			f, err := os.Create(execTrace)
+			if err != nil {
+				return err
+			}
+			if err := trace.Start(f); err != nil {
+				return err
+			}
+			stopProfile = func() { trace.Stop(); f.Close() }
 		}
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
 		return nil
 	}
 	root.PersistentPostRun = func(*cobra.Command, []string) {
