@@ -60,6 +60,7 @@ type backupStats struct {
 	Bytes          int64  `json:"bytes"`
 	NewBytes       int64  `json:"new_bytes"`
 	StoredBytes    int64  `json:"stored_bytes"`
+	ResumedBytes   int64  `json:"resumed_bytes"`
 	ObjectsWritten int64  `json:"objects_written"`
 	Reread         int64  `json:"reread"`
 	Changing       int64  `json:"changing"`
@@ -673,6 +674,7 @@ func (b *bench) stopReport(s *bytes.Buffer) {
 	})
 	row("bytes stored by the stop (`stored_bytes`: what (b) uploads)", sizes(func(r stopRun) int64 { return r.stopSt.StoredBytes }))
 	row("store growth by the stop (all its objects)", sizes(func(r stopRun) int64 { return r.stopGrowth }))
+	row("bytes of changed files the stop resumed (`resumed_bytes`: hashed through, not cut again)", sizes(func(r stopRun) int64 { return r.stopSt.ResumedBytes }))
 	row("files the stop read (`files - unchanged_files`)", func(rs []stopRun) string {
 		if len(rs) == 0 {
 			return "-"
