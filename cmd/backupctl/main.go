@@ -82,37 +82,35 @@ Credentials come from each SDK's usual environment variables or from
 		SilenceErrors: true,
 	}
 	var cpuProfile, execTrace string
-	var stopProfile func()
+	var stops []func()
 	root.PersistentFlags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile to `FILE` (for developers)")
 	root.PersistentFlags().StringVar(&execTrace, "exec-trace", "", "write a Go execution trace to `FILE` (for developers; go tool trace reads it)")
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	_ = root.PersistentFlags().MarkHidden("exec-trace")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		switch {
-		case cpuProfile != "":
-			f, err := os.Create(cpuProfile)
+		for _, o := range []struct {
+			path  string
+			start func(io.Writer) error
+			stop  func()
+		}{{cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile}, {execTrace, trace.Start, trace.Stop}} {
+			if o.path == "" {
+				continue
+			}
+			f, err := os.Create(o.path)
 			if err != nil {
 				return err
 			}
-			if err := pprof.StartCPUProfile(f); err != nil {
+			if err := o.start(f); err != nil {
+				f.Close()
 				return err
 			}
-			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
-		case execTrace != "":
-			f, err := os.Create(execTrace)
-			if err != nil {
-				return err
-			}
-			if err := trace.Start(f); err != nil {
-				return err
-			}
-			stopProfile = func() { trace.Stop(); f.Close() }
+			stops = append(stops, func() { o.stop(); f.Close() })
 		}
 		return nil
 	}
 	root.PersistentPostRun = func(*cobra.Command, []string) {
-		if stopProfile != nil {
-			stopProfile()
+		for _, stop := range stops {
+			stop()
 		}
 	}
 	root.SetFlagErrorFunc(usage.FlagError)

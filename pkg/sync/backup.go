@@ -1432,19 +1432,20 @@ func (b *backup) compressor(ctx context.Context) error {
 	if b.r.Config().Groups() {
 		gs = &groupSet{}
 	}
+	flush := func(g *group) error { return b.flushGroup(ctx, repo.DataBlob, g, &out) }
 	for {
 		var job blobJob
 		select {
 		case j, ok := <-b.blobJobs:
 			if !ok {
-				return gs.flushAll(func(g *group) error { return b.flushGroup(ctx, repo.DataBlob, g, &out) })
+				return gs.flushAll(flush)
 			}
 			job = j
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		if gs != nil && len(job.data) <= repo.GroupMaxBlob {
-			g, err := gs.take(job.kind, func(g *group) error { return b.flushGroup(ctx, repo.DataBlob, g, &out) })
+			g, err := gs.take(job.kind, flush)
 			if err != nil {
 				return err
 			}
@@ -1452,7 +1453,7 @@ func (b *backup) compressor(ctx context.Context) error {
 			g.members = append(g.members, repo.GroupMember{ID: job.id, RawLen: uint32(len(job.data))})
 			b.bufs.put(job.buf)
 			if len(g.raw) >= repo.GroupTarget || len(g.members) >= repo.GroupMaxMembers {
-				if err := b.flushGroup(ctx, repo.DataBlob, g, &out); err != nil {
+				if err := flush(g); err != nil {
 					return err
 				}
 				gs.full(g)

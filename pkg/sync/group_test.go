@@ -179,14 +179,18 @@ func testGroupKinds(t *testing.T, kinds []string, oneKind bool) {
 	}
 	st := mem.New()
 	doBackup(t, ownerRepo(t, st), src)
-	frames := map[[2]uint64]map[string]int{}
+	type frame struct {
+		pack chunk.ID
+		off  uint32
+	}
+	frames := map[frame]map[string]int{}
 	for pack, entries := range ownerRepo(t, st).Index().Packs() {
 		for _, e := range entries {
 			k, ok := kindOf[e.ID]
 			if e.Type != repo.DataBlob || e.Compression != chunk.ZstdGroup || !ok {
 				continue
 			}
-			f := [2]uint64{uint64(pack[0])<<8 | uint64(pack[1]), uint64(e.Offset)}
+			f := frame{pack, e.Offset}
 			if frames[f] == nil {
 				frames[f] = map[string]int{}
 			}
