@@ -179,24 +179,7 @@ func testGroupKinds(t *testing.T, kinds []string, oneKind bool) {
 	}
 	st := mem.New()
 	doBackup(t, ownerRepo(t, st), src)
-	type frame struct {
-		pack chunk.ID
-		off  uint32
-	}
-	frames := map[frame]map[string]int{}
-	for pack, entries := range ownerRepo(t, st).Index().Packs() {
-		for _, e := range entries {
-			k, ok := kindOf[e.ID]
-			if e.Type != repo.DataBlob || e.Compression != chunk.ZstdGroup || !ok {
-				continue
-			}
-			f := frame{pack, e.Offset}
-			if frames[f] == nil {
-				frames[f] = map[string]int{}
-			}
-			frames[f][k]++
-		}
-	}
+	frames := kindsByFrame(ownerRepo(t, st), kindOf)
 	if oneKind && len(frames) < len(kinds) {
 		t.Fatalf("%d group frames for %d kinds of file", len(frames), len(kinds))
 	}
@@ -251,22 +234,7 @@ func TestRareKindsDoNotHoldGroups(t *testing.T) {
 	}
 	st := mem.New()
 	doBackup(t, ownerRepo(t, st), src)
-	type frame struct {
-		pack chunk.ID
-		off  uint32
-	}
-	kinds := map[frame]map[string]int{}
-	for pack, entries := range ownerRepo(t, st).Index().Packs() {
-		for _, e := range entries {
-			if k, ok := kindOf[e.ID]; ok && e.Compression == chunk.ZstdGroup {
-				f := frame{pack, e.Offset}
-				if kinds[f] == nil {
-					kinds[f] = map[string]int{}
-				}
-				kinds[f][k]++
-			}
-		}
-	}
+	kinds := kindsByFrame(ownerRepo(t, st), kindOf)
 	alone, grouped := 0, 0
 	for _, ks := range kinds {
 		for k, n := range ks {
@@ -285,4 +253,31 @@ func TestRareKindsDoNotHoldGroups(t *testing.T) {
 		t.Errorf("%d of %d js and ts files are in frames of one kind, want at least 85 %%", alone, frequent)
 	}
 	restoreEqual(t, st, src)
+}
+
+// groupFrame names a group frame: its pack and offset.
+type groupFrame struct {
+	pack chunk.ID
+	off  uint32
+}
+
+// kindsByFrame counts, for each group frame of r's data blobs, its
+// members of each kind that kindOf names (blobs it does not name are left
+// out).
+func kindsByFrame(r *repo.Repository, kindOf map[chunk.ID]string) map[groupFrame]map[string]int {
+	frames := map[groupFrame]map[string]int{}
+	for pack, entries := range r.Index().Packs() {
+		for _, e := range entries {
+			k, ok := kindOf[e.ID]
+			if e.Type != repo.DataBlob || e.Compression != chunk.ZstdGroup || !ok {
+				continue
+			}
+			f := groupFrame{pack, e.Offset}
+			if frames[f] == nil {
+				frames[f] = map[string]int{}
+			}
+			frames[f][k]++
+		}
+	}
+	return frames
 }
