@@ -106,7 +106,8 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-## fuzz: each decoder's fuzz function for FUZZTIME (default 1m), one after
+## fuzz: each decoder's fuzz function, and the chunker's against
+## restic/chunker's, for FUZZTIME (default 1m), one after
 ## another (go test fuzzes one function of one package at a time).
 FUZZTIME ?= 1m
 .PHONY: fuzz
@@ -114,6 +115,7 @@ fuzz:
 	@set -e; for f in FuzzDecodeIndex FuzzDecodeTree FuzzParsePackTrailer FuzzDecodeSnapshot FuzzDecodeConfig; do \
 		echo "== $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pkg/repo/; done
 	@echo "== FuzzDecompress"; $(GO) test -run '^$$' -fuzz '^FuzzDecompress$$' -fuzztime $(FUZZTIME) ./pkg/chunk/
+	@echo "== FuzzChunkerIsRestics"; $(GO) test -run '^$$' -fuzz '^FuzzChunkerIsRestics$$' -fuzztime $(FUZZTIME) ./pkg/chunk/
 
 ## bench: Go benchmarks of the hot paths (chunk, hash, compress, pipelines).
 bench:
