@@ -116,6 +116,44 @@ func (c *Codec) Compress(dst, src []byte) ([]byte, Compression) {
 	return append(out[:start], src...), Raw
 }
 
+// Sampling for LooksIncompressible: sampleSpans spans of sampleSpan bytes,
+// spread evenly over a blob of at least sampleMinLen bytes, each
+// compressed as a frame of its own (1/16 of such a blob at most, 1/64 of a
+// 1 MiB chunk).
+const (
+	sampleSpans  = 4
+	sampleSpan   = 4 << 10
+	sampleMinLen = 16 * sampleSpans * sampleSpan
+)
+
+// LooksIncompressible says whether src would most likely be stored raw by
+// Compress, judged from a sample: src is at least 256 KiB, and each of
+// the spans spread over it compresses by less than 3 %. (Each on its own:
+// zstd stores a block that mixes random and text bytes raw as a whole, and
+// Compress's blocks are far larger than a span.) It costs a few percent
+// of Compress, which spends about as much CPU on bytes that do not
+// compress as on bytes that do. The sample can miss redundancy at longer
+// range than a span (such as a repeat of random bytes far apart within
+// src), so a caller trusts it only where src's neighbours have proved
+// incompressible (backup: earlier chunks of the same file all stored
+// raw): a wrong answer costs stored size, never content. scratch is
+// reused, and returned for the next call.
+func (c *Codec) LooksIncompressible(src, scratch []byte) (bool, []byte) {
+	if len(src) < sampleMinLen {
+		return false, scratch
+	}
+	scratch = scratch[:0]
+	step := len(src) / sampleSpans
+	for i := range sampleSpans {
+		off := i*step + (step-sampleSpan)/2
+		scratch = c.enc.EncodeAll(src[off:off+sampleSpan], scratch[:0])
+		if len(scratch) < sampleSpan-sampleSpan/32 {
+			return false, scratch[:0]
+		}
+	}
+	return true, scratch[:0]
+}
+
 // CompressFrame appends src compressed as one zstd frame, which declares
 // its content size, to dst, however large the result: for a group of
 // blobs (repo.PackBuilder.AddGroup), where the caller decides. It

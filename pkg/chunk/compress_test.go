@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -231,4 +233,90 @@ func TestZstdMaxRawLen(t *testing.T) {
 	if !errors.Is(err2, ErrCorrupt) || n > 1024 {
 		t.Fatalf("14-byte frame claiming %d bytes: %v, allocated %d", MaxBlobSize, err2, n)
 	}
+}
+
+// wordsData returns n bytes of text-like content: words from a small
+// vocabulary in a pseudo-random order, which zstd compresses several times.
+func wordsData(seed uint64, n int) []byte {
+	words := strings.Fields("func return if else for range var const type struct interface map chan go defer select case default package import error nil true false")
+	r := rand.New(rand.NewPCG(seed, seed))
+	var b []byte
+	for len(b) < n {
+		b = append(b, words[r.IntN(len(words))]...)
+		b = append(b, " \n\t("[r.IntN(4)])
+	}
+	return b[:n]
+}
+
+func TestLooksIncompressible(t *testing.T) {
+	c, err := NewCodec(int(DefaultLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1 << 20
+	random := randomData(11, n)
+	// Text in one quarter of random bytes: the sample sees it.
+	mixed := bytes.Clone(random)
+	copy(mixed[n/2:], wordsData(12, n/4))
+	cases := []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"random", random, true},
+		{"text", wordsData(13, n), false},
+		{"random with text in a quarter", mixed, false},
+		{"zeros", make([]byte, n), false},
+		// Too small to sample: always compressed.
+		{"small random", random[:sampleMinLen-1], false},
+		{"smallest sampled", random[:sampleMinLen], true},
+	}
+	var scratch []byte
+	for _, tc := range cases {
+		var got bool
+		got, scratch = c.LooksIncompressible(tc.data, scratch)
+		if got != tc.want {
+			t.Errorf("%s: LooksIncompressible = %v, want %v", tc.name, got, tc.want)
+		}
+		// Whatever the sample says, Compress agrees on what it stores
+		// for these: raw exactly where the sample said incompressible.
+		if _, comp := c.Compress(nil, tc.data); len(tc.data) >= sampleMinLen && (comp == Raw) != tc.want {
+			t.Errorf("%s: Compress stored it as %d, the sample said incompressible %v", tc.name, comp, tc.want)
+		}
+	}
+	// The sample reuses its scratch: nothing the size of a span is
+	// allocated per call (the encoder's own bookkeeping takes a few
+	// hundred bytes).
+	if a := allocated(func() {
+		for range 10 {
+			_, scratch = c.LooksIncompressible(random, scratch)
+		}
+	}); a > 10*(sampleSpan/4) {
+		t.Errorf("10 samples allocated %d bytes", a)
+	}
+}
+
+// BenchmarkIncompressible compares what Compress spends on 1 MiB chunks of
+// random bytes with what the sample costs.
+func BenchmarkIncompressible(b *testing.B) {
+	data := randomData(14, 32<<20)
+	c, _ := NewCodec(int(DefaultLevel))
+	b.Run("compress", func(b *testing.B) {
+		var out []byte
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			for off := 0; off < len(data); off += 1 << 20 {
+				out, _ = c.Compress(out[:0], data[off:off+1<<20])
+			}
+		}
+	})
+	b.Run("sample", func(b *testing.B) {
+		var scratch []byte
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			for off := 0; off < len(data); off += 1 << 20 {
+				_, scratch = c.LooksIncompressible(data[off:off+1<<20], scratch)
+			}
+		}
+	})
 }

@@ -170,6 +170,9 @@ type BackupResult struct {
 	// to be their previous version's leading chunks, so that chunking
 	// resumed after them (readContent).
 	ResumedBytes int64
+	// UntriedBytes counts the bytes of new blobs stored raw with no
+	// compression attempt (fileCompression).
+	UntriedBytes int64
 }
 
 type backupStats struct {
@@ -178,7 +181,7 @@ type backupStats struct {
 	excluded                       atomic.Int64
 	unchanged                      atomic.Int64
 	changing, reread               atomic.Int64
-	resumed                        atomic.Int64
+	resumed, untried               atomic.Int64
 	bytes, newBytes, storedBytes   atomic.Int64
 	blobs, newBlobs, objects       atomic.Int64
 }
@@ -197,6 +200,35 @@ type blobJob struct {
 	buf  []byte // owned by the job; returned to the pool when stored
 	data []byte
 	kind string // the file's name extension: small blobs group by it
+	comp *fileCompression
+}
+
+// fileCompression follows how the large chunks of one file were stored,
+// for the compressors: once the first rawProof of them were all stored
+// raw (Compress found zstd no smaller), a later one that looks
+// incompressible in a sample (chunk.Codec.LooksIncompressible) is stored
+// raw without the attempt. Compressing such bytes costs about as much CPU
+// as compressing any (BenchmarkIncompressible in pkg/chunk: 0.7 GB/s, the
+// sample 30 GB/s), and they are common in workspaces: archives, media,
+// compiled and encrypted files, and the appended file of a stop backup.
+// A file that stores any chunk compressed is compressed to its end.
+type fileCompression struct{ raw, zstd atomic.Int32 }
+
+const rawProof = 2
+
+func (f *fileCompression) proven() bool {
+	return f != nil && f.zstd.Load() == 0 && f.raw.Load() >= rawProof
+}
+
+func (f *fileCompression) record(comp chunk.Compression) {
+	if f == nil {
+		return
+	}
+	if comp == chunk.Raw {
+		f.raw.Add(1)
+	} else {
+		f.zstd.Add(1)
+	}
 }
 
 type dirFuture struct {
@@ -516,7 +548,7 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		opts.Warn(abs, fmt.Errorf("removed %d leftovers of interrupted uploads", n))
 	}
 	r.CleanCache(start)
-	return &BackupResult{SnapshotID: id, Snapshot: snap, ResumedBytes: st.resumed.Load()}, nil
+	return &BackupResult{SnapshotID: id, Snapshot: snap, ResumedBytes: st.resumed.Load(), UntriedBytes: st.untried.Load()}, nil
 }
 
 func wait(ctx context.Context, done <-chan struct{}) error {
@@ -1264,8 +1296,12 @@ func (b *backup) forget(n *repo.Node) {
 func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFile, n *repo.Node, prev *repo.Node, size int64) (resumed int64, err error) {
 	n.Size = 0
 	kind := nameKind(n.Name)
+	var comp *fileCompression
+	if size > int64(b.params.MinSize)*rawProof {
+		comp = &fileCompression{}
+	}
 	emitID := func(buf, data []byte, id chunk.ID) ([]byte, error) {
-		if len(data) > cap(buf) {
+		if cap(data) > cap(buf) {
 			// The chunker grew the buffer for a large chunk: the grown
 			// one takes the small one's place in the pool (and is
 			// dropped when it comes back, shrink).
@@ -1279,7 +1315,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 			return buf, nil
 		}
 		select {
-		case b.blobJobs <- blobJob{id: id, buf: buf, data: data, kind: kind}:
+		case b.blobJobs <- blobJob{id: id, buf: buf, data: data, kind: kind, comp: comp}:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -1355,7 +1391,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 // then resumes where the last matching chunk ended, chunking what follows
 // into n's content as readContent does; resumed is the bytes matched. The
 // chunker keeps no state across a cut (restic/chunker resets its window
-// and digest after each), and the bytes before a cut are the same as
+// and digest after each, and chunk.Chunker cuts as it does), and the bytes before a cut are the same as
 // then, so the chunks are the ones cutting the whole file would give,
 // without the cost of cutting the part that did not change: an appended
 // log or database, a file changed near its end. Nothing is taken on
@@ -1427,7 +1463,7 @@ const chunkBufSize = 3 << 20
 // gathered into groups of about repo.GroupTarget bytes, each compressed as
 // one frame: small files then compress as if they were one stream.
 func (b *backup) compressor(ctx context.Context) error {
-	var out []byte
+	var out, scratch []byte
 	var gs *groupSet
 	if b.r.Config().Groups() {
 		gs = &groupSet{}
@@ -1460,9 +1496,19 @@ func (b *backup) compressor(ctx context.Context) error {
 			}
 			continue
 		}
-		var comp chunk.Compression
-		out, comp = b.r.Codec().Compress(out[:0], job.data)
-		err := b.packers[repo.DataBlob].add(ctx, b.uploads, job.id, comp, out, len(job.data), &b.stats)
+		stored, comp := job.data, chunk.Raw
+		var untried bool
+		if job.comp.proven() {
+			untried, scratch = b.r.Codec().LooksIncompressible(job.data, scratch)
+		}
+		if untried {
+			b.stats.untried.Add(int64(len(job.data)))
+		} else {
+			out, comp = b.r.Codec().Compress(out[:0], job.data)
+			stored = out
+			job.comp.record(comp)
+		}
+		err := b.packers[repo.DataBlob].add(ctx, b.uploads, job.id, comp, stored, len(job.data), &b.stats)
 		b.bufs.put(job.buf)
 		if err != nil {
 			return err
