@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,6 +80,9 @@ type stopRun struct {
 	upload            time.Duration // (b): stopSt.StoredBytes written to the store
 	stopGrowth        int64         // what the stop added to the store (bytes of all its objects)
 	ckptGrowth        int64         // what the checkpoint added
+	// With --minio, CPU spent beside backupctl's: the server's during the
+	// stop and during (b), and (b)'s own client (the harness) during it.
+	stopServerCPU, uploadServerCPU, uploadClientCPU time.Duration
 }
 
 // baseline is (a) + (b): the unchanged re-backup plus the upload.
@@ -120,6 +124,20 @@ func (b *bench) ckptBackup(r *toolRun, profile string, extra ...string) (measure
 		return m, st, fmt.Errorf("backupctl backup: bad JSON output %q: %v", out, err)
 	}
 	return m, st, nil
+}
+
+// serverCPU is the MinIO server's CPU time so far (0 without --minio, or
+// when /proc cannot tell: the report then says nothing of it).
+func (b *bench) serverCPU() time.Duration {
+	if b.minio == nil {
+		return 0
+	}
+	d, err := b.minio.cpu()
+	if err != nil {
+		b.warn(err.Error())
+		return 0
+	}
+	return d
 }
 
 // storeSize is what the run's store holds, in bytes.
@@ -286,9 +304,11 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	if withCkpt {
 		stopName = "stop-with"
 	}
+	serverCPU := b.serverCPU()
 	if run.stop, run.stopSt, err = b.ckptBackup(r, stopName); err != nil {
 		return fmt.Errorf("stop backup: %v", err)
 	}
+	run.stopServerCPU = b.serverCPU() - serverCPU
 	after, err := b.storeSize(r)
 	if err != nil {
 		return err
@@ -301,9 +321,11 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	if n := run.rebkpSt.read(); n != 0 {
 		b.warn(fmt.Sprintf("checkpoint-stop: the unchanged re-backup after the stop (%s) read %d files again", label, n))
 	}
+	serverCPU, clientCPU := b.serverCPU(), selfCPU()
 	if run.upload, err = b.uploadBaseline(r, run.stopSt.StoredBytes); err != nil {
 		return fmt.Errorf("upload baseline: %v", err)
 	}
+	run.uploadServerCPU, run.uploadClientCPU = b.serverCPU()-serverCPU, selfCPU()-clientCPU
 	if b.recording {
 		b.stopRuns = append(b.stopRuns, run)
 	}
@@ -629,6 +651,14 @@ func (b *bench) stopReport(s *bytes.Buffer) {
 	row("(a) unchanged re-backup after the stop, wall", secs(func(r stopRun) time.Duration { return r.rebkp.wall }))
 	row("(b) upload of the bytes the stop stored, wall", secs(func(r stopRun) time.Duration { return r.upload }))
 	row("(a) + (b)", secs(stopRun.baseline))
+	if b.minio != nil {
+		row("MinIO server CPU during the stop", secs(func(r stopRun) time.Duration { return r.stopServerCPU }))
+		row("MinIO server CPU during (b)", secs(func(r stopRun) time.Duration { return r.uploadServerCPU }))
+		row("(b)'s client CPU (the harness's, during it)", secs(func(r stopRun) time.Duration { return r.uploadClientCPU }))
+		row(fmt.Sprintf("stop: (backupctl + server CPU) / %d cores, the least wall time they allow", runtime.NumCPU()), secs(func(r stopRun) time.Duration {
+			return (r.stop.cpu + r.stopServerCPU) / time.Duration(runtime.NumCPU())
+		}))
+	}
 	row("**stop / ((a) + (b))**", func(rs []stopRun) string {
 		if len(rs) == 0 {
 			return "-"

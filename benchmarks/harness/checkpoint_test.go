@@ -244,9 +244,23 @@ func TestS3UploadBaseline(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 40<<20 + 5 // three parts
+	serverBefore, err := m.cpu()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientBefore := selfCPU()
 	d, err := s3Upload(context.Background(), m.url, m.user, m.password, bucket, "upload-baseline", n, uploadPattern())
 	if err != nil || d <= 0 {
 		t.Fatalf("s3Upload: %v, %v", d, err)
+	}
+	// The server's CPU and the client's, as checkpoint-stop reports them:
+	// receiving and storing 40 MiB takes both some.
+	serverAfter, err := m.cpu()
+	if err != nil || serverAfter <= serverBefore {
+		t.Errorf("MinIO's CPU time: %v before the upload, %v after (%v)", serverBefore, serverAfter, err)
+	}
+	if clientAfter := selfCPU(); clientAfter <= clientBefore {
+		t.Errorf("the client's CPU time: %v before the upload, %v after", clientBefore, clientAfter)
 	}
 	out, err := m.mcRun("ls", "--recursive", "--incomplete", "bench/"+bucket)
 	if err != nil || len(bytes.TrimSpace(out)) != 0 {
