@@ -404,13 +404,13 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		inflight:    map[chunk.ID]struct{}{},
 		uploads:     make(chan finishedPack),
 	}
-	// Chunk buffers in flight: one per reader, one per compressor, and the
-	// queue between them. This, with the pack buffers, bounds memory. They
+	// Chunk buffers in flight: two per reader (one being read or cut, one
+	// being hashed), one per compressor, and the queue between them. This, with the pack buffers, bounds memory. They
 	// start at chunkBufSize and grow to the largest chunk only while one
 	// needs it (emit): most chunks are far below chunk_max_size, and 36 MiB
 	// of buffers that stay empty left the Go runtime, under backupctl's
 	// soft memory limit, collecting garbage 300 times a backup.
-	b.bufs = newBufferPool(opts.Readers+2*opts.Compressors, min(max(chunkBufSize, int(b.params.MinSize)+1), int(b.params.MaxSize)))
+	b.bufs = newBufferPool(2*opts.Readers+2*opts.Compressors, min(max(chunkBufSize, int(b.params.MinSize)+1), int(b.params.MaxSize)))
 	b.bufs.shrink = true
 	packCap := cfg.PackSize + packSlack // blobs plus their trailer
 	// Data packs: the one being filled, those being uploaded, one waiting.
@@ -482,6 +482,9 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		return nil, err
 	}
 
+	if afterPipeline != nil {
+		afterPipeline(b)
+	}
 	opts.Progress.Finishing.Store(true)
 	// The packs a killed backup left (indexed from their trailers when the
 	// index was loaded) go into this backup's index too: their blobs may
@@ -1263,6 +1266,10 @@ func (b *backup) readFile(ctx context.Context, ch *chunk.Chunker, job *fileJob) 
 	}
 }
 
+// afterPipeline, if set (by tests), sees each backup once its readers,
+// compressors and uploads have finished without error.
+var afterPipeline func(*backup)
+
 // maxReads bounds how often a file that changes while it is read is read
 // before it is stored flagged repo.NodeChanging.
 const maxReads = 3
@@ -1331,8 +1338,12 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 			b.bufs.put(buf)
 		}
 	}()
+	// A file of several chunks is hashed beside its reading, except in a
+	// checkpoint, which keeps to one core.
+	h := newHasher(b.opts.Checkpoint || size <= 2*int64(b.params.MinSize))
+	defer h.close()
 	if prev != nil {
-		if buf, resumed, err = b.resume(ctx, ch, f, prev, buf, emitID); err != nil || resumed > 0 {
+		if buf, resumed, err = b.resume(ctx, ch, f, prev, buf, h, emitID); err != nil || resumed > 0 {
 			return resumed, err
 		}
 	}
@@ -1367,21 +1378,8 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 		return 0, err
 	}
 	ch.Reset(f)
-	for {
-		data, err := ch.Next(buf)
-		if err == io.EOF {
-			return 0, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		if buf, err = emit(buf, data); err != nil {
-			return 0, err
-		}
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-	}
+	buf, err = b.cutRest(ctx, ch, buf, h, emitID)
+	return 0, err
 }
 
 // resume reads f from its start as its previous version's chunks (prev,
@@ -1391,41 +1389,101 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 // then resumes where the last matching chunk ended, chunking what follows
 // into n's content as readContent does; resumed is the bytes matched. The
 // chunker keeps no state across a cut (restic/chunker resets its window
-// and digest after each, and chunk.Chunker cuts as it does), and the bytes before a cut are the same as
-// then, so the chunks are the ones cutting the whole file would give,
-// without the cost of cutting the part that did not change: an appended
-// log or database, a file changed near its end. Nothing is taken on
-// trust: every byte is hashed. When not even the first chunk matches, f
-// is back at its start and resumed is 0.
-func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, buf []byte,
+// and digest after each, and chunk.Chunker cuts as it does), and the bytes
+// before a cut are the same as then, so the chunks are the ones cutting
+// the whole file would give, without the cost of cutting the part that did
+// not change: an appended log or database, a file changed near its end.
+// Nothing is taken on trust: every byte is hashed (by h, while the next
+// chunk is read). When not even the first chunk matches, f is back at its
+// start and resumed is 0.
+func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, buf []byte, h *hasher,
 	emitID func(buf, data []byte, id chunk.ID) ([]byte, error)) (_ []byte, resumed int64, err error) {
 	var off int64
+	// The chunk being hashed (while the next one is read), and the id it
+	// must have; buf is the free buffer at hand (nil: none).
+	var pendBuf, pendData []byte
+	var pendWant chunk.ID
+	defer func() {
+		if pendBuf != nil {
+			h.wait()
+			b.bufs.put(pendBuf)
+		}
+	}()
+	give := func(x []byte) {
+		if buf == nil {
+			buf = x
+		} else {
+			b.bufs.put(x)
+		}
+	}
+	// settle waits for the pending chunk's hash. A match is emitted, and
+	// the buffer emit gives back is free; so is a mismatch's.
+	settle := func() (match bool, err error) {
+		pb, pd, want := pendBuf, pendData, pendWant
+		pendBuf, pendData = nil, nil
+		if h.wait() != want {
+			give(pb)
+			return false, nil
+		}
+		free, err := emitID(pb, pd, want)
+		if err != nil {
+			return false, err
+		}
+		give(free)
+		off += int64(len(pd))
+		return true, nil
+	}
 	for _, want := range prev.Content[:len(prev.Content)-1] {
 		loc, ok := b.r.Index().Lookup(want)
 		if !ok || loc.Type != repo.DataBlob || loc.RawLen == 0 || loc.RawLen > uint32(b.params.MaxSize) {
 			break
 		}
+		x := buf
+		buf = nil
+		if x == nil {
+			if x, err = b.bufs.get(ctx); err != nil {
+				return nil, 0, err
+			}
+		}
 		var data []byte
-		if int(loc.RawLen) <= cap(buf) {
-			data = buf[:loc.RawLen]
+		if int(loc.RawLen) <= cap(x) {
+			data = x[:loc.RawLen]
 		} else {
 			data = make([]byte, loc.RawLen)
 		}
-		if _, err := io.ReadFull(f, data); err != nil {
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
+		_, rerr := io.ReadFull(f, data)
+		if pendBuf != nil {
+			match, err := settle()
+			if err != nil {
+				give(x)
+				return buf, 0, err
+			}
+			if !match {
+				give(x)
+				break
+			}
+		}
+		if rerr != nil {
+			give(x)
+			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 				break // shorter now
 			}
-			return buf, 0, err
+			return buf, 0, rerr
 		}
-		if chunk.Hash(data) != want {
-			break
-		}
-		if buf, err = emitID(buf, data, want); err != nil {
-			return buf, 0, err
-		}
-		off += int64(loc.RawLen)
+		h.start(data)
+		pendBuf, pendData, pendWant = x, data, want
 		if err := ctx.Err(); err != nil {
 			return buf, 0, err
+		}
+	}
+	if pendBuf != nil {
+		if _, err := settle(); err != nil {
+			return buf, 0, err
+		}
+	}
+	if buf == nil {
+		if buf, err = b.bufs.get(ctx); err != nil {
+			return nil, 0, err
 		}
 	}
 	if off == 0 {
@@ -1436,19 +1494,109 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 		return buf, 0, err
 	}
 	ch.Reset(f)
+	if buf, err = b.cutRest(ctx, ch, buf, h, emitID); err != nil {
+		return buf, 0, err
+	}
+	return buf, off, nil
+}
+
+// cutRest cuts what ch reads into chunks and emits each with its id,
+// hashed by h while the next chunk is cut. buf is a free buffer, and so
+// is the one returned.
+func (b *backup) cutRest(ctx context.Context, ch *chunk.Chunker, buf []byte, h *hasher,
+	emitID func(buf, data []byte, id chunk.ID) ([]byte, error)) ([]byte, error) {
+	var pendBuf, pendData []byte // the chunk being hashed
+	defer func() {
+		if pendBuf != nil {
+			h.wait()
+			b.bufs.put(pendBuf)
+		}
+	}()
 	for {
+		if buf == nil {
+			var err error
+			if buf, err = b.bufs.get(ctx); err != nil {
+				return nil, err
+			}
+		}
 		data, err := ch.Next(buf)
+		if err != nil && err != io.EOF {
+			return buf, err
+		}
+		var free []byte
+		if pendBuf != nil {
+			pb, pd := pendBuf, pendData
+			pendBuf, pendData = nil, nil
+			var eerr error
+			if free, eerr = emitID(pb, pd, h.wait()); eerr != nil {
+				return buf, eerr
+			}
+		}
 		if err == io.EOF {
-			return buf, off, nil
+			if free != nil {
+				b.bufs.put(free)
+			}
+			return buf, nil
 		}
-		if err != nil {
-			return buf, 0, err
-		}
-		if buf, err = emitID(buf, data, chunk.Hash(data)); err != nil {
-			return buf, 0, err
-		}
+		h.start(data)
+		pendBuf, pendData = buf, data
+		buf = free
 		if err := ctx.Err(); err != nil {
-			return buf, 0, err
+			return buf, err
+		}
+	}
+}
+
+// hasher hashes one file's chunks, one at a time and in order, on a
+// goroutine of its own, so that the reader reads or cuts the next chunk
+// meanwhile: reading, cutting and hashing are each about 1 GB/s or less
+// on one core (BenchmarkChunker, BenchmarkHash), and one large file is
+// read by one reader. A hasher with no goroutine (inline) hashes in wait,
+// on the reader's: a checkpoint keeps to one core.
+type hasher struct {
+	in      chan []byte
+	out     chan chunk.ID
+	pending []byte // inline: the chunk start was given
+}
+
+func newHasher(inline bool) *hasher {
+	if inline {
+		return &hasher{}
+	}
+	h := &hasher{in: make(chan []byte), out: make(chan chunk.ID, 1)}
+	go func() {
+		defer close(h.out)
+		for d := range h.in {
+			h.out <- chunk.Hash(d)
+		}
+	}()
+	return h
+}
+
+// start hashes data (until wait returns, data must not change).
+func (h *hasher) start(data []byte) {
+	if h.in == nil {
+		h.pending = data
+		return
+	}
+	h.in <- data
+}
+
+// wait returns the id of the chunk start was last given.
+func (h *hasher) wait() chunk.ID {
+	if h.in == nil {
+		d := h.pending
+		h.pending = nil
+		return chunk.Hash(d)
+	}
+	return <-h.out
+}
+
+// close ends the hasher's goroutine; no start or wait is pending.
+func (h *hasher) close() {
+	if h.in != nil {
+		close(h.in)
+		for range h.out {
 		}
 	}
 }
