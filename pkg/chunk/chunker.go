@@ -70,7 +70,7 @@ func (p Params) Validate() error {
 type Chunker struct {
 	p    Params
 	tab  *tables
-	err  error // the polynomial's, from Reset
+	err  error // the polynomial's, from NewChunker
 	r    io.Reader
 	eof  bool
 	tail []byte // bytes read past the last cut: the next chunk's first
@@ -93,10 +93,15 @@ type tables struct {
 	shift    uint
 }
 
+// tableCache keeps the tables of the polynomials in use (one per
+// repository), up to tableCacheMax of them (4 KiB each): a daemon serving
+// many owners' repositories starts afresh past that.
 var tableCache struct {
 	sync.Mutex
 	m map[chunker.Pol]*tables
 }
+
+const tableCacheMax = 256
 
 func tablesFor(pol chunker.Pol) (*tables, error) {
 	deg := pol.Deg()
@@ -117,7 +122,7 @@ func tablesFor(pol chunker.Pol) (*tables, error) {
 		t.out[b] = uint64(h)
 		t.mod[b] = uint64((chunker.Pol(b) << uint(deg)).Mod(pol) | chunker.Pol(b)<<uint(deg))
 	}
-	if tableCache.m == nil {
+	if tableCache.m == nil || len(tableCache.m) >= tableCacheMax {
 		tableCache.m = map[chunker.Pol]*tables{}
 	}
 	tableCache.m[pol] = t

@@ -229,3 +229,23 @@ func BenchmarkResticChunker(b *testing.B) {
 		}
 	}
 }
+
+// TestTableCacheIsBounded: tables of many polynomials (a daemon opening
+// many repositories) do not pile up.
+func TestTableCacheIsBounded(t *testing.T) {
+	for range tableCacheMax + 10 {
+		pol, err := chunker.RandomPolynomial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tablesFor(pol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tableCache.Lock()
+	n := len(tableCache.m)
+	tableCache.Unlock()
+	if n > tableCacheMax {
+		t.Fatalf("%d tables cached, want at most %d", n, tableCacheMax)
+	}
+}
