@@ -1340,7 +1340,12 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 	}()
 	// A file of several chunks is hashed beside its reading, except in a
 	// checkpoint, which keeps to one core.
-	h := newHasher(b.opts.Checkpoint || size <= 2*int64(b.params.MinSize))
+	// (The inline one stays on the stack: nothing allocated per file.)
+	var inline hasher
+	h := &inline
+	if !b.opts.Checkpoint && size > 2*int64(b.params.MinSize) {
+		h = newHasher(false)
+	}
 	defer h.close()
 	if prev != nil {
 		if buf, resumed, err = b.resume(ctx, ch, f, prev, buf, h, emitID); err != nil || resumed > 0 {
