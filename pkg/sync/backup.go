@@ -405,7 +405,8 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 		uploads:     make(chan finishedPack),
 	}
 	// Chunk buffers in flight: two per reader (one being read or cut, one
-	// being hashed), one per compressor, and the queue between them. This, with the pack buffers, bounds memory. They
+	// being hashed), one per compressor, and the queue between them.
+	// This, with the pack buffers, bounds memory. They
 	// start at chunkBufSize and grow to the largest chunk only while one
 	// needs it (emit): most chunks are far below chunk_max_size, and 36 MiB
 	// of buffers that stay empty left the Go runtime, under backupctl's
@@ -1344,7 +1345,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 	var inline hasher
 	h := &inline
 	if !b.opts.Checkpoint && size > 2*int64(b.params.MinSize) {
-		h = newHasher(false)
+		h = newHasher()
 	}
 	defer h.close()
 	if prev != nil {

@@ -6,18 +6,16 @@ import "github.com/backupd/backupd/pkg/chunk"
 // goroutine of its own, so that the reader reads or cuts the next chunk
 // meanwhile: reading, cutting and hashing are each about 1 GB/s or less
 // on one core (BenchmarkChunker, BenchmarkHash), and one large file is
-// read by one reader. A hasher with no goroutine (inline) hashes in wait,
-// on the reader's: a checkpoint keeps to one core.
+// read by one reader. The zero hasher has no goroutine: it hashes in
+// wait, on the reader's (a checkpoint keeps to one core).
 type hasher struct {
 	in      chan []byte
 	out     chan chunk.ID
-	pending []byte // inline: the chunk start was given
+	pending []byte // without a goroutine: the chunk start was given
 }
 
-func newHasher(inline bool) *hasher {
-	if inline {
-		return &hasher{}
-	}
+// newHasher returns a hasher with its goroutine; close ends it.
+func newHasher() *hasher {
 	h := &hasher{in: make(chan []byte), out: make(chan chunk.ID, 1)}
 	go func() {
 		defer close(h.out)

@@ -14,7 +14,10 @@ import (
 // the same ids, in the order the chunks were given.
 func TestHasherInOrder(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		h := newHasher(inline)
+		h := &hasher{}
+		if !inline {
+			h = newHasher()
+		}
 		for i := range 50 {
 			d := randomBytes(uint64(i), 1000+i*997)
 			h.start(d)
