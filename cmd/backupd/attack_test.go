@@ -579,6 +579,9 @@ func (d *proc) end(id string) *pb.Operation {
 	for {
 		m, err := stream.Recv()
 		if err == io.EOF && last != nil && ended(last) {
+			if err := d.loggedEnd(id); err != nil {
+				d.t.Fatal(err)
+			}
 			return last
 		}
 		if err != nil {

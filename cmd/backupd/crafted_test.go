@@ -111,7 +111,8 @@ func (d *proc) ownerStorage(owner string) storage.Storage {
 // not stall the test.
 const opTimeout = 2 * time.Minute
 
-// follow watches an operation to its end.
+// follow watches an operation to its end, and returns once the daemon's
+// log of it is all read (proc.loggedEnd).
 func (d *proc) follow(op *pb.Operation) (*pb.Operation, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -122,7 +123,7 @@ func (d *proc) follow(op *pb.Operation) (*pb.Operation, error) {
 	for {
 		m, err := stream.Recv()
 		if err == io.EOF {
-			return op, nil
+			return op, d.loggedEnd(op.Id)
 		}
 		if err != nil {
 			return nil, err
@@ -442,6 +443,13 @@ func (d *proc) evilCall(call, owner string, obj crafted.Object, want outcome) (l
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
 		resp, err := d.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
+		if err == nil {
+			// The check logs what its load of the index finds: those
+			// lines are not the next call's.
+			if err := d.loggedEnd(resp.Operation.GetId()); err != nil {
+				return "", err.Error()
+			}
+		}
 		switch {
 		case want.kind == "failed":
 			return judgeRPC(err, obj, want)
@@ -579,6 +587,9 @@ func TestDamagedIndexObjectAgainstDaemon(t *testing.T) {
 				defer cancel()
 				resp, err := d.client.CheckRepository(ctx, &pb.CheckRepositoryRequest{Owner: owner, ReadData: true})
 				if err != nil {
+					t.Fatal(err)
+				}
+				if err := d.loggedEnd(resp.Operation.GetId()); err != nil {
 					t.Fatal(err)
 				}
 				return resp

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -65,9 +66,26 @@ type proc struct {
 	sock    string
 	metrics string // URL of the metrics endpoint
 
+	logEnd chan struct{} // closed once the log is read to its end (the daemon exited)
+
 	mu   sync.Mutex
 	logs bytes.Buffer
-	seen map[string]chan struct{} // log messages waited for
+	seen map[*lineWaiter]bool // log lines waited for
+}
+
+// lineWaiter waits for a log line that holds every one of parts.
+type lineWaiter struct {
+	parts []string
+	ch    chan struct{} // closed when such a line has been read
+}
+
+func (w *lineWaiter) matches(line string) bool {
+	for _, p := range w.parts {
+		if !strings.Contains(line, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // start runs backupd on a unix socket with a local store; uploads are
@@ -91,19 +109,26 @@ func startWith(t *testing.T, root string, extra ...string) *proc {
 	if root == "" {
 		root = filepath.Join(dir, "workspaces")
 	}
-	d := &proc{t: t, root: root, store: filepath.Join(dir, "store"), seen: map[string]chan struct{}{}}
+	d := &proc{t: t, root: root, store: filepath.Join(dir, "store"), seen: map[*lineWaiter]bool{}}
 	os.MkdirAll(d.root, 0o755)
 	sock := filepath.Join(dir, "backupd.sock")
 	d.sock = sock
 	d.cmd = exec.Command(binary, append([]string{"--listen", "unix://" + sock, "--workspace-root", d.root, "--repo", "file://" + d.store,
 		"--cache-dir", "none", "--metrics-listen", "127.0.0.1:0"}, extra...)...)
-	stderr, err := d.cmd.StderrPipe()
+	// A pipe of the test's own, not cmd.StderrPipe: Wait closes that one's
+	// reading end, maybe before the last lines are read.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.cmd.Stderr = w
+	d.logEnd = make(chan struct{})
 	ready := d.waiter("backupd listening")
 	metricsUp := d.waiter("metrics listening")
-	if err := d.cmd.Start(); err != nil {
+	err = d.cmd.Start()
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -116,15 +141,18 @@ func startWith(t *testing.T, root string, extra ...string) *proc {
 		}
 	})
 	go func() {
+		defer close(d.logEnd)
+		defer stderr.Close()
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 16<<20) // a panic's stack is one line
 		for sc.Scan() {
 			line := sc.Text()
 			d.mu.Lock()
 			d.logs.WriteString(line + "\n")
-			for msg, ch := range d.seen {
-				if strings.Contains(line, `"msg":"`+msg) {
-					close(ch)
-					delete(d.seen, msg)
+			for w := range d.seen {
+				if w.matches(line) {
+					close(w.ch)
+					delete(d.seen, w)
 				}
 			}
 			d.mu.Unlock()
@@ -152,13 +180,40 @@ func startWith(t *testing.T, root string, extra ...string) *proc {
 	return d
 }
 
-// waiter returns a channel closed when a log line with msg appears.
-func (d *proc) waiter(msg string) chan struct{} {
+// waiter returns a channel closed when a log line with msg appears
+// (after this call).
+func (d *proc) waiter(msg string) chan struct{} { return d.lineWaiter(false, `"msg":"`+msg) }
+
+// lineWaiter returns a channel closed once a log line holding all of
+// parts is read; with past, a line read already counts.
+func (d *proc) lineWaiter(past bool, parts ...string) chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ch := make(chan struct{})
-	d.seen[msg] = ch
-	return ch
+	w := &lineWaiter{parts: parts, ch: make(chan struct{})}
+	if past {
+		for _, l := range strings.Split(d.logs.String(), "\n") {
+			if w.matches(l) {
+				close(w.ch)
+				return w.ch
+			}
+		}
+	}
+	d.seen[w] = true
+	return w.ch
+}
+
+// loggedEnd waits until the daemon's log line for the end of operation id
+// has been read, at most a minute. The log reaches this test through a
+// pipe, so a line may be read after the call that it belongs to has
+// returned: once the end's line is read, every line the operation
+// logged is in d.log(). It is safe to call from any goroutine.
+func (d *proc) loggedEnd(id string) error {
+	select {
+	case <-d.lineWaiter(true, `"msg":"operation ended`, `"operation":"`+id+`"`):
+		return nil
+	case <-time.After(time.Minute):
+		return fmt.Errorf("no end of operation %s in the log within a minute", id)
+	}
 }
 
 func (d *proc) wait(ch chan struct{}, what string) {
@@ -272,6 +327,7 @@ func TestSIGTERMCancelsBackupAfterGrace(t *testing.T) {
 	if err := d.cmd.Wait(); err != nil {
 		t.Fatalf("backupd exited: %v", err)
 	}
+	<-d.logEnd
 	logs := d.log()
 	for _, want := range []string{`"msg":"shutdown grace period over`, `"result":"cancelled"`, `"msg":"shut down"`, `"grace":"2s"`} {
 		if !strings.Contains(logs, want) {
