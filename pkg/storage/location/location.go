@@ -39,6 +39,14 @@ func Open(ctx context.Context, rawURL string) (storage.Storage, error) {
 	return OpenRoot(ctx, Config{URL: rawURL}, true)
 }
 
+// LocalDir returns the directory a local location (an absolute path or a
+// file:// URL) names; ok is false for every other location and for a
+// malformed one.
+func LocalDir(rawURL string) (dir string, ok bool) {
+	dir, err := localPath(rawURL)
+	return dir, err == nil
+}
+
 // localPath returns the directory that a file location names, or an error
 // for anything else. Errors never quote rawURL, which may hold secrets.
 func localPath(rawURL string) (string, error) {

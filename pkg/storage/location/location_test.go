@@ -168,3 +168,24 @@ func TestSchemes(t *testing.T) {
 		t.Errorf("Schemes() = %q", got)
 	}
 }
+
+func TestLocalDir(t *testing.T) {
+	for _, c := range []struct {
+		url, dir string
+		ok       bool
+	}{
+		{"/var/lib/backupd/repo", "/var/lib/backupd/repo", true},
+		{"file:///var/lib/backupd/repo/", "/var/lib/backupd/repo", true},
+		{"file://localhost/srv/r", "/srv/r", true},
+		{"s3://bucket/prefix", "", false},
+		{"gs://bucket", "", false},
+		{"relative/dir", "", false},
+		{"file://host/srv/r", "", false},
+		{"", "", false},
+	} {
+		dir, ok := LocalDir(c.url)
+		if dir != c.dir && c.ok || ok != c.ok {
+			t.Errorf("LocalDir(%q) = %q, %v; want %q, %v", c.url, dir, ok, c.dir, c.ok)
+		}
+	}
+}
