@@ -71,7 +71,9 @@ With --checkpoint the snapshot is a checkpoint: a backup of a workspace
 still in use, taken so that the backup at its stop (the next backup of the
 workspace, whose parent it is) reads and stores only what changed since.
 As the daemon runs one, it has one file reader, one compressor and one
-upload, its readers and compressor at idle I/O priority and SCHED_IDLE;
+upload, its readers and compressor at idle I/O priority and SCHED_IDLE,
+and it holds each pack back (up to a second) while other processes read
+or write the disk of DIR or of a local repository;
 through --daemon it runs under the daemon's checkpoint limits and a backup
 of the workspace cancels it. Once it is written, the workspace's checkpoints beyond the
 newest --keep-checkpoints are forgotten (never other snapshots); their data
@@ -138,6 +140,12 @@ goes at the next prune. "snapshots" marks checkpoints.`,
 			}
 			if ckpt {
 				opts.SetCheckpoint() // as the daemon runs one
+				gate, err := f.checkpointGate(args[0])
+				if err != nil {
+					return err
+				}
+				defer gate.Close()
+				opts.Throttle = func(ctx context.Context, _ int) error { return gate.Wait(ctx) }
 			}
 			res, err := bsync.Backup(ctx, r, args[0], opts)
 			stop()

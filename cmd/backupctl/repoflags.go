@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/backupd/backupd/internal/iogate"
 	"github.com/backupd/backupd/pkg/placement"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/storage"
@@ -216,4 +217,24 @@ func (m *idMapFlags) parse() (uids, gids bsync.IDMap, err error) {
 		gids = append(gids, r)
 	}
 	return uids, gids, nil
+}
+
+// checkpointGate returns the gate that holds a checkpoint's packs back
+// while others use the disk of the workspace dir or of a local repository
+// (internal/iogate), as the daemon's checkpoints do.
+func (f *repoFlags) checkpointGate(dir string) (*iogate.Gate, error) {
+	cfg, err := f.storageConfigFromFlags()
+	if err != nil {
+		return nil, err
+	}
+	var devs []uint64
+	if dev, ok := iogate.DeviceOf(dir); ok {
+		devs = append(devs, dev)
+	}
+	if local, ok := location.LocalDir(cfg.URL); ok {
+		if dev, ok := iogate.DeviceOf(local); ok {
+			devs = append(devs, dev)
+		}
+	}
+	return iogate.New(devs, iogate.Options{}), nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/backupd/backupd/pkg/dirfd"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
@@ -291,4 +293,49 @@ func TestCheckpointThrottle(t *testing.T) {
 	if err := (&Server{}).checkpointThrottle(ctx, 1<<30); err != nil {
 		t.Fatalf("no budget: %v", err)
 	}
+}
+
+// TestCheckpointYieldsToOthersDiskIO: while another process writes the
+// disk that the workspace and the local store are on (dd, each block
+// synced), a checkpoint holds its packs back (checkpoint.disk_wait, the
+// time in backupd_checkpoint_disk_wait_seconds_total) and still finishes;
+// with disk_wait negative it never waits.
+func TestCheckpointYieldsToOthersDiskIO(t *testing.T) {
+	for _, c := range []struct {
+		wait time.Duration
+		held bool
+	}{{200 * time.Millisecond, true}, {-1, false}} {
+		t.Run(c.wait.String(), func(t *testing.T) {
+			e := newEnv(t, func(cfg *Config) { cfg.Checkpoint.DiskWait = c.wait })
+			dir := e.workspace("ws", 9, 20<<20, 20<<20, 20<<20) // 4 packs or so
+			var devs []string
+			if c.held {
+				if devs = e.srv.checkpointGate(mustOpenDir(t, dir)).Devices(); len(devs) == 0 {
+					t.Fatalf("the test's temporary directories (%s) are on no block device: this test needs one", dir)
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			dd := exec.CommandContext(ctx, "dd", "if=/dev/zero", "of="+filepath.Join(t.TempDir(), "other"), "bs=4M", "count=4096", "oflag=dsync", "status=none")
+			if err := dd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cancel(); dd.Wait() }()
+			last := e.checkpoint(dir, "o", "ws", 0)
+			held := metricValue(t, scrape(t, e.srv), "backupd_checkpoint_disk_wait_seconds_total")
+			t.Logf("devices %v; checkpoint of %d bytes held back %.2fs", devs, last.Result.Bytes, held)
+			if held > 0 != c.held {
+				t.Errorf("disk_wait %v: held back %.2fs while dd wrote the disk", c.wait, held)
+			}
+		})
+	}
+}
+
+func mustOpenDir(t *testing.T, path string) *dirfd.Dir {
+	t.Helper()
+	d, err := dirfd.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
 }

@@ -78,6 +78,12 @@ type Checkpoint struct {
 	// after each checkpoint (default 2; a request's keep wins); older
 	// checkpoints are forgotten, other snapshots never.
 	Keep int `yaml:"keep"`
+	// DiskWait is the longest a checkpoint holds one pack back while
+	// others read or write the disk of its workspace or of a local store
+	// (internal/iogate: the idle I/O class, for the I/O schedulers that
+	// ignore it); a checkpoint stores at least one pack per DiskWait. 0
+	// means the default (1s); a negative duration turns the wait off.
+	DiskWait time.Duration `yaml:"disk_wait"`
 }
 
 // Maintenance configures the daemon's periodic prunes: every Interval
@@ -167,6 +173,7 @@ const (
 	DefaultMaxUnused          = 10
 	DefaultCheckpoints        = 1
 	DefaultCheckpointKeep     = 2
+	DefaultCheckpointDiskWait = time.Second
 )
 
 // SetDefaults fills in what is unset.
@@ -188,6 +195,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Checkpoint.Keep == 0 {
 		c.Checkpoint.Keep = DefaultCheckpointKeep
+	}
+	if c.Checkpoint.DiskWait == 0 {
+		c.Checkpoint.DiskWait = DefaultCheckpointDiskWait
 	}
 	if c.Maintenance.MaxUnused == 0 {
 		c.Maintenance.MaxUnused = DefaultMaxUnused
@@ -277,6 +287,9 @@ func (c *Config) Validate() error {
 	}
 	if cp := c.Checkpoint; cp.Concurrency < 1 || cp.Keep < 1 || cp.Bandwidth < 0 {
 		bad("checkpoint: concurrency (%d) and keep (%d) must be at least 1, bandwidth (%d) not negative", cp.Concurrency, cp.Keep, cp.Bandwidth)
+	}
+	if w := c.Checkpoint.DiskWait; w > time.Minute {
+		bad("checkpoint.disk_wait: %v: want at most 1m (a checkpoint then stores a pack a minute while the disk stays busy), or negative for no wait", w)
 	}
 	if l.QueueTimeout <= 0 {
 		bad("limits.queue_timeout: %v must be positive", l.QueueTimeout)

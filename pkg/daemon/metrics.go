@@ -21,6 +21,9 @@ type metrics struct {
 	queueWait     *prometheus.HistogramVec // kind
 	queued        *prometheus.GaugeVec     // kind
 	running       *prometheus.GaugeVec     // kind
+	// checkpointDiskWait: seconds checkpoints held packs back for others'
+	// use of the disk (checkpoint.disk_wait).
+	checkpointDiskWait prometheus.Counter
 
 	pruneFreedBytes   prometheus.Counter
 	pruneFreedObjects prometheus.Counter
@@ -62,6 +65,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Operations waiting for a slot."}, []string{"kind"})).(*prometheus.GaugeVec),
 		running: f(prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backupd_operations_running",
 			Help: "Operations running."}, []string{"kind"})).(*prometheus.GaugeVec),
+		checkpointDiskWait: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_checkpoint_disk_wait_seconds_total",
+			Help: "Time checkpoints held their packs back while others read or wrote the disk of their workspace or of a local store (checkpoint.disk_wait)."})).(prometheus.Counter),
 		pruneFreedBytes: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_prune_freed_bytes_total",
 			Help: "Bytes prunes freed (deleted packs less the packs they wrote)."})).(prometheus.Counter),
 		pruneFreedObjects: f(prometheus.NewCounter(prometheus.CounterOpts{Name: "backupd_prune_deleted_objects_total",

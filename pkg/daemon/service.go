@@ -15,11 +15,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/backupd/backupd/internal/iogate"
 	"github.com/backupd/backupd/internal/panics"
 	"github.com/backupd/backupd/pkg/dirfd"
 	"github.com/backupd/backupd/pkg/repo"
 	"github.com/backupd/backupd/pkg/retention"
 	"github.com/backupd/backupd/pkg/storage"
+	"github.com/backupd/backupd/pkg/storage/location"
 	bsync "github.com/backupd/backupd/pkg/sync"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
@@ -179,12 +181,27 @@ func (sv *service) startCheckpoint(req *pb.CheckpointWorkspaceRequest) (*operati
 		return nil, false, err
 	}
 	opts.SetCheckpoint()
-	opts.Throttle = s.checkpointThrottle
 	path := dir.Name()
 	key := "checkpoint/" + req.GetOwner() + "/" + req.GetWorkspace()
 	return s.ops.start(opSpec{kind: pb.OperationKind_OPERATION_KIND_CHECKPOINT, owner: req.GetOwner(), workspace: req.GetWorkspace(), path: path,
 		requestID: req.GetRequestId(), joinKey: key, req: req, release: dir.Close,
 		run: func(ctx context.Context, op *operation) (*pb.OperationResult, error) {
+			gate := s.checkpointGate(dir)
+			defer func() {
+				held, waits, _ := gate.Stats()
+				gate.Close()
+				s.metrics.checkpointDiskWait.Add(held.Seconds())
+				if waits > 0 {
+					s.log.Debug("checkpoint held back while others used the disk", zap.String("operation", op.id),
+						zap.Duration("held", held), zap.Int64("waits", waits))
+				}
+			}()
+			opts.Throttle = func(ctx context.Context, n int) error {
+				if err := gate.Wait(ctx); err != nil {
+					return err
+				}
+				return s.checkpointThrottle(ctx, n)
+			}
 			return s.runBackup(ctx, op, dir, opts, "checkpoint", func(r *repo.Repository) (repo.ForgetResult, error) {
 				return r.ForgetKind(ctx, op.workspace, retention.Policy{KeepLast: keep}, true, false)
 			})
@@ -193,6 +210,25 @@ func (sv *service) startCheckpoint(req *pb.CheckpointWorkspaceRequest) (*operati
 
 // maxKeepCheckpoints is the most checkpoints a request may keep.
 const maxKeepCheckpoints = 1000
+
+// checkpointGate returns the gate that holds a checkpoint's packs back
+// while others use the disk of its workspace dir or of the local store
+// (checkpoint.disk_wait); nil, which never waits, when that is off.
+func (s *Server) checkpointGate(dir *dirfd.Dir) *iogate.Gate {
+	if s.cfg.Checkpoint.DiskWait < 0 {
+		return nil
+	}
+	var devs []uint64
+	if dev, ok := iogate.DeviceOfFd(dir.Fd()); ok {
+		devs = append(devs, dev)
+	}
+	if local, ok := location.LocalDir(s.cfg.Storage.URL); ok {
+		if dev, ok := iogate.DeviceOf(local); ok {
+			devs = append(devs, dev)
+		}
+	}
+	return iogate.New(devs, iogate.Options{MaxWait: s.cfg.Checkpoint.DiskWait})
+}
 
 // checkpointThrottle waits until the checkpoints' bandwidth budget
 // (checkpoint.bandwidth) pays for n bytes; a pack is paid for before it
