@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -399,6 +400,12 @@ func (b *bench) loadStep(kind, dir string, withCkpt bool) (loadRun, error) {
 			b.lastWrite = time.Now()
 		}()
 	}
+
+	// The previous step's writeback (its repository and workload files
+	// removed, the checkpoint's packs) would land in this one's timing:
+	// each I/O-bound run without a checkpoint comes right after a step
+	// with one (see runCheckpointLoad's order), and was the slower for it.
+	syscall.Sync()
 
 	var ckpt *exec.Cmd
 	var exited chan struct{}
@@ -838,7 +845,7 @@ func (b *bench) loadReport(s *bytes.Buffer) {
 	if slices.Contains(b.datasetChecked, "checkpoint-load") {
 		fmt.Fprintf(s, " After the last run the dataset was compared with its manifest (SHA-256 of every file): as generated.")
 	}
-	fmt.Fprintf(s, "\n- Runs alternate which goes first: without then with the checkpoint in odd runs, the reverse in even ones; CPU and I/O workloads alternate within a run.\n")
+	fmt.Fprintf(s, "\n- Runs alternate which goes first: without then with the checkpoint in odd runs, the reverse in even ones; CPU and I/O workloads alternate within a run. Before each, `sync` (untimed), so that no earlier step's writeback lands in it.\n")
 	fmt.Fprintf(s, "- The checkpoint's readers, compressors and walkers run under the SCHED_IDLE policy (nice 10 where that is refused) and at idle I/O priority (internal/lowprio; the idle class counts only under the bfq I/O scheduler); the rest of the process (uploads, the Go runtime's GC workers) does not. "+
 		"Lead-in until it counted as working: %s s (median, min-max). Its CPU and bytes read during the workload are the differences of /proc samples taken just before and after the workload process.\n",
 		fmtSpread(durations(len(withRuns), func(i int) time.Duration { return withRuns[i].ckptLeadIn }), "%.2f"))
