@@ -56,6 +56,7 @@ type options struct {
 	ckptGrow int64 // checkpoint-stop: bytes of the session's new file, and appended to it before the stop
 	loadCPU  int64 // checkpoint-load: bytes the CPU-bound workload hashes
 	loadIO   int64 // checkpoint-load: bytes the I/O-bound workload writes and reads back
+	netLimit int64 // --minio: bytes per second each way between the tools and MinIO (0: none)
 }
 
 func main() {
@@ -102,6 +103,8 @@ func run() error {
 	flag.StringVar(&loadIO, "load-io", "512MiB", "checkpoint-load: the I/O-bound workload writes and fsyncs this `SIZE` in 4 MiB files in the workspace, then reads it back after posix_fadvise DONTNEED")
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
+	var netLimit string
+	flag.StringVar(&netLimit, "net-limit", "0", "with --minio: the tools reach MinIO through a proxy that passes at most this `SIZE` per second each way, all connections together (e.g. 125MB for a 1 Gbit/s link); 0: no limit")
 	var generateOnly string
 	flag.StringVar(&generateOnly, "generate-only", "", "with --gen-large or --gen-workspace: write the generated tree to `DIR` and exit (for profiling by hand)")
 	flag.Parse()
@@ -114,7 +117,7 @@ func run() error {
 	for _, f := range []struct {
 		dst *int64
 		arg string
-	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}} {
+	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}, {&o.netLimit, netLimit}} {
 		n, err := parseSize(f.arg)
 		if err != nil {
 			return err
@@ -258,14 +261,18 @@ func run() error {
 	if err := b.setupData(); err != nil {
 		return err
 	}
+	if o.netLimit > 0 && !useMinIO {
+		return fmt.Errorf("--net-limit needs --minio")
+	}
 	if useMinIO {
 		if b.minio, err = startMinIO(work); err != nil {
 			return err
 		}
 		defer b.minio.stop()
-		if b.hasScenario("prune") {
-			// The prune scenario counts both tools' requests here.
-			if b.proxy, err = startCountingProxy(b.minio.url); err != nil {
+		if b.hasScenario("prune") || o.netLimit > 0 {
+			// The prune scenario counts both tools' requests here; with
+			// --net-limit it is the link.
+			if b.proxy, err = startCountingProxy(b.minio.url, o.netLimit); err != nil {
 				return err
 			}
 			defer b.proxy.close()

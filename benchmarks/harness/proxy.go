@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -10,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/time/rate"
 )
 
 // countingProxy is an HTTP reverse proxy in front of the MinIO server that
@@ -31,7 +35,11 @@ type requestKind struct {
 	kind   string // data, index, snapshots or other
 }
 
-func startCountingProxy(target string) (*countingProxy, error) {
+// startCountingProxy starts the proxy; with limit > 0 it passes at most
+// limit bytes per second each way (request bodies up, response bodies
+// down), all connections together: a link of that speed, without its
+// latency.
+func startCountingProxy(target string, limit int64) (*countingProxy, error) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, err
@@ -49,11 +57,22 @@ func startCountingProxy(target string) (*countingProxy, error) {
 			r.Out.Host = r.In.Host
 		},
 	}
+	var up, down *rate.Limiter
+	if limit > 0 {
+		up, down = rate.NewLimiter(rate.Limit(limit), linkBurst), rate.NewLimiter(rate.Limit(limit), linkBurst)
+		rp.FlushInterval = -1 // every write goes out as the link lets it
+	}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		k := classifyRequest(r)
 		p.mu.Lock()
 		p.reqs[k]++
 		p.mu.Unlock()
+		if limit > 0 {
+			if r.Body != nil {
+				r.Body = &linkReader{r.Body, up, r.Context()}
+			}
+			w = &linkWriter{w, down, r.Context()}
+		}
 		rp.ServeHTTP(w, r)
 	})}
 	go p.srv.Serve(l) //nolint:errcheck // ends with close
@@ -129,4 +148,57 @@ func formatRequests(c map[requestKind]int64) string {
 		parts = append(parts, fmt.Sprintf("%s %s %d", k.method, k.kind, c[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// linkBurst is the most bytes the link passes at once.
+const linkBurst = 64 << 10
+
+// linkReader passes a request body at the link's speed.
+type linkReader struct {
+	r   io.ReadCloser
+	l   *rate.Limiter
+	ctx context.Context
+}
+
+func (lr *linkReader) Read(p []byte) (int, error) {
+	n, err := lr.r.Read(p[:min(len(p), linkBurst)])
+	if n > 0 {
+		if werr := lr.l.WaitN(lr.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
+func (lr *linkReader) Close() error { return lr.r.Close() }
+
+// linkWriter passes a response body at the link's speed.
+type linkWriter struct {
+	http.ResponseWriter
+	l   *rate.Limiter
+	ctx context.Context
+}
+
+func (lw *linkWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), linkBurst)
+		if err := lw.l.WaitN(lw.ctx, n); err != nil {
+			return written, err
+		}
+		m, err := lw.ResponseWriter.Write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Flush lets the reverse proxy flush through the wrapper.
+func (lw *linkWriter) Flush() {
+	if f, ok := lw.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
