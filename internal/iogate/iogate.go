@@ -207,16 +207,14 @@ func (g *Gate) Wait(ctx context.Context) error {
 	if g == nil || len(g.devices) == 0 {
 		return ctx.Err()
 	}
-	g.mu.Lock()
-	quiet, tick, closed := g.quiet >= g.opts.Quiet, g.tick, g.closed
-	g.mu.Unlock()
-	if quiet || closed {
+	wait, tick := g.state()
+	if !wait {
 		return ctx.Err()
 	}
 	defer g.account(time.Now())
 	t := time.NewTimer(g.opts.MaxWait)
 	defer t.Stop()
-	for {
+	for wait {
 		select {
 		case <-tick:
 		case <-t.C:
@@ -224,13 +222,17 @@ func (g *Gate) Wait(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		g.mu.Lock()
-		quiet, tick, closed = g.quiet >= g.opts.Quiet, g.tick, g.closed
-		g.mu.Unlock()
-		if quiet || closed {
-			return ctx.Err()
-		}
+		wait, tick = g.state()
 	}
+	return ctx.Err()
+}
+
+// state says whether a Wait must wait (the last Quiet ticks were not all
+// quiet, and the Gate is not closed), and returns the next tick's channel.
+func (g *Gate) state() (wait bool, tick chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.quiet < g.opts.Quiet && !g.closed, g.tick
 }
 
 func (g *Gate) account(start time.Time) {
