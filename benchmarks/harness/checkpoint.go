@@ -149,7 +149,8 @@ func (b *bench) storeSize(r *toolRun) (int64, error) {
 
 // uploadBaseline times writing n bytes to r's store the cheapest way: with
 // MinIO a parallel multipart PUT into the run's bucket, locally a write and
-// fsync of one file next to the repository.
+// fsync of one file next to the repository. With --net-limit the PUT goes
+// through the same limited link as the tools.
 func (b *bench) uploadBaseline(r *toolRun, n int64) (time.Duration, error) {
 	if b.pattern == nil {
 		b.pattern = uploadPattern()
@@ -158,7 +159,7 @@ func (b *bench) uploadBaseline(r *toolRun, n int64) (time.Duration, error) {
 		return 0, nil
 	}
 	if b.minio != nil {
-		return s3Upload(context.Background(), b.minio.url, b.minio.user, b.minio.password, r.bucket, "upload-baseline", n, b.pattern)
+		return s3Upload(context.Background(), b.storeEndpoint(), b.minio.user, b.minio.password, r.bucket, "upload-baseline", n, b.pattern)
 	}
 	path := filepath.Join(r.dir, "upload-baseline")
 	d, err := writeFsync(path, n, b.pattern)
@@ -619,6 +620,12 @@ func (b *bench) stopReport(s *bytes.Buffer) {
 	if b.minio != nil {
 		store = "MinIO on loopback (`s3://`)"
 		how = "(b) = one multipart PUT of that many incompressible bytes into the run's bucket, parts of 16 MiB, 4 at a time (backupd's s3 defaults), with aws-sdk-go-v2's upload manager"
+		if b.opts.netShape > 0 {
+			store = fmt.Sprintf("MinIO on loopback (`s3://`), loopback shaped to %s/s by the kernel (--net-shape), which (b) goes through too", mib(b.opts.netShape))
+		}
+		if b.opts.netLimit > 0 {
+			store = fmt.Sprintf("MinIO on loopback (`s3://`) through a link of %s/s each way (--net-limit), which (b) goes through too", mib(b.opts.netLimit))
+		}
 	}
 	fmt.Fprintf(s, "\n## checkpoint-stop: the stop backup after a checkpoint, and without one\n\n")
 	fmt.Fprintf(s, "Dataset: %s in %d files; store: %s. Each run, on a fresh repository: a first backup (the last stop, untimed); the session's change "+

@@ -57,6 +57,7 @@ type options struct {
 	loadCPU  int64 // checkpoint-load: bytes the CPU-bound workload hashes
 	loadIO   int64 // checkpoint-load: bytes the I/O-bound workload writes and reads back
 	netLimit int64 // --minio: bytes per second each way between the tools and MinIO (0: none)
+	netShape int64 // --minio: bytes per second of loopback's kernel token bucket (0: none)
 }
 
 func main() {
@@ -105,6 +106,8 @@ func run() error {
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
 	var netLimit string
 	flag.StringVar(&netLimit, "net-limit", "0", "with --minio: the tools reach MinIO through a proxy that passes at most this `SIZE` per second each way, all connections together (e.g. 125MB for a 1 Gbit/s link); 0: no limit")
+	var netShape string
+	flag.StringVar(&netShape, "net-shape", "0", "with --minio: shape the loopback interface to this `SIZE` per second with the kernel's token bucket (tc qdisc tbf; needs root and tc, and slows all of this machine's loopback traffic while the harness runs), a link that costs the tools no CPU, unlike --net-limit's proxy; 0: none")
 	var generateOnly string
 	flag.StringVar(&generateOnly, "generate-only", "", "with --gen-large or --gen-workspace: write the generated tree to `DIR` and exit (for profiling by hand)")
 	flag.Parse()
@@ -117,7 +120,7 @@ func run() error {
 	for _, f := range []struct {
 		dst *int64
 		arg string
-	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}, {&o.netLimit, netLimit}} {
+	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}, {&o.netLimit, netLimit}, {&o.netShape, netShape}} {
 		n, err := parseSize(f.arg)
 		if err != nil {
 			return err
@@ -261,8 +264,11 @@ func run() error {
 	if err := b.setupData(); err != nil {
 		return err
 	}
-	if o.netLimit > 0 && !useMinIO {
-		return fmt.Errorf("--net-limit needs --minio")
+	if (o.netLimit > 0 || o.netShape > 0) && !useMinIO {
+		return fmt.Errorf("--net-limit and --net-shape need --minio")
+	}
+	if o.netLimit > 0 && o.netShape > 0 {
+		return fmt.Errorf("--net-limit and --net-shape are two ways to make a link: give one")
 	}
 	if useMinIO {
 		if b.minio, err = startMinIO(work); err != nil {
@@ -276,6 +282,13 @@ func run() error {
 				return err
 			}
 			defer b.proxy.close()
+		}
+		if o.netShape > 0 {
+			undo, err := shapeLoopback(o.netShape)
+			if err != nil {
+				return err
+			}
+			defer undo()
 		}
 	}
 	if err := b.runAll(); err != nil {
@@ -766,18 +779,25 @@ func (b *bench) settle() {
 	}
 }
 
+// storeEndpoint is the URL the tools reach MinIO at: the proxy's when there
+// is one (the prune scenario's counts, --net-limit's link), else MinIO's;
+// "" without --minio.
+func (b *bench) storeEndpoint() string {
+	switch {
+	case b.proxy != nil:
+		return b.proxy.url
+	case b.minio != nil:
+		return b.minio.url
+	}
+	return ""
+}
+
 // newRun prepares a fresh repository (or archive path) for tool in dir.
 func (b *bench) newRun(tool, dir string) (*toolRun, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	endpoint := ""
-	if b.minio != nil {
-		endpoint = b.minio.url
-		if b.proxy != nil {
-			endpoint = b.proxy.url
-		}
-	}
+	endpoint := b.storeEndpoint()
 	r := &toolRun{tool: tool, dir: dir, repo: filepath.Join(dir, "repo"), cache: filepath.Join(dir, "cache")}
 	switch tool {
 	case "backupd":

@@ -57,6 +57,12 @@ func (b *bench) header() string {
 	}
 	fmt.Fprintf(&s, "- page cache: not dropped; one untimed warm-up read of the whole dataset (%.1fs) "+
 		"so every tool starts with the dataset in cache; `sync` (untimed) before every timed command\n", b.warmup.Seconds())
+	if b.opts.netShape > 0 {
+		fmt.Fprintf(&s, "- link: loopback shaped to %s/s by the kernel (`%s`, --net-shape): every connection to MinIO, both ways, shares it\n", mib(b.opts.netShape), strings.Join(tbfArgs(b.opts.netShape), " "))
+	}
+	if b.opts.netLimit > 0 {
+		fmt.Fprintf(&s, "- link: the tools reach MinIO through the harness's proxy (%s), at most %s/s each way, all connections together (--net-limit)\n", b.proxy.url, mib(b.opts.netLimit))
+	}
 	if b.hasScenario("prune") {
 		fmt.Fprintf(&s, "- runs: %d per tool, interleaved between tools; each run on its own `cp -a` copy of the dataset, a fresh repository, %d backups with %.0f%% of the files rewritten between them, then the timed forget and prune; no warm-up cycle\n",
 			b.opts.runs, b.opts.pruneSnapshots, b.opts.pruneChange)
