@@ -59,7 +59,9 @@ with a warning, and counted in the summary ("changing" in --json, with
 "reread", the extra reads). The next backup reads a flagged file again.
 A changed file that still begins with its previous version's chunks (an
 appended log, a file the checkpoint before stored most of) is hashed
-through them and cut only after: "resumed_bytes" in --json.
+through them and cut only after: "resumed_bytes" in --json. One that grew
+by 4 MiB or more has its new end cut and sent first, so that the upload
+starts while the old part is hashed.
 Errors of the repository or its storage always fail the backup.
 
 Excludes use gitignore syntax, relative to DIR: "*.log" anywhere, "/build"

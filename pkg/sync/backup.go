@@ -1308,17 +1308,21 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 	if size > int64(b.params.MinSize)*rawProof {
 		comp = &fileCompression{}
 	}
-	emitID := func(buf, data []byte, id chunk.ID) ([]byte, error) {
+	// account adds a chunk to n's content; queue stores it unless the
+	// repository has it or it is on its way: emitID does both.
+	account := func(id chunk.ID, size int) {
+		n.Content = append(n.Content, id)
+		n.Size += uint64(size)
+		b.stats.bytes.Add(int64(size))
+		b.opts.Progress.Bytes.Add(int64(size))
+	}
+	queue := func(buf, data []byte, id chunk.ID) ([]byte, error) {
 		if cap(data) > cap(buf) {
 			// The chunker grew the buffer for a large chunk: the grown
 			// one takes the small one's place in the pool (and is
 			// dropped when it comes back, shrink).
 			buf = data
 		}
-		n.Content = append(n.Content, id)
-		n.Size += uint64(len(data))
-		b.stats.bytes.Add(int64(len(data)))
-		b.opts.Progress.Bytes.Add(int64(len(data)))
 		if !b.claim(id, int64(len(data))) {
 			return buf, nil
 		}
@@ -1328,6 +1332,10 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 			return nil, ctx.Err()
 		}
 		return b.bufs.get(ctx)
+	}
+	emitID := func(buf, data []byte, id chunk.ID) ([]byte, error) {
+		account(id, len(data))
+		return queue(buf, data, id)
 	}
 	emit := func(buf, data []byte) ([]byte, error) { return emitID(buf, data, chunk.Hash(data)) }
 	buf, err := b.bufs.get(ctx)
@@ -1349,7 +1357,9 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 	}
 	defer h.close()
 	if prev != nil {
-		if buf, resumed, err = b.resume(ctx, ch, f, prev, buf, h, emitID); err != nil || resumed > 0 {
+		var done bool
+		rs := resumeSink{emitID: emitID, queue: queue, account: account}
+		if buf, resumed, done, err = b.resume(ctx, ch, f, prev, size, buf, h, rs); err != nil || done {
 			return resumed, err
 		}
 	}
@@ -1400,10 +1410,32 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 // the whole file would give, without the cost of cutting the part that did
 // not change: an appended log or database, a file changed near its end.
 // Nothing is taken on trust: every byte is hashed (by h, while the next
-// chunk is read). When not even the first chunk matches, f is back at its
-// start and resumed is 0.
-func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, buf []byte, h *hasher,
-	emitID func(buf, data []byte, id chunk.ID) ([]byte, error)) (_ []byte, resumed int64, err error) {
+// chunk is read).
+//
+// A file that grew by at least tailFirstMin past the start of its old
+// last chunk (size is what its stat said) has that tail cut first, and
+// its new chunks queued for upload, before the old chunks are checked:
+// the stop after a checkpoint, whose news are at the end of a large file,
+// then keeps the link busy while the old part is hashed (see
+// cutTailFirst). The content is the same either way.
+//
+// done says that n's content is complete. When it is not, not even the
+// first chunk matched and nothing was cut: f is back at its start and
+// resumed is 0.
+func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, size int64, buf []byte, h *hasher,
+	rs resumeSink) (_ []byte, resumed int64, done bool, err error) {
+	var tail *cutTail
+	if !b.opts.Checkpoint {
+		if tail, buf, err = b.cutTailFirst(ctx, ch, f, prev, size, buf, h, rs.queue); err != nil {
+			return buf, 0, false, err
+		}
+		if tail != nil {
+			defer tail.drop(b)
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return buf, 0, false, err
+			}
+		}
+	}
 	var off int64
 	// The chunk being hashed (while the next one is read), and the id it
 	// must have; buf is the free buffer at hand (nil: none).
@@ -1431,7 +1463,7 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 			give(pb)
 			return false, nil
 		}
-		free, err := emitID(pb, pd, want)
+		free, err := rs.emitID(pb, pd, want)
 		if err != nil {
 			return false, err
 		}
@@ -1448,7 +1480,7 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 		buf = nil
 		if x == nil {
 			if x, err = b.bufs.get(ctx); err != nil {
-				return nil, 0, err
+				return nil, 0, false, err
 			}
 		}
 		var data []byte
@@ -1462,7 +1494,7 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 			match, err := settle()
 			if err != nil {
 				give(x)
-				return buf, 0, err
+				return buf, 0, false, err
 			}
 			if !match {
 				give(x)
@@ -1474,36 +1506,181 @@ func (b *backup) resume(ctx context.Context, ch *chunk.Chunker, f *entryFile, pr
 			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 				break // shorter now
 			}
-			return buf, 0, rerr
+			return buf, 0, false, rerr
 		}
 		h.start(data)
 		pendBuf, pendData, pendWant = x, data, want
 		if err := ctx.Err(); err != nil {
-			return buf, 0, err
+			return buf, 0, false, err
 		}
 	}
 	if pendBuf != nil {
 		if _, err := settle(); err != nil {
-			return buf, 0, err
+			return buf, 0, false, err
 		}
 	}
 	if buf == nil {
 		if buf, err = b.bufs.get(ctx); err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
+	}
+	if tail != nil {
+		// The old chunks matched up to off: what follows is the tail if
+		// off is where it was cut from, else cut again from off until a
+		// cut falls where one of the tail's chunks begins.
+		buf, err = tail.finish(ctx, b, ch, f, off, buf, h, rs)
+		return buf, off, err == nil, err
 	}
 	if off == 0 {
 		_, err := f.Seek(0, io.SeekStart)
-		return buf, 0, err
+		return buf, 0, false, err
 	}
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return buf, 0, err
+		return buf, 0, false, err
 	}
 	ch.Reset(f)
-	if buf, err = b.cutRest(ctx, ch, buf, h, emitID); err != nil {
-		return buf, 0, err
+	if buf, err = b.cutRest(ctx, ch, buf, h, rs.emitID); err != nil {
+		return buf, 0, false, err
 	}
-	return buf, off, nil
+	return buf, off, true, nil
+}
+
+// resumeSink is what resume hands chunks to: emitID adds a chunk to the
+// file's content and queues it for storing; queue only queues it (a
+// chunk of the tail, until its place is known); account only adds it (a
+// tail chunk queued before).
+type resumeSink struct {
+	emitID  func(buf, data []byte, id chunk.ID) ([]byte, error)
+	queue   func(buf, data []byte, id chunk.ID) ([]byte, error)
+	account func(id chunk.ID, size int)
+}
+
+// tailFirstMin is the least a file must have grown past the start of its
+// old last chunk for resume to cut that tail first.
+const tailFirstMin = 4 << 20
+
+// cutTail is the tail of a grown file that resume cut before checking the
+// file's old chunks: its chunks, each with the offset it begins at.
+type cutTail struct {
+	chunks []tailChunk
+	starts map[int64]int // offset -> index in chunks
+	used   int           // how many of chunks (the last ones) went into the content
+}
+
+type tailChunk struct {
+	off  int64
+	size int
+	id   chunk.ID
+}
+
+// errResynced ends cutting again once a cut falls on a tail chunk's start.
+var errResynced = errors.New("cut again up to the tail")
+
+// cutTailFirst cuts f from the start of prev's last chunk to its end, if
+// f grew by tailFirstMin or more past it, and queues the chunks for
+// storing; nil if it did not (and then f was not read). Where the old
+// last chunk began was a cut, so what follows is cut as cutting the whole
+// file would cut it, provided the bytes before it are still prev's chunks
+// (resume checks them next).
+func (b *backup) cutTailFirst(ctx context.Context, ch *chunk.Chunker, f *entryFile, prev *repo.Node, size int64, buf []byte, h *hasher,
+	queue func(buf, data []byte, id chunk.ID) ([]byte, error)) (*cutTail, []byte, error) {
+	if size <= int64(prev.Size) {
+		return nil, buf, nil
+	}
+	var from int64
+	for _, id := range prev.Content[:len(prev.Content)-1] {
+		loc, ok := b.r.Index().Lookup(id)
+		if !ok || loc.Type != repo.DataBlob || loc.RawLen == 0 || loc.RawLen > uint32(b.params.MaxSize) {
+			return nil, buf, nil // resume stops there: nothing after it to cut first
+		}
+		from += int64(loc.RawLen)
+	}
+	if size-from < tailFirstMin {
+		return nil, buf, nil
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, buf, err
+	}
+	if buf == nil {
+		var err error
+		if buf, err = b.bufs.get(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
+	t := &cutTail{starts: map[int64]int{}}
+	at := from
+	ch.Reset(f)
+	buf, err := b.cutRest(ctx, ch, buf, h, func(buf, data []byte, id chunk.ID) ([]byte, error) {
+		t.starts[at] = len(t.chunks)
+		t.chunks = append(t.chunks, tailChunk{off: at, size: len(data), id: id})
+		at += int64(len(data))
+		return queue(buf, data, id)
+	})
+	if err != nil {
+		t.drop(b)
+		return nil, buf, err
+	}
+	return t, buf, nil
+}
+
+// finish completes the content from off, where the old chunks stopped
+// matching: with the whole tail if it was cut from there, else by cutting
+// f from off until a cut ends where a tail chunk begins (the chunker keeps
+// no state across a cut, so from there on it would cut what the tail
+// holds), and the tail's chunks from that one on; or to f's end if no cut
+// does.
+func (t *cutTail) finish(ctx context.Context, b *backup, ch *chunk.Chunker, f *entryFile, off int64, buf []byte, h *hasher, rs resumeSink) ([]byte, error) {
+	from, ok := t.starts[off]
+	if !ok {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return buf, err
+		}
+		ch.Reset(f)
+		at := off
+		from = len(t.chunks)
+		var err error
+		buf, err = b.cutRest(ctx, ch, buf, h, func(buf, data []byte, id chunk.ID) ([]byte, error) {
+			at += int64(len(data))
+			free, err := rs.emitID(buf, data, id)
+			if err != nil {
+				return free, err
+			}
+			if i, ok := t.starts[at]; ok {
+				from = i
+				if free != nil {
+					b.bufs.put(free)
+				}
+				return nil, errResynced
+			}
+			return free, nil
+		})
+		if err != nil && !errors.Is(err, errResynced) {
+			return buf, err
+		}
+	}
+	for _, c := range t.chunks[from:] {
+		rs.account(c.id, c.size)
+	}
+	t.used = len(t.chunks) - from
+	if testHookTail != nil {
+		testHookTail(t.used, len(t.chunks))
+	}
+	return buf, nil
+}
+
+// testHookTail, if set (by tests), sees each tail resume cut first: how
+// many of its chunks went into the content.
+var testHookTail func(used, chunks int)
+
+// drop takes the tail's chunks that did not go into the content out of
+// the snapshot's blob count (claim counted them; those it stored stay,
+// unreferenced, for a prune).
+func (t *cutTail) drop(b *backup) {
+	if t == nil {
+		return
+	}
+	b.stats.blobs.Add(-int64(len(t.chunks) - t.used))
+	t.used = len(t.chunks)
 }
 
 // cutRest cuts what ch reads into chunks and emits each with its id,

@@ -31,8 +31,10 @@ func TestHasherInOrder(t *testing.T) {
 
 // TestChunkBuffersComeBack: whatever path a file's chunks take (cut
 // afresh, resumed after unchanged chunks, resumed until a chunk that
-// changed, a file that shrank, the duplicate of a file seen before; with
-// the hasher's goroutine and inline, as in a checkpoint), every chunk
+// changed, a file that shrank, the duplicate of a file seen before, a
+// grown file's tail cut first and then met again by cutting from a change
+// before it or from the start; with the hasher's goroutine and inline, as
+// in a checkpoint), every chunk
 // buffer a backup took is back in its pool when the backup ends, and the
 // content is what a forced backup reads.
 func TestChunkBuffersComeBack(t *testing.T) {
@@ -56,6 +58,8 @@ func TestChunkBuffersComeBack(t *testing.T) {
 	write("a", base)
 	write("b", base[:9<<20])
 	write("c", genData(52, 12<<20))
+	write("e", base)
+	write("f", base[:15<<20])
 	for _, checkpoint := range []bool{false, true} {
 		r, _ := newMemRepo(t)
 		opts := BackupOptions{Owner: "owner1", Workspace: "ws1"}
@@ -71,6 +75,9 @@ func TestChunkBuffersComeBack(t *testing.T) {
 		mid[10<<20] ^= 1
 		write("c", mid)   // now base with one byte changed: resumes nothing of c
 		write("d", grown) // a duplicate of a
+		midGrown := append(append([]byte(nil), mid...), randomBytes(55, 6<<20)...)
+		write("e", midGrown)                // its tail cut first, then cut again from the change until that meets it
+		write("f", randomBytes(56, 22<<20)) // grown anew: its tail cut first, then cut again from the start
 		res, err := Backup(context.Background(), r, src, opts)
 		must(t, err)
 		forced := opts
@@ -91,6 +98,8 @@ func TestChunkBuffersComeBack(t *testing.T) {
 		write("a", base)
 		write("b", base[:9<<20])
 		write("c", genData(52, 12<<20))
+		write("e", base)
+		write("f", base[:15<<20])
 		must(t, os.Remove(filepath.Join(src, "d")))
 	}
 	if checked != 6 {

@@ -20,25 +20,66 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
+// What cutTailFirst's tail became, as testHookTail saw it.
+const (
+	noTail   = iota // not cut first: the file did not grow enough
+	tailNone        // cut first, none of it used (cut again to the end)
+	tailSome        // cut first, used from where a new cut met it
+	tailAll         // cut first, used whole
+	tailAny         // cut first, whatever was used of it
+)
+
 // TestChangedFileResumesAfterItsUnchangedChunks: a changed file whose
 // leading chunks are as before is cut from the end of the last of them,
 // and its content is what cutting the whole file gives (a forced backup,
 // which has no parent's chunks to go by), for an append, a change in the
 // middle, one in the first chunk, a truncation and a file grown in place.
+// A file grown by more than tailFirstMin has its tail cut first; then
+// also with a change before the tail (the old chunks stop matching, and
+// cutting again from there meets the tail's cuts), in the first chunk,
+// an insertion, and a file grown with none of its old bytes. (A tail none
+// of whose cuts a new cut meets needs data with no content-defined cuts
+// at all after where the old last chunk began; it is cut to the end
+// again, as without the tail.)
 func TestChangedFileResumesAfterItsUnchangedChunks(t *testing.T) {
 	base := randomBytes(1, 24<<20)
+	grow := func(b []byte) []byte { return append(b, randomBytes(2, 5<<20)...) }
 	for _, c := range []struct {
 		name    string
 		change  func([]byte) []byte
 		resumes bool
+		tail    int
 	}{
-		{"append", func(b []byte) []byte { return append(b, randomBytes(2, 5<<20)...) }, true},
-		{"middle", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b }, true},
-		{"first chunk", func(b []byte) []byte { b[100] ^= 0xff; return b }, false},
-		{"truncated", func(b []byte) []byte { return b[:len(b)/3] }, true},
-		{"tail rewritten", func(b []byte) []byte { copy(b[len(b)-1000:], randomBytes(3, 1000)); return b }, true},
+		{"append", grow, true, tailAll},
+		{"middle", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b }, true, noTail},
+		{"first chunk", func(b []byte) []byte { b[100] ^= 0xff; return b }, false, noTail},
+		{"truncated", func(b []byte) []byte { return b[:len(b)/3] }, true, noTail},
+		{"tail rewritten", func(b []byte) []byte { copy(b[len(b)-1000:], randomBytes(3, 1000)); return b }, true, noTail},
+		// Cut first only if the old last chunk was within 1000 bytes of
+		// tailFirstMin or longer (chunks go up to 8 MiB).
+		{"short append", func(b []byte) []byte { return append(b, randomBytes(2, 1000)...) }, true, tailAll},
+		{"middle and append", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return grow(b) }, true, tailAll},
+		{"first chunk and append", func(b []byte) []byte { b[100] ^= 0xff; return grow(b) }, false, tailAll},
+		// The tail was cut from where the old last chunk began, which is
+		// no cut of the new bytes there: cutting again meets the tail's
+		// cuts a chunk or two later, as a rule (each repository draws its
+		// own chunker polynomial).
+		{"insertion", func(b []byte) []byte { return slices.Insert(b, len(b)/2, randomBytes(7, 5<<20)...) }, true, tailAny},
+		{"grown anew", func(b []byte) []byte { return randomBytes(6, 30<<20) }, false, tailAny},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			tail := noTail
+			testHookTail = func(used, chunks int) {
+				switch {
+				case used == 0:
+					tail = tailNone
+				case used < chunks:
+					tail = tailSome
+				default:
+					tail = tailAll
+				}
+			}
+			defer func() { testHookTail = nil }()
 			src := t.TempDir()
 			p := filepath.Join(src, "db")
 			old := slices.Clone(base)
@@ -68,13 +109,20 @@ func TestChangedFileResumesAfterItsUnchangedChunks(t *testing.T) {
 			if c.resumes != (res.ResumedBytes > 0) || res.ResumedBytes >= int64(len(now)) {
 				t.Fatalf("resumed %d of %d bytes, want resuming %v", res.ResumedBytes, len(now), c.resumes)
 			}
+			var lead int64 // where the old last chunk began
+			for _, id := range prev.Content[:len(prev.Content)-1] {
+				loc, _ := r.Index().Lookup(id)
+				lead += int64(loc.RawLen)
+			}
+			wantTail := c.tail
+			if len(now) <= len(old) || int64(len(now))-lead < tailFirstMin {
+				wantTail = noTail
+			}
+			if tail != wantTail && (wantTail != tailAny || tail == noTail) {
+				t.Fatalf("the tail cut first: %d, want %d (0 not cut first, 1 none used, 2 some, 3 all, 4 any)", tail, wantTail)
+			}
 			if c.name == "append" {
 				// Every chunk but the old last one was taken as it was.
-				var lead int64
-				for _, id := range prev.Content[:len(prev.Content)-1] {
-					loc, _ := r.Index().Lookup(id)
-					lead += int64(loc.RawLen)
-				}
 				if res.ResumedBytes != lead {
 					t.Fatalf("append: resumed %d bytes, want the old leading chunks' %d", res.ResumedBytes, lead)
 				}
