@@ -118,12 +118,13 @@ func run() error {
 		return fmt.Errorf("--runs must be at least 1")
 	}
 	for _, f := range []struct {
-		dst *int64
-		arg string
-	}{{&o.ckptGrow, ckptGrow}, {&o.loadCPU, loadCPU}, {&o.loadIO, loadIO}, {&o.netLimit, netLimit}, {&o.netShape, netShape}} {
+		dst       *int64
+		name, arg string
+	}{{&o.ckptGrow, "checkpoint-grow", ckptGrow}, {&o.loadCPU, "load-cpu", loadCPU}, {&o.loadIO, "load-io", loadIO},
+		{&o.netLimit, "net-limit", netLimit}, {&o.netShape, "net-shape", netShape}} {
 		n, err := parseSize(f.arg)
 		if err != nil {
-			return err
+			return fmt.Errorf("--%s: %w", f.name, err)
 		}
 		*f.dst = n
 	}
