@@ -67,6 +67,16 @@ func startCountingProxy(target string, limit int64) (*countingProxy, error) {
 		p.mu.Lock()
 		p.reqs[k]++
 		p.mu.Unlock()
+		// The transport reads the request body to its end (EOF) after the
+		// bytes its length says, which can come after MinIO has answered.
+		// Without full duplex, the server would then, at the response's
+		// first write, read the body's rest and close it under that read,
+		// and the transport, on its read of a closed body, drops the
+		// connection with the response half passed on.
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			http.Error(w, "proxy: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
 		if limit > 0 {
 			if r.Body != nil {
 				r.Body = &linkReader{r.Body, up, r.Context()}
