@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -1560,11 +1561,16 @@ type resumeSink struct {
 const tailFirstMin = 4 << 20
 
 // cutTail is the tail of a grown file that resume cut before checking the
-// file's old chunks: its chunks, each with the offset it begins at.
+// file's old chunks: its chunks in order, each with the offset it begins
+// at.
 type cutTail struct {
 	chunks []tailChunk
-	starts map[int64]int // offset -> index in chunks
-	used   int           // how many of chunks (the last ones) went into the content
+	used   int // how many of chunks (the last ones) went into the content
+}
+
+// chunkAt returns the index of the chunk that begins at off, if one does.
+func (t *cutTail) chunkAt(off int64) (int, bool) {
+	return slices.BinarySearchFunc(t.chunks, off, func(c tailChunk, off int64) int { return cmp.Compare(c.off, off) })
 }
 
 type tailChunk struct {
@@ -1607,11 +1613,10 @@ func (b *backup) cutTailFirst(ctx context.Context, ch *chunk.Chunker, f *entryFi
 			return nil, nil, err
 		}
 	}
-	t := &cutTail{starts: map[int64]int{}}
+	t := &cutTail{}
 	at := from
 	ch.Reset(f)
 	buf, err := b.cutRest(ctx, ch, buf, h, func(buf, data []byte, id chunk.ID) ([]byte, error) {
-		t.starts[at] = len(t.chunks)
 		t.chunks = append(t.chunks, tailChunk{off: at, size: len(data), id: id})
 		at += int64(len(data))
 		return queue(buf, data, id)
@@ -1630,7 +1635,7 @@ func (b *backup) cutTailFirst(ctx context.Context, ch *chunk.Chunker, f *entryFi
 // holds), and the tail's chunks from that one on; or to f's end if no cut
 // does.
 func (t *cutTail) finish(ctx context.Context, b *backup, ch *chunk.Chunker, f *entryFile, off int64, buf []byte, h *hasher, rs resumeSink) ([]byte, error) {
-	from, ok := t.starts[off]
+	from, ok := t.chunkAt(off)
 	if !ok {
 		if _, err := f.Seek(off, io.SeekStart); err != nil {
 			return buf, err
@@ -1645,7 +1650,7 @@ func (t *cutTail) finish(ctx context.Context, b *backup, ch *chunk.Chunker, f *e
 			if err != nil {
 				return free, err
 			}
-			if i, ok := t.starts[at]; ok {
+			if i, ok := t.chunkAt(at); ok {
 				from = i
 				if free != nil {
 					b.bufs.put(free)
