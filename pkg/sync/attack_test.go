@@ -70,6 +70,21 @@ func swap(dir, target string) func() {
 	}
 }
 
+// swapAt is swap for the entry name of the directory open as dirfd: every
+// step relative to that directory, so that it stays in it however the
+// path to it is swapped meanwhile.
+func swapAt(dirfd int, name, target string) func() {
+	moved := name + ".moved"
+	if unix.Renameat(dirfd, name, dirfd, moved) != nil {
+		return func() {}
+	}
+	unix.Symlinkat(target, dirfd, name)
+	return func() {
+		unix.Unlinkat(dirfd, name, 0)
+		unix.Renameat(dirfd, moved, dirfd, name)
+	}
+}
+
 // TestBackupNeverReadsThroughSwappedDirectories swaps a directory for a
 // link out of the workspace at the moment the backup opens a file in it,
 // and at the moment it opens the directory itself: the backup reads the
@@ -121,9 +136,13 @@ func TestBackupNeverReadsThroughSwappedDirectories(t *testing.T) {
 	}
 }
 
-// TestBackupRacingSwaps loops swaps of a directory and a file for links
-// out of the workspace while backups run, and checks no snapshot ever
-// holds outside content.
+// TestBackupRacingSwaps loops swaps of a directory and a file in it for
+// links out of the workspace while backups run, and checks no snapshot
+// ever holds outside content. The file is swapped through the directory's
+// descriptor: by its path, the swapper's own renames could go through the
+// directory's link at one end and not at the other (a swap of the
+// directory between the kernel's two lookups), and so move an outside
+// secret into the workspace, where backing it up would be right.
 func TestBackupRacingSwaps(t *testing.T) {
 	base := t.TempDir()
 	src, out := filepath.Join(base, "ws"), outsideDir(t, base)
@@ -136,7 +155,13 @@ func TestBackupRacingSwaps(t *testing.T) {
 	stop := make(chan struct{})
 	var wg gosync.WaitGroup
 	var swaps atomic.Int64
-	for _, pair := range [][2]string{{filepath.Join(src, "w"), out}, {filepath.Join(src, "w", "f"), filepath.Join(out, "f")}} {
+	wfd, err := unix.Open(filepath.Join(src, "w"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(wfd)
+	for _, swapOnce := range []func() func(){
+		func() func() { return swap(filepath.Join(src, "w"), out) },
+		func() func() { return swapAt(wfd, "f", filepath.Join(out, "f")) },
+	} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -146,7 +171,7 @@ func TestBackupRacingSwaps(t *testing.T) {
 					return
 				default:
 				}
-				swap(pair[0], pair[1])()
+				swapOnce()()
 				swaps.Add(1)
 			}
 		}()
