@@ -128,6 +128,12 @@ func run() error {
 		}
 		*f.dst = n
 	}
+	if (o.netLimit > 0 || o.netShape > 0) && !useMinIO {
+		return fmt.Errorf("--net-limit and --net-shape need --minio")
+	}
+	if o.netLimit > 0 && o.netShape > 0 {
+		return fmt.Errorf("--net-limit and --net-shape are two ways to make a link: give one")
+	}
 	if genWS != "" {
 		spec, err := parseWorkspaceSpec(genWS)
 		if err != nil {
@@ -264,12 +270,6 @@ func run() error {
 	}
 	if err := b.setupData(); err != nil {
 		return err
-	}
-	if (o.netLimit > 0 || o.netShape > 0) && !useMinIO {
-		return fmt.Errorf("--net-limit and --net-shape need --minio")
-	}
-	if o.netLimit > 0 && o.netShape > 0 {
-		return fmt.Errorf("--net-limit and --net-shape are two ways to make a link: give one")
 	}
 	if useMinIO {
 		if b.minio, err = startMinIO(work); err != nil {
