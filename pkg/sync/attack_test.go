@@ -58,17 +58,7 @@ func snapshotHolds(t *testing.T, r *repo.Repository, tree chunk.ID, data []byte)
 }
 
 // swap replaces dir by a symlink to target and back, once.
-func swap(dir, target string) func() {
-	moved := dir + ".moved"
-	if os.Rename(dir, moved) != nil {
-		return func() {}
-	}
-	os.Symlink(target, dir)
-	return func() {
-		os.Remove(dir)
-		os.Rename(moved, dir)
-	}
-}
+func swap(dir, target string) func() { return swapAt(unix.AT_FDCWD, dir, target) }
 
 // swapAt is swap for the entry name of the directory open as dirfd: every
 // step relative to that directory, so that it stays in it however the
