@@ -367,9 +367,14 @@ func (s *Storage) put(ctx context.Context, name string, body io.ReadSeeker, size
 	if err := copyBody(ctx, w, body, size, buf); err != nil {
 		cancel()
 		werr := w.Close() // waits for the upload to end
+		// A failed upload fails Write, and Close may have its cause. But
+		// the cancel above races the client's own record of that cause:
+		// its watcher of wctx may overwrite it with context.Canceled
+		// (TestPutChunkFails, once in 60 runs), which ctx being live says
+		// is only that cancel, and must not hide a 503 from the retries.
 		var bodyErr bodyError
-		if !errors.As(err, &bodyErr) && ctx.Err() == nil && werr != nil {
-			err = werr // a failed upload fails Write: Close has its cause
+		if !errors.As(err, &bodyErr) && ctx.Err() == nil && werr != nil && !errors.Is(werr, context.Canceled) {
+			err = werr
 		}
 		return nil, err
 	}
