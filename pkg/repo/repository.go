@@ -214,7 +214,9 @@ func PackKey(id chunk.ID) string {
 // index once it is durable.
 func (r *Repository) SavePack(ctx context.Context, data []byte, id chunk.ID, entries []BlobEntry) error {
 	key := PackKey(id)
-	if err := r.st.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+	// id is the SHA-256 of data: a backend may send it rather than hash
+	// the pack again, and the service refuses the pack should they differ.
+	if err := r.st.Put(storage.WithContentSHA256(ctx, id), key, bytes.NewReader(data), int64(len(data))); err != nil {
 		return fmt.Errorf("store pack: %w", err)
 	}
 	r.index.AddPack(id, entries)
@@ -238,7 +240,7 @@ func (r *Repository) SaveIndex(ctx context.Context, packs []PackIndex) ([]chunk.
 		b := EncodeIndex(part)
 		id := chunk.Hash(b)
 		key := indexPrefix + id.String()
-		if err := r.st.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		if err := r.st.Put(storage.WithContentSHA256(ctx, id), key, bytes.NewReader(b), int64(len(b))); err != nil {
 			return ids, fmt.Errorf("store index: %w", err)
 		}
 		r.cache.put("index", id, b)

@@ -56,6 +56,7 @@ package s3
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -69,6 +70,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -77,6 +79,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/backupd/backupd/pkg/storage"
@@ -294,7 +297,7 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	br := putbody.NewReader(ctx, body, size)
 	in := s.putInput(k, br, size)
 	if size <= s.chunkSize {
-		_, err = s.client.PutObject(ctx, in)
+		_, err = s.client.PutObject(ctx, in, payloadHash(ctx))
 	} else {
 		_, err = s.uploader.Upload(ctx, in)
 		var failed manager.MultiUploadFailure
@@ -337,6 +340,32 @@ func (s *Storage) putInput(k string, body io.Reader, size int64) *awss3.PutObjec
 	return in
 }
 
+// payloadHash returns the PutObject option that signs the body's
+// SHA-256 given by storage.WithContentSHA256 in ctx, if any, as its
+// x-amz-content-sha256, in place of the SDK's own pass over the body to
+// compute it (over plain HTTP; over HTTPS the SDK sends the payload
+// unsigned with a trailing checksum, and this changes nothing). The
+// service checks the bytes against it: a wrong sum is a 400
+// XAmzContentSHA256Mismatch, never another object.
+func payloadHash(ctx context.Context) func(*awss3.Options) {
+	sum, ok := storage.ContentSHA256(ctx)
+	if !ok {
+		return func(*awss3.Options) {}
+	}
+	hash := hex.EncodeToString(sum[:])
+	return func(o *awss3.Options) {
+		o.APIOptions = append(o.APIOptions, func(stack *middleware.Stack) error {
+			// First in the finalize step: before the checksum middleware,
+			// which would compute the hash with its CRC32, and the
+			// signer's, which would compute it alone.
+			return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("backupdContentSHA256",
+				func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+					return next.HandleFinalize(v4.SetPayloadHash(ctx, hash), in)
+				}), middleware.Before)
+		})
+	}
+}
+
 // PutIfAbsent stores size bytes read from body under key if no object is
 // there, in one PutObject with If-None-Match: *. An object at key is
 // storage.ErrExists. More than chunksize bytes are refused.
@@ -358,7 +387,7 @@ func (s *Storage) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeke
 	br := putbody.NewReader(ctx, body, size)
 	in := s.putInput(k, br, size)
 	in.IfNoneMatch = aws.String("*")
-	_, err = s.client.PutObject(ctx, in)
+	_, err = s.client.PutObject(ctx, in, payloadHash(ctx))
 	if err == nil {
 		return nil
 	}
@@ -397,7 +426,7 @@ func (s *Storage) PutIfMatch(ctx context.Context, key string, body io.ReadSeeker
 	br := putbody.NewReader(ctx, body, size)
 	in := s.putInput(k, br, size)
 	in.IfMatch = aws.String(etag.Header(version))
-	out, err := s.client.PutObject(ctx, in)
+	out, err := s.client.PutObject(ctx, in, payloadHash(ctx))
 	if err == nil {
 		return etagVersion(out.ETag), nil
 	}
