@@ -79,9 +79,14 @@ or write the disk of DIR or of a local repository;
 through --daemon it runs under the daemon's checkpoint limits and a backup
 of the workspace cancels it. Once it is written, the workspace's checkpoints beyond the
 newest --keep-checkpoints are forgotten (never other snapshots); their data
-goes at the next prune. "snapshots" marks checkpoints.`,
+goes at the next prune. "snapshots" marks checkpoints.
+
+Memory: a backup runs under a soft limit of 208 MiB of Go heap (other
+commands 160 MiB), past which the garbage collector works harder;
+$GOMEMLIMIT (e.g. GOMEMLIMIT=512MiB) replaces it.`,
 		Args: usage.Args("DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			setMemoryLimit(backupMemoryLimit)
 			tagMap := map[string]string{}
 			for _, t := range tags {
 				k, v, ok := strings.Cut(t, "=")

@@ -24,10 +24,7 @@ import (
 type usageError = usage.Error
 
 func main() {
-	// Keep the heap, and so RSS, well below 256 MiB unless told otherwise.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(160 << 20)
-	}
+	setMemoryLimit(defaultMemoryLimit)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRootCmd()
@@ -37,6 +34,30 @@ func main() {
 	}
 	stop()
 	os.Exit(report(os.Stderr, cmd, err))
+}
+
+// Soft memory limits of the Go runtime, which keep the heap, and so RSS,
+// below 256 MiB (the brief's bound) unless $GOMEMLIMIT says otherwise.
+const (
+	defaultMemoryLimit = 160 << 20
+	// backupMemoryLimit is a backup's. Its buffers alone (the packs being
+	// filled and uploaded in parallel, chunk buffers, zstd windows) take
+	// about 190 MiB of heap in a backup of a workspace with large files.
+	// Under 160 MiB the collector ran back to back, some 800 times in a
+	// first backup of the generated 653 MiB workspace, without lowering
+	// its peak RSS below that working set. At 208 MiB that backup took
+	// 4.7 s instead of 6.7 s (peak RSS 235-244 MiB, was 223-227), a
+	// 1M-file one 17-21 s instead of 26-27 s (231-238 MiB, was 211-223):
+	// benchmarks/RESULTS.md, section 23. A restore gains nothing from it.
+	backupMemoryLimit = 208 << 20
+)
+
+// setMemoryLimit sets the runtime's soft memory limit to n bytes, unless
+// $GOMEMLIMIT is set.
+func setMemoryLimit(n int64) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(n)
+	}
 }
 
 // report prints err on one line, and for a usage error a second line
