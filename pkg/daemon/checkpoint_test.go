@@ -132,14 +132,14 @@ func TestStopAfterCheckpointResumesAppendedFile(t *testing.T) {
 }
 
 // TestStopBackupCancelsCheckpoint: a backup of a workspace whose
-// checkpoint is mid-way (held before its second pack, its first stored)
-// cancels it and finishes; the checkpoint writes no snapshot, and the
-// backup stores again none of what its first pack holds.
+// checkpoint is mid-way (held before its third pack, its first two
+// stored) cancels it and finishes; the checkpoint writes no snapshot, and
+// the backup stores again none of what those packs hold.
 func TestStopBackupCancelsCheckpoint(t *testing.T) {
 	held := make(chan struct{})
 	var packs atomic.Int32
 	e := newEnvHooks(t, nil, hooks{checkpointPack: func(ctx context.Context) error {
-		if packs.Add(1) == 2 {
+		if packs.Add(1) == 3 {
 			close(held)
 			<-ctx.Done() // held until cancelled
 			return ctx.Err()
@@ -155,17 +155,18 @@ func TestStopBackupCancelsCheckpoint(t *testing.T) {
 	select {
 	case <-held:
 	case <-time.After(2 * time.Minute):
-		t.Fatal("the checkpoint never reached its second pack")
+		t.Fatal("the checkpoint never reached its third pack")
 	}
 	stop := e.backup(dir, "alice", "ws1")
 	cp := lastOf(e.watch(cresp.Operation.Id, nil))
 	if cp.State != pb.OperationState_OPERATION_STATE_CANCELLED || cp.Result != nil {
 		t.Fatalf("checkpoint after the stop backup: %v, want cancelled", cp)
 	}
-	// The first pack (about 16 MiB of the 40) was stored by the
-	// checkpoint (alone, the backup stores all 40 MiB and its trees).
+	// The first two packs (4 and 8 MiB of the 40: a backup's first packs
+	// are smaller) were stored by the checkpoint (alone, the backup
+	// stores all 40 MiB and its trees).
 	if r := stop.Result; r.Files != 3 || r.NewBytes > 32<<20 {
-		t.Fatalf("stop backup %v: want at most 32 MiB new, the checkpoint's first pack reused", r)
+		t.Fatalf("stop backup %v: want at most 32 MiB new, the checkpoint's first packs reused", r)
 	}
 	snaps := e.snapshots("alice", "ws1")
 	if len(snaps) != 1 || snaps[0].Id != stop.Result.SnapshotId || snaps[0].Checkpoint {

@@ -418,8 +418,10 @@ func BackupDir(ctx context.Context, r *repo.Repository, src *dirfd.Dir, opts Bac
 	// Data packs: the one being filled, those being uploaded, one waiting.
 	// Tree packs are usually small: their buffers start at 1 MiB and grow
 	// only when a snapshot has that many changed directories.
-	b.packers[repo.DataBlob] = &packer{typ: repo.DataBlob, size: cfg.PackSize, pool: newBufferPool(1+opts.Uploads+1, packCap), compact: cfg.CompactTrailers()}
-	b.packers[repo.TreeBlob] = &packer{typ: repo.TreeBlob, size: cfg.PackSize, pool: newBufferPool(2, 1<<20), compact: cfg.CompactTrailers()}
+	// The first data packs are smaller (rampStart), so that the upload
+	// starts sooner.
+	b.packers[repo.DataBlob] = newPacker(repo.DataBlob, cfg.PackSize, rampStart, newBufferPool(1+opts.Uploads+1, packCap), cfg.CompactTrailers())
+	b.packers[repo.TreeBlob] = newPacker(repo.TreeBlob, cfg.PackSize, 0, newBufferPool(2, 1<<20), cfg.CompactTrailers())
 	if r.Condemned() > 0 {
 		b.keepInflight = true
 		// A prune stands: its condemned blobs this backup needs are stored

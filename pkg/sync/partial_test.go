@@ -14,17 +14,28 @@ import (
 	"github.com/backupd/backupd/pkg/storage/mem"
 )
 
-// signalPuts is a Storage that tells, once, when a pack has been stored.
+// signalPuts is a Storage that tells, once, when want data packs have
+// been stored.
 type signalPuts struct {
 	storage.Storage
+	want   int
 	once   gosync.Once
 	stored chan struct{}
+
+	mu    gosync.Mutex
+	packs int
 }
 
 func (s *signalPuts) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
 	err := s.Storage.Put(ctx, key, body, size)
 	if err == nil && strings.Contains(key, "data/") {
-		s.once.Do(func() { close(s.stored) })
+		s.mu.Lock()
+		s.packs++
+		enough := s.packs >= s.want
+		s.mu.Unlock()
+		if enough {
+			s.once.Do(func() { close(s.stored) })
+		}
 	}
 	return err
 }
@@ -37,7 +48,9 @@ func TestCancelledBackupIndexesItsPacks(t *testing.T) {
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "a-big"), genData(7, 40<<20), 0o644, time.Unix(1e9, 0))
 	writeFile(t, filepath.Join(src, "z-held"), []byte("held"), 0o644, time.Unix(1e9, 0))
-	root := &signalPuts{Storage: mem.New(), stored: make(chan struct{})}
+	// The first two packs (rampStart, then twice that: up to 12 MiB of
+	// compressed blobs, more than half of a-big's).
+	root := &signalPuts{Storage: mem.New(), want: 2, stored: make(chan struct{})}
 	r := openRepo(t, root)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
