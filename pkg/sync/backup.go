@@ -202,33 +202,51 @@ type blobJob struct {
 	data []byte
 	kind string // the file's name extension: small blobs group by it
 	comp *fileCompression
+	seq  int // its place among the chunks of comp's file queued
 }
 
 // fileCompression follows how the large chunks of one file were stored,
-// for the compressors: once the first rawProof of them were all stored
-// raw (Compress found zstd no smaller), a later one that looks
-// incompressible in a sample (chunk.Codec.LooksIncompressible) is stored
-// raw without the attempt. Compressing such bytes costs about as much CPU
+// for the compressors: once the first rawProof of them queued (in the
+// file's order, not the order the compressors finish them in) were all
+// stored raw (Compress found zstd no smaller) and none was compressed, a
+// later one that looks incompressible in a sample
+// (chunk.Codec.LooksIncompressible) is stored raw without the attempt.
+// (Counting whichever finished first let a slow large chunk of text at a
+// file's start be overtaken by two random ones after it.) Compressing such bytes costs about as much CPU
 // as compressing any (BenchmarkIncompressible in pkg/chunk: 0.7 GB/s, the
 // sample 30 GB/s), and they are common in workspaces: archives, media,
 // compiled and encrypted files, and the appended file of a stop backup.
 // A file that stores any chunk compressed is compressed to its end.
-type fileCompression struct{ raw, zstd atomic.Int32 }
+type fileCompression struct {
+	firstRaw, zstd atomic.Int32
+	// queued counts the chunks queued (by the file's reader alone).
+	queued int
+}
 
 const rawProof = 2
 
-func (f *fileCompression) proven() bool {
-	return f != nil && f.zstd.Load() == 0 && f.raw.Load() >= rawProof
+// take numbers the next chunk queued: its place among the file's chunks
+// queued.
+func (f *fileCompression) take() int {
+	if f == nil {
+		return 0
+	}
+	f.queued++
+	return f.queued - 1
 }
 
-func (f *fileCompression) record(comp chunk.Compression) {
-	if f == nil {
-		return
-	}
-	if comp == chunk.Raw {
-		f.raw.Add(1)
-	} else {
+func (f *fileCompression) proven() bool {
+	return f != nil && f.zstd.Load() == 0 && f.firstRaw.Load() == rawProof
+}
+
+// record notes how the chunk queued at place seq was stored.
+func (f *fileCompression) record(seq int, comp chunk.Compression) {
+	switch {
+	case f == nil:
+	case comp != chunk.Raw:
 		f.zstd.Add(1)
+	case seq < rawProof:
+		f.firstRaw.Add(1)
 	}
 }
 
@@ -1330,7 +1348,7 @@ func (b *backup) readContent(ctx context.Context, ch *chunk.Chunker, f *entryFil
 			return buf, nil
 		}
 		select {
-		case b.blobJobs <- blobJob{id: id, buf: buf, data: data, kind: kind, comp: comp}:
+		case b.blobJobs <- blobJob{id: id, buf: buf, data: data, kind: kind, comp: comp, seq: comp.take()}:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -1790,7 +1808,7 @@ func (b *backup) compressor(ctx context.Context) error {
 		} else {
 			out, comp = b.r.Codec().Compress(out[:0], job.data)
 			stored = out
-			job.comp.record(comp)
+			job.comp.record(job.seq, comp)
 		}
 		err := b.packers[repo.DataBlob].add(ctx, b.uploads, job.id, comp, stored, len(job.data), &b.stats)
 		b.bufs.put(job.buf)

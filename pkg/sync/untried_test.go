@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/backupd/backupd/pkg/chunk"
@@ -78,5 +79,48 @@ func TestIncompressibleFilesSkipCompression(t *testing.T) {
 				t.Fatalf("restored %d bytes differ from the %d backed up", len(got), len(c.data))
 			}
 		})
+	}
+}
+
+// TestFileCompressionCountsTheFirstQueued: what proves a file
+// incompressible is its first chunks queued, whatever order the
+// compressors finish them in. Two random chunks after a slow large one of
+// text, stored raw before it, prove nothing (that race stored most of a
+// file's random tail untried in TestIncompressibleFilesSkipCompression's
+// "text then random", once in a full `make test` under -race); the first
+// two raw do, until a compressed one.
+func TestFileCompressionCountsTheFirstQueued(t *testing.T) {
+	var f fileCompression
+	seqs := []int{f.take(), f.take(), f.take(), f.take()}
+	if !slices.Equal(seqs, []int{0, 1, 2, 3}) {
+		t.Fatalf("places %v, want 0 1 2 3", seqs)
+	}
+	f.record(1, chunk.Raw)
+	f.record(2, chunk.Raw)
+	f.record(3, chunk.Raw)
+	if f.proven() {
+		t.Fatal("proven by chunks 1-3 while the first is not stored")
+	}
+	f.record(0, chunk.Zstd)
+	if f.proven() {
+		t.Fatal("proven with its first chunk compressed")
+	}
+
+	var g fileCompression
+	g.take()
+	g.take()
+	g.record(1, chunk.Raw)
+	g.record(0, chunk.Raw)
+	if !g.proven() {
+		t.Fatal("not proven by its first two chunks raw")
+	}
+	g.record(g.take(), chunk.Zstd)
+	if g.proven() {
+		t.Fatal("still proven after a chunk was compressed")
+	}
+	var none *fileCompression
+	none.record(none.take(), chunk.Raw)
+	if none.proven() {
+		t.Fatal("a file too small to follow was proven")
 	}
 }
