@@ -254,6 +254,11 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
+	if b.opts.freshMinIO && b.minio != nil {
+		if err := b.minio.restart(); err != nil {
+			return fmt.Errorf("restarting minio (--fresh-minio): %v", err)
+		}
+	}
 	r, err := b.newRun("backupd", dir)
 	if err != nil {
 		return err

@@ -350,3 +350,37 @@ func TestWaitWorking(t *testing.T) {
 		t.Errorf("waitWorking(true) = %v", err)
 	}
 }
+
+// TestMinIORestart: --fresh-minio's restart gives an empty server, a new
+// process, at the same address, ready for the next cycle's bucket.
+func TestMinIORestart(t *testing.T) {
+	m, err := startMinIO(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.stop() }()
+	old, err := m.newBucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3Upload(context.Background(), m.url, m.user, m.password, old, "x", 1<<20, uploadPattern()); err != nil {
+		t.Fatal(err)
+	}
+	url, pid := m.url, m.cmd.Process.Pid
+	if err := m.restart(); err != nil {
+		t.Fatal(err)
+	}
+	if m.url != url || m.cmd.Process.Pid == pid {
+		t.Fatalf("after the restart: %s pid %d, want %s and a new process (was %d)", m.url, m.cmd.Process.Pid, url, pid)
+	}
+	if out, err := m.mcRun("ls", "bench/"+old); err == nil {
+		t.Fatalf("bucket %s survived the restart: %s", old, out)
+	}
+	fresh, err := m.newBucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3Upload(context.Background(), m.url, m.user, m.password, fresh, "x", 1<<20, uploadPattern()); err != nil {
+		t.Fatalf("upload after the restart: %v", err)
+	}
+}

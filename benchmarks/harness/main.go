@@ -58,6 +58,8 @@ type options struct {
 	loadIO   int64 // checkpoint-load: bytes the I/O-bound workload writes and reads back
 	netLimit int64 // --minio: bytes per second each way between the tools and MinIO (0: none)
 	netShape int64 // --minio: bytes per second of loopback's kernel token bucket (0: none)
+
+	freshMinIO bool // --minio: a fresh server for each checkpoint-stop cycle
 }
 
 func main() {
@@ -104,6 +106,7 @@ func run() error {
 	flag.StringVar(&loadIO, "load-io", "512MiB", "checkpoint-load: the I/O-bound workload writes and fsyncs this `SIZE` in 4 MiB files in the workspace, then reads it back after posix_fadvise DONTNEED")
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
+	flag.BoolVar(&o.freshMinIO, "fresh-minio", false, "with --minio: restart MinIO, empty, before each checkpoint-stop cycle (the warm-up too), so that every cycle meets the server as the first one does (one server kept for all spent about 60 % more CPU on a stop after its first cycle: benchmarks/RESULTS.md, section 24)")
 	var netLimit string
 	flag.StringVar(&netLimit, "net-limit", "0", "with --minio: the tools reach MinIO through a proxy that passes at most this `SIZE` per second each way, all connections together (e.g. 125MB for a 1 Gbit/s link); 0: no limit")
 	var netShape string
@@ -133,6 +136,9 @@ func run() error {
 	}
 	if o.netLimit > 0 && o.netShape > 0 {
 		return fmt.Errorf("--net-limit and --net-shape are two ways to make a link: give one")
+	}
+	if o.freshMinIO && !useMinIO {
+		return fmt.Errorf("--fresh-minio needs --minio")
 	}
 	if genWS != "" {
 		spec, err := parseWorkspaceSpec(genWS)
@@ -275,7 +281,7 @@ func run() error {
 		if b.minio, err = startMinIO(work); err != nil {
 			return err
 		}
-		defer b.minio.stop()
+		defer func() { b.minio.stop() }()
 		if b.hasScenario("prune") || o.netLimit > 0 {
 			// The prune scenario counts both tools' requests here; with
 			// --net-limit it is the link.

@@ -20,6 +20,7 @@ type minioServer struct {
 	url, user, password string
 	dataDir, mcConfig   string
 	mc                  string
+	addr, consoleAddr   string
 	cmd                 *exec.Cmd
 	buckets             int
 }
@@ -53,13 +54,26 @@ func startMinIO(work string) (*minioServer, error) {
 		ports[i] = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	s.url = "http://" + addr
-	s.cmd = exec.Command(filepath.Join(bin, "minio"), "server", s.dataDir, "--quiet", "--address", addr, "--console-address", "127.0.0.1:"+strconv.Itoa(ports[1]))
+	s.addr = "127.0.0.1:" + strconv.Itoa(ports[0])
+	s.consoleAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
+	s.url = "http://" + s.addr
+	if err := s.start(); err != nil {
+		return nil, err
+	}
+	if out, err := s.mcRun("alias", "set", "bench", s.url, s.user, s.password); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("mc alias set: %v: %s", err, out)
+	}
+	return s, nil
+}
+
+// start starts the server process on s.addr and waits until it is ready.
+func (s *minioServer) start() error {
+	s.cmd = exec.Command(filepath.Join(testServersDir(), "bin", "minio"), "server", s.dataDir, "--quiet", "--address", s.addr, "--console-address", s.consoleAddr)
 	s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+s.user, "MINIO_ROOT_PASSWORD="+s.password, "MINIO_BROWSER=off", "MINIO_CI_CD=1")
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -67,20 +81,25 @@ func startMinIO(work string) (*minioServer, error) {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
 			s.stop()
-			return nil, fmt.Errorf("minio did not become ready at %s", s.url)
+			return fmt.Errorf("minio did not become ready at %s", s.url)
 		}
 		time.Sleep(50 * time.Millisecond) // readiness poll
 	}
-	if out, err := s.mcRun("alias", "set", "bench", s.url, s.user, s.password); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("mc alias set: %v: %s", err, out)
+}
+
+// restart replaces the server with a fresh one, empty, at the same
+// address (--fresh-minio): its buckets and its process's state go.
+func (s *minioServer) restart() error {
+	s.stop()
+	if err := os.RemoveAll(s.dataDir); err != nil {
+		return err
 	}
-	return s, nil
+	return s.start()
 }
 
 func (s *minioServer) mcRun(args ...string) ([]byte, error) {

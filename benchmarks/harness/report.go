@@ -47,7 +47,11 @@ func (b *bench) header() string {
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
 		b.src.bytes, mib(b.src.bytes), b.src.files, b.src.dirs, b.src.links)
 	if b.minio != nil {
-		fmt.Fprintf(&s, "- repositories: a MinIO server on loopback (%s, data in the work dir), a fresh bucket per run; backupd via s3://, restic via s3:\n", b.minio.url)
+		fresh := ""
+		if b.opts.freshMinIO {
+			fresh = "; restarted empty before each checkpoint-stop cycle (--fresh-minio)"
+		}
+		fmt.Fprintf(&s, "- repositories: a MinIO server on loopback (%s, data in the work dir%s), a fresh bucket per run; backupd via s3://, restic via s3:\n", b.minio.url, fresh)
 	}
 	if b.opts.restoreDir != "" {
 		fmt.Fprintf(&s, "- work dir (repositories): %s\n", b.work)
