@@ -50,9 +50,10 @@ type packer struct {
 // ones double up to the pack size. The link then starts after a quarter
 // of a pack is cut, hashed and compressed, not a whole one: in a stop
 // after a checkpoint over a 1 Gbit/s link, where the upload is what the
-// stop waits for, filling the first 16 MiB took 0.15-0.2 s with both
-// cores shared among the walk, the hashing of the resumed part and MinIO
-// (benchmarks/RESULTS.md, section 23). Two more objects per backup of
+// stop waits for, the link sat idle for 0.25-0.6 s until the first 16 MiB
+// were cut, hashed and compressed, with both cores shared among the walk,
+// the hashing of the resumed part and MinIO; with the ramp, 0.17-0.26 s
+// (benchmarks/RESULTS.md, section 23b). Two more objects per backup of
 // more than 12 MiB of new data, and none for one of less than 4 MiB.
 const rampStart = 4 << 20
 
