@@ -212,10 +212,11 @@ type blobJob struct {
 // later one that looks incompressible in a sample
 // (chunk.Codec.LooksIncompressible) is stored raw without the attempt.
 // (Counting whichever finished first let a slow large chunk of text at a
-// file's start be overtaken by two random ones after it.) Compressing such bytes costs about as much CPU
-// as compressing any (BenchmarkIncompressible in pkg/chunk: 0.7 GB/s, the
-// sample 30 GB/s), and they are common in workspaces: archives, media,
-// compiled and encrypted files, and the appended file of a stop backup.
+// file's start be overtaken by two random ones after it.) Compressing
+// such bytes costs about as much CPU as compressing any
+// (BenchmarkIncompressible in pkg/chunk: 0.7 GB/s, the sample 30 GB/s),
+// and they are common in workspaces: archives, media, compiled and
+// encrypted files, and the appended file of a stop backup.
 // A file that stores any chunk compressed is compressed to its end.
 type fileCompression struct {
 	firstRaw, zstd atomic.Int32

@@ -48,7 +48,7 @@ func TestSplitIndexEvery(t *testing.T) {
 // copies the pack into a larger one.
 func TestPackOfSmallBlobsFitsItsBuffer(t *testing.T) {
 	const size = 4 << 20
-	p := &packer{typ: repo.DataBlob, size: size, pool: newBufferPool(2, size+packSlack)}
+	p := newPacker(repo.DataBlob, size, 0, newBufferPool(2, size+packSlack), false)
 	uploads := make(chan finishedPack)
 	done := make(chan struct{})
 	packs := 0

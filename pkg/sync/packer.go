@@ -40,9 +40,8 @@ type packer struct {
 
 	mu  gosync.Mutex
 	cur *repo.PackBuilder
-	// target is the size the pack being filled aims at: from the first
-	// pack's (newPacker's ramp) doubled at each pack sent, up to size; 0
-	// means size.
+	// target is the size the pack being filled aims at: newPacker's ramp
+	// for the first, doubled at each pack sent, up to size.
 	target int
 }
 
@@ -60,9 +59,9 @@ const rampStart = 4 << 20
 // newPacker returns a packer of blobs of type typ into packs of size
 // bytes through pool, the first ones smaller from ramp (0: none) on.
 func newPacker(typ repo.BlobType, size, ramp int, pool *bufferPool, compact bool) *packer {
-	p := &packer{typ: typ, size: size, pool: pool, compact: compact}
-	if ramp > 0 && ramp < size {
-		p.target = ramp
+	p := &packer{typ: typ, size: size, pool: pool, compact: compact, target: size}
+	if ramp > 0 {
+		p.target = min(ramp, size)
 	}
 	return p
 }
@@ -86,19 +85,12 @@ func (p *packer) addGroup(ctx context.Context, uploads chan<- finishedPack, fram
 func (p *packer) put(ctx context.Context, uploads chan<- finishedPack, n, count int, st *backupStats, add func(*repo.PackBuilder)) error {
 	for {
 		p.mu.Lock()
-		target := p.size
-		if p.target > 0 {
-			target = p.target
-		}
+		target := p.target
 		if p.cur != nil && p.cur.Count() > 0 && (p.cur.Len()+n > target || p.cur.Full(target) || p.cur.Count()+count > repo.MaxPackBlobs ||
 			packedSize(p.cur.Len()+n, p.cur.Count()+count) > target+packSlack) {
 			full := p.cur
 			p.cur = nil
-			if p.target > 0 {
-				if p.target *= 2; p.target >= p.size {
-					p.target = 0
-				}
-			}
+			p.target = min(2*p.target, p.size)
 			p.mu.Unlock()
 			if err := send(ctx, uploads, full, p.pool); err != nil {
 				return err

@@ -14,7 +14,7 @@ import (
 // repo.MaxPackBlobs, long before its size is reached, so that every pack's
 // trailer stays readable.
 func TestPackerClosesPacksAtTheBlobLimit(t *testing.T) {
-	p := &packer{typ: repo.DataBlob, size: 16 << 20, pool: newBufferPool(2, 16<<20)}
+	p := newPacker(repo.DataBlob, 16<<20, 0, newBufferPool(2, 16<<20), false)
 	uploads := make(chan finishedPack)
 	var counts []int
 	done := make(chan struct{})
