@@ -383,4 +383,9 @@ func TestMinIORestart(t *testing.T) {
 	if _, err := s3Upload(context.Background(), m.url, m.user, m.password, fresh, "x", 1<<20, uploadPattern()); err != nil {
 		t.Fatalf("upload after the restart: %v", err)
 	}
+	// The same listing of a bucket that exists works: the one above
+	// failed for the bucket, not for mc.
+	if out, err := m.mcRun("ls", "bench/"+fresh); err != nil {
+		t.Fatalf("mc ls of the new bucket: %v: %s", err, out)
+	}
 }
