@@ -328,6 +328,9 @@ func (b *bench) stopCycle(dir string, withCkpt bool) (err error) {
 	if n := run.rebkpSt.read(); n != 0 {
 		b.warn(fmt.Sprintf("checkpoint-stop: the unchanged re-backup after the stop (%s) read %d files again", label, n))
 	}
+	if err := warmMemory(); err != nil { // as measure does before a timed command
+		return err
+	}
 	serverCPU, clientCPU := b.serverCPU(), selfCPU()
 	if run.upload, err = b.uploadBaseline(r, run.stopSt.StoredBytes); err != nil {
 		return fmt.Errorf("upload baseline: %v", err)

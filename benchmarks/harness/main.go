@@ -106,7 +106,18 @@ func run() error {
 	flag.StringVar(&loadIO, "load-io", "512MiB", "checkpoint-load: the I/O-bound workload writes and fsyncs this `SIZE` in 4 MiB files in the workspace, then reads it back after posix_fadvise DONTNEED")
 	var useMinIO bool
 	flag.BoolVar(&useMinIO, "minio", false, "keep the repositories in a MinIO server started on loopback (binaries from `make test-servers`) instead of local directories")
-	flag.BoolVar(&o.freshMinIO, "fresh-minio", false, "with --minio: restart MinIO, empty, before each checkpoint-stop cycle (the warm-up too), so that every cycle meets the server as the first one does (one server kept for all spent about 60 % more CPU on a stop after its first cycle: benchmarks/RESULTS.md, section 24)")
+	flag.Func("warm-memory", "before each timed step, write and remove `SIZE` (like 2GiB) in --tmp's filesystem, untimed, so that the step gets memory the machine has just used: on a VM whose host takes back free pages, memory not touched lately costs several times more to write, and a step that grows the memory in use (MinIO storing in tmpfs, a restore into tmpfs) pays it (benchmarks/RESULTS.md, section 25)", func(s string) error {
+		n, err := parseSize(s)
+		if err != nil {
+			return err
+		}
+		if n < 0 {
+			return fmt.Errorf("negative size %q", s)
+		}
+		warmBytes = n
+		return nil
+	})
+	flag.BoolVar(&o.freshMinIO, "fresh-minio", false, "with --minio: restart MinIO, empty, before each checkpoint-stop cycle (the warm-up too), so that every cycle meets the server as the first one does (one server kept for all spent about 60 % more CPU on a stop after its first cycle: benchmarks/RESULTS.md, section 24; section 25 found the cause, which --warm-memory also takes away)")
 	var netLimit string
 	flag.StringVar(&netLimit, "net-limit", "0", "with --minio: the tools reach MinIO through a proxy that passes at most this `SIZE` per second each way, all connections together (e.g. 125MB for a 1 Gbit/s link); 0: no limit")
 	var netShape string
@@ -257,6 +268,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	warmDir = work
 	ok := false
 	defer func() {
 		if ok {
@@ -1108,6 +1120,9 @@ func measure(env []string, name string, args ...string) (measurement, []byte, er
 func measurePipeline(env []string, cmds ...[]string) (measurement, []byte, error) {
 	self, err := os.Executable()
 	if err != nil {
+		return measurement{}, nil, err
+	}
+	if err := warmMemory(); err != nil {
 		return measurement{}, nil, err
 	}
 	syscall.Sync()

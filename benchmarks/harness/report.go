@@ -43,6 +43,9 @@ func (b *bench) header() string {
 	if b.opts.pprofDir != "" {
 		fmt.Fprintf(&s, "- profiles: backupd's timed runs wrote CPU profiles (backupctl --cpu-profile, sampling at 100 Hz) to %s\n", b.opts.pprofDir)
 	}
+	if warmBytes > 0 {
+		fmt.Fprintf(&s, "- memory: before each timed step, %s written to a file in the work dir and removed, untimed (--warm-memory), so that the step writes into pages the machine has just used\n", mib(warmBytes))
+	}
 	fmt.Fprintf(&s, "- dataset: %s\n", b.dataDesc)
 	fmt.Fprintf(&s, "- dataset size: %d bytes (%s) in %d files, %d dirs, %d symlinks\n",
 		b.src.bytes, mib(b.src.bytes), b.src.files, b.src.dirs, b.src.links)
