@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/backupd/backupd/pkg/dirfd"
+	"github.com/backupd/backupd/pkg/storage"
 	pb "github.com/backupd/backupd/proto/backupd/v1"
 )
 
@@ -138,14 +140,26 @@ func TestStopAfterCheckpointResumesAppendedFile(t *testing.T) {
 func TestStopBackupCancelsCheckpoint(t *testing.T) {
 	held := make(chan struct{})
 	var packs atomic.Int32
-	e := newEnvHooks(t, nil, hooks{checkpointPack: func(ctx context.Context) error {
-		if packs.Add(1) == 3 {
-			close(held)
-			<-ctx.Done() // held until cancelled
-			return ctx.Err()
-		}
-		return nil
-	}})
+	// The third pack's turn can come while the second is still being
+	// stored by the other uploader: the hold waits for two data packs in
+	// the store, so that the stop cancels none of them.
+	stored := &countPuts{two: make(chan struct{})}
+	e := newEnvHooks(t, nil, hooks{
+		wrapStorage: func(st storage.Storage) storage.Storage { stored.Storage = st; return stored },
+		checkpointPack: func(ctx context.Context) error {
+			if packs.Add(1) == 3 {
+				select {
+				case <-stored.two:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				close(held)
+				<-ctx.Done() // held until cancelled
+				return ctx.Err()
+			}
+			return nil
+		},
+	})
 	dir := e.workspace("ws1", 1, 40<<20)
 	ctx := context.Background()
 	cresp, err := e.client.CheckpointWorkspace(ctx, &pb.CheckpointWorkspaceRequest{Owner: "alice", Workspace: "ws1", Path: dir})
@@ -162,16 +176,42 @@ func TestStopBackupCancelsCheckpoint(t *testing.T) {
 	if cp.State != pb.OperationState_OPERATION_STATE_CANCELLED || cp.Result != nil {
 		t.Fatalf("checkpoint after the stop backup: %v, want cancelled", cp)
 	}
-	// The first two packs (4 and 8 MiB of the 40: a backup's first packs
-	// are smaller) were stored by the checkpoint (alone, the backup
-	// stores all 40 MiB and its trees).
-	if r := stop.Result; r.Files != 3 || r.NewBytes > 32<<20 {
-		t.Fatalf("stop backup %v: want at most 32 MiB new, the checkpoint's first packs reused", r)
+	// The checkpoint stored its first two packs (aimed at 4 and 8 MiB,
+	// but a pack is closed before a chunk, up to 8 MiB, would take it past
+	// its aim: 8 MB in all was seen). The stop stores none of their bytes
+	// again (alone, it stores all 40 MiB and its trees); the 64 KiB are
+	// the packs' headers and the trees.
+	reused := stored.bytes2.Load()
+	if r := stop.Result; r.Files != 3 || r.NewBytes > int64(r.Bytes)-reused+64<<10 {
+		t.Fatalf("stop backup %v: want at most %d new, the checkpoint's first packs (%d bytes) reused", r, int64(r.Bytes)-reused+64<<10, reused)
 	}
 	snaps := e.snapshots("alice", "ws1")
 	if len(snaps) != 1 || snaps[0].Id != stop.Result.SnapshotId || snaps[0].Checkpoint {
 		t.Fatalf("snapshots %v: want only the stop backup's", snaps)
 	}
+}
+
+// countPuts is a Storage that closes two once two data packs are stored,
+// and adds up their sizes in bytes2.
+type countPuts struct {
+	storage.Storage
+	packs  atomic.Int32
+	bytes2 atomic.Int64
+	two    chan struct{}
+}
+
+func (c *countPuts) Put(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	err := c.Storage.Put(ctx, key, body, size)
+	if err != nil || !strings.Contains(key, "data/") {
+		return err
+	}
+	if n := c.packs.Add(1); n <= 2 {
+		c.bytes2.Add(size)
+		if n == 2 {
+			close(c.two)
+		}
+	}
+	return err
 }
 
 // TestCheckpointRetention: keep=N leaves the newest N checkpoints and
