@@ -133,6 +133,12 @@ func checkDaemonSet(t *testing.T, o *objects, cfg daemon.Config) {
 	if lim := c.Resources.Limits[corev1.ResourceMemory]; cfg.Limits.SoftMemoryBytes > 0 && lim.Value() < 2*cfg.Limits.SoftMemoryBytes {
 		t.Errorf("memory limit %v: want at least twice the soft memory limit (%d)", &lim, cfg.Limits.SoftMemoryBytes)
 	}
+	// With operations running the soft limit rises up to its max: the
+	// container's limit must stay above that, or the collector would let
+	// the heap grow into an OOM kill.
+	if lim := c.Resources.Limits[corev1.ResourceMemory]; cfg.Limits.SoftMemoryBytes > 0 && lim.Value() <= cfg.Limits.SoftMemoryMaxBytes {
+		t.Errorf("memory limit %v: want it above soft_memory_max_bytes (%d)", &lim, cfg.Limits.SoftMemoryMaxBytes)
+	}
 	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= cfg.ShutdownGrace {
 		t.Errorf("terminationGracePeriodSeconds %v not above shutdown_grace %v", g, cfg.ShutdownGrace)
 	}

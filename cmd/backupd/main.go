@@ -51,6 +51,8 @@ type flags struct {
 	queueTimeout, grace          time.Duration
 	uploadLimit, downloadLimit   string
 	softMemory                   string
+	softMemoryPerOp              string
+	softMemoryMax                string
 	cacheDir                     string
 	logFormat, logLevel          string
 }
@@ -111,7 +113,9 @@ partial snapshot) and exits.`,
 	fl.DurationVar(&f.queueTimeout, "queue-timeout", 0, fmt.Sprintf("how long an operation may wait in the queue (default %v)", daemon.DefaultQueueTimeout))
 	fl.StringVar(&f.uploadLimit, "upload-limit", "", "cap uploads to storage, all operations together, in `BYTES` per second (e.g. 100MiB)")
 	fl.StringVar(&f.downloadLimit, "download-limit", "", "cap downloads from storage in `BYTES` per second")
-	fl.StringVar(&f.softMemory, "soft-memory-limit", "", "the Go runtime's soft memory limit in `BYTES` (default 192MiB; -1 for none; $GOMEMLIMIT wins)")
+	fl.StringVar(&f.softMemory, "soft-memory-limit", "", "the Go runtime's soft memory limit in `BYTES` while at most one operation runs (default 192MiB; -1 for none; $GOMEMLIMIT wins)")
+	fl.StringVar(&f.softMemoryPerOp, "soft-memory-per-operation", "", "`BYTES` added to the soft memory limit for each operation running beyond the first (default 224MiB; -1 for none)")
+	fl.StringVar(&f.softMemoryMax, "soft-memory-max", "", "the most the soft memory limit rises to with operations running, in `BYTES` (default 768MiB; keep a container's memory limit above it)")
 	fl.DurationVar(&f.grace, "shutdown-grace", 0, fmt.Sprintf("on SIGTERM, how long running operations may go on before they are cancelled (default %v)", daemon.DefaultShutdownGrace))
 	fl.StringVar(&f.cacheDir, "cache-dir", "", `node-local cache of index and trees (default: backupd/cache under the user's cache directory; "none" for no cache)`)
 	fl.StringVar(&f.logFormat, "log-format", "", "json (default) or console")
@@ -179,7 +183,9 @@ func (f *flags) load(cmd *cobra.Command) (daemon.Config, error) {
 		name, v string
 		dst     *int64
 	}{{"upload-limit", f.uploadLimit, &cfg.Limits.UploadBytesPerSecond}, {"download-limit", f.downloadLimit, &cfg.Limits.DownloadBytesPerSecond},
-		{"soft-memory-limit", f.softMemory, &cfg.Limits.SoftMemoryBytes}} {
+		{"soft-memory-limit", f.softMemory, &cfg.Limits.SoftMemoryBytes},
+		{"soft-memory-per-operation", f.softMemoryPerOp, &cfg.Limits.SoftMemoryPerOperationBytes},
+		{"soft-memory-max", f.softMemoryMax, &cfg.Limits.SoftMemoryMaxBytes}} {
 		if set(l.name) {
 			if l.v == "-1" {
 				*l.dst = -1
@@ -248,12 +254,12 @@ func run(ctx context.Context, cfg daemon.Config) error {
 		return err
 	}
 	defer log.Sync()
-	if os.Getenv("GOMEMLIMIT") == "" && cfg.Limits.SoftMemoryBytes > 0 {
-		debug.SetMemoryLimit(cfg.Limits.SoftMemoryBytes)
-	}
 	srv, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		srv.ManageMemoryLimit(debug.SetMemoryLimit)
 	}
 	lis, err := srv.Listen()
 	if err != nil {

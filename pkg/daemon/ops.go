@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -158,6 +159,7 @@ type manager struct {
 	cancelBase context.CancelFunc
 	slots      map[pb.OperationKind]chan struct{}
 	wg         sync.WaitGroup
+	mem        atomic.Pointer[memoryLimit] // nil: the soft memory limit is not the daemon's to set
 
 	mu        sync.Mutex
 	ops       map[string]*operation
@@ -382,7 +384,10 @@ func (m *manager) run(op *operation, run runFunc) {
 		m.log.Info("operation started", zap.String("operation", op.id), zap.String("kind", kind),
 			zap.String("owner", op.owner), zap.String("workspace", op.workspace), zap.String("path", op.path),
 			zap.String("request_id", op.requestID), zap.Duration("queue_wait", wait))
+		mem := m.mem.Load()
+		mem.add(1)
 		res, err = runRecovered(run, op)
+		mem.add(-1)
 		m.metrics.running.WithLabelValues(kind).Dec()
 		// The slot is freed only once the end is recorded, so that the
 		// next operation's start never precedes this one's end.

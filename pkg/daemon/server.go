@@ -205,6 +205,16 @@ func (s *Server) Serve(lis net.Listener) error {
 	return err
 }
 
+// ManageMemoryLimit makes the server keep the process's soft memory limit
+// with set (debug.SetMemoryLimit) from its limits: soft_memory_bytes now
+// and while at most one operation runs, soft_memory_per_operation_bytes
+// more for each further one, up to soft_memory_max_bytes. Call it before
+// Serve, and only when the limit is the daemon's to set ($GOMEMLIMIT
+// unset); with soft_memory_bytes -1 it does nothing.
+func (s *Server) ManageMemoryLimit(set func(int64) int64) {
+	s.ops.mem.Store(newMemoryLimit(s.cfg.Limits, set))
+}
+
 // MetricsHandler serves the Prometheus metrics.
 func (s *Server) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
