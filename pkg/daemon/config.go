@@ -135,7 +135,8 @@ type Limits struct {
 	UploadBytesPerSecond   int64 `yaml:"upload_bytes_per_second"`
 	DownloadBytesPerSecond int64 `yaml:"download_bytes_per_second"`
 	// SoftMemoryBytes is the Go runtime's soft memory limit for the
-	// daemon (debug.SetMemoryLimit): the garbage collector works harder as
+	// daemon (debug.SetMemoryLimit) while at most one operation runs (see
+	// SoftMemoryPerOperationBytes): the garbage collector works harder as
 	// the heap nears it, so that what one owner's operation briefly needs
 	// is given back before others need it. 0 means the default (192 MiB);
 	// -1 means none. $GOMEMLIMIT, when set, wins.
@@ -152,7 +153,8 @@ type Limits struct {
 	SoftMemoryPerOperationBytes int64 `yaml:"soft_memory_per_operation_bytes"`
 	// SoftMemoryMaxBytes caps what SoftMemoryPerOperationBytes adds up to
 	// (default 768 MiB, three quarters of the chart's 1 GiB container
-	// limit: keep a container's limit above it).
+	// limit, or SoftMemoryBytes if that is more: keep a container's limit
+	// above it).
 	SoftMemoryMaxBytes int64 `yaml:"soft_memory_max_bytes"`
 	// IndexMemory bounds, in bytes, the indexes of the owners'
 	// repositories the daemon keeps loaded between operations (so that an
