@@ -293,7 +293,7 @@ func run() error {
 		if b.minio, err = startMinIO(work); err != nil {
 			return err
 		}
-		defer func() { b.minio.stop() }()
+		defer b.minio.stop()
 		if b.hasScenario("prune") || o.netLimit > 0 {
 			// The prune scenario counts both tools' requests here; with
 			// --net-limit it is the link.

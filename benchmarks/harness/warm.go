@@ -37,11 +37,7 @@ func warmMemory() error {
 	defer f.Close()
 	buf := make([]byte, 1<<20)
 	for left := warmBytes; left > 0; left -= int64(len(buf)) {
-		n := int64(len(buf))
-		if left < n {
-			n = left
-		}
-		if _, err := f.Write(buf[:n]); err != nil {
+		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
 			return fmt.Errorf("--warm-memory: write %s: %w", filepath.Base(f.Name()), err)
 		}
 	}

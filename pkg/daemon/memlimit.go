@@ -10,8 +10,8 @@ import "sync"
 // As operations end it comes down again, and the collector gives back
 // what they used.
 type memoryLimit struct {
-	set              func(int64) int64 // debug.SetMemoryLimit
-	base, perOp, max int64
+	set                  func(int64) int64 // debug.SetMemoryLimit
+	base, perOp, ceiling int64
 
 	mu      sync.Mutex
 	running int
@@ -23,7 +23,7 @@ func newMemoryLimit(l Limits, set func(int64) int64) *memoryLimit {
 	if l.SoftMemoryBytes <= 0 {
 		return nil
 	}
-	m := &memoryLimit{set: set, base: l.SoftMemoryBytes, perOp: max(l.SoftMemoryPerOperationBytes, 0), max: max(l.SoftMemoryMaxBytes, l.SoftMemoryBytes)}
+	m := &memoryLimit{set: set, base: l.SoftMemoryBytes, perOp: max(l.SoftMemoryPerOperationBytes, 0), ceiling: max(l.SoftMemoryMaxBytes, l.SoftMemoryBytes)}
 	set(m.limit(0))
 	return m
 }
@@ -31,10 +31,10 @@ func newMemoryLimit(l Limits, set func(int64) int64) *memoryLimit {
 // limit is the soft limit while running operations run.
 func (m *memoryLimit) limit(running int) int64 {
 	extra := int64(max(running-1, 0))
-	if m.perOp > 0 && extra > (m.max-m.base)/m.perOp {
-		return m.max
+	if m.perOp > 0 && extra > (m.ceiling-m.base)/m.perOp { // also where the sum would overflow
+		return m.ceiling
 	}
-	return min(m.base+extra*m.perOp, m.max)
+	return m.base + extra*m.perOp
 }
 
 // add counts delta operations started (or, negative, ended) and sets the
